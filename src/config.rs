@@ -1,0 +1,52 @@
+//! Settings of the WebSocket server. Reading them from env and `config/anycable.yml`
+//! is the Ruby side's job (one place, `AnyCableRs::Config`); this struct only holds them.
+
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// WebSocket endpoint path, `ANYCABLE_PATH`.
+    pub path: String,
+    /// Health check path, `ANYCABLE_HEALTH_PATH`.
+    pub health_path: String,
+    /// `ANYCABLE_PING_INTERVAL`.
+    pub ping_interval: Duration,
+    /// Largest client message handled; bigger ones are logged and dropped.
+    pub max_message_size: usize,
+    /// A client that cannot take a frame within this time is disconnected as `too_slow`.
+    pub write_timeout: Duration,
+    /// Bytes queued for one client before it is disconnected as `too_slow`.
+    pub max_pending_bytes: usize,
+    /// `ANYCABLE_ALLOWED_ORIGINS`: host patterns such as `example.com`, `*.example.com`,
+    /// `localhost:3000`. Empty means the Origin header is not checked here.
+    pub allowed_origins: Vec<String>,
+    /// tungstenite's per-connection read buffer. Its default (128 KiB) would make 10k
+    /// idle sockets cost over a gigabyte.
+    pub read_buffer_size: usize,
+    /// Time a client on the server's own port has to send its request head.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            path: "/cable".into(),
+            health_path: "/health".into(),
+            ping_interval: Duration::from_secs(3),
+            max_message_size: 64 * 1024,
+            write_timeout: Duration::from_secs(2),
+            max_pending_bytes: 1024 * 1024,
+            allowed_origins: Vec::new(),
+            read_buffer_size: 4 * 1024,
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Frames past this size end the connection (close code 1009): reading them to the
+    /// end only to drop them would let a client make us buffer without bound.
+    pub fn hard_message_limit(&self) -> usize {
+        (self.max_message_size * 4).max(1024 * 1024)
+    }
+}

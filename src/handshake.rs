@@ -1,0 +1,288 @@
+//! The HTTP side of a connection: parse a request head, answer `/health`, check an
+//! upgrade request (method, headers, Origin, subprotocol) and write the `101` reply.
+//!
+//! Both entry points share it: sockets accepted on the server's own port, whose head we
+//! read here, and sockets handed over by Rack hijack, whose head Puma already parsed.
+
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+
+use crate::config::ServerConfig;
+use crate::protocol::SUBPROTOCOLS;
+
+/// A parsed HTTP request head. Header names are lower-case.
+#[derive(Debug, Clone, Default)]
+pub struct RequestHead {
+    pub method: String,
+    /// Path with query string, as sent.
+    pub target: String,
+    pub headers: Vec<(String, String)>,
+}
+
+impl RequestHead {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn path(&self) -> &str {
+        self.target.split('?').next().unwrap_or("")
+    }
+
+    fn header_has_token(&self, name: &str, token: &str) -> bool {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .flat_map(|(_, v)| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    }
+}
+
+/// Parses a request head from `buf`: `Ok(None)` while incomplete, else the head and
+/// how many bytes it took.
+pub fn parse_head(buf: &[u8]) -> Result<Option<(RequestHead, usize)>, String> {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(buf) {
+        Ok(httparse::Status::Partial) => Ok(None),
+        Ok(httparse::Status::Complete(len)) => {
+            let head = RequestHead {
+                method: req.method.unwrap_or("").to_string(),
+                target: req.path.unwrap_or("").to_string(),
+                headers: req
+                    .headers
+                    .iter()
+                    .map(|h| {
+                        (
+                            h.name.to_ascii_lowercase(),
+                            String::from_utf8_lossy(h.value).into_owned(),
+                        )
+                    })
+                    .collect(),
+            };
+            Ok(Some((head, len)))
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// An accepted upgrade: what goes into the `101` reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upgrade {
+    pub accept_key: String,
+    pub protocol: Option<&'static str>,
+}
+
+/// A refused request: status and a short text body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: u16,
+    pub reason: String,
+}
+
+impl Refusal {
+    fn new(status: u16, reason: impl Into<String>) -> Self {
+        Refusal {
+            status,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Checks a WebSocket upgrade request against RFC 6455 and the origin policy.
+pub fn check_upgrade(head: &RequestHead, config: &ServerConfig) -> Result<Upgrade, Refusal> {
+    if head.method != "GET" {
+        return Err(Refusal::new(405, "WebSocket upgrade needs GET"));
+    }
+    if !head.header_has_token("upgrade", "websocket") {
+        return Err(Refusal::new(400, "missing Upgrade: websocket"));
+    }
+    if head.header("sec-websocket-version").map(str::trim) != Some("13") {
+        return Err(Refusal::new(400, "unsupported Sec-WebSocket-Version"));
+    }
+    let key = head
+        .header("sec-websocket-key")
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .ok_or_else(|| Refusal::new(400, "missing Sec-WebSocket-Key"))?;
+    if !origin_allowed(head.header("origin"), &config.allowed_origins) {
+        return Err(Refusal::new(
+            403,
+            format!(
+                "origin not allowed: {}",
+                head.header("origin").unwrap_or("(none)")
+            ),
+        ));
+    }
+    Ok(Upgrade {
+        accept_key: derive_accept_key(key.as_bytes()),
+        protocol: choose_protocol(head),
+    })
+}
+
+/// The first subprotocol we speak among those offered. A client that offers none we
+/// speak is still accepted, without the header, as Action Cable does.
+fn choose_protocol(head: &RequestHead) -> Option<&'static str> {
+    let offered: Vec<&str> = head
+        .headers
+        .iter()
+        .filter(|(k, _)| k == "sec-websocket-protocol")
+        .flat_map(|(_, v)| v.split(','))
+        .map(str::trim)
+        .collect();
+    SUBPROTOCOLS
+        .iter()
+        .find(|p| offered.contains(p))
+        .copied()
+}
+
+/// `allowed` holds host patterns (`example.com`, `*.example.com`, `localhost:3000`); the
+/// Origin's scheme is ignored. An empty list allows every origin.
+pub fn origin_allowed(origin: Option<&str>, allowed: &[String]) -> bool {
+    if allowed.is_empty() {
+        return true;
+    }
+    let Some(origin) = origin else {
+        return false;
+    };
+    let host = origin
+        .split_once("://")
+        .map(|(_, rest)| rest)
+        .unwrap_or(origin)
+        .trim_end_matches('/')
+        .to_ascii_lowercase();
+    let host_no_port = host.rsplit_once(':').map(|(h, _)| h).unwrap_or(&host);
+    allowed.iter().any(|pattern| {
+        let pattern = pattern.trim().to_ascii_lowercase();
+        let pattern = pattern
+            .split_once("://")
+            .map(|(_, p)| p.to_string())
+            .unwrap_or(pattern);
+        let candidate = if pattern.contains(':') {
+            host.as_str()
+        } else {
+            host_no_port
+        };
+        match pattern.strip_prefix("*.") {
+            Some(suffix) => {
+                candidate == suffix || candidate.ends_with(&format!(".{suffix}"))
+            }
+            None => candidate == pattern,
+        }
+    })
+}
+
+pub fn switching_protocols(upgrade: &Upgrade) -> String {
+    let mut out = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n",
+        upgrade.accept_key
+    );
+    if let Some(p) = upgrade.protocol {
+        out.push_str("Sec-WebSocket-Protocol: ");
+        out.push_str(p);
+        out.push_str("\r\n");
+    }
+    out.push_str("\r\n");
+    out
+}
+
+pub fn plain_response(status: u16, body: &str) -> String {
+    let text = match status {
+        200 => "OK",
+        400 => "Bad Request",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        503 => "Service Unavailable",
+        _ => "Error",
+    };
+    format!(
+        "HTTP/1.1 {status} {text}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(extra: &[(&str, &str)]) -> RequestHead {
+        let mut headers = vec![
+            ("upgrade".to_string(), "websocket".to_string()),
+            ("connection".to_string(), "Upgrade".to_string()),
+            ("sec-websocket-version".to_string(), "13".to_string()),
+            (
+                "sec-websocket-key".to_string(),
+                "dGhlIHNhbXBsZSBub25jZQ==".to_string(),
+            ),
+        ];
+        headers.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        RequestHead {
+            method: "GET".into(),
+            target: "/cable?jid=1".into(),
+            headers,
+        }
+    }
+
+    #[test]
+    fn parses_a_head_in_pieces() {
+        let raw = b"GET /cable?x=1 HTTP/1.1\r\nHost: a\r\nX-Request-ID: r1\r\n\r\nrest";
+        assert_eq!(parse_head(&raw[..10]).unwrap().map(|h| h.1), None);
+        let (h, len) = parse_head(raw).unwrap().unwrap();
+        assert_eq!(len, raw.len() - 4);
+        assert_eq!(h.path(), "/cable");
+        assert_eq!(h.header("X-Request-Id"), Some("r1"));
+        assert!(parse_head(b"\x00\x01 nonsense\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn accepts_upgrade_with_rfc_accept_key_and_protocol() {
+        let up = check_upgrade(
+            &head(&[("sec-websocket-protocol", "actioncable-v1-json, actioncable-unsupported")]),
+            &ServerConfig::default(),
+        )
+        .unwrap();
+        assert_eq!(up.accept_key, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert_eq!(up.protocol, Some("actioncable-v1-json"));
+        assert_eq!(
+            check_upgrade(&head(&[]), &ServerConfig::default()).unwrap().protocol,
+            None
+        );
+    }
+
+    #[test]
+    fn refuses_bad_requests() {
+        let config = ServerConfig::default();
+        let mut h = head(&[]);
+        h.method = "POST".into();
+        assert_eq!(check_upgrade(&h, &config).unwrap_err().status, 405);
+        let mut h = head(&[]);
+        h.headers.retain(|(k, _)| k != "sec-websocket-key");
+        assert_eq!(check_upgrade(&h, &config).unwrap_err().status, 400);
+    }
+
+    #[test]
+    fn checks_origins() {
+        let allowed = vec!["example.com".to_string(), "*.app.test".to_string(), "localhost:3000".into()];
+        assert!(origin_allowed(Some("https://example.com"), &allowed));
+        assert!(origin_allowed(Some("http://example.com:8080"), &allowed));
+        assert!(origin_allowed(Some("https://a.b.app.test"), &allowed));
+        assert!(origin_allowed(Some("http://localhost:3000"), &allowed));
+        assert!(!origin_allowed(Some("http://localhost:4000"), &allowed));
+        assert!(!origin_allowed(Some("https://evil.com"), &allowed));
+        assert!(!origin_allowed(Some("https://notexample.com"), &allowed));
+        assert!(!origin_allowed(None, &allowed));
+        assert!(origin_allowed(None, &[]));
+        let config = ServerConfig {
+            allowed_origins: allowed,
+            ..Default::default()
+        };
+        assert_eq!(
+            check_upgrade(&head(&[("origin", "https://evil.com")]), &config)
+                .unwrap_err()
+                .status,
+            403
+        );
+    }
+}

@@ -1,0 +1,248 @@
+//! The hub: which sessions (and which application callbacks) listen to which stream.
+//!
+//! A broadcast to a stream is encoded once per (stream, identifier) and the same bytes
+//! are queued to every session subscribed under that identifier. Streams whose messages
+//! the application wants to see first (Action Cable's `stream_from` with a block or a
+//! coder) are registered as callbacks: the hub hands the payload to the [`CallbackSink`]
+//! given at construction, and never encodes a frame for them.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+
+use crate::protocol;
+use crate::session::SessionRef;
+
+/// Receives (callback id, payload) for callback subscriptions.
+pub type CallbackSink = Arc<dyn Fn(u64, Arc<str>) + Send + Sync>;
+
+#[derive(Default)]
+struct StreamSubscribers {
+    /// identifier → session id → session
+    by_identifier: HashMap<Arc<str>, HashMap<u64, SessionRef>>,
+    callbacks: Vec<u64>,
+}
+
+impl StreamSubscribers {
+    fn is_empty(&self) -> bool {
+        self.by_identifier.is_empty() && self.callbacks.is_empty()
+    }
+}
+
+pub struct Hub {
+    streams: RwLock<HashMap<Arc<str>, StreamSubscribers>>,
+    sink: Option<CallbackSink>,
+}
+
+/// What one broadcast reached, for tests and metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Delivery {
+    pub sessions: usize,
+    pub callbacks: usize,
+}
+
+impl Hub {
+    pub fn new(sink: Option<CallbackSink>) -> Self {
+        Hub {
+            streams: RwLock::new(HashMap::new()),
+            sink,
+        }
+    }
+
+    /// Subscribes `session` to `stream` under channel `identifier`. Idempotent.
+    pub fn subscribe(&self, session: &SessionRef, stream: &str, identifier: &str) {
+        let mut streams = self.streams.write();
+        let stream_key = match streams.get_key_value(stream) {
+            Some((k, _)) => k.clone(),
+            None => Arc::from(stream),
+        };
+        let subs = streams.entry(stream_key.clone()).or_default();
+        let id_key = match subs.by_identifier.get_key_value(identifier) {
+            Some((k, _)) => k.clone(),
+            None => Arc::from(identifier),
+        };
+        let group = subs.by_identifier.entry(id_key.clone()).or_default();
+        if group.insert(session.id, session.clone()).is_none() {
+            session.streams.lock().push((stream_key, id_key));
+        }
+    }
+
+    /// Removes one (stream, identifier) subscription of `session`.
+    pub fn unsubscribe(&self, session: &SessionRef, stream: &str, identifier: &str) {
+        let mut streams = self.streams.write();
+        Self::remove_locked(&mut streams, session.id, stream, identifier);
+        session
+            .streams
+            .lock()
+            .retain(|(s, i)| !(s.as_ref() == stream && i.as_ref() == identifier));
+    }
+
+    /// Removes every subscription of `session` under `identifier` (channel unsubscribed).
+    pub fn unsubscribe_identifier(&self, session: &SessionRef, identifier: &str) {
+        let mine: Vec<_> = {
+            let mut list = session.streams.lock();
+            let (gone, kept): (Vec<_>, Vec<_>) =
+                list.drain(..).partition(|(_, i)| i.as_ref() == identifier);
+            *list = kept;
+            gone
+        };
+        let mut streams = self.streams.write();
+        for (stream, identifier) in mine {
+            Self::remove_locked(&mut streams, session.id, &stream, &identifier);
+        }
+    }
+
+    /// Drops everything `session` subscribed to; called when it disconnects.
+    pub fn remove_session(&self, session: &SessionRef) {
+        let mine = std::mem::take(&mut *session.streams.lock());
+        if mine.is_empty() {
+            return;
+        }
+        let mut streams = self.streams.write();
+        for (stream, identifier) in mine {
+            Self::remove_locked(&mut streams, session.id, &stream, &identifier);
+        }
+    }
+
+    fn remove_locked(
+        streams: &mut HashMap<Arc<str>, StreamSubscribers>,
+        session_id: u64,
+        stream: &str,
+        identifier: &str,
+    ) {
+        if let Some(subs) = streams.get_mut(stream) {
+            if let Some(group) = subs.by_identifier.get_mut(identifier) {
+                group.remove(&session_id);
+                if group.is_empty() {
+                    subs.by_identifier.remove(identifier);
+                }
+            }
+            if subs.is_empty() {
+                streams.remove(stream);
+            }
+        }
+    }
+
+    /// Registers an application callback for `stream`.
+    pub fn subscribe_callback(&self, stream: &str, callback_id: u64) {
+        let mut streams = self.streams.write();
+        let subs = streams.entry(stream.into()).or_default();
+        if !subs.callbacks.contains(&callback_id) {
+            subs.callbacks.push(callback_id);
+        }
+    }
+
+    pub fn unsubscribe_callback(&self, stream: &str, callback_id: u64) {
+        let mut streams = self.streams.write();
+        if let Some(subs) = streams.get_mut(stream) {
+            subs.callbacks.retain(|id| *id != callback_id);
+            if subs.is_empty() {
+                streams.remove(stream);
+            }
+        }
+    }
+
+    /// Delivers `data` (the broadcast payload, JSON) to every subscriber of `stream`,
+    /// except the session whose sid is `exclude_sid`.
+    pub fn broadcast(&self, stream: &str, data: &str, exclude_sid: Option<&str>) -> Delivery {
+        let mut delivery = Delivery::default();
+        let callbacks: Vec<u64>;
+        {
+            let streams = self.streams.read();
+            let Some(subs) = streams.get(stream) else {
+                return delivery;
+            };
+            for (identifier, group) in &subs.by_identifier {
+                let frame = protocol::broadcast_frame(identifier, data);
+                for session in group.values() {
+                    if exclude_sid == Some(session.sid.as_str()) {
+                        continue;
+                    }
+                    if session.send_frame(frame.clone()) {
+                        delivery.sessions += 1;
+                    }
+                }
+            }
+            callbacks = subs.callbacks.clone();
+        }
+        // Outside the lock: the sink may call back into the hub.
+        if let (Some(sink), false) = (&self.sink, callbacks.is_empty()) {
+            let payload: Arc<str> = data.into();
+            for id in callbacks {
+                sink(id, payload.clone());
+                delivery.callbacks += 1;
+            }
+        }
+        delivery
+    }
+
+    /// Number of streams with at least one subscriber.
+    pub fn stream_count(&self) -> usize {
+        self.streams.read().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::{Outbound, Session};
+    use parking_lot::Mutex;
+
+    fn frames(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Outbound>) -> Vec<String> {
+        let mut out = vec![];
+        while let Ok(Outbound::Frame(f)) = rx.try_recv() {
+            out.push(f.as_str().to_string());
+        }
+        out
+    }
+
+    #[test]
+    fn fans_out_once_per_identifier_and_excludes() {
+        let hub = Hub::new(None);
+        let (a, mut ra) = Session::new(1, "a".into(), 1 << 20);
+        let (b, mut rb) = Session::new(2, "b".into(), 1 << 20);
+        hub.subscribe(&a, "room", "A");
+        hub.subscribe(&a, "room", "A");
+        hub.subscribe(&b, "room", "B");
+        let d = hub.broadcast("room", r#"{"x":1}"#, Some("b"));
+        assert_eq!(d.sessions, 1);
+        assert_eq!(frames(&mut ra), vec![r#"{"identifier":"A","message":{"x":1}}"#]);
+        assert!(frames(&mut rb).is_empty());
+        hub.broadcast("room", "2", None);
+        assert_eq!(frames(&mut rb), vec![r#"{"identifier":"B","message":2}"#]);
+    }
+
+    #[test]
+    fn unsubscribes_and_forgets_empty_streams() {
+        let hub = Hub::new(None);
+        let (a, mut ra) = Session::new(1, "a".into(), 1 << 20);
+        hub.subscribe(&a, "s1", "A");
+        hub.subscribe(&a, "s2", "A");
+        hub.subscribe(&a, "s3", "B");
+        hub.unsubscribe(&a, "s1", "A");
+        assert_eq!(hub.broadcast("s1", "1", None).sessions, 0);
+        hub.unsubscribe_identifier(&a, "A");
+        assert_eq!(hub.broadcast("s2", "1", None).sessions, 0);
+        assert_eq!(hub.broadcast("s3", "1", None).sessions, 1);
+        hub.remove_session(&a);
+        assert_eq!(hub.stream_count(), 0);
+        assert_eq!(frames(&mut ra).len(), 1);
+    }
+
+    #[test]
+    fn hands_callback_streams_to_the_sink() {
+        let seen = Arc::new(Mutex::new(vec![]));
+        let s2 = seen.clone();
+        let hub = Hub::new(Some(Arc::new(move |id, data: Arc<str>| {
+            s2.lock().push((id, data.to_string()))
+        })));
+        hub.subscribe_callback("s", 7);
+        hub.subscribe_callback("s", 7);
+        assert_eq!(hub.broadcast("s", r#""hi""#, None).callbacks, 1);
+        hub.unsubscribe_callback("s", 7);
+        hub.broadcast("s", "1", None);
+        assert_eq!(*seen.lock(), vec![(7, r#""hi""#.to_string())]);
+        assert_eq!(hub.stream_count(), 0);
+    }
+}

@@ -1,0 +1,21 @@
+//! anycable-core: the pure-Rust half of anycable-rs.
+//!
+//! It speaks the Action Cable wire protocol (as AnyCable does), keeps sessions and the
+//! stream → subscriber hub, and asks a [`Controller`] what to do on connect, on each
+//! command and on disconnect. It knows nothing about Ruby: the extension in
+//! `ext/anycable_rs` implements [`Controller`] by calling the app's Action Cable classes,
+//! and `cargo test` drives it with a Rust controller.
+
+pub mod config;
+pub mod controller;
+pub mod handshake;
+pub mod hub;
+pub mod protocol;
+pub mod server;
+pub mod session;
+
+pub use config::ServerConfig;
+pub use controller::{CommandRequest, ConnectReply, ConnectRequest, Controller};
+pub use hub::Hub;
+pub use server::Server;
+pub use session::{DisconnectReason, Session};

@@ -1,0 +1,158 @@
+//! One client connection as the rest of the system sees it: an id, a queue of outbound
+//! frames with a byte cap, and the streams it subscribes to.
+//!
+//! A `Session` is shared (`Arc`) between the connection task that owns the socket, the
+//! hub and the controller. Sending never blocks: frames go to an unbounded channel
+//! whose byte count is capped; a client that falls behind the cap is disconnected as
+//! `too_slow` instead of growing memory.
+
+use std::borrow::Cow;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+/// Why the server ends a connection, as sent in `{"type":"disconnect",…}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DisconnectReason {
+    pub reason: Cow<'static, str>,
+    pub reconnect: bool,
+}
+
+impl DisconnectReason {
+    pub const fn new(reason: &'static str, reconnect: bool) -> Self {
+        DisconnectReason {
+            reason: Cow::Borrowed(reason),
+            reconnect,
+        }
+    }
+    pub const UNAUTHORIZED: Self = Self::new("unauthorized", false);
+    pub const SERVER_RESTART: Self = Self::new("server_restart", true);
+    pub const SERVER_ERROR: Self = Self::new("server_error", true);
+    pub const TOO_SLOW: Self = Self::new("too_slow", true);
+    pub const REMOTE: Self = Self::new("remote", true);
+    pub const INVALID_REQUEST: Self = Self::new("invalid_request", true);
+
+    /// WebSocket close code sent after the disconnect message.
+    pub fn close_code(&self) -> u16 {
+        match self.reason.as_ref() {
+            "server_restart" => 1001,
+            "server_error" => 1011,
+            _ => 1000,
+        }
+    }
+}
+
+pub(crate) enum Outbound {
+    Frame(Utf8Bytes),
+    Close(DisconnectReason),
+}
+
+pub struct Session {
+    /// Process-unique number; maps are keyed by it.
+    pub id: u64,
+    /// The session id the client sees in its welcome message.
+    pub sid: String,
+    tx: mpsc::UnboundedSender<Outbound>,
+    pending: AtomicUsize,
+    max_pending: usize,
+    closing: AtomicBool,
+    /// (stream, identifier) pairs this session is subscribed to in the hub.
+    pub(crate) streams: Mutex<Vec<(Arc<str>, Arc<str>)>>,
+}
+
+pub type SessionRef = Arc<Session>;
+
+impl Session {
+    pub(crate) fn new(
+        id: u64,
+        sid: String,
+        max_pending: usize,
+    ) -> (SessionRef, mpsc::UnboundedReceiver<Outbound>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let session = Arc::new(Session {
+            id,
+            sid,
+            tx,
+            pending: AtomicUsize::new(0),
+            max_pending,
+            closing: AtomicBool::new(false),
+            streams: Mutex::new(Vec::new()),
+        });
+        (session, rx)
+    }
+
+    /// Queues a text frame. Returns false when the session is closing or gone.
+    pub fn send_frame(&self, frame: Utf8Bytes) -> bool {
+        if self.is_closing() {
+            return false;
+        }
+        let len = frame.len();
+        let pending = self.pending.fetch_add(len, Ordering::Relaxed) + len;
+        if pending > self.max_pending {
+            log::warn!(
+                "session {}: {} bytes waiting to be written; disconnecting as too_slow",
+                self.sid,
+                pending
+            );
+            self.close(DisconnectReason::TOO_SLOW);
+            return false;
+        }
+        self.tx.send(Outbound::Frame(frame)).is_ok()
+    }
+
+    /// Queues a text frame built by the application (e.g. Ruby's `transmit`).
+    pub fn transmit(&self, text: String) -> bool {
+        self.send_frame(text.into())
+    }
+
+    /// Sends `{"type":"disconnect",…}` after what is already queued, then closes.
+    /// Only the first call has an effect.
+    pub fn close(&self, reason: DisconnectReason) {
+        if !self.closing.swap(true, Ordering::AcqRel) {
+            let _ = self.tx.send(Outbound::Close(reason));
+        }
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire) || self.tx.is_closed()
+    }
+
+    pub(crate) fn written(&self, bytes: usize) {
+        self.pending.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    pub(crate) fn mark_closing(&self) {
+        self.closing.store(true, Ordering::Release);
+    }
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("id", &self.id)
+            .field("sid", &self.sid)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caps_pending_bytes_then_closes_once() {
+        let (s, mut rx) = Session::new(1, "s".into(), 10);
+        assert!(s.send_frame("12345".into()));
+        assert!(!s.send_frame("123456".into()));
+        assert!(!s.send_frame("1".into()));
+        assert!(matches!(rx.try_recv(), Ok(Outbound::Frame(_))));
+        match rx.try_recv() {
+            Ok(Outbound::Close(r)) => assert_eq!(r, DisconnectReason::TOO_SLOW),
+            _ => panic!("expected close"),
+        }
+        assert!(rx.try_recv().is_err());
+    }
+}

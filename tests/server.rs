@@ -1,0 +1,319 @@
+//! The server over real sockets, driven by a Rust controller.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anycable_core::protocol::Command;
+use anycable_core::{
+    CommandRequest, ConnectReply, ConnectRequest, Controller, Hub, Server, ServerConfig,
+};
+use anycable_core::session::SessionRef;
+use futures_util::{SinkExt, StreamExt};
+use parking_lot::Mutex;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{client_async, WebSocketStream};
+
+#[derive(Clone, Default)]
+struct TestController {
+    hub: Arc<Mutex<Option<Arc<Hub>>>>,
+    disconnected: Arc<Mutex<Vec<String>>>,
+}
+
+impl Controller for TestController {
+    async fn connect(&self, req: ConnectRequest) -> ConnectReply {
+        if req.head.target.contains("reject") {
+            ConnectReply::Rejected
+        } else if req.head.target.contains("fail") {
+            ConnectReply::Failed("boom".into())
+        } else {
+            ConnectReply::Accepted
+        }
+    }
+
+    async fn command(&self, req: CommandRequest) {
+        let CommandRequest { session, command } = req;
+        let id = &command.identifier;
+        match command.command {
+            Command::Subscribe => {
+                let hub = self.hub.lock().clone().unwrap();
+                hub.subscribe(&session, "all", id);
+                session.transmit(anycable_core::protocol::subscription_reply(id, true));
+            }
+            Command::Message => {
+                let data = command.data.unwrap();
+                if data.contains("slow") {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+                session.transmit(format!(
+                    r#"{{"identifier":{},"message":{}}}"#,
+                    serde_json::to_string(id).unwrap(),
+                    data
+                ));
+            }
+            Command::Unsubscribe => {
+                self.hub.lock().clone().unwrap().unsubscribe_identifier(&session, id);
+            }
+        }
+    }
+
+    async fn disconnect(&self, session: SessionRef) {
+        self.disconnected.lock().push(session.sid.clone());
+    }
+}
+
+async fn start(config: ServerConfig) -> (Server<TestController>, SocketAddr, TestController) {
+    let controller = TestController::default();
+    let hub = Arc::new(Hub::new(None));
+    *controller.hub.lock() = Some(hub.clone());
+    let server = Server::new(config, controller.clone(), hub);
+    server.start();
+    let addr = server.listen("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    (server, addr, controller)
+}
+
+type Client = WebSocketStream<TcpStream>;
+
+async fn connect(addr: SocketAddr, query: &str, extra: &[(&'static str, &str)]) -> (Client, Option<String>) {
+    let mut req = format!("ws://{addr}/cable{query}").into_client_request().unwrap();
+    req.headers_mut()
+        .insert("Sec-WebSocket-Protocol", "actioncable-v1-json, actioncable-unsupported".parse().unwrap());
+    for (k, v) in extra {
+        req.headers_mut().insert(*k, v.parse().unwrap());
+    }
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (ws, resp) = client_async(req, tcp).await.unwrap();
+    let proto = resp
+        .headers()
+        .get("sec-websocket-protocol")
+        .map(|v| v.to_str().unwrap().to_string());
+    (ws, proto)
+}
+
+async fn next_json(ws: &mut Client) -> serde_json::Value {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("timed out waiting for a frame")
+            .expect("stream ended")
+            .expect("read error");
+        if let Message::Text(t) = msg {
+            let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
+            if v["type"] != "ping" {
+                return v;
+            }
+        }
+    }
+}
+
+async fn send(ws: &mut Client, json: serde_json::Value) {
+    ws.send(Message::Text(json.to_string().into())).await.unwrap();
+}
+
+fn subscribe(id: &str) -> serde_json::Value {
+    serde_json::json!({"command":"subscribe","identifier":id})
+}
+
+fn message(id: &str, data: &str) -> serde_json::Value {
+    serde_json::json!({"command":"message","identifier":id,"data":data})
+}
+
+#[tokio::test]
+async fn welcome_subscribe_broadcast_echo_and_disconnect() {
+    let (server, addr, controller) = start(ServerConfig::default()).await;
+    let (mut ws, proto) = connect(addr, "", &[("X-Request-ID", "req-1")]).await;
+    assert_eq!(proto.as_deref(), Some("actioncable-v1-json"));
+    assert_eq!(next_json(&mut ws).await, serde_json::json!({"type":"welcome","sid":"req-1"}));
+
+    send(&mut ws, subscribe("{\"channel\":\"A\"}")).await;
+    let confirm = next_json(&mut ws).await;
+    assert_eq!(confirm["type"], "confirm_subscription");
+
+    let delivered = server.hub().broadcast("all", r#"{"text":"hi"}"#, None);
+    assert_eq!(delivered.sessions, 1);
+    assert_eq!(
+        next_json(&mut ws).await,
+        serde_json::json!({"identifier":"{\"channel\":\"A\"}","message":{"text":"hi"}})
+    );
+
+    send(&mut ws, message("{\"channel\":\"A\"}", r#"{"n":1}"#)).await;
+    assert_eq!(next_json(&mut ws).await["message"], serde_json::json!({"n":1}));
+
+    ws.close(None).await.unwrap();
+    for _ in 0..100 {
+        if !controller.disconnected.lock().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(*controller.disconnected.lock(), vec!["req-1".to_string()]);
+    assert_eq!(server.session_count(), 0);
+    assert_eq!(server.hub().stream_count(), 0);
+}
+
+#[tokio::test]
+async fn rejected_and_failed_connections_get_a_disconnect_message() {
+    let (_server, addr, controller) = start(ServerConfig::default()).await;
+    let (mut ws, _) = connect(addr, "?reject=1", &[]).await;
+    assert_eq!(
+        next_json(&mut ws).await,
+        serde_json::json!({"type":"disconnect","reason":"unauthorized","reconnect":false})
+    );
+    assert!(matches!(ws.next().await, Some(Ok(Message::Close(_)))));
+
+    let (mut ws, _) = connect(addr, "?fail=1", &[]).await;
+    assert_eq!(
+        next_json(&mut ws).await,
+        serde_json::json!({"type":"disconnect","reason":"server_error","reconnect":true})
+    );
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(controller.disconnected.lock().is_empty(), "disconnect is only for accepted sessions");
+}
+
+#[tokio::test]
+async fn bad_frames_are_ignored_and_the_connection_keeps_working() {
+    let config = ServerConfig {
+        max_message_size: 1024,
+        ..Default::default()
+    };
+    let (_server, addr, _) = start(config).await;
+    let (mut ws, _) = connect(addr, "", &[]).await;
+    next_json(&mut ws).await;
+    for bad in [
+        "{not json".to_string(),
+        r#"{"command":"dance","identifier":"x"}"#.to_string(),
+        r#"{"command":"subscribe"}"#.to_string(),
+        r#"{"command":"message","identifier":"x","data":{"a":1}}"#.to_string(),
+        format!(r#"{{"command":"message","identifier":"x","data":"{}"}}"#, "a".repeat(2000)),
+    ] {
+        ws.send(Message::Text(bad.into())).await.unwrap();
+    }
+    ws.send(Message::Binary(vec![1, 2, 3].into())).await.unwrap();
+    send(&mut ws, message("x", "7")).await;
+    assert_eq!(next_json(&mut ws).await["message"], 7);
+}
+
+#[tokio::test]
+async fn oversize_frames_close_with_1009_without_touching_others() {
+    let config = ServerConfig {
+        max_message_size: 1024,
+        ..Default::default()
+    };
+    let limit = config.hard_message_limit();
+    let (_server, addr, _) = start(config).await;
+    let (mut other, _) = connect(addr, "", &[]).await;
+    next_json(&mut other).await;
+    let (mut ws, _) = connect(addr, "", &[]).await;
+    next_json(&mut ws).await;
+    let _ = ws.send(Message::Text("x".repeat(limit + 10).into())).await;
+    let mut code = None;
+    while let Some(Ok(msg)) = ws.next().await {
+        if let Message::Close(Some(frame)) = msg {
+            code = Some(u16::from(frame.code));
+        }
+    }
+    assert_eq!(code, Some(1009));
+    send(&mut other, message("y", "1")).await;
+    assert_eq!(next_json(&mut other).await["message"], 1);
+}
+
+#[tokio::test]
+async fn pings_health_and_404() {
+    let config = ServerConfig {
+        ping_interval: Duration::from_millis(100),
+        ..Default::default()
+    };
+    let (_server, addr, _) = start(config).await;
+    let (mut ws, _) = connect(addr, "", &[]).await;
+    next_json(&mut ws).await;
+    let msg = tokio::time::timeout(Duration::from_secs(2), ws.next()).await.unwrap().unwrap().unwrap();
+    let v: serde_json::Value = serde_json::from_str(msg.to_text().unwrap()).unwrap();
+    assert_eq!(v["type"], "ping");
+    assert!(v["message"].as_u64().unwrap() > 1_600_000_000);
+
+    for (path, status) in [("/health", "200"), ("/nope", "404")] {
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
+        let mut out = String::new();
+        tcp.read_to_string(&mut out).await.unwrap();
+        assert!(out.starts_with(&format!("HTTP/1.1 {status}")), "{out}");
+    }
+}
+
+#[tokio::test]
+async fn origins_are_checked() {
+    let config = ServerConfig {
+        allowed_origins: vec!["good.test".into()],
+        ..Default::default()
+    };
+    let (_server, addr, _) = start(config).await;
+    let (mut ws, _) = connect(addr, "", &[("Origin", "https://good.test")]).await;
+    assert_eq!(next_json(&mut ws).await["type"], "welcome");
+
+    let mut req = format!("ws://{addr}/cable").into_client_request().unwrap();
+    req.headers_mut().insert("Origin", "https://evil.test".parse().unwrap());
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let err = client_async(req, tcp).await.unwrap_err();
+    assert!(err.to_string().contains("403"), "{err}");
+}
+
+#[tokio::test]
+async fn commands_of_one_session_run_in_order() {
+    let (_server, addr, _) = start(ServerConfig::default()).await;
+    let (mut ws, _) = connect(addr, "", &[]).await;
+    next_json(&mut ws).await;
+    send(&mut ws, message("x", r#""slow""#)).await;
+    send(&mut ws, message("x", r#""fast""#)).await;
+    assert_eq!(next_json(&mut ws).await["message"], "slow");
+    assert_eq!(next_json(&mut ws).await["message"], "fast");
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_dropped_as_too_slow() {
+    let config = ServerConfig {
+        max_pending_bytes: 64 * 1024,
+        write_timeout: Duration::from_millis(200),
+        ..Default::default()
+    };
+    let (server, addr, controller) = start(config).await;
+    let (mut stuck, _) = connect(addr, "", &[("X-Request-ID", "stuck")]).await;
+    next_json(&mut stuck).await;
+    send(&mut stuck, subscribe("s")).await;
+    next_json(&mut stuck).await;
+    let (mut fine, _) = connect(addr, "", &[]).await;
+    next_json(&mut fine).await;
+
+    let payload = format!("\"{}\"", "z".repeat(4000));
+    for _ in 0..5000 {
+        server.hub().broadcast("all", &payload, None);
+        if !controller.disconnected.lock().is_empty() {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    for _ in 0..300 {
+        if !controller.disconnected.lock().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(*controller.disconnected.lock(), vec!["stuck".to_string()]);
+    send(&mut fine, message("q", "3")).await;
+    assert_eq!(next_json(&mut fine).await["message"], 3);
+}
+
+#[tokio::test]
+async fn shutdown_tells_clients_server_restart() {
+    let (server, addr, controller) = start(ServerConfig::default()).await;
+    let (mut ws, _) = connect(addr, "", &[]).await;
+    next_json(&mut ws).await;
+    server.shutdown(Duration::from_secs(2)).await;
+    assert_eq!(
+        next_json(&mut ws).await,
+        serde_json::json!({"type":"disconnect","reason":"server_restart","reconnect":true})
+    );
+    assert_eq!(controller.disconnected.lock().len(), 1);
+}
