@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 
 use crate::handshake::RequestHead;
 use crate::protocol::ClientCommand;
-use crate::session::SessionRef;
+use crate::session::{DisconnectReason, SessionRef};
 
 pub struct ConnectRequest {
     pub session: SessionRef,
@@ -28,8 +28,9 @@ pub struct ConnectRequest {
 pub enum ConnectReply {
     /// Send the welcome message and start reading commands.
     Accepted,
-    /// `{"type":"disconnect","reason":"unauthorized","reconnect":false}`, then close.
-    Rejected,
+    /// `{"type":"disconnect",…}` with this reason (usually
+    /// [`DisconnectReason::UNAUTHORIZED`]), then close.
+    Rejected(DisconnectReason),
     /// The application failed; the client is told `server_error` and may reconnect.
     Failed(String),
 }

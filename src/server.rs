@@ -297,17 +297,17 @@ impl<C: Controller> Inner<C> {
             .await;
         match reply {
             ConnectReply::Accepted => {}
-            ConnectReply::Rejected => {
+            ConnectReply::Rejected(reason) => {
                 session.mark_closing();
                 self.hub.remove_session(&session);
-                send_close(&mut ws, &DisconnectReason::UNAUTHORIZED).await;
+                send_close(&mut ws, Some(&reason)).await;
                 return;
             }
             ConnectReply::Failed(error) => {
                 log::error!("session {}: connect failed: {error}", session.sid);
                 session.mark_closing();
                 self.hub.remove_session(&session);
-                send_close(&mut ws, &DisconnectReason::SERVER_ERROR).await;
+                send_close(&mut ws, Some(&DisconnectReason::SERVER_ERROR)).await;
                 return;
             }
         }
@@ -434,7 +434,7 @@ impl<C: Controller> Inner<C> {
         }
         session.written(bytes);
         if let Some(reason) = close {
-            send_close(ws, &reason).await;
+            send_close(ws, reason.as_ref()).await;
             return false;
         }
         true
@@ -466,18 +466,27 @@ async fn read_head(stream: &mut TcpStream) -> Result<RequestHead, u16> {
     }
 }
 
-/// `{"type":"disconnect",…}` then a close frame; best effort, bounded in time.
-async fn send_close(ws: &mut WebSocketStream<TcpStream>, reason: &DisconnectReason) {
+/// `{"type":"disconnect",…}` (when there is a reason) then a close frame; best
+/// effort, bounded in time.
+async fn send_close(ws: &mut WebSocketStream<TcpStream>, reason: Option<&DisconnectReason>) {
     let _ = timeout(Duration::from_secs(1), async {
-        ws.feed(Message::Text(
-            protocol::disconnect(&reason.reason, reason.reconnect).into(),
-        ))
-        .await?;
-        ws.send(Message::Close(Some(CloseFrame {
-            code: CloseCode::from(reason.close_code()),
-            reason: reason.reason.to_string().into(),
-        })))
-        .await
+        let frame = match reason {
+            Some(reason) => {
+                ws.feed(Message::Text(
+                    protocol::disconnect(&reason.reason, reason.reconnect).into(),
+                ))
+                .await?;
+                CloseFrame {
+                    code: CloseCode::from(reason.close_code()),
+                    reason: reason.reason.to_string().into(),
+                }
+            }
+            None => CloseFrame {
+                code: CloseCode::Normal,
+                reason: "".into(),
+            },
+        };
+        ws.send(Message::Close(Some(frame))).await
     })
     .await;
 }

@@ -47,7 +47,8 @@ impl DisconnectReason {
 
 pub(crate) enum Outbound {
     Frame(Utf8Bytes),
-    Close(DisconnectReason),
+    /// Close after what is queued; with a reason, a disconnect message goes first.
+    Close(Option<DisconnectReason>),
 }
 
 pub struct Session {
@@ -111,6 +112,16 @@ impl Session {
     /// Sends `{"type":"disconnect",…}` after what is already queued, then closes.
     /// Only the first call has an effect.
     pub fn close(&self, reason: DisconnectReason) {
+        self.close_with(Some(reason));
+    }
+
+    /// Closes without a disconnect message: for when the application has already
+    /// transmitted one (Action Cable's `Connection#close`) or wants none.
+    pub fn close_quietly(&self) {
+        self.close_with(None);
+    }
+
+    fn close_with(&self, reason: Option<DisconnectReason>) {
         if !self.closing.swap(true, Ordering::AcqRel) {
             let _ = self.tx.send(Outbound::Close(reason));
         }
@@ -150,7 +161,7 @@ mod tests {
         assert!(!s.send_frame("1".into()));
         assert!(matches!(rx.try_recv(), Ok(Outbound::Frame(_))));
         match rx.try_recv() {
-            Ok(Outbound::Close(r)) => assert_eq!(r, DisconnectReason::TOO_SLOW),
+            Ok(Outbound::Close(r)) => assert_eq!(r, Some(DisconnectReason::TOO_SLOW)),
             _ => panic!("expected close"),
         }
         assert!(rx.try_recv().is_err());

@@ -26,7 +26,7 @@ struct TestController {
 impl Controller for TestController {
     async fn connect(&self, req: ConnectRequest) -> ConnectReply {
         if req.head.target.contains("reject") {
-            ConnectReply::Rejected
+            ConnectReply::Rejected(anycable_core::DisconnectReason::UNAUTHORIZED)
         } else if req.head.target.contains("fail") {
             ConnectReply::Failed("boom".into())
         } else {

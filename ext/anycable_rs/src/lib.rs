@@ -1,1 +1,20 @@
+//! The Ruby extension of anycable-rs: the only crate that touches Ruby.
+//!
+//! - [`native`]: `AnyCableRs::Native`, the embedded server driven from Ruby;
+//! - [`bridge`]: the queue through which tokio tasks get Ruby code run;
+//! - [`handles`]: Ruby wrappers of a connection and of a job's reply;
+//! - [`nogvl`]: releasing the GVL around blocking waits.
 
+mod bridge;
+mod handles;
+mod logger;
+mod native;
+mod nogvl;
+
+use magnus::{Error, Ruby};
+
+#[magnus::init(name = "anycable_rs")]
+fn init(ruby: &Ruby) -> Result<(), Error> {
+    let module = ruby.define_module("AnyCableRs")?;
+    native::init(ruby, module)
+}

@@ -1,0 +1,353 @@
+//! `AnyCableRs::Native`: one embedded server — the tokio runtime, the core `Server`, the
+//! hub and the bridge queue — driven from Ruby.
+//!
+//! Creating it starts no thread: `start` does, and Ruby calls it in the process that
+//! serves sockets (after Puma forks). Every method that waits releases the GVL.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::fd::BorrowedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anycable_core::handshake::RequestHead;
+use anycable_core::hub::CallbackSink;
+use anycable_core::{Hub, Server, ServerConfig};
+use magnus::value::ReprValue;
+use magnus::{Error, IntoValue, RHash, Ruby, Value};
+use parking_lot::Mutex;
+use tokio::runtime::Runtime;
+use tokio::task::JoinHandle;
+
+use crate::bridge::{Job, JobQueue, Pop, RubyController};
+use crate::handles::{Reply, Socket};
+use crate::nogvl::without_gvl;
+
+#[magnus::wrap(class = "AnyCableRs::Native", free_immediately, size)]
+pub struct Native {
+    server: Server<RubyController>,
+    queue: JobQueue,
+    worker_threads: usize,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    runtime: Option<Runtime>,
+    timers: HashMap<u64, JoinHandle<()>>,
+}
+
+fn runtime_error(ruby: &Ruby, msg: impl Into<String>) -> Error {
+    Error::new(ruby.exception_runtime_error(), msg.into())
+}
+
+fn opt<T: magnus::TryConvert>(ruby: &Ruby, opts: RHash, key: &str) -> Result<Option<T>, Error> {
+    opts.lookup::<_, Option<T>>(ruby.to_symbol(key))
+}
+
+impl Native {
+    /// `AnyCableRs::Native.new(opts)`; Ruby (`AnyCableRs::Config`) fills in defaults.
+    pub fn new(ruby: &Ruby, opts: RHash) -> Result<Self, Error> {
+        let defaults = ServerConfig::default();
+        let secs = |v: Option<f64>, d: Duration| v.map(Duration::from_secs_f64).unwrap_or(d);
+        let config = ServerConfig {
+            path: opt(ruby, opts, "path")?.unwrap_or(defaults.path),
+            health_path: opt(ruby, opts, "health_path")?.unwrap_or(defaults.health_path),
+            ping_interval: secs(opt(ruby, opts, "ping_interval")?, defaults.ping_interval),
+            max_message_size: opt(ruby, opts, "max_message_size")?
+                .unwrap_or(defaults.max_message_size),
+            write_timeout: secs(opt(ruby, opts, "write_timeout")?, defaults.write_timeout),
+            max_pending_bytes: opt(ruby, opts, "max_pending_bytes")?
+                .unwrap_or(defaults.max_pending_bytes),
+            allowed_origins: opt(ruby, opts, "allowed_origins")?.unwrap_or_default(),
+            read_buffer_size: defaults.read_buffer_size,
+            handshake_timeout: defaults.handshake_timeout,
+        };
+        crate::logger::init(&opt::<String>(ruby, opts, "log_level")?.unwrap_or_else(|| "info".into()));
+        let queue = JobQueue::new(opt(ruby, opts, "queue_size")?.unwrap_or(1024));
+        let sink_queue = queue.clone();
+        let sink: CallbackSink = Arc::new(move |id, payload| {
+            sink_queue.push(Job::Callback { id, payload });
+        });
+        let hub = Arc::new(Hub::new(Some(sink)));
+        let server = Server::new(config, RubyController::new(queue.clone()), hub);
+        Ok(Native {
+            server,
+            queue,
+            worker_threads: opt(ruby, opts, "worker_threads")?.unwrap_or(2usize).max(1),
+            state: Mutex::new(State::default()),
+        })
+    }
+
+    /// Starts the runtime and the ping timer; with a port, also listens on
+    /// `host:port`. Returns the bound port. Idempotent.
+    pub fn start(ruby: &Ruby, rb_self: &Self, host: String, port: Option<u16>) -> Result<Option<u16>, Error> {
+        let mut state = rb_self.state.lock();
+        if state.runtime.is_none() {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(rb_self.worker_threads)
+                .thread_name("anycable-rs")
+                .enable_all()
+                .build()
+                .map_err(|e| runtime_error(ruby, format!("tokio runtime: {e}")))?;
+            let _guard = runtime.enter();
+            rb_self.server.start();
+            drop(_guard);
+            state.runtime = Some(runtime);
+        }
+        let Some(port) = port else { return Ok(None) };
+        let addr: SocketAddr = (host.as_str(), port)
+            .to_socket_addrs()
+            .map_err(|e| runtime_error(ruby, format!("bad listen address {host}:{port}: {e}")))?
+            .next()
+            .ok_or_else(|| runtime_error(ruby, format!("no address for {host}")))?;
+        let handle = state.runtime.as_ref().expect("started").handle().clone();
+        drop(state);
+        let server = rb_self.server.clone();
+        let bound = without_gvl(move || handle.block_on(server.listen(addr)))
+            .map_err(|p| runtime_error(ruby, p))?
+            .map_err(|e| runtime_error(ruby, format!("cannot listen on {addr}: {e}")))?;
+        Ok(Some(bound.port()))
+    }
+
+    pub fn is_started(&self) -> bool {
+        self.state.lock().runtime.is_some()
+    }
+
+    /// Takes over a hijacked socket: `fd` is duplicated, so Ruby closes its IO after.
+    pub fn handoff(
+        ruby: &Ruby,
+        rb_self: &Self,
+        fd: i32,
+        method: String,
+        target: String,
+        headers: Vec<(String, String)>,
+        env_token: u64,
+    ) -> Result<(), Error> {
+        // SAFETY: Ruby's IO owns `fd` and keeps it open for the duration of this call.
+        let owned = unsafe { BorrowedFd::borrow_raw(fd) }
+            .try_clone_to_owned()
+            .map_err(|e| runtime_error(ruby, format!("dup({fd}): {e}")))?;
+        let stream = std::net::TcpStream::from(owned);
+        let head = RequestHead {
+            method,
+            target,
+            headers: headers
+                .into_iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v))
+                .collect(),
+        };
+        let state = rb_self.state.lock();
+        let runtime = state
+            .runtime
+            .as_ref()
+            .ok_or_else(|| runtime_error(ruby, "server not started"))?;
+        let _guard = runtime.enter();
+        rb_self.server.handoff(stream, head, env_token);
+        Ok(())
+    }
+
+    /// The next job as an Array, `nil` after `timeout_ms` without one, `false` once the
+    /// queue is closed.
+    pub fn next_job(ruby: &Ruby, rb_self: &Self, timeout_ms: u64) -> Result<Value, Error> {
+        let queue = rb_self.queue.clone();
+        let pop = without_gvl(move || queue.pop(Duration::from_millis(timeout_ms)))
+            .map_err(|p| runtime_error(ruby, p))?;
+        match pop {
+            Pop::Empty => Ok(ruby.qnil().as_value()),
+            Pop::Closed => Ok(ruby.qfalse().as_value()),
+            Pop::Job(job) => Ok(rb_self.job_to_ruby(ruby, job)),
+        }
+    }
+
+    fn job_to_ruby(&self, ruby: &Ruby, job: Job) -> Value {
+        let sym = |s: &str| -> Value { ruby.to_symbol(s).as_value() };
+        let values: Vec<Value> = match job {
+            Job::Connect {
+                reply,
+                session,
+                head,
+                remote_addr,
+                env_token,
+            } => vec![
+                sym("connect"),
+                Reply::connect(reply).into_value_with(ruby),
+                Socket {
+                    session,
+                    hub: self.server.hub().clone(),
+                }
+                .into_value_with(ruby),
+                env_token.into_value_with(ruby),
+                head.method.into_value_with(ruby),
+                head.target.into_value_with(ruby),
+                ruby.ary_from_vec(head.headers).as_value(),
+                remote_addr
+                    .map(|a| a.ip().to_string())
+                    .into_value_with(ruby),
+            ],
+            Job::Command {
+                reply,
+                session_id,
+                command,
+                identifier,
+                data,
+            } => vec![
+                sym("command"),
+                Reply::done(reply).into_value_with(ruby),
+                session_id.into_value_with(ruby),
+                sym(command.as_str()),
+                identifier.into_value_with(ruby),
+                data.into_value_with(ruby),
+            ],
+            Job::Disconnect { reply, session_id } => vec![
+                sym("disconnect"),
+                Reply::done(reply).into_value_with(ruby),
+                session_id.into_value_with(ruby),
+            ],
+            Job::Callback { id, payload } => vec![
+                sym("callback"),
+                id.into_value_with(ruby),
+                ruby.str_new(&payload).as_value(),
+            ],
+            Job::Timer { id, pending } => {
+                pending.store(false, Ordering::Release);
+                vec![sym("timer"), id.into_value_with(ruby)]
+            }
+        };
+        let array = ruby.ary_new_capa(values.len());
+        for v in values {
+            // Pushing onto a fresh, unfrozen array cannot fail.
+            let _ = array.push(v);
+        }
+        array.as_value()
+    }
+
+    /// Delivers to this process's subscribers; returns how many sessions got it.
+    pub fn broadcast(&self, stream: String, data: String, exclude_sid: Option<String>) -> usize {
+        let d = self
+            .server
+            .hub()
+            .broadcast(&stream, &data, exclude_sid.as_deref());
+        d.sessions + d.callbacks
+    }
+
+    pub fn subscribe_callback(&self, stream: String, id: u64) {
+        self.server.hub().subscribe_callback(&stream, id);
+    }
+
+    pub fn unsubscribe_callback(&self, stream: String, id: u64) {
+        self.server.hub().unsubscribe_callback(&stream, id);
+    }
+
+    /// Every `interval` seconds, queues a `[:timer, id]` job (skipping ticks while the
+    /// previous one has not been taken).
+    pub fn add_timer(ruby: &Ruby, rb_self: &Self, id: u64, interval: f64) -> Result<(), Error> {
+        if !(interval.is_finite() && interval > 0.0) {
+            return Err(Error::new(ruby.exception_arg_error(), "interval must be > 0"));
+        }
+        let mut state = rb_self.state.lock();
+        let runtime = state
+            .runtime
+            .as_ref()
+            .ok_or_else(|| runtime_error(ruby, "server not started"))?;
+        let queue = rb_self.queue.clone();
+        let period = Duration::from_secs_f64(interval);
+        let task = runtime.spawn(async move {
+            let pending = Arc::new(AtomicBool::new(false));
+            let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+            loop {
+                ticker.tick().await;
+                if !pending.swap(true, Ordering::AcqRel) {
+                    queue.push(Job::Timer {
+                        id,
+                        pending: pending.clone(),
+                    });
+                }
+            }
+        });
+        if let Some(old) = state.timers.insert(id, task) {
+            old.abort();
+        }
+        Ok(())
+    }
+
+    pub fn cancel_timer(&self, id: u64) {
+        if let Some(task) = self.state.lock().timers.remove(&id) {
+            task.abort();
+        }
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.server.session_count()
+    }
+
+    /// Tells clients `server_restart`, waits up to `timeout` seconds for their
+    /// disconnect callbacks (which Ruby threads run meanwhile), then stops the runtime
+    /// and lets the Ruby threads finish.
+    pub fn shutdown(ruby: &Ruby, rb_self: &Self, timeout: f64) -> Result<(), Error> {
+        let runtime = {
+            let mut state = rb_self.state.lock();
+            for (_, task) in state.timers.drain() {
+                task.abort();
+            }
+            state.runtime.take()
+        };
+        if let Some(runtime) = runtime {
+            let server = rb_self.server.clone();
+            let wait = Duration::from_secs_f64(timeout.max(0.0));
+            without_gvl(move || {
+                runtime.block_on(server.shutdown(wait));
+                runtime.shutdown_timeout(Duration::from_secs(1));
+            })
+            .map_err(|p| runtime_error(ruby, p))?;
+        }
+        rb_self.queue.close();
+        Ok(())
+    }
+
+    /// In a forked child: the parent's runtime threads do not exist here, so the
+    /// runtime must be leaked, never dropped (dropping would wait for them).
+    pub fn abandon(&self) {
+        let mut state = self.state.lock();
+        for (_, task) in state.timers.drain() {
+            std::mem::forget(task);
+        }
+        if let Some(runtime) = state.runtime.take() {
+            std::mem::forget(runtime);
+        }
+        self.queue.close();
+    }
+}
+
+pub fn init(ruby: &Ruby, module: magnus::RModule) -> Result<(), Error> {
+    use magnus::{function, method, Module, Object};
+    let class = module.define_class("Native", ruby.class_object())?;
+    class.define_singleton_method("new", function!(Native::new, 1))?;
+    class.define_method("start", method!(Native::start, 2))?;
+    class.define_method("started?", method!(Native::is_started, 0))?;
+    class.define_method("handoff", method!(Native::handoff, 5))?;
+    class.define_method("next_job", method!(Native::next_job, 1))?;
+    class.define_method("broadcast", method!(Native::broadcast, 3))?;
+    class.define_method("subscribe_callback", method!(Native::subscribe_callback, 2))?;
+    class.define_method("unsubscribe_callback", method!(Native::unsubscribe_callback, 2))?;
+    class.define_method("add_timer", method!(Native::add_timer, 2))?;
+    class.define_method("cancel_timer", method!(Native::cancel_timer, 1))?;
+    class.define_method("session_count", method!(Native::session_count, 0))?;
+    class.define_method("shutdown", method!(Native::shutdown, 1))?;
+    class.define_method("abandon", method!(Native::abandon, 0))?;
+
+    let socket = class.define_class("Socket", ruby.class_object())?;
+    socket.define_method("id", method!(Socket::id, 0))?;
+    socket.define_method("sid", method!(Socket::sid, 0))?;
+    socket.define_method("transmit", method!(Socket::transmit, 1))?;
+    socket.define_method("close", method!(Socket::close, 2))?;
+    socket.define_method("close_quietly", method!(Socket::close_quietly, 0))?;
+    socket.define_method("closed?", method!(Socket::is_closed, 0))?;
+    socket.define_method("stream", method!(Socket::stream, 2))?;
+    socket.define_method("unstream", method!(Socket::unstream, 2))?;
+
+    let reply = class.define_class("Reply", ruby.class_object())?;
+    reply.define_method("resolve", method!(Reply::resolve, 2))?;
+    Ok(())
+}

@@ -1,0 +1,96 @@
+# frozen_string_literal: true
+
+module AnyCableRs
+  module ActionCable
+    # Runs Action Cable's worker-pool work on the calling thread: the bridge's Ruby
+    # threads already are the pool. `work` keeps Action Cable's callbacks (the Rails
+    # executor around every call, ActiveRecord connection handling).
+    class InlineWorker < ::ActionCable::Server::Worker
+      def initialize # rubocop:disable Lint/MissingSuper -- no thread pool of its own
+      end
+
+      def stopping?
+        false
+      end
+
+      def halt
+      end
+
+      def async_invoke(receiver, method, *args, connection: receiver, &block)
+        invoke(receiver, method, *args, connection: connection, &block)
+      end
+    end
+
+    # Action Cable's event loop, as connections and channels use it: `post` runs at
+    # once, `timer` runs in the Rust runtime and calls back into a Ruby thread.
+    class EventLoop
+      Timer = Struct.new(:runtime, :id) do
+        def shutdown
+          runtime.dispatcher.cancel_timer(id)
+        end
+      end
+
+      def initialize(runtime)
+        @runtime = runtime
+      end
+
+      def post(task = nil, &block)
+        (task || block).call
+      end
+
+      def timer(interval, &block)
+        Timer.new(@runtime, @runtime.dispatcher.add_timer(interval, block))
+      end
+
+      def attach(*)
+      end
+
+      def detach(*)
+      end
+
+      def writes_pending(*)
+      end
+
+      def stop
+      end
+    end
+
+    # What connections get as their `server`: Action Cable's server for configuration
+    # and broadcasting, with the worker pool, event loop and pub/sub of anycable-rs.
+    class CableServer
+      attr_reader :worker_pool, :event_loop, :pubsub
+
+      def initialize(runtime, pubsub)
+        @worker_pool = InlineWorker.new
+        @event_loop = EventLoop.new(runtime)
+        @pubsub = pubsub
+      end
+
+      def config
+        ::ActionCable.server.config
+      end
+
+      def logger
+        ::ActionCable.server.logger
+      end
+
+      def add_connection(_connection)
+      end
+
+      def remove_connection(_connection)
+      end
+
+      def respond_to_missing?(name, include_private = false)
+        ::ActionCable.server.respond_to?(name) || super
+      end
+
+      def method_missing(name, *args, **kwargs, &block)
+        if ::ActionCable.server.respond_to?(name)
+          ::ActionCable.server.public_send(name, *args, **kwargs, &block)
+        else
+          super
+        end
+      end
+    end
+  end
+end

@@ -1,0 +1,251 @@
+# frozen_string_literal: true
+
+require "action_cable"
+require "anycable_rs/action_cable/socket"
+require "anycable_rs/action_cable/pubsub"
+require "anycable_rs/action_cable/server"
+
+module AnyCableRs
+  # Runs bridge jobs on a Ruby thread: connect, commands and disconnect of a socket,
+  # stream callbacks and timer ticks, each against the app's own Action Cable
+  # connection and channel objects, which live as long as the socket does.
+  #
+  # Every job is answered, and no exception leaves `dispatch`: app errors are logged
+  # once, with their backtrace, and the client gets AnyCable's answer.
+  class Dispatcher
+    Session = Struct.new(:socket, :connection)
+    SUBPROTOCOL = "actioncable-v1-json"
+
+    attr_reader :pubsub, :cable_server
+
+    def initialize(runtime)
+      @runtime = runtime
+      @pubsub = ActionCable::PubSub.new(runtime)
+      @cable_server = ActionCable::CableServer.new(runtime, @pubsub)
+      @sessions = {}
+      @callbacks = {}
+      @timers = {}
+      @seq = 0
+      @lock = Mutex.new
+    end
+
+    def dispatch(job)
+      case job[0]
+      when :command then command(*job.drop(1))
+      when :callback then callback(job[1], job[2])
+      when :connect then connect(*job.drop(1))
+      when :disconnect then disconnect(job[1], job[2])
+      when :timer then timer(job[1])
+      else logger.error "anycable-rs: unknown job #{job[0].inspect}"
+      end
+    rescue Exception => e # rubocop:disable Lint/RescueException
+      log_exception(e, "anycable-rs #{job[0]} job")
+    end
+
+    def session_count
+      @lock.synchronize { @sessions.size }
+    end
+
+    def close_all(reason = "server_restart", reconnect: true)
+      @lock.synchronize { @sessions.values }.each { |s| s.socket.close(reason, reconnect) }
+    end
+
+    # --- registries shared with the pub/sub adapter and the event loop ---
+
+    def register_callback(callable)
+      @lock.synchronize do
+        @seq += 1
+        @callbacks[@seq] = callable
+        @seq
+      end
+    end
+
+    def unregister_callback(id)
+      @lock.synchronize { @callbacks.delete(id) }
+    end
+
+    def add_timer(interval, block)
+      id = @lock.synchronize do
+        @seq += 1
+        @timers[@seq] = block
+        @seq
+      end
+      @runtime.native.add_timer(id, interval.to_f)
+      id
+    end
+
+    def cancel_timer(id)
+      @runtime.native.cancel_timer(id)
+      @lock.synchronize { @timers.delete(id) }
+    end
+
+    private
+
+    def logger
+      AnyCableRs.logger
+    end
+
+    def worker
+      @cable_server.worker_pool
+    end
+
+    def connect(reply, socket, env_token, method, target, headers, remote_ip)
+      env = @runtime.take_env(env_token)
+      if env.nil?
+        env = RackEnv.build(method, target, headers, remote_ip)
+        if @runtime.config.allowed_origins.nil? &&
+            !RackEnv.origin_allowed?(env, ::ActionCable.server.config)
+          logger.error "Request origin not allowed: #{env["HTTP_ORIGIN"]}"
+          return reply.resolve("invalid_request", nil)
+        end
+      end
+      connection = build_connection(env, socket, headers)
+      connection.logger.info connection.send(:started_request_message)
+      worker.work(connection) do
+        connection.connect if connection.respond_to?(:connect)
+        connection.send(:subscribe_to_internal_channel)
+      end
+      @lock.synchronize { @sessions[socket.id] = Session.new(socket, connection) }
+      reply.resolve("ok", nil)
+    rescue ::ActionCable::Connection::Authorization::UnauthorizedError
+      connection&.logger&.info "An unauthorized connection attempt was rejected"
+      reply.resolve("unauthorized", nil)
+    rescue Exception => e # rubocop:disable Lint/RescueException
+      log_exception(e, "#{connection&.class || "connection"}#connect")
+      reply.resolve("error", "#{e.class}: #{e.message}")
+    end
+
+    def build_connection(env, socket, headers)
+      klass = ::ActionCable.server.config.connection_class.call
+      # Without the Upgrade header Action Cable builds no client socket of its own.
+      upgrade = env.delete("HTTP_UPGRADE")
+      connection = klass.new(@cable_server, env)
+      env["HTTP_UPGRADE"] = upgrade if upgrade
+      protocol = offered_protocol(headers)
+      connection.instance_variable_set(:@websocket, ActionCable::Socket.new(socket, protocol))
+      connection.instance_variable_set(:@protocol, protocol)
+      connection
+    end
+
+    def offered_protocol(headers)
+      offered = headers.find { |name, _| name == "sec-websocket-protocol" }&.last.to_s
+      offered.split(",").map(&:strip).include?(SUBPROTOCOL) ? SUBPROTOCOL : nil
+    end
+
+    def command(reply, session_id, command, identifier, data)
+      session = @lock.synchronize { @sessions[session_id] }
+      return unless session
+
+      connection = session.connection
+      worker.work(connection) do
+        case command
+        when :subscribe then subscribe(connection, identifier)
+        when :unsubscribe then unsubscribe(connection, identifier)
+        when :message then perform(connection, identifier, data)
+        end
+      end
+    ensure
+      reply.resolve("ok", nil)
+    end
+
+    def subscribe(connection, identifier)
+      subscriptions = connection.subscriptions
+      if subscriptions.identifiers.include?(identifier)
+        return connection.logger.error("Already subscribed to #{identifier}; subscribe ignored")
+      end
+
+      params = decode_identifier(identifier)
+      klass = params && params["channel"].to_s.safe_constantize
+      unless klass.is_a?(Class) && klass <= ::ActionCable::Channel::Base
+        connection.logger.error "Subscription class not found: #{params ? params["channel"].inspect : identifier.inspect}"
+        return reject(connection, identifier)
+      end
+
+      begin
+        subscriptions.add("identifier" => identifier)
+      rescue Exception => e # rubocop:disable Lint/RescueException
+        connection.rescue_with_handler(e)
+        log_exception(e, "#{klass}#subscribed")
+        failed = subscriptions.send(:subscriptions).delete(identifier)
+        safely("#{klass} stop_all_streams") { failed&.stop_all_streams }
+        reject(connection, identifier)
+      end
+    end
+
+    def unsubscribe(connection, identifier)
+      unless connection.subscriptions.identifiers.include?(identifier)
+        return connection.logger.error("Unable to find subscription with identifier: #{identifier}; unsubscribe ignored")
+      end
+
+      safely("unsubscribe #{identifier}", connection) do
+        connection.subscriptions.remove("identifier" => identifier)
+      end
+    end
+
+    def perform(connection, identifier, data)
+      unless connection.subscriptions.identifiers.include?(identifier)
+        return connection.logger.error("Unable to find subscription with identifier: #{identifier}; message ignored")
+      end
+
+      safely("perform on #{identifier}", connection) do
+        connection.subscriptions.perform_action("identifier" => identifier, "data" => data)
+      end
+    end
+
+    def reject(connection, identifier)
+      connection.transmit(identifier: identifier, type: ::ActionCable::INTERNAL[:message_types][:rejection])
+    end
+
+    def decode_identifier(identifier)
+      params = ActiveSupport::JSON.decode(identifier)
+      params.is_a?(Hash) ? params : nil
+    rescue JSON::ParserError
+      nil
+    end
+
+    def disconnect(reply, session_id)
+      session = @lock.synchronize { @sessions.delete(session_id) }
+      return unless session
+
+      connection = session.connection
+      worker.work(connection) do
+        connection.logger.info connection.send(:finished_request_message)
+        channels = connection.subscriptions.send(:subscriptions).values
+        channels.each do |channel|
+          safely("#{channel.class}#unsubscribed", connection) do
+            connection.subscriptions.remove_subscription(channel)
+          end
+        end
+        safely("unsubscribe from internal channel", connection) do
+          connection.send(:unsubscribe_from_internal_channel)
+        end
+        if connection.respond_to?(:disconnect)
+          safely("#{connection.class}#disconnect", connection) { connection.disconnect }
+        end
+      end
+    ensure
+      reply.resolve("ok", nil)
+    end
+
+    def callback(id, payload)
+      callable = @lock.synchronize { @callbacks[id] }
+      safely("stream callback") { callable&.call(payload) }
+    end
+
+    def timer(id)
+      block = @lock.synchronize { @timers[id] }
+      safely("periodic timer") { block&.call }
+    end
+
+    def safely(what, connection = nil)
+      yield
+    rescue Exception => e # rubocop:disable Lint/RescueException
+      connection&.rescue_with_handler(e)
+      log_exception(e, what)
+    end
+
+    def log_exception(error, what)
+      logger.error "#{what} raised #{error.class}: #{error.message}\n#{Array(error.backtrace).join("\n")}"
+    end
+  end
+end

@@ -1,0 +1,71 @@
+# frozen_string_literal: true
+
+require "stringio"
+
+module AnyCableRs
+  # Rack env helpers: reading a hijacked request, and building an env for a socket
+  # accepted on the server's own port (no Rack server saw that request).
+  module RackEnv
+    module_function
+
+    def websocket?(env)
+      env["REQUEST_METHOD"] == "GET" &&
+        env["HTTP_UPGRADE"].to_s.casecmp?("websocket") &&
+        env["HTTP_CONNECTION"].to_s.downcase.include?("upgrade")
+    end
+
+    # Action Cable's own origin rule (Connection::Base#allow_request_origin?).
+    def origin_allowed?(env, cable_config)
+      return true if cable_config.disable_request_forgery_protection
+
+      origin = env["HTTP_ORIGIN"]
+      proto = Rack::Request.new(env).ssl? ? "https" : "http"
+      return true if cable_config.allow_same_origin_as_host && origin == "#{proto}://#{env["HTTP_HOST"]}"
+
+      Array(cable_config.allowed_request_origins).any? { |allowed| allowed === origin } # rubocop:disable Style/CaseEquality
+    end
+
+    def fullpath(env)
+      path = "#{env["SCRIPT_NAME"]}#{env["PATH_INFO"]}"
+      query = env["QUERY_STRING"].to_s
+      query.empty? ? path : "#{path}?#{query}"
+    end
+
+    # [[name, value], …] with lower-case, dash-separated names.
+    def headers(env)
+      env.each_with_object([]) do |(key, value), out|
+        next unless key.start_with?("HTTP_") && value.is_a?(String)
+
+        out << [key[5..].tr("_", "-").downcase, value]
+      end
+    end
+
+    def build(method, target, headers, remote_ip)
+      path, query = target.split("?", 2)
+      env = {
+        "REQUEST_METHOD" => method,
+        "SCRIPT_NAME" => "",
+        "PATH_INFO" => path,
+        "QUERY_STRING" => query.to_s,
+        "SERVER_PROTOCOL" => "HTTP/1.1",
+        "REMOTE_ADDR" => remote_ip || "127.0.0.1",
+        "rack.version" => [1, 3],
+        "rack.url_scheme" => "http",
+        "rack.input" => StringIO.new(+""),
+        "rack.errors" => $stderr,
+        "rack.multithread" => true,
+        "rack.multiprocess" => false,
+        "rack.run_once" => false
+      }
+      headers.each do |name, value|
+        key = name.upcase.tr("-", "_")
+        key = "HTTP_#{key}" unless %w[CONTENT_TYPE CONTENT_LENGTH].include?(key)
+        env[key] = value
+      end
+      host, port = env["HTTP_HOST"].to_s.split(":", 2)
+      env["SERVER_NAME"] = host.to_s.empty? ? "localhost" : host
+      env["SERVER_PORT"] = port || "80"
+      env
+    end
+  end
+end

@@ -1,0 +1,143 @@
+# frozen_string_literal: true
+
+require "anycable_rs/dispatcher"
+require "anycable_rs/rack_env"
+
+module AnyCableRs
+  # One process's embedded server: the native server, the Ruby threads that run the
+  # app's Action Cable code for it, and the registries those threads share.
+  class Runtime
+    attr_reader :config, :native, :dispatcher, :pid
+
+    def initialize(config)
+      @config = config
+      @pid = Process.pid
+      @native = Native.new(config.native_options)
+      @dispatcher = Dispatcher.new(self)
+      @threads = []
+      @lock = Mutex.new
+      @envs = {}
+      @env_seq = 0
+      @started = false
+      @port = nil
+    end
+
+    def started?
+      @started
+    end
+
+    # The port of the server's own listener, when ANYCABLE_PORT is set.
+    attr_reader :port
+
+    # Starts tokio, the own-port listener (if configured) and the Ruby worker threads.
+    def start!
+      return self if @started
+
+      @lock.synchronize do
+        return self if @started
+
+        @port = native.start(config.host, config.port)
+        @threads = Array.new(config.rpc_pool_size) { |i| spawn_worker(i) }
+        @started = true
+        install_exit_hook
+        logger.info "anycable-rs: serving WebSockets in process #{pid} " \
+          "(#{config.rpc_pool_size} Ruby threads#{@port ? ", port #{@port}" : ""})"
+      end
+      self
+    end
+
+    def shutdown(timeout = config.shutdown_timeout)
+      return unless @started && Process.pid == pid
+
+      @started = false
+      native.shutdown(timeout.to_f)
+      @threads.each { |t| t.join(2) }
+      @threads.clear
+    end
+
+    # In a forked child: forget the parent's server without touching its threads.
+    def abandon!
+      native.abandon
+      @started = false
+      @threads = []
+    end
+
+    def pubsub
+      dispatcher.pubsub
+    end
+
+    # A Rack env kept for a hijacked socket until its connect job runs.
+    def stash_env(env)
+      @lock.synchronize do
+        @env_seq += 1
+        @envs[@env_seq] = env
+        @env_seq
+      end
+    end
+
+    def take_env(token)
+      return nil if token.nil? || token.zero?
+
+      @lock.synchronize { @envs.delete(token) }
+    end
+
+    # Serves an Action Cable request arriving through Rack (Puma's own port): checks it
+    # as Action Cable would, then hands the socket to the Rust server.
+    def handoff(env)
+      return not_found unless RackEnv.websocket?(env)
+
+      if config.allowed_origins.nil? && !RackEnv.origin_allowed?(env, ::ActionCable.server.config)
+        logger.error "Request origin not allowed: #{env["HTTP_ORIGIN"]}"
+        return not_found
+      end
+      hijack = env["rack.hijack"]
+      return [501, {"Content-Type" => "text/plain"}, ["This server does not support Rack hijack"]] unless hijack
+
+      start!
+      token = stash_env(env)
+      io = hijack.call
+      io = env["rack.hijack_io"] unless io.respond_to?(:fileno)
+      begin
+        native.handoff(io.fileno, env["REQUEST_METHOD"], RackEnv.fullpath(env), RackEnv.headers(env), token)
+      rescue Exception # rubocop:disable Lint/RescueException
+        take_env(token)
+        raise
+      ensure
+        env.delete("rack.hijack_io")
+        io.close unless io.closed?
+      end
+      [-1, {}, []]
+    end
+
+    def logger
+      AnyCableRs.logger
+    end
+
+    private
+
+    def not_found
+      [404, {"Content-Type" => "text/plain"}, ["Page not found"]]
+    end
+
+    def spawn_worker(index)
+      Thread.new do
+        Thread.current.name = "anycable-rs-#{index}"
+        loop do
+          job = native.next_job(100)
+          break if job == false
+          next if job.nil?
+
+          dispatcher.dispatch(job)
+        end
+      end
+    end
+
+    def install_exit_hook
+      return if @exit_hook
+
+      @exit_hook = true
+      runtime = self
+      at_exit { runtime.shutdown }
+    end
+  end
+end

@@ -1,0 +1,42 @@
+# frozen_string_literal: true
+
+# Instance state that lives as long as the socket, and what the connection saw.
+class StateChannel < ApplicationCable::Channel
+  def subscribed
+    @count = 0
+    @room = params[:room]
+    Event.record("subscribed", "#{current_user.name}:#{@room}")
+  end
+
+  def unsubscribed
+    Event.record("unsubscribed", "#{current_user.name}:#{@room}")
+  end
+
+  def increment
+    @count += 1
+    transmit({ count: @count, room: @room, object_id: object_id })
+  end
+
+  def facts
+    transmit connection.request_facts.merge("user" => current_user.name, "tab" => tab)
+  end
+
+  def stream(data)
+    stream_from data["name"]
+    transmit({ streaming: data["name"] })
+  end
+
+  def stop(data)
+    stop_stream_from data["name"]
+    transmit({ stopped: data["name"] })
+  end
+
+  def stop_all
+    stop_all_streams
+    transmit({ stopped: "all" })
+  end
+
+  def touch_db
+    transmit({ users: User.count })
+  end
+end

@@ -1,0 +1,48 @@
+# frozen_string_literal: true
+
+class TestController < ActionController::Base
+  skip_forgery_protection
+
+  # Sets the cookies and session a connection can authenticate with.
+  def login
+    user = User.find_or_create_by!(name: params.fetch(:name))
+    cookies.signed[:user_id] = user.id
+    cookies.encrypted[:secret] = "s3cret-#{user.name}"
+    cookies[:plain] = "plain-#{user.name}"
+    session[:user_name] = user.name
+    render plain: user.id.to_s
+  end
+
+  def broadcast
+    payload = JSON.parse(params.require(:payload))
+    if params[:user_id]
+      ScopedChannel.broadcast_to(User.find(params[:user_id]), payload)
+    else
+      ActionCable.server.broadcast(params.require(:stream), payload)
+    end
+    head :created
+  end
+
+  def events
+    render json: Event.order(:id).map { |e| [e.name, e.detail] }
+  end
+
+  def clear_events
+    Event.delete_all
+    head :no_content
+  end
+
+  def remote_disconnect
+    ActionCable.server.remote_connections.where(current_user: User.find(params[:user_id])).disconnect
+    head :created
+  end
+
+  def stats
+    pool = ActiveRecord::Base.connection_pool
+    render json: {
+      busy: pool.connections.count(&:in_use?),
+      sessions: AnyCableRs.runtime? ? AnyCableRs.runtime.dispatcher.session_count : 0,
+      pid: Process.pid
+    }
+  end
+end

@@ -1,0 +1,26 @@
+# frozen_string_literal: true
+
+# The app RSpec runs in real Puma: every Action Cable feature anycable-rs must run
+# unchanged has a channel here (app/channels) and the specs drive it over WebSockets.
+require "rails"
+require "active_record/railtie"
+require "action_controller/railtie"
+require "action_cable/engine"
+
+$LOAD_PATH.unshift File.expand_path("../../../lib", __dir__)
+require "anycable_rs"
+
+module Dummy
+  class Application < Rails::Application
+    config.load_defaults 6.1
+    config.root = File.expand_path("..", __dir__)
+    config.eager_load = false
+    config.cache_classes = true
+    config.secret_key_base = "dummy-secret-key-base-for-tests-only-0123456789abcdef"
+    config.session_store :cookie_store, key: "_dummy_session"
+    config.logger = ActiveSupport::Logger.new(ENV.fetch("DUMMY_LOG", File.expand_path("../log/test.log", __dir__)))
+    config.log_level = :debug
+    config.action_cable.allowed_request_origins = ["http://allowed.test"]
+    config.hosts.clear
+  end
+end

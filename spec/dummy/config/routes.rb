@@ -1,0 +1,10 @@
+# frozen_string_literal: true
+
+Rails.application.routes.draw do
+  get "/login" => "test#login"
+  post "/broadcast" => "test#broadcast"
+  get "/events" => "test#events"
+  delete "/events" => "test#clear_events"
+  post "/remote_disconnect" => "test#remote_disconnect"
+  get "/stats" => "test#stats"
+end

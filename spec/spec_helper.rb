@@ -1,0 +1,14 @@
+# frozen_string_literal: true
+
+$LOAD_PATH.unshift File.expand_path("../lib", __dir__)
+require "timeout"
+require_relative "support/ws_client"
+require_relative "support/puma_server"
+
+RSpec.configure do |config|
+  config.expect_with(:rspec) { |c| c.syntax = :expect }
+  config.disable_monkey_patching!
+  config.order = :defined
+  # A spec that cannot run here must fail, never pass quietly.
+  config.fail_if_no_examples = true
+end
