@@ -4,6 +4,7 @@ $LOAD_PATH.unshift File.expand_path("../lib", __dir__)
 require "timeout"
 require_relative "support/ws_client"
 require_relative "support/puma_server"
+require_relative "support/cable_helpers"
 
 RSpec.configure do |config|
   config.expect_with(:rspec) { |c| c.syntax = :expect }
@@ -11,4 +12,8 @@ RSpec.configure do |config|
   config.order = :defined
   # A spec that cannot run here must fail, never pass quietly.
   config.fail_if_no_examples = true
+  # No example may hang the suite.
+  config.around do |example|
+    Timeout.timeout(90) { example.run }
+  end
 end

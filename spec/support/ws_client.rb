@@ -64,6 +64,8 @@ class WsClient
 
   def write(data)
     @socket.write(data)
+  rescue IOError, SystemCallError
+    nil # the server closed first; the close event says so
   end
 
   # Waits for the handshake; true when open.
@@ -85,8 +87,10 @@ class WsClient
 
   # The next message that is not a ping (parsed), or :closed.
   def receive(timeout: 5, pings: false)
+    deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + timeout
     loop do
-      item = pop(@queue, timeout)
+      left = deadline - Process.clock_gettime(Process::CLOCK_MONOTONIC)
+      item = pop(@queue, left.positive? ? left : 0)
       return item if item == :closed
 
       msg = JSON.parse(item)

@@ -6,6 +6,7 @@ require "rails"
 require "active_record/railtie"
 require "action_controller/railtie"
 require "action_cable/engine"
+require "global_id/railtie"
 
 $LOAD_PATH.unshift File.expand_path("../../../lib", __dir__)
 require "anycable_rs"

@@ -33,7 +33,9 @@ class TestController < ActionController::Base
   end
 
   def remote_disconnect
-    ActionCable.server.remote_connections.where(current_user: User.find(params[:user_id])).disconnect
+    ActionCable.server.remote_connections
+      .where(current_user: User.find(params[:user_id]), tab: params.fetch(:tab, "main"))
+      .disconnect
     head :created
   end
 

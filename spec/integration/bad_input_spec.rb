@@ -1,0 +1,121 @@
+# frozen_string_literal: true
+
+require "spec_helper"
+
+RSpec.describe "Bad input on the embedded server (real Puma)", type: :cable do
+  with_puma
+
+  # After bad input the same socket still works, and so do others.
+  def still_works(c)
+    id = subscribed(c, {channel: "FaultyChannel", probe: rand(1_000_000)})
+    c.perform(id, "ping")
+    expect(message_for(c, id)).to eq("pong" => true)
+  end
+
+  let(:bystander) { connected(name: "bystander") }
+
+  before { bystander }
+
+  after { still_works(bystander) }
+
+  it "ignores malformed JSON, unknown commands and missing identifiers, logging each" do
+    c = connected
+    c.send_raw("{not json")
+    c.send_raw('{"command":"dance","identifier":"{}"}')
+    c.send_raw('{"command":"subscribe"}')
+    c.send_raw('["an","array"]')
+    expect(c.silent_for?(0.3)).to be(true)
+    still_works(c)
+    expect(puma.log).to match(/malformed message/)
+    expect(puma.log).to match(/unknown command: "dance"/)
+  end
+
+  it "drops a message over the size limit and keeps the connection" do
+    c = connected
+    id = subscribed(c, channel: "EchoChannel")
+    c.perform(id, "echo", {"big" => "x" * 70_000})
+    expect(c.silent_for?(0.3)).to be(true)
+    expect(puma.log).to match(/over the 65536-byte limit/)
+    still_works(c)
+  end
+
+  it "closes with 1009 on a frame past the hard limit, without touching others" do
+    c = connected
+    c.send_raw("x" * (1024 * 1024 + 10))
+    expect(c.receive).to eq(:closed)
+    expect(c.close_event.code).to eq(1009)
+  end
+
+  it "rejects an unknown channel class or a malformed identifier" do
+    c = connected
+    id = c.subscribe(channel: "NoSuchChannel")
+    expect(c.receive).to eq("identifier" => id, "type" => "reject_subscription")
+    c.send_json(command: "subscribe", identifier: "{oops")
+    expect(c.receive).to eq("identifier" => "{oops", "type" => "reject_subscription")
+    id = c.subscribe(channel: "String")
+    expect(c.receive).to eq("identifier" => id, "type" => "reject_subscription")
+    expect(log_lines("Subscription class not found: \"NoSuchChannel\"").size).to eq(1)
+    still_works(c)
+  end
+
+  it "ignores a second subscribe to one identifier (as Action Cable does) and messages for unknown identifiers" do
+    c = connected
+    id = subscribed(c, channel: "EchoChannel")
+    c.send_json(command: "subscribe", identifier: id)
+    c.perform('{"channel":"EchoChannel","nope":1}', "echo", {"x" => 1})
+    c.send_json(command: "unsubscribe", identifier: '{"channel":"Unknown"}')
+    expect(c.silent_for?(0.3)).to be(true)
+    expect(log_lines("Already subscribed to #{id}").size).to eq(1)
+    expect(log_lines("Unable to find subscription with identifier").size).to eq(2)
+    c.perform(id, "echo", {"x" => 2})
+    expect(message_for(c, id)).to eq("x" => 2, "action" => "echo")
+  end
+
+  it "rejects a subscription whose subscribed raises, logs it once with its backtrace, stops its streams" do
+    c = connected
+    id = c.subscribe(channel: "FaultyChannel", explode: true)
+    expect(c.receive).to eq("identifier" => id, "type" => "reject_subscription")
+    expect(log_lines("subscribed exploded").size).to eq(1)
+    expect(puma.rails_log).to match(%r{subscribed exploded.*\n.*app/channels/faulty_channel\.rb}m)
+    broadcast("faulty", "should not arrive")
+    expect(c.silent_for?(0.3)).to be(true)
+    still_works(c)
+  end
+
+  it "logs an exception in an action once with its backtrace; the socket keeps working" do
+    c = connected
+    id = subscribed(c, channel: "FaultyChannel")
+    c.perform(id, "boom")
+    expect(c.silent_for?(0.3)).to be(true)
+    expect(log_lines("action exploded").size).to eq(1)
+    expect(puma.rails_log).to match(%r{action exploded.*\n.*app/channels/faulty_channel\.rb}m)
+    c.perform(id, "ping")
+    expect(message_for(c, id)).to eq("pong" => true)
+  end
+
+  it "hands an action's exception to the connection's rescue_from" do
+    puma.http(:delete, "/events")
+    c = connected
+    id = subscribed(c, channel: "FaultyChannel")
+    c.perform(id, "rescued")
+    wait_for { events.include?(["connection.rescue_from", "handled by rescue_from"]) }
+  end
+
+  it "logs an unknown action as Action Cable does and keeps going" do
+    c = connected
+    id = subscribed(c, channel: "FaultyChannel")
+    c.perform(id, "no_such_action")
+    expect(c.silent_for?(0.3)).to be(true)
+    expect(log_lines("Unable to process FaultyChannel#no_such_action")).not_to be_empty
+    still_works(c)
+  end
+
+  it "survives clients that vanish without a close frame" do
+    10.times do
+      c = connected
+      subscribed(c, channel: "EchoChannel")
+      c.instance_variable_get(:@socket).close
+    end
+    wait_for { JSON.parse(puma.http(:get, "/stats").body)["sessions"] <= 1 }
+  end
+end

@@ -1,0 +1,120 @@
+# frozen_string_literal: true
+
+require "spec_helper"
+
+RSpec.describe "Connections on the embedded server (real Puma)", type: :cable do
+  with_puma(env: {"ANYCABLE_PORT" => PumaServer.free_port.to_s})
+
+  it "upgrades on Puma's own port, negotiates the subprotocol and welcomes with a sid" do
+    c = client(name: "alice", headers: {"X-Request-ID" => "req-123"})
+    expect(c.welcome!).to eq("type" => "welcome", "sid" => "req-123")
+    expect(c.protocol).to eq("actioncable-v1-json")
+  end
+
+  it "generates a sid when the request has no X-Request-ID" do
+    ids = [client(name: "alice").welcome!["sid"], client(name: "alice").welcome!["sid"]]
+    expect(ids.uniq.size).to eq(2)
+    expect(ids).to all(match(/\A[0-9a-f]{16,}\z/))
+  end
+
+  it "gives connect the request: signed and encrypted cookies, session, headers, params, remote_ip" do
+    c = connected(name: "alice", path: "/cable?tab=t1", headers: {"X-Custom" => "custom-header"})
+    id = subscribed(c, channel: "StateChannel", room: "r1")
+    c.perform(id, "facts")
+    expect(message_for(c, id)).to eq(
+      "secret" => "s3cret-alice", "plain" => "plain-alice", "session_user" => "alice",
+      "header" => "custom-header", "remote_ip" => "127.0.0.1", "param" => "t1",
+      "user" => "alice", "tab" => "t1"
+    )
+  end
+
+  it "identifies by an ActiveRecord record and a primitive" do
+    c = connected(name: "bob", path: "/cable?tab=side")
+    id = subscribed(c, channel: "StateChannel", room: "x")
+    c.perform(id, "facts")
+    expect(message_for(c, id)).to include("user" => "bob", "tab" => "side")
+  end
+
+  it "rejects an unauthorized connection with AnyCable's disconnect message and closes" do
+    c = client
+    expect(c.open?).to be(true)
+    expect(c.receive).to eq("type" => "disconnect", "reason" => "unauthorized", "reconnect" => false)
+    expect(c.receive).to eq(:closed)
+    expect(log_lines("An unauthorized connection attempt was rejected")).not_to be_empty
+  end
+
+  it "answers an exception in connect with server_error, logs it once with its backtrace, and keeps serving" do
+    c = client(name: "alice", path: "/cable?explode=1")
+    expect(c.open?).to be(true)
+    expect(c.receive).to eq("type" => "disconnect", "reason" => "server_error", "reconnect" => true)
+    expect(c.receive).to eq(:closed)
+    lines = log_lines("connect exploded")
+    expect(lines.size).to eq(1)
+    expect(puma.rails_log).to match(%r{connect exploded.*\n.*app/channels/application_cable/connection\.rb}m)
+    expect(connected(name: "alice")).to be_a(WsClient)
+  end
+
+  it "refuses origins Rails does not allow, as Action Cable does (404, no upgrade)" do
+    c = client(name: "alice", headers: {"Origin" => "http://evil.test"})
+    expect(c.open?).to be(false)
+    expect(c.error).to match(/404/)
+    expect(log_lines("Request origin not allowed: http://evil.test")).not_to be_empty
+  end
+
+  it "calls unsubscribed for every channel, then the connection's disconnect, when the socket closes" do
+    puma.http(:delete, "/events")
+    c = connected(name: "carol")
+    subscribed(c, channel: "StateChannel", room: "a")
+    subscribed(c, channel: "StateChannel", room: "b")
+    c.close
+    wait_for { events.map(&:first).include?("disconnect") }
+    expect(events).to eq([
+      ["connect", "carol"], ["subscribed", "carol:a"], ["subscribed", "carol:b"],
+      ["unsubscribed", "carol:a"], ["unsubscribed", "carol:b"], ["disconnect", "carol"]
+    ])
+  end
+
+  it "closes a user's sockets on remote_connections.where(...).disconnect" do
+    c = connected(name: "dave")
+    other = connected(name: "erin")
+    user_id = puma.http(:get, "/login?name=dave").body
+    expect(puma.http(:post, "/remote_disconnect", user_id: user_id).code).to eq("201")
+    expect(c.receive).to eq(:closed)
+    id = subscribed(other, channel: "FaultyChannel")
+    other.perform(id, "ping")
+    expect(message_for(other, id)).to eq("pong" => true)
+  end
+
+  it "runs every call in the Rails executor, returning ActiveRecord connections to the pool" do
+    c = connected(name: "alice")
+    id = subscribed(c, channel: "StateChannel", room: "db")
+    5.times do
+      c.perform(id, "touch_db")
+      expect(message_for(c, id)).to include("users")
+    end
+    stats = JSON.parse(puma.http(:get, "/stats").body)
+    expect(stats["busy"]).to eq(0)
+  end
+
+  describe "the server's own port (ANYCABLE_PORT)" do
+    let(:own_port) { Integer(puma.env["ANYCABLE_PORT"]) }
+
+    it "answers /health" do
+      res = Net::HTTP.get_response(URI("http://127.0.0.1:#{own_port}/health"))
+      expect([res.code, res.body]).to eq(%w[200 Success])
+    end
+
+    it "serves the same app: cookies authenticate, channels work" do
+      c = connected(name: "frank", port: own_port)
+      id = subscribed(c, channel: "StateChannel", room: "own")
+      c.perform(id, "increment")
+      expect(message_for(c, id)).to include("count" => 1, "room" => "own")
+    end
+
+    it "checks Rails' allowed_request_origins there too" do
+      c = client(name: "frank", port: own_port, headers: {"Origin" => "http://evil.test"})
+      expect(c.open?).to be(true)
+      expect(c.receive).to eq("type" => "disconnect", "reason" => "invalid_request", "reconnect" => true)
+    end
+  end
+end

@@ -1,0 +1,92 @@
+# frozen_string_literal: true
+
+# Starts one Puma for an example group and offers Action Cable client helpers.
+module CableHelpers
+  def self.included(base)
+    base.extend(ClassMethods)
+  end
+
+  module ClassMethods
+    def with_puma(env: {}, threads: 4)
+      before(:all) { @puma = PumaServer.new(env: env, threads: threads).start }
+      after(:all) do
+        @puma&.stop
+        @puma&.cleanup
+      end
+      after do |example|
+        if example.exception && @puma
+          warn "--- puma log ---\n#{@puma.log[-4000..] || @puma.log}"
+          warn "--- rails log (tail) ---\n#{@puma.rails_log.lines.last(60).join}"
+        end
+      end
+    end
+  end
+
+  attr_reader :puma
+
+  def cookies_for(name)
+    res = puma.http(:get, "/login?name=#{name}")
+    res.get_fields("set-cookie").map { |c| c.split(";").first }.join("; ")
+  end
+
+  def client(name: nil, path: "/cable", headers: {}, port: puma.port, **opts)
+    headers = {"Origin" => "http://allowed.test"}.merge(headers)
+    headers["Cookie"] = cookies_for(name) if name
+    c = WsClient.new("ws://127.0.0.1:#{port}#{path}", headers: headers, **opts)
+    (@clients ||= []) << c
+    c
+  end
+
+  def connected(name: "alice", **opts)
+    c = client(name: name, **opts)
+    c.welcome!
+    c
+  end
+
+  def subscribed(c, identifier)
+    id = c.subscribe(identifier)
+    msg = c.receive
+    expect(msg).to eq("identifier" => id, "type" => "confirm_subscription")
+    id
+  end
+
+  def message_for(c, id)
+    msg = c.receive
+    expect(msg["identifier"]).to eq(id)
+    msg["message"]
+  end
+
+  def broadcast(stream, payload)
+    expect(puma.http(:post, "/broadcast", stream: stream, payload: JSON.generate(payload)).code).to eq("201")
+  end
+
+  def events
+    JSON.parse(puma.http(:get, "/events").body)
+  end
+
+  def wait_for(timeout: 5)
+    deadline = Time.now + timeout
+    loop do
+      result = yield
+      return result if result
+      raise "condition not met within #{timeout}s" if Time.now > deadline
+
+      sleep 0.05
+    end
+  end
+
+  # Lines of the Rails log that mention `text`.
+  def log_lines(text)
+    puma.rails_log.lines.grep(/#{Regexp.escape(text)}/)
+  end
+
+  def close_clients
+    (@clients || []).each { |c| c.close rescue nil } # rubocop:disable Style/RescueModifier
+    @clients = []
+  end
+end
+
+RSpec.configure do |config|
+  config.include CableHelpers, type: :cable
+  config.after(type: :cable) { close_clients }
+end
