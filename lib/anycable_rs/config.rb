@@ -92,7 +92,7 @@ module AnyCableRs
       when :port, :rpc_pool_size, :worker_threads, :max_message_size, :max_pending_bytes, :queue_size
         integer(key, value)
       when :ping_interval, :write_timeout, :shutdown_timeout
-        Float(value)
+        number(key, value)
       when :allowed_origins
         list = value.is_a?(Array) ? value : value.to_s.split(",")
         list = list.map { |o| o.to_s.strip }.reject(&:empty?)
@@ -100,6 +100,10 @@ module AnyCableRs
       else
         value.to_s
       end
+    end
+
+    def number(key, value)
+      Float(value)
     rescue ArgumentError, TypeError
       raise ArgumentError, "anycable-rs: #{key} must be a number, got #{value.inspect}"
     end
