@@ -131,10 +131,7 @@ fn choose_protocol(head: &RequestHead) -> Option<&'static str> {
         .flat_map(|(_, v)| v.split(','))
         .map(str::trim)
         .collect();
-    SUBPROTOCOLS
-        .iter()
-        .find(|p| offered.contains(p))
-        .copied()
+    SUBPROTOCOLS.iter().find(|p| offered.contains(p)).copied()
 }
 
 /// `allowed` holds host patterns (`example.com`, `*.example.com`, `localhost:3000`); the
@@ -165,9 +162,7 @@ pub fn origin_allowed(origin: Option<&str>, allowed: &[String]) -> bool {
             host_no_port
         };
         match pattern.strip_prefix("*.") {
-            Some(suffix) => {
-                candidate == suffix || candidate.ends_with(&format!(".{suffix}"))
-            }
+            Some(suffix) => candidate == suffix || candidate.ends_with(&format!(".{suffix}")),
             None => candidate == pattern,
         }
     })
@@ -239,14 +234,19 @@ mod tests {
     #[test]
     fn accepts_upgrade_with_rfc_accept_key_and_protocol() {
         let up = check_upgrade(
-            &head(&[("sec-websocket-protocol", "actioncable-v1-json, actioncable-unsupported")]),
+            &head(&[(
+                "sec-websocket-protocol",
+                "actioncable-v1-json, actioncable-unsupported",
+            )]),
             &ServerConfig::default(),
         )
         .unwrap();
         assert_eq!(up.accept_key, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
         assert_eq!(up.protocol, Some("actioncable-v1-json"));
         assert_eq!(
-            check_upgrade(&head(&[]), &ServerConfig::default()).unwrap().protocol,
+            check_upgrade(&head(&[]), &ServerConfig::default())
+                .unwrap()
+                .protocol,
             None
         );
     }
@@ -264,7 +264,11 @@ mod tests {
 
     #[test]
     fn checks_origins() {
-        let allowed = vec!["example.com".to_string(), "*.app.test".to_string(), "localhost:3000".into()];
+        let allowed = vec![
+            "example.com".to_string(),
+            "*.app.test".to_string(),
+            "localhost:3000".into(),
+        ];
         assert!(origin_allowed(Some("https://example.com"), &allowed));
         assert!(origin_allowed(Some("http://example.com:8080"), &allowed));
         assert!(origin_allowed(Some("https://a.b.app.test"), &allowed));

@@ -207,7 +207,10 @@ mod tests {
         hub.subscribe(&b, "room", "B");
         let d = hub.broadcast("room", r#"{"x":1}"#, Some("b"));
         assert_eq!(d.sessions, 1);
-        assert_eq!(frames(&mut ra), vec![r#"{"identifier":"A","message":{"x":1}}"#]);
+        assert_eq!(
+            frames(&mut ra),
+            vec![r#"{"identifier":"A","message":{"x":1}}"#]
+        );
         assert!(frames(&mut rb).is_empty());
         hub.broadcast("room", "2", None);
         assert_eq!(frames(&mut rb), vec![r#"{"identifier":"B","message":2}"#]);

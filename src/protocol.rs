@@ -80,9 +80,9 @@ pub fn parse_command(text: &str) -> Result<ClientCommand, ParseError> {
     };
     let identifier = raw.identifier.ok_or(ParseError::MissingIdentifier)?;
     let data = match (command, raw.data) {
-        (Command::Message, Some(raw)) => Some(
-            serde_json::from_str::<String>(raw.get()).map_err(|_| ParseError::InvalidData)?,
-        ),
+        (Command::Message, Some(raw)) => {
+            Some(serde_json::from_str::<String>(raw.get()).map_err(|_| ParseError::InvalidData)?)
+        }
         (Command::Message, None) => return Err(ParseError::InvalidData),
         _ => None,
     };
@@ -151,8 +151,10 @@ mod tests {
 
     #[test]
     fn parses_subscribe() {
-        let c = parse_command(r#"{"command":"subscribe","identifier":"{\"channel\":\"ChatChannel\"}"}"#)
-            .unwrap();
+        let c = parse_command(
+            r#"{"command":"subscribe","identifier":"{\"channel\":\"ChatChannel\"}"}"#,
+        )
+        .unwrap();
         assert_eq!(c.command, Command::Subscribe);
         assert_eq!(c.identifier, r#"{"channel":"ChatChannel"}"#);
         assert_eq!(c.data, None);
@@ -169,7 +171,10 @@ mod tests {
 
     #[test]
     fn rejects_bad_input() {
-        assert!(matches!(parse_command("{nope"), Err(ParseError::Malformed(_))));
+        assert!(matches!(
+            parse_command("{nope"),
+            Err(ParseError::Malformed(_))
+        ));
         assert_eq!(
             parse_command(r#"{"command":"dance","identifier":"x"}"#),
             Err(ParseError::UnknownCommand("dance".into()))

@@ -259,16 +259,15 @@ impl<C: Controller> Inner<C> {
         {
             return;
         }
-        let ws = WebSocketStream::from_raw_socket(stream, Role::Server, Some(self.ws_config()))
-            .await;
+        let ws =
+            WebSocketStream::from_raw_socket(stream, Role::Server, Some(self.ws_config())).await;
         self.run_session(ws, head, peer, env_token).await;
     }
 
     fn new_sid(&self, id: u64, head: &RequestHead) -> String {
         if let Some(rid) = head.header("x-request-id") {
             let rid = rid.trim();
-            if !rid.is_empty() && rid.len() <= 255 && rid.bytes().all(|b| b.is_ascii_graphic())
-            {
+            if !rid.is_empty() && rid.len() <= 255 && rid.bytes().all(|b| b.is_ascii_graphic()) {
                 return rid.to_string();
             }
         }

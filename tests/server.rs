@@ -5,10 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anycable_core::protocol::Command;
+use anycable_core::session::SessionRef;
 use anycable_core::{
     CommandRequest, ConnectReply, ConnectRequest, Controller, Hub, Server, ServerConfig,
 };
-use anycable_core::session::SessionRef;
 use futures_util::{SinkExt, StreamExt};
 use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -55,7 +55,11 @@ impl Controller for TestController {
                 ));
             }
             Command::Unsubscribe => {
-                self.hub.lock().clone().unwrap().unsubscribe_identifier(&session, id);
+                self.hub
+                    .lock()
+                    .clone()
+                    .unwrap()
+                    .unsubscribe_identifier(&session, id);
             }
         }
     }
@@ -77,10 +81,20 @@ async fn start(config: ServerConfig) -> (Server<TestController>, SocketAddr, Tes
 
 type Client = WebSocketStream<TcpStream>;
 
-async fn connect(addr: SocketAddr, query: &str, extra: &[(&'static str, &str)]) -> (Client, Option<String>) {
-    let mut req = format!("ws://{addr}/cable{query}").into_client_request().unwrap();
-    req.headers_mut()
-        .insert("Sec-WebSocket-Protocol", "actioncable-v1-json, actioncable-unsupported".parse().unwrap());
+async fn connect(
+    addr: SocketAddr,
+    query: &str,
+    extra: &[(&'static str, &str)],
+) -> (Client, Option<String>) {
+    let mut req = format!("ws://{addr}/cable{query}")
+        .into_client_request()
+        .unwrap();
+    req.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        "actioncable-v1-json, actioncable-unsupported"
+            .parse()
+            .unwrap(),
+    );
     for (k, v) in extra {
         req.headers_mut().insert(*k, v.parse().unwrap());
     }
@@ -110,7 +124,9 @@ async fn next_json(ws: &mut Client) -> serde_json::Value {
 }
 
 async fn send(ws: &mut Client, json: serde_json::Value) {
-    ws.send(Message::Text(json.to_string().into())).await.unwrap();
+    ws.send(Message::Text(json.to_string().into()))
+        .await
+        .unwrap();
 }
 
 fn subscribe(id: &str) -> serde_json::Value {
@@ -126,7 +142,10 @@ async fn welcome_subscribe_broadcast_echo_and_disconnect() {
     let (server, addr, controller) = start(ServerConfig::default()).await;
     let (mut ws, proto) = connect(addr, "", &[("X-Request-ID", "req-1")]).await;
     assert_eq!(proto.as_deref(), Some("actioncable-v1-json"));
-    assert_eq!(next_json(&mut ws).await, serde_json::json!({"type":"welcome","sid":"req-1"}));
+    assert_eq!(
+        next_json(&mut ws).await,
+        serde_json::json!({"type":"welcome","sid":"req-1"})
+    );
 
     send(&mut ws, subscribe("{\"channel\":\"A\"}")).await;
     let confirm = next_json(&mut ws).await;
@@ -140,7 +159,10 @@ async fn welcome_subscribe_broadcast_echo_and_disconnect() {
     );
 
     send(&mut ws, message("{\"channel\":\"A\"}", r#"{"n":1}"#)).await;
-    assert_eq!(next_json(&mut ws).await["message"], serde_json::json!({"n":1}));
+    assert_eq!(
+        next_json(&mut ws).await["message"],
+        serde_json::json!({"n":1})
+    );
 
     ws.close(None).await.unwrap();
     for _ in 0..100 {
@@ -170,7 +192,10 @@ async fn rejected_and_failed_connections_get_a_disconnect_message() {
         serde_json::json!({"type":"disconnect","reason":"server_error","reconnect":true})
     );
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert!(controller.disconnected.lock().is_empty(), "disconnect is only for accepted sessions");
+    assert!(
+        controller.disconnected.lock().is_empty(),
+        "disconnect is only for accepted sessions"
+    );
 }
 
 #[tokio::test]
@@ -187,11 +212,16 @@ async fn bad_frames_are_ignored_and_the_connection_keeps_working() {
         r#"{"command":"dance","identifier":"x"}"#.to_string(),
         r#"{"command":"subscribe"}"#.to_string(),
         r#"{"command":"message","identifier":"x","data":{"a":1}}"#.to_string(),
-        format!(r#"{{"command":"message","identifier":"x","data":"{}"}}"#, "a".repeat(2000)),
+        format!(
+            r#"{{"command":"message","identifier":"x","data":"{}"}}"#,
+            "a".repeat(2000)
+        ),
     ] {
         ws.send(Message::Text(bad.into())).await.unwrap();
     }
-    ws.send(Message::Binary(vec![1, 2, 3].into())).await.unwrap();
+    ws.send(Message::Binary(vec![1, 2, 3].into()))
+        .await
+        .unwrap();
     send(&mut ws, message("x", "7")).await;
     assert_eq!(next_json(&mut ws).await["message"], 7);
 }
@@ -229,14 +259,20 @@ async fn pings_health_and_404() {
     let (_server, addr, _) = start(config).await;
     let (mut ws, _) = connect(addr, "", &[]).await;
     next_json(&mut ws).await;
-    let msg = tokio::time::timeout(Duration::from_secs(2), ws.next()).await.unwrap().unwrap().unwrap();
+    let msg = tokio::time::timeout(Duration::from_secs(2), ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     let v: serde_json::Value = serde_json::from_str(msg.to_text().unwrap()).unwrap();
     assert_eq!(v["type"], "ping");
     assert!(v["message"].as_u64().unwrap() > 1_600_000_000);
 
     for (path, status) in [("/health", "200"), ("/nope", "404")] {
         let mut tcp = TcpStream::connect(addr).await.unwrap();
-        tcp.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
+        tcp.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
         let mut out = String::new();
         tcp.read_to_string(&mut out).await.unwrap();
         assert!(out.starts_with(&format!("HTTP/1.1 {status}")), "{out}");
@@ -254,7 +290,8 @@ async fn origins_are_checked() {
     assert_eq!(next_json(&mut ws).await["type"], "welcome");
 
     let mut req = format!("ws://{addr}/cable").into_client_request().unwrap();
-    req.headers_mut().insert("Origin", "https://evil.test".parse().unwrap());
+    req.headers_mut()
+        .insert("Origin", "https://evil.test".parse().unwrap());
     let tcp = TcpStream::connect(addr).await.unwrap();
     let err = client_async(req, tcp).await.unwrap_err();
     assert!(err.to_string().contains("403"), "{err}");

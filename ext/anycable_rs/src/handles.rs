@@ -77,7 +77,12 @@ impl Reply {
 
     /// `status`: "ok", "unauthorized", "invalid_request" or "error" (with `message`).
     /// Only the first call counts.
-    pub fn resolve(ruby: &Ruby, rb_self: &Self, status: String, message: Option<String>) -> Result<bool, Error> {
+    pub fn resolve(
+        ruby: &Ruby,
+        rb_self: &Self,
+        status: String,
+        message: Option<String>,
+    ) -> Result<bool, Error> {
         let Some(pending) = rb_self.0.lock().take() else {
             return Ok(false);
         };
@@ -87,9 +92,7 @@ impl Reply {
                 let reply = match status.as_str() {
                     "ok" => ConnectReply::Accepted,
                     "unauthorized" => ConnectReply::Rejected(DisconnectReason::UNAUTHORIZED),
-                    "invalid_request" => {
-                        ConnectReply::Rejected(DisconnectReason::INVALID_REQUEST)
-                    }
+                    "invalid_request" => ConnectReply::Rejected(DisconnectReason::INVALID_REQUEST),
                     "error" => ConnectReply::Failed(message.unwrap_or_default()),
                     other => {
                         let _ = tx.send(ConnectReply::Failed(format!("bad status {other:?}")));

@@ -64,7 +64,9 @@ impl Native {
             read_buffer_size: defaults.read_buffer_size,
             handshake_timeout: defaults.handshake_timeout,
         };
-        crate::logger::init(&opt::<String>(ruby, opts, "log_level")?.unwrap_or_else(|| "info".into()));
+        crate::logger::init(
+            &opt::<String>(ruby, opts, "log_level")?.unwrap_or_else(|| "info".into()),
+        );
         let queue = JobQueue::new(opt(ruby, opts, "queue_size")?.unwrap_or(1024));
         let sink_queue = queue.clone();
         let sink: CallbackSink = Arc::new(move |id, payload| {
@@ -82,7 +84,12 @@ impl Native {
 
     /// Starts the runtime and the ping timer; with a port, also listens on
     /// `host:port`. Returns the bound port. Idempotent.
-    pub fn start(ruby: &Ruby, rb_self: &Self, host: String, port: Option<u16>) -> Result<Option<u16>, Error> {
+    pub fn start(
+        ruby: &Ruby,
+        rb_self: &Self,
+        host: String,
+        port: Option<u16>,
+    ) -> Result<Option<u16>, Error> {
         let mut state = rb_self.state.lock();
         if state.runtime.is_none() {
             let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -244,7 +251,10 @@ impl Native {
     /// previous one has not been taken).
     pub fn add_timer(ruby: &Ruby, rb_self: &Self, id: u64, interval: f64) -> Result<(), Error> {
         if !(interval.is_finite() && interval > 0.0) {
-            return Err(Error::new(ruby.exception_arg_error(), "interval must be > 0"));
+            return Err(Error::new(
+                ruby.exception_arg_error(),
+                "interval must be > 0",
+            ));
         }
         let mut state = rb_self.state.lock();
         let runtime = state
@@ -330,7 +340,10 @@ pub fn init(ruby: &Ruby, module: magnus::RModule) -> Result<(), Error> {
     class.define_method("next_job", method!(Native::next_job, 1))?;
     class.define_method("broadcast", method!(Native::broadcast, 3))?;
     class.define_method("subscribe_callback", method!(Native::subscribe_callback, 2))?;
-    class.define_method("unsubscribe_callback", method!(Native::unsubscribe_callback, 2))?;
+    class.define_method(
+        "unsubscribe_callback",
+        method!(Native::unsubscribe_callback, 2),
+    )?;
     class.define_method("add_timer", method!(Native::add_timer, 2))?;
     class.define_method("cancel_timer", method!(Native::cancel_timer, 1))?;
     class.define_method("session_count", method!(Native::session_count, 0))?;

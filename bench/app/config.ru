@@ -1,0 +1,50 @@
+# frozen_string_literal: true
+
+# The app every server in the comparison runs: Rails' own Action Cable, or
+# anycable-rs embedded (ANYCABLE_EMBEDDED=true). No database, no auth.
+require "rails"
+require "action_controller/railtie"
+require "action_cable/engine"
+
+$LOAD_PATH.unshift File.expand_path("../../lib", __dir__)
+require "anycable_rs"
+
+class BenchApp < Rails::Application
+  config.root = __dir__
+  config.eager_load = false
+  config.cache_classes = true
+  config.secret_key_base = "bench"
+  config.logger = ActiveSupport::Logger.new(nil)
+  config.log_level = :fatal
+  config.hosts.clear
+  config.action_cable.disable_request_forgery_protection = true
+  config.action_cable.worker_pool_size = Integer(ENV.fetch("RAILS_MAX_THREADS", 5))
+end
+
+module ApplicationCable
+  class Connection < ActionCable::Connection::Base
+  end
+
+  class Channel < ActionCable::Channel::Base
+  end
+end
+
+class BenchmarkChannel < ApplicationCable::Channel
+  def subscribed
+    stream_from "all"
+  end
+
+  def echo(data)
+    transmit data
+  end
+
+  def broadcast(data)
+    ActionCable.server.broadcast "all", data
+    transmit data
+  end
+end
+
+BenchApp.initialize!
+ActionCable.server.config.cable = {"adapter" => "async"}
+ActionCable.server.config.logger = Logger.new(nil)
+run BenchApp

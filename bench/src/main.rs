@@ -1,0 +1,413 @@
+//! anycable-bench: load for any Action Cable server (anycable-rs, Rails' own, a raw
+//! fan-out server), against a `BenchmarkChannel`-shaped channel:
+//! `subscribed: stream_from "all"`, `echo: transmit data`,
+//! `broadcast: ActionCable.server.broadcast "all", data; transmit data`.
+//!
+//!     anycable-bench connect   --url ws://127.0.0.1:3000/cable --clients 1000 [--pid PID]
+//!     anycable-bench echo      --url … --clients 50 --duration 10
+//!     anycable-bench broadcast --url … --clients 1000 --messages 50 --interval-ms 100
+//!
+//! Prints readable lines and one `SUMMARY {json}` line.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{client_async, WebSocketStream};
+
+type Ws = WebSocketStream<TcpStream>;
+
+#[derive(Clone, Debug)]
+struct Opts {
+    mode: String,
+    url: String,
+    clients: usize,
+    concurrency: usize,
+    duration: f64,
+    messages: usize,
+    interval_ms: u64,
+    payload: usize,
+    pid: Option<u32>,
+    channel: String,
+    origin: String,
+    hold: f64,
+}
+
+fn parse_args() -> Result<Opts, String> {
+    let mut args = std::env::args().skip(1);
+    let mode = args
+        .next()
+        .ok_or("usage: anycable-bench connect|echo|broadcast [options]")?;
+    let mut o = Opts {
+        mode,
+        url: "ws://127.0.0.1:3000/cable".into(),
+        clients: 100,
+        concurrency: 100,
+        duration: 10.0,
+        messages: 50,
+        interval_ms: 100,
+        payload: 200,
+        pid: None,
+        channel: "BenchmarkChannel".into(),
+        origin: "http://localhost".into(),
+        hold: 2.0,
+    };
+    while let Some(flag) = args.next() {
+        let mut value = || args.next().ok_or(format!("{flag} needs a value"));
+        let num = |v: String| {
+            v.parse::<f64>()
+                .map_err(|_| format!("{flag}: not a number: {v}"))
+        };
+        match flag.as_str() {
+            "--url" => o.url = value()?,
+            "--clients" => o.clients = num(value()?)? as usize,
+            "--concurrency" => o.concurrency = num(value()?)? as usize,
+            "--duration" => o.duration = num(value()?)?,
+            "--messages" => o.messages = num(value()?)? as usize,
+            "--interval-ms" => o.interval_ms = num(value()?)? as u64,
+            "--payload" => o.payload = num(value()?)? as usize,
+            "--pid" => o.pid = Some(num(value()?)? as u32),
+            "--channel" => o.channel = value()?,
+            "--origin" => o.origin = value()?,
+            "--hold" => o.hold = num(value()?)?,
+            _ => return Err(format!("unknown option {flag}")),
+        }
+    }
+    Ok(o)
+}
+
+/// Resident memory of `pid` and all its descendants, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![pid];
+    while let Some(p) = stack.pop() {
+        if let Ok(status) = std::fs::read_to_string(format!("/proc/{p}/status")) {
+            for line in status.lines() {
+                if let Some(v) = line.strip_prefix("VmRSS:") {
+                    total += v
+                        .trim()
+                        .trim_end_matches("kB")
+                        .trim()
+                        .parse::<u64>()
+                        .unwrap_or(0);
+                }
+            }
+        }
+        if let Ok(children) = std::fs::read_to_string(format!("/proc/{p}/task/{p}/children")) {
+            stack.extend(
+                children
+                    .split_whitespace()
+                    .filter_map(|c| c.parse::<u32>().ok()),
+            );
+        }
+    }
+    total
+}
+
+fn identifier(o: &Opts) -> String {
+    json!({ "channel": o.channel }).to_string()
+}
+
+/// Connects, waits for welcome, subscribes, waits for the confirmation.
+async fn open_client(o: &Opts) -> Result<Ws, String> {
+    let mut req = o
+        .url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| e.to_string())?;
+    req.headers_mut()
+        .insert("Origin", o.origin.parse().unwrap());
+    req.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        "actioncable-v1-json".parse().unwrap(),
+    );
+    let host = req
+        .uri()
+        .authority()
+        .map(|a| a.to_string())
+        .ok_or("url without host")?;
+    let tcp = TcpStream::connect(host).await.map_err(|e| e.to_string())?;
+    tcp.set_nodelay(true).ok();
+    let (mut ws, _) = client_async(req, tcp).await.map_err(|e| e.to_string())?;
+    wait_for(&mut ws, |v| v["type"] == "welcome").await?;
+    let id = identifier(o);
+    ws.send(Message::Text(
+        json!({"command":"subscribe","identifier":id})
+            .to_string()
+            .into(),
+    ))
+    .await
+    .map_err(|e| e.to_string())?;
+    wait_for(&mut ws, |v| {
+        v["type"] == "confirm_subscription" || v["type"] == "reject_subscription"
+    })
+    .await
+    .and_then(|v| {
+        if v["type"] == "confirm_subscription" {
+            Ok(v)
+        } else {
+            Err("rejected".into())
+        }
+    })?;
+    Ok(ws)
+}
+
+async fn wait_for(ws: &mut Ws, pred: impl Fn(&Value) -> bool) -> Result<Value, String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let msg = tokio::time::timeout(left, ws.next())
+            .await
+            .map_err(|_| "timed out".to_string())?
+            .ok_or("closed")?
+            .map_err(|e| e.to_string())?;
+        if let Message::Text(t) = msg {
+            let v: Value = serde_json::from_str(t.as_str()).map_err(|e| e.to_string())?;
+            if pred(&v) {
+                return Ok(v);
+            }
+        }
+    }
+}
+
+fn perform(o: &Opts, action: &str, data: Value) -> Message {
+    let mut data = data;
+    data["action"] = json!(action);
+    Message::Text(
+        json!({"command":"message","identifier":identifier(o),"data":data.to_string()})
+            .to_string()
+            .into(),
+    )
+}
+
+fn percentiles(mut v: Vec<f64>) -> Value {
+    if v.is_empty() {
+        return json!(null);
+    }
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let p = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize];
+    json!({"p50": p(0.5), "p95": p(0.95), "p99": p(0.99), "max": v[v.len() - 1], "n": v.len()})
+}
+
+async fn connect_all(o: &Opts) -> (Vec<Ws>, usize, f64) {
+    let sem = Arc::new(Semaphore::new(o.concurrency.max(1)));
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(o.clients);
+    for _ in 0..o.clients {
+        let o = o.clone();
+        let sem = sem.clone();
+        tasks.push(tokio::spawn(async move {
+            let _permit = sem.acquire().await.unwrap();
+            open_client(&o).await
+        }));
+    }
+    let mut clients = Vec::new();
+    let mut failures = 0;
+    let mut first_error = None;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(ws) => clients.push(ws),
+            Err(e) => {
+                failures += 1;
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    if let Some(e) = first_error {
+        eprintln!("connect failures: {failures} (first: {e})");
+    }
+    (clients, failures, start.elapsed().as_secs_f64())
+}
+
+async fn run_connect(o: &Opts) -> Value {
+    let before = o.pid.map(rss_kib);
+    let (clients, failures, secs) = connect_all(o).await;
+    let rate = clients.len() as f64 / secs;
+    println!(
+        "connected+subscribed {} clients in {secs:.2}s ({rate:.0}/s), {failures} failed",
+        clients.len()
+    );
+    tokio::time::sleep(Duration::from_secs_f64(o.hold)).await;
+    let after = o.pid.map(rss_kib);
+    let per_conn = match (before, after) {
+        (Some(b), Some(a)) if !clients.is_empty() => {
+            let per = (a as f64 - b as f64) / clients.len() as f64;
+            println!("server RSS {b} KiB -> {a} KiB: {per:.1} KiB per connection");
+            Some(per)
+        }
+        _ => None,
+    };
+    json!({"mode":"connect","clients":clients.len(),"failures":failures,"seconds":secs,
+           "connects_per_sec":rate,"rss_before_kib":before,"rss_after_kib":after,
+           "rss_per_conn_kib":per_conn})
+}
+
+async fn run_echo(o: &Opts) -> Value {
+    let (clients, failures, _) = connect_all(o).await;
+    let pad = "x".repeat(o.payload);
+    let done = Arc::new(AtomicUsize::new(0));
+    let deadline = Instant::now() + Duration::from_secs_f64(o.duration);
+    let mut tasks = vec![];
+    for mut ws in clients {
+        let o = o.clone();
+        let pad = pad.clone();
+        let done = done.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = vec![];
+            let mut seq = 0u64;
+            while Instant::now() < deadline {
+                seq += 1;
+                let t = Instant::now();
+                if ws
+                    .send(perform(&o, "echo", json!({"seq": seq, "pad": pad})))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+                match wait_for(&mut ws, |v| v["message"]["seq"] == seq).await {
+                    Ok(_) => {
+                        lat.push(t.elapsed().as_secs_f64() * 1000.0);
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let _ = ws.close(None).await;
+            lat
+        }));
+    }
+    let mut all = vec![];
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let n = done.load(Ordering::Relaxed);
+    let rps = n as f64 / o.duration;
+    let l = percentiles(all);
+    println!(
+        "echo: {n} round trips in {:.1}s = {rps:.0}/s; latency ms {l}",
+        o.duration
+    );
+    json!({"mode":"echo","clients":o.clients,"failures":failures,"round_trips":n,"per_sec":rps,"latency_ms":l})
+}
+
+async fn run_broadcast(o: &Opts) -> Value {
+    let (clients, failures, _) = connect_all(o).await;
+    let n = clients.len();
+    let m = o.messages;
+    let sent: Arc<Vec<AtomicU64>> = Arc::new((0..m).map(|_| AtomicU64::new(0)).collect());
+    let last: Arc<Vec<AtomicU64>> = Arc::new((0..m).map(|_| AtomicU64::new(0)).collect());
+    let counts: Arc<Vec<AtomicUsize>> = Arc::new((0..m).map(|_| AtomicUsize::new(0)).collect());
+    let origin = Instant::now();
+    let nanos = move || origin.elapsed().as_nanos() as u64;
+    let per_client_lat = Arc::new(std::sync::Mutex::new(Vec::<f64>::new()));
+
+    let mut readers = vec![];
+    for mut ws in clients {
+        let (sent, last, counts, lat) = (
+            sent.clone(),
+            last.clone(),
+            counts.clone(),
+            per_client_lat.clone(),
+        );
+        readers.push(tokio::spawn(async move {
+            let mut mine = vec![];
+            let mut got = 0;
+            while got < m {
+                let Ok(Some(Ok(msg))) =
+                    tokio::time::timeout(Duration::from_secs(10), ws.next()).await
+                else {
+                    break;
+                };
+                let Message::Text(t) = msg else { continue };
+                let Ok(v) = serde_json::from_str::<Value>(t.as_str()) else {
+                    continue;
+                };
+                let Some(seq) = v["message"]["bseq"].as_u64() else {
+                    continue;
+                };
+                let now = nanos();
+                let seq = seq as usize;
+                if seq < m {
+                    got += 1;
+                    counts[seq].fetch_add(1, Ordering::Relaxed);
+                    last[seq].fetch_max(now, Ordering::Relaxed);
+                    mine.push((now - sent[seq].load(Ordering::Relaxed)) as f64 / 1e6);
+                }
+            }
+            lat.lock().unwrap().extend(mine);
+            ws
+        }));
+    }
+    let mut sender = match open_client(o).await {
+        Ok(ws) => ws,
+        Err(e) => return json!({"mode":"broadcast","error":e}),
+    };
+    let pad = "x".repeat(o.payload);
+    let mut ticker = tokio::time::interval(Duration::from_millis(o.interval_ms.max(1)));
+    for seq in 0..m {
+        ticker.tick().await;
+        sent[seq].store(nanos(), Ordering::Relaxed);
+        sender
+            .send(perform(o, "broadcast", json!({"bseq": seq, "pad": pad})))
+            .await
+            .unwrap();
+    }
+    let mut clients = vec![];
+    for r in readers {
+        clients.push(r.await.unwrap());
+    }
+    let mut until_last = vec![];
+    let mut received = 0;
+    for seq in 0..m {
+        let c = counts[seq].load(Ordering::Relaxed);
+        received += c;
+        if c == n {
+            until_last.push(
+                (last[seq].load(Ordering::Relaxed) - sent[seq].load(Ordering::Relaxed)) as f64
+                    / 1e6,
+            );
+        }
+    }
+    let missing = n * m - received;
+    let ul = percentiles(until_last);
+    let pc = percentiles(std::mem::take(&mut *per_client_lat.lock().unwrap()));
+    println!("broadcast: {m} messages x {n} subscribers, {missing} missing");
+    println!("  until the last subscriber got it (ms): {ul}");
+    println!("  per subscriber (ms): {pc}");
+    drop(clients);
+    json!({"mode":"broadcast","subscribers":n,"failures":failures,"messages":m,"missing":missing,
+           "until_last_ms":ul,"per_client_ms":pc})
+}
+
+fn main() {
+    let o = match parse_args() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let summary = rt.block_on(async {
+        match o.mode.as_str() {
+            "connect" => run_connect(&o).await,
+            "echo" => run_echo(&o).await,
+            "broadcast" => run_broadcast(&o).await,
+            other => {
+                eprintln!("unknown mode {other}");
+                std::process::exit(2);
+            }
+        }
+    });
+    println!("SUMMARY {summary}");
+}
