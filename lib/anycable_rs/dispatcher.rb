@@ -92,7 +92,7 @@ module AnyCableRs
     def connect(reply, socket, env_token, method, target, headers, remote_ip)
       env = @runtime.take_env(env_token)
       if env.nil?
-        env = RackEnv.build(method, target, headers, remote_ip)
+        env = RackEnv.railsify(RackEnv.build(method, target, headers, remote_ip))
         if @runtime.config.allowed_origins.nil? &&
             !RackEnv.origin_allowed?(env, ::ActionCable.server.config)
           logger.error "Request origin not allowed: #{env["HTTP_ORIGIN"]}"

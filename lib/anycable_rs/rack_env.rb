@@ -67,5 +67,26 @@ module AnyCableRs
       env["SERVER_PORT"] = port || "80"
       env
     end
+
+    # What Rails' middleware would have added to an env: the app's env_config (cookie
+    # key generator, secrets) and a lazily loaded session from the app's session store.
+    def railsify(env)
+      app = ::Rails.application
+      return env unless app
+
+      env.merge!(app.env_config)
+      store = session_store(app)
+      store&.send(:prepare_session, ActionDispatch::Request.new(env))
+      env
+    end
+
+    def session_store(app)
+      @session_store = nil unless @session_store_app.equal?(app)
+      @session_store_app = app
+      @session_store ||= begin
+        klass = app.config.session_store
+        klass.is_a?(Class) ? klass.new(nil, app.config.session_options || {}) : nil
+      end
+    end
   end
 end

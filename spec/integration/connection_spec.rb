@@ -111,6 +111,15 @@ RSpec.describe "Connections on the embedded server (real Puma)", type: :cable do
       expect(message_for(c, id)).to include("count" => 1, "room" => "own")
     end
 
+    it "gives connect the same request there: encrypted cookies and the cookie-store session" do
+      c = connected(name: "frank", port: own_port, path: "/cable?tab=own")
+      id = subscribed(c, channel: "StateChannel", room: "own")
+      c.perform(id, "facts")
+      expect(message_for(c, id)).to include(
+        "secret" => "s3cret-frank", "session_user" => "frank", "param" => "own", "remote_ip" => "127.0.0.1"
+      )
+    end
+
     it "checks Rails' allowed_request_origins there too" do
       c = client(name: "frank", port: own_port, headers: {"Origin" => "http://evil.test"})
       expect(c.open?).to be(true)

@@ -7,8 +7,8 @@ module CableHelpers
   end
 
   module ClassMethods
-    def with_puma(env: {}, threads: 4)
-      before(:all) { @puma = PumaServer.new(env: env, threads: threads).start }
+    def with_puma(env: {}, threads: 4, **opts)
+      before(:all) { @puma = PumaServer.new(env: env, threads: threads, **opts).start }
       after(:all) do
         @puma&.stop
         @puma&.cleanup

@@ -9,7 +9,7 @@ require "fileutils"
 class PumaServer
   DUMMY = File.expand_path("../dummy", __dir__)
 
-  attr_reader :port, :log_path, :rails_log_path, :env
+  attr_reader :port, :log_path, :rails_log_path, :env, :pid
 
   def self.free_port
     server = TCPServer.new("127.0.0.1", 0)
@@ -18,7 +18,7 @@ class PumaServer
     server&.close
   end
 
-  def initialize(env: {}, threads: 4, workers: 0)
+  def initialize(env: {}, threads: 4, workers: 0, preload: false)
     @port = self.class.free_port
     @dir = Dir.mktmpdir("anycable-rs-puma")
     @log_path = File.join(@dir, "puma.log")
@@ -32,11 +32,13 @@ class PumaServer
     }.merge(env)
     @threads = threads
     @workers = workers
+    @preload = preload
   end
 
   def start
     args = ["puma", "-b", "tcp://127.0.0.1:#{port}", "-t", "#{@threads}:#{@threads}", "-e", "test"]
     args += ["-w", @workers.to_s] if @workers.positive?
+    args << "--preload" if @preload
     args << "config.ru"
     @pid = Process.spawn(@env, *args, chdir: DUMMY, out: log_path, err: log_path, pgroup: true)
     wait_until_up
