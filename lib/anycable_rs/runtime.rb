@@ -7,6 +7,9 @@ module AnyCableRs
   # One process's embedded server: the native server, the Ruby threads that run the
   # app's Action Cable code for it, and the registries those threads share.
   class Runtime
+    # Jobs a Ruby thread takes per GVL hand-off when several are queued.
+    JOB_BATCH = 8
+
     attr_reader :config, :native, :dispatcher, :pid
 
     def initialize(config)
@@ -123,11 +126,11 @@ module AnyCableRs
       Thread.new do
         Thread.current.name = "anycable-rs-#{index}"
         loop do
-          job = native.next_job(100)
-          break if job == false
-          next if job.nil?
+          jobs = native.next_jobs(100, JOB_BATCH)
+          break if jobs == false
+          next if jobs.nil?
 
-          dispatcher.dispatch(job)
+          jobs.each { |job| dispatcher.dispatch(job) }
         end
       end
     end

@@ -111,6 +111,21 @@ impl JobQueue {
         }
     }
 
+    /// Up to `max - 1` more jobs that are already queued, without waiting.
+    pub fn drain(&self, max: usize, into: &mut Vec<Job>) {
+        while into.len() < max {
+            match self.rx.try_recv() {
+                Ok(job) => {
+                    if job.is_request() {
+                        self.permits.add_permits(1);
+                    }
+                    into.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+    }
+
     /// Ruby threads drain what is queued, then stop.
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);

@@ -155,16 +155,36 @@ impl Native {
         Ok(())
     }
 
-    /// The next job as an Array, `nil` after `timeout_ms` without one, `false` once the
-    /// queue is closed.
-    pub fn next_job(ruby: &Ruby, rb_self: &Self, timeout_ms: u64) -> Result<Value, Error> {
+    /// Jobs as an Array of Arrays (at most `max`: the first one waited for, the rest
+    /// already queued, so one GVL hand-off serves a burst), `nil` after `timeout_ms`
+    /// without one, `false` once the queue is closed.
+    pub fn next_jobs(
+        ruby: &Ruby,
+        rb_self: &Self,
+        timeout_ms: u64,
+        max: usize,
+    ) -> Result<Value, Error> {
         let queue = rb_self.queue.clone();
-        let pop = without_gvl(move || queue.pop(Duration::from_millis(timeout_ms)))
-            .map_err(|p| runtime_error(ruby, p))?;
-        match pop {
-            Pop::Empty => Ok(ruby.qnil().as_value()),
-            Pop::Closed => Ok(ruby.qfalse().as_value()),
-            Pop::Job(job) => Ok(rb_self.job_to_ruby(ruby, job)),
+        let jobs = without_gvl(move || match queue.pop(Duration::from_millis(timeout_ms)) {
+            Pop::Empty => Ok(None),
+            Pop::Closed => Err(()),
+            Pop::Job(job) => {
+                let mut jobs = vec![job];
+                queue.drain(max.max(1), &mut jobs);
+                Ok(Some(jobs))
+            }
+        })
+        .map_err(|p| runtime_error(ruby, p))?;
+        match jobs {
+            Ok(None) => Ok(ruby.qnil().as_value()),
+            Err(()) => Ok(ruby.qfalse().as_value()),
+            Ok(Some(jobs)) => {
+                let array = ruby.ary_new_capa(jobs.len());
+                for job in jobs {
+                    let _ = array.push(rb_self.job_to_ruby(ruby, job));
+                }
+                Ok(array.as_value())
+            }
         }
     }
 
@@ -337,7 +357,7 @@ pub fn init(ruby: &Ruby, module: magnus::RModule) -> Result<(), Error> {
     class.define_method("start", method!(Native::start, 2))?;
     class.define_method("started?", method!(Native::is_started, 0))?;
     class.define_method("handoff", method!(Native::handoff, 5))?;
-    class.define_method("next_job", method!(Native::next_job, 1))?;
+    class.define_method("next_jobs", method!(Native::next_jobs, 2))?;
     class.define_method("broadcast", method!(Native::broadcast, 3))?;
     class.define_method("subscribe_callback", method!(Native::subscribe_callback, 2))?;
     class.define_method(

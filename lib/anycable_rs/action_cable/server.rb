@@ -21,6 +21,23 @@ module AnyCableRs
       end
     end
 
+    # Action Cable's tagged logger proxy, minus the tagging work for lines the logger
+    # would drop anyway (Action Cable logs at info and debug on every action).
+    class LoggerProxy < ::ActionCable::Connection::TaggedLoggerProxy
+      def self.from(proxy)
+        new(proxy.instance_variable_get(:@logger), tags: proxy.tags)
+      end
+
+      private
+
+      def log(type, message)
+        level = :"#{type}?"
+        return if @logger.respond_to?(level) && !@logger.public_send(level)
+
+        super
+      end
+    end
+
     # Action Cable's event loop, as connections and channels use it: `post` runs at
     # once, `timer` runs in the Rust runtime and calls back into a Ruby thread.
     class EventLoop
