@@ -21,7 +21,8 @@ pub struct ServerConfig {
     /// `localhost:3000`. Empty means the Origin header is not checked here.
     pub allowed_origins: Vec<String>,
     /// tungstenite's per-connection read buffer. Its default (128 KiB) would make 10k
-    /// idle sockets cost over a gigabyte.
+    /// idle sockets cost over a gigabyte; Action Cable commands are small, and a bigger
+    /// message grows the buffer for as long as it is read.
     pub read_buffer_size: usize,
     /// Time a client on the server's own port has to send its request head.
     pub handshake_timeout: Duration,
@@ -37,7 +38,7 @@ impl Default for ServerConfig {
             write_timeout: Duration::from_secs(2),
             max_pending_bytes: 1024 * 1024,
             allowed_origins: Vec::new(),
-            read_buffer_size: 4 * 1024,
+            read_buffer_size: 512,
             handshake_timeout: Duration::from_secs(10),
         }
     }

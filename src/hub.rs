@@ -186,10 +186,10 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::session::{Outbound, Session};
+    use crate::session::{Outbound, Outbox, Session};
     use parking_lot::Mutex;
 
-    fn frames(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Outbound>) -> Vec<String> {
+    fn frames(rx: &mut Outbox) -> Vec<String> {
         let mut out = vec![];
         while let Ok(Outbound::Frame(f)) = rx.try_recv() {
             out.push(f.as_str().to_string());

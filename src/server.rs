@@ -30,7 +30,7 @@ use crate::controller::{CommandRequest, ConnectReply, ConnectRequest, Controller
 use crate::handshake::{self, RequestHead};
 use crate::hub::Hub;
 use crate::protocol;
-use crate::session::{DisconnectReason, Outbound, Session, SessionRef};
+use crate::session::{DisconnectReason, Outbound, Outbox, Session, SessionRef};
 
 const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// Frames written in one go before flushing.
@@ -391,7 +391,7 @@ impl<C: Controller> Inner<C> {
         &self,
         ws: &mut WebSocketStream<TcpStream>,
         session: &Session,
-        rx: &mut tokio::sync::mpsc::UnboundedReceiver<Outbound>,
+        rx: &mut Outbox,
         first: Outbound,
     ) -> bool {
         let mut close = None;
@@ -448,14 +448,16 @@ impl<C: Controller> Inner<C> {
 }
 
 async fn read_head(stream: &mut TcpStream) -> Result<RequestHead, u16> {
+    // Read into a heap buffer: an array here would sit in every connection's future.
     let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 2048];
     loop {
-        let n = stream.read(&mut chunk).await.map_err(|_| 400u16)?;
+        if buf.capacity() - buf.len() < 512 {
+            buf.reserve(1024);
+        }
+        let n = stream.read_buf(&mut buf).await.map_err(|_| 400u16)?;
         if n == 0 {
             return Err(400);
         }
-        buf.extend_from_slice(&chunk[..n]);
         match handshake::parse_head(&buf) {
             Ok(Some((head, _))) => return Ok(head),
             Ok(None) if buf.len() < MAX_HEAD_BYTES => continue,

@@ -2,16 +2,19 @@
 //! frames with a byte cap, and the streams it subscribes to.
 //!
 //! A `Session` is shared (`Arc`) between the connection task that owns the socket, the
-//! hub and the controller. Sending never blocks: frames go to an unbounded channel
-//! whose byte count is capped; a client that falls behind the cap is disconnected as
-//! `too_slow` instead of growing memory.
+//! hub and the controller. Sending never blocks: frames go to a queue whose byte count
+//! is capped; a client that falls behind the cap is disconnected as `too_slow` instead
+//! of growing memory. The queue is a `VecDeque` behind a lock plus a `Notify`, not a
+//! channel: an idle connection then holds no queue allocation at all (a tokio channel
+//! keeps a block of slots per connection, about 1.3 KiB).
 
 use std::borrow::Cow;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// Why the server ends a connection, as sent in `{"type":"disconnect",…}`.
@@ -56,7 +59,10 @@ pub struct Session {
     pub id: u64,
     /// The session id the client sees in its welcome message.
     pub sid: String,
-    tx: mpsc::UnboundedSender<Outbound>,
+    outbox: Mutex<VecDeque<Outbound>>,
+    notify: Notify,
+    /// The connection task is gone: nothing will read the outbox again.
+    receiver_gone: AtomicBool,
     pending: AtomicUsize,
     max_pending: usize,
     closing: AtomicBool,
@@ -67,22 +73,34 @@ pub struct Session {
 pub type SessionRef = Arc<Session>;
 
 impl Session {
-    pub(crate) fn new(
-        id: u64,
-        sid: String,
-        max_pending: usize,
-    ) -> (SessionRef, mpsc::UnboundedReceiver<Outbound>) {
-        let (tx, rx) = mpsc::unbounded_channel();
+    pub(crate) fn new(id: u64, sid: String, max_pending: usize) -> (SessionRef, Outbox) {
         let session = Arc::new(Session {
             id,
             sid,
-            tx,
+            outbox: Mutex::new(VecDeque::new()),
+            notify: Notify::new(),
+            receiver_gone: AtomicBool::new(false),
             pending: AtomicUsize::new(0),
             max_pending,
             closing: AtomicBool::new(false),
             streams: Mutex::new(Vec::new()),
         });
-        (session, rx)
+        let outbox = Outbox {
+            session: session.clone(),
+        };
+        (session, outbox)
+    }
+
+    fn push(&self, out: Outbound) -> bool {
+        {
+            let mut queue = self.outbox.lock();
+            if self.receiver_gone.load(Ordering::Acquire) {
+                return false;
+            }
+            queue.push_back(out);
+        }
+        self.notify.notify_one();
+        true
     }
 
     /// Queues a text frame. Returns false when the session is closing or gone.
@@ -101,7 +119,7 @@ impl Session {
             self.close(DisconnectReason::TOO_SLOW);
             return false;
         }
-        self.tx.send(Outbound::Frame(frame)).is_ok()
+        self.push(Outbound::Frame(frame))
     }
 
     /// Queues a text frame built by the application (e.g. Ruby's `transmit`).
@@ -123,12 +141,12 @@ impl Session {
 
     fn close_with(&self, reason: Option<DisconnectReason>) {
         if !self.closing.swap(true, Ordering::AcqRel) {
-            let _ = self.tx.send(Outbound::Close(reason));
+            self.push(Outbound::Close(reason));
         }
     }
 
     pub fn is_closing(&self) -> bool {
-        self.closing.load(Ordering::Acquire) || self.tx.is_closed()
+        self.closing.load(Ordering::Acquire) || self.receiver_gone.load(Ordering::Acquire)
     }
 
     pub(crate) fn written(&self, bytes: usize) {
@@ -137,6 +155,42 @@ impl Session {
 
     pub(crate) fn mark_closing(&self) {
         self.closing.store(true, Ordering::Release);
+    }
+}
+
+/// The reading end of a session's outbound queue, owned by its connection task.
+pub(crate) struct Outbox {
+    session: SessionRef,
+}
+
+impl Outbox {
+    /// Waits for the next frame. Cancel-safe: nothing is taken until it returns.
+    pub(crate) async fn recv(&mut self) -> Option<Outbound> {
+        loop {
+            if let Ok(out) = self.try_recv() {
+                return Some(out);
+            }
+            // notify_one stores a permit when nobody waits, so a push between the
+            // check above and this await is not missed.
+            self.session.notify.notified().await;
+        }
+    }
+
+    pub(crate) fn try_recv(&mut self) -> Result<Outbound, ()> {
+        let mut queue = self.session.outbox.lock();
+        let out = queue.pop_front().ok_or(())?;
+        if queue.is_empty() && queue.capacity() > 32 {
+            // A burst is over: give its memory back.
+            *queue = VecDeque::new();
+        }
+        Ok(out)
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        self.session.receiver_gone.store(true, Ordering::Release);
+        std::mem::take(&mut *self.session.outbox.lock());
     }
 }
 

@@ -101,7 +101,7 @@ module AnyCableRs
         end
       end
       connection = build_connection(env, socket, headers)
-      connection.logger.info connection.send(:started_request_message)
+      connection.logger.info request_message("Started GET", env)
       worker.work(connection) do
         connection.connect if connection.respond_to?(:connect)
         connection.send(:subscribe_to_internal_channel)
@@ -127,6 +127,12 @@ module AnyCableRs
       connection.instance_variable_set(:@protocol, protocol)
       connection.instance_variable_set(:@logger, ActionCable::LoggerProxy.from(connection.logger))
       connection
+    end
+
+    # Action Cable's "Started/Finished … [WebSocket]" lines, from the env: asking the
+    # connection would build (and keep, for the socket's life) a full request object.
+    def request_message(what, env)
+      "#{what} \"#{RackEnv.fullpath(env)}\" [WebSocket] for #{env["action_dispatch.remote_ip"] || env["REMOTE_ADDR"]} at #{Time.now}"
     end
 
     def offered_protocol(headers)
@@ -213,7 +219,7 @@ module AnyCableRs
 
       connection = session.connection
       worker.work(connection) do
-        connection.logger.info connection.send(:finished_request_message)
+        connection.logger.info request_message("Finished", connection.env)
         channels = connection.subscriptions.send(:subscriptions).values
         channels.each do |channel|
           safely("#{channel.class}#unsubscribed", connection) do

@@ -25,6 +25,24 @@ module AnyCableRs
       Array(cable_config.allowed_request_origins).any? { |allowed| allowed === origin } # rubocop:disable Style/CaseEquality
     end
 
+    # Memoized parses that Rack and Rails rebuild on demand from the headers. A socket's
+    # env lives as long as the socket, so it keeps only what cannot be rebuilt.
+    REBUILDABLE = %w[
+      action_dispatch.cookies rack.request.cookie_hash rack.request.cookie_string
+      rack.request.query_hash rack.request.query_string rack.request.form_hash
+      action_dispatch.request.query_parameters action_dispatch.request.request_parameters
+      action_dispatch.request.parameters action_dispatch.request.formats
+      action_dispatch.request.content_type rack.after_reply
+    ].freeze
+
+    def compact!(env)
+      REBUILDABLE.each { |key| env.delete(key) }
+      # Resolved once, as a String: the resolver object holds the whole request.
+      ip = env["action_dispatch.remote_ip"]
+      env["action_dispatch.remote_ip"] = ip.to_s if ip && !ip.is_a?(String)
+      env
+    end
+
     def fullpath(env)
       path = "#{env["SCRIPT_NAME"]}#{env["PATH_INFO"]}"
       query = env["QUERY_STRING"].to_s

@@ -9,6 +9,7 @@ module AnyCableRs
   class Runtime
     # Jobs a Ruby thread takes per GVL hand-off when several are queued.
     JOB_BATCH = 8
+    HIJACK_KEYS = %w[rack.hijack rack.hijack_io puma.socket].freeze
 
     attr_reader :config, :native, :dispatcher, :pid
 
@@ -97,16 +98,20 @@ module AnyCableRs
       return [501, {"Content-Type" => "text/plain"}, ["This server does not support Rack hijack"]] unless hijack
 
       start!
-      token = stash_env(env)
       io = hijack.call
       io = env["rack.hijack_io"] unless io.respond_to?(:fileno)
+      # The env lives as long as the socket: drop what would keep Puma's client object
+      # (its buffers and parser) and rebuildable parses alive with it.
+      HIJACK_KEYS.each { |key| env.delete(key) }
+      env["rack.hijack?"] = false
+      RackEnv.compact!(env)
+      token = stash_env(env)
       begin
         native.handoff(io.fileno, env["REQUEST_METHOD"], RackEnv.fullpath(env), RackEnv.headers(env), token)
       rescue Exception # rubocop:disable Lint/RescueException
         take_env(token)
         raise
       ensure
-        env.delete("rack.hijack_io")
         io.close unless io.closed?
       end
       [-1, {}, []]
