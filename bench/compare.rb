@@ -1,10 +1,13 @@
 #!/usr/bin/env ruby
 # frozen_string_literal: true
 
-# Runs the same scenarios against anycable-rs embedded in Puma and Rails' own Action Cable
-# on Puma, in one run, and writes a Markdown report to bench/results/.
+# Runs the same scenarios, in one run, against:
+#   - anycable-rs embedded in Puma (ANYCABLE_EMBEDDED=true),
+#   - Rails' own Action Cable on Puma (async adapter),
+#   - the no-Ruby ceiling (anycable-core with BenchmarkChannel written in Rust),
+# and writes a Markdown report to bench/results/.
 #
-#   ruby bench/compare.rb            # full sizes
+#   ruby bench/compare.rb            # full sizes (about 10 minutes)
 #   QUICK=1 ruby bench/compare.rb    # small sizes, for a smoke run
 require "json"
 require "socket"
@@ -14,20 +17,22 @@ require "time"
 require "etc"
 
 ROOT = File.expand_path("..", __dir__)
-BENCH = File.join(ROOT, "target/release/anycable-bench")
+BIN = File.join(ROOT, "target/release")
 QUICK = ENV["QUICK"] == "1"
-
-SERVERS = {
-  "anycable-rs" => {"ANYCABLE_EMBEDDED" => "true"},
-  "Action Cable" => {"ANYCABLE_EMBEDDED" => nil}
-}.freeze
+RS, AC, CEIL = "anycable-rs", "Action Cable", "ceiling (no Ruby)"
+SERVERS = [RS, AC, CEIL].freeze
 
 SCENARIOS = [
   ["connect", "connect 1k", %w[--clients 1000 --concurrency 100 --hold 3]],
   ["connect", "connect 5k", %w[--clients 5000 --concurrency 100 --hold 5]],
+  ["connect", "connect 10k", %w[--clients 10000 --concurrency 100 --hold 5]],
   ["echo", "echo 50 clients", %w[--clients 50 --duration 10 --payload 200]],
-  ["broadcast", "broadcast 1k", %w[--clients 1000 --messages 50 --interval-ms 100 --payload 200]]
-].map { |mode, name, args| [mode, name, QUICK ? args.map { |a| {"1000" => "100", "5000" => "300", "10" => "3"}.fetch(a, a) } : args] }
+  ["broadcast", "broadcast 1k", %w[--clients 1000 --messages 50 --interval-ms 100 --payload 200]],
+  ["broadcast", "broadcast 5k", %w[--clients 5000 --messages 20 --interval-ms 250 --payload 200]]
+].map do |mode, name, args|
+  args = args.map { |a| {"1000" => "100", "5000" => "300", "10000" => "500", "10" => "3"}.fetch(a, a) } if QUICK
+  [mode, name, args]
+end
 
 def free_port
   s = TCPServer.new("127.0.0.1", 0)
@@ -36,20 +41,30 @@ ensure
   s&.close
 end
 
-def start_puma(env)
+def start(server)
   port = free_port
-  log = File.open("/tmp/anycable-bench-puma.log", "w")
-  pid = Process.spawn({"RAILS_MAX_THREADS" => "5"}.merge(env),
-    "puma", "-b", "tcp://127.0.0.1:#{port}?low_latency=true", "-t", "5:5", "-e", "production", "config.ru",
-    chdir: File.join(__dir__, "app"), out: log, err: log, pgroup: true)
-  60.times do
-    break if (Net::HTTP.get_response(URI("http://127.0.0.1:#{port}/cable")) rescue nil) # rubocop:disable Style/RescueModifier
-    sleep 0.2
-  end
+  log = File.open("/tmp/anycable-bench-server.log", "w")
+  pid =
+    if server == CEIL
+      Process.spawn(File.join(BIN, "anycable-ceiling"), "127.0.0.1:#{port}", out: log, err: log, pgroup: true)
+    else
+      env = {"RAILS_MAX_THREADS" => "5", "ANYCABLE_EMBEDDED" => (server == RS ? "true" : nil)}
+      Process.spawn(env, "puma", "-b", "tcp://127.0.0.1:#{port}?low_latency=true", "-t", "5:5", "-e", "production",
+        "config.ru", chdir: File.join(__dir__, "app"), out: log, err: log, pgroup: true)
+    end
+  deadline = Time.now + 60
+  sleep 0.2 until port_open?(port) || Time.now > deadline
   [pid, port]
 end
 
-def stop_puma(pid)
+def port_open?(port)
+  TCPSocket.new("127.0.0.1", port).close
+  true
+rescue SystemCallError
+  false
+end
+
+def stop(pid)
   Process.kill("TERM", -pid)
   Process.wait(pid)
 rescue Errno::ESRCH, Errno::ECHILD
@@ -57,11 +72,11 @@ rescue Errno::ESRCH, Errno::ECHILD
 end
 
 def bench(mode, args, port, pid)
-  cmd = [BENCH, mode, "--url", "ws://127.0.0.1:#{port}/cable", *args]
+  cmd = [File.join(BIN, "anycable-bench"), mode, "--url", "ws://127.0.0.1:#{port}/cable", *args]
   cmd += ["--pid", pid.to_s] if mode == "connect"
   out = IO.popen(cmd, err: [:child, :out], &:read)
   summary = out.lines.grep(/^SUMMARY /).last
-  [cmd, summary ? JSON.parse(summary.sub("SUMMARY ", "")) : {"error" => out}]
+  [cmd, summary ? JSON.parse(summary.sub("SUMMARY ", "")) : {"error" => out[-500..] || out}]
 end
 
 system("cargo", "build", "--release", "-q", "-p", "anycable-bench", chdir: ROOT, exception: true)
@@ -70,71 +85,86 @@ system("rake", "compile", chdir: ROOT, out: File::NULL, exception: true)
 results = Hash.new { |h, k| h[k] = {} }
 commands = {}
 SCENARIOS.each do |mode, name, args|
-  SERVERS.each do |server, env|
-    pid, port = start_puma(env)
+  SERVERS.each do |server|
+    pid, port = start(server)
     bench("connect", %w[--clients 20 --hold 0], port, pid) # warm-up: starts the runtime, loads classes
     cmd, summary = bench(mode, args, port, pid)
-    stop_puma(pid)
+    stop(pid)
     results[name][server] = summary
-    commands[name] ||= cmd.map { |c| c.sub(ROOT + "/", "") }.join(" ").sub(/--url \S+/, "--url ws://127.0.0.1:PORT/cable").sub(/--pid \d+/, "--pid PUMA_PID")
+    commands[name] ||= cmd.map { |c| c.sub(ROOT + "/", "") }.join(" ")
+      .sub(/--url \S+/, "--url ws://127.0.0.1:PORT/cable").sub(/--pid \d+/, "--pid SERVER_PID")
     warn "#{name} / #{server}: #{summary.to_json}"
   end
 end
 
 def f(v, digits = 1)
-  v.nil? ? "–" : format("%.#{digits}f", v)
+  v.is_a?(Numeric) ? format("%.#{digits}f", v) : "–"
 end
 
-def ratio(a, b)
-  return "–" if a.nil? || b.nil? || b.zero?
+# How many times better `a` is than `b`; `lower` when smaller numbers are better.
+def ratio(a, b, lower: false)
+  return "–" unless a.is_a?(Numeric) && b.is_a?(Numeric) && a.positive? && b.positive?
 
-  format("%.1f×", a / b)
+  format("%.1f×", lower ? b / a : a / b)
 end
 
-rs, ac = "anycable-rs", "Action Cable"
 rows = []
-c1, c5 = results["connect 1k"], results["connect 5k"]
-rows << ["RSS per idle subscribed connection, 1k (KiB)", f(c1[rs]["rss_per_conn_kib"]), f(c1[ac]["rss_per_conn_kib"]), ratio(c1[ac]["rss_per_conn_kib"], c1[rs]["rss_per_conn_kib"])]
-rows << ["RSS per idle subscribed connection, 5k (KiB)", f(c5[rs]["rss_per_conn_kib"]), f(c5[ac]["rss_per_conn_kib"]), ratio(c5[ac]["rss_per_conn_kib"], c5[rs]["rss_per_conn_kib"])]
-rows << ["connect + subscribe per second (5k)", f(c5[rs]["connects_per_sec"], 0), f(c5[ac]["connects_per_sec"], 0), ratio(c5[rs]["connects_per_sec"], c5[ac]["connects_per_sec"])]
-e = results["echo 50 clients"]
-rows << ["echo round trips per second, 50 clients", f(e[rs]["per_sec"], 0), f(e[ac]["per_sec"], 0), ratio(e[rs]["per_sec"], e[ac]["per_sec"])]
-rows << ["echo latency p95 (ms)", f(e[rs].dig("latency_ms", "p95"), 2), f(e[ac].dig("latency_ms", "p95"), 2), ratio(e[ac].dig("latency_ms", "p95"), e[rs].dig("latency_ms", "p95"))]
-b = results["broadcast 1k"]
-%w[p50 p95 p99].each do |q|
-  rows << ["broadcast to 1k: until the last subscriber, #{q} (ms)", f(b[rs].dig("until_last_ms", q), 2), f(b[ac].dig("until_last_ms", q), 2), ratio(b[ac].dig("until_last_ms", q), b[rs].dig("until_last_ms", q))]
+add = lambda do |label, digits, lower, &get|
+  vals = SERVERS.map { |s| get.call(s) }
+  rows << [label, *vals.map { |v| f(v, digits) }, ratio(vals[0], vals[1], lower: lower), ratio(vals[0], vals[2], lower: lower)]
 end
-rows << ["broadcast to 1k: missing messages", b[rs]["missing"].to_s, b[ac]["missing"].to_s, ""]
+%w[1k 5k 10k].each do |size|
+  r = results["connect #{size}"]
+  add.call("RSS per idle subscribed connection, #{size} (KiB)", 1, true) { |s| r.dig(s, "rss_per_conn_kib") }
+end
+%w[1k 5k 10k].each do |size|
+  r = results["connect #{size}"]
+  add.call("connect + subscribe per second, #{size}", 0, false) { |s| r.dig(s, "connects_per_sec") }
+end
+e = results["echo 50 clients"]
+add.call("echo round trips per second, 50 clients", 0, false) { |s| e.dig(s, "per_sec") }
+add.call("echo latency p95 (ms)", 2, true) { |s| e.dig(s, "latency_ms", "p95") }
+%w[1k 5k].each do |size|
+  b = results["broadcast #{size}"]
+  %w[p50 p95 p99].each do |q|
+    add.call("broadcast #{size}: until the last subscriber, #{q} (ms)", 2, true) { |s| b.dig(s, "until_last_ms", q) }
+  end
+  rows << ["broadcast #{size}: missing messages", *SERVERS.map { |s| b.dig(s, "missing").to_s }, "", ""]
+end
 
-ruby = RUBY_DESCRIPTION
 rails = `ruby -e 'require "rails"; print Rails.version'`
 puma = `puma --version`.strip
 cpu = File.read("/proc/cpuinfo")[/model name\s*:\s*(.*)/, 1]
 date = Time.now.utc
 report = +<<~MD
-  # anycable-rs embedded vs Rails' Action Cable — #{date.strftime("%Y-%m-%d")}
+  # anycable-rs embedded vs Rails' Action Cable vs the no-Ruby ceiling — #{date.strftime("%Y-%m-%d")}
 
-  Machine: #{Etc.respond_to?(:nprocessors) ? Etc.nprocessors : 2} cores (#{cpu}), #{(File.read("/proc/meminfo")[/MemTotal:\s+(\d+)/, 1].to_i / 1024 / 1024.0).round} GiB.
-  #{ruby}; Rails #{rails}; #{puma}; load tool on the same machine (loopback).
+  Machine: #{Etc.nprocessors} cores (#{cpu}), #{(File.read("/proc/meminfo")[/MemTotal:\s+(\d+)/, 1].to_i / 1024 / 1024.0).round} GiB.
+  #{RUBY_DESCRIPTION}; Rails #{rails}; #{puma}. The load tool runs on the same machine
+  (loopback), so every figure includes its share of the two cores.
 
-  Both servers run the same app (`bench/app/config.ru`, `BenchmarkChannel`) in Puma,
-  `-t 5:5 -e production`, bound with `?low_latency=true` (TCP_NODELAY; anycable-rs sets it
-  on every socket itself). anycable-rs: `ANYCABLE_EMBEDDED=true`, sockets taken over from
-  Puma's port by Rack hijack. Action Cable: async adapter, worker pool 5. Each scenario
-  starts a fresh server and warms it with 20 connections first.
+  - **anycable-rs**: `bench/app/config.ru` in Puma `-t 5:5 -e production`, bound with
+    `?low_latency=true`, `ANYCABLE_EMBEDDED=true`: sockets taken over from Puma's port
+    by Rack hijack, TCP_NODELAY set on each; 5 Ruby threads run `BenchmarkChannel`.
+  - **Action Cable**: the same app and Puma flags, plain Action Cable, async adapter,
+    worker pool 5 (`?low_latency=true` gives its hijacked sockets TCP_NODELAY).
+  - **ceiling**: `target/release/anycable-ceiling`, anycable-core with `BenchmarkChannel`
+    in Rust: the same server with Ruby's cost taken out.
 
-  Command: `#{QUICK ? "QUICK=1 " : ""}ruby bench/compare.rb`#{QUICK ? " (QUICK sizes)" : ""}
+  Each scenario starts a fresh server and warms it with 20 connections. Payload 200 bytes.
 
-  | | anycable-rs | Action Cable | ratio |
-  |---|---:|---:|---:|
+  Command: `#{QUICK ? "QUICK=1 " : ""}ruby bench/compare.rb`#{QUICK ? " (QUICK sizes: the labels are the full sizes)" : ""}
+
+  | | anycable-rs | Action Cable | ceiling | anycable-rs vs Action Cable | anycable-rs vs ceiling |
+  |---|---:|---:|---:|---:|---:|
 MD
 rows.each { |r| report << "| #{r.join(" | ")} |\n" }
-report << "\nRatios: how many times better anycable-rs is (bigger is better for it).\n\n## Commands\n\n"
+report << "\nRatios: how many times better the first is (above 1× it is better; for latency and memory, lower is better).\n\n## Commands\n\n"
 commands.each { |name, cmd| report << "- #{name}: `#{cmd}`\n" }
 report << "\n## Raw summaries\n\n```json\n#{JSON.pretty_generate(results)}\n```\n"
 dir = File.join(__dir__, "results")
 FileUtils.mkdir_p(dir)
-path = File.join(dir, "#{date.strftime("%Y-%m-%d")}-embedded-vs-actioncable#{QUICK ? "-quick" : ""}.md")
+path = File.join(dir, "#{date.strftime("%Y-%m-%d")}-comparison#{QUICK ? "-quick" : ""}.md")
 File.write(path, report)
 puts report
 puts "written to #{path}"
