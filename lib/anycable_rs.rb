@@ -55,6 +55,11 @@ module AnyCableRs
       @runtime.shutdown if runtime?
     end
 
+    # Broadcasts outside Action Cable (e.g. from a plain Ruby process).
+    def broadcast(stream, data, exclude_socket: nil)
+      Broadcasting.broadcast(stream, data, exclude_socket: exclude_socket)
+    end
+
     private
 
     def runtime_lock
@@ -71,4 +76,5 @@ rescue LoadError => e
 end
 
 require "anycable_rs/runtime"
+require "anycable_rs/broadcasting"
 require "anycable_rs/railtie" if defined?(::Rails::Railtie)

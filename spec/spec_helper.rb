@@ -2,6 +2,7 @@
 
 $LOAD_PATH.unshift File.expand_path("../lib", __dir__)
 require "timeout"
+require "openssl"
 require_relative "support/ws_client"
 require_relative "support/puma_server"
 require_relative "support/cable_helpers"

@@ -26,6 +26,11 @@ pub struct ServerConfig {
     pub read_buffer_size: usize,
     /// Time a client on the server's own port has to send its request head.
     pub handshake_timeout: Duration,
+    /// `POST` endpoint for AnyCable's HTTP broadcasting on the server's own port.
+    pub broadcast_path: Option<String>,
+    /// Bearer token the broadcast endpoint requires; `None` accepts any request (for
+    /// development, as AnyCable does without a key).
+    pub broadcast_key: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -40,6 +45,8 @@ impl Default for ServerConfig {
             allowed_origins: Vec::new(),
             read_buffer_size: 512,
             handshake_timeout: Duration::from_secs(10),
+            broadcast_path: Some("/_broadcast".into()),
+            broadcast_key: None,
         }
     }
 }

@@ -185,10 +185,14 @@ pub fn switching_protocols(upgrade: &Upgrade) -> String {
 pub fn plain_response(status: u16, body: &str) -> String {
     let text = match status {
         200 => "OK",
+        201 => "Created",
         400 => "Bad Request",
+        401 => "Unauthorized",
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        413 => "Payload Too Large",
+        422 => "Unprocessable Entity",
         503 => "Service Unavailable",
         _ => "Error",
     };

@@ -6,6 +6,7 @@
 //! `ext/anycable_rs` implements [`Controller`] by calling the app's Action Cable classes,
 //! and `cargo test` drives it with a Rust controller.
 
+pub mod broadcast;
 pub mod config;
 pub mod controller;
 pub mod handshake;

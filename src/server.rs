@@ -25,6 +25,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
+use crate::broadcast::{self, BroadcastMessage};
 use crate::config::ServerConfig;
 use crate::controller::{CommandRequest, ConnectReply, ConnectRequest, Controller};
 use crate::handshake::{self, RequestHead};
@@ -33,6 +34,8 @@ use crate::protocol;
 use crate::session::{DisconnectReason, Outbound, Outbox, Session, SessionRef};
 
 const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// Largest broadcast request body accepted.
+const MAX_BROADCAST_BODY: usize = 1024 * 1024;
 /// Frames written in one go before flushing.
 const WRITE_BATCH: usize = 64;
 
@@ -157,6 +160,12 @@ impl<C: Controller> Server<C> {
         });
     }
 
+    /// Applies an AnyCable broadcast payload (single, batch, or disconnect command) to
+    /// this process's clients. Returns how many messages it held.
+    pub fn apply_broadcast(&self, payload: &str) -> Result<usize, String> {
+        self.inner.apply_broadcast(payload)
+    }
+
     /// Tells every client `server_restart` and waits (up to `wait`) for their
     /// disconnect callbacks; stops accepting.
     pub async fn shutdown(&self, wait: Duration) {
@@ -178,6 +187,88 @@ impl<C: Controller> Server<C> {
 type CommandFuture<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
 
 impl<C: Controller> Inner<C> {
+    fn apply_broadcast(&self, payload: &str) -> Result<usize, String> {
+        let messages = broadcast::parse(payload)?;
+        for message in &messages {
+            match message {
+                BroadcastMessage::Stream {
+                    stream,
+                    data,
+                    exclude_socket,
+                } => {
+                    self.hub.broadcast(stream, data, exclude_socket.as_deref());
+                }
+                BroadcastMessage::Disconnect {
+                    identifiers,
+                    reconnect,
+                } => {
+                    let reason = DisconnectReason {
+                        reason: "remote".into(),
+                        reconnect: *reconnect,
+                    };
+                    for session in self.sessions.read().values() {
+                        if session.identifiers() == Some(identifiers) {
+                            session.close(reason.clone());
+                        }
+                    }
+                }
+            }
+        }
+        Ok(messages.len())
+    }
+
+    /// `POST /_broadcast` on the server's own port: 201, 401 (bad key), 422 (bad payload).
+    async fn serve_broadcast(&self, stream: &mut TcpStream, head: &RequestHead, mut body: Vec<u8>) {
+        let reply = |status: u16, text: &str| handshake::plain_response(status, text);
+        if head.method != "POST" {
+            let _ = stream.write_all(reply(405, "POST only").as_bytes()).await;
+            return;
+        }
+        if let Some(key) = &self.config.broadcast_key {
+            let given = head
+                .header("authorization")
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or("");
+            if !constant_time_eq(given.trim().as_bytes(), key.as_bytes()) {
+                log::warn!("broadcast request refused: bad or missing key");
+                let _ = stream
+                    .write_all(reply(401, "Unauthorized").as_bytes())
+                    .await;
+                return;
+            }
+        }
+        let length = head
+            .header("content-length")
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .unwrap_or(0);
+        if length > MAX_BROADCAST_BODY {
+            let _ = stream
+                .write_all(reply(413, "Payload too large").as_bytes())
+                .await;
+            return;
+        }
+        while body.len() < length {
+            if body.capacity() - body.len() < 4096 {
+                body.reserve(4096);
+            }
+            match stream.read_buf(&mut body).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+        body.truncate(length);
+        let text = String::from_utf8_lossy(&body);
+        match self.apply_broadcast(&text) {
+            Ok(_) => {
+                let _ = stream.write_all(reply(201, "").as_bytes()).await;
+            }
+            Err(e) => {
+                log::warn!("broadcast request refused: {e}");
+                let _ = stream.write_all(reply(422, &e).as_bytes()).await;
+            }
+        }
+    }
+
     fn ws_config(&self) -> WebSocketConfig {
         let limit = self.config.hard_message_limit();
         WebSocketConfig::default()
@@ -190,16 +281,17 @@ impl<C: Controller> Inner<C> {
 
     async fn serve_tcp(self: Arc<Self>, mut stream: TcpStream, peer: SocketAddr) {
         let _ = stream.set_nodelay(true);
-        let head = match timeout(self.config.handshake_timeout, read_head(&mut stream)).await {
-            Ok(Ok(head)) => head,
-            Ok(Err(status)) => {
-                let _ = stream
-                    .write_all(handshake::plain_response(status, "Bad request").as_bytes())
-                    .await;
-                return;
-            }
-            Err(_) => return,
-        };
+        let (head, rest) =
+            match timeout(self.config.handshake_timeout, read_head(&mut stream)).await {
+                Ok(Ok(read)) => read,
+                Ok(Err(status)) => {
+                    let _ = stream
+                        .write_all(handshake::plain_response(status, "Bad request").as_bytes())
+                        .await;
+                    return;
+                }
+                Err(_) => return,
+            };
         let path = head.path();
         if path == self.config.health_path {
             let (status, body) = if self.shutting_down.load(Ordering::Acquire) {
@@ -210,6 +302,14 @@ impl<C: Controller> Inner<C> {
             let _ = stream
                 .write_all(handshake::plain_response(status, body).as_bytes())
                 .await;
+            return;
+        }
+        if self.config.broadcast_path.as_deref() == Some(path) {
+            let _ = timeout(
+                self.config.handshake_timeout,
+                self.serve_broadcast(&mut stream, &head, rest),
+            )
+            .await;
             return;
         }
         if path != self.config.path {
@@ -447,7 +547,8 @@ impl<C: Controller> Inner<C> {
     }
 }
 
-async fn read_head(stream: &mut TcpStream) -> Result<RequestHead, u16> {
+/// Reads a request head; returns it with whatever bytes followed it (a body's start).
+async fn read_head(stream: &mut TcpStream) -> Result<(RequestHead, Vec<u8>), u16> {
     // Read into a heap buffer: an array here would sit in every connection's future.
     let mut buf = Vec::with_capacity(1024);
     loop {
@@ -459,7 +560,7 @@ async fn read_head(stream: &mut TcpStream) -> Result<RequestHead, u16> {
             return Err(400);
         }
         match handshake::parse_head(&buf) {
-            Ok(Some((head, _))) => return Ok(head),
+            Ok(Some((head, len))) => return Ok((head, buf.split_off(len))),
             Ok(None) if buf.len() < MAX_HEAD_BYTES => continue,
             Ok(None) => return Err(431),
             Err(_) => return Err(400),
@@ -490,6 +591,10 @@ async fn send_close(ws: &mut WebSocketStream<TcpStream>, reason: Option<&Disconn
         ws.send(Message::Close(Some(frame))).await
     })
     .await;
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn generate_sid(id: u64) -> String {

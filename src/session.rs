@@ -68,6 +68,8 @@ pub struct Session {
     closing: AtomicBool,
     /// (stream, identifier) pairs this session is subscribed to in the hub.
     pub(crate) streams: Mutex<Vec<(Arc<str>, Arc<str>)>>,
+    /// The connection's identifiers (`identified_by`), as JSON, for remote disconnects.
+    identifiers: std::sync::OnceLock<serde_json::Value>,
 }
 
 pub type SessionRef = Arc<Session>;
@@ -84,6 +86,7 @@ impl Session {
             max_pending,
             closing: AtomicBool::new(false),
             streams: Mutex::new(Vec::new()),
+            identifiers: std::sync::OnceLock::new(),
         });
         let outbox = Outbox {
             session: session.clone(),
@@ -143,6 +146,15 @@ impl Session {
         if !self.closing.swap(true, Ordering::AcqRel) {
             self.push(Outbound::Close(reason));
         }
+    }
+
+    /// Records the connection's identifiers (once; later calls are ignored).
+    pub fn set_identifiers(&self, identifiers: serde_json::Value) {
+        let _ = self.identifiers.set(identifiers);
+    }
+
+    pub fn identifiers(&self) -> Option<&serde_json::Value> {
+        self.identifiers.get()
     }
 
     pub fn is_closing(&self) -> bool {

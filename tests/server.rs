@@ -30,6 +30,10 @@ impl Controller for TestController {
         } else if req.head.target.contains("fail") {
             ConnectReply::Failed("boom".into())
         } else {
+            if let Some(user) = req.head.target.split("user=").nth(1) {
+                req.session
+                    .set_identifiers(serde_json::json!({ "user": user }));
+            }
             ConnectReply::Accepted
         }
     }
@@ -353,4 +357,75 @@ async fn shutdown_tells_clients_server_restart() {
         serde_json::json!({"type":"disconnect","reason":"server_restart","reconnect":true})
     );
     assert_eq!(controller.disconnected.lock().len(), 1);
+}
+
+async fn post_broadcast(addr: SocketAddr, body: &str, key: Option<&str>) -> String {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let auth = key
+        .map(|k| format!("Authorization: Bearer {k}\r\n"))
+        .unwrap_or_default();
+    let req = format!(
+        "POST /_broadcast HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    tcp.read_to_string(&mut out).await.unwrap();
+    out.lines().next().unwrap_or("").to_string()
+}
+
+#[tokio::test]
+async fn http_broadcasts_with_batches_exclusion_keys_and_remote_disconnect() {
+    let config = ServerConfig {
+        broadcast_key: Some("s3cret".into()),
+        ..Default::default()
+    };
+    let (_server, addr, _) = start(config).await;
+    let (mut a, _) = connect(addr, "?user=u1", &[("X-Request-ID", "sid-a")]).await;
+    let (mut b, _) = connect(addr, "?user=u2", &[("X-Request-ID", "sid-b")]).await;
+    for ws in [&mut a, &mut b] {
+        next_json(ws).await;
+        send(ws, subscribe("{\"channel\":\"A\"}")).await;
+        next_json(ws).await;
+    }
+
+    assert!(post_broadcast(addr, r#"{"stream":"all","data":"1"}"#, None)
+        .await
+        .contains("401"));
+    assert!(
+        post_broadcast(addr, r#"{"stream":"all","data":"1"}"#, Some("wrong"))
+            .await
+            .contains("401")
+    );
+    assert!(post_broadcast(addr, "{nope", Some("s3cret"))
+        .await
+        .contains("422"));
+
+    let batch = r#"[{"stream":"all","data":"{\"n\":1}"},{"stream":"all","data":"{\"n\":2}","meta":{"exclude_socket":"sid-b"}}]"#;
+    assert!(post_broadcast(addr, batch, Some("s3cret"))
+        .await
+        .contains("201"));
+    assert_eq!(
+        next_json(&mut a).await["message"],
+        serde_json::json!({"n":1})
+    );
+    assert_eq!(
+        next_json(&mut a).await["message"],
+        serde_json::json!({"n":2})
+    );
+    assert_eq!(
+        next_json(&mut b).await["message"],
+        serde_json::json!({"n":1})
+    );
+
+    let disconnect = r#"{"command":"disconnect","payload":{"identifier":"{\"user\":\"u2\"}","reconnect":false}}"#;
+    assert!(post_broadcast(addr, disconnect, Some("s3cret"))
+        .await
+        .contains("201"));
+    assert_eq!(
+        next_json(&mut b).await,
+        serde_json::json!({"type":"disconnect","reason":"remote","reconnect":false})
+    );
+    send(&mut a, message("{\"channel\":\"A\"}", "5")).await;
+    assert_eq!(next_json(&mut a).await["message"], 5);
 }

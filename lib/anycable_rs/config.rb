@@ -28,7 +28,15 @@ module AnyCableRs
       max_pending_bytes: 1_048_576,
       queue_size: 1024,
       shutdown_timeout: 5.0,
-      log_level: "info"
+      log_level: "info",
+      # How broadcasts travel: "local" (this process's server) or "http" (POST to
+      # http_broadcast_url; for processes that serve no sockets).
+      broadcast_adapter: "local",
+      # AnyCable's: the broadcast key defaults to HMAC-SHA256(secret, "broadcast-cable").
+      secret: nil,
+      broadcast_key: nil,
+      http_broadcast_url: "http://localhost:8080/_broadcast",
+      broadcast_path: "/_broadcast"
     }.freeze
 
     attr_reader(*DEFAULTS.keys)
@@ -77,8 +85,18 @@ module AnyCableRs
         path: path, health_path: health_path, ping_interval: ping_interval.to_f,
         max_message_size: max_message_size, write_timeout: write_timeout.to_f,
         max_pending_bytes: max_pending_bytes, allowed_origins: allowed_origins,
-        queue_size: queue_size, worker_threads: worker_threads, log_level: log_level
+        queue_size: queue_size, worker_threads: worker_threads, log_level: log_level,
+        broadcast_path: broadcast_path, broadcast_key: effective_broadcast_key
       }
+    end
+
+    # The key broadcast requests must carry; nil when neither a key nor a secret is set.
+    def effective_broadcast_key
+      return broadcast_key if broadcast_key
+      return nil unless secret
+
+      require "openssl"
+      OpenSSL::HMAC.hexdigest("SHA256", secret, "broadcast-cable")
     end
 
     private
@@ -93,6 +111,14 @@ module AnyCableRs
         integer(key, value)
       when :ping_interval, :write_timeout, :shutdown_timeout
         number(key, value)
+      when :broadcast_adapter
+        adapter = value.to_s.strip.downcase
+        adapter = "local" if adapter.empty? || adapter == "in_process"
+        unless %w[local http].include?(adapter)
+          raise ArgumentError, "anycable-rs: broadcast_adapter must be local or http, got #{value.inspect}"
+        end
+
+        adapter
       when :allowed_origins
         list = value.is_a?(Array) ? value : value.to_s.split(",")
         list = list.map { |o| o.to_s.strip }.reject(&:empty?)

@@ -106,6 +106,7 @@ module AnyCableRs
         connection.connect if connection.respond_to?(:connect)
         connection.send(:subscribe_to_internal_channel)
       end
+      socket.identifiers = identifiers_json(connection)
       @lock.synchronize { @sessions[socket.id] = Session.new(socket, connection) }
       reply.resolve("ok", nil)
     rescue ::ActionCable::Connection::Authorization::UnauthorizedError
@@ -133,6 +134,16 @@ module AnyCableRs
     # connection would build (and keep, for the socket's life) a full request object.
     def request_message(what, env)
       "#{what} \"#{RackEnv.fullpath(env)}\" [WebSocket] for #{env["action_dispatch.remote_ip"] || env["REMOTE_ADDR"]} at #{Time.now}"
+    end
+
+    # The connection's identifiers as AnyCable encodes them (records as GlobalIDs), so
+    # AnyCable's remote disconnect command finds the connection.
+    def identifiers_json(connection)
+      ids = connection.identifiers.each_with_object({}) do |name, out|
+        value = connection.public_send(name)
+        out[name.to_s] = value.respond_to?(:to_gid_param) ? value.to_gid_param : value
+      end
+      ActiveSupport::JSON.encode(ids)
     end
 
     def offered_protocol(headers)

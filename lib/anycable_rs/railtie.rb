@@ -16,6 +16,10 @@ module AnyCableRs
       end
     end
 
+    initializer "anycable_rs.broadcast_endpoint" do |app|
+      app.middleware.insert_before 0, AnyCableRs::BroadcastEndpoint
+    end
+
     config.after_initialize do
       AnyCableRs::Boot.after_initialize
     end

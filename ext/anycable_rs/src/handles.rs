@@ -51,6 +51,14 @@ impl Socket {
         self.hub.subscribe(&self.session, &stream, &identifier);
     }
 
+    /// The connection's identifiers as JSON, for AnyCable's remote disconnect command.
+    pub fn set_identifiers(ruby: &Ruby, rb_self: &Self, json: String) -> Result<(), Error> {
+        let value = serde_json::from_str(&json)
+            .map_err(|e| Error::new(ruby.exception_arg_error(), e.to_string()))?;
+        rb_self.session.set_identifiers(value);
+        Ok(())
+    }
+
     pub fn unstream(&self, stream: String, identifier: String) {
         self.hub.unsubscribe(&self.session, &stream, &identifier);
     }

@@ -63,6 +63,8 @@ impl Native {
             allowed_origins: opt(ruby, opts, "allowed_origins")?.unwrap_or_default(),
             read_buffer_size: defaults.read_buffer_size,
             handshake_timeout: defaults.handshake_timeout,
+            broadcast_path: opt(ruby, opts, "broadcast_path")?.or(defaults.broadcast_path),
+            broadcast_key: opt(ruby, opts, "broadcast_key")?,
         };
         crate::logger::init(
             &opt::<String>(ruby, opts, "log_level")?.unwrap_or_else(|| "info".into()),
@@ -259,6 +261,14 @@ impl Native {
         d.sessions + d.callbacks
     }
 
+    /// Applies an AnyCable broadcast payload here; ArgumentError says what is wrong.
+    pub fn apply_broadcast(ruby: &Ruby, rb_self: &Self, payload: String) -> Result<usize, Error> {
+        rb_self
+            .server
+            .apply_broadcast(&payload)
+            .map_err(|e| Error::new(ruby.exception_arg_error(), e))
+    }
+
     pub fn subscribe_callback(&self, stream: String, id: u64) {
         self.server.hub().subscribe_callback(&stream, id);
     }
@@ -359,6 +369,7 @@ pub fn init(ruby: &Ruby, module: magnus::RModule) -> Result<(), Error> {
     class.define_method("handoff", method!(Native::handoff, 5))?;
     class.define_method("next_jobs", method!(Native::next_jobs, 2))?;
     class.define_method("broadcast", method!(Native::broadcast, 3))?;
+    class.define_method("apply_broadcast", method!(Native::apply_broadcast, 1))?;
     class.define_method("subscribe_callback", method!(Native::subscribe_callback, 2))?;
     class.define_method(
         "unsubscribe_callback",
@@ -379,6 +390,7 @@ pub fn init(ruby: &Ruby, module: magnus::RModule) -> Result<(), Error> {
     socket.define_method("closed?", method!(Socket::is_closed, 0))?;
     socket.define_method("stream", method!(Socket::stream, 2))?;
     socket.define_method("unstream", method!(Socket::unstream, 2))?;
+    socket.define_method("identifiers=", method!(Socket::set_identifiers, 1))?;
 
     let reply = class.define_class("Reply", ruby.class_object())?;
     reply.define_method("resolve", method!(Reply::resolve, 2))?;

@@ -13,7 +13,11 @@ module AnyCableRs
       end
 
       def broadcast(channel, payload)
-        @runtime.native.broadcast(channel.to_s, payload.to_s, nil)
+        if @runtime.config.broadcast_adapter == "local" || @runtime.started?
+          @runtime.native.broadcast(channel.to_s, payload.to_s, nil)
+        else
+          Broadcasting.broadcast(channel, payload.to_s)
+        end
       end
 
       def subscribe(channel, callback, success_callback = nil)
