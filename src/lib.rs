@@ -11,6 +11,7 @@ pub mod config;
 pub mod controller;
 pub mod handshake;
 pub mod hub;
+pub mod nats;
 pub mod protocol;
 pub mod server;
 pub mod session;

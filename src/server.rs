@@ -51,7 +51,12 @@ impl<C: Controller> Clone for Server<C> {
     }
 }
 
+/// Where broadcasts received over HTTP go instead of this process's hub: the pub/sub
+/// publisher, so every node gets them.
+pub type BroadcastRelay = Arc<dyn Fn(String) + Send + Sync>;
+
 struct Inner<C> {
+    relay: parking_lot::RwLock<Option<BroadcastRelay>>,
     config: ServerConfig,
     controller: C,
     hub: Arc<Hub>,
@@ -65,6 +70,7 @@ impl<C: Controller> Server<C> {
     pub fn new(config: ServerConfig, controller: C, hub: Arc<Hub>) -> Self {
         Server {
             inner: Arc::new(Inner {
+                relay: parking_lot::RwLock::new(None),
                 config,
                 controller,
                 hub,
@@ -166,6 +172,12 @@ impl<C: Controller> Server<C> {
         self.inner.apply_broadcast(payload)
     }
 
+    /// Sends broadcasts that arrive over HTTP to `relay` (after checking them) instead of
+    /// applying them here.
+    pub fn set_broadcast_relay(&self, relay: BroadcastRelay) {
+        *self.inner.relay.write() = Some(relay);
+    }
+
     /// Tells every client `server_restart` and waits (up to `wait`) for their
     /// disconnect callbacks; stops accepting.
     pub async fn shutdown(&self, wait: Duration) {
@@ -258,7 +270,12 @@ impl<C: Controller> Inner<C> {
         }
         body.truncate(length);
         let text = String::from_utf8_lossy(&body);
-        match self.apply_broadcast(&text) {
+        let relay = self.relay.read().clone();
+        let result = match relay {
+            Some(relay) => broadcast::parse(&text).map(|_| relay(text.into_owned())),
+            None => self.apply_broadcast(&text).map(|_| ()),
+        };
+        match result {
             Ok(_) => {
                 let _ = stream.write_all(reply(201, "").as_bytes()).await;
             }

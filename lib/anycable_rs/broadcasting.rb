@@ -1,32 +1,59 @@
 # frozen_string_literal: true
 
 require "json"
+require "socket"
+require "io/wait"
 require "net/http"
 require "uri"
 
 module AnyCableRs
-  # Broadcasting in AnyCable's payload format. A process that serves sockets delivers
-  # to its own clients; with the "http" adapter, a process that serves none (console,
-  # job runner, rake, a plain Ruby script) POSTs to the server's /_broadcast — no
-  # thread, no runtime.
+  # Broadcasting in AnyCable's payload format, by adapter:
+  # - local: to this process's clients;
+  # - nats: a server process publishes through its Rust NATS client (and, like every
+  #   node, delivers when the message comes back); any other process publishes with a
+  #   one-shot NATS connection from Ruby;
+  # - http: a server process delivers to its clients; any other POSTs to
+  #   http_broadcast_url.
+  # A process that serves no sockets (console, job runner, rake, a plain script)
+  # starts no thread and no runtime to broadcast.
   module Broadcasting
     module_function
 
     # data: a JSON string (what ActionCable.server.broadcast passes) or any object.
     def broadcast(stream, data, exclude_socket: nil)
       data = JSON.generate(data) unless data.is_a?(String)
+      config = AnyCableRs.config
+      if serving? && config.broadcast_adapter == "nats"
+        return AnyCableRs.runtime.native.publish(stream.to_s, data, exclude_socket)
+      end
+      if config.broadcast_adapter == "local" || serving?
+        return AnyCableRs.runtime.native.broadcast(stream.to_s, data, exclude_socket)
+      end
+
       message = {stream: stream.to_s, data: data}
       message[:meta] = {exclude_socket: exclude_socket} if exclude_socket
       deliver(JSON.generate(message))
     end
 
+    # A raw AnyCable payload (one message, a batch, or a command).
     def deliver(payload)
       config = AnyCableRs.config
-      if config.broadcast_adapter == "http" && !(AnyCableRs.runtime? && AnyCableRs.runtime.started?)
+      case config.broadcast_adapter
+      when "nats"
+        return AnyCableRs.runtime.native.publish_payload(payload) if serving?
+
+        NatsPublisher.publish(config.nats_servers, config.nats_channel, payload)
+      when "http"
+        return AnyCableRs.runtime.native.apply_broadcast(payload) if serving?
+
         post(config, payload)
       else
         AnyCableRs.runtime.native.apply_broadcast(payload)
       end
+    end
+
+    def serving?
+      AnyCableRs.runtime? && AnyCableRs.runtime.started?
     end
 
     def post(config, payload)
@@ -41,6 +68,37 @@ module AnyCableRs
       return true if response.code == "201"
 
       raise Error, "broadcast to #{uri} failed: #{response.code} #{response.body.to_s[0, 200]}"
+    end
+  end
+
+  # Publishes to NATS from a process that runs no NATS client: connect, PUB, PING,
+  # wait for PONG (so the server has it), close. Plain TCP, no thread.
+  module NatsPublisher
+    module_function
+
+    def publish(servers, subject, payload, timeout: 5)
+      uri = URI(servers.split(",").first.to_s.strip)
+      raise Error, "NATS over TLS needs a server process's client: #{uri}" if uri.scheme == "tls"
+
+      socket = Socket.tcp(uri.host, uri.port || 4222, connect_timeout: timeout)
+      read_line(socket, timeout) # INFO
+      options = {verbose: false, pedantic: false, lang: "ruby", version: AnyCableRs::VERSION, protocol: 1}
+      options.merge!(user: URI.decode_www_form_component(uri.user), pass: URI.decode_www_form_component(uri.password.to_s)) if uri.user
+      socket.write("CONNECT #{JSON.generate(options)}\r\nPUB #{subject} #{payload.bytesize}\r\n#{payload}\r\nPING\r\n")
+      loop do
+        line = read_line(socket, timeout)
+        break if line.start_with?("PONG")
+        raise Error, "NATS refused the broadcast: #{line.strip}" if line.start_with?("-ERR")
+      end
+      true
+    ensure
+      socket&.close
+    end
+
+    def read_line(socket, timeout)
+      raise Error, "NATS did not answer within #{timeout}s" unless socket.wait_readable(timeout)
+
+      socket.gets || raise(Error, "NATS closed the connection")
     end
   end
 
@@ -64,7 +122,7 @@ module AnyCableRs
       body = env["rack.input"].read(1024 * 1024 + 1).to_s
       return text(413, "Payload too large") if body.bytesize > 1024 * 1024
 
-      AnyCableRs.runtime.native.apply_broadcast(body)
+      Broadcasting.deliver(body)
       text(201, "")
     rescue ArgumentError => e
       AnyCableRs.logger.warn "anycable-rs: broadcast request refused: #{e.message}"

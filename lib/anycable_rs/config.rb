@@ -29,9 +29,12 @@ module AnyCableRs
       queue_size: 1024,
       shutdown_timeout: 5.0,
       log_level: "info",
-      # How broadcasts travel: "local" (this process's server) or "http" (POST to
-      # http_broadcast_url; for processes that serve no sockets).
+      # How broadcasts travel: "local" (this process's server only), "nats" (every
+      # server process subscribes; any process publishes), or "http" (processes that
+      # serve no sockets POST to http_broadcast_url).
       broadcast_adapter: "local",
+      nats_servers: "nats://localhost:4222",
+      nats_channel: "__anycable__",
       # AnyCable's: the broadcast key defaults to HMAC-SHA256(secret, "broadcast-cable").
       secret: nil,
       broadcast_key: nil,
@@ -86,7 +89,8 @@ module AnyCableRs
         max_message_size: max_message_size, write_timeout: write_timeout.to_f,
         max_pending_bytes: max_pending_bytes, allowed_origins: allowed_origins,
         queue_size: queue_size, worker_threads: worker_threads, log_level: log_level,
-        broadcast_path: broadcast_path, broadcast_key: effective_broadcast_key
+        broadcast_path: broadcast_path, broadcast_key: effective_broadcast_key,
+        broadcast_adapter: broadcast_adapter, nats_servers: nats_servers, nats_channel: nats_channel
       }
     end
 
@@ -114,8 +118,8 @@ module AnyCableRs
       when :broadcast_adapter
         adapter = value.to_s.strip.downcase
         adapter = "local" if adapter.empty? || adapter == "in_process"
-        unless %w[local http].include?(adapter)
-          raise ArgumentError, "anycable-rs: broadcast_adapter must be local or http, got #{value.inspect}"
+        unless %w[local http nats].include?(adapter)
+          raise ArgumentError, "anycable-rs: broadcast_adapter must be local, nats or http, got #{value.inspect}"
         end
 
         adapter

@@ -33,7 +33,10 @@ module AnyCableRs
     module_function
 
     def after_initialize
-      return unless AnyCableRs.embedded? && AnyCableRs.config.port
+      return unless AnyCableRs.embedded?
+
+      refuse_lonely_workers!
+      return unless AnyCableRs.config.port
       return if tool_process?
 
       if forking_master?
@@ -46,6 +49,20 @@ module AnyCableRs
     def tool_process?
       defined?(::Rails::Console) ||
         (defined?(::Rake) && ::Rake.respond_to?(:application) && ::Rake.application.top_level_tasks.any?)
+    end
+
+    # Puma workers each run a server; with in-process broadcasting a broadcast would
+    # reach one worker's clients only. Say so at boot instead of losing messages.
+    def refuse_lonely_workers!
+      return unless AnyCableRs.config.broadcast_adapter == "local"
+      return unless defined?(::Puma) && ::Puma.respond_to?(:cli_config) && ::Puma.cli_config
+
+      workers = ::Puma.cli_config.options[:workers].to_i
+      return unless workers > 1
+
+      raise AnyCableRs::Error, "anycable-rs: Puma runs #{workers} workers, and each serves its own sockets, " \
+        "but ANYCABLE_BROADCAST_ADAPTER is local (in-process): a broadcast would reach one worker's clients only. " \
+        "Set ANYCABLE_BROADCAST_ADAPTER=nats and ANYCABLE_NATS_SERVERS=nats://host:4222, or run Puma with one worker."
     end
 
     def forking_master?

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use anycable_core::handshake::RequestHead;
 use anycable_core::hub::CallbackSink;
+use anycable_core::nats::NatsBroker;
 use anycable_core::{Hub, Server, ServerConfig};
 use magnus::value::ReprValue;
 use magnus::{Error, IntoValue, RHash, Ruby, Value};
@@ -29,12 +30,14 @@ pub struct Native {
     server: Server<RubyController>,
     queue: JobQueue,
     worker_threads: usize,
+    nats: Option<(String, String)>,
     state: Mutex<State>,
 }
 
 #[derive(Default)]
 struct State {
     runtime: Option<Runtime>,
+    broker: Option<Arc<NatsBroker>>,
     timers: HashMap<u64, JoinHandle<()>>,
 }
 
@@ -76,9 +79,17 @@ impl Native {
         });
         let hub = Arc::new(Hub::new(Some(sink)));
         let server = Server::new(config, RubyController::new(queue.clone()), hub);
+        let nats = match opt::<String>(ruby, opts, "broadcast_adapter")?.as_deref() {
+            Some("nats") => Some((
+                opt(ruby, opts, "nats_servers")?.unwrap_or_else(|| "nats://localhost:4222".into()),
+                opt(ruby, opts, "nats_channel")?.unwrap_or_else(|| "__anycable__".into()),
+            )),
+            _ => None,
+        };
         Ok(Native {
             server,
             queue,
+            nats,
             worker_threads: opt(ruby, opts, "worker_threads")?.unwrap_or(2usize).max(1),
             state: Mutex::new(State::default()),
         })
@@ -102,6 +113,21 @@ impl Native {
                 .map_err(|e| runtime_error(ruby, format!("tokio runtime: {e}")))?;
             let _guard = runtime.enter();
             rb_self.server.start();
+            if let Some((servers, subject)) = &rb_self.nats {
+                let server = rb_self.server.clone();
+                let broker = NatsBroker::start(servers, subject.clone(), move |payload| {
+                    if let Err(e) = server.apply_broadcast(payload) {
+                        log::warn!("broadcast from NATS dropped: {e}");
+                    }
+                })
+                .map_err(|e| runtime_error(ruby, e))?;
+                let broker = Arc::new(broker);
+                let relay = broker.clone();
+                rb_self
+                    .server
+                    .set_broadcast_relay(Arc::new(move |payload| relay.publish(payload)));
+                state.broker = Some(broker);
+            }
             drop(_guard);
             state.runtime = Some(runtime);
         }
@@ -269,6 +295,36 @@ impl Native {
             .map_err(|e| Error::new(ruby.exception_arg_error(), e))
     }
 
+    /// With the NATS adapter in a started server: publishes an AnyCable payload built
+    /// from (stream, data) and returns true; every node, this one included, delivers it
+    /// when it comes back. False when there is no broker here.
+    pub fn publish(&self, stream: String, data: String, exclude_sid: Option<String>) -> bool {
+        let Some(broker) = self.state.lock().broker.clone() else {
+            return false;
+        };
+        let mut message = serde_json::json!({"stream": stream, "data": data});
+        if let Some(sid) = exclude_sid {
+            message["meta"] = serde_json::json!({"exclude_socket": sid});
+        }
+        broker.publish(message.to_string());
+        true
+    }
+
+    /// Publishes a raw AnyCable payload (checked first) through the broker.
+    pub fn publish_payload(ruby: &Ruby, rb_self: &Self, payload: String) -> Result<bool, Error> {
+        anycable_core::broadcast::parse(&payload)
+            .map_err(|e| Error::new(ruby.exception_arg_error(), e))?;
+        let Some(broker) = rb_self.state.lock().broker.clone() else {
+            return Ok(false);
+        };
+        broker.publish(payload);
+        Ok(true)
+    }
+
+    pub fn is_pubsub_connected(&self) -> Option<bool> {
+        self.state.lock().broker.as_ref().map(|b| b.is_connected())
+    }
+
     pub fn subscribe_callback(&self, stream: String, id: u64) {
         self.server.hub().subscribe_callback(&stream, id);
     }
@@ -370,6 +426,9 @@ pub fn init(ruby: &Ruby, module: magnus::RModule) -> Result<(), Error> {
     class.define_method("next_jobs", method!(Native::next_jobs, 2))?;
     class.define_method("broadcast", method!(Native::broadcast, 3))?;
     class.define_method("apply_broadcast", method!(Native::apply_broadcast, 1))?;
+    class.define_method("publish", method!(Native::publish, 3))?;
+    class.define_method("publish_payload", method!(Native::publish_payload, 1))?;
+    class.define_method("pubsub_connected?", method!(Native::is_pubsub_connected, 0))?;
     class.define_method("subscribe_callback", method!(Native::subscribe_callback, 2))?;
     class.define_method(
         "unsubscribe_callback",

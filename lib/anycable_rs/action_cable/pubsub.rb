@@ -13,11 +13,7 @@ module AnyCableRs
       end
 
       def broadcast(channel, payload)
-        if @runtime.config.broadcast_adapter == "local" || @runtime.started?
-          @runtime.native.broadcast(channel.to_s, payload.to_s, nil)
-        else
-          Broadcasting.broadcast(channel, payload.to_s)
-        end
+        Broadcasting.broadcast(channel, payload.to_s)
       end
 
       def subscribe(channel, callback, success_callback = nil)
