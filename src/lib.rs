@@ -7,12 +7,14 @@
 //! and `cargo test` drives it with a Rust controller.
 
 pub mod broadcast;
+pub mod broker;
 pub mod config;
 pub mod controller;
 pub mod handshake;
 pub mod hub;
 pub mod nats;
 pub mod protocol;
+pub mod redis;
 pub mod server;
 pub mod session;
 

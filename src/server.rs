@@ -55,8 +55,12 @@ impl<C: Controller> Clone for Server<C> {
 /// publisher, so every node gets them.
 pub type BroadcastRelay = Arc<dyn Fn(String) + Send + Sync>;
 
+/// Reports why the server is degraded (e.g. "pub/sub disconnected"), or `None`.
+pub type HealthProbe = Arc<dyn Fn() -> Option<String> + Send + Sync>;
+
 struct Inner<C> {
     relay: parking_lot::RwLock<Option<BroadcastRelay>>,
+    health: parking_lot::RwLock<Option<HealthProbe>>,
     config: ServerConfig,
     controller: C,
     hub: Arc<Hub>,
@@ -71,6 +75,7 @@ impl<C: Controller> Server<C> {
         Server {
             inner: Arc::new(Inner {
                 relay: parking_lot::RwLock::new(None),
+                health: parking_lot::RwLock::new(None),
                 config,
                 controller,
                 hub,
@@ -176,6 +181,11 @@ impl<C: Controller> Server<C> {
     /// applying them here.
     pub fn set_broadcast_relay(&self, relay: BroadcastRelay) {
         *self.inner.relay.write() = Some(relay);
+    }
+
+    /// `/health` answers 503 with the probe's reason while it reports one.
+    pub fn set_health_probe(&self, probe: HealthProbe) {
+        *self.inner.health.write() = Some(probe);
     }
 
     /// Tells every client `server_restart` and waits (up to `wait`) for their
@@ -311,13 +321,16 @@ impl<C: Controller> Inner<C> {
             };
         let path = head.path();
         if path == self.config.health_path {
+            let degraded = self.health.read().as_ref().and_then(|probe| probe());
             let (status, body) = if self.shutting_down.load(Ordering::Acquire) {
-                (503, "Shutting down")
+                (503, "Shutting down".to_string())
+            } else if let Some(reason) = degraded {
+                (503, reason)
             } else {
-                (200, "Success")
+                (200, "Success".to_string())
             };
             let _ = stream
-                .write_all(handshake::plain_response(status, body).as_bytes())
+                .write_all(handshake::plain_response(status, &body).as_bytes())
                 .await;
             return;
         }

@@ -23,7 +23,7 @@ module AnyCableRs
     def broadcast(stream, data, exclude_socket: nil)
       data = JSON.generate(data) unless data.is_a?(String)
       config = AnyCableRs.config
-      if serving? && config.broadcast_adapter == "nats"
+      if serving? && %w[nats redis].include?(config.broadcast_adapter)
         return AnyCableRs.runtime.native.publish(stream.to_s, data, exclude_socket)
       end
       if config.broadcast_adapter == "local" || serving?
@@ -43,6 +43,10 @@ module AnyCableRs
         return AnyCableRs.runtime.native.publish_payload(payload) if serving?
 
         NatsPublisher.publish(config.nats_servers, config.nats_channel, payload)
+      when "redis"
+        return AnyCableRs.runtime.native.publish_payload(payload) if serving?
+
+        RedisPublisher.publish(config.redis_url, config.redis_channel, payload)
       when "http"
         return AnyCableRs.runtime.native.apply_broadcast(payload) if serving?
 
@@ -99,6 +103,38 @@ module AnyCableRs
       raise Error, "NATS did not answer within #{timeout}s" unless socket.wait_readable(timeout)
 
       socket.gets || raise(Error, "NATS closed the connection")
+    end
+  end
+
+  # PUBLISH from a process that runs no Redis client: plain RESP over TCP, no thread.
+  module RedisPublisher
+    module_function
+
+    def publish(url, channel, payload, timeout: 5)
+      uri = URI(url)
+      raise Error, "Redis over TLS needs a server process's client: #{url}" if uri.scheme == "rediss"
+
+      socket = Socket.tcp(uri.host, uri.port || 6379, connect_timeout: timeout)
+      if uri.password
+        args = uri.user.to_s.empty? ? ["AUTH", uri.password] : ["AUTH", uri.user, uri.password]
+        call(socket, args.map { |a| URI.decode_www_form_component(a) }, timeout)
+      end
+      reply = call(socket, ["PUBLISH", channel, payload], timeout)
+      raise Error, "Redis refused the broadcast: #{reply}" unless reply.start_with?(":")
+
+      true
+    ensure
+      socket&.close
+    end
+
+    def call(socket, args, timeout)
+      socket.write("*#{args.size}\r\n" + args.map { |a| "$#{a.bytesize}\r\n#{a}\r\n" }.join)
+      raise Error, "Redis did not answer within #{timeout}s" unless socket.wait_readable(timeout)
+
+      line = socket.gets || raise(Error, "Redis closed the connection")
+      raise Error, "Redis: #{line.strip}" if line.start_with?("-")
+
+      line.strip
     end
   end
 

@@ -35,6 +35,9 @@ module AnyCableRs
       broadcast_adapter: "local",
       nats_servers: "nats://localhost:4222",
       nats_channel: "__anycable__",
+      # ANYCABLE_REDIS_URL, else REDIS_URL.
+      redis_url: "redis://localhost:6379",
+      redis_channel: "__anycable__",
       # AnyCable's: the broadcast key defaults to HMAC-SHA256(secret, "broadcast-cable").
       secret: nil,
       broadcast_key: nil,
@@ -47,6 +50,7 @@ module AnyCableRs
     def self.load(env: ENV, yaml_path: default_yaml_path, rails_env: default_rails_env)
       values = DEFAULTS.dup
       values.merge!(from_yaml(yaml_path, rails_env)) if yaml_path && File.exist?(yaml_path)
+      values[:redis_url] = env["REDIS_URL"] if env["REDIS_URL"] && !env["REDIS_URL"].empty?
       DEFAULTS.each_key do |key|
         raw = env["ANYCABLE_#{key.to_s.upcase}"]
         values[key] = raw unless raw.nil? || raw.empty?
@@ -90,7 +94,8 @@ module AnyCableRs
         max_pending_bytes: max_pending_bytes, allowed_origins: allowed_origins,
         queue_size: queue_size, worker_threads: worker_threads, log_level: log_level,
         broadcast_path: broadcast_path, broadcast_key: effective_broadcast_key,
-        broadcast_adapter: broadcast_adapter, nats_servers: nats_servers, nats_channel: nats_channel
+        broadcast_adapter: broadcast_adapter, nats_servers: nats_servers, nats_channel: nats_channel,
+        redis_url: redis_url, redis_channel: redis_channel
       }
     end
 
@@ -118,8 +123,8 @@ module AnyCableRs
       when :broadcast_adapter
         adapter = value.to_s.strip.downcase
         adapter = "local" if adapter.empty? || adapter == "in_process"
-        unless %w[local http nats].include?(adapter)
-          raise ArgumentError, "anycable-rs: broadcast_adapter must be local, nats or http, got #{value.inspect}"
+        unless %w[local http nats redis].include?(adapter)
+          raise ArgumentError, "anycable-rs: broadcast_adapter must be local, nats, redis or http, got #{value.inspect}"
         end
 
         adapter

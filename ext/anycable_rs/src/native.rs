@@ -11,9 +11,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use anycable_core::broker::Broker;
 use anycable_core::handshake::RequestHead;
 use anycable_core::hub::CallbackSink;
 use anycable_core::nats::NatsBroker;
+use anycable_core::redis::RedisBroker;
 use anycable_core::{Hub, Server, ServerConfig};
 use magnus::value::ReprValue;
 use magnus::{Error, IntoValue, RHash, Ruby, Value};
@@ -30,14 +32,15 @@ pub struct Native {
     server: Server<RubyController>,
     queue: JobQueue,
     worker_threads: usize,
-    nats: Option<(String, String)>,
+    /// (adapter, servers/url, subject/channel) for "nats" and "redis".
+    pubsub: Option<(String, String, String)>,
     state: Mutex<State>,
 }
 
 #[derive(Default)]
 struct State {
     runtime: Option<Runtime>,
-    broker: Option<Arc<NatsBroker>>,
+    broker: Option<Arc<dyn Broker>>,
     timers: HashMap<u64, JoinHandle<()>>,
 }
 
@@ -79,17 +82,23 @@ impl Native {
         });
         let hub = Arc::new(Hub::new(Some(sink)));
         let server = Server::new(config, RubyController::new(queue.clone()), hub);
-        let nats = match opt::<String>(ruby, opts, "broadcast_adapter")?.as_deref() {
+        let pubsub = match opt::<String>(ruby, opts, "broadcast_adapter")?.as_deref() {
             Some("nats") => Some((
+                "nats".to_string(),
                 opt(ruby, opts, "nats_servers")?.unwrap_or_else(|| "nats://localhost:4222".into()),
                 opt(ruby, opts, "nats_channel")?.unwrap_or_else(|| "__anycable__".into()),
+            )),
+            Some("redis") => Some((
+                "redis".to_string(),
+                opt(ruby, opts, "redis_url")?.unwrap_or_else(|| "redis://localhost:6379".into()),
+                opt(ruby, opts, "redis_channel")?.unwrap_or_else(|| "__anycable__".into()),
             )),
             _ => None,
         };
         Ok(Native {
             server,
             queue,
-            nats,
+            pubsub,
             worker_threads: opt(ruby, opts, "worker_threads")?.unwrap_or(2usize).max(1),
             state: Mutex::new(State::default()),
         })
@@ -113,15 +122,29 @@ impl Native {
                 .map_err(|e| runtime_error(ruby, format!("tokio runtime: {e}")))?;
             let _guard = runtime.enter();
             rb_self.server.start();
-            if let Some((servers, subject)) = &rb_self.nats {
+            if let Some((adapter, address, channel)) = &rb_self.pubsub {
                 let server = rb_self.server.clone();
-                let broker = NatsBroker::start(servers, subject.clone(), move |payload| {
+                let deliver = move |payload: &str| {
                     if let Err(e) = server.apply_broadcast(payload) {
-                        log::warn!("broadcast from NATS dropped: {e}");
+                        log::warn!("broadcast from the pub/sub dropped: {e}");
                     }
-                })
-                .map_err(|e| runtime_error(ruby, e))?;
-                let broker = Arc::new(broker);
+                };
+                let broker: Arc<dyn Broker> = if adapter == "redis" {
+                    Arc::new(
+                        RedisBroker::start(address, channel.clone(), deliver)
+                            .map_err(|e| runtime_error(ruby, e))?,
+                    )
+                } else {
+                    Arc::new(
+                        NatsBroker::start(address, channel.clone(), deliver)
+                            .map_err(|e| runtime_error(ruby, e))?,
+                    )
+                };
+                let probe = broker.clone();
+                let label = adapter.clone();
+                rb_self.server.set_health_probe(Arc::new(move || {
+                    (!probe.is_connected()).then(|| format!("{label} pub/sub disconnected"))
+                }));
                 let relay = broker.clone();
                 rb_self
                     .server

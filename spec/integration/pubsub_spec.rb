@@ -3,13 +3,18 @@
 require "spec_helper"
 require "open3"
 
-# Two server processes (real Puma) sharing one real nats-server.
-RSpec.describe "Broadcasting across processes over NATS", type: :cable do
+# Two server processes (real Puma) sharing one real nats-server, then one real
+# redis-server: every broadcast reaches every client exactly once.
+{
+  "nats" => [NatsServer, "ANYCABLE_NATS_SERVERS"],
+  "redis" => [RedisServer, "ANYCABLE_REDIS_URL"]
+}.each do |adapter, (broker_class, url_key)|
+RSpec.describe "Broadcasting across processes over #{adapter}", type: :cable do # rubocop:disable Layout/IndentationConsistency
   before(:all) do
-    @nats = NatsServer.new.start
-    env = {"ANYCABLE_BROADCAST_ADAPTER" => "nats", "ANYCABLE_NATS_SERVERS" => @nats.url}
-    @one = PumaServer.new(env: env).start
-    @two = PumaServer.new(env: env.merge("DUMMY_DATABASE" => @one.env["DUMMY_DATABASE"])).start
+    @nats = broker_class.new.start
+    @env = {"ANYCABLE_BROADCAST_ADAPTER" => adapter, url_key => @nats.url}
+    @one = PumaServer.new(env: @env.merge("ANYCABLE_PORT" => PumaServer.free_port.to_s)).start
+    @two = PumaServer.new(env: @env.merge("DUMMY_DATABASE" => @one.env["DUMMY_DATABASE"])).start
   end
 
   after(:all) do
@@ -62,7 +67,7 @@ RSpec.describe "Broadcasting across processes over NATS", type: :cable do
     b, idb = on(@two)
     script = 'require "anycable_rs"; n = Thread.list.size; AnyCableRs.broadcast("all", {"from" => "outside"}); ' \
       'puts "threads #{n} -> #{Thread.list.size}"'
-    out, status = Open3.capture2e({"ANYCABLE_BROADCAST_ADAPTER" => "nats", "ANYCABLE_NATS_SERVERS" => @nats.url},
+    out, status = Open3.capture2e(@env,
       "ruby", "-I", File.expand_path("../../lib", __dir__), "-e", script)
     expect(status).to be_success, out
     expect(out).to match(/threads (\d+) -> \1$/)
@@ -89,11 +94,14 @@ RSpec.describe "Broadcasting across processes over NATS", type: :cable do
     expect(c.receive).to eq(:closed)
   end
 
-  it "survives a NATS restart: processes stay up, broadcasts resume" do
+  it "survives a broker restart: processes stay up, /health says degraded, broadcasts resume" do
     a, ida = on(@one)
     b, idb = on(@two)
+    health = URI("http://127.0.0.1:#{@one.env["ANYCABLE_PORT"]}/health")
+    expect(Net::HTTP.get_response(health).code).to eq("200")
     @nats.stop
-    sleep 0.5
+    wait_for { Net::HTTP.get_response(health).code == "503" }
+    expect(Net::HTTP.get_response(health).body).to eq("#{adapter} pub/sub disconnected")
     expect(@one.http(:get, "/stats").code).to eq("200")
     @nats.start
     started = Time.now
@@ -109,10 +117,12 @@ RSpec.describe "Broadcasting across processes over NATS", type: :cable do
         nil
       end
     end
-    warn "broadcasts resumed #{(Time.now - started).round(2)}s after nats-server came back"
+    warn "#{adapter}: broadcasts resumed #{(Time.now - started).round(2)}s after the server came back"
     expect(got_a["message"]).to eq("probe" => true)
     expect(got_b["message"]).to eq("probe" => true)
     expect(@one.alive? && @two.alive?).to be(true)
-    expect(@one.log).to match(/NATS disconnected/)
+    expect(@one.log).to match(/#{adapter} disconnected/i)
+    wait_for { Net::HTTP.get_response(health).code == "200" }
   end
+end
 end
