@@ -242,10 +242,10 @@ async fn subscribe(
             return Err(bad("unexpected reply in subscriber mode".into()));
         };
         match items.as_slice() {
-            [Reply::Bulk(Some(kind)), _, Reply::Integer(_)] if kind == b"subscribe" => {
-                if !state.swap(true, Ordering::AcqRel) {
-                    log::info!("Redis connected; subscribed to {channel}");
-                }
+            [Reply::Bulk(Some(kind)), _, Reply::Integer(_)]
+                if kind == b"subscribe" && !state.swap(true, Ordering::AcqRel) =>
+            {
+                log::info!("Redis connected; subscribed to {channel}");
             }
             [Reply::Bulk(Some(kind)), _, Reply::Bulk(Some(payload))] if kind == b"message" => {
                 match std::str::from_utf8(payload) {
