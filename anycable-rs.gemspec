@@ -12,8 +12,10 @@ Gem::Specification.new do |spec|
   spec.license = "MIT"
   spec.required_ruby_version = ">= 3.0"
 
-  spec.files = Dir["lib/**/*.rb", "ext/**/*.{rs,rb,toml}", "src/**/*.rs", "Cargo.toml", "Cargo.lock", "README.md"]
+  spec.files = Dir["lib/**/*.rb", "ext/**/*.{rs,rb,toml}", "src/**/*.rs", "exe/*", "Cargo.toml", "Cargo.lock", "README.md"]
   spec.require_paths = ["lib"]
+  spec.bindir = "exe"
+  spec.executables = ["anycable-rs"]
   spec.extensions = ["ext/anycable_rs/extconf.rb"]
 
   spec.add_dependency "actioncable", ">= 6.1"

@@ -7,6 +7,8 @@
 //!     anycable-bench echo      --url … --clients 50 --duration 10
 //!     anycable-bench broadcast --url … --clients 1000 --messages 50 --interval-ms 100
 //!
+//! `--url` may list several servers, comma-separated: clients are spread over them.
+//!
 //! Prints readable lines and one `SUMMARY {json}` line.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -199,12 +201,12 @@ async fn connect_all(o: &Opts) -> (Vec<Ws>, usize, f64) {
     let sem = Arc::new(Semaphore::new(o.concurrency.max(1)));
     let start = Instant::now();
     let mut tasks = Vec::with_capacity(o.clients);
-    for _ in 0..o.clients {
+    for index in 0..o.clients {
         let o = o.clone();
         let sem = sem.clone();
         tasks.push(tokio::spawn(async move {
             let _permit = sem.acquire().await.unwrap();
-            open_client(&o).await
+            open_client(&o, index).await
         }));
     }
     let mut clients = Vec::new();
@@ -345,7 +347,7 @@ async fn run_broadcast(o: &Opts) -> Value {
             ws
         }));
     }
-    let mut sender = match open_client(o).await {
+    let mut sender = match open_client(o, 0).await {
         Ok(ws) => ws,
         Err(e) => return json!({"mode":"broadcast","error":e}),
     };

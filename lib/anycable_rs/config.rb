@@ -42,20 +42,42 @@ module AnyCableRs
       secret: nil,
       broadcast_key: nil,
       http_broadcast_url: "http://localhost:8080/_broadcast",
-      broadcast_path: "/_broadcast"
+      broadcast_path: "/_broadcast",
+      # "none" turns presets (Fly.io) off.
+      presets: nil,
+      # Fly.io: the name of the app that runs the WebSocket servers (and NATS), for
+      # region-local addresses.
+      fly_ws_app_name: nil
     }.freeze
 
     attr_reader(*DEFAULTS.keys)
 
     def self.load(env: ENV, yaml_path: default_yaml_path, rails_env: default_rails_env)
-      values = DEFAULTS.dup
-      values.merge!(from_yaml(yaml_path, rails_env)) if yaml_path && File.exist?(yaml_path)
-      values[:redis_url] = env["REDIS_URL"] if env["REDIS_URL"] && !env["REDIS_URL"].empty?
+      explicit = {}
+      explicit.merge!(from_yaml(yaml_path, rails_env)) if yaml_path && File.exist?(yaml_path)
+      explicit[:redis_url] = env["REDIS_URL"] if env["REDIS_URL"] && !env["REDIS_URL"].empty?
       DEFAULTS.each_key do |key|
         raw = env["ANYCABLE_#{key.to_s.upcase}"]
-        values[key] = raw unless raw.nil? || raw.empty?
+        explicit[key] = raw unless raw.nil? || raw.empty?
       end
-      new(values)
+      new(DEFAULTS.merge(presets(env, explicit)).merge(explicit))
+    end
+
+    # Defaults for the platform we run on; explicit settings always win (they are merged
+    # over these). Fly.io: listen on all interfaces, and with ANYCABLE_FLY_WS_APP_NAME
+    # use that app's region-local NATS and HTTP broadcast addresses.
+    def self.presets(env, explicit)
+      return {} if explicit[:presets].to_s.strip.downcase == "none"
+      return {} unless %w[FLY_APP_NAME FLY_REGION FLY_ALLOC_ID].all? { |k| env[k].to_s != "" }
+
+      preset = {host: "0.0.0.0"}
+      ws_app = explicit[:fly_ws_app_name]
+      if ws_app
+        internal = "#{env["FLY_REGION"]}.#{ws_app}.internal"
+        preset[:nats_servers] = "nats://#{internal}:4222"
+        preset[:http_broadcast_url] = "http://#{internal}:8080/_broadcast"
+      end
+      preset
     end
 
     def self.from_yaml(path, rails_env)

@@ -43,3 +43,29 @@ RSpec.describe AnyCableRs::Config do
     expect { described_class.new(nope: 1) }.to raise_error(ArgumentError, /unknown anycable-rs settings: nope/)
   end
 end
+
+RSpec.describe AnyCableRs::Config, "Fly.io presets" do
+  fly = {"FLY_APP_NAME" => "my-app", "FLY_REGION" => "ams", "FLY_ALLOC_ID" => "a1b2"}
+
+  def config_from(env)
+    described_class.load(env: env, yaml_path: nil, rails_env: "production")
+  end
+
+  it "listens on all interfaces and uses region-local addresses of the WebSocket app" do
+    c = config_from(fly.merge("ANYCABLE_FLY_WS_APP_NAME" => "my-cable"))
+    expect([c.host, c.nats_servers, c.http_broadcast_url]).to eq(
+      ["0.0.0.0", "nats://ams.my-cable.internal:4222", "http://ams.my-cable.internal:8080/_broadcast"]
+    )
+  end
+
+  it "never overrides explicit settings" do
+    c = config_from(fly.merge("ANYCABLE_FLY_WS_APP_NAME" => "my-cable", "ANYCABLE_HOST" => "127.0.0.1",
+      "ANYCABLE_NATS_SERVERS" => "nats://elsewhere:4222"))
+    expect([c.host, c.nats_servers]).to eq(["127.0.0.1", "nats://elsewhere:4222"])
+  end
+
+  it "is off with ANYCABLE_PRESETS=none, and off the platform" do
+    expect(config_from(fly.merge("ANYCABLE_PRESETS" => "none")).host).to eq("127.0.0.1")
+    expect(config_from(fly.reject { |k, _| k == "FLY_ALLOC_ID" }).host).to eq("127.0.0.1")
+  end
+end
