@@ -116,11 +116,11 @@ fn identifier(o: &Opts) -> String {
     json!({ "channel": o.channel }).to_string()
 }
 
-/// Connects, waits for welcome, subscribes, waits for the confirmation.
-async fn open_client(o: &Opts) -> Result<Ws, String> {
-    let mut req = o
-        .url
-        .as_str()
+/// Connects (to the `index`-th of the comma-separated `--url`s, round robin), waits
+/// for welcome, subscribes, waits for the confirmation.
+async fn open_client(o: &Opts, index: usize) -> Result<Ws, String> {
+    let urls: Vec<&str> = o.url.split(',').collect();
+    let mut req = urls[index % urls.len()]
         .into_client_request()
         .map_err(|e| e.to_string())?;
     req.headers_mut()
