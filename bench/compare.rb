@@ -9,15 +9,10 @@
 #
 #   ruby bench/compare.rb            # full sizes (about 10 minutes)
 #   QUICK=1 ruby bench/compare.rb    # small sizes, for a smoke run
-require "json"
-require "socket"
-require "net/http"
-require "fileutils"
 require "time"
 require "etc"
+require_relative "harness"
 
-ROOT = File.expand_path("..", __dir__)
-BIN = File.join(ROOT, "target/release")
 QUICK = ENV["QUICK"] == "1"
 RS, AC, CEIL = "anycable-rs", "Action Cable", "ceiling (no Ruby)"
 SERVERS = [RS, AC, CEIL].freeze
@@ -34,65 +29,26 @@ SCENARIOS = [
   [mode, name, args]
 end
 
-def free_port
-  s = TCPServer.new("127.0.0.1", 0)
-  s.addr[1]
-ensure
-  s&.close
-end
-
 def start(server)
-  port = free_port
-  log = File.open("/tmp/anycable-bench-server.log", "w")
-  pid =
-    if server == CEIL
-      Process.spawn(File.join(BIN, "anycable-ceiling"), "127.0.0.1:#{port}", out: log, err: log, pgroup: true)
-    else
-      env = {"RAILS_MAX_THREADS" => "5", "ANYCABLE_EMBEDDED" => (server == RS ? "true" : nil)}
-      Process.spawn(env, "puma", "-b", "tcp://127.0.0.1:#{port}?low_latency=true", "-t", "5:5", "-e", "production",
-        "config.ru", chdir: File.join(__dir__, "app"), out: log, err: log, pgroup: true)
-    end
-  deadline = Time.now + 60
-  sleep 0.2 until port_open?(port) || Time.now > deadline
-  [pid, port]
+  case server
+  when CEIL then Harness.spawn_server(File.join(Harness::BIN, "anycable-ceiling"), "127.0.0.1:PORT")
+  when RS then Harness.start_puma("ANYCABLE_EMBEDDED" => "true")
+  else Harness.start_puma("ANYCABLE_EMBEDDED" => nil)
+  end
 end
 
-def port_open?(port)
-  TCPSocket.new("127.0.0.1", port).close
-  true
-rescue SystemCallError
-  false
-end
-
-def stop(pid)
-  Process.kill("TERM", -pid)
-  Process.wait(pid)
-rescue Errno::ESRCH, Errno::ECHILD
-  nil
-end
-
-def bench(mode, args, port, pid)
-  cmd = [File.join(BIN, "anycable-bench"), mode, "--url", "ws://127.0.0.1:#{port}/cable", *args]
-  cmd += ["--pid", pid.to_s] if mode == "connect"
-  out = IO.popen(cmd, err: [:child, :out], &:read)
-  summary = out.lines.grep(/^SUMMARY /).last
-  [cmd, summary ? JSON.parse(summary.sub("SUMMARY ", "")) : {"error" => out[-500..] || out}]
-end
-
-system("cargo", "build", "--release", "-q", "-p", "anycable-bench", chdir: ROOT, exception: true)
-system("rake", "compile", chdir: ROOT, out: File::NULL, exception: true)
+Harness.build!
 
 results = Hash.new { |h, k| h[k] = {} }
 commands = {}
 SCENARIOS.each do |mode, name, args|
   SERVERS.each do |server|
     pid, port = start(server)
-    bench("connect", %w[--clients 20 --hold 0], port, pid) # warm-up: starts the runtime, loads classes
-    cmd, summary = bench(mode, args, port, pid)
-    stop(pid)
+    Harness.bench("connect", %w[--clients 20 --hold 0], [Harness.url(port)]) # warm-up: runtime, classes
+    cmd, summary = Harness.bench(mode, args, [Harness.url(port)], pid: pid)
+    Harness.stop(pid)
     results[name][server] = summary
-    commands[name] ||= cmd.map { |c| c.sub(ROOT + "/", "") }.join(" ")
-      .sub(/--url \S+/, "--url ws://127.0.0.1:PORT/cable").sub(/--pid \d+/, "--pid SERVER_PID")
+    commands[name] ||= cmd
     warn "#{name} / #{server}: #{summary.to_json}"
   end
 end
@@ -133,14 +89,11 @@ add.call("echo latency p95 (ms)", 2, true) { |s| e.dig(s, "latency_ms", "p95") }
 end
 
 rails = `ruby -e 'require "rails"; print Rails.version'`
-puma = `puma --version`.strip
-cpu = File.read("/proc/cpuinfo")[/model name\s*:\s*(.*)/, 1]
 date = Time.now.utc
 report = +<<~MD
   # anycable-rs embedded vs Rails' Action Cable vs the no-Ruby ceiling — #{date.strftime("%Y-%m-%d")}
 
-  Machine: #{Etc.nprocessors} cores (#{cpu}), #{(File.read("/proc/meminfo")[/MemTotal:\s+(\d+)/, 1].to_i / 1024 / 1024.0).round} GiB.
-  #{RUBY_DESCRIPTION}; Rails #{rails}; #{puma}. The load tool runs on the same machine
+  Machine: #{Harness.machine}; Rails #{rails}. The load tool runs on the same machine
   (loopback), so every figure includes its share of the two cores.
 
   - **anycable-rs**: `bench/app/config.ru` in Puma `-t 5:5 -e production`, bound with

@@ -1,0 +1,84 @@
+# frozen_string_literal: true
+
+# What the bench scripts share: free ports, starting servers, running the load tool.
+require "json"
+require "socket"
+require "fileutils"
+
+module Harness
+  ROOT = File.expand_path("..", __dir__)
+  BIN = File.join(ROOT, "target/release")
+
+  module_function
+
+  def build!
+    system("cargo", "build", "--release", "-q", "-p", "anycable-bench", chdir: ROOT, exception: true)
+    system("rake", "compile", chdir: ROOT, out: File::NULL, exception: true)
+  end
+
+  def free_port
+    s = TCPServer.new("127.0.0.1", 0)
+    s.addr[1]
+  ensure
+    s&.close
+  end
+
+  def port_open?(port)
+    TCPSocket.new("127.0.0.1", port).close
+    true
+  rescue SystemCallError
+    false
+  end
+
+  def wait_for_port(port, timeout = 60)
+    deadline = Time.now + timeout
+    sleep 0.2 until port_open?(port) || Time.now > deadline
+  end
+
+  # Puma with bench/app; env decides anycable-rs (ANYCABLE_EMBEDDED=true) or Action Cable.
+  def start_puma(env)
+    port = free_port
+    log = File.open("/tmp/anycable-bench-puma-#{port}.log", "w")
+    pid = Process.spawn({"RAILS_MAX_THREADS" => "5"}.merge(env),
+      "puma", "-b", "tcp://127.0.0.1:#{port}?low_latency=true", "-t", "5:5", "-e", "production", "config.ru",
+      chdir: File.join(__dir__, "app"), out: log, err: log, pgroup: true)
+    wait_for_port(port)
+    [pid, port]
+  end
+
+  def spawn_server(*cmd)
+    port = free_port
+    log = File.open("/tmp/anycable-bench-#{File.basename(cmd.first)}-#{port}.log", "w")
+    pid = Process.spawn(*cmd.map { |c| c.gsub("PORT", port.to_s) }, out: log, err: log, pgroup: true)
+    wait_for_port(port)
+    [pid, port]
+  end
+
+  def stop(pid)
+    Process.kill("TERM", -pid)
+    Process.wait(pid)
+  rescue Errno::ESRCH, Errno::ECHILD
+    nil
+  end
+
+  # Runs the load tool; returns [command line for the report, parsed SUMMARY].
+  def bench(mode, args, urls, pid: nil)
+    cmd = [File.join(BIN, "anycable-bench"), mode, "--url", urls.join(","), *args]
+    cmd += ["--pid", pid.to_s] if pid && mode == "connect"
+    out = IO.popen(cmd, err: [:child, :out], &:read)
+    summary = out.lines.grep(/^SUMMARY /).last
+    shown = cmd.map { |c| c.sub("#{ROOT}/", "") }.join(" ")
+      .gsub(%r{ws://127\.0\.0\.1:\d+}, "ws://127.0.0.1:PORT").sub(/--pid \d+/, "--pid SERVER_PID")
+    [shown, summary ? JSON.parse(summary.sub("SUMMARY ", "")) : {"error" => out[-500..] || out}]
+  end
+
+  def url(port)
+    "ws://127.0.0.1:#{port}/cable"
+  end
+
+  def machine
+    cpu = File.read("/proc/cpuinfo")[/model name\s*:\s*(.*)/, 1]
+    mem = (File.read("/proc/meminfo")[/MemTotal:\s+(\d+)/, 1].to_i / 1024 / 1024.0).round
+    "#{Etc.nprocessors} cores (#{cpu}), #{mem} GiB; #{RUBY_DESCRIPTION}; #{`puma --version`.strip}"
+  end
+end
