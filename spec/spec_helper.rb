@@ -6,8 +6,7 @@ require "openssl"
 require_relative "support/ws_client"
 require_relative "support/puma_server"
 require_relative "support/cable_helpers"
-require_relative "support/nats_server"
-require_relative "support/redis_server"
+require_relative "support/broker_servers"
 
 RSpec.configure do |config|
   config.expect_with(:rspec) { |c| c.syntax = :expect }
