@@ -53,6 +53,8 @@ impl Job {
     }
 }
 
+const SPIN: Duration = Duration::from_micros(50);
+
 pub enum Pop {
     Job(Job),
     Empty,
@@ -65,6 +67,7 @@ pub struct JobQueue {
     rx: Receiver<Job>,
     permits: Arc<Semaphore>,
     closed: Arc<AtomicBool>,
+    spinning: Arc<AtomicBool>,
 }
 
 impl JobQueue {
@@ -75,6 +78,7 @@ impl JobQueue {
             rx,
             permits: Arc::new(Semaphore::new(capacity.max(1))),
             closed: Arc::new(AtomicBool::new(false)),
+            spinning: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -98,6 +102,27 @@ impl JobQueue {
     pub fn pop(&self, timeout: Duration) -> Pop {
         if self.closed.load(Ordering::Acquire) && self.rx.is_empty() {
             return Pop::Closed;
+        }
+        // One thread at a time spins briefly first: under load the next job usually
+        // arrives within microseconds, and sleeping on a futex costs a context switch
+        // each way. More spinners would only steal the cores from tokio.
+        if !self.spinning.swap(true, Ordering::AcqRel) {
+            let spin_until = std::time::Instant::now() + SPIN;
+            let mut found = None;
+            while std::time::Instant::now() < spin_until {
+                if let Ok(job) = self.rx.try_recv() {
+                    found = Some(job);
+                    break;
+                }
+                std::thread::yield_now();
+            }
+            self.spinning.store(false, Ordering::Release);
+            if let Some(job) = found {
+                if job.is_request() {
+                    self.permits.add_permits(1);
+                }
+                return Pop::Job(job);
+            }
         }
         match self.rx.recv_timeout(timeout) {
             Ok(job) => {
