@@ -23,7 +23,8 @@ SCENARIOS = [
   ["connect", "connect 10k", %w[--clients 10000 --concurrency 100 --hold 5]],
   ["echo", "echo 50 clients", %w[--clients 50 --duration 10 --payload 200]],
   ["broadcast", "broadcast 1k", %w[--clients 1000 --messages 50 --interval-ms 100 --payload 200]],
-  ["broadcast", "broadcast 5k", %w[--clients 5000 --messages 20 --interval-ms 250 --payload 200]]
+  ["broadcast", "broadcast 5k", %w[--clients 5000 --messages 20 --interval-ms 250 --payload 200]],
+  ["churn", "churn 5k", %w[--cycles 5000 --concurrency 100 --hold 2]]
 ].map do |mode, name, args|
   args = args.map { |a| {"1000" => "100", "5000" => "300", "10000" => "500", "10" => "3"}.fetch(a, a) } if QUICK
   [mode, name, args]
@@ -86,6 +87,11 @@ add.call("echo latency p95 (ms)", 2, true) { |s| e.dig(s, "latency_ms", "p95") }
     add.call("broadcast #{size}: until the last subscriber, #{q} (ms)", 2, true) { |s| b.dig(s, "until_last_ms", q) }
   end
   rows << ["broadcast #{size}: missing messages", *SERVERS.map { |s| b.dig(s, "missing").to_s }, "", ""]
+end
+c = results["churn 5k"]
+add.call("churn: connect/subscribe/disconnect cycles per second", 0, false) { |s| c.dig(s, "cycles_per_sec") }
+add.call("churn: server RSS growth over 5k cycles (KiB)", 0, true) do |s|
+  c.dig(s, "rss_after_kib") && c.dig(s, "rss_before_kib") && (c.dig(s, "rss_after_kib") - c.dig(s, "rss_before_kib"))
 end
 
 rails = `ruby -e 'require "rails"; print Rails.version'`

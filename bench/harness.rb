@@ -64,7 +64,7 @@ module Harness
   # Runs the load tool; returns [command line for the report, parsed SUMMARY].
   def bench(mode, args, urls, pid: nil)
     cmd = [File.join(BIN, "anycable-bench"), mode, "--url", urls.join(","), *args]
-    cmd += ["--pid", pid.to_s] if pid && mode == "connect"
+    cmd += ["--pid", pid.to_s] if pid && %w[connect churn].include?(mode)
     out = IO.popen(cmd, err: [:child, :out], &:read)
     summary = out.lines.grep(/^SUMMARY /).last
     shown = cmd.map { |c| c.sub("#{ROOT}/", "") }.join(" ")

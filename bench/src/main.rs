@@ -6,6 +6,7 @@
 //!     anycable-bench connect   --url ws://127.0.0.1:3000/cable --clients 1000 [--pid PID]
 //!     anycable-bench echo      --url … --clients 50 --duration 10
 //!     anycable-bench broadcast --url … --clients 1000 --messages 50 --interval-ms 100
+//!     anycable-bench churn     --url … --cycles 5000 [--pid PID]
 //!
 //! `--url` may list several servers, comma-separated: clients are spread over them.
 //!
@@ -39,6 +40,9 @@ struct Opts {
     channel: String,
     origin: String,
     hold: f64,
+    /// Clients bind to 127.0.0.1 … 127.0.0.N, round robin: N × ~28k ephemeral ports.
+    local_addrs: u8,
+    cycles: usize,
 }
 
 fn parse_args() -> Result<Opts, String> {
@@ -59,6 +63,8 @@ fn parse_args() -> Result<Opts, String> {
         channel: "BenchmarkChannel".into(),
         origin: "http://localhost".into(),
         hold: 2.0,
+        local_addrs: 1,
+        cycles: 1000,
     };
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or(format!("{flag} needs a value"));
@@ -78,6 +84,8 @@ fn parse_args() -> Result<Opts, String> {
             "--channel" => o.channel = value()?,
             "--origin" => o.origin = value()?,
             "--hold" => o.hold = num(value()?)?,
+            "--local-addrs" => o.local_addrs = (num(value()?)? as u8).max(1),
+            "--cycles" => o.cycles = num(value()?)? as usize,
             _ => return Err(format!("unknown option {flag}")),
         }
     }
@@ -134,7 +142,21 @@ async fn open_client(o: &Opts, index: usize) -> Result<Ws, String> {
         .authority()
         .map(|a| a.to_string())
         .ok_or("url without host")?;
-    let tcp = TcpStream::connect(host).await.map_err(|e| e.to_string())?;
+    let tcp = if o.local_addrs > 1 {
+        let remote = tokio::net::lookup_host(&host)
+            .await
+            .map_err(|e| e.to_string())?
+            .next()
+            .ok_or("no address")?;
+        let socket = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
+        let local = std::net::Ipv4Addr::new(127, 0, 0, 1 + (index % o.local_addrs as usize) as u8);
+        socket
+            .bind((local, 0).into())
+            .map_err(|e| e.to_string())?;
+        socket.connect(remote).await.map_err(|e| e.to_string())?
+    } else {
+        TcpStream::connect(host).await.map_err(|e| e.to_string())?
+    };
     tcp.set_nodelay(true).ok();
     let (mut ws, _) = client_async(req, tcp).await.map_err(|e| e.to_string())?;
     wait_for(&mut ws, |v| v["type"] == "welcome").await?;
@@ -388,6 +410,42 @@ async fn run_broadcast(o: &Opts) -> Value {
            "until_last_ms":ul,"per_client_ms":pc})
 }
 
+/// Connect, subscribe, disconnect, `--cycles` times (`--concurrency` at once): does
+/// anything stay behind?
+async fn run_churn(o: &Opts) -> Value {
+    let before = o.pid.map(rss_kib);
+    let sem = Arc::new(Semaphore::new(o.concurrency.max(1)));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(o.cycles);
+    for index in 0..o.cycles {
+        let (o, sem, failures) = (o.clone(), sem.clone(), failures.clone());
+        tasks.push(tokio::spawn(async move {
+            let _permit = sem.acquire().await.unwrap();
+            match open_client(&o, index).await {
+                Ok(mut ws) => {
+                    let _ = ws.close(None).await;
+                    while let Some(Ok(_)) = ws.next().await {}
+                }
+                Err(_) => {
+                    failures.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs_f64(o.hold)).await;
+    let after = o.pid.map(rss_kib);
+    let failures = failures.load(Ordering::Relaxed);
+    let rate = o.cycles as f64 / secs;
+    println!("churn: {} cycles in {secs:.2}s ({rate:.0}/s), {failures} failed; server RSS {before:?} -> {after:?} KiB", o.cycles);
+    json!({"mode":"churn","cycles":o.cycles,"failures":failures,"seconds":secs,"cycles_per_sec":rate,
+           "rss_before_kib":before,"rss_after_kib":after})
+}
+
 fn main() {
     let o = match parse_args() {
         Ok(o) => o,
@@ -405,6 +463,7 @@ fn main() {
             "connect" => run_connect(&o).await,
             "echo" => run_echo(&o).await,
             "broadcast" => run_broadcast(&o).await,
+            "churn" => run_churn(&o).await,
             other => {
                 eprintln!("unknown mode {other}");
                 std::process::exit(2);
