@@ -62,7 +62,7 @@ end
 def ratio(a, b, lower: false)
   return "–" unless a.is_a?(Numeric) && b.is_a?(Numeric) && a.positive? && b.positive?
 
-  format("%.1f×", lower ? b / a : a / b)
+  format("%.1f×", lower ? b.to_f / a : a.to_f / b)
 end
 
 rows = []
