@@ -70,11 +70,17 @@ module AnyCableRs
       dispatcher.pubsub
     end
 
-    # A Rack env kept for a hijacked socket until its connect job runs.
+    # A Rack env kept for a hijacked socket until its connect job runs. A socket that
+    # never gets that far (refused handshake, client gone) leaves its env behind;
+    # entries older than ENV_TTL are dropped on the next stash.
+    ENV_TTL = 60
+
     def stash_env(env)
+      now = Process.clock_gettime(Process::CLOCK_MONOTONIC)
       @lock.synchronize do
+        @envs.shift while (oldest = @envs.first) && now - oldest.last.last > ENV_TTL
         @env_seq += 1
-        @envs[@env_seq] = env
+        @envs[@env_seq] = [env, now]
         @env_seq
       end
     end
@@ -82,7 +88,11 @@ module AnyCableRs
     def take_env(token)
       return nil if token.nil? || token.zero?
 
-      @lock.synchronize { @envs.delete(token) }
+      @lock.synchronize { @envs.delete(token) }&.first
+    end
+
+    def stashed_env_count
+      @lock.synchronize { @envs.size }
     end
 
     # Serves an Action Cable request arriving through Rack (Puma's own port): checks it
