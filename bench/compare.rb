@@ -15,7 +15,8 @@ require_relative "harness"
 
 QUICK = ENV["QUICK"] == "1"
 RS, AC, CEIL = "anycable-rs", "Action Cable", "ceiling (no Ruby)"
-SERVERS = [RS, AC, CEIL].freeze
+OWN = "anycable-rs, own port"
+SERVERS = [RS, AC, CEIL, OWN].freeze
 
 SCENARIOS = [
   ["connect", "connect 1k", %w[--clients 1000 --concurrency 100 --hold 3]],
@@ -30,10 +31,16 @@ SCENARIOS = [
   [mode, name, args]
 end
 
+# [server pid, port the clients use]
 def start(server)
   case server
   when CEIL then Harness.spawn_server(File.join(Harness::BIN, "anycable-ceiling"), "127.0.0.1:PORT")
   when RS then Harness.start_puma("ANYCABLE_EMBEDDED" => "true")
+  when OWN
+    own = Harness.free_port
+    pid, = Harness.start_puma("ANYCABLE_EMBEDDED" => "true", "ANYCABLE_PORT" => own.to_s)
+    Harness.wait_for_port(own)
+    [pid, own]
   else Harness.start_puma("ANYCABLE_EMBEDDED" => nil)
   end
 end
@@ -68,7 +75,8 @@ end
 rows = []
 add = lambda do |label, digits, lower, &get|
   vals = SERVERS.map { |s| get.call(s) }
-  rows << [label, *vals.map { |v| f(v, digits) }, ratio(vals[0], vals[1], lower: lower), ratio(vals[0], vals[2], lower: lower)]
+  rows << [label, *vals.map { |v| f(v, digits) }, ratio(vals[0], vals[1], lower: lower),
+    ratio(vals[0], vals[2], lower: lower), ratio(vals[3], vals[1], lower: lower)]
 end
 %w[1k 5k 10k].each do |size|
   r = results["connect #{size}"]
@@ -86,7 +94,7 @@ add.call("echo latency p95 (ms)", 2, true) { |s| e.dig(s, "latency_ms", "p95") }
   %w[p50 p95 p99].each do |q|
     add.call("broadcast #{size}: until the last subscriber, #{q} (ms)", 2, true) { |s| b.dig(s, "until_last_ms", q) }
   end
-  rows << ["broadcast #{size}: missing messages", *SERVERS.map { |s| b.dig(s, "missing").to_s }, "", ""]
+  rows << ["broadcast #{size}: missing messages", *SERVERS.map { |s| b.dig(s, "missing").to_s }, "", "", ""]
 end
 c = results["churn 5k"]
 add.call("churn: connect/subscribe/disconnect cycles per second", 0, false) { |s| c.dig(s, "cycles_per_sec") }
@@ -109,13 +117,15 @@ report = +<<~MD
     worker pool 5 (`?low_latency=true` gives its hijacked sockets TCP_NODELAY).
   - **ceiling**: `target/release/anycable-ceiling`, anycable-core with `BenchmarkChannel`
     in Rust: the same server with Ruby's cost taken out.
+  - **anycable-rs, own port**: the anycable-rs Puma process with `ANYCABLE_PORT` set, the
+    clients on that port: no Puma request handling, no Rails middleware before the socket.
 
   Each scenario starts a fresh server and warms it with 20 connections. Payload 200 bytes.
 
   Command: `#{QUICK ? "QUICK=1 " : ""}ruby bench/compare.rb`#{QUICK ? " (QUICK sizes: the labels are the full sizes)" : ""}
 
-  | | anycable-rs | Action Cable | ceiling | anycable-rs vs Action Cable | anycable-rs vs ceiling |
-  |---|---:|---:|---:|---:|---:|
+  | | anycable-rs | Action Cable | ceiling | anycable-rs, own port | anycable-rs vs Action Cable | anycable-rs vs ceiling | own port vs Action Cable |
+  |---|---:|---:|---:|---:|---:|---:|---:|
 MD
 rows.each { |r| report << "| #{r.join(" | ")} |\n" }
 report << "\nRatios: how many times better the first is (above 1× it is better; for latency and memory, lower is better).\n\n## Commands\n\n"
