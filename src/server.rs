@@ -19,7 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
-use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+use tokio_tungstenite::tungstenite::error::Error as WsError;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
@@ -89,14 +89,6 @@ impl<C: Controller> Server<C> {
 
     pub fn hub(&self) -> &Arc<Hub> {
         &self.inner.hub
-    }
-
-    pub fn controller(&self) -> &C {
-        &self.inner.controller
-    }
-
-    pub fn config(&self) -> &ServerConfig {
-        &self.inner.config
     }
 
     /// Number of connected (welcomed) sessions.
@@ -225,8 +217,8 @@ impl<C: Controller> Inner<C> {
                     reconnect,
                 } => {
                     let reason = DisconnectReason {
-                        reason: "remote".into(),
                         reconnect: *reconnect,
+                        ..DisconnectReason::REMOTE
                     };
                     for session in self.sessions.read().values() {
                         if session.identifiers() == Some(identifiers) {
@@ -549,9 +541,7 @@ impl<C: Controller> Inner<C> {
         };
         match timeout(self.config.write_timeout, batch).await {
             Ok(Ok(())) => {}
-            Ok(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) | Ok(Err(_)) => {
-                return false;
-            }
+            Ok(Err(_)) => return false,
             Err(_) => {
                 log::warn!(
                     "session {}: write took over {:?}; disconnecting as too_slow",

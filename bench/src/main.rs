@@ -150,9 +150,7 @@ async fn open_client(o: &Opts, index: usize) -> Result<Ws, String> {
             .ok_or("no address")?;
         let socket = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
         let local = std::net::Ipv4Addr::new(127, 0, 0, 1 + (index % o.local_addrs as usize) as u8);
-        socket
-            .bind((local, 0).into())
-            .map_err(|e| e.to_string())?;
+        socket.bind((local, 0).into()).map_err(|e| e.to_string())?;
         socket.connect(remote).await.map_err(|e| e.to_string())?
     } else {
         TcpStream::connect(host).await.map_err(|e| e.to_string())?

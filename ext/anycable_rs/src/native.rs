@@ -344,10 +344,6 @@ impl Native {
         Ok(true)
     }
 
-    pub fn is_pubsub_connected(&self) -> Option<bool> {
-        self.state.lock().broker.as_ref().map(|b| b.is_connected())
-    }
-
     pub fn subscribe_callback(&self, stream: String, id: u64) {
         self.server.hub().subscribe_callback(&stream, id);
     }
@@ -395,10 +391,6 @@ impl Native {
         if let Some(task) = self.state.lock().timers.remove(&id) {
             task.abort();
         }
-    }
-
-    pub fn session_count(&self) -> usize {
-        self.server.session_count()
     }
 
     /// Tells clients `server_restart`, waits up to `timeout` seconds for their
@@ -451,7 +443,6 @@ pub fn init(ruby: &Ruby, module: magnus::RModule) -> Result<(), Error> {
     class.define_method("apply_broadcast", method!(Native::apply_broadcast, 1))?;
     class.define_method("publish", method!(Native::publish, 3))?;
     class.define_method("publish_payload", method!(Native::publish_payload, 1))?;
-    class.define_method("pubsub_connected?", method!(Native::is_pubsub_connected, 0))?;
     class.define_method("subscribe_callback", method!(Native::subscribe_callback, 2))?;
     class.define_method(
         "unsubscribe_callback",
@@ -459,7 +450,6 @@ pub fn init(ruby: &Ruby, module: magnus::RModule) -> Result<(), Error> {
     )?;
     class.define_method("add_timer", method!(Native::add_timer, 2))?;
     class.define_method("cancel_timer", method!(Native::cancel_timer, 1))?;
-    class.define_method("session_count", method!(Native::session_count, 0))?;
     class.define_method("shutdown", method!(Native::shutdown, 1))?;
     class.define_method("abandon", method!(Native::abandon, 0))?;
 
