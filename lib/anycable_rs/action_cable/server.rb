@@ -28,11 +28,24 @@ module AnyCableRs
         new(proxy.instance_variable_get(:@logger), tags: proxy.tags)
       end
 
+      LEVEL_CHECKS = %i[debug info warn error fatal unknown].to_h { |s| [s, :"#{s}?"] }.freeze
+
+      LEVEL_CHECKS.each_value do |check|
+        define_method(check) do
+          !@logger.respond_to?(check) || @logger.public_send(check)
+        end
+      end
+
+      # Would a line of this severity be written? (`:info`, `:debug`, …)
+      def logs?(severity)
+        check = LEVEL_CHECKS.fetch(severity)
+        !@logger.respond_to?(check) || @logger.public_send(check)
+      end
+
       private
 
       def log(type, message)
-        level = :"#{type}?"
-        return if @logger.respond_to?(level) && !@logger.public_send(level)
+        return unless logs?(type)
 
         super
       end

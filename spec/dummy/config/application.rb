@@ -20,7 +20,7 @@ module Dummy
     config.secret_key_base = "dummy-secret-key-base-for-tests-only-0123456789abcdef"
     config.session_store :cookie_store, key: "_dummy_session"
     config.logger = ActiveSupport::Logger.new(ENV.fetch("DUMMY_LOG", File.expand_path("../log/test.log", __dir__)))
-    config.log_level = :debug
+    config.log_level = ENV.fetch("DUMMY_LOG_LEVEL", "debug").to_sym
     config.action_cable.allowed_request_origins = ["http://allowed.test"]
     config.hosts.clear
   end

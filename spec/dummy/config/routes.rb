@@ -7,4 +7,5 @@ Rails.application.routes.draw do
   delete "/events" => "test#clear_events"
   post "/remote_disconnect" => "test#remote_disconnect"
   get "/stats" => "test#stats"
+  get "/notifications" => "test#notifications"
 end

@@ -39,6 +39,11 @@ class TestController < ActionController::Base
     head :created
   end
 
+  # How many times each Action Cable instrumentation event fired in this process.
+  def notifications
+    render json: NOTIFICATION_COUNTS.each_pair.to_h
+  end
+
   def stats
     pool = ActiveRecord::Base.connection_pool
     render json: {
