@@ -136,7 +136,8 @@ impl JobQueue {
         }
     }
 
-    /// Up to `max - 1` more jobs that are already queued, without waiting.
+    /// Jobs that are already queued, without waiting, until `into` holds `max`. Safe to
+    /// call with the GVL held: it never blocks.
     pub fn drain(&self, max: usize, into: &mut Vec<Job>) {
         while into.len() < max {
             match self.rx.try_recv() {

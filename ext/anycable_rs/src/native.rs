@@ -216,16 +216,25 @@ impl Native {
         max: usize,
     ) -> Result<Value, Error> {
         let queue = rb_self.queue.clone();
-        let jobs = without_gvl(move || match queue.pop(Duration::from_millis(timeout_ms)) {
-            Pop::Empty => Ok(None),
-            Pop::Closed => Err(()),
-            Pop::Job(job) => {
-                let mut jobs = vec![job];
-                queue.drain(max.max(1), &mut jobs);
-                Ok(Some(jobs))
-            }
-        })
-        .map_err(|p| runtime_error(ruby, p))?;
+        let max = max.max(1);
+        // Jobs already queued are taken while this thread still holds the GVL: giving it
+        // up and taking it back costs two context switches when other threads want it.
+        let mut ready = Vec::new();
+        queue.drain(max, &mut ready);
+        let jobs = if !ready.is_empty() {
+            Ok(Some(ready))
+        } else {
+            without_gvl(move || match queue.pop(Duration::from_millis(timeout_ms)) {
+                Pop::Empty => Ok(None),
+                Pop::Closed => Err(()),
+                Pop::Job(job) => {
+                    let mut jobs = vec![job];
+                    queue.drain(max, &mut jobs);
+                    Ok(Some(jobs))
+                }
+            })
+            .map_err(|p| runtime_error(ruby, p))?
+        };
         match jobs {
             Ok(None) => Ok(ruby.qnil().as_value()),
             Err(()) => Ok(ruby.qfalse().as_value()),
