@@ -49,12 +49,19 @@ module AnyCableRs
       query.empty? ? path : "#{path}?#{query}"
     end
 
-    # [[name, value], …] with lower-case, dash-separated names.
-    def headers(env)
-      env.each_with_object([]) do |(key, value), out|
-        next unless key.start_with?("HTTP_") && value.is_a?(String)
+    # What the Rust side reads of a hijacked request: the upgrade itself, the origin
+    # (when ANYCABLE_ALLOWED_ORIGINS is set) and the request id (the session id). The
+    # app's code gets the whole env.
+    HANDSHAKE_HEADERS = %w[
+      upgrade connection sec-websocket-key sec-websocket-version sec-websocket-protocol
+      sec-websocket-extensions origin host x-request-id
+    ].to_h { |name| [name, "HTTP_#{name.upcase.tr("-", "_")}"] }.freeze
 
-        out << [key[5..].tr("_", "-").downcase, value]
+    # [[name, value], …] with lower-case, dash-separated names.
+    def handshake_headers(env)
+      HANDSHAKE_HEADERS.filter_map do |name, key|
+        value = env[key]
+        [name, value] if value.is_a?(String)
       end
     end
 

@@ -117,7 +117,7 @@ module AnyCableRs
       RackEnv.compact!(env)
       token = stash_env(env)
       begin
-        native.handoff(io.fileno, env["REQUEST_METHOD"], RackEnv.fullpath(env), RackEnv.headers(env), token)
+        native.handoff(io.fileno, env["REQUEST_METHOD"], RackEnv.fullpath(env), RackEnv.handshake_headers(env), token)
       rescue Exception # rubocop:disable Lint/RescueException
         take_env(token)
         raise
