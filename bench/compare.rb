@@ -4,19 +4,24 @@
 # Runs the same scenarios, in one run, against:
 #   - anycable-rs embedded in Puma (ANYCABLE_EMBEDDED=true),
 #   - Rails' own Action Cable on Puma (async adapter),
-#   - the no-Ruby ceiling (anycable-core with BenchmarkChannel written in Rust),
-# and writes a Markdown report to bench/results/.
+#   - the raw ceiling: a tokio-tungstenite fan-out server, no anycable-core, no Ruby,
+#   - anycable-core's server with BenchmarkChannel written in Rust (Ruby's cost removed),
+#   - anycable-rs embedded, the clients on its own port (ANYCABLE_PORT),
+# plus the floor under a connect on Puma's port (a plain GET through the same Puma and
+# middleware), and writes a Markdown report to bench/results/.
 #
-#   ruby bench/compare.rb            # full sizes (about 10 minutes)
+#   ruby bench/compare.rb            # full sizes (about 20 minutes)
 #   QUICK=1 ruby bench/compare.rb    # small sizes, for a smoke run
 require "time"
 require "etc"
 require_relative "harness"
 
 QUICK = ENV["QUICK"] == "1"
-RS, AC, CEIL = "anycable-rs", "Action Cable", "ceiling (no Ruby)"
+RS, AC, CEIL = "anycable-rs", "Action Cable", "core, no Ruby"
+RAW = "raw ceiling"
 OWN = "anycable-rs, own port"
-SERVERS = [RS, AC, CEIL, OWN].freeze
+SERVERS = [RS, AC, RAW, CEIL, OWN].freeze
+PUMA_SERVERS = [RS, AC].freeze
 
 SCENARIOS = [
   ["connect", "connect 1k", %w[--clients 1000 --concurrency 100 --hold 3]],
@@ -25,9 +30,11 @@ SCENARIOS = [
   ["echo", "echo 50 clients", %w[--clients 50 --duration 10 --payload 200]],
   ["broadcast", "broadcast 1k", %w[--clients 1000 --messages 50 --interval-ms 100 --payload 200]],
   ["broadcast", "broadcast 5k", %w[--clients 5000 --messages 20 --interval-ms 250 --payload 200]],
+  ["broadcast", "broadcast 10k", %w[--clients 10000 --messages 10 --interval-ms 500 --payload 200]],
   ["churn", "churn 5k", %w[--cycles 5000 --concurrency 100 --hold 2]]
 ].map do |mode, name, args|
   args = args.map { |a| {"1000" => "100", "5000" => "300", "10000" => "500", "10" => "3"}.fetch(a, a) } if QUICK
+  args = args.map { |a| a == "500" && name == "broadcast 10k" ? "100" : a } if QUICK
   [mode, name, args]
 end
 
@@ -35,6 +42,7 @@ end
 def start(server)
   case server
   when CEIL then Harness.spawn_server(File.join(Harness::BIN, "anycable-ceiling"), "127.0.0.1:PORT")
+  when RAW then Harness.spawn_server(File.join(Harness::BIN, "anycable-raw-ceiling"), "127.0.0.1:PORT")
   when RS then Harness.start_puma("ANYCABLE_EMBEDDED" => "true")
   when OWN
     own = Harness.free_port
@@ -61,6 +69,19 @@ SCENARIOS.each do |mode, name, args|
   end
 end
 
+# The floor under a connect on Puma's port: plain GETs, each on a new connection,
+# through the same Puma and Rails middleware (bench/app's /up route).
+HTTP_ARGS = %w[--clients 5000 --concurrency 100].map { |a| QUICK && a == "5000" ? "300" : a }
+PUMA_SERVERS.each do |server|
+  pid, port = start(server)
+  Harness.bench("http", %w[--clients 50], ["http://127.0.0.1:#{port}/up"]) # warm-up
+  cmd, summary = Harness.bench("http", HTTP_ARGS, ["http://127.0.0.1:#{port}/up"])
+  Harness.stop(pid)
+  results["http floor"][server] = summary
+  commands["http floor"] ||= cmd.gsub(%r{http://127\.0\.0\.1:\d+}, "http://127.0.0.1:PORT")
+  warn "http floor / #{server}: #{summary.to_json}"
+end
+
 def f(v, digits = 1)
   v.is_a?(Numeric) ? format("%.#{digits}f", v) : "–"
 end
@@ -76,7 +97,7 @@ rows = []
 add = lambda do |label, digits, lower, &get|
   vals = SERVERS.map { |s| get.call(s) }
   rows << [label, *vals.map { |v| f(v, digits) }, ratio(vals[0], vals[1], lower: lower),
-    ratio(vals[0], vals[2], lower: lower), ratio(vals[3], vals[1], lower: lower)]
+    ratio(vals[0], vals[2], lower: lower), ratio(vals[4], vals[1], lower: lower)]
 end
 %w[1k 5k 10k].each do |size|
   r = results["connect #{size}"]
@@ -86,10 +107,14 @@ end
   r = results["connect #{size}"]
   add.call("connect + subscribe per second, #{size}", 0, false) { |s| r.dig(s, "connects_per_sec") }
 end
+h = results["http floor"]
+add.call("floor: plain GET on a new connection through Puma + middleware, per second", 0, false) do |s|
+  h.dig(s, "requests_per_sec")
+end
 e = results["echo 50 clients"]
 add.call("echo round trips per second, 50 clients", 0, false) { |s| e.dig(s, "per_sec") }
 add.call("echo latency p95 (ms)", 2, true) { |s| e.dig(s, "latency_ms", "p95") }
-%w[1k 5k].each do |size|
+%w[1k 5k 10k].each do |size|
   b = results["broadcast #{size}"]
   %w[p50 p95 p99].each do |q|
     add.call("broadcast #{size}: until the last subscriber, #{q} (ms)", 2, true) { |s| b.dig(s, "until_last_ms", q) }
@@ -105,7 +130,7 @@ end
 rails = `ruby -e 'require "rails"; print Rails.version'`
 date = Time.now.utc
 report = +<<~MD
-  # anycable-rs embedded vs Rails' Action Cable vs the no-Ruby ceiling — #{date.strftime("%Y-%m-%d")}
+  # anycable-rs embedded vs Rails' Action Cable vs the no-Ruby ceilings — #{date.strftime("%Y-%m-%d")}
 
   Machine: #{Harness.machine}; Rails #{rails}. The load tool runs on the same machine
   (loopback), so every figure includes its share of the two cores.
@@ -115,17 +140,23 @@ report = +<<~MD
     by Rack hijack, TCP_NODELAY set on each; 5 Ruby threads run `BenchmarkChannel`.
   - **Action Cable**: the same app and Puma flags, plain Action Cable, async adapter,
     worker pool 5 (`?low_latency=true` gives its hijacked sockets TCP_NODELAY).
-  - **ceiling**: `target/release/anycable-ceiling`, anycable-core with `BenchmarkChannel`
-    in Rust: the same server with Ruby's cost taken out.
+  - **raw ceiling**: `target/release/anycable-raw-ceiling` (bench/src/bin/raw_ceiling.rs), a
+    fan-out server on tokio-tungstenite alone, 2 tokio workers, TCP_NODELAY: no
+    anycable-core, no Ruby; data is sent back as the client's JSON text, unparsed.
+  - **core, no Ruby**: `target/release/anycable-ceiling`, anycable-core with
+    `BenchmarkChannel` in Rust: the anycable-rs server with Ruby's cost taken out.
   - **anycable-rs, own port**: the anycable-rs Puma process with `ANYCABLE_PORT` set, the
     clients on that port: no Puma request handling, no Rails middleware before the socket.
 
   Each scenario starts a fresh server and warms it with 20 connections. Payload 200 bytes.
+  Logging: Rails' production default level (`:info`), written to /dev/null, for both
+  Puma apps. "floor" is not a WebSocket figure: it is the most connects per second any
+  server behind Puma's port could reach here.
 
   Command: `#{QUICK ? "QUICK=1 " : ""}ruby bench/compare.rb`#{QUICK ? " (QUICK sizes: the labels are the full sizes)" : ""}
 
-  | | anycable-rs | Action Cable | ceiling | anycable-rs, own port | anycable-rs vs Action Cable | anycable-rs vs ceiling | own port vs Action Cable |
-  |---|---:|---:|---:|---:|---:|---:|---:|
+  | | anycable-rs | Action Cable | raw ceiling | core, no Ruby | anycable-rs, own port | anycable-rs vs Action Cable | anycable-rs vs raw ceiling | own port vs Action Cable |
+  |---|---:|---:|---:|---:|---:|---:|---:|---:|
 MD
 rows.each { |r| report << "| #{r.join(" | ")} |\n" }
 report << "\nRatios: how many times better the first is (above 1× it is better; for latency and memory, lower is better).\n\n## Commands\n\n"
@@ -133,7 +164,9 @@ commands.each { |name, cmd| report << "- #{name}: `#{cmd}`\n" }
 report << "\n## Raw summaries\n\n```json\n#{JSON.pretty_generate(results)}\n```\n"
 dir = File.join(__dir__, "results")
 FileUtils.mkdir_p(dir)
-path = File.join(dir, "#{date.strftime("%Y-%m-%d")}-comparison#{QUICK ? "-quick" : ""}.md")
+base = File.join(dir, "#{date.strftime("%Y-%m-%d")}-comparison#{QUICK ? "-quick" : ""}")
+# A second run on the same day gets its own file: earlier reports stay as they were.
+path = (1..).lazy.map { |n| n == 1 ? "#{base}.md" : "#{base}-#{n}.md" }.find { |p| !File.exist?(p) }
 File.write(path, report)
 puts report
 puts "written to #{path}"

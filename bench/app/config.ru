@@ -14,8 +14,10 @@ class BenchApp < Rails::Application
   config.eager_load = false
   config.cache_classes = true
   config.secret_key_base = "bench"
-  config.logger = ActiveSupport::Logger.new(nil)
-  config.log_level = :fatal
+  # A production app's logging: Rails' default production level (:info), written
+  # (to /dev/null, so the disk is not measured). Action Cable logs through it too.
+  config.logger = ActiveSupport::Logger.new(File::NULL)
+  config.log_level = :info
   config.hosts.clear
   config.action_cable.disable_request_forgery_protection = true
   config.action_cable.worker_pool_size = Integer(ENV.fetch("RAILS_MAX_THREADS", 5))
@@ -45,6 +47,10 @@ class BenchmarkChannel < ApplicationCable::Channel
 end
 
 BenchApp.initialize!
+# The floor under a WebSocket connect on Puma's port: a plain request through the same
+# Puma and middleware stack (`anycable-bench http`).
+BenchApp.routes.draw do
+  get "/up", to: ->(_env) { [200, {"Content-Type" => "text/plain"}, ["ok"]] }
+end
 ActionCable.server.config.cable = {"adapter" => "async"}
-ActionCable.server.config.logger = Logger.new(nil)
 run BenchApp

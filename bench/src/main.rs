@@ -7,6 +7,11 @@
 //!     anycable-bench echo      --url … --clients 50 --duration 10
 //!     anycable-bench broadcast --url … --clients 1000 --messages 50 --interval-ms 100
 //!     anycable-bench churn     --url … --cycles 5000 [--pid PID]
+//!     anycable-bench http      --url http://127.0.0.1:3000/up --clients 5000
+//!
+//! `http` is the floor under `connect` for a server behind Puma: one plain GET per new
+//! TCP connection (`Connection: close`), `--clients` of them, `--concurrency` at once —
+//! what the Rack server and the app's middleware cost before any WebSocket work.
 //!
 //! `--url` may list several servers, comma-separated: clients are spread over them.
 //!
@@ -444,6 +449,61 @@ async fn run_churn(o: &Opts) -> Value {
            "rss_before_kib":before,"rss_after_kib":after})
 }
 
+/// One `GET` on a fresh connection; Ok(status) once the server closed it.
+async fn http_get(host: &str, path: &str) -> Result<u16, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(host).await.map_err(|e| e.to_string())?;
+    let _ = stream.set_nodelay(true);
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    stream
+        .write_all(req.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut body = Vec::with_capacity(512);
+    stream
+        .read_to_end(&mut body)
+        .await
+        .map_err(|e| e.to_string())?;
+    let head = String::from_utf8_lossy(&body[..body.len().min(16)]).to_string();
+    head.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or(format!("not an HTTP response: {head:?}"))
+}
+
+async fn run_http(o: &Opts) -> Value {
+    let rest = o.url.trim_start_matches("http://");
+    let (host, path) = match rest.find('/') {
+        Some(i) => (rest[..i].to_string(), rest[i..].to_string()),
+        None => (rest.to_string(), "/".to_string()),
+    };
+    let sem = Arc::new(Semaphore::new(o.concurrency.max(1)));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(o.clients);
+    for _ in 0..o.clients {
+        let (sem, failures, host, path) =
+            (sem.clone(), failures.clone(), host.clone(), path.clone());
+        tasks.push(tokio::spawn(async move {
+            let _permit = sem.acquire().await.unwrap();
+            if !matches!(http_get(&host, &path).await, Ok(200)) {
+                failures.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let failures = failures.load(Ordering::Relaxed);
+    let rate = o.clients as f64 / secs;
+    println!(
+        "http: {} requests in {secs:.2}s ({rate:.0}/s), {failures} failed",
+        o.clients
+    );
+    json!({"mode":"http","requests":o.clients,"failures":failures,"seconds":secs,"requests_per_sec":rate})
+}
+
 fn main() {
     let o = match parse_args() {
         Ok(o) => o,
@@ -462,6 +522,7 @@ fn main() {
             "echo" => run_echo(&o).await,
             "broadcast" => run_broadcast(&o).await,
             "churn" => run_churn(&o).await,
+            "http" => run_http(&o).await,
             other => {
                 eprintln!("unknown mode {other}");
                 std::process::exit(2);
