@@ -61,7 +61,15 @@ SCENARIOS.each do |mode, name, args|
   SERVERS.each do |server|
     pid, port = start(server)
     Harness.bench("connect", %w[--clients 20 --hold 0], [Harness.url(port)]) # warm-up: runtime, classes
+    cpu_before = Harness.thread_cpu(pid)
     cmd, summary = Harness.bench(mode, args, [Harness.url(port)], pid: pid)
+    if mode == "echo" && summary["round_trips"].to_i.positive?
+      # Server CPU per round trip, by thread: steadier than throughput on a shared box.
+      used = Harness.thread_cpu(pid).to_h { |name, secs| [name, secs - cpu_before[name]] }
+      summary["cpu_us_per_round_trip"] = used.select { |_, secs| secs >= 0.01 }
+        .transform_values { |secs| (secs / summary["round_trips"] * 1e6).round(1) }
+      summary["cpu_us_per_round_trip"]["total"] = (used.values.sum / summary["round_trips"] * 1e6).round(1)
+    end
     Harness.stop(pid)
     results[name][server] = summary
     commands[name] ||= cmd
@@ -114,6 +122,7 @@ end
 e = results["echo 50 clients"]
 add.call("echo round trips per second, 50 clients", 0, false) { |s| e.dig(s, "per_sec") }
 add.call("echo latency p95 (ms)", 2, true) { |s| e.dig(s, "latency_ms", "p95") }
+add.call("echo: server CPU per round trip, all threads (µs)", 0, true) { |s| e.dig(s, "cpu_us_per_round_trip", "total") }
 %w[1k 5k 10k].each do |size|
   b = results["broadcast #{size}"]
   %w[p50 p95 p99].each do |q|
@@ -159,7 +168,13 @@ report = +<<~MD
   |---|---:|---:|---:|---:|---:|---:|---:|---:|
 MD
 rows.each { |r| report << "| #{r.join(" | ")} |\n" }
-report << "\nRatios: how many times better the first is (above 1× it is better; for latency and memory, lower is better).\n\n## Commands\n\n"
+report << "\nRatios: how many times better the first is (above 1× it is better; for latency and memory, lower is better).\n"
+report << "\nEcho, server CPU µs per round trip by thread (from /proc):\n\n"
+SERVERS.each do |server|
+  split = e.dig(server, "cpu_us_per_round_trip") or next
+  report << "- #{server}: #{split.map { |name, us| "#{name} #{us}" }.join(", ")}\n"
+end
+report << "\n## Commands\n\n"
 commands.each { |name, cmd| report << "- #{name}: `#{cmd}`\n" }
 report << "\n## Raw summaries\n\n```json\n#{JSON.pretty_generate(results)}\n```\n"
 dir = File.join(__dir__, "results")

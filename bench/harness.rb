@@ -72,6 +72,19 @@ module Harness
     [shown, summary ? JSON.parse(summary.sub("SUMMARY ", "")) : {"error" => out[-500..] || out}]
   end
 
+  # CPU time (seconds) of each of `pid`'s threads so far, summed by thread name with
+  # numbers dropped ("anycable-rs-3" and "anycable-rs-0" count as "anycable-rs-N").
+  def thread_cpu(pid)
+    Dir["/proc/#{pid}/task/*/stat"].each_with_object(Hash.new(0.0)) do |stat, out|
+      text = File.read(stat)
+      name = text[/\((.*)\)/m, 1].gsub(/\d+/, "N")
+      fields = text.split(") ").last.split
+      out[name] += (fields[11].to_i + fields[12].to_i) / 100.0
+    end
+  rescue Errno::ENOENT, Errno::ESRCH
+    {}
+  end
+
   def url(port)
     "ws://127.0.0.1:#{port}/cable"
   end
