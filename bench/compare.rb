@@ -128,7 +128,8 @@ add.call("echo: server CPU per round trip, all threads (µs)", 0, true) { |s| e.
   %w[p50 p95 p99].each do |q|
     add.call("broadcast #{size}: until the last subscriber, #{q} (ms)", 2, true) { |s| b.dig(s, "until_last_ms", q) }
   end
-  rows << ["broadcast #{size}: missing messages", *SERVERS.map { |s| b.dig(s, "missing").to_s }, "", "", ""]
+  rows << ["broadcast #{size}: missing messages",
+    *SERVERS.map { |s| b.dig(s, "error") ? "run failed: #{b.dig(s, "error")}" : b.dig(s, "missing").to_s }, "", "", ""]
 end
 c = results["churn 5k"]
 add.call("churn: connect/subscribe/disconnect cycles per second", 0, false) { |s| c.dig(s, "cycles_per_sec") }

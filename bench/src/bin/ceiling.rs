@@ -4,6 +4,9 @@
 //!
 //!     anycable-ceiling 127.0.0.1:4000
 
+#[path = "../server_args.rs"]
+mod server_args;
+
 use std::sync::Arc;
 
 use anycable_core::protocol::{self, Command};
@@ -52,18 +55,7 @@ impl Controller for Benchmark {
 }
 
 fn main() {
-    let addr = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "127.0.0.1:4000".into());
-    let workers = std::env::var("WORKERS")
-        .ok()
-        .and_then(|w| w.parse().ok())
-        .unwrap_or(2);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
-        .enable_all()
-        .build()
-        .unwrap();
+    let (addr, rt) = server_args::addr_and_runtime();
     rt.block_on(async {
         let hub = Arc::new(Hub::new(None));
         let server = Server::new(ServerConfig::default(), Benchmark { hub: hub.clone() }, hub);

@@ -6,6 +6,9 @@
 //!
 //!     anycable-raw-ceiling 127.0.0.1:4000
 
+#[path = "../server_args.rs"]
+mod server_args;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -133,18 +136,7 @@ async fn serve(stream: TcpStream, id: u64, subs: Arc<Subscribers>) {
 }
 
 fn main() {
-    let addr = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "127.0.0.1:4000".into());
-    let workers = std::env::var("WORKERS")
-        .ok()
-        .and_then(|w| w.parse().ok())
-        .unwrap_or(2);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let (addr, rt) = server_args::addr_and_runtime();
     rt.block_on(async {
         let listener = TcpListener::bind(&addr).await.expect("bind");
         println!("raw ceiling server on {}", listener.local_addr().unwrap());
