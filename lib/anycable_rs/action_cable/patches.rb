@@ -38,9 +38,9 @@ module AnyCableRs
 
       # Action Cable builds `data.inspect` for a debug line on every transmit, and an
       # action signature for an info line on every action, whether or not the logger
-      # keeps them (a third of the Ruby time of an echo). When our connection's logger
-      # would drop the line, the same work runs without building it; otherwise Rails'
-      # own method runs.
+      # keeps them (~12 % of an echo's Ruby time; bench/results/2026-11-26-targets.md).
+      # When our connection's logger would drop the line, the same work runs without
+      # building it; otherwise Rails' own method runs.
       def transmit(data, via: nil)
         return super if logged?(:debug)
 

@@ -30,17 +30,13 @@ module AnyCableRs
 
       LEVEL_CHECKS = %i[debug info warn error fatal unknown].to_h { |s| [s, :"#{s}?"] }.freeze
 
-      LEVEL_CHECKS.each_value do |check|
-        define_method(check) do
-          !@logger.respond_to?(check) || @logger.public_send(check)
-        end
-      end
-
       # Would a line of this severity be written? (`:info`, `:debug`, …)
       def logs?(severity)
         check = LEVEL_CHECKS.fetch(severity)
         !@logger.respond_to?(check) || @logger.public_send(check)
       end
+
+      LEVEL_CHECKS.each { |severity, check| define_method(check) { logs?(severity) } }
 
       private
 
