@@ -11,7 +11,8 @@ require "anycable_rs"
 
 class BenchApp < Rails::Application
   config.root = __dir__
-  config.eager_load = false
+  # Production defaults: with both on, Rails' executor skips the code-loading interlock.
+  config.eager_load = true
   config.cache_classes = true
   config.secret_key_base = "bench"
   # A production app's logging: Rails' default production level (:info), written
