@@ -4,6 +4,7 @@
 require "json"
 require "socket"
 require "fileutils"
+require "etc"
 
 module Harness
   ROOT = File.expand_path("..", __dir__)
@@ -92,6 +93,9 @@ module Harness
   def machine
     cpu = File.read("/proc/cpuinfo")[/model name\s*:\s*(.*)/, 1]
     mem = (File.read("/proc/meminfo")[/MemTotal:\s+(\d+)/, 1].to_i / 1024 / 1024.0).round
-    "#{Etc.nprocessors} cores (#{cpu}), #{mem} GiB; #{RUBY_DESCRIPTION}; #{`puma --version`.strip}"
+    commit = `git -C #{ROOT} rev-parse --short HEAD 2>/dev/null`.strip
+    dirty = `git -C #{ROOT} status --porcelain --untracked-files=no 2>/dev/null`.strip.empty? ? "" : "+changes"
+    "#{Etc.nprocessors} cores (#{cpu}), #{mem} GiB; #{RUBY_DESCRIPTION}; #{`puma --version`.strip}; " \
+      "#{`rustc --version`.strip}; anycable-rs #{commit}#{dirty}"
   end
 end
