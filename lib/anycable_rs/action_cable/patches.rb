@@ -1,13 +1,19 @@
 # frozen_string_literal: true
 
+require "anycable_rs/action_cable/compat"
+
 module AnyCableRs
   module ActionCable
     # Prepended to ActionCable::Server::Base. Each method falls through to Action Cable
     # unless anycable-rs is embedded, so without the toggle the app is plain Rails.
     module ServerPatch
-      # The mounted `/cable` endpoint: hand the socket to the Rust server.
+      # The mounted `/cable` endpoint: hand the socket to the Rust server (Action
+      # Cable's health check path, where the Rails version has one, stays Rails').
       def call(env)
-        AnyCableRs.embedded? ? AnyCableRs.runtime.handoff(env) : super
+        return super unless AnyCableRs.embedded?
+        return super if Compat.health_check?(config, env)
+
+        AnyCableRs.runtime.handoff(env)
       end
 
       def pubsub
@@ -26,22 +32,32 @@ module AnyCableRs
     # coder) is delivered by Rust without entering Ruby.
     module ChannelPatch
       def stream_from(broadcasting, callback = nil, coder: nil, &block)
-        socket = connection.send(:websocket)
-        return super unless callback.nil? && block.nil? && coder.nil? && socket.is_a?(Socket)
+        socket = Compat.websocket(connection)
+        return super unless callback.nil? && block.nil? && coder.nil? && socket
+        # As Rails does where it has the guard: a channel that has been unsubscribed
+        # starts no new stream.
+        return if Compat.unsubscribed?(self)
 
         broadcasting = String(broadcasting)
         token = DirectStream.new(socket.native, identifier)
-        streams[broadcasting] = token
+        Compat.streams(self)[broadcasting] = token
         pubsub.subscribe(broadcasting, token)
         logger.info "#{self.class.name} is streaming from #{broadcasting}"
       end
 
-      # Action Cable builds `data.inspect` for a debug line on every transmit, and an
-      # action signature for an info line on every action, whether or not the logger
-      # keeps them (~12 % of an echo's Ruby time; bench/results/2026-11-26-targets.md).
-      # When our connection's logger would drop the line, the same work runs without
-      # building it; otherwise Rails' own method runs.
+      private
+
+      # Action Cable before 7.1 builds `data.inspect` for a debug line on every
+      # transmit, and every Action Cable builds an action signature for every action
+      # (an info line before 7.1; a debug line with filtered parameters since),
+      # whether or not the logger keeps them (~12 % of an echo's Ruby time on 6.1;
+      # bench/results/2026-11-26-targets.md). When our connection's logger would drop
+      # the line, the same work runs without building it; otherwise — and on any
+      # Action Cable these were not checked against (Compat.channel_fast_paths?) —
+      # Rails' own method runs. 7.1+ build the transmit line lazily: nothing to skip.
+      # Both stay private, as Rails' are.
       def transmit(data, via: nil)
+        return super unless Compat.eager_transmit_log? && Compat.channel_fast_paths?
         return super if logged?(:debug)
 
         payload = {channel_class: self.class.name, data: data, via: via}
@@ -50,11 +66,15 @@ module AnyCableRs
         end
       end
 
-      private
-
       def dispatch_action(action, data)
-        return super if logged?(:info)
+        return super unless Compat.channel_fast_paths?
+        return super if logged?(Compat.action_log_level)
 
+        dispatch_action_unlogged(action, data)
+      end
+
+      # Rails' dispatch_action minus its log line (the same in 6.1–8.1 and main).
+      def dispatch_action_unlogged(action, data)
         if method(action).arity == 1
           public_send action, data
         else

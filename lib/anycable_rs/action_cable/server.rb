@@ -1,11 +1,13 @@
 # frozen_string_literal: true
 
+require "anycable_rs/action_cable/compat"
+
 module AnyCableRs
   module ActionCable
     # Runs Action Cable's worker-pool work on the calling thread: the bridge's Ruby
     # threads already are the pool. `work` keeps Action Cable's callbacks (the Rails
     # executor around every call, ActiveRecord connection handling).
-    class InlineWorker < ::ActionCable::Server::Worker
+    class InlineWorker < Compat.worker_class
       def initialize # rubocop:disable Lint/MissingSuper -- no thread pool of its own
       end
 
@@ -23,9 +25,9 @@ module AnyCableRs
 
     # Action Cable's tagged logger proxy, minus the tagging work for lines the logger
     # would drop anyway (Action Cable logs at info and debug on every action).
-    class LoggerProxy < ::ActionCable::Connection::TaggedLoggerProxy
+    class LoggerProxy < Compat.tagged_logger_proxy_class
       def self.from(proxy)
-        new(proxy.instance_variable_get(:@logger), tags: proxy.tags)
+        new(Compat.wrapped_logger(proxy), tags: proxy.tags)
       end
 
       LEVEL_CHECKS = %i[debug info warn error fatal unknown].to_h { |s| [s, :"#{s}?"] }.freeze
@@ -40,15 +42,17 @@ module AnyCableRs
 
       private
 
-      def log(type, message)
+      # 7.1+ pass a block (`logger.debug { … }`), built only when the line is kept.
+      def log(type, message = nil, &block)
         return unless logs?(type)
 
         super
       end
     end
 
-    # Action Cable's event loop, as connections and channels use it: `post` runs at
-    # once, `timer` runs in the Rust runtime and calls back into a Ruby thread.
+    # Action Cable's event loop (6.1–8.1: `server.event_loop`) and executor (main:
+    # `server.executor`), as connections and channels use them: `post` runs at once,
+    # `timer` runs in the Rust runtime and calls back into a Ruby thread.
     class EventLoop
       Timer = Struct.new(:runtime, :id) do
         def shutdown
@@ -79,12 +83,18 @@ module AnyCableRs
 
       def stop
       end
+
+      def shutdown
+      end
     end
 
     # What connections get as their `server`: Action Cable's server for configuration
     # and broadcasting, with the worker pool, event loop and pub/sub of anycable-rs.
     class CableServer
       attr_reader :worker_pool, :event_loop, :pubsub
+
+      # main: periodic timers and subscription adapters take `server.executor`.
+      alias_method :executor, :event_loop
 
       def initialize(runtime, pubsub)
         @worker_pool = InlineWorker.new
