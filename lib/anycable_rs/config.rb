@@ -29,14 +29,16 @@ module AnyCableRs
       queue_size: 1024,
       shutdown_timeout: 5.0,
       log_level: "info",
-      # How broadcasts travel: "local" (this process's server only), "nats" (every
-      # server process subscribes; any process publishes), or "http" (processes that
-      # serve no sockets POST to http_broadcast_url).
+      # How broadcasts travel: "local" (this process's server only), "nats" or "redis"
+      # (every server process subscribes; any process publishes), or "http" (processes
+      # that serve no sockets POST to http_broadcast_url). Unset: what config/cable.yml
+      # implies (see cable_defaults), else local.
       broadcast_adapter: "local",
       nats_servers: "nats://localhost:4222",
       nats_channel: "__anycable__",
-      # ANYCABLE_REDIS_URL, else REDIS_URL.
+      # ANYCABLE_REDIS_URL, else config/cable.yml's url (redis adapter), else REDIS_URL.
       redis_url: "redis://localhost:6379",
+      # Unset: "<channel_prefix>:__anycable__" when config/cable.yml sets a prefix.
       redis_channel: "__anycable__",
       # AnyCable's: the broadcast key defaults to HMAC-SHA256(secret, "broadcast-cable").
       secret: nil,
@@ -52,15 +54,80 @@ module AnyCableRs
 
     attr_reader(*DEFAULTS.keys)
 
-    def self.load(env: ENV, yaml_path: default_yaml_path, rails_env: default_rails_env)
+    # AnyCable-Go's names for the same settings (env `ANYCABLE_<ALIAS>`, or the alias as a
+    # key in config/anycable.yml). Ours win when both are set.
+    ALIASES = {
+      write_timeout: %w[ws_write_timeout],
+      max_pending_bytes: %w[ws_max_pending_size],
+      broadcast_path: %w[http_broadcast_path]
+    }.freeze
+
+    # Action Cable adapters (config/cable.yml) whose broadcasts stay in one process.
+    IN_PROCESS_CABLE_ADAPTERS = %w[async inline test].freeze
+
+    def self.load(env: ENV, yaml_path: default_yaml_path, rails_env: default_rails_env,
+      cable_yaml_path: default_cable_yaml_path)
       explicit = {}
       explicit.merge!(from_yaml(yaml_path, rails_env)) if yaml_path && File.exist?(yaml_path)
-      explicit[:redis_url] = env["REDIS_URL"] if env["REDIS_URL"] && !env["REDIS_URL"].empty?
       DEFAULTS.each_key do |key|
-        raw = env["ANYCABLE_#{key.to_s.upcase}"]
-        explicit[key] = raw unless raw.nil? || raw.empty?
+        [key, *ALIASES[key]].reverse_each do |name|
+          raw = env["ANYCABLE_#{name.to_s.upcase}"]
+          explicit[key] = raw unless raw.nil? || raw.empty?
+        end
       end
-      new(DEFAULTS.merge(presets(env, explicit)).merge(explicit))
+      implicit = {}
+      implicit[:redis_url] = env["REDIS_URL"] if env["REDIS_URL"] && !env["REDIS_URL"].empty?
+      cable = from_cable_yaml(cable_yaml_path, rails_env)
+      implicit.merge!(cable_defaults(cable, explicit, cable_yaml_path, rails_env))
+      unsupported = implicit.delete(:unsupported)
+      config = new(DEFAULTS.merge(presets(env, explicit)).merge(implicit).merge(explicit))
+      raise ArgumentError, unsupported if unsupported && config.embedded
+
+      config
+    end
+
+    # What the app's Action Cable configuration (config/cable.yml, the section for the
+    # Rails env) implies for settings not set explicitly, so that broadcasts travel the
+    # way the app already configured them:
+    # - redis: broadcast_adapter redis, redis_url from its `url`, and its
+    #   `channel_prefix` (which Action Cable puts before every channel name to keep apps
+    #   sharing one Redis apart) before the pub/sub channel: "<prefix>:__anycable__";
+    # - async, inline, test (one process) or no cable.yml: local;
+    # - anything else (postgresql, solid_cable, any_cable…): anycable-rs cannot carry
+    #   broadcasts through it, so an embedded server refuses to boot until
+    #   ANYCABLE_BROADCAST_ADAPTER says how (rather than losing them quietly).
+    def self.cable_defaults(cable, explicit, path, rails_env)
+      adapter = cable["adapter"].to_s.strip
+      return {} if adapter.empty?
+
+      out = {}
+      if adapter == "redis"
+        out[:broadcast_adapter] = "redis" unless explicit.key?(:broadcast_adapter)
+        url = cable["url"].to_s
+        out[:redis_url] = url unless url.empty? || explicit.key?(:redis_url)
+        prefix = cable["channel_prefix"].to_s
+        out[:redis_channel] = "#{prefix}:#{DEFAULTS[:redis_channel]}" unless prefix.empty? || explicit.key?(:redis_channel)
+      elsif IN_PROCESS_CABLE_ADAPTERS.include?(adapter)
+        out[:broadcast_adapter] = "local" unless explicit.key?(:broadcast_adapter)
+      elsif !explicit.key?(:broadcast_adapter)
+        out[:unsupported] = "anycable-rs: #{path} sets Action Cable's adapter to #{adapter.inspect} for #{rails_env}, " \
+          "which anycable-rs cannot carry broadcasts through. Set ANYCABLE_BROADCAST_ADAPTER " \
+          "(redis with ANYCABLE_REDIS_URL, nats with ANYCABLE_NATS_SERVERS, http, or local for a single process)."
+      end
+      out
+    end
+
+    # Action Cable's reading of config/cable.yml (Rails' config_for): ERB, then the
+    # `shared` section under the one for the Rails env.
+    def self.from_cable_yaml(path, rails_env)
+      return {} unless path && File.exist?(path.to_s)
+
+      data = YAML.safe_load(ERB.new(File.read(path.to_s)).result, aliases: true) || {}
+      return {} unless data.is_a?(Hash)
+
+      shared = data["shared"].is_a?(Hash) ? data["shared"] : {}
+      section = data[rails_env.to_s].is_a?(Hash) ? data[rails_env.to_s] : {}
+      shared.merge(section).transform_keys(&:to_s)
     end
 
     # Defaults for the platform we run on; explicit settings always win (they are merged
@@ -83,14 +150,33 @@ module AnyCableRs
     def self.from_yaml(path, rails_env)
       data = YAML.safe_load(ERB.new(File.read(path)).result, aliases: true) || {}
       section = data[rails_env.to_s] || data["default"] || {}
-      section.each_with_object({}) do |(k, v), out|
+      return {} unless section.is_a?(Hash)
+
+      aliases = ALIASES.flat_map { |key, names| names.map { |name| [name, key] } }.to_h
+      out = {}
+      section.each do |k, v|
+        key = aliases[k.to_s]
+        out[key] = v if key && !section.key?(key.to_s)
+      end
+      section.each do |k, v|
         out[k.to_sym] = v if DEFAULTS.key?(k.to_sym)
       end
+      out
     end
 
     def self.default_yaml_path
       root = defined?(::Rails) && ::Rails.respond_to?(:root) && ::Rails.root
       File.join((root || Dir.pwd).to_s, "config", "anycable.yml")
+    end
+
+    # Where Action Cable reads its config (the app's paths["config/cable"]).
+    def self.default_cable_yaml_path
+      app = defined?(::Rails) && ::Rails.respond_to?(:application) && ::Rails.application
+      path = app && app.paths["config/cable"]&.first
+      return path.to_s if path
+
+      root = defined?(::Rails) && ::Rails.respond_to?(:root) && ::Rails.root
+      File.join((root || Dir.pwd).to_s, "config", "cable.yml")
     end
 
     def self.default_rails_env

@@ -69,3 +69,99 @@ RSpec.describe AnyCableRs::Config, "Fly.io presets" do
     expect(config_from(fly.reject { |k, _| k == "FLY_ALLOC_ID" }).host).to eq("127.0.0.1")
   end
 end
+
+RSpec.describe AnyCableRs::Config, "AnyCable-Go's names" do
+  def config_from(env, yaml: nil)
+    Dir.mktmpdir do |dir|
+      path = File.join(dir, "anycable.yml")
+      File.write(path, yaml) if yaml
+      described_class.load(env: env, yaml_path: path, rails_env: "production", cable_yaml_path: nil)
+    end
+  end
+
+  it "accepts them as aliases, in env and in config/anycable.yml" do
+    c = config_from({"ANYCABLE_WS_WRITE_TIMEOUT" => "7", "ANYCABLE_WS_MAX_PENDING_SIZE" => "4096",
+      "ANYCABLE_HTTP_BROADCAST_PATH" => "/_bc"})
+    expect([c.write_timeout, c.max_pending_bytes, c.broadcast_path]).to eq([7.0, 4096, "/_bc"])
+    c = config_from({}, yaml: "production:\n  ws_write_timeout: 3\n  http_broadcast_path: /b\n")
+    expect([c.write_timeout, c.broadcast_path]).to eq([3.0, "/b"])
+  end
+
+  it "lets ours win when both are set" do
+    c = config_from({"ANYCABLE_WS_WRITE_TIMEOUT" => "7", "ANYCABLE_WRITE_TIMEOUT" => "1",
+      "ANYCABLE_WS_MAX_PENDING_SIZE" => "4096", "ANYCABLE_MAX_PENDING_BYTES" => "8192",
+      "ANYCABLE_HTTP_BROADCAST_PATH" => "/_bc", "ANYCABLE_BROADCAST_PATH" => "/ours"})
+    expect([c.write_timeout, c.max_pending_bytes, c.broadcast_path]).to eq([1.0, 8192, "/ours"])
+    c = config_from({}, yaml: "production:\n  ws_write_timeout: 3\n  write_timeout: 4\n")
+    expect(c.write_timeout).to eq(4.0)
+  end
+end
+
+RSpec.describe AnyCableRs::Config, "defaults from config/cable.yml" do
+  def config_from(env = {}, cable: nil, anycable: nil, rails_env: "production")
+    Dir.mktmpdir do |dir|
+      cable_path = File.join(dir, "cable.yml")
+      File.write(cable_path, cable) if cable
+      yaml_path = File.join(dir, "anycable.yml")
+      File.write(yaml_path, anycable) if anycable
+      described_class.load(env: env, yaml_path: yaml_path, rails_env: rails_env, cable_yaml_path: cable_path)
+    end
+  end
+
+  redis_yaml = <<~YAML
+    development:
+      adapter: async
+    test:
+      adapter: test
+    production:
+      adapter: redis
+      url: <%= "redis://cable-redis:6380/1" %>
+      channel_prefix: myapp_production
+  YAML
+
+  it "uses the app's Redis, its url, and its channel_prefix before the pub/sub channel" do
+    c = config_from(cable: redis_yaml)
+    expect([c.broadcast_adapter, c.redis_url, c.redis_channel])
+      .to eq(["redis", "redis://cable-redis:6380/1", "myapp_production:__anycable__"])
+  end
+
+  it "reads the section for the Rails env, under `shared`" do
+    cable = "shared:\n  url: redis://shared:6379\nproduction:\n  adapter: redis\n"
+    c = config_from(cable: cable)
+    expect([c.broadcast_adapter, c.redis_url, c.redis_channel]).to eq(["redis", "redis://shared:6379", "__anycable__"])
+  end
+
+  it "maps in-process adapters (async, test) to local" do
+    expect(config_from(cable: redis_yaml, rails_env: "development").broadcast_adapter).to eq("local")
+    expect(config_from(cable: redis_yaml, rails_env: "test").broadcast_adapter).to eq("local")
+    expect(config_from.broadcast_adapter).to eq("local") # no cable.yml
+  end
+
+  it "lets explicit settings win" do
+    c = config_from({"ANYCABLE_BROADCAST_ADAPTER" => "nats"}, cable: redis_yaml)
+    expect(c.broadcast_adapter).to eq("nats")
+    c = config_from({"ANYCABLE_REDIS_URL" => "redis://mine:1", "ANYCABLE_REDIS_CHANNEL" => "chan"}, cable: redis_yaml)
+    expect([c.broadcast_adapter, c.redis_url, c.redis_channel]).to eq(["redis", "redis://mine:1", "chan"])
+    c = config_from({}, cable: redis_yaml, anycable: "production:\n  broadcast_adapter: http\n")
+    expect(c.broadcast_adapter).to eq("http")
+    c = config_from({"ANYCABLE_BROADCAST_ADAPTER" => "local"}, cable: redis_yaml)
+    expect(c.broadcast_adapter).to eq("local")
+  end
+
+  it "prefers cable.yml's url to a bare REDIS_URL, and uses REDIS_URL when cable.yml names none" do
+    expect(config_from({"REDIS_URL" => "redis://env:1"}, cable: redis_yaml).redis_url).to eq("redis://cable-redis:6380/1")
+    expect(config_from({"REDIS_URL" => "redis://env:1"}, cable: "production:\n  adapter: redis\n").redis_url).to eq("redis://env:1")
+  end
+
+  it "refuses to boot an embedded server on an adapter it cannot carry broadcasts through, naming the setting" do
+    cable = "production:\n  adapter: postgresql\n"
+    expect { config_from({"ANYCABLE_EMBEDDED" => "true"}, cable: cable) }
+      .to raise_error(ArgumentError, /"postgresql".*ANYCABLE_BROADCAST_ADAPTER/)
+    expect { config_from({"ANYCABLE_EMBEDDED" => "true"}, cable: "production:\n  adapter: solid_cable\n") }
+      .to raise_error(ArgumentError, /ANYCABLE_BROADCAST_ADAPTER/)
+    # Not embedded: plain Action Cable serves the app, nothing to refuse.
+    expect(config_from({}, cable: cable).broadcast_adapter).to eq("local")
+    c = config_from({"ANYCABLE_EMBEDDED" => "true", "ANYCABLE_BROADCAST_ADAPTER" => "nats"}, cable: cable)
+    expect(c.broadcast_adapter).to eq("nats")
+  end
+end
