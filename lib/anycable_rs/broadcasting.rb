@@ -27,6 +27,7 @@ module AnyCableRs
         return AnyCableRs.runtime.native.publish(stream.to_s, data, exclude_socket)
       end
       if config.broadcast_adapter == "local" || serving?
+        into_the_void!(stream) unless serving?
         return AnyCableRs.runtime.native.broadcast(stream.to_s, data, exclude_socket)
       end
 
@@ -52,12 +53,47 @@ module AnyCableRs
 
         post(config, payload)
       else
+        into_the_void!(nil) unless serving?
         AnyCableRs.runtime.native.apply_broadcast(payload)
       end
     end
 
     def serving?
       AnyCableRs.runtime? && AnyCableRs.runtime.started?
+    end
+
+    # Whether this process serves (or will serve) sockets: a Puma server (its config is
+    # set, also under `rails server`, before it takes requests), `rails server`, the
+    # standalone server (started), or any process a Rack request reached us in.
+    def server_process?
+      return true if @web_pid == Process.pid
+      return true if defined?(::Rails::Server)
+
+      defined?(::Puma) && ::Puma.respond_to?(:cli_config) && !::Puma.cli_config.nil?
+    end
+
+    # Called by the Rack middleware on each request: this process is a web server.
+    def web_process!
+      @web_pid = Process.pid unless @web_pid == Process.pid
+    end
+
+    # A local broadcast from a process that serves no sockets (a console, a job runner,
+    # `rails runner`, rake) reaches no client anywhere. Say so, loudly, once per process.
+    def into_the_void!(stream)
+      return if @void_pid == Process.pid || server_process?
+
+      @void_pid = Process.pid
+      what = stream ? "ActionCable.server.broadcast(#{stream.to_s.inspect}, …)" : "a broadcast"
+      message = "anycable-rs: #{what} reached no client: ANYCABLE_BROADCAST_ADAPTER is local (in-process) " \
+        "and this process (#{File.basename($PROGRAM_NAME)}, pid #{Process.pid}) serves no WebSockets. " \
+        "Set ANYCABLE_BROADCAST_ADAPTER=redis (or nats, or http) for every process, so that broadcasts from " \
+        "consoles, job runners and scripts reach the servers. (Said once per process.)"
+      logger = AnyCableRs.logger
+      logger.error(message)
+      return if defined?(::ActiveSupport::Logger) && logger.is_a?(::Logger) &&
+        ::ActiveSupport::Logger.logger_outputs_to?(logger, $stderr, $stdout)
+
+      warn(message)
     end
 
     def post(config, payload)
@@ -139,19 +175,26 @@ module AnyCableRs
   end
 
   # AnyCable's HTTP broadcast endpoint on Puma's port (POST /_broadcast), for
-  # publishers that reach the app but not ANYCABLE_PORT. 201, 401, 422.
+  # publishers that reach the app but not ANYCABLE_PORT. 201, 401, 422; only when a
+  # broadcast key is configured (otherwise the request goes on to the app: 404).
   class BroadcastEndpoint
     def initialize(app)
       @app = app
     end
 
     def call(env)
+      Broadcasting.web_process!
       config = AnyCableRs.config
       return @app.call(env) unless config.embedded && env["PATH_INFO"] == config.broadcast_path
+
+      # Secure by default: without a key (ANYCABLE_BROADCAST_KEY or ANYCABLE_SECRET)
+      # anyone reaching the app could broadcast, so the endpoint is not there (the boot
+      # log says how to turn it on).
+      key = config.effective_broadcast_key
+      return @app.call(env) unless key
       return text(405, "POST only") unless env["REQUEST_METHOD"] == "POST"
 
-      key = config.effective_broadcast_key
-      if key && !Rack::Utils.secure_compare(env["HTTP_AUTHORIZATION"].to_s, "Bearer #{key}")
+      unless Rack::Utils.secure_compare(env["HTTP_AUTHORIZATION"].to_s, "Bearer #{key}")
         AnyCableRs.logger.warn "anycable-rs: broadcast request refused: bad or missing key"
         return text(401, "Unauthorized")
       end

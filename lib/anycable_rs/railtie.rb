@@ -35,7 +35,8 @@ module AnyCableRs
     def after_initialize
       return unless AnyCableRs.embedded?
 
-      refuse_lonely_workers!
+      check_puma_workers!
+      announce_broadcast_endpoint unless tool_process?
       return unless AnyCableRs.config.port
       return if tool_process?
 
@@ -51,18 +52,83 @@ module AnyCableRs
         (defined?(::Rake) && ::Rake.respond_to?(:application) && ::Rake.application.top_level_tasks.any?)
     end
 
-    # Puma workers each run a server; with in-process broadcasting a broadcast would
-    # reach one worker's clients only. Say so at boot instead of losing messages.
-    def refuse_lonely_workers!
-      return unless AnyCableRs.config.broadcast_adapter == "local"
-      return unless defined?(::Puma) && ::Puma.respond_to?(:cli_config) && ::Puma.cli_config
+    # Puma's worker count, once Puma has read its config (nil before, or without Puma).
+    def puma_workers
+      return nil unless defined?(::Puma) && ::Puma.respond_to?(:cli_config) && ::Puma.cli_config
 
-      workers = ::Puma.cli_config.options[:workers].to_i
-      return unless workers > 1
+      ::Puma.cli_config.options[:workers].to_i
+    end
 
-      raise AnyCableRs::Error, "anycable-rs: Puma runs #{workers} workers, and each serves its own sockets, " \
-        "but ANYCABLE_BROADCAST_ADAPTER is local (in-process): a broadcast would reach one worker's clients only. " \
-        "Set ANYCABLE_BROADCAST_ADAPTER=nats and ANYCABLE_NATS_SERVERS=nats://host:4222, or run Puma with one worker."
+    # Puma workers each run a server. With in-process broadcasting a broadcast would
+    # reach one worker's clients only; with the http adapter a POST reaches one worker.
+    # Refuse to run like that instead of losing messages:
+    # - `puma` with preload_app: the master boots the app, and raises;
+    # - `puma` without it: each worker boots the app; the first stops the server;
+    # - `rails server`: the app boots before Puma reads its config; the first worker
+    #   Puma forks checks it, and stops the server.
+    def check_puma_workers!
+      workers = puma_workers
+      return watch_worker_forks if workers.nil?
+
+      message = lonely_workers_message(workers)
+      return unless message
+
+      options = ::Puma.cli_config.options
+      stop_server!(message, Process.ppid) if workers.positive? && !options[:preload_app]
+      raise AnyCableRs::Error, message
+    end
+
+    # Logs why, stops the Puma master (TERM: a graceful stop of every worker) and exits
+    # this worker: raising here would only make Puma fork it again, and again.
+    def stop_server!(message, master)
+      AnyCableRs.logger.error(message)
+      warn(message)
+      Process.kill("TERM", master)
+      exit!(1)
+    end
+
+    # Under `rails server` Puma reads its config only after the app has booted, and
+    # advertises it (Puma.cli_config) only when its CLI is loaded: load it, then check
+    # in the first process Puma forks.
+    def watch_worker_forks
+      return if @watching_forks || tool_process? || !defined?(::Rails::Server)
+      return unless defined?(::Puma) || defined?(::Rack::Handler::Puma)
+
+      require "puma/cli"
+      @watching_forks = true
+      master = Process.pid
+      ActiveSupport::ForkTracker.after_fork do
+        next unless Process.ppid == master
+
+        message = lonely_workers_message(puma_workers)
+        stop_server!(message, master) if message
+      end
+    rescue LoadError
+      nil
+    end
+
+    def lonely_workers_message(workers)
+      adapter = AnyCableRs.config.broadcast_adapter
+      return nil unless workers && workers > 1 && %w[local http].include?(adapter)
+
+      reach = (adapter == "local") ? "a broadcast would reach one worker's clients only" :
+        "a broadcast POST reaches one worker, so only that worker's clients would get it"
+      "anycable-rs: Puma runs #{workers} workers, and each serves its own sockets, " \
+        "but ANYCABLE_BROADCAST_ADAPTER is #{adapter}: #{reach}. " \
+        "Set ANYCABLE_BROADCAST_ADAPTER=nats and ANYCABLE_NATS_SERVERS=nats://host:4222 " \
+        "(or redis and ANYCABLE_REDIS_URL), or run Puma with one worker."
+    end
+
+    # POST /_broadcast is served on Puma's port only with a key: say so once at boot.
+    def announce_broadcast_endpoint
+      config = AnyCableRs.config
+      return if config.effective_broadcast_key
+
+      own = config.port ? " (on its own port #{config.port} the server still takes it from loopback only)" : ""
+      AnyCableRs.logger.warn "anycable-rs: POST #{config.broadcast_path} (AnyCable's HTTP broadcast) is not served " \
+        "on the app's port#{own}: no ANYCABLE_BROADCAST_KEY or ANYCABLE_SECRET is set. To take HTTP broadcasts, " \
+        "set one; publishers then send `Authorization: Bearer <key>` (the key defaults to " \
+        "hex HMAC-SHA256(secret, \"broadcast-cable\"), as AnyCable's)."
     end
 
     def forking_master?

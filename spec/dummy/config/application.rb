@@ -23,5 +23,11 @@ module Dummy
     config.log_level = ENV.fetch("DUMMY_LOG_LEVEL", "debug").to_sym
     config.action_cable.allowed_request_origins = ["http://allowed.test"]
     config.hosts.clear
+
+    # Specs point Action Cable (and the broadcast defaults anycable-rs takes from it) at
+    # another cable.yml without touching config/cable.yml.
+    initializer "dummy.cable_yml", after: "action_cable.set_configs" do |app|
+      app.paths["config/cable"] = ENV["DUMMY_CABLE_YML"] if ENV["DUMMY_CABLE_YML"]
+    end
   end
 end
