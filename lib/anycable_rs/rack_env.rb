@@ -49,6 +49,40 @@ module AnyCableRs
       query.empty? ? path : "#{path}?#{query}"
     end
 
+    # The path as Rails logs it (ActionDispatch::Request#filtered_path, which Action
+    # Cable's own "Started GET" lines use): query values of the app's filtered parameters
+    # (`config.filter_parameters`, in env["action_dispatch.parameter_filter"]) replaced
+    # by [FILTERED]. Without building a request; the compiled filter is kept while the
+    # app's filter list stays the same object.
+    def filtered_fullpath(env)
+      path = "#{env["SCRIPT_NAME"]}#{env["PATH_INFO"]}"
+      query = env["QUERY_STRING"].to_s
+      return path if query.empty?
+
+      filter = parameter_filter(env["action_dispatch.parameter_filter"])
+      return "#{path}?#{query}" unless filter
+
+      filtered = query.split(/([&;])/).map do |part|
+        next part unless part.include?("=")
+
+        key, value = part.split("=", 2)
+        filter.filter(key => value).first.join("=")
+      end
+      "#{path}?#{filtered.join}"
+    end
+
+    def parameter_filter(filters)
+      return nil if filters.nil? || (filters.respond_to?(:empty?) && filters.empty?)
+
+      cached = @parameter_filter
+      return cached.last if cached && cached.first.equal?(filters)
+
+      require "active_support/parameter_filter"
+      filter = ActiveSupport::ParameterFilter.new(filters)
+      @parameter_filter = [filters, filter]
+      filter
+    end
+
     # What the Rust side reads of a hijacked request: the upgrade itself, the origin
     # (when ANYCABLE_ALLOWED_ORIGINS is set) and the request id (the session id). The
     # app's code gets the whole env.
