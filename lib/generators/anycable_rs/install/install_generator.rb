@@ -1,0 +1,150 @@
+# frozen_string_literal: true
+
+require "rails/generators"
+require "anycable_rs/config"
+
+module AnyCableRs
+  module Generators
+    # `rails g anycable_rs:install`: writes config/anycable.yml (every setting, commented
+    # out, with its default), adds to fly.toml's [env] what it can, and prints the steps
+    # left. The file's text is built here rather than from a template file, so the gem
+    # ships it with its Ruby files and it lists exactly the settings Config knows.
+    class InstallGenerator < ::Rails::Generators::Base
+      namespace "anycable_rs:install"
+      desc "Configure anycable-rs: config/anycable.yml, fly.toml [env], next steps."
+
+      class_option :fly, type: :boolean, default: true, desc: "Add ANYCABLE_* lines to fly.toml's [env] (when fly.toml exists)"
+
+      # [setting, example value for a commented line (nil: the default), what it does]
+      SETTINGS = [
+        ["Serving", nil, nil],
+        [:embedded, nil, "Serve Action Cable's mount path (/cable) from the embedded server, in this process. Off: plain Action Cable."],
+        [:port, 8080, "Also listen on a port of the server's own (no Rack middleware before the socket). Unset: only the app's port."],
+        [:host, nil, "Interface of that port (the Fly.io preset listens on 0.0.0.0)."],
+        [:path, nil, "WebSocket path on that port."],
+        [:health_path, nil, "Health check on that port: 200, or 503 while the broadcast pub/sub is down."],
+        [:allowed_origins, "example.com,*.example.com", "Origins (host patterns) allowed to connect. Unset: Rails' config.action_cable.allowed_request_origins decide."],
+        [:rpc_pool_size, 5, "Ruby threads that run connection and channel code. Unset: Puma's max threads (else RAILS_MAX_THREADS, else 5)."],
+        [:worker_threads, nil, "tokio threads of the embedded server."],
+        [:queue_size, nil, "Calls into Ruby (connects, commands) queued for the Ruby threads at once; more wait, without blocking the server, for room."],
+        ["Clients", nil, nil],
+        [:ping_interval, nil, "Seconds between pings to clients."],
+        [:max_message_size, nil, "Bytes; bigger client messages are dropped (past 1 MiB the socket is closed, 1009)."],
+        [:write_timeout, nil, "Seconds a write to a client may take before it is disconnected as too_slow (AnyCable-Go: ws_write_timeout)."],
+        [:max_pending_bytes, nil, "Bytes queued for a client before it is disconnected as too_slow (AnyCable-Go: ws_max_pending_size)."],
+        [:shutdown_timeout, nil, "Seconds to wait at shutdown; clients get server_restart and reconnect."],
+        [:log_level, nil, "The Rust side's stderr log: error, warn, info, debug."],
+        ["Broadcasting", nil, nil],
+        [:broadcast_adapter, "nats", "How broadcasts reach every server process: local (this process only), redis, nats, or http (processes that serve no sockets POST to http_broadcast_url). Unset: what config/cable.yml says (redis: its url and channel_prefix; async/test: local); other cable.yml adapters need this set. Puma workers > 1 need redis or nats."],
+        [:redis_url, nil, "Redis for the redis adapter. Unset: config/cable.yml's url, else REDIS_URL."],
+        [:redis_channel, nil, "Redis pub/sub channel. Unset: \"<cable.yml channel_prefix>:__anycable__\" when cable.yml sets a prefix."],
+        [:nats_servers, nil, "NATS servers for the nats adapter (comma-separated)."],
+        [:nats_channel, nil, "NATS subject."],
+        [:http_broadcast_url, nil, "Where processes that serve no sockets POST broadcasts with the http adapter."],
+        [:broadcast_path, nil, "AnyCable's HTTP broadcast endpoint, on the app's port only when a key is set (AnyCable-Go: http_broadcast_path)."],
+        [:secret, "a-long-random-string", "Base secret; the broadcast key defaults to hex HMAC-SHA256(secret, \"broadcast-cable\"). Prefer the env var (fly secrets set)."],
+        [:broadcast_key, nil, "Bearer key POST /_broadcast requires. Without it (or a secret) the endpoint is not served on the app's port, and on the own port only from loopback."],
+        ["Platform", nil, nil],
+        [:presets, "none", "none: no platform presets (Fly.io: listen on 0.0.0.0, region-local addresses)."],
+        [:fly_ws_app_name, "my-cable", "Fly.io: the app that runs the WebSocket servers (and NATS), for region-local NATS and HTTP broadcast addresses."]
+      ].freeze
+
+      def create_config
+        create_file "config/anycable.yml", self.class.config_yaml
+      end
+
+      def configure_fly
+        return unless options[:fly]
+
+        path = File.join(destination_root, "fly.toml")
+        return unless File.exist?(path)
+
+        lines = {"ANYCABLE_EMBEDDED" => '"true"'}
+        toml = File.read(path)
+        missing = lines.reject { |key, _| toml.match?(/^\s*#{key}\s*=/) }
+        if missing.empty?
+          say_status :identical, "fly.toml [env]", :blue
+          return
+        end
+
+        added = missing.map { |key, value| "  #{key} = #{value}\n" }.join
+        if toml.match?(/^\[env\]\s*$/)
+          inject_into_file "fly.toml", added, after: /^\[env\]\s*\n/
+        else
+          append_to_file "fly.toml", "#{"\n" unless toml.end_with?("\n\n")}[env]\n#{added}"
+        end
+      end
+
+      def show_next_steps
+        say "\n#{self.class.next_steps(destination_root)}"
+      end
+
+      def self.config_yaml
+        defaults = AnyCableRs::Config::DEFAULTS
+        body = SETTINGS.map do |key, example, text|
+          next "\n  # --- #{key} ---\n" if key.is_a?(String)
+
+          default = defaults.fetch(key)
+          line = if example.nil?
+            "#{key}: #{default}"
+          else
+            "#{key}: #{example}  # #{default.nil? ? "unset" : default} by default"
+          end
+          wrap(text).map { |l| "  # #{l}\n" }.join + "  # #{line}\n"
+        end.join
+        <<~YAML
+          # anycable-rs settings: an env var ANYCABLE_<KEY> wins over this file, and this file
+          # over the defaults. The section for the current Rails env is read. Every setting is
+          # listed below, commented out, with its default; uncomment to change one (under
+          # `default` for every env, or in one env's section).
+          default: &default
+          #{body.chomp}
+
+          development:
+            <<: *default
+
+          test:
+            <<: *default
+
+          production:
+            <<: *default
+        YAML
+      end
+
+      def self.wrap(text, width = 84)
+        text.split.each_with_object([+""]) do |word, lines|
+          lines << +"" if !lines.last.empty? && lines.last.size + word.size + 1 > width
+          lines.last << " " unless lines.last.empty?
+          lines.last << word
+        end
+      end
+
+      def self.next_steps(root)
+        cable = AnyCableRs::Config.from_cable_yaml(File.join(root, "config", "cable.yml"), "production")
+        adapter = cable["adapter"].to_s
+        broadcasting =
+          case adapter
+          when "redis"
+            "Broadcasts go through Redis, as config/cable.yml says for production (its url and channel_prefix)."
+          when "async", "inline", "test", ""
+            "config/cable.yml says #{adapter.empty? ? "nothing" : adapter} for production: broadcasts stay in one process. " \
+              "With several machines or Puma workers, set ANYCABLE_BROADCAST_ADAPTER=nats (ANYCABLE_NATS_SERVERS) " \
+              "or redis (ANYCABLE_REDIS_URL); consoles and job runners need it too."
+          else
+            "config/cable.yml says #{adapter} for production, which anycable-rs cannot broadcast through: " \
+              "set ANYCABLE_BROADCAST_ADAPTER (redis, nats, http or local) or the server will not boot."
+          end
+        <<~TEXT
+          anycable-rs is installed. Next:
+            1. Turn it on where it should serve /cable: ANYCABLE_EMBEDDED=true (fly.toml [env], if you have one, has it now).
+            2. #{broadcasting}
+            3. To take AnyCable HTTP broadcasts (POST /_broadcast) on the app's port, set a key:
+               fly secrets set ANYCABLE_SECRET=$(openssl rand -hex 32)   (or ANYCABLE_BROADCAST_KEY)
+            4. On Fly.io, let a machine hold many sockets: [http_service.concurrency] type = "connections",
+               hard_limit = 10000, soft_limit = 10000.
+          Settings: config/anycable.yml (all listed there, with defaults).
+        TEXT
+      end
+    end
+  end
+end
