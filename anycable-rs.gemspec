@@ -12,7 +12,10 @@ Gem::Specification.new do |spec|
   spec.license = "MIT"
   spec.required_ruby_version = ">= 3.0"
 
-  spec.files = Dir["lib/**/*.rb", "ext/**/*.{rs,rb,toml}", "src/**/*.rs", "exe/*", "Cargo.toml", "Cargo.lock", "README.md"]
+  # What cargo needs to build the extension: the workspace (core crate + extension
+  # crate) and its lock file. bench/ is a workspace of its own and stays out.
+  spec.files = Dir.glob(["lib/**/*.rb", "ext/**/*.{rs,rb,toml}", "src/**/*.rs", "exe/*",
+    "Cargo.toml", "Cargo.lock", "README.md"], base: __dir__).sort
   spec.require_paths = ["lib"]
   spec.bindir = "exe"
   spec.executables = ["anycable-rs"]

@@ -34,7 +34,7 @@ def start(dir)
   [pid, port]
 end
 
-system("cargo", "build", "--release", "-q", "-p", "anycable-bench", chdir: Harness::ROOT, exception: true)
+Harness.build_tools!
 results = Hash.new { |h, k| h[k] = [] }
 rounds.times do |round|
   {"before" => before_dir, "after" => after_dir}.each do |label, dir|

@@ -12,8 +12,15 @@ module Harness
 
   module_function
 
+  # The load tool and the ceilings: bench/ is a cargo workspace of its own (the gem's
+  # workspace does not include it); its binaries go to the repository's target/release.
+  def build_tools!
+    system("cargo", "build", "--release", "-q", "--manifest-path", File.join(ROOT, "bench/Cargo.toml"),
+      "--target-dir", File.join(ROOT, "target"), chdir: ROOT, exception: true)
+  end
+
   def build!
-    system("cargo", "build", "--release", "-q", "-p", "anycable-bench", chdir: ROOT, exception: true)
+    build_tools!
     system("rake", "compile", chdir: ROOT, out: File::NULL, exception: true)
   end
 

@@ -68,12 +68,50 @@ module AnyCableRs
   end
 end
 
-begin
-  require "anycable_rs/anycable_rs"
-rescue LoadError => e
-  raise LoadError, "anycable-rs: the native extension is not built (#{e.message}). " \
-    "Run `rake compile` in the gem's directory, or reinstall the gem."
+# The native extension (AnyCableRs::Native). A precompiled platform gem carries one per
+# Ruby version, lib/anycable_rs/<major.minor>/anycable_rs.so; a gem built from source
+# (`gem install`, Bundler for `git:` gems, `rake compile` in a checkout) has
+# anycable_rs/anycable_rs.so on the load path. Bundler builds nothing for a `path:` gem:
+# the error then names the command to run.
+module AnyCableRs
+  module NativeLoader
+    module_function
+
+    def load!
+      abi = RUBY_VERSION[/\A\d+\.\d+/]
+      precompiled = File.join(__dir__, "anycable_rs", abi, "anycable_rs.#{RbConfig::CONFIG["DLEXT"]}")
+      if File.exist?(precompiled)
+        require precompiled
+      else
+        require "anycable_rs/anycable_rs"
+      end
+    rescue LoadError => e
+      raise LoadError, explain(e, abi)
+    end
+
+    def explain(error, abi)
+      dlext = RbConfig::CONFIG["DLEXT"]
+      root = File.expand_path("..", __dir__)
+      carried = Dir[File.join(__dir__, "anycable_rs", "*", "anycable_rs.#{dlext}")]
+        .map { |f| File.basename(File.dirname(f)) }.sort
+      built = File.join(__dir__, "anycable_rs", "anycable_rs.#{dlext}")
+      build = "(needs Rust: cargo and rustc 1.85+, and libclang)"
+      if carried.any? && !carried.include?(abi)
+        "anycable-rs: this precompiled gem carries the native extension for Ruby #{carried.join(", ")}, " \
+          "not #{abi} (#{error.message}). Install the source gem instead, which compiles it #{build}: " \
+          "gem install anycable-rs --platform ruby"
+      elsif File.exist?(File.join(root, "Rakefile")) # a checkout: a `path:` (or `git:`) gem
+        what = File.exist?(built) ? "the native extension failed to load" : "the native extension is not built"
+        "anycable-rs: #{what} (#{error.message}). Bundler does not build extensions of `path:` gems; " \
+          "build it once #{build}:\n\n    cd #{root} && rake compile\n"
+      else
+        "anycable-rs: the native extension failed to load (#{error.message}). " \
+          "Rebuild it #{build}: gem pristine anycable-rs"
+      end
+    end
+  end
 end
+AnyCableRs::NativeLoader.load!
 
 require "anycable_rs/runtime"
 require "anycable_rs/broadcasting"

@@ -1,0 +1,174 @@
+#!/usr/bin/env bash
+# The gem as a user gets it, through real processes:
+#   1. `gem build` + `gem install` of the source gem into a GEM_HOME of its own (the
+#      system's gems visible through GEM_PATH): extconf.rb compiles the extension;
+#   2. a fresh `rails new` app (offline: `bundle install --local`) with the gem in its
+#      Gemfile, a generated channel, its own config/cable.yml (production: redis, on a
+#      redis-server of this test), booted in production with ANYCABLE_EMBEDDED=true; a
+#      WebSocket client subscribed there gets a broadcast made by `bin/rails runner`;
+#   3. the same app with the gem as a `path:` gem that is not built: boot names the
+#      command that builds it;
+#   4. the precompiled platform gem (`rake native:gem`) installs and loads with no
+#      cargo/rustc on PATH, and the source gem, without them, says what it needs.
+#
+# Cargo builds the installed gem in target/gem-build (CARGO_TARGET_DIR, kept between
+# runs: only the two local crates are rebuilt). Set KEEP=1 to keep tmp/gem-test.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/../.." && pwd)"
+cd "$root"
+
+# Not Bundler's environment of whoever runs this: the app has its own Gemfile.
+unset BUNDLE_GEMFILE BUNDLE_BIN_PATH BUNDLER_SETUP BUNDLER_VERSION RUBYOPT RUBYLIB GEM_HOME GEM_PATH
+
+work="$root/tmp/gem-test"   # a fixed path: cargo's fingerprints of the gem's crates stay valid
+rm -rf "$work"
+mkdir -p "$work"
+version="$(ruby -r ./lib/anycable_rs/version -e 'print AnyCableRs::VERSION')"
+system_gems="$(ruby -e 'print Gem.path.join(":")')"
+platform="$(ruby -e 'print Gem::Platform.local')"
+t0=$SECONDS
+step() { echo "-- [$((SECONDS - t0))s] $*"; }
+
+pids=()
+cleanup() {
+  local status=$?
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  if [ "$status" -ne 0 ]; then
+    for log in "$work"/*.log; do [ -f "$log" ] && { echo "---- $log (last 40 lines)"; tail -n 40 "$log"; }; done
+  fi
+  [ -n "${KEEP:-}" ] || rm -rf "$work"
+  exit "$status"
+}
+trap cleanup EXIT
+
+free_port() { ruby -rsocket -e 's = TCPServer.new("127.0.0.1", 0); print s.addr[1]; s.close'; }
+wait_for_port() { # port, seconds, pid
+  for _ in $(seq 1 $(($2 * 10))); do
+    (: <"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0 # connects, sends nothing
+    kill -0 "$3" 2>/dev/null || { echo "process $3 died before listening on $1"; return 1; }
+    sleep 0.1
+  done
+  echo "nothing listens on $1 after $2 s"
+  return 1
+}
+
+# ---- 1. the source gem
+step "gem build"
+gem build anycable-rs.gemspec --output "$work/anycable-rs-$version.gem" >"$work/gem-build.log" 2>&1
+if tar -xOf "$work/anycable-rs-$version.gem" data.tar.gz | tar -tz | grep -q '^bench/'; then
+  echo "the gem ships bench/"; exit 1
+fi
+
+step "gem install (compiles the extension)"
+export GEM_HOME="$work/gems" GEM_PATH="$work/gems:$system_gems"
+start=$SECONDS
+CARGO_TARGET_DIR="$root/target/gem-build" \
+  gem install --local --no-document "$work/anycable-rs-$version.gem" >"$work/gem-install.log" 2>&1
+step "installed in $((SECONDS - start)) s"
+gem list anycable-rs | grep -q "anycable-rs ($version)"
+(cd / && ruby -e 'require "anycable_rs"; AnyCableRs::Native or exit 1')
+
+# ---- 2. a fresh Rails app
+step "rails new"
+cd "$work"
+rails new app --skip-bundle --skip-git --skip-javascript --skip-webpack-install --skip-spring \
+  --skip-listen --skip-bootsnap --skip-jbuilder --skip-test --skip-system-test \
+  --skip-action-mailbox --skip-action-text --skip-active-storage --skip-sprockets \
+  --skip-turbolinks --skip-action-mailer --skip-active-job >"$work/rails-new.log" 2>&1
+cd app
+# Debian packages neither byebug nor web-console (development-only gems; no skip flag).
+sed -i -E "/gem '(byebug|web-console)'/d" Gemfile
+printf '\ngem "anycable-rs", "%s"\n' "$version" >>Gemfile
+bundle install --local >"$work/bundle.log" 2>&1
+grep -q "anycable-rs ($version)" Gemfile.lock
+
+bin/rails generate channel chat >"$work/generate.log" 2>&1
+sed -i 's/^\(\s*\)# stream_from "some_channel"/\1stream_from "chat"/' app/channels/chat_channel.rb
+grep -q 'stream_from "chat"' app/channels/chat_channel.rb
+test -f app/channels/application_cable/connection.rb
+# Production allows no WebSocket origin until the app names its own.
+sed -i 's|^\(\s*\)# config.action_cable.allowed_request_origins = .*|\1config.action_cable.allowed_request_origins = [%r{\\Ahttp://127\\.0\\.0\\.1(:\\d+)?\\z}]|' \
+  config/environments/production.rb
+grep -q '^\s*config.action_cable.allowed_request_origins = \[%r' config/environments/production.rb
+grep -A3 '^production:' config/cable.yml | grep -q 'adapter: redis'
+
+redis_port="$(free_port)"
+redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no >"$work/redis.log" 2>&1 &
+pids+=($!)
+wait_for_port "$redis_port" 10 "${pids[-1]}"
+
+export RAILS_ENV=production SECRET_KEY_BASE="$(ruby -rsecurerandom -e 'print SecureRandom.hex(64)')" \
+  REDIS_URL="redis://127.0.0.1:$redis_port/1" ANYCABLE_EMBEDDED=true RAILS_LOG_TO_STDOUT=1
+
+step "boot in production (Puma, ANYCABLE_EMBEDDED=true, cable.yml: redis)"
+port="$(free_port)"
+bin/rails server -b 127.0.0.1 -p "$port" >"$work/puma.log" 2>&1 &
+pids+=($!)
+wait_for_port "$port" 60 "${pids[-1]}"
+
+step "a WebSocket client subscribes; bin/rails runner broadcasts"
+node "$root/spec/gem/ws_await_broadcast.mjs" "ws://127.0.0.1:$port/cable" "http://127.0.0.1:$port" \
+  ChatChannel "hello from runner" -- \
+  bin/rails runner 'ActionCable.server.broadcast("chat", {text: "hello from runner"})' \
+  >"$work/client.log" 2>&1 || { cat "$work/client.log"; echo "FAIL: the runner's broadcast did not reach the client"; exit 1; }
+grep -q "anycable-rs: serving WebSockets" "$work/puma.log" || { echo "the app did not serve /cable from anycable-rs"; exit 1; }
+kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
+step "broadcast received"
+
+# ---- 3. a path: gem that is not built says what to run
+step "path: gem without a build"
+path_gem="$work/path-gem"
+mkdir -p "$path_gem"
+# The checkout as the gem's files list has it (a fresh clone has no built extension).
+(cd "$root" && ruby -e 'puts Gem::Specification.load("anycable-rs.gemspec").files, "anycable-rs.gemspec", "Rakefile"' |
+  xargs cp --parents -t "$path_gem")
+sed -i "s|^gem \"anycable-rs\".*|gem \"anycable-rs\", path: \"$path_gem\"|" Gemfile
+bundle install --local >"$work/bundle-path.log" 2>&1
+if bin/rails runner 'p 1' >"$work/path-boot.log" 2>&1; then
+  echo "a path: gem without its extension booted"; exit 1
+fi
+grep -qF "cd $path_gem && rake compile" "$work/path-boot.log" ||
+  { cat "$work/path-boot.log"; echo "the boot error does not name the build command"; exit 1; }
+unset RAILS_ENV SECRET_KEY_BASE REDIS_URL ANYCABLE_EMBEDDED RAILS_LOG_TO_STDOUT
+
+# ---- 4. the precompiled platform gem, no Rust on PATH
+cd "$root"
+step "rake native:gem"
+(unset GEM_HOME GEM_PATH; rake native:gem) >"$work/native-gem.log" 2>&1
+native_gem="$root/pkg/anycable-rs-$version-$platform.gem"
+test -f "$native_gem"
+contents="$(tar -xOf "$native_gem" data.tar.gz | tar -tz)"
+abi="$(ruby -e 'print RUBY_VERSION[/\A\d+\.\d+/]')"
+grep -qx "lib/anycable_rs/$abi/anycable_rs.so" <<<"$contents"
+if grep -q '^ext/' <<<"$contents"; then echo "the platform gem ships ext/"; exit 1; fi
+tar -xOf "$native_gem" metadata.gz | gunzip | grep -q '^extensions: \[\]'
+
+no_rust_path="$(tr ':' '\n' <<<"$PATH" | while read -r d; do
+  [ -n "$d" ] && [ ! -x "$d/cargo" ] && [ ! -x "$d/rustc" ] && printf '%s:' "$d"; done)"
+no_rust_path="${no_rust_path%:}"
+if PATH="$no_rust_path" command -v cargo >/dev/null || PATH="$no_rust_path" command -v rustc >/dev/null; then
+  echo "could not take cargo/rustc off PATH"; exit 1
+fi
+step "gem install of the platform gem with PATH=$no_rust_path"
+export GEM_HOME="$work/gems-native" GEM_PATH="$work/gems-native:$system_gems"
+PATH="$no_rust_path" gem install --local --no-document "$native_gem" >"$work/native-install.log" 2>&1
+(cd / && PATH="$no_rust_path" ruby -e 'require "anycable_rs"; p AnyCableRs::Native' | grep -qx AnyCableRs::Native)
+step "the app on the platform gem (Bundler picks it)"
+cd "$work/app"
+sed -i "s|^gem \"anycable-rs\".*|gem \"anycable-rs\", \"$version\"|" Gemfile
+PATH="$no_rust_path" bundle install --local >"$work/bundle-native.log" 2>&1
+grep -q "anycable-rs ($version-$platform)" Gemfile.lock
+PATH="$no_rust_path" RAILS_ENV=production SECRET_KEY_BASE=x ANYCABLE_EMBEDDED=true REDIS_URL="redis://127.0.0.1:$redis_port/1" \
+  bin/rails runner 'puts $LOADED_FEATURES.grep(/anycable_rs\.so/)' >"$work/native-app.log" 2>&1
+grep -q "gems-native/gems/anycable-rs-$version-$platform/lib/anycable_rs/$abi/anycable_rs.so" "$work/native-app.log"
+cd "$root"
+
+step "the source gem without Rust says what it needs"
+export GEM_HOME="$work/gems-norust" GEM_PATH="$work/gems-norust:$system_gems"
+if PATH="$no_rust_path" gem install --local --no-document "$work/anycable-rs-$version.gem" >"$work/norust-install.log" 2>&1; then
+  echo "the source gem installed without cargo"; exit 1
+fi
+grep -q "needs a Rust toolchain" "$work/norust-install.log"
+
+step "all passed"
