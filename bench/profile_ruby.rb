@@ -39,8 +39,29 @@ class NullSocket
   def identifiers=(_json); end
 end
 
-class NullReply
+# Stands for AnyCableRs::Native::Job: the same readers, answered from a Hash.
+class FakeJob
+  def initialize(kind, **fields)
+    @kind = kind
+    @fields = fields
+  end
+
+  attr_reader :kind
+
   def resolve(*) = nil
+
+  def method_missing(name, *) = @fields.fetch(name) { super }
+
+  def respond_to_missing?(name, include_private = false) = @fields.key?(name) || super
+end
+
+def connect_job(socket, headers)
+  FakeJob.new(:connect, session_id: socket.id, socket: socket, env_token: 0, request_method: "GET",
+    target: "/cable", headers: headers, remote_ip: "127.0.0.1")
+end
+
+def command_job(id, command, identifier, data = nil)
+  FakeJob.new(:command, session_id: id, command: command, identifier: identifier, data: data)
 end
 
 def cpu = Process.clock_gettime(Process::CLOCK_THREAD_CPUTIME_ID)
@@ -67,8 +88,8 @@ data = JSON.generate("action" => "echo", "payload" => "x" * 200)
 ids = (1..).each
 connect = lambda do
   id = ids.next
-  d.dispatch([:connect, NullReply.new, NullSocket.new(id), 0, "GET", "/cable", headers, "127.0.0.1"])
-  d.dispatch([:command, NullReply.new, id, :subscribe, ident, nil])
+  d.dispatch(connect_job(NullSocket.new(id), headers))
+  d.dispatch(command_job(id, :subscribe, ident))
   id
 end
 sid = connect.call
@@ -79,7 +100,7 @@ decoded = AnyCableRs::ActionCable::Coder.decode(data)
 
 puts "Ruby #{RUBY_VERSION}, Rails #{Rails.version}, log level #{Rails.logger.level} (#{ENV.fetch("LOG_LEVEL", "info")})"
 puts "echo (one `perform \"echo\"` command):"
-measure("whole command: Dispatcher#dispatch") { d.dispatch([:command, NullReply.new, sid, :message, ident, data]) }
+measure("whole command: Dispatcher#dispatch") { d.dispatch(command_job(sid, :message, ident, data)) }
 measure("  Rails executor wrap, empty") { Rails.application.executor.wrap {} }
 measure("  Action Cable Worker#work, empty (callbacks + executor)") { d.send(:worker).work(conn) {} }
 measure("  JSON decode of the data") { AnyCableRs::ActionCable::Coder.decode(data) }
@@ -88,12 +109,12 @@ measure("    Channel#transmit (encode, socket)") { channel.send(:transmit, decod
 puts "connect + subscribe, then disconnect:"
 open = []
 measure("connect + subscribe", n: 500, rounds: 5) { open << connect.call }
-measure("disconnect (unsubscribe, close)", n: 500, rounds: 5) { d.dispatch([:disconnect, NullReply.new, open.pop]) }
+measure("disconnect (unsubscribe, close)", n: 500, rounds: 5) { d.dispatch(FakeJob.new(:disconnect, session_id: open.pop)) }
 
 cycle = lambda do
   id = connect.call
-  d.dispatch([:command, NullReply.new, id, :message, ident, data])
-  d.dispatch([:disconnect, NullReply.new, id])
+  d.dispatch(command_job(id, :message, ident, data))
+  d.dispatch(FakeJob.new(:disconnect, session_id: id))
 end
 live = lambda do
   2.times { GC.start }

@@ -45,6 +45,10 @@ pub struct CommandRequest {
 pub trait Controller: Send + Sync + 'static {
     fn connect(&self, req: ConnectRequest) -> impl Future<Output = ConnectReply> + Send;
     fn command(&self, req: CommandRequest) -> impl Future<Output = ()> + Send;
-    /// Called once for every accepted session, after its socket closed.
+    /// Called once for every accepted session, after its socket closed and after the
+    /// command in flight (if any) has finished: never concurrently with a command.
     fn disconnect(&self, session: SessionRef) -> impl Future<Output = ()> + Send;
+    /// A socket handed over with `env_token` will not reach [`Controller::connect`]
+    /// (refused handshake, client gone, shutting down): whatever was kept for it can go.
+    fn handoff_abandoned(&self, _env_token: u64) {}
 }

@@ -30,17 +30,19 @@ module AnyCableRs
       @lock = Mutex.new
     end
 
+    # job: an AnyCableRs::Native::Job (or anything with its readers).
     def dispatch(job)
-      case job[0]
-      when :command then command(*job.drop(1))
-      when :callback then callback(job[1], job[2])
-      when :connect then connect(*job.drop(1))
-      when :disconnect then disconnect(job[1], job[2])
-      when :timer then timer(job[1])
-      else logger.error "anycable-rs: unknown job #{job[0].inspect}"
+      case job.kind
+      when :command then command(job)
+      when :callback then callback(job.target_id, job.payload)
+      when :connect then connect(job)
+      when :disconnect then disconnect(job)
+      when :timer then timer(job.target_id)
+      when :release_env then @runtime.take_env(job.env_token)
+      else logger.error "anycable-rs: unknown job #{job.kind.inspect}"
       end
     rescue Exception => e # rubocop:disable Lint/RescueException
-      log_exception(e, "anycable-rs #{job[0]} job")
+      log_exception(e, "anycable-rs #{job.kind} job")
     end
 
     def session_count
@@ -90,16 +92,18 @@ module AnyCableRs
       @cable_server.worker_pool
     end
 
-    def connect(reply, socket, env_token, method, target, headers, remote_ip)
-      env = @runtime.take_env(env_token)
+    def connect(job)
+      env = @runtime.take_env(job.env_token)
+      headers = job.headers
       if env.nil?
-        env = RackEnv.railsify(RackEnv.build(method, target, headers, remote_ip))
+        env = RackEnv.railsify(RackEnv.build(job.request_method, job.target, headers, job.remote_ip))
         if @runtime.config.allowed_origins.nil? &&
             !RackEnv.origin_allowed?(env, ::ActionCable.server.config)
           logger.error "Request origin not allowed: #{env["HTTP_ORIGIN"]}"
-          return reply.resolve("invalid_request", nil)
+          return job.resolve("invalid_request", nil)
         end
       end
+      socket = job.socket
       connection = build_connection(env, socket, headers)
       connection.logger.info request_message("Started GET", env)
       worker.work(connection) do
@@ -108,13 +112,13 @@ module AnyCableRs
       end
       socket.identifiers = identifiers_json(connection)
       @lock.synchronize { @sessions[socket.id] = Session.new(socket, connection) }
-      reply.resolve("ok", nil)
+      job.resolve("ok", nil)
     rescue ::ActionCable::Connection::Authorization::UnauthorizedError
       connection&.logger&.info "An unauthorized connection attempt was rejected"
-      reply.resolve("unauthorized", nil)
+      job.resolve("unauthorized", nil)
     rescue Exception => e # rubocop:disable Lint/RescueException
       log_exception(e, "#{connection&.class || "connection"}#connect")
-      reply.resolve("error", "#{e.class}: #{e.message}")
+      job.resolve("error", "#{e.class}: #{e.message}")
     end
 
     def build_connection(env, socket, headers)
@@ -151,20 +155,21 @@ module AnyCableRs
       offered.split(",").map(&:strip).include?(SUBPROTOCOL) ? SUBPROTOCOL : nil
     end
 
-    def command(reply, session_id, command, identifier, data)
-      session = @lock.synchronize { @sessions[session_id] }
+    def command(job)
+      session = @lock.synchronize { @sessions[job.session_id] }
       return unless session
 
       connection = session.connection
+      identifier = job.identifier
       worker.work(connection) do
-        case command
+        case job.command
         when :subscribe then subscribe(connection, identifier)
         when :unsubscribe then unsubscribe(connection, identifier)
-        when :message then perform(connection, identifier, data)
+        when :message then perform(connection, identifier, job.data)
         end
       end
     ensure
-      reply.resolve("ok", nil)
+      job.resolve("ok", nil)
     end
 
     def subscribe(connection, identifier)
@@ -224,8 +229,8 @@ module AnyCableRs
       nil
     end
 
-    def disconnect(reply, session_id)
-      session = @lock.synchronize { @sessions.delete(session_id) }
+    def disconnect(job)
+      session = @lock.synchronize { @sessions.delete(job.session_id) }
       return unless session
 
       connection = session.connection
@@ -245,7 +250,7 @@ module AnyCableRs
         end
       end
     ensure
-      reply.resolve("ok", nil)
+      job.resolve("ok", nil)
     end
 
     def callback(id, payload)

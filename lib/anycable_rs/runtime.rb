@@ -7,8 +7,6 @@ module AnyCableRs
   # One process's embedded server: the native server, the Ruby threads that run the
   # app's Action Cable code for it, and the registries those threads share.
   class Runtime
-    # Jobs a Ruby thread takes per GVL hand-off when several are queued.
-    JOB_BATCH = 8
     HIJACK_KEYS = %w[rack.hijack rack.hijack_io puma.socket].freeze
 
     attr_reader :config, :native, :dispatcher, :pid
@@ -117,7 +115,7 @@ module AnyCableRs
       RackEnv.compact!(env)
       token = stash_env(env)
       begin
-        native.handoff(io.fileno, env["REQUEST_METHOD"], RackEnv.fullpath(env), RackEnv.handshake_headers(env), token)
+        native.handoff(io, env["REQUEST_METHOD"], RackEnv.fullpath(env), RackEnv.handshake_headers(env), token)
       rescue Exception # rubocop:disable Lint/RescueException
         take_env(token)
         raise
@@ -141,11 +139,11 @@ module AnyCableRs
       Thread.new do
         Thread.current.name = "anycable-rs-#{index}"
         loop do
-          jobs = native.next_jobs(100, JOB_BATCH)
-          break if jobs == false
-          next if jobs.nil?
+          job = native.next_job(100)
+          break if job == false
+          next if job.nil?
 
-          jobs.each { |job| dispatcher.dispatch(job) }
+          dispatcher.dispatch(job)
         end
       end
     end

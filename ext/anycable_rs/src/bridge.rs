@@ -18,25 +18,31 @@ use anycable_core::{CommandRequest, ConnectReply, ConnectRequest, Controller};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use tokio::sync::{oneshot, Semaphore};
 
+/// What a Ruby thread is asked to do. The reply senders are `Option`s only so that
+/// [`crate::job::RubyJob`] can move them into its reply slot; they are always set when
+/// a job is queued.
 pub enum Job {
     Connect {
-        reply: oneshot::Sender<ConnectReply>,
+        reply: Option<oneshot::Sender<ConnectReply>>,
         session: SessionRef,
         head: RequestHead,
         remote_addr: Option<std::net::SocketAddr>,
         env_token: u64,
     },
     Command {
-        reply: oneshot::Sender<()>,
+        reply: Option<oneshot::Sender<()>>,
         session_id: u64,
         command: Command,
         identifier: String,
         data: Option<String>,
     },
     Disconnect {
-        reply: oneshot::Sender<()>,
+        reply: Option<oneshot::Sender<()>>,
         session_id: u64,
     },
+    /// A socket handed over with a kept Rack env will never reach `connect` (refused
+    /// handshake, client gone): Ruby drops the env now rather than on expiry.
+    ReleaseEnv { env_token: u64 },
     /// A broadcast for a stream that Ruby code subscribed to with a callback.
     Callback { id: u64, payload: Arc<str> },
     /// A periodic timer fired; `pending` is cleared when Ruby takes the job, so a slow
@@ -136,20 +142,14 @@ impl JobQueue {
         }
     }
 
-    /// Jobs that are already queued, without waiting, until `into` holds `max`. Safe to
-    /// call with the GVL held: it never blocks.
-    pub fn drain(&self, max: usize, into: &mut Vec<Job>) {
-        while into.len() < max {
-            match self.rx.try_recv() {
-                Ok(job) => {
-                    if job.is_request() {
-                        self.permits.add_permits(1);
-                    }
-                    into.push(job);
-                }
-                Err(_) => break,
-            }
+    /// A job that is already queued, without waiting. Safe to call with the GVL held:
+    /// it never blocks.
+    pub fn try_take(&self) -> Option<Job> {
+        let job = self.rx.try_recv().ok()?;
+        if job.is_request() {
+            self.permits.add_permits(1);
         }
+        Some(job)
     }
 
     /// Ruby threads drain what is queued, then stop.
@@ -171,10 +171,14 @@ impl RubyController {
 }
 
 impl Controller for RubyController {
+    fn handoff_abandoned(&self, env_token: u64) {
+        self.queue.push(Job::ReleaseEnv { env_token });
+    }
+
     async fn connect(&self, req: ConnectRequest) -> ConnectReply {
         let (reply, rx) = oneshot::channel();
         let job = Job::Connect {
-            reply,
+            reply: Some(reply),
             session: req.session,
             head: req.head,
             remote_addr: req.remote_addr,
@@ -190,7 +194,7 @@ impl Controller for RubyController {
     async fn command(&self, req: CommandRequest) {
         let (reply, rx) = oneshot::channel();
         let job = Job::Command {
-            reply,
+            reply: Some(reply),
             session_id: req.session.id,
             command: req.command.command,
             identifier: req.command.identifier,
@@ -206,7 +210,7 @@ impl Controller for RubyController {
         if self
             .queue
             .request(Job::Disconnect {
-                reply,
+                reply: Some(reply),
                 session_id: session.id,
             })
             .await

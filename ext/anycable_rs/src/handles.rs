@@ -1,13 +1,10 @@
-//! Ruby objects that wrap Rust handles: `AnyCableRs::Native::Socket` (one client
-//! connection) and `AnyCableRs::Native::Reply` (the answer to one bridge job).
+//! `AnyCableRs::Native::Socket`: one client connection, as Ruby holds it.
 
 use std::sync::Arc;
 
 use anycable_core::session::SessionRef;
-use anycable_core::{ConnectReply, DisconnectReason, Hub};
+use anycable_core::{DisconnectReason, Hub};
 use magnus::{Error, RString, Ruby};
-use parking_lot::Mutex;
-use tokio::sync::oneshot;
 
 /// A client connection as Ruby sees it. Every method is non-blocking and safe to call
 /// from any Ruby thread.
@@ -61,57 +58,5 @@ impl Socket {
 
     pub fn unstream(&self, stream: String, identifier: String) {
         self.hub.unsubscribe(&self.session, &stream, &identifier);
-    }
-}
-
-enum Pending {
-    Connect(oneshot::Sender<ConnectReply>),
-    Done(oneshot::Sender<()>),
-}
-
-/// The reply slot of one job. Dropping it unanswered (an exception in the dispatcher,
-/// a thread killed) wakes the waiting task with an error instead of leaving it hanging.
-#[magnus::wrap(class = "AnyCableRs::Native::Reply", free_immediately, size)]
-pub struct Reply(Mutex<Option<Pending>>);
-
-impl Reply {
-    pub fn connect(tx: oneshot::Sender<ConnectReply>) -> Self {
-        Reply(Mutex::new(Some(Pending::Connect(tx))))
-    }
-
-    pub fn done(tx: oneshot::Sender<()>) -> Self {
-        Reply(Mutex::new(Some(Pending::Done(tx))))
-    }
-
-    /// `status`: "ok", "unauthorized", "invalid_request" or "error" (with `message`).
-    /// Only the first call counts.
-    pub fn resolve(
-        ruby: &Ruby,
-        rb_self: &Self,
-        status: String,
-        message: Option<String>,
-    ) -> Result<bool, Error> {
-        let Some(pending) = rb_self.0.lock().take() else {
-            return Ok(false);
-        };
-        match pending {
-            Pending::Done(tx) => Ok(tx.send(()).is_ok()),
-            Pending::Connect(tx) => {
-                let reply = match status.as_str() {
-                    "ok" => ConnectReply::Accepted,
-                    "unauthorized" => ConnectReply::Rejected(DisconnectReason::UNAUTHORIZED),
-                    "invalid_request" => ConnectReply::Rejected(DisconnectReason::INVALID_REQUEST),
-                    "error" => ConnectReply::Failed(message.unwrap_or_default()),
-                    other => {
-                        let _ = tx.send(ConnectReply::Failed(format!("bad status {other:?}")));
-                        return Err(Error::new(
-                            ruby.exception_arg_error(),
-                            format!("unknown connect status {other:?}"),
-                        ));
-                    }
-                };
-                Ok(tx.send(reply).is_ok())
-            }
-        }
     }
 }

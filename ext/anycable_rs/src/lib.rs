@@ -2,11 +2,13 @@
 //!
 //! - [`native`]: `AnyCableRs::Native`, the embedded server driven from Ruby;
 //! - [`bridge`]: the queue through which tokio tasks get Ruby code run;
-//! - [`handles`]: Ruby wrappers of a connection and of a job's reply;
+//! - [`job`]: a bridge job as a Ruby object, with its reply;
+//! - [`handles`]: the Ruby wrapper of a connection;
 //! - [`nogvl`]: releasing the GVL around blocking waits.
 
 mod bridge;
 mod handles;
+mod job;
 mod logger;
 mod native;
 mod nogvl;

@@ -24,7 +24,8 @@ use tokio::runtime::Runtime;
 use tokio::task::JoinHandle;
 
 use crate::bridge::{Job, JobQueue, Pop, RubyController};
-use crate::handles::{Reply, Socket};
+use crate::handles::Socket;
+use crate::job::RubyJob;
 use crate::nogvl::without_gvl;
 
 #[magnus::wrap(class = "AnyCableRs::Native", free_immediately, size)]
@@ -173,21 +174,38 @@ impl Native {
         self.state.lock().runtime.is_some()
     }
 
-    /// Takes over a hijacked socket: `fd` is duplicated, so Ruby closes its IO after.
+    /// Takes over a hijacked socket: `io` (a Ruby IO) is duplicated, so Ruby closes it
+    /// after. Only a connected TCP socket is taken: an IO is required, not a bare
+    /// number, and its descriptor must have a TCP peer.
     pub fn handoff(
         ruby: &Ruby,
         rb_self: &Self,
-        fd: i32,
+        io: Value,
         method: String,
         target: String,
         headers: Vec<(String, String)>,
         env_token: u64,
     ) -> Result<(), Error> {
+        if !io.is_kind_of(ruby.class_io()) {
+            return Err(Error::new(
+                ruby.exception_type_error(),
+                format!("handoff takes the hijacked IO, not {}", unsafe {
+                    io.classname()
+                }),
+            ));
+        }
+        let fd: i32 = io.funcall("fileno", ())?;
         // SAFETY: Ruby's IO owns `fd` and keeps it open for the duration of this call.
         let owned = unsafe { BorrowedFd::borrow_raw(fd) }
             .try_clone_to_owned()
             .map_err(|e| runtime_error(ruby, format!("dup({fd}): {e}")))?;
         let stream = std::net::TcpStream::from(owned);
+        if let Err(e) = stream.peer_addr() {
+            return Err(Error::new(
+                ruby.exception_arg_error(),
+                format!("handoff: descriptor {fd} is not a connected TCP socket ({e})"),
+            ));
+        }
         let head = RequestHead {
             method,
             target,
@@ -206,108 +224,31 @@ impl Native {
         Ok(())
     }
 
-    /// Jobs as an Array of Arrays (at most `max`: the first one waited for, the rest
-    /// already queued, so one GVL hand-off serves a burst), `nil` after `timeout_ms`
-    /// without one, `false` once the queue is closed.
-    pub fn next_jobs(
-        ruby: &Ruby,
-        rb_self: &Self,
-        timeout_ms: u64,
-        max: usize,
-    ) -> Result<Value, Error> {
-        let queue = rb_self.queue.clone();
-        let max = max.max(1);
-        // Jobs already queued are taken while this thread still holds the GVL: giving it
-        // up and taking it back costs two context switches when other threads want it.
-        let mut ready = Vec::new();
-        queue.drain(max, &mut ready);
-        let jobs = if !ready.is_empty() {
-            Ok(Some(ready))
-        } else {
-            without_gvl(move || match queue.pop(Duration::from_millis(timeout_ms)) {
-                Pop::Empty => Ok(None),
-                Pop::Closed => Err(()),
-                Pop::Job(job) => {
-                    let mut jobs = vec![job];
-                    queue.drain(max, &mut jobs);
-                    Ok(Some(jobs))
-                }
-            })
-            .map_err(|p| runtime_error(ruby, p))?
-        };
-        match jobs {
-            Ok(None) => Ok(ruby.qnil().as_value()),
-            Err(()) => Ok(ruby.qfalse().as_value()),
-            Ok(Some(jobs)) => {
-                let array = ruby.ary_new_capa(jobs.len());
-                for job in jobs {
-                    let _ = array.push(rb_self.job_to_ruby(ruby, job));
-                }
-                Ok(array.as_value())
-            }
-        }
-    }
-
-    fn job_to_ruby(&self, ruby: &Ruby, job: Job) -> Value {
-        let sym = |s: &str| -> Value { ruby.to_symbol(s).as_value() };
-        let values: Vec<Value> = match job {
-            Job::Connect {
-                reply,
-                session,
-                head,
-                remote_addr,
-                env_token,
-            } => vec![
-                sym("connect"),
-                Reply::connect(reply).into_value_with(ruby),
-                Socket {
-                    session,
-                    hub: self.server.hub().clone(),
-                }
-                .into_value_with(ruby),
-                env_token.into_value_with(ruby),
-                head.method.into_value_with(ruby),
-                head.target.into_value_with(ruby),
-                ruby.ary_from_vec(head.headers).as_value(),
-                remote_addr
-                    .map(|a| a.ip().to_string())
-                    .into_value_with(ruby),
-            ],
-            Job::Command {
-                reply,
-                session_id,
-                command,
-                identifier,
-                data,
-            } => vec![
-                sym("command"),
-                Reply::done(reply).into_value_with(ruby),
-                session_id.into_value_with(ruby),
-                sym(command.as_str()),
-                identifier.into_value_with(ruby),
-                data.into_value_with(ruby),
-            ],
-            Job::Disconnect { reply, session_id } => vec![
-                sym("disconnect"),
-                Reply::done(reply).into_value_with(ruby),
-                session_id.into_value_with(ruby),
-            ],
-            Job::Callback { id, payload } => vec![
-                sym("callback"),
-                id.into_value_with(ruby),
-                ruby.str_new(&payload).as_value(),
-            ],
-            Job::Timer { id, pending } => {
-                pending.store(false, Ordering::Release);
-                vec![sym("timer"), id.into_value_with(ruby)]
+    /// The next job (an `AnyCableRs::Native::Job`), `nil` after `timeout_ms` without
+    /// one, `false` once the queue is closed.
+    ///
+    /// One job per call: a thread that took several would run them in order, and a
+    /// slow action would hold other connections' jobs while idle threads wait. Taking
+    /// the next job costs little: one already queued is taken while this thread still
+    /// holds the GVL (giving it up and taking it back costs two context switches).
+    pub fn next_job(ruby: &Ruby, rb_self: &Self, timeout_ms: u64) -> Result<Value, Error> {
+        let job = match rb_self.queue.try_take() {
+            Some(job) => Ok(Some(job)),
+            None => {
+                let queue = rb_self.queue.clone();
+                without_gvl(move || match queue.pop(Duration::from_millis(timeout_ms)) {
+                    Pop::Empty => Ok(None),
+                    Pop::Closed => Err(()),
+                    Pop::Job(job) => Ok(Some(job)),
+                })
+                .map_err(|p| runtime_error(ruby, p))?
             }
         };
-        let array = ruby.ary_new_capa(values.len());
-        for v in values {
-            // Pushing onto a fresh, unfrozen array cannot fail.
-            let _ = array.push(v);
-        }
-        array.as_value()
+        Ok(match job {
+            Ok(None) => ruby.qnil().as_value(),
+            Err(()) => ruby.qfalse().as_value(),
+            Ok(Some(job)) => RubyJob::new(job, rb_self.server.hub().clone()).into_value_with(ruby),
+        })
     }
 
     /// Delivers to this process's subscribers; returns how many sessions got it.
@@ -447,7 +388,7 @@ pub fn init(ruby: &Ruby, module: magnus::RModule) -> Result<(), Error> {
     class.define_method("start", method!(Native::start, 2))?;
     class.define_method("started?", method!(Native::is_started, 0))?;
     class.define_method("handoff", method!(Native::handoff, 5))?;
-    class.define_method("next_jobs", method!(Native::next_jobs, 2))?;
+    class.define_method("next_job", method!(Native::next_job, 1))?;
     class.define_method("broadcast", method!(Native::broadcast, 3))?;
     class.define_method("apply_broadcast", method!(Native::apply_broadcast, 1))?;
     class.define_method("publish", method!(Native::publish, 3))?;
@@ -473,7 +414,5 @@ pub fn init(ruby: &Ruby, module: magnus::RModule) -> Result<(), Error> {
     socket.define_method("unstream", method!(Socket::unstream, 2))?;
     socket.define_method("identifiers=", method!(Socket::set_identifiers, 1))?;
 
-    let reply = class.define_class("Reply", ruby.class_object())?;
-    reply.define_method("resolve", method!(Reply::resolve, 2))?;
-    Ok(())
+    crate::job::init(ruby, class)
 }
