@@ -137,7 +137,7 @@ module AnyCableRs
     # Action Cable's "Started/Finished … [WebSocket]" lines, from the env: asking the
     # connection would build (and keep, for the socket's life) a full request object.
     def request_message(what, env)
-      "#{what} \"#{RackEnv.fullpath(env)}\" [WebSocket] for #{env["action_dispatch.remote_ip"] || env["REMOTE_ADDR"]} at #{Time.now}"
+      "#{what} \"#{RackEnv.filtered_fullpath(env)}\" [WebSocket] for #{env["action_dispatch.remote_ip"] || env["REMOTE_ADDR"]} at #{Time.now}"
     end
 
     # The connection's identifiers as AnyCable encodes them (records as GlobalIDs), so

@@ -1,0 +1,103 @@
+# frozen_string_literal: true
+
+require "spec_helper"
+require "open3"
+
+def post_broadcast(port, body, auth: nil)
+  uri = URI("http://127.0.0.1:#{port}/_broadcast")
+  req = Net::HTTP::Post.new(uri)
+  req["Content-Type"] = "application/json"
+  req["Authorization"] = auth if auth
+  req.body = body
+  Net::HTTP.start(uri.host, uri.port) { |h| h.request(req) }
+end
+
+RSpec.describe "Secure defaults: no broadcast key (real Puma)", type: :cable do
+  with_puma
+
+  it "does not serve POST /_broadcast on Puma's port, and says at boot how to turn it on" do
+    c = connected
+    id = subscribed(c, channel: "EchoChannel")
+    res = post_broadcast(puma.port, JSON.generate(stream: "all", data: JSON.generate(n: 1)))
+    expect(res.code).to eq("404")
+    expect(c.silent_for?(0.3)).to be(true)
+    warning = log_lines("is not served on the app's port")
+    expect(warning.size).to eq(1)
+    expect(warning.first).to include("ANYCABLE_BROADCAST_KEY or ANYCABLE_SECRET")
+    expect(id).to include("EchoChannel")
+  end
+
+  it "logs the WebSocket request path through the app's parameter filter" do
+    c = connected(path: "/cable?token=tok-s3cr3t-42&room=lobby")
+    c.close
+    wait_for { log_lines("Finished \"/cable").any? }
+    # The mounted path, as Action Cable logs it: "/cable/?…" through Puma's port.
+    path = %r{"/cable/?\?token=\[FILTERED\]&room=lobby" \[WebSocket\]}
+    expect(puma.rails_log.lines.grep(/Started GET #{path}/).size).to eq(1)
+    expect(puma.rails_log.lines.grep(/Finished #{path}/).size).to eq(1)
+    expect(puma.rails_log).not_to include("tok-s3cr3t-42")
+  end
+
+  it "does not call a server process's broadcasts lost before its first socket" do
+    # A fresh Puma (no socket yet) broadcasting with the local adapter is a server.
+    server = PumaServer.new.start
+    expect(server.http(:post, "/broadcast", stream: "all", payload: "{}").code).to eq("201")
+    expect(server.rails_log).not_to include("reached no client")
+  ensure
+    server&.stop
+    server&.cleanup
+  end
+end
+
+RSpec.describe "POST /_broadcast with ANYCABLE_BROADCAST_KEY (real Puma)", type: :cable do
+  with_puma(env: {"ANYCABLE_BROADCAST_KEY" => "the-key"})
+
+  it "answers 401 without the key and 201 with it, and says nothing at boot" do
+    c = connected
+    id = subscribed(c, channel: "EchoChannel")
+    body = JSON.generate(stream: "all", data: JSON.generate(n: 1))
+    expect(post_broadcast(puma.port, body).code).to eq("401")
+    expect(post_broadcast(puma.port, body, auth: "Bearer the-key").code).to eq("201")
+    expect(message_for(c, id)).to eq("n" => 1)
+    expect(log_lines("is not served on the app's port")).to be_empty
+  end
+end
+
+RSpec.describe "Broadcasting into the void" do
+  def run_app_script(script, env = {})
+    Dir.mktmpdir do |dir|
+      log = File.join(dir, "rails.log")
+      out, status = Open3.capture3(
+        {"RAILS_ENV" => "test", "ANYCABLE_EMBEDDED" => "true", "DUMMY_DATABASE" => File.join(dir, "db.sqlite3"),
+         "DUMMY_LOG" => log}.merge(env),
+        "ruby", "-I", File.expand_path("../../lib", __dir__), "-e", script, chdir: PumaServer::DUMMY
+      ).values_at(1, 2)
+      expect(status).to be_success, out
+      [out, File.read(log)]
+    end
+  end
+
+  it "says so once per process, on stderr and in the log, when a process that serves no sockets broadcasts locally" do
+    stderr, log = run_app_script(<<~RUBY)
+      require "./config/environment"
+      ActionCable.server.broadcast("all", {"n" => 1})
+      ActionCable.server.broadcast("all", {"n" => 2})
+      AnyCableRs.broadcast("other", {"n" => 3})
+    RUBY
+    line = /anycable-rs: ActionCable\.server\.broadcast\("all", …\) reached no client: ANYCABLE_BROADCAST_ADAPTER is local/
+    expect(stderr.scan(line).size).to eq(1), stderr
+    expect(log.lines.grep(line).size).to eq(1)
+    expect(stderr).to include("Set ANYCABLE_BROADCAST_ADAPTER=redis")
+  end
+
+  it "stays quiet when the broadcast has somewhere to go" do
+    redis = RedisServer.new.start
+    stderr, log = run_app_script(<<~RUBY, "ANYCABLE_BROADCAST_ADAPTER" => "redis", "ANYCABLE_REDIS_URL" => redis.url)
+      require "./config/environment"
+      ActionCable.server.broadcast("all", {"n" => 1})
+    RUBY
+    expect(stderr + log).not_to include("reached no client")
+  ensure
+    redis&.stop
+  end
+end
