@@ -36,7 +36,7 @@ module AnyCableRs
       return unless AnyCableRs.embedded?
 
       check_puma_workers!
-      announce_broadcast_endpoint unless tool_process?
+      announce_broadcast_endpoint if AnyCableRs::Broadcasting.server_process?
       return unless AnyCableRs.config.port
       return if tool_process?
 
@@ -119,7 +119,8 @@ module AnyCableRs
         "(or redis and ANYCABLE_REDIS_URL), or run Puma with one worker."
     end
 
-    # POST /_broadcast is served on Puma's port only with a key: say so once at boot.
+    # POST /_broadcast is served on Puma's port only with a key: say so once at boot, in
+    # the web server (not in consoles, job runners or scripts).
     def announce_broadcast_endpoint
       config = AnyCableRs.config
       return if config.effective_broadcast_key
