@@ -77,7 +77,19 @@ module AnyCableRs
       end
       implicit = {}
       implicit[:redis_url] = env["REDIS_URL"] if env["REDIS_URL"] && !env["REDIS_URL"].empty?
-      cable = from_cable_yaml(cable_yaml_path, rails_env)
+      cable = begin
+        from_cable_yaml(cable_yaml_path, rails_env)
+      rescue StandardError, SyntaxError => e
+        # E.g. ERB that needs the Rails app, read by a plain Ruby publisher. Harmless
+        # when the settings say everything cable.yml could have.
+        adapter = explicit[:broadcast_adapter].to_s.strip.downcase
+        unless !adapter.empty? && (adapter != "redis" || explicit.key?(:redis_channel))
+          raise ArgumentError, "anycable-rs: could not read #{cable_yaml_path} (#{e.class}: #{e.message}), " \
+            "which says how broadcasts travel. Set ANYCABLE_BROADCAST_ADAPTER (and, for redis, ANYCABLE_REDIS_CHANNEL)."
+        end
+
+        {}
+      end
       implicit.merge!(cable_defaults(cable, explicit, cable_yaml_path, rails_env))
       unsupported = implicit.delete(:unsupported)
       config = new(DEFAULTS.merge(presets(env, explicit)).merge(implicit).merge(explicit))

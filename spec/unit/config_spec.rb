@@ -165,3 +165,24 @@ RSpec.describe AnyCableRs::Config, "defaults from config/cable.yml" do
     expect(c.broadcast_adapter).to eq("nats")
   end
 end
+
+RSpec.describe AnyCableRs::Config, "an unreadable config/cable.yml" do
+  def config_from(env)
+    Dir.mktmpdir do |dir|
+      path = File.join(dir, "cable.yml")
+      File.write(path, "production:\n  adapter: redis\n  url: <%= Rails.application.credentials.redis_url %>\n")
+      described_class.load(env: env, yaml_path: nil, rails_env: "production", cable_yaml_path: path)
+    end
+  end
+
+  it "is ignored when the settings say everything it could have" do
+    expect(config_from({"ANYCABLE_BROADCAST_ADAPTER" => "http"}).broadcast_adapter).to eq("http")
+    c = config_from({"ANYCABLE_BROADCAST_ADAPTER" => "redis", "ANYCABLE_REDIS_CHANNEL" => "app:__anycable__"})
+    expect([c.broadcast_adapter, c.redis_channel]).to eq(["redis", "app:__anycable__"])
+  end
+
+  it "is an error otherwise, naming the file and the setting" do
+    expect { config_from({}) }.to raise_error(ArgumentError, /could not read .*cable\.yml.*ANYCABLE_BROADCAST_ADAPTER/)
+    expect { config_from({"ANYCABLE_BROADCAST_ADAPTER" => "redis"}) }.to raise_error(ArgumentError, /ANYCABLE_REDIS_CHANNEL/)
+  end
+end
