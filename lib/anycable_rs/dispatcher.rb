@@ -5,6 +5,7 @@ require "anycable_rs/action_cable/socket"
 require "anycable_rs/action_cable/pubsub"
 require "anycable_rs/action_cable/server"
 require "anycable_rs/action_cable/coder"
+require "anycable_rs/action_cable/compat"
 
 module AnyCableRs
   # Runs bridge jobs on a Ruby thread: connect, commands and disconnect of a socket,
@@ -108,12 +109,12 @@ module AnyCableRs
       connection.logger.info request_message("Started GET", env)
       worker.work(connection) do
         connection.connect if connection.respond_to?(:connect)
-        connection.send(:subscribe_to_internal_channel)
+        ActionCable::Compat.subscribe_to_internal_channel(connection)
       end
       socket.identifiers = identifiers_json(connection)
       @lock.synchronize { @sessions[socket.id] = Session.new(socket, connection) }
       job.resolve("ok", nil)
-    rescue ::ActionCable::Connection::Authorization::UnauthorizedError
+    rescue ActionCable::Compat.unauthorized_error
       connection&.logger&.info "An unauthorized connection attempt was rejected"
       job.resolve("unauthorized", nil)
     rescue Exception => e # rubocop:disable Lint/RescueException
@@ -123,15 +124,8 @@ module AnyCableRs
 
     def build_connection(env, socket, headers)
       klass = ::ActionCable.server.config.connection_class.call
-      # Without the Upgrade header Action Cable builds no client socket of its own.
-      upgrade = env.delete("HTTP_UPGRADE")
-      connection = klass.new(@cable_server, env, coder: ActionCable::Coder)
-      env["HTTP_UPGRADE"] = upgrade if upgrade
-      protocol = offered_protocol(headers)
-      connection.instance_variable_set(:@websocket, ActionCable::Socket.new(socket, protocol))
-      connection.instance_variable_set(:@protocol, protocol)
-      connection.instance_variable_set(:@logger, ActionCable::LoggerProxy.from(connection.logger))
-      connection
+      websocket = ActionCable::Socket.new(socket, offered_protocol(headers))
+      ActionCable::Compat.build_connection(klass, @cable_server, env, websocket, coder: ActionCable::Coder)
     end
 
     # Action Cable's "Started/Finished … [WebSocket]" lines, from the env: asking the
@@ -162,10 +156,14 @@ module AnyCableRs
       connection = session.connection
       identifier = job.identifier
       worker.work(connection) do
-        case job.command
-        when :subscribe then subscribe(connection, identifier)
-        when :unsubscribe then unsubscribe(connection, identifier)
-        when :message then perform(connection, identifier, job.data)
+        # Inside the connection's before/around/after_command callbacks (Rails 7.1+),
+        # as Action Cable's handle_channel_command runs them.
+        ActionCable::Compat.with_command_callbacks(connection) do
+          case job.command
+          when :subscribe then subscribe(connection, identifier)
+          when :unsubscribe then unsubscribe(connection, identifier)
+          when :message then perform(connection, identifier, job.data)
+          end
         end
       end
     ensure
@@ -180,7 +178,7 @@ module AnyCableRs
 
       params = decode_identifier(identifier)
       klass = params && params["channel"].to_s.safe_constantize
-      unless klass.is_a?(Class) && klass <= ::ActionCable::Channel::Base
+      unless ActionCable::Compat.channel_class?(klass)
         connection.logger.error "Subscription class not found: #{params ? params["channel"].inspect : identifier.inspect}"
         return reject(connection, identifier)
       end
@@ -190,7 +188,7 @@ module AnyCableRs
       rescue Exception => e # rubocop:disable Lint/RescueException
         connection.rescue_with_handler(e)
         log_exception(e, "#{klass}#subscribed")
-        failed = subscriptions.send(:subscriptions).delete(identifier)
+        failed = ActionCable::Compat.channels(connection).delete(identifier)
         safely("#{klass} stop_all_streams") { failed&.stop_all_streams }
         reject(connection, identifier)
       end
@@ -208,7 +206,7 @@ module AnyCableRs
 
     # What Subscriptions#perform_action does, with the coder's faster decode.
     def perform(connection, identifier, data)
-      channel = connection.subscriptions.send(:subscriptions)[identifier]
+      channel = ActionCable::Compat.channels(connection)[identifier]
       unless channel
         return connection.logger.error("Unable to find subscription with identifier: #{identifier}; message ignored")
       end
@@ -219,7 +217,7 @@ module AnyCableRs
     end
 
     def reject(connection, identifier)
-      connection.transmit(identifier: identifier, type: ::ActionCable::INTERNAL[:message_types][:rejection])
+      connection.transmit(identifier: identifier, type: ActionCable::Compat.rejection_type)
     end
 
     def decode_identifier(identifier)
@@ -236,14 +234,14 @@ module AnyCableRs
       connection = session.connection
       worker.work(connection) do
         connection.logger.info request_message("Finished", connection.env)
-        channels = connection.subscriptions.send(:subscriptions).values
+        channels = ActionCable::Compat.channels(connection).values
         channels.each do |channel|
           safely("#{channel.class}#unsubscribed", connection) do
             connection.subscriptions.remove_subscription(channel)
           end
         end
         safely("unsubscribe from internal channel", connection) do
-          connection.send(:unsubscribe_from_internal_channel)
+          ActionCable::Compat.unsubscribe_from_internal_channel(connection)
         end
         if connection.respond_to?(:disconnect)
           safely("#{connection.class}#disconnect", connection) { connection.disconnect }
