@@ -154,14 +154,19 @@ step "gem install of the platform gem with PATH=$no_rust_path"
 export GEM_HOME="$work/gems-native" GEM_PATH="$work/gems-native:$system_gems"
 PATH="$no_rust_path" gem install --local --no-document "$native_gem" >"$work/native-install.log" 2>&1
 (cd / && PATH="$no_rust_path" ruby -e 'require "anycable_rs"; p AnyCableRs::Native' | grep -qx AnyCableRs::Native)
-step "the app on the platform gem (Bundler picks it)"
+step "the app on the platform gem from vendor/cache (README's Dockerfile), no Rust on PATH"
 cd "$work/app"
+export GEM_HOME="$work/gems-cache" GEM_PATH="$work/gems-cache:$system_gems"
+mkdir -p vendor/cache
+cp "$native_gem" vendor/cache/
 sed -i "s|^gem \"anycable-rs\".*|gem \"anycable-rs\", \"$version\"|" Gemfile
-PATH="$no_rust_path" bundle install --local >"$work/bundle-native.log" 2>&1
+rm -f Gemfile.lock
+# --no-cache: with a vendor/cache, Bundler would otherwise copy every gem there.
+PATH="$no_rust_path" bundle install --local --no-cache >"$work/bundle-native.log" 2>&1
 grep -q "anycable-rs ($version-$platform)" Gemfile.lock
 PATH="$no_rust_path" RAILS_ENV=production SECRET_KEY_BASE=x ANYCABLE_EMBEDDED=true REDIS_URL="redis://127.0.0.1:$redis_port/1" \
   bin/rails runner 'puts $LOADED_FEATURES.grep(/anycable_rs\.so/)' >"$work/native-app.log" 2>&1
-grep -q "gems-native/gems/anycable-rs-$version-$platform/lib/anycable_rs/$abi/anycable_rs.so" "$work/native-app.log"
+grep -q "gems-cache/gems/anycable-rs-$version-$platform/lib/anycable_rs/$abi/anycable_rs.so" "$work/native-app.log"
 cd "$root"
 
 step "the source gem without Rust says what it needs"
