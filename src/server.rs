@@ -1,43 +1,69 @@
-//! The WebSocket server: accepts sockets (on its own port, or handed over by Rack
-//! hijack), upgrades them, and runs one task per connection that reads commands,
-//! passes them to the [`Controller`] and writes queued frames.
+//! The WebSocket server: its lifecycle (start, listen, shutdown), accepting sockets
+//! (on its own port, or handed over by Rack hijack) and upgrading them, and applying
+//! broadcasts. Each upgraded socket gets a task of its own ([`crate::connection`]).
 //!
 //! Not here: the wire format ([`crate::protocol`]), HTTP parsing
-//! ([`crate::handshake`]), who listens to what ([`crate::hub`]).
+//! ([`crate::handshake`]), the plain HTTP endpoints ([`crate::endpoints`]), who
+//! listens to what ([`crate::hub`]).
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use futures_util::{SinkExt, StreamExt};
 use parking_lot::{Mutex, RwLock};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
-use tokio_tungstenite::tungstenite::error::Error as WsError;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::broadcast::{self, BroadcastMessage};
 use crate::config::ServerConfig;
-use crate::controller::{CommandRequest, ConnectReply, ConnectRequest, Controller};
+use crate::controller::Controller;
+use crate::endpoints;
 use crate::handshake::{self, RequestHead};
-use crate::hub::Hub;
+use crate::hub::{Delivery, Hub};
 use crate::protocol;
-use crate::session::{DisconnectReason, Outbound, Outbox, Session, SessionRef};
+use crate::session::{DisconnectReason, SessionRef};
 
 const MAX_HEAD_BYTES: usize = 16 * 1024;
-/// Largest broadcast request body accepted.
-const MAX_BROADCAST_BODY: usize = 1024 * 1024;
-/// Frames written in one go before flushing.
-const WRITE_BATCH: usize = 64;
+
+/// Why a broadcast was refused where it entered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BroadcastError {
+    /// Not an AnyCable payload; says what is wrong.
+    Malformed(String),
+    /// Its data could never be delivered: every subscriber would be disconnected as
+    /// `too_slow` instead (the frame is over `max_pending_bytes`).
+    TooLarge { size: usize, limit: usize },
+}
+
+impl BroadcastError {
+    /// The HTTP status for it.
+    pub fn status(&self) -> u16 {
+        match self {
+            BroadcastError::Malformed(_) => 422,
+            BroadcastError::TooLarge { .. } => 413,
+        }
+    }
+}
+
+impl std::fmt::Display for BroadcastError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BroadcastError::Malformed(e) => f.write_str(e),
+            BroadcastError::TooLarge { size, limit } => write!(
+                f,
+                "broadcast data of {size} bytes is over the {limit}-byte limit \
+                 (ANYCABLE_MAX_PENDING_BYTES less 4 KiB): no client could receive it"
+            ),
+        }
+    }
+}
 
 pub struct Server<C: Controller> {
     inner: Arc<Inner<C>>,
@@ -58,15 +84,21 @@ pub type BroadcastRelay = Arc<dyn Fn(String) + Send + Sync>;
 /// Reports why the server is degraded (e.g. "pub/sub disconnected"), or `None`.
 pub type HealthProbe = Arc<dyn Fn() -> Option<String> + Send + Sync>;
 
-struct Inner<C> {
-    relay: parking_lot::RwLock<Option<BroadcastRelay>>,
-    health: parking_lot::RwLock<Option<HealthProbe>>,
-    config: ServerConfig,
-    controller: C,
-    hub: Arc<Hub>,
-    sessions: RwLock<HashMap<u64, SessionRef>>,
-    next_id: AtomicU64,
-    shutting_down: AtomicBool,
+pub(crate) struct Inner<C> {
+    pub(crate) relay: RwLock<Option<BroadcastRelay>>,
+    pub(crate) health: RwLock<Option<HealthProbe>>,
+    pub(crate) config: ServerConfig,
+    pub(crate) controller: C,
+    pub(crate) hub: Arc<Hub>,
+    /// Welcomed sessions, for pings, remote disconnects and shutdown.
+    pub(crate) sessions: RwLock<HashMap<u64, SessionRef>>,
+    pub(crate) next_id: AtomicU64,
+    pub(crate) shutting_down: AtomicBool,
+    /// Connections whose app callbacks (connect, then disconnect) have not all run:
+    /// shutdown waits for this to reach zero, not for `sessions` to empty (a session
+    /// leaves that map before its disconnect callback runs).
+    pub(crate) pending_callbacks: AtomicUsize,
+    pub(crate) callbacks_done: Notify,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -74,14 +106,16 @@ impl<C: Controller> Server<C> {
     pub fn new(config: ServerConfig, controller: C, hub: Arc<Hub>) -> Self {
         Server {
             inner: Arc::new(Inner {
-                relay: parking_lot::RwLock::new(None),
-                health: parking_lot::RwLock::new(None),
+                relay: RwLock::new(None),
+                health: RwLock::new(None),
                 config,
                 controller,
                 hub,
                 sessions: RwLock::new(HashMap::new()),
                 next_id: AtomicU64::new(1),
                 shutting_down: AtomicBool::new(false),
+                pending_callbacks: AtomicUsize::new(0),
+                callbacks_done: Notify::new(),
                 tasks: Mutex::new(Vec::new()),
             }),
         }
@@ -118,9 +152,19 @@ impl<C: Controller> Server<C> {
     }
 
     /// Binds `addr` and accepts connections on it until shutdown. Returns the bound
-    /// address (useful with port 0).
+    /// address (useful with port 0). Other processes may bind the same port.
     pub async fn listen(&self, addr: SocketAddr) -> std::io::Result<SocketAddr> {
-        let listener = TcpListener::bind(addr).await?;
+        // SO_REUSEPORT: every Puma worker listens on the same port and the kernel
+        // spreads connections over them (each worker serves its own sockets).
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.set_reuseport(true)?;
+        socket.bind(addr)?;
+        let listener = socket.listen(1024)?;
         let local = listener.local_addr()?;
         let inner = self.inner.clone();
         let task = tokio::spawn(async move {
@@ -156,6 +200,7 @@ impl<C: Controller> Server<C> {
                 Ok(s) => s,
                 Err(e) => {
                     log::error!("could not take over hijacked socket: {e}");
+                    inner.controller.handoff_abandoned(env_token);
                     return;
                 }
             };
@@ -165,8 +210,26 @@ impl<C: Controller> Server<C> {
 
     /// Applies an AnyCable broadcast payload (single, batch, or disconnect command) to
     /// this process's clients. Returns how many messages it held.
-    pub fn apply_broadcast(&self, payload: &str) -> Result<usize, String> {
+    pub fn apply_broadcast(&self, payload: &str) -> Result<usize, BroadcastError> {
         self.inner.apply_broadcast(payload)
+    }
+
+    /// Delivers `data` to this process's subscribers of `stream`, unless it is too
+    /// large for any of them to receive.
+    pub fn broadcast(
+        &self,
+        stream: &str,
+        data: &str,
+        exclude_sid: Option<&str>,
+    ) -> Result<Delivery, BroadcastError> {
+        self.inner.check_size(data)?;
+        Ok(self.inner.hub.broadcast(stream, data, exclude_sid))
+    }
+
+    /// Checks a payload for publishing: parsed, and every message deliverable.
+    pub fn check_broadcast(&self, payload: &str) -> Result<(), BroadcastError> {
+        let messages = broadcast::parse(payload).map_err(BroadcastError::Malformed)?;
+        self.inner.check_sizes(&messages)
     }
 
     /// Sends broadcasts that arrive over HTTP to `relay` (after checking them) instead of
@@ -180,29 +243,70 @@ impl<C: Controller> Server<C> {
         *self.inner.health.write() = Some(probe);
     }
 
-    /// Tells every client `server_restart` and waits (up to `wait`) for their
-    /// disconnect callbacks; stops accepting.
-    pub async fn shutdown(&self, wait: Duration) {
-        self.inner.shutting_down.store(true, Ordering::Release);
-        for task in self.inner.tasks.lock().drain(..) {
+    /// Tells every client `server_restart` and waits (up to `wait`) until every
+    /// connection's disconnect callback has run; stops accepting. Returns how many
+    /// connections' callbacks had not finished by then (and logs it).
+    pub async fn shutdown(&self, wait: Duration) -> usize {
+        let inner = &self.inner;
+        inner.shutting_down.store(true, Ordering::Release);
+        for task in inner.tasks.lock().drain(..) {
             task.abort();
         }
-        let sessions: Vec<SessionRef> = self.inner.sessions.read().values().cloned().collect();
+        let sessions: Vec<SessionRef> = inner.sessions.read().values().cloned().collect();
         for session in sessions {
             session.close(DisconnectReason::SERVER_RESTART);
         }
-        let deadline = tokio::time::Instant::now() + wait;
-        while self.session_count() > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        let all_done = async {
+            loop {
+                let done = inner.callbacks_done.notified();
+                if inner.pending_callbacks.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                done.await;
+            }
+        };
+        let _ = timeout(wait, all_done).await;
+        let left = inner.pending_callbacks.load(Ordering::Acquire);
+        if left > 0 {
+            log::error!(
+                "shutdown: {left} connections' disconnect callbacks did not run within {wait:?} \
+                 (ANYCABLE_SHUTDOWN_TIMEOUT)"
+            );
         }
+        left
     }
 }
 
-type CommandFuture<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
-
 impl<C: Controller> Inner<C> {
-    fn apply_broadcast(&self, payload: &str) -> Result<usize, String> {
-        let messages = broadcast::parse(payload)?;
+    /// Largest broadcast data a client can receive: its frame (data plus identifier
+    /// and wrapper, allowed 4 KiB) must fit in `max_pending_bytes`.
+    fn max_broadcast_size(&self) -> usize {
+        self.config.max_pending_bytes.saturating_sub(4096)
+    }
+
+    fn check_size(&self, data: &str) -> Result<(), BroadcastError> {
+        let limit = self.max_broadcast_size();
+        if data.len() > limit {
+            return Err(BroadcastError::TooLarge {
+                size: data.len(),
+                limit,
+            });
+        }
+        Ok(())
+    }
+
+    pub(crate) fn check_sizes(&self, messages: &[BroadcastMessage]) -> Result<(), BroadcastError> {
+        for message in messages {
+            if let BroadcastMessage::Stream { data, .. } = message {
+                self.check_size(data)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn apply_broadcast(&self, payload: &str) -> Result<usize, BroadcastError> {
+        let messages = broadcast::parse(payload).map_err(BroadcastError::Malformed)?;
+        self.check_sizes(&messages)?;
         for message in &messages {
             match message {
                 BroadcastMessage::Stream {
@@ -231,63 +335,6 @@ impl<C: Controller> Inner<C> {
         Ok(messages.len())
     }
 
-    /// `POST /_broadcast` on the server's own port: 201, 401 (bad key), 422 (bad payload).
-    async fn serve_broadcast(&self, stream: &mut TcpStream, head: &RequestHead, mut body: Vec<u8>) {
-        let reply = |status: u16, text: &str| handshake::plain_response(status, text);
-        if head.method != "POST" {
-            let _ = stream.write_all(reply(405, "POST only").as_bytes()).await;
-            return;
-        }
-        if let Some(key) = &self.config.broadcast_key {
-            let given = head
-                .header("authorization")
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .unwrap_or("");
-            if !constant_time_eq(given.trim().as_bytes(), key.as_bytes()) {
-                log::warn!("broadcast request refused: bad or missing key");
-                let _ = stream
-                    .write_all(reply(401, "Unauthorized").as_bytes())
-                    .await;
-                return;
-            }
-        }
-        let length = head
-            .header("content-length")
-            .and_then(|v| v.trim().parse::<usize>().ok())
-            .unwrap_or(0);
-        if length > MAX_BROADCAST_BODY {
-            let _ = stream
-                .write_all(reply(413, "Payload too large").as_bytes())
-                .await;
-            return;
-        }
-        while body.len() < length {
-            if body.capacity() - body.len() < 4096 {
-                body.reserve(4096);
-            }
-            match stream.read_buf(&mut body).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-        }
-        body.truncate(length);
-        let text = String::from_utf8_lossy(&body);
-        let relay = self.relay.read().clone();
-        let result = match relay {
-            Some(relay) => broadcast::parse(&text).map(|_| relay(text.into_owned())),
-            None => self.apply_broadcast(&text).map(|_| ()),
-        };
-        match result {
-            Ok(_) => {
-                let _ = stream.write_all(reply(201, "").as_bytes()).await;
-            }
-            Err(e) => {
-                log::warn!("broadcast request refused: {e}");
-                let _ = stream.write_all(reply(422, &e).as_bytes()).await;
-            }
-        }
-    }
-
     fn ws_config(&self) -> WebSocketConfig {
         let limit = self.config.hard_message_limit();
         WebSocketConfig::default()
@@ -313,23 +360,12 @@ impl<C: Controller> Inner<C> {
             };
         let path = head.path();
         if path == self.config.health_path {
-            let degraded = self.health.read().as_ref().and_then(|probe| probe());
-            let (status, body) = if self.shutting_down.load(Ordering::Acquire) {
-                (503, "Shutting down".to_string())
-            } else if let Some(reason) = degraded {
-                (503, reason)
-            } else {
-                (200, "Success".to_string())
-            };
-            let _ = stream
-                .write_all(handshake::plain_response(status, &body).as_bytes())
-                .await;
-            return;
+            return endpoints::serve_health(&self, &mut stream).await;
         }
         if self.config.broadcast_path.as_deref() == Some(path) {
             let _ = timeout(
                 self.config.handshake_timeout,
-                self.serve_broadcast(&mut stream, &head, rest),
+                endpoints::serve_broadcast(&self, &mut stream, &head, rest, peer),
             )
             .await;
             return;
@@ -365,6 +401,7 @@ impl<C: Controller> Inner<C> {
                         handshake::plain_response(refusal.status, &refusal.reason).as_bytes(),
                     )
                     .await;
+                self.controller.handoff_abandoned(env_token);
                 return;
             }
         };
@@ -372,6 +409,7 @@ impl<C: Controller> Inner<C> {
             let _ = stream
                 .write_all(handshake::plain_response(503, "Shutting down").as_bytes())
                 .await;
+            self.controller.handoff_abandoned(env_token);
             return;
         }
         if stream
@@ -379,191 +417,12 @@ impl<C: Controller> Inner<C> {
             .await
             .is_err()
         {
+            self.controller.handoff_abandoned(env_token);
             return;
         }
         let ws =
             WebSocketStream::from_raw_socket(stream, Role::Server, Some(self.ws_config())).await;
         self.run_session(ws, head, peer, env_token).await;
-    }
-
-    fn new_sid(&self, id: u64, head: &RequestHead) -> String {
-        if let Some(rid) = head.header("x-request-id") {
-            let rid = rid.trim();
-            if !rid.is_empty() && rid.len() <= 255 && rid.bytes().all(|b| b.is_ascii_graphic()) {
-                return rid.to_string();
-            }
-        }
-        generate_sid(id)
-    }
-
-    async fn run_session(
-        self: Arc<Self>,
-        mut ws: WebSocketStream<TcpStream>,
-        head: RequestHead,
-        peer: Option<SocketAddr>,
-        env_token: u64,
-    ) {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let sid = self.new_sid(id, &head);
-        let (session, mut rx) = Session::new(id, sid, self.config.max_pending_bytes);
-
-        let reply = self
-            .controller
-            .connect(ConnectRequest {
-                session: session.clone(),
-                head,
-                remote_addr: peer,
-                env_token,
-            })
-            .await;
-        match reply {
-            ConnectReply::Accepted => {}
-            ConnectReply::Rejected(reason) => {
-                session.mark_closing();
-                self.hub.remove_session(&session);
-                send_close(&mut ws, Some(&reason)).await;
-                return;
-            }
-            ConnectReply::Failed(error) => {
-                log::error!("session {}: connect failed: {error}", session.sid);
-                session.mark_closing();
-                self.hub.remove_session(&session);
-                send_close(&mut ws, Some(&DisconnectReason::SERVER_ERROR)).await;
-                return;
-            }
-        }
-        if ws
-            .send(Message::Text(protocol::welcome(&session.sid).into()))
-            .await
-            .is_err()
-        {
-            self.finish(&session).await;
-            return;
-        }
-        self.sessions.write().insert(id, session.clone());
-        if self.shutting_down.load(Ordering::Acquire) {
-            session.close(DisconnectReason::SERVER_RESTART);
-        }
-
-        let mut inflight: Option<CommandFuture<'_>> = None;
-        loop {
-            tokio::select! {
-                out = rx.recv() => {
-                    let Some(out) = out else { break };
-                    if !self.write(&mut ws, &session, &mut rx, out).await {
-                        break;
-                    }
-                }
-                _ = async { inflight.as_mut().expect("guarded").await }, if inflight.is_some() => {
-                    inflight = None;
-                }
-                msg = ws.next(), if inflight.is_none() => match msg {
-                    Some(Ok(Message::Text(text))) => {
-                        inflight = self.handle_text(&session, text.as_str());
-                    }
-                    Some(Ok(Message::Binary(_))) => {
-                        log::warn!("session {}: binary frame ignored (the protocol is JSON text)", session.sid);
-                    }
-                    Some(Ok(Message::Close(_))) | None => break,
-                    Some(Ok(_)) => {}
-                    Some(Err(WsError::Capacity(e))) => {
-                        log::warn!("session {}: {e}; closing with 1009", session.sid);
-                        let _ = ws.send(Message::Close(Some(CloseFrame {
-                            code: CloseCode::Size,
-                            reason: "message too big".into(),
-                        }))).await;
-                        break;
-                    }
-                    Some(Err(e)) => {
-                        log::debug!("session {}: read error: {e}", session.sid);
-                        break;
-                    }
-                },
-            }
-        }
-        drop(inflight);
-        self.finish(&session).await;
-    }
-
-    fn handle_text<'a>(&'a self, session: &SessionRef, text: &str) -> Option<CommandFuture<'a>> {
-        if text.len() > self.config.max_message_size {
-            log::warn!(
-                "session {}: message of {} bytes is over the {}-byte limit; ignored",
-                session.sid,
-                text.len(),
-                self.config.max_message_size
-            );
-            return None;
-        }
-        match protocol::parse_command(text) {
-            Ok(command) => Some(Box::pin(self.controller.command(CommandRequest {
-                session: session.clone(),
-                command,
-            }))),
-            Err(e) => {
-                log::warn!("session {}: {e}; ignored", session.sid);
-                None
-            }
-        }
-    }
-
-    /// Writes `first` and whatever else is queued (up to a batch), then flushes.
-    /// Returns false when the connection is done.
-    async fn write(
-        &self,
-        ws: &mut WebSocketStream<TcpStream>,
-        session: &Session,
-        rx: &mut Outbox,
-        first: Outbound,
-    ) -> bool {
-        let mut close = None;
-        let mut bytes = 0;
-        let batch = async {
-            let mut next = Some(first);
-            let mut n = 0;
-            while let Some(out) = next.take() {
-                match out {
-                    Outbound::Frame(frame) => {
-                        bytes += frame.len();
-                        ws.feed(Message::Text(frame)).await?;
-                    }
-                    Outbound::Close(reason) => {
-                        close = Some(reason);
-                        break;
-                    }
-                }
-                n += 1;
-                if n < WRITE_BATCH {
-                    next = rx.try_recv().ok();
-                }
-            }
-            ws.flush().await
-        };
-        match timeout(self.config.write_timeout, batch).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => return false,
-            Err(_) => {
-                log::warn!(
-                    "session {}: write took over {:?}; disconnecting as too_slow",
-                    session.sid,
-                    self.config.write_timeout
-                );
-                return false;
-            }
-        }
-        session.written(bytes);
-        if let Some(reason) = close {
-            send_close(ws, reason.as_ref()).await;
-            return false;
-        }
-        true
-    }
-
-    async fn finish(&self, session: &SessionRef) {
-        session.mark_closing();
-        self.sessions.write().remove(&session.id);
-        self.hub.remove_session(session);
-        self.controller.disconnect(session.clone()).await;
     }
 }
 
@@ -586,46 +445,4 @@ async fn read_head(stream: &mut TcpStream) -> Result<(RequestHead, Vec<u8>), u16
             Err(_) => return Err(400),
         }
     }
-}
-
-/// `{"type":"disconnect",…}` (when there is a reason) then a close frame; best
-/// effort, bounded in time.
-async fn send_close(ws: &mut WebSocketStream<TcpStream>, reason: Option<&DisconnectReason>) {
-    let _ = timeout(Duration::from_secs(1), async {
-        let frame = match reason {
-            Some(reason) => {
-                ws.feed(Message::Text(
-                    protocol::disconnect(&reason.reason, reason.reconnect).into(),
-                ))
-                .await?;
-                CloseFrame {
-                    code: CloseCode::from(reason.close_code()),
-                    reason: reason.reason.to_string().into(),
-                }
-            }
-            None => CloseFrame {
-                code: CloseCode::Normal,
-                reason: "".into(),
-            },
-        };
-        ws.send(Message::Close(Some(frame))).await
-    })
-    .await;
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-fn generate_sid(id: u64) -> String {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(id);
-    h.write_u128(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    format!("{:016x}{:x}", h.finish(), id)
 }

@@ -66,6 +66,7 @@ pub struct Session {
     pending: AtomicUsize,
     max_pending: usize,
     closing: AtomicBool,
+    too_slow_logged: AtomicBool,
     /// (stream, identifier) pairs this session is subscribed to in the hub.
     pub(crate) streams: Mutex<Vec<(Arc<str>, Arc<str>)>>,
     /// The connection's identifiers (`identified_by`), as JSON, for remote disconnects.
@@ -85,6 +86,7 @@ impl Session {
             pending: AtomicUsize::new(0),
             max_pending,
             closing: AtomicBool::new(false),
+            too_slow_logged: AtomicBool::new(false),
             streams: Mutex::new(Vec::new()),
             identifiers: std::sync::OnceLock::new(),
         });
@@ -114,12 +116,7 @@ impl Session {
         let len = frame.len();
         let pending = self.pending.fetch_add(len, Ordering::Relaxed) + len;
         if pending > self.max_pending {
-            log::warn!(
-                "session {}: {} bytes waiting to be written; disconnecting as too_slow",
-                self.sid,
-                pending
-            );
-            self.close(DisconnectReason::TOO_SLOW);
+            self.too_slow(format_args!("{pending} bytes waiting to be written"));
             return false;
         }
         self.push(Outbound::Frame(frame))
@@ -146,6 +143,15 @@ impl Session {
         if !self.closing.swap(true, Ordering::AcqRel) {
             self.push(Outbound::Close(reason));
         }
+    }
+
+    /// Disconnects as `too_slow`, logging why once per session (a full queue is
+    /// usually followed by a write that times out too).
+    pub fn too_slow(&self, why: std::fmt::Arguments<'_>) {
+        if !self.too_slow_logged.swap(true, Ordering::AcqRel) {
+            log::warn!("session {}: {why}; disconnecting as too_slow", self.sid);
+        }
+        self.close(DisconnectReason::TOO_SLOW);
     }
 
     /// Records the connection's identifiers (once; later calls are ignored).

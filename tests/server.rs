@@ -21,6 +21,10 @@ use tokio_tungstenite::{client_async, WebSocketStream};
 struct TestController {
     hub: Arc<Mutex<Option<Arc<Hub>>>>,
     disconnected: Arc<Mutex<Vec<String>>>,
+    /// What ran, in order: "command start", "command end", "disconnect".
+    calls: Arc<Mutex<Vec<&'static str>>>,
+    /// Sessions whose disconnect callback takes 200 ms (`?slow_bye`).
+    slow_bye: Arc<Mutex<Vec<u64>>>,
 }
 
 impl Controller for TestController {
@@ -30,6 +34,9 @@ impl Controller for TestController {
         } else if req.head.target.contains("fail") {
             ConnectReply::Failed("boom".into())
         } else {
+            if req.head.target.contains("slow_bye") {
+                self.slow_bye.lock().push(req.session.id);
+            }
             if let Some(user) = req.head.target.split("user=").nth(1) {
                 req.session
                     .set_identifiers(serde_json::json!({ "user": user }));
@@ -50,7 +57,9 @@ impl Controller for TestController {
             Command::Message => {
                 let data = command.data.unwrap();
                 if data.contains("slow") {
+                    self.calls.lock().push("command start");
                     tokio::time::sleep(Duration::from_millis(300)).await;
+                    self.calls.lock().push("command end");
                 }
                 session.transmit(format!(
                     r#"{{"identifier":{},"message":{}}}"#,
@@ -69,6 +78,10 @@ impl Controller for TestController {
     }
 
     async fn disconnect(&self, session: SessionRef) {
+        if self.slow_bye.lock().contains(&session.id) {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        self.calls.lock().push("disconnect");
         self.disconnected.lock().push(session.sid.clone());
     }
 }
@@ -146,10 +159,11 @@ async fn welcome_subscribe_broadcast_echo_and_disconnect() {
     let (server, addr, controller) = start(ServerConfig::default()).await;
     let (mut ws, proto) = connect(addr, "", &[("X-Request-ID", "req-1")]).await;
     assert_eq!(proto.as_deref(), Some("actioncable-v1-json"));
-    assert_eq!(
-        next_json(&mut ws).await,
-        serde_json::json!({"type":"welcome","sid":"req-1"})
-    );
+    let welcome = next_json(&mut ws).await;
+    assert_eq!(welcome["type"], "welcome");
+    // The sid is the server's own, whatever the client sends as X-Request-ID.
+    let sid = welcome["sid"].as_str().unwrap().to_string();
+    assert!(sid.len() >= 16 && sid != "req-1", "{sid}");
 
     send(&mut ws, subscribe("{\"channel\":\"A\"}")).await;
     let confirm = next_json(&mut ws).await;
@@ -175,7 +189,7 @@ async fn welcome_subscribe_broadcast_echo_and_disconnect() {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(*controller.disconnected.lock(), vec!["req-1".to_string()]);
+    assert_eq!(*controller.disconnected.lock(), vec![sid]);
     assert_eq!(server.session_count(), 0);
     assert_eq!(server.hub().stream_count(), 0);
 }
@@ -320,8 +334,11 @@ async fn a_client_that_stops_reading_is_dropped_as_too_slow() {
         ..Default::default()
     };
     let (server, addr, controller) = start(config).await;
-    let (mut stuck, _) = connect(addr, "", &[("X-Request-ID", "stuck")]).await;
-    next_json(&mut stuck).await;
+    let (mut stuck, _) = connect(addr, "", &[]).await;
+    let stuck_sid = next_json(&mut stuck).await["sid"]
+        .as_str()
+        .unwrap()
+        .to_string();
     send(&mut stuck, subscribe("s")).await;
     next_json(&mut stuck).await;
     let (mut fine, _) = connect(addr, "", &[]).await;
@@ -341,7 +358,7 @@ async fn a_client_that_stops_reading_is_dropped_as_too_slow() {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(*controller.disconnected.lock(), vec!["stuck".to_string()]);
+    assert_eq!(*controller.disconnected.lock(), vec![stuck_sid]);
     send(&mut fine, message("q", "3")).await;
     assert_eq!(next_json(&mut fine).await["message"], 3);
 }
@@ -381,13 +398,16 @@ async fn http_broadcasts_with_batches_exclusion_keys_and_remote_disconnect() {
         ..Default::default()
     };
     let (_server, addr, _) = start(config).await;
-    let (mut a, _) = connect(addr, "?user=u1", &[("X-Request-ID", "sid-a")]).await;
-    let (mut b, _) = connect(addr, "?user=u2", &[("X-Request-ID", "sid-b")]).await;
+    // Both clients claim one request id; exclusion must still tell them apart.
+    let (mut a, _) = connect(addr, "?user=u1", &[("X-Request-ID", "same")]).await;
+    let (mut b, _) = connect(addr, "?user=u2", &[("X-Request-ID", "same")]).await;
+    let mut sids = Vec::new();
     for ws in [&mut a, &mut b] {
-        next_json(ws).await;
+        sids.push(next_json(ws).await["sid"].as_str().unwrap().to_string());
         send(ws, subscribe("{\"channel\":\"A\"}")).await;
         next_json(ws).await;
     }
+    assert_ne!(sids[0], sids[1]);
 
     assert!(post_broadcast(addr, r#"{"stream":"all","data":"1"}"#, None)
         .await
@@ -401,8 +421,11 @@ async fn http_broadcasts_with_batches_exclusion_keys_and_remote_disconnect() {
         .await
         .contains("422"));
 
-    let batch = r#"[{"stream":"all","data":"{\"n\":1}"},{"stream":"all","data":"{\"n\":2}","meta":{"exclude_socket":"sid-b"}}]"#;
-    assert!(post_broadcast(addr, batch, Some("s3cret"))
+    let batch = format!(
+        r#"[{{"stream":"all","data":"{{\"n\":1}}"}},{{"stream":"all","data":"{{\"n\":2}}","meta":{{"exclude_socket":"{}"}}}}]"#,
+        sids[1]
+    );
+    assert!(post_broadcast(addr, &batch, Some("s3cret"))
         .await
         .contains("201"));
     assert_eq!(
@@ -428,4 +451,124 @@ async fn http_broadcasts_with_batches_exclusion_keys_and_remote_disconnect() {
     );
     send(&mut a, message("{\"channel\":\"A\"}", "5")).await;
     assert_eq!(next_json(&mut a).await["message"], 5);
+}
+
+#[tokio::test]
+async fn a_server_side_close_waits_for_the_command_in_flight_before_disconnect() {
+    let (_server, addr, controller) = start(ServerConfig::default()).await;
+    let (mut ws, _) = connect(addr, "?user=u9", &[]).await;
+    next_json(&mut ws).await;
+    send(&mut ws, message("x", r#""slow""#)).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let disconnect =
+        r#"{"command":"disconnect","payload":{"identifier":"{\"user\":\"u9\"}","reconnect":true}}"#;
+    assert!(post_broadcast(addr, disconnect, None).await.contains("201"));
+    for _ in 0..100 {
+        if controller.calls.lock().contains(&"disconnect") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        *controller.calls.lock(),
+        vec!["command start", "command end", "disconnect"]
+    );
+}
+
+#[tokio::test]
+async fn shutdown_waits_for_every_disconnect_callback_and_counts_the_late_ones() {
+    let (server, addr, controller) = start(ServerConfig::default()).await;
+    let mut clients = Vec::new();
+    for _ in 0..20 {
+        let (mut ws, _) = connect(addr, "?slow_bye", &[]).await;
+        next_json(&mut ws).await;
+        clients.push(ws);
+    }
+    assert_eq!(server.shutdown(Duration::from_secs(5)).await, 0);
+    assert_eq!(controller.disconnected.lock().len(), 20);
+
+    let (server, addr, controller) = start(ServerConfig::default()).await;
+    let (mut ws, _) = connect(addr, "?slow_bye", &[]).await;
+    next_json(&mut ws).await;
+    assert_eq!(server.shutdown(Duration::from_millis(20)).await, 1);
+    assert!(controller.disconnected.lock().is_empty());
+}
+
+/// Writes one raw client frame (masked with a zero key) after the handshake.
+async fn raw_frame(ws: &mut Client, first_byte: u8, payload: &[u8]) {
+    let mut frame = vec![first_byte, 0x80 | payload.len() as u8, 0, 0, 0, 0];
+    frame.extend_from_slice(payload);
+    ws.get_mut().write_all(&frame).await.unwrap();
+}
+
+async fn close_code(ws: &mut Client) -> Option<u16> {
+    let mut code = None;
+    while let Ok(Some(Ok(msg))) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+        if let Message::Close(Some(frame)) = msg {
+            code = Some(u16::from(frame.code));
+        }
+    }
+    code
+}
+
+#[tokio::test]
+async fn protocol_violations_close_with_rfc_6455_codes() {
+    let (_server, addr, _) = start(ServerConfig::default()).await;
+    // Reserved bit RSV1 set on a text frame: 1002.
+    let (mut ws, _) = connect(addr, "", &[]).await;
+    next_json(&mut ws).await;
+    raw_frame(&mut ws, 0x80 | 0x40 | 0x1, b"{}").await;
+    assert_eq!(close_code(&mut ws).await, Some(1002));
+    // A text frame that is not UTF-8: 1007.
+    let (mut ws, _) = connect(addr, "", &[]).await;
+    next_json(&mut ws).await;
+    raw_frame(&mut ws, 0x80 | 0x1, &[0xff, 0xfe, 0xfd]).await;
+    assert_eq!(close_code(&mut ws).await, Some(1007));
+}
+
+#[tokio::test]
+async fn broadcasts_too_large_to_deliver_are_refused_where_they_enter() {
+    let config = ServerConfig {
+        max_pending_bytes: 64 * 1024,
+        ..Default::default()
+    };
+    let (server, addr, _) = start(config).await;
+    let (mut ws, _) = connect(addr, "", &[]).await;
+    next_json(&mut ws).await;
+    send(&mut ws, subscribe("s")).await;
+    next_json(&mut ws).await;
+    let big = format!("\"{}\"", "b".repeat(64 * 1024));
+    let err = server.broadcast("all", &big, None).unwrap_err();
+    assert_eq!(err.status(), 413);
+    assert!(err.to_string().contains("over the"), "{err}");
+    let body = serde_json::json!({"stream":"all","data":big}).to_string();
+    assert!(post_broadcast(addr, &body, None).await.contains("413"));
+    // The subscriber is still there and gets what fits.
+    server.broadcast("all", "\"small\"", None).unwrap();
+    assert_eq!(next_json(&mut ws).await["message"], "small");
+}
+
+#[tokio::test]
+async fn chunked_broadcast_requests_are_read() {
+    let (_server, addr, _) = start(ServerConfig::default()).await;
+    let (mut ws, _) = connect(addr, "", &[]).await;
+    next_json(&mut ws).await;
+    send(&mut ws, subscribe("s")).await;
+    next_json(&mut ws).await;
+    let body = r#"{"stream":"all","data":"{\"chunked\":true}"}"#;
+    let (a, b) = body.split_at(10);
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "POST /_broadcast HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{a}\r\n{:x}\r\n{b}\r\n0\r\n\r\n",
+        a.len(),
+        b.len()
+    );
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    tcp.read_to_string(&mut out).await.unwrap();
+    assert!(out.starts_with("HTTP/1.1 201"), "{out}");
+    assert_eq!(
+        next_json(&mut ws).await["message"],
+        serde_json::json!({"chunked":true})
+    );
 }

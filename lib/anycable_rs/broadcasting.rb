@@ -23,6 +23,7 @@ module AnyCableRs
     def broadcast(stream, data, exclude_socket: nil)
       data = JSON.generate(data) unless data.is_a?(String)
       config = AnyCableRs.config
+      check_size!(data, config)
       if serving? && %w[nats redis].include?(config.broadcast_adapter)
         return AnyCableRs.runtime.native.publish(stream.to_s, data, exclude_socket)
       end
@@ -56,6 +57,17 @@ module AnyCableRs
         into_the_void!(nil) unless serving?
         AnyCableRs.runtime.native.apply_broadcast(payload)
       end
+    end
+
+    # A broadcast whose frame would not fit in a client's pending-bytes cap can reach
+    # no one (every subscriber would be dropped as too_slow): refused where it enters,
+    # in every process. The Rust side holds servers to the same limit.
+    def check_size!(data, config)
+      limit = config.max_pending_bytes - 4096
+      return if data.bytesize <= limit
+
+      raise ArgumentError, "anycable-rs: broadcast data of #{data.bytesize} bytes is over the #{limit}-byte limit " \
+        "(ANYCABLE_MAX_PENDING_BYTES less 4 KiB): no client could receive it"
     end
 
     def serving?

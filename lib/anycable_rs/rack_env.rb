@@ -14,6 +14,17 @@ module AnyCableRs
         env["HTTP_CONNECTION"].to_s.downcase.include?("upgrade")
     end
 
+    # Why an upgrade request breaks RFC 6455 (version 13, a key of 16 bytes in
+    # base64), or nil.
+    def upgrade_problem(env)
+      return "unsupported Sec-WebSocket-Version" unless env["HTTP_SEC_WEBSOCKET_VERSION"].to_s.strip == "13"
+
+      key = env["HTTP_SEC_WEBSOCKET_KEY"].to_s.strip
+      return "invalid Sec-WebSocket-Key" unless key.match?(%r{\A[A-Za-z0-9+/]{22}==\z})
+
+      nil
+    end
+
     # Action Cable's own origin rule (Connection::Base#allow_request_origin?).
     def origin_allowed?(env, cable_config)
       return true if cable_config.disable_request_forgery_protection

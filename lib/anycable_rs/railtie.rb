@@ -36,6 +36,7 @@ module AnyCableRs
       return unless AnyCableRs.embedded?
 
       check_puma_workers!
+      PumaRestart.install
       announce_broadcast_endpoint if AnyCableRs::Broadcasting.server_process?
       return unless AnyCableRs.config.port
       return if tool_process?
@@ -137,6 +138,30 @@ module AnyCableRs
 
       options = ::Puma.cli_config.options
       options[:workers].to_i.positive? && options[:preload_app]
+    end
+  end
+
+  # Puma's hot restart (SIGUSR2, `pumactl restart`) in single mode re-executes the
+  # process: at_exit hooks never run, so without this clients would get a bare 1006
+  # instead of `server_restart`, and no disconnect callback would run. Phased restarts
+  # in cluster mode stop workers normally and need nothing.
+  module PumaRestart
+    module_function
+
+    def install
+      return unless defined?(::Puma::Launcher)
+      return if ::Puma::Launcher.ancestors.include?(LauncherHook)
+
+      ::Puma::Launcher.prepend(LauncherHook)
+    end
+
+    module LauncherHook
+      private
+
+      def restart!
+        AnyCableRs.shutdown
+        super
+      end
     end
   end
 end

@@ -68,15 +68,16 @@ module AnyCableRs
       dispatcher.pubsub
     end
 
-    # A Rack env kept for a hijacked socket until its connect job runs. A socket that
-    # never gets that far (refused handshake, client gone) leaves its env behind;
-    # entries older than ENV_TTL are dropped on the next stash.
+    # A Rack env kept for a hijacked socket until its connect job runs. The Rust side
+    # releases the env of a socket that will never get that far (refused handshake,
+    # client gone) with a :release_env job; entries older than ENV_TTL are dropped
+    # anyway, on the next stash or when a worker thread is idle.
     ENV_TTL = 60
 
     def stash_env(env)
       now = Process.clock_gettime(Process::CLOCK_MONOTONIC)
       @lock.synchronize do
-        @envs.shift while (oldest = @envs.first) && now - oldest.last.last > ENV_TTL
+        expire_envs(now)
         @env_seq += 1
         @envs[@env_seq] = [env, now]
         @env_seq
@@ -89,6 +90,12 @@ module AnyCableRs
       @lock.synchronize { @envs.delete(token) }&.first
     end
 
+    # Called by idle worker threads too, so expiry does not wait for the next stash.
+    def expire_stale_envs
+      now = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+      @lock.synchronize { expire_envs(now) }
+    end
+
     def stashed_env_count
       @lock.synchronize { @envs.size }
     end
@@ -98,6 +105,11 @@ module AnyCableRs
     def handoff(env)
       return not_found unless RackEnv.websocket?(env)
 
+      # Refused before the env is kept: a bad upgrade must not hold a Rack env (and
+      # its cookies) until expiry.
+      if (problem = RackEnv.upgrade_problem(env))
+        return [400, {"Content-Type" => "text/plain"}, [problem]]
+      end
       if config.allowed_origins.nil? && !RackEnv.origin_allowed?(env, ::ActionCable.server.config)
         logger.error "Request origin not allowed: #{env["HTTP_ORIGIN"]}"
         return not_found
@@ -131,6 +143,10 @@ module AnyCableRs
 
     private
 
+    def expire_envs(now)
+      @envs.shift while (oldest = @envs.first) && now - oldest.last.last > ENV_TTL
+    end
+
     def not_found
       [404, {"Content-Type" => "text/plain"}, ["Page not found"]]
     end
@@ -141,7 +157,7 @@ module AnyCableRs
         loop do
           job = native.next_job(100)
           break if job == false
-          next if job.nil?
+          next expire_stale_envs if job.nil?
 
           dispatcher.dispatch(job)
         end

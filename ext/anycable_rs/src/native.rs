@@ -127,7 +127,7 @@ impl Native {
                 let server = rb_self.server.clone();
                 let deliver = move |payload: &str| {
                     if let Err(e) = server.apply_broadcast(payload) {
-                        log::warn!("broadcast from the pub/sub dropped: {e}");
+                        log::error!("broadcast from the pub/sub dropped: {e}");
                     }
                 };
                 let broker: Arc<dyn Broker> = if adapter == "redis" {
@@ -252,12 +252,19 @@ impl Native {
     }
 
     /// Delivers to this process's subscribers; returns how many sessions got it.
-    pub fn broadcast(&self, stream: String, data: String, exclude_sid: Option<String>) -> usize {
-        let d = self
+    /// ArgumentError when the data is too large for any client to receive.
+    pub fn broadcast(
+        ruby: &Ruby,
+        rb_self: &Self,
+        stream: String,
+        data: String,
+        exclude_sid: Option<String>,
+    ) -> Result<usize, Error> {
+        let d = rb_self
             .server
-            .hub()
-            .broadcast(&stream, &data, exclude_sid.as_deref());
-        d.sessions + d.callbacks
+            .broadcast(&stream, &data, exclude_sid.as_deref())
+            .map_err(|e| Error::new(ruby.exception_arg_error(), e.to_string()))?;
+        Ok(d.sessions + d.callbacks)
     }
 
     /// Applies an AnyCable broadcast payload here; ArgumentError says what is wrong.
@@ -265,28 +272,32 @@ impl Native {
         rb_self
             .server
             .apply_broadcast(&payload)
-            .map_err(|e| Error::new(ruby.exception_arg_error(), e))
+            .map_err(|e| Error::new(ruby.exception_arg_error(), e.to_string()))
     }
 
-    /// With the NATS adapter in a started server: publishes an AnyCable payload built
-    /// from (stream, data) and returns true; every node, this one included, delivers it
-    /// when it comes back. False when there is no broker here.
-    pub fn publish(&self, stream: String, data: String, exclude_sid: Option<String>) -> bool {
-        let Some(broker) = self.state.lock().broker.clone() else {
-            return false;
-        };
+    /// With the NATS or Redis adapter in a started server: publishes an AnyCable
+    /// payload built from (stream, data) and returns true; every node, this one
+    /// included, delivers it when it comes back. False when there is no broker here.
+    pub fn publish(
+        ruby: &Ruby,
+        rb_self: &Self,
+        stream: String,
+        data: String,
+        exclude_sid: Option<String>,
+    ) -> Result<bool, Error> {
         let mut message = serde_json::json!({"stream": stream, "data": data});
         if let Some(sid) = exclude_sid {
             message["meta"] = serde_json::json!({"exclude_socket": sid});
         }
-        broker.publish(message.to_string());
-        true
+        Self::publish_payload(ruby, rb_self, message.to_string())
     }
 
     /// Publishes a raw AnyCable payload (checked first) through the broker.
     pub fn publish_payload(ruby: &Ruby, rb_self: &Self, payload: String) -> Result<bool, Error> {
-        anycable_core::broadcast::parse(&payload)
-            .map_err(|e| Error::new(ruby.exception_arg_error(), e))?;
+        rb_self
+            .server
+            .check_broadcast(&payload)
+            .map_err(|e| Error::new(ruby.exception_arg_error(), e.to_string()))?;
         let Some(broker) = rb_self.state.lock().broker.clone() else {
             return Ok(false);
         };

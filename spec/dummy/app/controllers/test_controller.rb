@@ -49,6 +49,7 @@ class TestController < ActionController::Base
     render json: {
       busy: pool.connections.count(&:in_use?),
       sessions: AnyCableRs.runtime? ? AnyCableRs.runtime.dispatcher.session_count : 0,
+      stashed_envs: AnyCableRs.runtime? ? AnyCableRs.runtime.stashed_env_count : 0,
       pid: Process.pid
     }
   end

@@ -12,3 +12,4 @@ ActiveRecord::Schema.define do
     t.timestamps
   end
 end
+ActiveRecord::Base.connection.execute("PRAGMA journal_mode=WAL")

@@ -1,0 +1,20 @@
+# frozen_string_literal: true
+
+# An action that blocks its Ruby thread (an HTTP call, a slow query), recording when it
+# starts and ends, for the specs that check nothing else waits behind it.
+class SlowChannel < ApplicationCable::Channel
+  def subscribed
+    stream_from "slow"
+  end
+
+  def nap(data)
+    Event.record("nap.start", data["tag"])
+    sleep data.fetch("seconds", 1).to_f
+    Event.record("nap.end", data["tag"])
+    transmit({"napped" => data["tag"]})
+  end
+
+  def unsubscribed
+    Event.record("slow.unsubscribed", current_user.name)
+  end
+end

@@ -1,0 +1,98 @@
+# frozen_string_literal: true
+
+require "spec_helper"
+
+# Faults under load, each one a case that went wrong before (issue "Hardening under
+# load, faults and hostile input").
+RSpec.describe "Hardening (real Puma)", type: :cable do
+  with_puma(threads: 5)
+
+  before { puma.http(:delete, "/events") }
+
+  def elapsed
+    t = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+    yield
+    Process.clock_gettime(Process::CLOCK_MONOTONIC) - t
+  end
+
+  it "runs other connections' commands while one action sleeps (no job waits behind it)" do
+    sleeper = connected(name: "sleeper")
+    slow = subscribed(sleeper, channel: "SlowChannel")
+    echoers = Array.new(12) { |i| connected(name: "echo#{i}") }
+    ids = echoers.map { |c| subscribed(c, channel: "EchoChannel") }
+
+    sleeper.perform(slow, "nap", "seconds" => 3, "tag" => "long")
+    wait_for { events.include?(["nap.start", "long"]) }
+    worst = 0.0
+    3.times do |round|
+      echoers.zip(ids).each do |c, id|
+        took = elapsed do
+          c.perform(id, "echo", "n" => round)
+          expect(message_for(c, id)).to include("n" => round)
+        end
+        worst = [worst, took].max
+      end
+    end
+    expect(events).not_to include(["nap.end", "long"])
+    # Action Cable answers these in ~10 ms; behind the 3 s action they took ~2.9 s.
+    expect(worst).to be < 1.0
+    expect(sleeper.receive(timeout: 10)).to eq("identifier" => slow, "message" => {"napped" => "long"})
+  end
+
+  it "runs the disconnect callbacks only after the command in flight, when the server closes the socket" do
+    c = connected(name: "dora")
+    id = subscribed(c, channel: "SlowChannel")
+    c.perform(id, "nap", "seconds" => 1, "tag" => "inflight")
+    wait_for { events.include?(["nap.start", "inflight"]) }
+    user_id = puma.http(:get, "/login?name=dora").body
+    expect(puma.http(:post, "/remote_disconnect", user_id: user_id).code).to eq("201")
+    wait_for(timeout: 10) { events.include?(["disconnect", "dora"]) }
+    order = events.select { |e| [["nap.end", "inflight"], ["slow.unsubscribed", "dora"], ["disconnect", "dora"]].include?(e) }
+    expect(order).to eq([["nap.end", "inflight"], ["slow.unsubscribed", "dora"], ["disconnect", "dora"]])
+  end
+
+  it "refuses a broken upgrade before keeping its Rack env, and drops envs of refused sockets" do
+    big_cookie = "junk=#{"x" * 60_000}"
+    20.times do
+      sock = TCPSocket.new("127.0.0.1", puma.port)
+      sock.write("GET /cable HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" \
+        "Sec-WebSocket-Version: 8\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n" \
+        "Origin: http://allowed.test\r\nCookie: #{big_cookie}\r\n\r\n")
+      expect(sock.gets).to start_with("HTTP/1.1 400")
+      sock.close
+    end
+    expect(JSON.parse(puma.http(:get, "/stats").body)["stashed_envs"]).to eq(0)
+  end
+
+  it "refuses a broadcast too large for any client to receive, and keeps serving" do
+    c = connected(name: "erin")
+    id = subscribed(c, channel: "EchoChannel")
+    res = puma.http(:post, "/broadcast", stream: "all", payload: JSON.generate("big" => "y" * 1_100_000))
+    expect(res.code).to eq("500")
+    expect(puma.rails_log).to match(/over the \d+-byte limit \(ANYCABLE_MAX_PENDING_BYTES/)
+    broadcast("all", "small" => true)
+    expect(message_for(c, id)).to eq("small" => true)
+  end
+end
+
+RSpec.describe "Puma hot restart (SIGUSR2) in single mode", type: :cable do
+  with_puma(threads: 4)
+
+  it "tells clients server_restart and runs every disconnect callback before re-executing" do
+    puma.http(:delete, "/events")
+    clients = Array.new(20) { |i| connected(name: "hot#{i}") }
+    clients.each { |c| subscribed(c, channel: "EchoChannel") }
+    Process.kill("USR2", puma.pid)
+    clients.each do |c|
+      expect(c.receive(timeout: 10)).to eq("type" => "disconnect", "reason" => "server_restart", "reconnect" => true)
+    end
+    # The same process serves again after the restart, with the same database.
+    wait_for(timeout: 30) do
+      puma.http(:get, "/events").code == "200"
+    rescue SystemCallError, Net::ReadTimeout, EOFError
+      false
+    end
+    expect(events.count { |name, _| name == "disconnect" }).to eq(20)
+    expect(connected(name: "after")).to be_a(WsClient)
+  end
+end

@@ -1,0 +1,304 @@
+//! One client connection's task, from the upgraded socket to the disconnect callback:
+//! connect through the [`Controller`], welcome, then read commands and write queued
+//! frames until either side closes.
+//!
+//! Not here: accepting and upgrading sockets ([`crate::server`]), the wire format
+//! ([`crate::protocol`]), who gets which broadcast ([`crate::hub`]).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+use tokio_tungstenite::tungstenite::error::Error as WsError;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+use crate::controller::{CommandRequest, ConnectReply, ConnectRequest, Controller};
+use crate::handshake::RequestHead;
+use crate::logging::BadInputLog;
+use crate::protocol;
+use crate::server::Inner;
+use crate::session::{DisconnectReason, Outbound, Outbox, Session, SessionRef};
+
+/// Frames written in one go before flushing.
+const WRITE_BATCH: usize = 64;
+
+type CommandFuture<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+
+/// Holds one count of the server's connections whose callbacks have not all run; the
+/// count drops when this does, whichever way the task ends.
+pub(crate) struct Pending<'a, C>(&'a Inner<C>);
+
+impl<'a, C> Pending<'a, C> {
+    pub(crate) fn new(inner: &'a Inner<C>) -> Self {
+        inner.pending_callbacks.fetch_add(1, Ordering::AcqRel);
+        Pending(inner)
+    }
+}
+
+impl<C> Drop for Pending<'_, C> {
+    fn drop(&mut self) {
+        if self.0.pending_callbacks.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.callbacks_done.notify_waiters();
+        }
+    }
+}
+
+impl<C: Controller> Inner<C> {
+    pub(crate) async fn run_session(
+        self: Arc<Self>,
+        mut ws: WebSocketStream<TcpStream>,
+        head: RequestHead,
+        peer: Option<SocketAddr>,
+        env_token: u64,
+    ) {
+        let pending = Pending::new(&self);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        // Always ours: a client-chosen id (X-Request-ID) could collide with another
+        // client's, and `exclude_socket` would then skip both.
+        let sid = generate_sid(id);
+        let (session, mut rx) = Session::new(id, sid, self.config.max_pending_bytes);
+
+        let reply = self
+            .controller
+            .connect(ConnectRequest {
+                session: session.clone(),
+                head,
+                remote_addr: peer,
+                env_token,
+            })
+            .await;
+        match reply {
+            ConnectReply::Accepted => {}
+            ConnectReply::Rejected(reason) => {
+                session.mark_closing();
+                self.hub.remove_session(&session);
+                send_close(&mut ws, Some(&reason)).await;
+                return;
+            }
+            ConnectReply::Failed(error) => {
+                log::error!("session {}: connect failed: {error}", session.sid);
+                session.mark_closing();
+                self.hub.remove_session(&session);
+                send_close(&mut ws, Some(&DisconnectReason::SERVER_ERROR)).await;
+                return;
+            }
+        }
+        if ws
+            .send(Message::Text(protocol::welcome(&session.sid).into()))
+            .await
+            .is_err()
+        {
+            drop(ws);
+            self.finish(&session).await;
+            drop(pending);
+            return;
+        }
+        self.sessions.write().insert(id, session.clone());
+        if self.shutting_down.load(Ordering::Acquire) {
+            session.close(DisconnectReason::SERVER_RESTART);
+        }
+
+        let mut bad_input = BadInputLog::default();
+        let mut inflight: Option<CommandFuture<'_>> = None;
+        loop {
+            tokio::select! {
+                out = rx.recv() => {
+                    let Some(out) = out else { break };
+                    if !self.write(&mut ws, &session, &mut rx, out).await {
+                        break;
+                    }
+                }
+                _ = async { inflight.as_mut().expect("guarded").await }, if inflight.is_some() => {
+                    inflight = None;
+                }
+                msg = ws.next(), if inflight.is_none() => match msg {
+                    Some(Ok(Message::Text(text))) => {
+                        inflight = self.handle_text(&session, text.as_str(), &mut bad_input);
+                    }
+                    Some(Ok(Message::Binary(_))) => {
+                        bad_input.warn(&session.sid, format_args!("binary frame ignored (the protocol is JSON text)"));
+                    }
+                    Some(Ok(Message::Close(_))) | None => break,
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => {
+                        fail(&mut ws, &session, e).await;
+                        break;
+                    }
+                },
+            }
+        }
+        bad_input.finish(&session.sid);
+        // The socket goes first; the app's disconnect callback runs only after the
+        // command in flight is done, so two Ruby threads never work on one connection.
+        drop(ws);
+        drop(rx);
+        if let Some(command) = inflight {
+            command.await;
+        }
+        self.finish(&session).await;
+        drop(pending);
+    }
+
+    fn handle_text<'a>(
+        &'a self,
+        session: &SessionRef,
+        text: &str,
+        bad_input: &mut BadInputLog,
+    ) -> Option<CommandFuture<'a>> {
+        if text.len() > self.config.max_message_size {
+            bad_input.warn(
+                &session.sid,
+                format_args!(
+                    "message of {} bytes is over the {}-byte limit; ignored",
+                    text.len(),
+                    self.config.max_message_size
+                ),
+            );
+            return None;
+        }
+        match protocol::parse_command(text) {
+            Ok(command) => Some(Box::pin(self.controller.command(CommandRequest {
+                session: session.clone(),
+                command,
+            }))),
+            Err(e) => {
+                bad_input.warn(&session.sid, format_args!("{e}; ignored"));
+                None
+            }
+        }
+    }
+
+    /// Writes `first` and whatever else is queued (up to a batch), then flushes.
+    /// Returns false when the connection is done.
+    async fn write(
+        &self,
+        ws: &mut WebSocketStream<TcpStream>,
+        session: &Session,
+        rx: &mut Outbox,
+        first: Outbound,
+    ) -> bool {
+        let mut close = None;
+        let mut bytes = 0;
+        let batch = async {
+            let mut next = Some(first);
+            let mut n = 0;
+            while let Some(out) = next.take() {
+                match out {
+                    Outbound::Frame(frame) => {
+                        bytes += frame.len();
+                        ws.feed(Message::Text(frame)).await?;
+                    }
+                    Outbound::Close(reason) => {
+                        close = Some(reason);
+                        break;
+                    }
+                }
+                n += 1;
+                if n < WRITE_BATCH {
+                    next = rx.try_recv().ok();
+                }
+            }
+            ws.flush().await
+        };
+        match timeout(self.config.write_timeout, batch).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return false,
+            Err(_) => {
+                session.too_slow(format_args!(
+                    "write took over {:?}",
+                    self.config.write_timeout
+                ));
+                return false;
+            }
+        }
+        session.written(bytes);
+        if let Some(reason) = close {
+            send_close(ws, reason.as_ref()).await;
+            return false;
+        }
+        true
+    }
+
+    async fn finish(&self, session: &SessionRef) {
+        session.mark_closing();
+        self.sessions.write().remove(&session.id);
+        self.hub.remove_session(session);
+        self.controller.disconnect(session.clone()).await;
+    }
+}
+
+/// A read error ends the connection; a protocol violation is answered with the close
+/// code RFC 6455 names for it (1002, 1007 for invalid UTF-8, 1009 for a frame too big).
+async fn fail(ws: &mut WebSocketStream<TcpStream>, session: &Session, error: WsError) {
+    let (code, reason) = match &error {
+        WsError::Capacity(_) => (CloseCode::Size, "message too big"),
+        WsError::Protocol(_) => (CloseCode::Protocol, "protocol error"),
+        WsError::Utf8(_) => (CloseCode::Invalid, "invalid UTF-8"),
+        _ => {
+            log::debug!("session {}: read error: {error}", session.sid);
+            return;
+        }
+    };
+    log::info!(
+        "session {}: {error}; closing with {}",
+        session.sid,
+        u16::from(code)
+    );
+    let _ = timeout(
+        Duration::from_secs(1),
+        ws.send(Message::Close(Some(CloseFrame {
+            code,
+            reason: reason.into(),
+        }))),
+    )
+    .await;
+}
+
+/// `{"type":"disconnect",…}` (when there is a reason) then a close frame; best
+/// effort, bounded in time.
+async fn send_close(ws: &mut WebSocketStream<TcpStream>, reason: Option<&DisconnectReason>) {
+    let _ = timeout(Duration::from_secs(1), async {
+        let frame = match reason {
+            Some(reason) => {
+                ws.feed(Message::Text(
+                    protocol::disconnect(&reason.reason, reason.reconnect).into(),
+                ))
+                .await?;
+                CloseFrame {
+                    code: CloseCode::from(reason.close_code()),
+                    reason: reason.reason.to_string().into(),
+                }
+            }
+            None => CloseFrame {
+                code: CloseCode::Normal,
+                reason: "".into(),
+            },
+        };
+        ws.send(Message::Close(Some(frame))).await
+    })
+    .await;
+}
+
+/// A session id no client can choose or guess: random per process, plus the
+/// process-unique number so two ids of one process never collide.
+fn generate_sid(id: u64) -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(id);
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    format!("{:016x}{:x}", h.finish(), id)
+}

@@ -1,0 +1,111 @@
+//! Log lines about bad client input, bounded: a client that sends garbage in a loop
+//! must not turn every frame into a log line (0.8 MB in was 11 MB of log). Per
+//! connection, one line per [`PER_CONNECTION`] interval; overall, at most
+//! [`OVERALL_PER_SECOND`] lines a second. What is not logged is counted, and the count
+//! is told with the next line that is.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+pub const PER_CONNECTION: Duration = Duration::from_secs(10);
+pub const OVERALL_PER_SECOND: u32 = 20;
+
+/// Bad client messages seen since the process started.
+pub static BAD_INPUT_TOTAL: AtomicU64 = AtomicU64::new(0);
+/// Of those, how many got no log line of their own.
+pub static BAD_INPUT_UNLOGGED: AtomicU64 = AtomicU64::new(0);
+
+/// Lines allowed per one-second window.
+struct Budget(Mutex<Option<(Instant, u32)>>);
+
+impl Budget {
+    const fn new() -> Self {
+        Budget(Mutex::new(None))
+    }
+
+    fn allows(&self, now: Instant) -> bool {
+        let mut window = self.0.lock();
+        match window.as_mut() {
+            Some((start, count)) if now.duration_since(*start) < Duration::from_secs(1) => {
+                *count += 1;
+                *count <= OVERALL_PER_SECOND
+            }
+            _ => {
+                *window = Some((now, 1));
+                true
+            }
+        }
+    }
+}
+
+static OVERALL: Budget = Budget::new();
+
+/// One connection's budget of log lines about its bad input.
+#[derive(Default)]
+pub struct BadInputLog {
+    last: Option<Instant>,
+    unlogged: u32,
+}
+
+impl BadInputLog {
+    pub fn warn(&mut self, sid: &str, what: fmt::Arguments<'_>) {
+        BAD_INPUT_TOTAL.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        let due = self
+            .last
+            .is_none_or(|last| now.duration_since(last) >= PER_CONNECTION);
+        if due && OVERALL.allows(now) {
+            if self.unlogged > 0 {
+                log::warn!(
+                    "session {sid}: {what} (and {} more bad messages since the last line)",
+                    self.unlogged
+                );
+            } else {
+                log::warn!("session {sid}: {what}");
+            }
+            self.last = Some(now);
+            self.unlogged = 0;
+        } else {
+            self.unlogged += 1;
+            BAD_INPUT_UNLOGGED.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// At the end of the connection: says how many bad messages went unlogged.
+    pub fn finish(&self, sid: &str) {
+        if self.unlogged > 0 {
+            log::info!(
+                "session {sid}: {} more bad messages were ignored without a line each",
+                self.unlogged
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_line_per_interval_per_connection_the_rest_counted() {
+        let mut log = BadInputLog::default();
+        let before = BAD_INPUT_UNLOGGED.load(Ordering::Relaxed);
+        for _ in 0..100 {
+            log.warn("s", format_args!("bad"));
+        }
+        assert_eq!(log.unlogged, 99);
+        assert!(BAD_INPUT_UNLOGGED.load(Ordering::Relaxed) - before >= 99);
+    }
+
+    #[test]
+    fn overall_lines_per_second_are_capped() {
+        let budget = Budget::new();
+        let now = Instant::now();
+        let allowed = (0..100).filter(|_| budget.allows(now)).count();
+        assert_eq!(allowed, OVERALL_PER_SECOND as usize);
+        assert!(budget.allows(now + Duration::from_secs(2)));
+    }
+}
