@@ -9,7 +9,8 @@
 #   3. the same app with the gem as a `path:` gem that is not built: boot names the
 #      command that builds it;
 #   4. the precompiled platform gem (`rake native:gem`) installs and loads with no
-#      cargo/rustc on PATH, and the source gem, without them, says what it needs.
+#      cargo/rustc on PATH, by `gem install` and through Bundler from the app's
+#      vendor/cache (README's Dockerfile); the source gem, without them, says what it needs.
 #
 # Cargo builds the installed gem in target/gem-build (CARGO_TARGET_DIR, kept between
 # runs: only the two local crates are rebuilt). Set KEEP=1 to keep tmp/gem-test.
