@@ -1,6 +1,11 @@
 //! What the pub/sub adapters ([`crate::nats`], [`crate::redis`]) have in common: a server
 //! process publishes every broadcast and delivers only what comes back, so each node
-//! delivers each broadcast exactly once.
+//! delivers each broadcast exactly once; and a bounded queue for the publishes that
+//! wait for the pub/sub server.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 pub trait Broker: Send + Sync {
     /// Queues an AnyCable payload for publishing (never blocks).
@@ -24,5 +29,158 @@ impl Broker for crate::redis::RedisBroker {
     }
     fn is_connected(&self) -> bool {
         crate::redis::RedisBroker::is_connected(self)
+    }
+}
+
+/// Publishes waiting for the pub/sub server, bounded: while it is unreachable they
+/// queue here (not without end: +50 MiB for 500 × 100 KiB before), at most
+/// [`MAX_QUEUED_BYTES`] and [`MAX_QUEUED_AGE`]. Past either, the oldest go, and an
+/// error line (at most one per [`DROP_REPORT_EVERY`]) says how many.
+pub struct PublishQueue {
+    label: &'static str,
+    state: parking_lot::Mutex<QueueState>,
+    notify: tokio::sync::Notify,
+    max_bytes: usize,
+    max_age: Duration,
+}
+
+pub const MAX_QUEUED_BYTES: usize = 16 * 1024 * 1024;
+pub const MAX_QUEUED_AGE: Duration = Duration::from_secs(30);
+pub const DROP_REPORT_EVERY: Duration = Duration::from_secs(5);
+
+/// Broadcasts dropped by any publish queue since the process started.
+pub static DROPPED_PUBLISHES: AtomicU64 = AtomicU64::new(0);
+
+#[derive(Default)]
+struct QueueState {
+    items: VecDeque<(Instant, String)>,
+    bytes: usize,
+    unreported: u64,
+    unreported_bytes: usize,
+    last_report: Option<Instant>,
+}
+
+impl PublishQueue {
+    pub fn new(label: &'static str) -> Self {
+        Self::with_limits(label, MAX_QUEUED_BYTES, MAX_QUEUED_AGE)
+    }
+
+    pub fn with_limits(label: &'static str, max_bytes: usize, max_age: Duration) -> Self {
+        PublishQueue {
+            label,
+            state: parking_lot::Mutex::new(QueueState::default()),
+            notify: tokio::sync::Notify::new(),
+            max_bytes,
+            max_age,
+        }
+    }
+
+    /// Queues a payload; never blocks.
+    pub fn push(&self, payload: String) {
+        {
+            let mut state = self.state.lock();
+            while state.bytes + payload.len() > self.max_bytes && !state.items.is_empty() {
+                self.drop_front(&mut state);
+            }
+            state.bytes += payload.len();
+            state.items.push_back((Instant::now(), payload));
+            self.report(&mut state);
+        }
+        self.notify.notify_one();
+    }
+
+    /// Puts back a payload that could not be published, to go first next time.
+    pub fn retry(&self, queued_at: Instant, payload: String) {
+        let mut state = self.state.lock();
+        state.bytes += payload.len();
+        state.items.push_front((queued_at, payload));
+    }
+
+    /// The oldest payload still young enough, with when it was queued.
+    pub async fn next(&self) -> (Instant, String) {
+        loop {
+            let notified = self.notify.notified();
+            {
+                let mut state = self.state.lock();
+                let now = Instant::now();
+                while state
+                    .items
+                    .front()
+                    .is_some_and(|(at, _)| now.duration_since(*at) > self.max_age)
+                {
+                    self.drop_front(&mut state);
+                }
+                self.report(&mut state);
+                if let Some((at, payload)) = state.items.pop_front() {
+                    state.bytes -= payload.len();
+                    return (at, payload);
+                }
+            }
+            notified.await;
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.state.lock().items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn drop_front(&self, state: &mut QueueState) {
+        if let Some((_, payload)) = state.items.pop_front() {
+            state.bytes -= payload.len();
+            state.unreported += 1;
+            state.unreported_bytes += payload.len();
+            DROPPED_PUBLISHES.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn report(&self, state: &mut QueueState) {
+        if state.unreported == 0 {
+            return;
+        }
+        let now = Instant::now();
+        if state
+            .last_report
+            .is_some_and(|last| now.duration_since(last) < DROP_REPORT_EVERY)
+        {
+            return;
+        }
+        log::error!(
+            "{}: {} broadcasts ({} bytes) dropped: the pub/sub server was unreachable and \
+             the publish queue went over {} bytes or {:?}",
+            self.label,
+            state.unreported,
+            state.unreported_bytes,
+            self.max_bytes,
+            self.max_age
+        );
+        state.unreported = 0;
+        state.unreported_bytes = 0;
+        state.last_report = Some(now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn drops_the_oldest_past_the_byte_cap_and_expires_by_age() {
+        let before = DROPPED_PUBLISHES.load(Ordering::Relaxed);
+        let q = PublishQueue::with_limits("test", 10, Duration::from_millis(50));
+        q.push("aaaa".into());
+        q.push("bbbb".into());
+        q.push("cccc".into());
+        assert_eq!(q.len(), 2);
+        assert_eq!(q.next().await.1, "bbbb");
+        q.push("dddd".into());
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        q.push("eeee".into());
+        assert_eq!(q.next().await.1, "eeee");
+        assert!(q.is_empty());
+        assert!(DROPPED_PUBLISHES.load(Ordering::Relaxed) - before >= 3);
     }
 }

@@ -11,12 +11,13 @@ use std::sync::Arc;
 
 use async_nats::{ConnectOptions, Event};
 use futures_util::StreamExt;
-use tokio::sync::mpsc;
+
+use crate::broker::PublishQueue;
 
 /// A running NATS link: publish with [`NatsBroker::publish`]; messages received go to
 /// the `deliver` callback given to [`NatsBroker::start`].
 pub struct NatsBroker {
-    tx: mpsc::UnboundedSender<String>,
+    queue: Arc<PublishQueue>,
     connected: Arc<AtomicBool>,
 }
 
@@ -45,7 +46,9 @@ impl NatsBroker {
                     .map_err(|e| format!("bad NATS address {s}: {e}"))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+        let queue = Arc::new(PublishQueue::new("NATS"));
+        let rx = queue.clone();
+        let link = connected.clone();
         let label = servers.join(",");
         tokio::spawn(async move {
             let options = ConnectOptions::new()
@@ -86,9 +89,18 @@ impl NatsBroker {
             };
             let publisher = client.clone();
             let subject_out = subject.clone();
-            // One task publishes, in order, what Ruby hands over.
+            // One task publishes, in order, what Ruby hands over. While NATS is down
+            // payloads wait in our bounded queue, not in the client's own buffer.
             tokio::spawn(async move {
-                while let Some(payload) = rx.recv().await {
+                loop {
+                    let (at, payload) = rx.next().await;
+                    while !link.load(Ordering::Acquire) {
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                    if at.elapsed() > crate::broker::MAX_QUEUED_AGE {
+                        rx.retry(at, payload); // expired: next() drops and counts it
+                        continue;
+                    }
                     if let Err(e) = publisher.publish(subject_out.clone(), payload.into()).await {
                         log::error!("NATS publish failed: {e}");
                     }
@@ -101,12 +113,12 @@ impl NatsBroker {
                 }
             }
         });
-        Ok(NatsBroker { tx, connected })
+        Ok(NatsBroker { queue, connected })
     }
 
     /// Queues a payload for publishing (never blocks).
     pub fn publish(&self, payload: String) {
-        let _ = self.tx.send(payload);
+        self.queue.push(payload);
     }
 
     pub fn is_connected(&self) -> bool {

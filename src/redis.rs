@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+
+use crate::broker::PublishQueue;
 
 /// Where to connect: `redis://[[user]:password@]host[:port][/db]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,10 +33,14 @@ impl RedisUrl {
             Some((auth, hostport)) => (Some(auth), hostport),
             None => (None, rest),
         };
+        // Userinfo is percent-encoded in a URL (as Ruby's side decodes it too).
         let (user, password) = match auth {
             Some(auth) => match auth.split_once(':') {
-                Some((u, p)) => ((!u.is_empty()).then(|| u.to_string()), Some(p.to_string())),
-                None => (None, Some(auth.to_string())),
+                Some((u, p)) => (
+                    (!u.is_empty()).then(|| percent_decode(u)),
+                    Some(percent_decode(p)),
+                ),
+                None => (None, Some(percent_decode(auth))),
             },
             None => (None, None),
         };
@@ -53,6 +58,29 @@ impl RedisUrl {
             password,
         })
     }
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 pub fn command(args: &[&[u8]]) -> Vec<u8> {
@@ -154,7 +182,7 @@ async fn connect(url: &RedisUrl) -> std::io::Result<Conn> {
 }
 
 pub struct RedisBroker {
-    tx: mpsc::UnboundedSender<String>,
+    queue: Arc<PublishQueue>,
     connected: Arc<AtomicBool>,
 }
 
@@ -173,52 +201,58 @@ impl RedisBroker {
         tokio::spawn(async move {
             let mut backoff = Duration::from_millis(100);
             loop {
-                match subscribe(&sub_url, &sub_channel, &state, &deliver).await {
+                let result = subscribe(&sub_url, &sub_channel, &state, &deliver).await;
+                // A link that was up starts the backoff over (it used to be read after
+                // the flag was cleared, so it never reset).
+                let was_up = state.swap(false, Ordering::AcqRel);
+                match result {
+                    Ok(()) if was_up => log::warn!("Redis disconnected; reconnecting"),
+                    Err(e) if was_up => log::warn!("Redis disconnected ({e}); reconnecting"),
                     Ok(()) => {}
-                    Err(e) => {
-                        if state.swap(false, Ordering::AcqRel) {
-                            log::warn!("Redis disconnected ({e}); reconnecting");
-                        } else {
-                            log::debug!("Redis connect failed: {e}");
-                        }
-                    }
+                    Err(e) => log::debug!("Redis connect failed: {e}"),
+                }
+                if was_up {
+                    backoff = Duration::from_millis(100);
                 }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
-                if state.load(Ordering::Acquire) {
-                    backoff = Duration::from_millis(100);
-                }
             }
         });
-        let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+        let queue = Arc::new(PublishQueue::new("Redis"));
+        let rx = queue.clone();
         tokio::spawn(async move {
             let mut conn: Option<Conn> = None;
-            while let Some(payload) = rx.recv().await {
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                let (at, payload) = rx.next().await;
                 let cmd = command(&[b"PUBLISH", channel.as_bytes(), payload.as_bytes()]);
-                let mut sent = false;
-                for _ in 0..2 {
-                    if conn.is_none() {
-                        conn = connect(&url).await.ok();
-                    }
-                    let Some(c) = conn.as_mut() else { continue };
-                    let ok = c.get_mut().write_all(&cmd).await.is_ok()
-                        && matches!(read_reply(c).await, Ok(Reply::Integer(_)));
-                    if ok {
-                        sent = true;
-                        break;
-                    }
-                    conn = None;
+                if conn.is_none() {
+                    conn = connect(&url).await.ok();
                 }
-                if !sent {
-                    log::error!("Redis PUBLISH failed; broadcast dropped");
+                let sent = match conn.as_mut() {
+                    Some(c) => {
+                        c.get_mut().write_all(&cmd).await.is_ok()
+                            && matches!(read_reply(c).await, Ok(Reply::Integer(_)))
+                    }
+                    None => false,
+                };
+                if sent {
+                    backoff = Duration::from_millis(100);
+                    continue;
                 }
+                // Redis is unreachable: the payload waits (bounded, in order) for the
+                // next try instead of being dropped at once.
+                conn = None;
+                rx.retry(at, payload);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
             }
         });
-        Ok(RedisBroker { tx, connected })
+        Ok(RedisBroker { queue, connected })
     }
 
     pub fn publish(&self, payload: String) {
-        let _ = self.tx.send(payload);
+        self.queue.push(payload);
     }
 
     pub fn is_connected(&self) -> bool {
@@ -281,6 +315,20 @@ mod tests {
                 user: None,
                 password: Some("pw".into())
             }
+        );
+        assert_eq!(
+            RedisUrl::parse("redis://u%40x:p%3Aw%25@h:1")
+                .unwrap()
+                .password
+                .as_deref(),
+            Some("p:w%")
+        );
+        assert_eq!(
+            RedisUrl::parse("redis://u%40x:p@h:1")
+                .unwrap()
+                .user
+                .as_deref(),
+            Some("u@x")
         );
         assert_eq!(
             RedisUrl::parse("redis://u:p@h:1").unwrap().user.as_deref(),

@@ -12,7 +12,7 @@ require "open3"
 RSpec.describe "Broadcasting across processes over #{adapter}", type: :cable do # rubocop:disable Layout/IndentationConsistency
   before(:all) do
     @nats = broker_class.new.start
-    @env = {"ANYCABLE_BROADCAST_ADAPTER" => adapter, url_key => @nats.url}
+    @env = {"ANYCABLE_BROADCAST_ADAPTER" => adapter, url_key => @nats.url, "ANYCABLE_BROADCAST_KEY" => "relay-key"}
     @one = PumaServer.new(env: @env.merge("ANYCABLE_PORT" => PumaServer.free_port.to_s)).start
     @two = PumaServer.new(env: @env.merge("DUMMY_DATABASE" => @one.env["DUMMY_DATABASE"])).start
   end
@@ -78,10 +78,11 @@ RSpec.describe "Broadcasting across processes over #{adapter}", type: :cable do 
   it "relays POST /_broadcast to every node" do
     a, ida = on(@one)
     b, idb = on(@two)
-    res = @two.http(:post, "/_broadcast", {}, {"Content-Type" => "application/json"}) { nil }
+    auth = {"Content-Type" => "application/json", "Authorization" => "Bearer relay-key"}
+    res = @two.http(:post, "/_broadcast", {}, auth) { nil }
     expect(res.code).to eq("422")
     uri = URI("http://127.0.0.1:#{@two.port}/_broadcast")
-    res = Net::HTTP.post(uri, JSON.generate(stream: "all", data: '{"via":"http"}'), "Content-Type" => "application/json")
+    res = Net::HTTP.post(uri, JSON.generate(stream: "all", data: '{"via":"http"}'), auth)
     expect(res.code).to eq("201")
     exactly_once(a, ida, "via" => "http")
     exactly_once(b, idb, "via" => "http")

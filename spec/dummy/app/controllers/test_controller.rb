@@ -5,7 +5,7 @@ class TestController < ActionController::Base
 
   # Sets the cookies and session a connection can authenticate with.
   def login
-    user = User.find_or_create_by!(name: params.fetch(:name))
+    user = Event::WRITE_LOCK.synchronize { User.find_or_create_by!(name: params.fetch(:name)) }
     cookies.signed[:user_id] = user.id
     cookies.encrypted[:secret] = "s3cret-#{user.name}"
     cookies[:plain] = "plain-#{user.name}"
