@@ -226,6 +226,11 @@ impl<C: Controller> Server<C> {
         Ok(self.inner.hub.broadcast(stream, data, exclude_sid))
     }
 
+    /// Checks broadcast data for publishing: deliverable to a client.
+    pub fn check_data(&self, data: &str) -> Result<(), BroadcastError> {
+        self.inner.check_size(data)
+    }
+
     /// Checks a payload for publishing: parsed, and every message deliverable.
     pub fn check_broadcast(&self, payload: &str) -> Result<(), BroadcastError> {
         let messages = broadcast::parse(payload).map_err(BroadcastError::Malformed)?;

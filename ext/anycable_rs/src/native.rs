@@ -285,11 +285,24 @@ impl Native {
         data: String,
         exclude_sid: Option<String>,
     ) -> Result<bool, Error> {
+        // Built here from checked parts: no need to parse it again to check it.
+        rb_self
+            .server
+            .check_data(&data)
+            .map_err(|e| Error::new(ruby.exception_arg_error(), e.to_string()))?;
         let mut message = serde_json::json!({"stream": stream, "data": data});
         if let Some(sid) = exclude_sid {
             message["meta"] = serde_json::json!({"exclude_socket": sid});
         }
-        Self::publish_payload(ruby, rb_self, message.to_string())
+        Ok(rb_self.publish_unchecked(message.to_string()))
+    }
+
+    fn publish_unchecked(&self, payload: String) -> bool {
+        let Some(broker) = self.state.lock().broker.clone() else {
+            return false;
+        };
+        broker.publish(payload);
+        true
     }
 
     /// Publishes a raw AnyCable payload (checked first) through the broker.
@@ -298,11 +311,7 @@ impl Native {
             .server
             .check_broadcast(&payload)
             .map_err(|e| Error::new(ruby.exception_arg_error(), e.to_string()))?;
-        let Some(broker) = rb_self.state.lock().broker.clone() else {
-            return Ok(false);
-        };
-        broker.publish(payload);
-        Ok(true)
+        Ok(rb_self.publish_unchecked(payload))
     }
 
     pub fn subscribe_callback(&self, stream: String, id: u64) {
