@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use crate::origin::OriginPolicy;
+
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     /// WebSocket endpoint path, `ANYCABLE_PATH`.
@@ -17,9 +19,9 @@ pub struct ServerConfig {
     pub write_timeout: Duration,
     /// Bytes queued for one client before it is disconnected as `too_slow`.
     pub max_pending_bytes: usize,
-    /// `ANYCABLE_ALLOWED_ORIGINS`: host patterns such as `example.com`, `*.example.com`,
-    /// `localhost:3000`. Empty means the Origin header is not checked here.
-    pub allowed_origins: Vec<String>,
+    /// Which Origins may upgrade (built by the Ruby side from Action Cable's settings
+    /// or `ANYCABLE_ALLOWED_ORIGINS`); checked before the `101` on both entry points.
+    pub origins: OriginPolicy,
     /// tungstenite's per-connection read buffer. Its default (128 KiB) would make 10k
     /// idle sockets cost over a gigabyte; Action Cable commands are small, and a bigger
     /// message grows the buffer for as long as it is read.
@@ -42,7 +44,7 @@ impl Default for ServerConfig {
             max_message_size: 64 * 1024,
             write_timeout: Duration::from_secs(2),
             max_pending_bytes: 1024 * 1024,
-            allowed_origins: Vec::new(),
+            origins: OriginPolicy::any(),
             read_buffer_size: 512,
             handshake_timeout: Duration::from_secs(10),
             broadcast_path: Some("/_broadcast".into()),

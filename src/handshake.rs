@@ -16,6 +16,8 @@ pub struct RequestHead {
     /// Path with query string, as sent.
     pub target: String,
     pub headers: Vec<(String, String)>,
+    /// The connection itself came over TLS (Puma's `HTTPS`/`rack.url_scheme`).
+    pub tls: bool,
 }
 
 impl RequestHead {
@@ -28,6 +30,24 @@ impl RequestHead {
 
     pub fn path(&self) -> &str {
         self.target.split('?').next().unwrap_or("")
+    }
+
+    /// Rack's `Request#ssl?`: TLS on this connection, else what a proxy says
+    /// (`X-Forwarded-Ssl: on`, `X-Forwarded-Scheme`, the first `X-Forwarded-Proto`).
+    pub fn https(&self) -> bool {
+        if self.tls || self.header("x-forwarded-ssl") == Some("on") {
+            return true;
+        }
+        let allowed = |s: &str| ["https", "http", "wss", "ws"].contains(&s);
+        let scheme = self
+            .header("x-forwarded-scheme")
+            .filter(|s| allowed(s))
+            .or_else(|| {
+                self.header("x-forwarded-proto")
+                    .map(|p| p.split(',').next().unwrap_or(""))
+                    .filter(|s| allowed(s))
+            });
+        matches!(scheme, Some("https" | "wss"))
     }
 
     fn header_has_token(&self, name: &str, token: &str) -> bool {
@@ -60,6 +80,7 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(RequestHead, usize)>, String> {
                         )
                     })
                     .collect(),
+                tls: false,
             };
             Ok(Some((head, len)))
         }
@@ -106,7 +127,10 @@ pub fn check_upgrade(head: &RequestHead, config: &ServerConfig) -> Result<Upgrad
         .map(str::trim)
         .filter(|k| !k.is_empty())
         .ok_or_else(|| Refusal::new(400, "missing Sec-WebSocket-Key"))?;
-    if !origin_allowed(head.header("origin"), &config.allowed_origins) {
+    if !config
+        .origins
+        .allows(head.header("origin"), head.header("host"), head.https())
+    {
         return Err(Refusal::new(
             403,
             format!(
@@ -132,40 +156,6 @@ fn choose_protocol(head: &RequestHead) -> Option<&'static str> {
         .map(str::trim)
         .collect();
     SUBPROTOCOLS.iter().find(|p| offered.contains(p)).copied()
-}
-
-/// `allowed` holds host patterns (`example.com`, `*.example.com`, `localhost:3000`); the
-/// Origin's scheme is ignored. An empty list allows every origin.
-pub fn origin_allowed(origin: Option<&str>, allowed: &[String]) -> bool {
-    if allowed.is_empty() {
-        return true;
-    }
-    let Some(origin) = origin else {
-        return false;
-    };
-    let host = origin
-        .split_once("://")
-        .map(|(_, rest)| rest)
-        .unwrap_or(origin)
-        .trim_end_matches('/')
-        .to_ascii_lowercase();
-    let host_no_port = host.rsplit_once(':').map(|(h, _)| h).unwrap_or(&host);
-    allowed.iter().any(|pattern| {
-        let pattern = pattern.trim().to_ascii_lowercase();
-        let pattern = pattern
-            .split_once("://")
-            .map(|(_, p)| p.to_string())
-            .unwrap_or(pattern);
-        let candidate = if pattern.contains(':') {
-            host.as_str()
-        } else {
-            host_no_port
-        };
-        match pattern.strip_prefix("*.") {
-            Some(suffix) => candidate == suffix || candidate.ends_with(&format!(".{suffix}")),
-            None => candidate == pattern,
-        }
-    })
 }
 
 pub fn switching_protocols(upgrade: &Upgrade) -> String {
@@ -221,6 +211,7 @@ mod tests {
             method: "GET".into(),
             target: "/cable?jid=1".into(),
             headers,
+            tls: false,
         }
     }
 
@@ -267,30 +258,35 @@ mod tests {
     }
 
     #[test]
-    fn checks_origins() {
-        let allowed = vec![
-            "example.com".to_string(),
-            "*.app.test".to_string(),
-            "localhost:3000".into(),
-        ];
-        assert!(origin_allowed(Some("https://example.com"), &allowed));
-        assert!(origin_allowed(Some("http://example.com:8080"), &allowed));
-        assert!(origin_allowed(Some("https://a.b.app.test"), &allowed));
-        assert!(origin_allowed(Some("http://localhost:3000"), &allowed));
-        assert!(!origin_allowed(Some("http://localhost:4000"), &allowed));
-        assert!(!origin_allowed(Some("https://evil.com"), &allowed));
-        assert!(!origin_allowed(Some("https://notexample.com"), &allowed));
-        assert!(!origin_allowed(None, &allowed));
-        assert!(origin_allowed(None, &[]));
+    fn refuses_a_disallowed_origin_with_403() {
+        use crate::origin::{OriginPolicy, OriginRule};
         let config = ServerConfig {
-            allowed_origins: allowed,
+            origins: OriginPolicy {
+                same_as_host: true,
+                rules: vec![OriginRule::Exact("https://good.test".into())],
+                ..Default::default()
+            },
             ..Default::default()
         };
+        let refused =
+            |extra: &[(&str, &str)]| check_upgrade(&head(extra), &config).err().map(|r| r.status);
+        assert_eq!(refused(&[("origin", "https://evil.com")]), Some(403));
+        assert_eq!(refused(&[]), Some(403));
+        assert_eq!(refused(&[("origin", "https://good.test")]), None);
+        // Same origin as Host, with the scheme a proxy reports.
         assert_eq!(
-            check_upgrade(&head(&[("origin", "https://evil.com")]), &config)
-                .unwrap_err()
-                .status,
-            403
+            refused(&[("origin", "http://h.test"), ("host", "h.test")]),
+            None
+        );
+        let behind_tls = [
+            ("origin", "https://h.test"),
+            ("host", "h.test"),
+            ("x-forwarded-proto", "https,http"),
+        ];
+        assert_eq!(refused(&behind_tls), None);
+        assert_eq!(
+            refused(&[("origin", "https://h.test"), ("host", "h.test")]),
+            Some(403)
         );
     }
 }

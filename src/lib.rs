@@ -16,6 +16,7 @@ pub mod handshake;
 pub mod hub;
 pub mod logging;
 pub mod nats;
+pub mod origin;
 pub mod protocol;
 pub mod redis;
 pub mod server;

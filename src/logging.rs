@@ -43,6 +43,17 @@ impl Budget {
 
 static OVERALL: Budget = Budget::new();
 
+/// A line about a request refused before the upgrade (a bad Origin, a broken
+/// handshake): each comes on a new connection, so only the overall budget bounds them.
+pub fn refused(what: fmt::Arguments<'_>) {
+    BAD_INPUT_TOTAL.fetch_add(1, Ordering::Relaxed);
+    if OVERALL.allows(Instant::now()) {
+        log::error!("{what}");
+    } else {
+        BAD_INPUT_UNLOGGED.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// One connection's budget of log lines about its bad input.
 #[derive(Default)]
 pub struct BadInputLog {

@@ -395,12 +395,13 @@ impl<C: Controller> Inner<C> {
         let upgrade = match handshake::check_upgrade(&head, &self.config) {
             Ok(u) => u,
             Err(refusal) => {
-                log::warn!(
-                    "refused WebSocket request {} from {}: {}",
-                    head.target,
+                crate::logging::refused(format_args!(
+                    "refused WebSocket request {} from {}: {} ({})",
+                    head.path(),
                     peer.map(|p| p.to_string()).unwrap_or_default(),
-                    refusal.reason
-                );
+                    refusal.reason,
+                    refusal.status
+                ));
                 let _ = stream
                     .write_all(
                         handshake::plain_response(refusal.status, &refusal.reason).as_bytes(),

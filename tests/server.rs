@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anycable_core::origin::{OriginPolicy, OriginRule};
 use anycable_core::protocol::Command;
 use anycable_core::session::SessionRef;
 use anycable_core::{
@@ -300,7 +301,10 @@ async fn pings_health_and_404() {
 #[tokio::test]
 async fn origins_are_checked() {
     let config = ServerConfig {
-        allowed_origins: vec!["good.test".into()],
+        origins: OriginPolicy {
+            rules: vec![OriginRule::Host("good.test".into())],
+            ..Default::default()
+        },
         ..Default::default()
     };
     let (_server, addr, _) = start(config).await;

@@ -2,6 +2,7 @@
 
 require "yaml"
 require "erb"
+require "anycable_rs/origin_policy"
 
 module AnyCableRs
   # The one place that reads settings: env `ANYCABLE_<KEY>` over `config/anycable.yml`
@@ -16,7 +17,8 @@ module AnyCableRs
       path: "/cable",
       health_path: "/health",
       # Host patterns (`example.com`, `*.example.com`); unset means Rails'
-      # `config.action_cable.allowed_request_origins` decides, as in Action Cable.
+      # `config.action_cable.allowed_request_origins` decides, as in Action Cable
+      # (see OriginPolicy: checked before the upgrade, on either port).
       allowed_origins: nil,
       ping_interval: 3.0,
       # Ruby threads that run connection and channel code; default: Puma's threads.
@@ -211,7 +213,7 @@ module AnyCableRs
       {
         path: path, health_path: health_path, ping_interval: ping_interval.to_f,
         max_message_size: max_message_size, write_timeout: write_timeout.to_f,
-        max_pending_bytes: max_pending_bytes, allowed_origins: allowed_origins,
+        max_pending_bytes: max_pending_bytes, origins: OriginPolicy.build(allowed_origins),
         queue_size: queue_size, worker_threads: worker_threads, log_level: log_level,
         broadcast_path: broadcast_path, broadcast_key: effective_broadcast_key,
         broadcast_adapter: broadcast_adapter, nats_servers: nats_servers, nats_channel: nats_channel,

@@ -96,14 +96,7 @@ module AnyCableRs
     def connect(job)
       env = @runtime.take_env(job.env_token)
       headers = job.headers
-      if env.nil?
-        env = RackEnv.railsify(RackEnv.build(job.request_method, job.target, headers, job.remote_ip))
-        if @runtime.config.allowed_origins.nil? &&
-            !RackEnv.origin_allowed?(env, ::ActionCable.server.config)
-          logger.error "Request origin not allowed: #{env["HTTP_ORIGIN"]}"
-          return job.resolve("invalid_request", nil)
-        end
-      end
+      env ||= RackEnv.railsify(RackEnv.build(job.request_method, job.target, headers, job.remote_ip))
       socket = job.socket
       connection = build_connection(env, socket, headers)
       connection.logger.info request_message("Started GET", env)

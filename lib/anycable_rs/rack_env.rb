@@ -25,17 +25,6 @@ module AnyCableRs
       nil
     end
 
-    # Action Cable's own origin rule (Connection::Base#allow_request_origin?).
-    def origin_allowed?(env, cable_config)
-      return true if cable_config.disable_request_forgery_protection
-
-      origin = env["HTTP_ORIGIN"]
-      proto = Rack::Request.new(env).ssl? ? "https" : "http"
-      return true if cable_config.allow_same_origin_as_host && origin == "#{proto}://#{env["HTTP_HOST"]}"
-
-      Array(cable_config.allowed_request_origins).any? { |allowed| allowed === origin } # rubocop:disable Style/CaseEquality
-    end
-
     # Memoized parses that Rack and Rails rebuild on demand from the headers. A socket's
     # env lives as long as the socket, so it keeps only what cannot be rebuilt.
     REBUILDABLE = %w[
@@ -94,13 +83,18 @@ module AnyCableRs
       filter
     end
 
-    # What the Rust side reads of a hijacked request: the upgrade itself, the origin
-    # (when ANYCABLE_ALLOWED_ORIGINS is set) and the request id (the session id). The
-    # app's code gets the whole env.
+    # What the Rust side reads of a hijacked request: the upgrade itself, and what the
+    # origin check needs (Origin, Host, and whether a proxy says the request came over
+    # TLS). The app's code gets the whole env.
     HANDSHAKE_HEADERS = %w[
       upgrade connection sec-websocket-key sec-websocket-version sec-websocket-protocol
-      sec-websocket-extensions origin host x-request-id
+      sec-websocket-extensions origin host x-forwarded-ssl x-forwarded-scheme x-forwarded-proto
     ].to_h { |name| [name, "HTTP_#{name.upcase.tr("-", "_")}"] }.freeze
+
+    # The request reached this server over TLS (Puma terminating it).
+    def tls?(env)
+      env["HTTPS"] == "on" || env["rack.url_scheme"] == "https"
+    end
 
     # [[name, value], …] with lower-case, dash-separated names.
     def handshake_headers(env)

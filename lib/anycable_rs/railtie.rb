@@ -36,6 +36,9 @@ module AnyCableRs
       return unless AnyCableRs.embedded?
 
       check_puma_workers!
+      # A Regexp in allowed_request_origins the server cannot check stops the boot here,
+      # not the first WebSocket request.
+      Native.check_origins(OriginPolicy.build(AnyCableRs.config.allowed_origins))
       PumaRestart.install
       announce_broadcast_endpoint if AnyCableRs::Broadcasting.server_process?
       return unless AnyCableRs.config.port

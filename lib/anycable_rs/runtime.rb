@@ -110,10 +110,6 @@ module AnyCableRs
       if (problem = RackEnv.upgrade_problem(env))
         return [400, {"Content-Type" => "text/plain"}, [problem]]
       end
-      if config.allowed_origins.nil? && !RackEnv.origin_allowed?(env, ::ActionCable.server.config)
-        logger.error "Request origin not allowed: #{env["HTTP_ORIGIN"]}"
-        return not_found
-      end
       hijack = env["rack.hijack"]
       return [501, {"Content-Type" => "text/plain"}, ["This server does not support Rack hijack"]] unless hijack
 
@@ -127,7 +123,8 @@ module AnyCableRs
       RackEnv.compact!(env)
       token = stash_env(env)
       begin
-        native.handoff(io, env["REQUEST_METHOD"], RackEnv.fullpath(env), RackEnv.handshake_headers(env), token)
+        native.handoff(io, {method: env["REQUEST_METHOD"], target: RackEnv.fullpath(env),
+                            headers: RackEnv.handshake_headers(env), tls: RackEnv.tls?(env), env_token: token})
       rescue Exception # rubocop:disable Lint/RescueException
         take_env(token)
         raise

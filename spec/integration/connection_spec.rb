@@ -58,11 +58,22 @@ RSpec.describe "Connections on the embedded server (real Puma)", type: :cable do
     expect(connected(name: "alice")).to be_a(WsClient)
   end
 
-  it "refuses origins Rails does not allow, as Action Cable does (404, no upgrade)" do
+  it "refuses origins Rails does not allow before the upgrade (403), logging the origin" do
     c = client(name: "alice", headers: {"Origin" => "http://evil.test"})
     expect(c.open?).to be(false)
-    expect(c.error).to match(/404/)
-    expect(log_lines("Request origin not allowed: http://evil.test")).not_to be_empty
+    expect(c.error).to match(/403/)
+    expect(puma.log).to match(%r{refused WebSocket request /cable/? from .*: origin not allowed: http://evil.test \(403\)})
+    expect(JSON.parse(puma.http(:get, "/stats").body)["stashed_envs"]).to eq(0)
+  end
+
+  it "allows the same origin as the Host, with the scheme a TLS-terminating proxy reports" do
+    host = "127.0.0.1:#{puma.port}"
+    behind_tls = client(name: "alice", headers: {"Origin" => "https://#{host}", "X-Forwarded-Proto" => "https"})
+    expect(behind_tls.open?).to be(true)
+    expect(behind_tls.receive).to include("type" => "welcome")
+    plain = client(name: "alice", headers: {"Origin" => "https://#{host}"})
+    expect(plain.open?).to be(false)
+    expect(plain.error).to match(/403/)
   end
 
   it "calls unsubscribed for every channel, then the connection's disconnect, when the socket closes" do
@@ -124,10 +135,11 @@ RSpec.describe "Connections on the embedded server (real Puma)", type: :cable do
       )
     end
 
-    it "checks Rails' allowed_request_origins there too" do
+    it "checks Rails' allowed_request_origins there too, before the upgrade (403: browsers do not retry)" do
       c = client(name: "frank", port: own_port, headers: {"Origin" => "http://evil.test"})
-      expect(c.open?).to be(true)
-      expect(c.receive).to eq("type" => "disconnect", "reason" => "invalid_request", "reconnect" => true)
+      expect(c.open?).to be(false)
+      expect(c.error).to match(/403/)
+      expect(connected(name: "frank", port: own_port)).to be_a(WsClient)
     end
   end
 end

@@ -9,7 +9,7 @@ require "anycable_rs"
 # say) is freed here at once, and using it crashes the process or raises.
 RSpec.describe "the Native seam under GC.stress" do
   let(:config) { AnyCableRs::Config.new(port: 0, ping_interval: 60) }
-  let(:native) { AnyCableRs::Native.new(config.native_options) }
+  let(:native) { AnyCableRs::Native.new(config.native_options.merge(origins: {any: true})) }
   let(:seen) { Hash.new(0) }
   let(:errors) { [] }
 
@@ -98,10 +98,11 @@ RSpec.describe "the Native seam under GC.stress" do
   end
 
   it "refuses a handoff of anything but a connected TCP socket's IO" do
+    request = {method: "GET", target: "/cable", headers: [], tls: false, env_token: 0}
     native.start("127.0.0.1", nil)
-    expect { native.handoff(1, "GET", "/cable", [], 0) }.to raise_error(TypeError, /hijacked IO/)
+    expect { native.handoff(1, request) }.to raise_error(TypeError, /hijacked IO/)
     File.open(__FILE__) do |file|
-      expect { native.handoff(file, "GET", "/cable", [], 0) }.to raise_error(ArgumentError, /not a connected TCP socket/)
+      expect { native.handoff(file, request) }.to raise_error(ArgumentError, /not a connected TCP socket/)
     end
     native.shutdown(0.1)
   end

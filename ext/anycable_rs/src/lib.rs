@@ -4,7 +4,8 @@
 //! - [`bridge`]: the queue through which tokio tasks get Ruby code run;
 //! - [`job`]: a bridge job as a Ruby object, with its reply;
 //! - [`handles`]: the Ruby wrapper of a connection;
-//! - [`nogvl`]: releasing the GVL around blocking waits.
+//! - [`nogvl`]: releasing the GVL around blocking waits;
+//! - [`settings`]: `Native.new`'s options, read and checked.
 
 mod bridge;
 mod handles;
@@ -12,6 +13,7 @@ mod job;
 mod logger;
 mod native;
 mod nogvl;
+mod settings;
 
 use magnus::{Error, Ruby};
 

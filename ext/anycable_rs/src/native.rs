@@ -16,9 +16,9 @@ use anycable_core::handshake::RequestHead;
 use anycable_core::hub::CallbackSink;
 use anycable_core::nats::NatsBroker;
 use anycable_core::redis::RedisBroker;
-use anycable_core::{Hub, Server, ServerConfig};
+use anycable_core::{Hub, Server};
 use magnus::value::ReprValue;
-use magnus::{Error, IntoValue, RHash, Ruby, Value};
+use magnus::{Error, IntoValue, RHash, Ruby, TryConvert, Value};
 use parking_lot::Mutex;
 use tokio::runtime::Runtime;
 use tokio::task::JoinHandle;
@@ -27,14 +27,14 @@ use crate::bridge::{Job, JobQueue, Pop, RubyController};
 use crate::handles::Socket;
 use crate::job::RubyJob;
 use crate::nogvl::without_gvl;
+use crate::settings::{check_origins, PubSub, Settings};
 
 #[magnus::wrap(class = "AnyCableRs::Native", free_immediately, size)]
 pub struct Native {
     server: Server<RubyController>,
     queue: JobQueue,
     worker_threads: usize,
-    /// (adapter, servers/url, subject/channel) for "nats" and "redis".
-    pubsub: Option<(String, String, String)>,
+    pubsub: Option<PubSub>,
     state: Mutex<State>,
 }
 
@@ -49,58 +49,23 @@ fn runtime_error(ruby: &Ruby, msg: impl Into<String>) -> Error {
     Error::new(ruby.exception_runtime_error(), msg.into())
 }
 
-fn opt<T: magnus::TryConvert>(ruby: &Ruby, opts: RHash, key: &str) -> Result<Option<T>, Error> {
-    opts.lookup::<_, Option<T>>(ruby.to_symbol(key))
-}
-
 impl Native {
     /// `AnyCableRs::Native.new(opts)`; Ruby (`AnyCableRs::Config`) fills in defaults.
     pub fn new(ruby: &Ruby, opts: RHash) -> Result<Self, Error> {
-        let defaults = ServerConfig::default();
-        let secs = |v: Option<f64>, d: Duration| v.map(Duration::from_secs_f64).unwrap_or(d);
-        let config = ServerConfig {
-            path: opt(ruby, opts, "path")?.unwrap_or(defaults.path),
-            health_path: opt(ruby, opts, "health_path")?.unwrap_or(defaults.health_path),
-            ping_interval: secs(opt(ruby, opts, "ping_interval")?, defaults.ping_interval),
-            max_message_size: opt(ruby, opts, "max_message_size")?
-                .unwrap_or(defaults.max_message_size),
-            write_timeout: secs(opt(ruby, opts, "write_timeout")?, defaults.write_timeout),
-            max_pending_bytes: opt(ruby, opts, "max_pending_bytes")?
-                .unwrap_or(defaults.max_pending_bytes),
-            allowed_origins: opt(ruby, opts, "allowed_origins")?.unwrap_or_default(),
-            read_buffer_size: defaults.read_buffer_size,
-            handshake_timeout: defaults.handshake_timeout,
-            broadcast_path: opt(ruby, opts, "broadcast_path")?.or(defaults.broadcast_path),
-            broadcast_key: opt(ruby, opts, "broadcast_key")?,
-        };
-        crate::logger::init(
-            &opt::<String>(ruby, opts, "log_level")?.unwrap_or_else(|| "info".into()),
-        );
-        let queue = JobQueue::new(opt(ruby, opts, "queue_size")?.unwrap_or(1024));
+        let settings = Settings::from_ruby(ruby, opts)?;
+        crate::logger::init(&settings.log_level);
+        let queue = JobQueue::new(settings.queue_size);
         let sink_queue = queue.clone();
         let sink: CallbackSink = Arc::new(move |id, payload| {
             sink_queue.push(Job::Callback { id, payload });
         });
         let hub = Arc::new(Hub::new(Some(sink)));
-        let server = Server::new(config, RubyController::new(queue.clone()), hub);
-        let pubsub = match opt::<String>(ruby, opts, "broadcast_adapter")?.as_deref() {
-            Some("nats") => Some((
-                "nats".to_string(),
-                opt(ruby, opts, "nats_servers")?.unwrap_or_else(|| "nats://localhost:4222".into()),
-                opt(ruby, opts, "nats_channel")?.unwrap_or_else(|| "__anycable__".into()),
-            )),
-            Some("redis") => Some((
-                "redis".to_string(),
-                opt(ruby, opts, "redis_url")?.unwrap_or_else(|| "redis://localhost:6379".into()),
-                opt(ruby, opts, "redis_channel")?.unwrap_or_else(|| "__anycable__".into()),
-            )),
-            _ => None,
-        };
+        let server = Server::new(settings.server, RubyController::new(queue.clone()), hub);
         Ok(Native {
             server,
             queue,
-            pubsub,
-            worker_threads: opt(ruby, opts, "worker_threads")?.unwrap_or(2usize).max(1),
+            pubsub: settings.pubsub,
+            worker_threads: settings.worker_threads,
             state: Mutex::new(State::default()),
         })
     }
@@ -123,14 +88,19 @@ impl Native {
                 .map_err(|e| runtime_error(ruby, format!("tokio runtime: {e}")))?;
             let _guard = runtime.enter();
             rb_self.server.start();
-            if let Some((adapter, address, channel)) = &rb_self.pubsub {
+            if let Some(PubSub {
+                adapter,
+                address,
+                channel,
+            }) = &rb_self.pubsub
+            {
                 let server = rb_self.server.clone();
                 let deliver = move |payload: &str| {
                     if let Err(e) = server.apply_broadcast(payload) {
                         log::error!("broadcast from the pub/sub dropped: {e}");
                     }
                 };
-                let broker: Arc<dyn Broker> = if adapter == "redis" {
+                let broker: Arc<dyn Broker> = if *adapter == "redis" {
                     Arc::new(
                         RedisBroker::start(address, channel.clone(), deliver)
                             .map_err(|e| runtime_error(ruby, e))?,
@@ -142,7 +112,7 @@ impl Native {
                     )
                 };
                 let probe = broker.clone();
-                let label = adapter.clone();
+                let label = *adapter;
                 rb_self.server.set_health_probe(Arc::new(move || {
                     (!probe.is_connected()).then(|| format!("{label} pub/sub disconnected"))
                 }));
@@ -176,16 +146,9 @@ impl Native {
 
     /// Takes over a hijacked socket: `io` (a Ruby IO) is duplicated, so Ruby closes it
     /// after. Only a connected TCP socket is taken: an IO is required, not a bare
-    /// number, and its descriptor must have a TCP peer.
-    pub fn handoff(
-        ruby: &Ruby,
-        rb_self: &Self,
-        io: Value,
-        method: String,
-        target: String,
-        headers: Vec<(String, String)>,
-        env_token: u64,
-    ) -> Result<(), Error> {
+    /// number, and its descriptor must have a TCP peer. `request`: `{method:, target:,
+    /// headers: [[name, value], …], tls:, env_token:}`.
+    pub fn handoff(ruby: &Ruby, rb_self: &Self, io: Value, request: RHash) -> Result<(), Error> {
         if !io.is_kind_of(ruby.class_io()) {
             return Err(Error::new(
                 ruby.exception_type_error(),
@@ -194,6 +157,18 @@ impl Native {
                 }),
             ));
         }
+        let field = |key: &str| request.aref::<_, Value>(ruby.to_symbol(key));
+        let headers: Vec<(String, String)> = TryConvert::try_convert(field("headers")?)?;
+        let head = RequestHead {
+            method: TryConvert::try_convert(field("method")?)?,
+            target: TryConvert::try_convert(field("target")?)?,
+            headers: headers
+                .into_iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v))
+                .collect(),
+            tls: field("tls")?.to_bool(),
+        };
+        let env_token: u64 = TryConvert::try_convert(field("env_token")?)?;
         let fd: i32 = io.funcall("fileno", ())?;
         // SAFETY: Ruby's IO owns `fd` and keeps it open for the duration of this call.
         let owned = unsafe { BorrowedFd::borrow_raw(fd) }
@@ -206,14 +181,6 @@ impl Native {
                 format!("handoff: descriptor {fd} is not a connected TCP socket ({e})"),
             ));
         }
-        let head = RequestHead {
-            method,
-            target,
-            headers: headers
-                .into_iter()
-                .map(|(k, v)| (k.to_ascii_lowercase(), v))
-                .collect(),
-        };
         let state = rb_self.state.lock();
         let runtime = state
             .runtime
@@ -405,9 +372,10 @@ pub fn init(ruby: &Ruby, module: magnus::RModule) -> Result<(), Error> {
     use magnus::{function, method, Module, Object};
     let class = module.define_class("Native", ruby.class_object())?;
     class.define_singleton_method("new", function!(Native::new, 1))?;
+    class.define_singleton_method("check_origins", function!(check_origins, 1))?;
     class.define_method("start", method!(Native::start, 2))?;
     class.define_method("started?", method!(Native::is_started, 0))?;
-    class.define_method("handoff", method!(Native::handoff, 5))?;
+    class.define_method("handoff", method!(Native::handoff, 2))?;
     class.define_method("next_job", method!(Native::next_job, 1))?;
     class.define_method("broadcast", method!(Native::broadcast, 3))?;
     class.define_method("apply_broadcast", method!(Native::apply_broadcast, 1))?;

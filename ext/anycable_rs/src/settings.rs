@@ -1,0 +1,158 @@
+//! Reading `AnyCableRs::Native.new`'s options. Ruby (`AnyCableRs::Config`) owns the
+//! settings and their defaults; this only converts them, and refuses a key it does not
+//! know (a misspelt or stale setting must not be ignored without a word).
+
+use std::time::Duration;
+
+use anycable_core::origin::{OriginPolicy, OriginRule, RubyRegexp};
+use anycable_core::ServerConfig;
+use magnus::{Error, RArray, RHash, Ruby, Symbol};
+
+/// The pub/sub a server process subscribes to, and publishes through.
+pub struct PubSub {
+    pub adapter: &'static str,
+    /// NATS servers or the Redis URL.
+    pub address: String,
+    /// NATS subject or Redis channel.
+    pub channel: String,
+}
+
+pub struct Settings {
+    pub server: ServerConfig,
+    pub log_level: String,
+    pub queue_size: usize,
+    pub worker_threads: usize,
+    pub pubsub: Option<PubSub>,
+}
+
+const KEYS: &[&str] = &[
+    "path",
+    "health_path",
+    "ping_interval",
+    "max_message_size",
+    "write_timeout",
+    "max_pending_bytes",
+    "origins",
+    "queue_size",
+    "worker_threads",
+    "log_level",
+    "broadcast_path",
+    "broadcast_key",
+    "broadcast_adapter",
+    "nats_servers",
+    "nats_channel",
+    "redis_url",
+    "redis_channel",
+];
+
+fn arg_error(ruby: &Ruby, msg: impl Into<String>) -> Error {
+    Error::new(ruby.exception_arg_error(), msg.into())
+}
+
+fn opt<T: magnus::TryConvert>(ruby: &Ruby, opts: RHash, key: &str) -> Result<Option<T>, Error> {
+    opts.lookup::<_, Option<T>>(ruby.to_symbol(key))
+}
+
+impl Settings {
+    pub fn from_ruby(ruby: &Ruby, opts: RHash) -> Result<Self, Error> {
+        let mut unknown = Vec::new();
+        opts.foreach(|key: Symbol, _: magnus::Value| {
+            let name = key.name()?.into_owned();
+            if !KEYS.contains(&name.as_str()) {
+                unknown.push(name);
+            }
+            Ok(magnus::r_hash::ForEach::Continue)
+        })?;
+        if !unknown.is_empty() {
+            return Err(arg_error(
+                ruby,
+                format!(
+                    "unknown AnyCableRs::Native settings: {}",
+                    unknown.join(", ")
+                ),
+            ));
+        }
+        let defaults = ServerConfig::default();
+        let secs = |v: Option<f64>, d: Duration| v.map(Duration::from_secs_f64).unwrap_or(d);
+        let server = ServerConfig {
+            path: opt(ruby, opts, "path")?.unwrap_or(defaults.path),
+            health_path: opt(ruby, opts, "health_path")?.unwrap_or(defaults.health_path),
+            ping_interval: secs(opt(ruby, opts, "ping_interval")?, defaults.ping_interval),
+            max_message_size: opt(ruby, opts, "max_message_size")?
+                .unwrap_or(defaults.max_message_size),
+            write_timeout: secs(opt(ruby, opts, "write_timeout")?, defaults.write_timeout),
+            max_pending_bytes: opt(ruby, opts, "max_pending_bytes")?
+                .unwrap_or(defaults.max_pending_bytes),
+            origins: match opt::<RHash>(ruby, opts, "origins")? {
+                Some(policy) => origin_policy(ruby, policy)?,
+                None => defaults.origins,
+            },
+            read_buffer_size: defaults.read_buffer_size,
+            handshake_timeout: defaults.handshake_timeout,
+            broadcast_path: opt(ruby, opts, "broadcast_path")?.or(defaults.broadcast_path),
+            broadcast_key: opt(ruby, opts, "broadcast_key")?,
+        };
+        let pubsub = match opt::<String>(ruby, opts, "broadcast_adapter")?.as_deref() {
+            Some("nats") => Some(PubSub {
+                adapter: "nats",
+                address: opt(ruby, opts, "nats_servers")?
+                    .unwrap_or_else(|| "nats://localhost:4222".into()),
+                channel: opt(ruby, opts, "nats_channel")?.unwrap_or_else(|| "__anycable__".into()),
+            }),
+            Some("redis") => Some(PubSub {
+                adapter: "redis",
+                address: opt(ruby, opts, "redis_url")?
+                    .unwrap_or_else(|| "redis://localhost:6379".into()),
+                channel: opt(ruby, opts, "redis_channel")?.unwrap_or_else(|| "__anycable__".into()),
+            }),
+            _ => None,
+        };
+        Ok(Settings {
+            server,
+            log_level: opt(ruby, opts, "log_level")?.unwrap_or_else(|| "info".into()),
+            queue_size: opt(ruby, opts, "queue_size")?.unwrap_or(1024),
+            worker_threads: opt(ruby, opts, "worker_threads")?.unwrap_or(2usize).max(1),
+            pubsub,
+        })
+    }
+}
+
+/// `{any:, same_as_host:, exact: [String], patterns: [{source:, ignore_case:, extended:,
+/// multiline:}], hosts: [String]}`, as `AnyCableRs::OriginPolicy` builds it. A pattern
+/// the regex crate cannot compile is an ArgumentError naming it.
+pub fn origin_policy(ruby: &Ruby, h: RHash) -> Result<OriginPolicy, Error> {
+    let flag = |key: &str| -> Result<bool, Error> { Ok(opt(ruby, h, key)?.unwrap_or(false)) };
+    let strings =
+        |key: &str| -> Result<Vec<String>, Error> { Ok(opt(ruby, h, key)?.unwrap_or_default()) };
+    let mut rules: Vec<OriginRule> = strings("exact")?
+        .into_iter()
+        .map(OriginRule::Exact)
+        .collect();
+    rules.extend(strings("hosts")?.into_iter().map(OriginRule::Host));
+    if let Some(patterns) = opt::<RArray>(ruby, h, "patterns")? {
+        for p in patterns.into_iter() {
+            let p = RHash::from_value(p)
+                .ok_or_else(|| arg_error(ruby, "origin patterns must be Hashes"))?;
+            let re = RubyRegexp {
+                source: opt(ruby, p, "source")?.unwrap_or_default(),
+                ignore_case: opt(ruby, p, "ignore_case")?.unwrap_or(false),
+                extended: opt(ruby, p, "extended")?.unwrap_or(false),
+                multiline: opt(ruby, p, "multiline")?.unwrap_or(false),
+            };
+            rules.push(OriginRule::Pattern(
+                OriginPolicy::compile(&re).map_err(|e| arg_error(ruby, e))?,
+            ));
+        }
+    }
+    Ok(OriginPolicy {
+        any: flag("any")?,
+        same_as_host: flag("same_as_host")?,
+        rules,
+    })
+}
+
+/// `AnyCableRs::Native.check_origins(policy)`: raises what `new` would, so a pattern
+/// the server cannot check stops the app at boot rather than at the first socket.
+pub fn check_origins(ruby: &Ruby, policy: RHash) -> Result<(), Error> {
+    origin_policy(ruby, policy).map(|_| ())
+}
