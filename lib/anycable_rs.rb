@@ -55,6 +55,13 @@ module AnyCableRs
       @runtime.shutdown if runtime?
     end
 
+    # The embedded server's load in this process, {} where it does not run: Ruby job
+    # queue (jobs_queued, jobs_waiting_for_room, oldest_job_wait in seconds),
+    # busy_threads of rpc_pool_size, sessions.
+    def stats
+      runtime? ? @runtime.stats : {}
+    end
+
     # Broadcasts outside Action Cable (e.g. from a plain Ruby process).
     def broadcast(stream, data, exclude_socket: nil)
       Broadcasting.broadcast(stream, data, exclude_socket: exclude_socket)

@@ -96,6 +96,10 @@ module AnyCableRs
       @lock.synchronize { expire_envs(now) }
     end
 
+    def stats
+      native.stats.merge(rpc_pool_size: config.rpc_pool_size, sessions: dispatcher.session_count)
+    end
+
     def stashed_env_count
       @lock.synchronize { @envs.size }
     end

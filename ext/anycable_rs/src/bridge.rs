@@ -7,15 +7,18 @@
 //! makes tokio wait rather than queue without end; hub callbacks and timer ticks,
 //! which start on threads that cannot wait, go on the queue directly.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::cell::Cell;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anycable_core::handshake::RequestHead;
 use anycable_core::protocol::Command;
 use anycable_core::session::SessionRef;
 use anycable_core::{CommandRequest, ConnectReply, ConnectRequest, Controller};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use parking_lot::Mutex;
 use tokio::sync::{oneshot, Semaphore};
 
 /// What a Ruby thread is asked to do. The reply senders are `Option`s only so that
@@ -60,11 +63,42 @@ impl Job {
 }
 
 const SPIN: Duration = Duration::from_micros(50);
+/// A job that waits longer than this for a Ruby thread is worth a warning.
+pub const SLOW_QUEUE: Duration = Duration::from_secs(1);
+const SLOW_QUEUE_LOG_EVERY: Duration = Duration::from_secs(10);
 
 pub enum Pop {
     Job(Job),
     Empty,
     Closed,
+}
+
+/// What the queue tells about itself: how long jobs wait for a Ruby thread, and how
+/// many threads are busy. With every thread stuck in slow actions, commands and new
+/// connections wait, as in Action Cable; this is how that shows.
+#[derive(Default)]
+struct Load {
+    /// When each queued job was queued, oldest first (the channel is FIFO).
+    queued_at: Mutex<VecDeque<Instant>>,
+    /// Requests waiting for room in the queue (all permits taken).
+    waiting_for_room: AtomicUsize,
+    /// Ruby threads between taking a job and asking for the next one.
+    busy: AtomicUsize,
+}
+
+/// A snapshot of [`Load`].
+#[derive(Debug, Clone, Copy)]
+pub struct QueueStats {
+    pub queued: usize,
+    pub waiting_for_room: usize,
+    pub oldest_wait: Duration,
+    pub busy_threads: usize,
+}
+
+thread_local! {
+    /// Whether this (Ruby) thread took a job it has not finished: it has when it asks
+    /// for the next one.
+    static HOLDING_JOB: Cell<bool> = const { Cell::new(false) };
 }
 
 #[derive(Clone)]
@@ -74,6 +108,7 @@ pub struct JobQueue {
     permits: Arc<Semaphore>,
     closed: Arc<AtomicBool>,
     spinning: Arc<AtomicBool>,
+    load: Arc<Load>,
 }
 
 impl JobQueue {
@@ -85,22 +120,75 @@ impl JobQueue {
             permits: Arc::new(Semaphore::new(capacity.max(1))),
             closed: Arc::new(AtomicBool::new(false)),
             spinning: Arc::new(AtomicBool::new(false)),
+            load: Arc::new(Load::default()),
+        }
+    }
+
+    fn send(&self, job: Job) -> bool {
+        // Under the lock, so the times stay in the channel's order.
+        let mut queued_at = self.load.queued_at.lock();
+        let sent = self.tx.send(job).is_ok();
+        if sent {
+            queued_at.push_back(Instant::now());
+        }
+        sent
+    }
+
+    /// Bookkeeping for a job just taken by the calling (Ruby) thread.
+    fn took(&self, job: Job) -> Job {
+        if job.is_request() {
+            self.permits.add_permits(1);
+        }
+        self.load.queued_at.lock().pop_front();
+        HOLDING_JOB.with(|h| {
+            if !h.replace(true) {
+                self.load.busy.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        job
+    }
+
+    /// The calling thread finished its job (it is asking for another).
+    pub fn finished(&self) {
+        HOLDING_JOB.with(|h| {
+            if h.replace(false) {
+                self.load.busy.fetch_sub(1, Ordering::Relaxed);
+            }
+        });
+    }
+
+    pub fn stats(&self) -> QueueStats {
+        let oldest = self.load.queued_at.lock().front().copied();
+        QueueStats {
+            queued: self.rx.len(),
+            waiting_for_room: self.load.waiting_for_room.load(Ordering::Relaxed),
+            oldest_wait: oldest.map(|t| t.elapsed()).unwrap_or_default(),
+            busy_threads: self.load.busy.load(Ordering::Relaxed),
         }
     }
 
     /// Queues a request, waiting (asynchronously) while the queue is full.
     async fn request(&self, job: Job) -> bool {
-        match self.permits.acquire().await {
+        let permit = match self.permits.try_acquire() {
+            Ok(permit) => Ok(permit),
+            Err(_) => {
+                self.load.waiting_for_room.fetch_add(1, Ordering::Relaxed);
+                let permit = self.permits.acquire().await;
+                self.load.waiting_for_room.fetch_sub(1, Ordering::Relaxed);
+                permit.map_err(|_| ())
+            }
+        };
+        match permit {
             Ok(permit) => permit.forget(),
             Err(_) => return false,
         }
-        self.tx.send(job).is_ok()
+        self.send(job)
     }
 
     /// Queues a job without waiting.
     pub fn push(&self, job: Job) {
         if !self.closed.load(Ordering::Acquire) {
-            let _ = self.tx.send(job);
+            self.send(job);
         }
     }
 
@@ -124,19 +212,11 @@ impl JobQueue {
             }
             self.spinning.store(false, Ordering::Release);
             if let Some(job) = found {
-                if job.is_request() {
-                    self.permits.add_permits(1);
-                }
-                return Pop::Job(job);
+                return Pop::Job(self.took(job));
             }
         }
         match self.rx.recv_timeout(timeout) {
-            Ok(job) => {
-                if job.is_request() {
-                    self.permits.add_permits(1);
-                }
-                Pop::Job(job)
-            }
+            Ok(job) => Pop::Job(self.took(job)),
             Err(RecvTimeoutError::Timeout) => Pop::Empty,
             Err(RecvTimeoutError::Disconnected) => Pop::Closed,
         }
@@ -146,10 +226,37 @@ impl JobQueue {
     /// it never blocks.
     pub fn try_take(&self) -> Option<Job> {
         let job = self.rx.try_recv().ok()?;
-        if job.is_request() {
-            self.permits.add_permits(1);
+        Some(self.took(job))
+    }
+
+    /// Every second until the queue closes: when the oldest queued job has waited over
+    /// [`SLOW_QUEUE`], one warning line (at most one per [`SLOW_QUEUE_LOG_EVERY`]) with
+    /// the queue's numbers. Commands and connects then wait for a Ruby thread, as they
+    /// would for Action Cable's worker pool.
+    pub async fn watch(self) {
+        let mut last_line: Option<Instant> = None;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if self.closed.load(Ordering::Acquire) {
+                return;
+            }
+            let stats = self.stats();
+            let due = last_line.is_none_or(|t| t.elapsed() >= SLOW_QUEUE_LOG_EVERY);
+            if stats.oldest_wait > SLOW_QUEUE && due {
+                last_line = Some(Instant::now());
+                log::warn!(
+                    "Ruby jobs wait for a thread: the oldest for {:.1} s, {} queued, {} more waiting \
+                     for room, {} threads busy (slow actions or callbacks hold them: move slow \
+                     work to background jobs, or raise ANYCABLE_RPC_POOL_SIZE)",
+                    stats.oldest_wait.as_secs_f64(),
+                    stats.queued,
+                    stats.waiting_for_room,
+                    stats.busy_threads
+                );
+            }
         }
-        Some(job)
     }
 
     /// Ruby threads drain what is queued, then stop.

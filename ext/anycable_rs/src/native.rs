@@ -88,6 +88,7 @@ impl Native {
                 .map_err(|e| runtime_error(ruby, format!("tokio runtime: {e}")))?;
             let _guard = runtime.enter();
             rb_self.server.start();
+            tokio::spawn(rb_self.queue.clone().watch());
             if let Some(PubSub {
                 adapter,
                 address,
@@ -199,6 +200,7 @@ impl Native {
     /// the next job costs little: one already queued is taken while this thread still
     /// holds the GVL (giving it up and taking it back costs two context switches).
     pub fn next_job(ruby: &Ruby, rb_self: &Self, timeout_ms: u64) -> Result<Value, Error> {
+        rb_self.queue.finished();
         let job = match rb_self.queue.try_take() {
             Some(job) => Ok(Some(job)),
             None => {
@@ -216,6 +218,24 @@ impl Native {
             Err(()) => ruby.qfalse().as_value(),
             Ok(Some(job)) => RubyJob::new(job, rb_self.server.hub().clone()).into_value_with(ruby),
         })
+    }
+
+    /// `{jobs_queued:, jobs_waiting_for_room:, oldest_job_wait:, busy_threads:}`: the
+    /// Ruby job queue's load (waits in seconds).
+    pub fn stats(ruby: &Ruby, rb_self: &Self) -> Result<RHash, Error> {
+        let stats = rb_self.queue.stats();
+        let h = ruby.hash_new();
+        h.aset(ruby.to_symbol("jobs_queued"), stats.queued)?;
+        h.aset(
+            ruby.to_symbol("jobs_waiting_for_room"),
+            stats.waiting_for_room,
+        )?;
+        h.aset(
+            ruby.to_symbol("oldest_job_wait"),
+            stats.oldest_wait.as_secs_f64(),
+        )?;
+        h.aset(ruby.to_symbol("busy_threads"), stats.busy_threads)?;
+        Ok(h)
     }
 
     /// Delivers to this process's subscribers; returns how many sessions got it.
@@ -377,6 +397,7 @@ pub fn init(ruby: &Ruby, module: magnus::RModule) -> Result<(), Error> {
     class.define_method("started?", method!(Native::is_started, 0))?;
     class.define_method("handoff", method!(Native::handoff, 2))?;
     class.define_method("next_job", method!(Native::next_job, 1))?;
+    class.define_method("stats", method!(Native::stats, 0))?;
     class.define_method("broadcast", method!(Native::broadcast, 3))?;
     class.define_method("apply_broadcast", method!(Native::apply_broadcast, 1))?;
     class.define_method("publish", method!(Native::publish, 3))?;

@@ -50,6 +50,7 @@ class TestController < ActionController::Base
       busy: pool.connections.count(&:in_use?),
       sessions: AnyCableRs.runtime? ? AnyCableRs.runtime.dispatcher.session_count : 0,
       stashed_envs: AnyCableRs.runtime? ? AnyCableRs.runtime.stashed_env_count : 0,
+      server: AnyCableRs.stats,
       pid: Process.pid
     }
   end
