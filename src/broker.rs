@@ -12,6 +12,20 @@ pub trait Broker: Send + Sync {
     fn publish(&self, payload: String);
     /// Whether the link to the pub/sub server is up (for `/health`).
     fn is_connected(&self) -> bool;
+    /// At shutdown: stop taking publishes from others.
+    fn close(&self) {}
+}
+
+impl Broker for crate::siblings::SiblingBroker {
+    fn publish(&self, payload: String) {
+        crate::siblings::SiblingBroker::publish(self, payload)
+    }
+    fn is_connected(&self) -> bool {
+        true
+    }
+    fn close(&self) {
+        crate::siblings::SiblingBroker::close(self)
+    }
 }
 
 impl Broker for crate::nats::NatsBroker {

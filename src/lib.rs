@@ -21,6 +21,7 @@ pub mod protocol;
 pub mod redis;
 pub mod server;
 pub mod session;
+pub mod siblings;
 
 pub use config::ServerConfig;
 pub use controller::{CommandRequest, ConnectReply, ConnectRequest, Controller};

@@ -24,7 +24,7 @@ module AnyCableRs
       data = JSON.generate(data) unless data.is_a?(String)
       config = AnyCableRs.config
       check_size!(data, config)
-      if serving? && %w[nats redis].include?(config.broadcast_adapter)
+      if serving? && AnyCableRs.runtime.publishes?
         return AnyCableRs.runtime.native.publish(stream.to_s, data, exclude_socket)
       end
       if config.broadcast_adapter == "local" || serving?
@@ -50,13 +50,20 @@ module AnyCableRs
 
         RedisPublisher.publish(config.redis_url, config.redis_channel, payload)
       when "http"
-        return AnyCableRs.runtime.native.apply_broadcast(payload) if serving?
+        return apply_here(payload) if serving?
 
         post(config, payload)
       else
         into_the_void!(nil) unless serving?
-        AnyCableRs.runtime.native.apply_broadcast(payload)
+        apply_here(payload)
       end
+    end
+
+    # In a server process: to this process's clients, and with Puma workers to the
+    # other workers' too.
+    def apply_here(payload)
+      runtime = AnyCableRs.runtime
+      runtime.publishes? ? runtime.native.publish_payload(payload) : runtime.native.apply_broadcast(payload)
     end
 
     # A broadcast whose frame would not fit in a client's pending-bytes cap can reach

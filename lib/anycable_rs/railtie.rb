@@ -26,29 +26,34 @@ module AnyCableRs
   end
 
   # When the server starts. On Puma's port it starts with the first WebSocket request,
-  # in whichever process gets it. The server's own port (ANYCABLE_PORT) has to listen
-  # from boot: in the serving process, after Puma forks its workers, never in a console,
-  # a rake task or a preloading cluster master.
+  # in whichever process gets it. It starts at boot when it must listen (ANYCABLE_PORT)
+  # or relay broadcasts among Puma workers (local/http adapter, workers > 1): in the
+  # serving process, after Puma forks its workers, never in a console, a rake task or a
+  # cluster master.
   module Boot
     module_function
 
     def after_initialize
       return unless AnyCableRs.embedded?
 
-      check_puma_workers!
       # A Regexp in allowed_request_origins the server cannot check stops the boot here,
       # not the first WebSocket request.
       Native.check_origins(OriginPolicy.build(AnyCableRs.config.allowed_origins))
       PumaRestart.install
       announce_broadcast_endpoint if AnyCableRs::Broadcasting.server_process?
-      return unless AnyCableRs.config.port
       return if tool_process?
 
-      if forking_master?
-        ActiveSupport::ForkTracker.after_fork { AnyCableRs.runtime.start! }
+      if puma_workers.nil? && defined?(::Rails::Server)
+        defer_to_puma
+      elsif forking_master?
+        after_worker_fork { start_serving }
       else
-        AnyCableRs.runtime.start!
+        start_serving
       end
+    end
+
+    def start_serving
+      AnyCableRs.runtime.start! if AnyCableRs.config.port || WorkersRelay.needed?
     end
 
     def tool_process?
@@ -56,71 +61,37 @@ module AnyCableRs
         (defined?(::Rake) && ::Rake.respond_to?(:application) && ::Rake.application.top_level_tasks.any?)
     end
 
-    # Puma's worker count, once Puma has read its config (nil before, or without Puma).
     def puma_workers
-      return nil unless defined?(::Puma) && ::Puma.respond_to?(:cli_config) && ::Puma.cli_config
-
-      ::Puma.cli_config.options[:workers].to_i
+      WorkersRelay.puma_workers
     end
 
-    # Puma workers each run a server. With in-process broadcasting a broadcast would
-    # reach one worker's clients only; with the http adapter a POST reaches one worker.
-    # Refuse to run like that instead of losing messages:
-    # - `puma` with preload_app: the master boots the app, and raises;
-    # - `puma` without it: each worker boots the app; the first stops the server;
-    # - `rails server`: the app boots before Puma reads its config; the first worker
-    #   Puma forks checks it, and stops the server.
-    def check_puma_workers!
-      workers = puma_workers
-      return watch_worker_forks if workers.nil?
-
-      message = lonely_workers_message(workers)
-      return unless message
-
-      options = ::Puma.cli_config.options
-      stop_server!(message, Process.ppid) if workers.positive? && !options[:preload_app]
-      raise AnyCableRs::Error, message
+    # Runs the block in each process this one forks directly (Puma's workers), not in
+    # processes those fork.
+    def after_worker_fork(&block)
+      master = Process.pid
+      ActiveSupport::ForkTracker.after_fork { block.call if Process.ppid == master }
     end
 
-    # Logs why, stops the Puma master (TERM: a graceful stop of every worker) and exits
-    # this worker: raising here would only make Puma fork it again, and again.
-    def stop_server!(message, master)
-      AnyCableRs.logger.error(message)
-      warn(message)
-      Process.kill("TERM", master)
-      exit!(1)
-    end
-
-    # Under `rails server` Puma reads its config only after the app has booted, and
-    # advertises it (Puma.cli_config) only when its CLI is loaded: load it, then check
-    # in the first process Puma forks.
-    def watch_worker_forks
-      return if @watching_forks || tool_process? || !defined?(::Rails::Server)
-      return unless defined?(::Puma) || defined?(::Rack::Handler::Puma)
+    # `rails server`: the app boots before Puma reads its config, so whether this
+    # process serves (single mode) or its workers do is known only later. Puma's
+    # single-mode runner starts the server as it runs; each forked worker starts its own.
+    # (Loading Puma's CLI makes it advertise its config, Puma.cli_config.)
+    def defer_to_puma
+      return start_serving unless defined?(::Puma) || defined?(::Rack::Handler::Puma)
 
       require "puma/cli"
-      @watching_forks = true
-      master = Process.pid
-      ActiveSupport::ForkTracker.after_fork do
-        next unless Process.ppid == master
-
-        message = lonely_workers_message(puma_workers)
-        stop_server!(message, master) if message
-      end
+      require "puma/single"
+      ::Puma::Single.prepend(PumaSingleHook) unless ::Puma::Single.ancestors.include?(PumaSingleHook)
+      after_worker_fork { start_serving }
     rescue LoadError
-      nil
+      start_serving
     end
 
-    def lonely_workers_message(workers)
-      adapter = AnyCableRs.config.broadcast_adapter
-      return nil unless workers && workers > 1 && %w[local http].include?(adapter)
-
-      reach = (adapter == "local") ? "a broadcast would reach one worker's clients only" :
-        "a broadcast POST reaches one worker, so only that worker's clients would get it"
-      "anycable-rs: Puma runs #{workers} workers, and each serves its own sockets, " \
-        "but ANYCABLE_BROADCAST_ADAPTER is #{adapter}: #{reach}. " \
-        "Set ANYCABLE_BROADCAST_ADAPTER=nats and ANYCABLE_NATS_SERVERS=nats://host:4222 " \
-        "(or redis and ANYCABLE_REDIS_URL), or run Puma with one worker."
+    module PumaSingleHook
+      def run(*)
+        AnyCableRs::Boot.start_serving
+        super
+      end
     end
 
     # POST /_broadcast is served on Puma's port only with a key: say so once at boot, in

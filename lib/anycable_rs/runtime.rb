@@ -14,7 +14,9 @@ module AnyCableRs
     def initialize(config)
       @config = config
       @pid = Process.pid
-      @native = Native.new(config.native_options)
+      # local/http with Puma workers: broadcasts relayed among the workers.
+      @relay_dir = WorkersRelay.needed?(config) ? WorkersRelay.dir : nil
+      @native = Native.new(config.native_options.merge(siblings_dir: @relay_dir))
       @dispatcher = Dispatcher.new(self)
       @threads = []
       @lock = Mutex.new
@@ -26,6 +28,12 @@ module AnyCableRs
 
     def started?
       @started
+    end
+
+    # Whether broadcasts are published (to NATS, Redis, or the sibling workers) rather
+    # than delivered here only.
+    def publishes?
+      %w[nats redis].include?(config.broadcast_adapter) || !@relay_dir.nil?
     end
 
     # The port of the server's own listener, when ANYCABLE_PORT is set.

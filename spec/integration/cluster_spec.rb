@@ -36,13 +36,90 @@ RSpec.describe "Puma cluster mode (workers 2, preload_app)", type: :cable do
   end
 end
 
-RSpec.describe "Puma cluster mode with in-process broadcasting" do
-  it "refuses to boot, saying what to configure" do
-    server = PumaServer.new(workers: 2, preload: true)
-    expect { server.start }.to raise_error(/ANYCABLE_BROADCAST_ADAPTER=nats/)
-  ensure
-    server&.stop
-    server&.cleanup
+# local (in-process) broadcasting with workers: the workers relay broadcasts among
+# themselves (Unix sockets in a directory of their master's), so a broadcast made in
+# any worker reaches every worker's clients, once.
+RSpec.describe "Puma cluster mode with in-process broadcasting (workers 2, preload_app)", type: :cable do
+  before(:all) { @puma = PumaServer.new(workers: 2, preload: true).start }
+
+  after(:all) do
+    @puma&.stop
+    @puma&.cleanup
+  end
+
+  def worker_pids
+    File.read("/proc/#{puma.pid}/task/#{puma.pid}/children").split.map(&:to_i)
+  end
+
+  def relay_dir
+    File.join(Dir.tmpdir, "anycable-rs-#{Process.uid}", "puma-#{puma.pid}")
+  end
+
+  def all_get_each_broadcast_once(clients, ids, rounds:)
+    rounds.times do |i|
+      # Each POST lands in whichever worker accepts it: over a few rounds, both.
+      expect(puma.http(:post, "/broadcast", stream: "all", payload: %({"n":#{i}})).code).to eq("201")
+      clients.zip(ids).each { |c, id| expect(message_for(c, id)).to eq("n" => i) }
+    end
+    expect(clients.map { |c| c.silent_for?(0.2) }).to all(be(true))
+  end
+
+  it "delivers a broadcast made in either worker to the clients of both, exactly once" do
+    wait_for { Dir[File.join(relay_dir, "*.sock")].size == 2 }
+    clients = Array.new(12) { connected(name: "w") }
+    ids = clients.map { |c| subscribed(c, channel: "EchoChannel") }
+    expect(sessions_per_worker.values).to all(be_positive)
+    all_get_each_broadcast_once(clients, ids, rounds: 6)
+    serving = worker_pids.count { |pid| Dir["/proc/#{pid}/task/*/comm"].any? { |f| File.read(f).include?("anycable-rs") } }
+    expect(serving).to eq(2)
+    expect(Dir[File.join(relay_dir, "*.sock")].map { |f| File.basename(f, ".sock").to_i }).to match_array(worker_pids)
+  end
+
+  it "keeps relaying after a worker dies and Puma forks another" do
+    dead = worker_pids.first
+    Process.kill("KILL", dead)
+    wait_for(timeout: 30) { (pids = worker_pids).size == 2 && !pids.include?(dead) && Dir[File.join(relay_dir, "*.sock")].size >= 2 }
+    clients = Array.new(8) { connected(name: "w") }
+    ids = clients.map { |c| subscribed(c, channel: "EchoChannel") }
+    all_get_each_broadcast_once(clients, ids, rounds: 4)
+    # The dead worker's socket is gone: removed by a sibling that found its process gone.
+    wait_for { !File.exist?(File.join(relay_dir, "#{dead}.sock")) }
+  end
+end
+
+# The http adapter with workers: a POST /_broadcast reaches one worker, which relays it.
+RSpec.describe "Puma cluster mode with the http adapter (workers 2)", type: :cable do
+  before(:all) do
+    @puma = PumaServer.new(workers: 2,
+      env: {"ANYCABLE_BROADCAST_ADAPTER" => "http", "ANYCABLE_BROADCAST_KEY" => "k3y"}).start
+  end
+
+  after(:all) do
+    @puma&.stop
+    @puma&.cleanup
+  end
+
+  def post_broadcast(body)
+    uri = URI("http://127.0.0.1:#{puma.port}/_broadcast")
+    req = Net::HTTP::Post.new(uri)
+    req["Content-Type"] = "application/json"
+    req["Authorization"] = "Bearer k3y"
+    req.body = body
+    Net::HTTP.start(uri.host, uri.port) { |h| h.request(req) }
+  end
+
+  it "delivers every POST /_broadcast to the clients of both workers, exactly once" do
+    relay = File.join(Dir.tmpdir, "anycable-rs-#{Process.uid}", "puma-#{puma.pid}")
+    wait_for { Dir[File.join(relay, "*.sock")].size == 2 }
+    clients = Array.new(12) { connected(name: "h") }
+    ids = clients.map { |c| subscribed(c, channel: "EchoChannel") }
+    expect(sessions_per_worker.values).to all(be_positive)
+    6.times do |i|
+      res = post_broadcast(JSON.generate(stream: "all", data: %({"n":#{i}})))
+      expect(res.code).to eq("201"), res.body
+      clients.zip(ids).each { |c, id| expect(message_for(c, id)).to eq("n" => i) }
+    end
+    expect(clients.map { |c| c.silent_for?(0.2) }).to all(be(true))
   end
 end
 

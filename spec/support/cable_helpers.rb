@@ -76,6 +76,18 @@ module CableHelpers
   end
 
   # Lines of the Rails log that mention `text`.
+  # {worker pid => its sessions}, from /stats answered by each worker of a cluster.
+  def sessions_per_worker(workers: 2, tries: 60)
+    seen = {}
+    tries.times do
+      stats = JSON.parse(puma.http(:get, "/stats").body)
+      seen[stats["pid"]] = stats.dig("server", "sessions") || 0
+      break if seen.size == workers
+    end
+    expect(seen.size).to eq(workers), "only #{seen.size} worker(s) answered /stats"
+    seen
+  end
+
   def log_lines(text)
     puma.rails_log.lines.grep(/#{Regexp.escape(text)}/)
   end

@@ -16,6 +16,7 @@ use anycable_core::handshake::RequestHead;
 use anycable_core::hub::CallbackSink;
 use anycable_core::nats::NatsBroker;
 use anycable_core::redis::RedisBroker;
+use anycable_core::siblings::SiblingBroker;
 use anycable_core::{Hub, Server};
 use magnus::value::ReprValue;
 use magnus::{Error, IntoValue, RHash, Ruby, TryConvert, Value};
@@ -89,31 +90,30 @@ impl Native {
             let _guard = runtime.enter();
             rb_self.server.start();
             tokio::spawn(rb_self.queue.clone().watch());
-            if let Some(PubSub {
-                adapter,
-                address,
-                channel,
-            }) = &rb_self.pubsub
-            {
+            if let Some(pubsub) = &rb_self.pubsub {
                 let server = rb_self.server.clone();
                 let deliver = move |payload: &str| {
                     if let Err(e) = server.apply_broadcast(payload) {
                         log::error!("broadcast from the pub/sub dropped: {e}");
                     }
                 };
-                let broker: Arc<dyn Broker> = if *adapter == "redis" {
-                    Arc::new(
-                        RedisBroker::start(address, channel.clone(), deliver)
+                let broker: Arc<dyn Broker> = match pubsub {
+                    PubSub::Redis { url, channel } => Arc::new(
+                        RedisBroker::start(url, channel.clone(), deliver)
                             .map_err(|e| runtime_error(ruby, e))?,
-                    )
-                } else {
-                    Arc::new(
-                        NatsBroker::start(address, channel.clone(), deliver)
+                    ),
+                    PubSub::Nats { servers, subject } => Arc::new(
+                        NatsBroker::start(servers, subject.clone(), deliver)
                             .map_err(|e| runtime_error(ruby, e))?,
-                    )
+                    ),
+                    PubSub::Siblings { dir } => Arc::new(
+                        SiblingBroker::start(std::path::Path::new(dir), deliver).map_err(|e| {
+                            runtime_error(ruby, format!("workers relay in {dir}: {e}"))
+                        })?,
+                    ),
                 };
                 let probe = broker.clone();
-                let label = *adapter;
+                let label = pubsub.label();
                 rb_self.server.set_health_probe(Arc::new(move || {
                     (!probe.is_connected()).then(|| format!("{label} pub/sub disconnected"))
                 }));
@@ -358,6 +358,9 @@ impl Native {
             let mut state = rb_self.state.lock();
             for (_, task) in state.timers.drain() {
                 task.abort();
+            }
+            if let Some(broker) = &state.broker {
+                broker.close();
             }
             state.runtime.take()
         };

@@ -8,13 +8,30 @@ use anycable_core::origin::{OriginPolicy, OriginRule, RubyRegexp};
 use anycable_core::ServerConfig;
 use magnus::{Error, RArray, RHash, Ruby, Symbol};
 
-/// The pub/sub a server process subscribes to, and publishes through.
-pub struct PubSub {
-    pub adapter: &'static str,
-    /// NATS servers or the Redis URL.
-    pub address: String,
-    /// NATS subject or Redis channel.
-    pub channel: String,
+/// What a server process subscribes to, and publishes through.
+pub enum PubSub {
+    Nats {
+        servers: String,
+        subject: String,
+    },
+    Redis {
+        url: String,
+        channel: String,
+    },
+    /// `local`/`http` with several Puma workers: the workers relay among themselves.
+    Siblings {
+        dir: String,
+    },
+}
+
+impl PubSub {
+    pub fn label(&self) -> &'static str {
+        match self {
+            PubSub::Nats { .. } => "nats",
+            PubSub::Redis { .. } => "redis",
+            PubSub::Siblings { .. } => "workers relay",
+        }
+    }
 }
 
 pub struct Settings {
@@ -43,6 +60,7 @@ const KEYS: &[&str] = &[
     "nats_channel",
     "redis_url",
     "redis_channel",
+    "siblings_dir",
 ];
 
 fn arg_error(ruby: &Ruby, msg: impl Into<String>) -> Error {
@@ -93,19 +111,17 @@ impl Settings {
             broadcast_key: opt(ruby, opts, "broadcast_key")?,
         };
         let pubsub = match opt::<String>(ruby, opts, "broadcast_adapter")?.as_deref() {
-            Some("nats") => Some(PubSub {
-                adapter: "nats",
-                address: opt(ruby, opts, "nats_servers")?
+            Some("nats") => Some(PubSub::Nats {
+                servers: opt(ruby, opts, "nats_servers")?
                     .unwrap_or_else(|| "nats://localhost:4222".into()),
-                channel: opt(ruby, opts, "nats_channel")?.unwrap_or_else(|| "__anycable__".into()),
+                subject: opt(ruby, opts, "nats_channel")?.unwrap_or_else(|| "__anycable__".into()),
             }),
-            Some("redis") => Some(PubSub {
-                adapter: "redis",
-                address: opt(ruby, opts, "redis_url")?
+            Some("redis") => Some(PubSub::Redis {
+                url: opt(ruby, opts, "redis_url")?
                     .unwrap_or_else(|| "redis://localhost:6379".into()),
                 channel: opt(ruby, opts, "redis_channel")?.unwrap_or_else(|| "__anycable__".into()),
             }),
-            _ => None,
+            _ => opt::<String>(ruby, opts, "siblings_dir")?.map(|dir| PubSub::Siblings { dir }),
         };
         Ok(Settings {
             server,
