@@ -35,7 +35,7 @@ module AnyCableRs
         [:shutdown_timeout, nil, "Seconds to wait at shutdown; clients get server_restart and reconnect."],
         [:log_level, nil, "The Rust side's stderr log: error, warn, info, debug."],
         ["Broadcasting", nil, nil],
-        [:broadcast_adapter, "nats", "How broadcasts reach every server process: local (this process only), redis, nats, or http (processes that serve no sockets POST to http_broadcast_url). Unset: what config/cable.yml says (redis: its url and channel_prefix; async/test: local); other cable.yml adapters need this set. Puma workers > 1 need redis or nats."],
+        [:broadcast_adapter, "nats", "How broadcasts reach every server process: local (this process only), redis, nats, or http (processes that serve no sockets POST to http_broadcast_url). Unset: what config/cable.yml says (redis: its url and channel_prefix; async/test: local); other cable.yml adapters need this set. Puma workers on one machine relay local/http broadcasts among themselves; several machines need redis or nats."],
         [:redis_url, nil, "Redis for the redis adapter. Unset: config/cable.yml's url, else REDIS_URL."],
         [:redis_channel, nil, "Redis pub/sub channel. Unset: \"<cable.yml channel_prefix>:__anycable__\" when cable.yml sets a prefix."],
         [:nats_servers, nil, "NATS servers for the nats adapter (comma-separated)."],
@@ -127,9 +127,9 @@ module AnyCableRs
           when "redis"
             "Broadcasts go through Redis, as config/cable.yml says for production (its url and channel_prefix)."
           when "async", "inline", "test", ""
-            "config/cable.yml says #{adapter.empty? ? "nothing" : adapter} for production: broadcasts stay in one process. " \
-              "With several machines or Puma workers, set ANYCABLE_BROADCAST_ADAPTER=nats (ANYCABLE_NATS_SERVERS) " \
-              "or redis (ANYCABLE_REDIS_URL); consoles and job runners need it too."
+            "config/cable.yml says #{adapter.empty? ? "nothing" : adapter} for production: broadcasts stay on this machine " \
+              "(Puma workers relay them among themselves). With several machines, or to broadcast from consoles and " \
+              "job runners, set ANYCABLE_BROADCAST_ADAPTER=nats (ANYCABLE_NATS_SERVERS) or redis (ANYCABLE_REDIS_URL) for every process."
           else
             "config/cable.yml says #{adapter} for production, which anycable-rs cannot broadcast through: " \
               "set ANYCABLE_BROADCAST_ADAPTER (redis, nats, http or local) or the server will not boot."
