@@ -88,6 +88,13 @@ module CableHelpers
     seen
   end
 
+  # The Action Cable version the app under test runs (Debian's 6.1 in CI; others by
+  # hand, from Rails' sources on RUBYLIB).
+  def action_cable_at_least?(version)
+    require "action_cable/gem_version"
+    ActionCable.gem_version >= Gem::Version.new(version)
+  end
+
   def log_lines(text)
     puma.rails_log.lines.grep(/#{Regexp.escape(text)}/)
   end
