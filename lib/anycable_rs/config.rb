@@ -30,6 +30,26 @@ module AnyCableRs
       max_pending_bytes: 1_048_576,
       queue_size: 1024,
       shutdown_timeout: 5.0,
+      # AnyCable's: skip the disconnect/unsubscribed callbacks (apps that need none).
+      disable_disconnect: false,
+      # Connections served at once by this process; more are refused before the
+      # upgrade (503). 0: no limit.
+      max_conn: 0,
+      # Seconds after which a connection is told server_restart (reconnect: true), with
+      # up to 10% jitter, so clients spread over machines added since. 0: never.
+      max_conn_age: 0,
+      # Prometheus text format at this path (e.g. "/metrics"), AnyCable's metric names.
+      metrics_http: nil,
+      # Serve the metrics on Puma's port too (the own port serves them when set).
+      metrics_on_puma_port: false,
+      # Labels on every sample: "k:v,k2:v2".
+      metrics_tags: nil,
+      # Embedded NATS (AnyCable's names): run a nats-server child on this machine.
+      embed_nats: false,
+      enats_addr: "nats://127.0.0.1:4222",
+      enats_cluster: nil,
+      enats_cluster_routes: nil,
+      nats_server_bin: nil,
       log_level: "info",
       # How broadcasts travel: "local" (this process's server only), "nats" or "redis"
       # (every server process subscribes; any process publishes), or "http" (processes
@@ -236,11 +256,11 @@ module AnyCableRs
       return value if value.nil?
 
       case key
-      when :embedded
+      when :embedded, :disable_disconnect, :metrics_on_puma_port, :embed_nats
         value.is_a?(String) ? %w[1 true yes on].include?(value.strip.downcase) : !!value
-      when :port, :rpc_pool_size, :worker_threads, :max_message_size, :max_pending_bytes, :queue_size
+      when :port, :rpc_pool_size, :worker_threads, :max_message_size, :max_pending_bytes, :queue_size, :max_conn
         integer(key, value)
-      when :ping_interval, :write_timeout, :shutdown_timeout
+      when :ping_interval, :write_timeout, :shutdown_timeout, :max_conn_age
         number(key, value)
       when :broadcast_adapter
         adapter = value.to_s.strip.downcase
