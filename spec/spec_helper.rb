@@ -7,6 +7,7 @@ require_relative "support/ws_client"
 require_relative "support/puma_server"
 require_relative "support/cable_helpers"
 require_relative "support/broker_servers"
+require_relative "support/prometheus_text"
 
 RSpec.configure do |config|
   config.expect_with(:rspec) { |c| c.syntax = :expect }

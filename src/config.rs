@@ -30,6 +30,14 @@ pub struct ServerConfig {
     pub handshake_timeout: Duration,
     /// `POST` endpoint for AnyCable's HTTP broadcasting on the server's own port.
     pub broadcast_path: Option<String>,
+    /// Prometheus text at this path on the own port (`ANYCABLE_METRICS_HTTP`).
+    pub metrics_path: Option<String>,
+    /// Labels on every sample (`ANYCABLE_METRICS_TAGS`).
+    pub metrics_tags: Vec<(String, String)>,
+    /// Connections open at once; more are refused before the upgrade (503). 0: no limit.
+    pub max_conn: usize,
+    /// A connection this old (plus up to 10% jitter) is told `server_restart`. Zero: never.
+    pub max_conn_age: Duration,
     /// Bearer token the broadcast endpoint requires; `None` accepts any request (for
     /// development, as AnyCable does without a key).
     pub broadcast_key: Option<String>,
@@ -49,6 +57,10 @@ impl Default for ServerConfig {
             handshake_timeout: Duration::from_secs(10),
             broadcast_path: Some("/_broadcast".into()),
             broadcast_key: None,
+            metrics_path: None,
+            metrics_tags: Vec::new(),
+            max_conn: 0,
+            max_conn_age: Duration::ZERO,
         }
     }
 }

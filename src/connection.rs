@@ -24,6 +24,7 @@ use tokio_tungstenite::WebSocketStream;
 use crate::controller::{CommandRequest, ConnectReply, ConnectRequest, Controller};
 use crate::handshake::RequestHead;
 use crate::logging::BadInputLog;
+use crate::metrics::COUNTERS;
 use crate::protocol;
 use crate::server::Inner;
 use crate::session::{DisconnectReason, Outbound, Outbox, Session, SessionRef};
@@ -79,6 +80,9 @@ impl<C: Controller> Inner<C> {
         match reply {
             ConnectReply::Accepted => {}
             ConnectReply::Rejected(reason) => {
+                if reason.reason == DisconnectReason::UNAUTHORIZED.reason {
+                    COUNTERS.failed_auths.inc();
+                }
                 session.mark_closing();
                 self.hub.remove_session(&session);
                 send_close(&mut ws, Some(&reason)).await;
@@ -109,8 +113,17 @@ impl<C: Controller> Inner<C> {
 
         let mut bad_input = BadInputLog::default();
         let mut inflight: Option<CommandFuture<'_>> = None;
+        // ANYCABLE_MAX_CONN_AGE: told server_restart once, then served until it goes.
+        let max_age = self.config.max_conn_age;
+        let mut expires = (!max_age.is_zero())
+            .then(|| tokio::time::Instant::now() + max_age + jitter(max_age / 10, id));
         loop {
             tokio::select! {
+                _ = tokio::time::sleep_until(expires.unwrap_or_else(tokio::time::Instant::now)), if expires.is_some() => {
+                    expires = None;
+                    COUNTERS.expired_conn.inc();
+                    session.close(DisconnectReason::SERVER_RESTART);
+                }
                 out = rx.recv() => {
                     let Some(out) = out else { break };
                     if !self.write(&mut ws, &session, &mut rx, out).await {
@@ -124,7 +137,9 @@ impl<C: Controller> Inner<C> {
                     Some(Ok(Message::Text(text))) => {
                         inflight = self.handle_text(&session, text.as_str(), &mut bad_input);
                     }
-                    Some(Ok(Message::Binary(_))) => {
+                    Some(Ok(Message::Binary(data))) => {
+                        COUNTERS.data_rcvd.inc_by(data.len() as u64);
+                        COUNTERS.failed_client_msg.inc();
                         bad_input.warn(&session.sid, format_args!("binary frame ignored (the protocol is JSON text)"));
                     }
                     Some(Ok(Message::Close(_))) | None => break,
@@ -154,7 +169,9 @@ impl<C: Controller> Inner<C> {
         text: &str,
         bad_input: &mut BadInputLog,
     ) -> Option<CommandFuture<'a>> {
+        COUNTERS.data_rcvd.inc_by(text.len() as u64);
         if text.len() > self.config.max_message_size {
+            COUNTERS.failed_client_msg.inc();
             bad_input.warn(
                 &session.sid,
                 format_args!(
@@ -166,11 +183,15 @@ impl<C: Controller> Inner<C> {
             return None;
         }
         match protocol::parse_command(text) {
-            Ok(command) => Some(Box::pin(self.controller.command(CommandRequest {
-                session: session.clone(),
-                command,
-            }))),
+            Ok(command) => {
+                COUNTERS.client_msg.inc();
+                Some(Box::pin(self.controller.command(CommandRequest {
+                    session: session.clone(),
+                    command,
+                })))
+            }
             Err(e) => {
+                COUNTERS.failed_client_msg.inc();
                 bad_input.warn(&session.sid, format_args!("{e}; ignored"));
                 None
             }
@@ -221,6 +242,7 @@ impl<C: Controller> Inner<C> {
             }
         }
         session.written(bytes);
+        COUNTERS.data_sent.inc_by(bytes as u64);
         if let Some(reason) = close {
             send_close(ws, reason.as_ref()).await;
             return false;
@@ -286,6 +308,15 @@ async fn send_close(ws: &mut WebSocketStream<TcpStream>, reason: Option<&Disconn
         ws.send(Message::Close(Some(frame))).await
     })
     .await;
+}
+
+/// A duration in `0..=max`, different per connection.
+fn jitter(max: Duration, id: u64) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(id);
+    let fraction = (h.finish() % 10_000) as f64 / 10_000.0;
+    max.mul_f64(fraction)
 }
 
 /// A session id no client can choose or guess: random per process, plus the

@@ -1,5 +1,5 @@
 //! The plain HTTP endpoints of the server's own port, beside the WebSocket path:
-//! `/health` and AnyCable's `POST /_broadcast`.
+//! `/health`, AnyCable's `POST /_broadcast` (and `/metrics`, rendered by the server).
 //!
 //! Not here: the same broadcast endpoint on Puma's port, which is a Rack middleware
 //! (`AnyCableRs::BroadcastEndpoint`) because Puma owns that port's HTTP.
@@ -13,6 +13,7 @@ use tokio::net::TcpStream;
 use crate::broadcast;
 use crate::controller::Controller;
 use crate::handshake::{self, RequestHead};
+use crate::metrics::COUNTERS;
 use crate::server::{BroadcastError, Inner};
 
 /// Largest broadcast request body accepted.
@@ -86,10 +87,11 @@ pub(crate) async fn serve_broadcast<C: Controller>(
     let result = match relay {
         Some(relay) => broadcast::parse(&text)
             .map_err(BroadcastError::Malformed)
-            .and_then(|messages| inner.check_sizes(&messages))
-            .map(|_| relay(text.into_owned())),
-        None => inner.apply_broadcast(&text).map(|_| ()),
-    };
+            .and_then(|messages| inner.check_sizes(&messages).map(|_| messages.len()))
+            .inspect(|_| relay(text.into_owned())),
+        None => inner.apply_broadcast(&text),
+    }
+    .map(|n| COUNTERS.publications.inc_by(n as u64));
     match result {
         Ok(()) => reply(stream, 201, "").await,
         Err(e) => {
@@ -166,7 +168,9 @@ fn decode_chunked(mut buf: &[u8]) -> Result<Option<Vec<u8>>, u16> {
             };
             return Ok(end.map(|_| out));
         }
-        if out.len() + size > MAX_BROADCAST_BODY {
+        // Not `out.len() + size`: a size near usize::MAX wraps that sum below the limit,
+        // and `size + 2` below then panics slicing.
+        if size > MAX_BROADCAST_BODY - out.len() {
             return Err(413);
         }
         if rest.len() < size + 2 {
@@ -198,5 +202,12 @@ mod tests {
         assert_eq!(decode_chunked(b"zz\r\n"), Err(400));
         assert_eq!(decode_chunked(b"3\r\nabcX\r\n"), Err(400));
         assert_eq!(decode_chunked(b"FFFFFFF\r\n"), Err(413));
+    }
+
+    #[test]
+    fn a_chunk_size_near_usize_max_is_too_large_not_a_panic() {
+        // Found by tests/fuzz: after a first chunk, these sizes overflowed the check.
+        assert_eq!(decode_chunked(b"1\r\na\r\nFFFFFFFFFFFFFFFF\r\nx"), Err(413));
+        assert_eq!(decode_chunked(b"2\r\nab\r\nFFFFFFFFFFFFFFFE\r\n"), Err(413));
     }
 }

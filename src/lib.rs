@@ -15,6 +15,7 @@ mod endpoints;
 pub mod handshake;
 pub mod hub;
 pub mod logging;
+pub mod metrics;
 pub mod nats;
 pub mod origin;
 pub mod protocol;

@@ -54,6 +54,39 @@ pub fn refused(what: fmt::Arguments<'_>) {
     }
 }
 
+/// At most one line a second for an event that may come in floods; the count of
+/// events without a line of their own goes with the next line.
+pub struct Throttle(Mutex<(Option<Instant>, u64)>);
+
+impl Throttle {
+    pub const fn new() -> Self {
+        Throttle(Mutex::new((None, 0)))
+    }
+}
+
+impl Default for Throttle {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Calls `line(unlogged)` if a second has passed since the last line, else counts.
+pub fn once_a_second(throttle: &Throttle, line: impl FnOnce(u64)) {
+    let now = Instant::now();
+    let mut state = throttle.0.lock();
+    if state
+        .0
+        .is_some_and(|last| now.duration_since(last) < Duration::from_secs(1))
+    {
+        state.1 += 1;
+        return;
+    }
+    let unlogged = std::mem::take(&mut state.1);
+    state.0 = Some(now);
+    drop(state);
+    line(unlogged);
+}
+
 /// One connection's budget of log lines about its bad input.
 #[derive(Default)]
 pub struct BadInputLog {

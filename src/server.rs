@@ -27,6 +27,7 @@ use crate::controller::Controller;
 use crate::endpoints;
 use crate::handshake::{self, RequestHead};
 use crate::hub::{Delivery, Hub};
+use crate::metrics::{self, MetricsSource, COUNTERS};
 use crate::protocol;
 use crate::session::{DisconnectReason, SessionRef};
 
@@ -65,6 +66,8 @@ impl std::fmt::Display for BroadcastError {
     }
 }
 
+static REFUSED_CONN_LOG: crate::logging::Throttle = crate::logging::Throttle::new();
+
 pub struct Server<C: Controller> {
     inner: Arc<Inner<C>>,
 }
@@ -87,6 +90,7 @@ pub type HealthProbe = Arc<dyn Fn() -> Option<String> + Send + Sync>;
 pub(crate) struct Inner<C> {
     pub(crate) relay: RwLock<Option<BroadcastRelay>>,
     pub(crate) health: RwLock<Option<HealthProbe>>,
+    pub(crate) metrics_source: RwLock<Option<MetricsSource>>,
     pub(crate) config: ServerConfig,
     pub(crate) controller: C,
     pub(crate) hub: Arc<Hub>,
@@ -108,6 +112,7 @@ impl<C: Controller> Server<C> {
             inner: Arc::new(Inner {
                 relay: RwLock::new(None),
                 health: RwLock::new(None),
+                metrics_source: RwLock::new(None),
                 config,
                 controller,
                 hub,
@@ -223,6 +228,7 @@ impl<C: Controller> Server<C> {
         exclude_sid: Option<&str>,
     ) -> Result<Delivery, BroadcastError> {
         self.inner.check_size(data)?;
+        COUNTERS.broadcast_msg.inc();
         Ok(self.inner.hub.broadcast(stream, data, exclude_sid))
     }
 
@@ -232,15 +238,27 @@ impl<C: Controller> Server<C> {
     }
 
     /// Checks a payload for publishing: parsed, and every message deliverable.
-    pub fn check_broadcast(&self, payload: &str) -> Result<(), BroadcastError> {
+    /// Returns how many messages it holds.
+    pub fn check_broadcast(&self, payload: &str) -> Result<usize, BroadcastError> {
         let messages = broadcast::parse(payload).map_err(BroadcastError::Malformed)?;
-        self.inner.check_sizes(&messages)
+        self.inner.check_sizes(&messages)?;
+        Ok(messages.len())
     }
 
     /// Sends broadcasts that arrive over HTTP to `relay` (after checking them) instead of
     /// applying them here.
     pub fn set_broadcast_relay(&self, relay: BroadcastRelay) {
         *self.inner.relay.write() = Some(relay);
+    }
+
+    /// More metrics to render with the server's (the Ruby side's).
+    pub fn set_metrics_source(&self, source: MetricsSource) {
+        *self.inner.metrics_source.write() = Some(source);
+    }
+
+    /// Every metric in Prometheus' text format.
+    pub fn metrics_text(&self) -> String {
+        self.inner.metrics_text()
     }
 
     /// `/health` answers 503 with the probe's reason while it reports one.
@@ -312,6 +330,7 @@ impl<C: Controller> Inner<C> {
     pub(crate) fn apply_broadcast(&self, payload: &str) -> Result<usize, BroadcastError> {
         let messages = broadcast::parse(payload).map_err(BroadcastError::Malformed)?;
         self.check_sizes(&messages)?;
+        COUNTERS.broadcast_msg.inc_by(messages.len() as u64);
         for message in &messages {
             match message {
                 BroadcastMessage::Stream {
@@ -325,6 +344,7 @@ impl<C: Controller> Inner<C> {
                     identifiers,
                     reconnect,
                 } => {
+                    COUNTERS.remote_commands.inc();
                     let reason = DisconnectReason {
                         reconnect: *reconnect,
                         ..DisconnectReason::REMOTE
@@ -338,6 +358,28 @@ impl<C: Controller> Inner<C> {
             }
         }
         Ok(messages.len())
+    }
+
+    pub(crate) fn metrics_text(&self) -> String {
+        let snapshot = {
+            let sessions = self.sessions.read();
+            let uniq: std::collections::HashSet<String> = sessions
+                .values()
+                .map(|s| s.identifiers().map(|i| i.to_string()).unwrap_or_default())
+                .collect();
+            metrics::Snapshot {
+                clients: sessions.len() as i64,
+                clients_uniq: uniq.len() as i64,
+                streams: self.hub.stream_count() as i64,
+            }
+        };
+        let extra = self
+            .metrics_source
+            .read()
+            .as_ref()
+            .map(|source| source())
+            .unwrap_or_default();
+        metrics::render(snapshot, &self.config.metrics_tags, extra)
     }
 
     fn ws_config(&self) -> WebSocketConfig {
@@ -366,6 +408,12 @@ impl<C: Controller> Inner<C> {
         let path = head.path();
         if path == self.config.health_path {
             return endpoints::serve_health(&self, &mut stream).await;
+        }
+        if self.config.metrics_path.as_deref() == Some(path) {
+            let _ = stream
+                .write_all(handshake::plain_response(200, &self.metrics_text()).as_bytes())
+                .await;
+            return;
         }
         if self.config.broadcast_path.as_deref() == Some(path) {
             let _ = timeout(
@@ -414,6 +462,22 @@ impl<C: Controller> Inner<C> {
         if self.shutting_down.load(Ordering::Acquire) {
             let _ = stream
                 .write_all(handshake::plain_response(503, "Shutting down").as_bytes())
+                .await;
+            self.controller.handoff_abandoned(env_token);
+            return;
+        }
+        let open = self.pending_callbacks.load(Ordering::Acquire);
+        if self.config.max_conn > 0 && open >= self.config.max_conn {
+            COUNTERS.refused_conn.inc();
+            crate::logging::once_a_second(&REFUSED_CONN_LOG, |unlogged| {
+                log::warn!(
+                    "refused a WebSocket connection: {open} are open, ANYCABLE_MAX_CONN is {} \
+                     ({unlogged} more refused since the last line)",
+                    self.config.max_conn
+                )
+            });
+            let _ = stream
+                .write_all(handshake::plain_response(503, "Too many connections").as_bytes())
                 .await;
             self.controller.handoff_abandoned(env_token);
             return;

@@ -150,6 +150,7 @@ impl Session {
     pub fn too_slow(&self, why: std::fmt::Arguments<'_>) {
         if !self.too_slow_logged.swap(true, Ordering::AcqRel) {
             log::warn!("session {}: {why}; disconnecting as too_slow", self.sid);
+            crate::metrics::COUNTERS.disconnected_slow_clients.inc();
         }
         self.close(DisconnectReason::TOO_SLOW);
     }

@@ -237,8 +237,15 @@ module AnyCableRs
         queue_size: queue_size, worker_threads: worker_threads, log_level: log_level,
         broadcast_path: broadcast_path, broadcast_key: effective_broadcast_key,
         broadcast_adapter: broadcast_adapter, nats_servers: nats_servers, nats_channel: nats_channel,
-        redis_url: redis_url, redis_channel: redis_channel
+        redis_url: redis_url, redis_channel: redis_channel,
+        metrics_path: metrics_http, metrics_tags: metrics_tags, max_conn: max_conn,
+        max_conn_age: max_conn_age.to_f, rpc_pool_size: rpc_pool_size
       }
+    end
+
+    # Metrics on Puma's port: when asked, or when there is no own port to serve them.
+    def metrics_on_puma_port?
+      !metrics_http.nil? && (metrics_on_puma_port || port.nil?)
     end
 
     # The key broadcast requests must carry; nil when neither a key nor a secret is set.
@@ -262,6 +269,12 @@ module AnyCableRs
         integer(key, value)
       when :ping_interval, :write_timeout, :shutdown_timeout, :max_conn_age
         number(key, value)
+      when :metrics_http
+        path = value.to_s.strip
+        return nil if path.empty?
+        raise ArgumentError, "anycable-rs: metrics_http must be a path such as /metrics, got #{value.inspect}" unless path.start_with?("/")
+
+        path
       when :broadcast_adapter
         adapter = value.to_s.strip.downcase
         adapter = "local" if adapter.empty? || adapter == "in_process"

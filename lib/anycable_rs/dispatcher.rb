@@ -225,6 +225,8 @@ module AnyCableRs
       return unless session
 
       connection = session.connection
+      return forget(connection) if @runtime.config.disable_disconnect
+
       worker.work(connection) do
         connection.logger.info request_message("Finished", connection.env)
         channels = ActionCable::Compat.channels(connection).values
@@ -242,6 +244,20 @@ module AnyCableRs
       end
     ensure
       job.resolve("ok", nil)
+    end
+
+    # ANYCABLE_DISABLE_DISCONNECT: no unsubscribed, no disconnect, as AnyCable skips
+    # its Disconnect call; only the streams' Ruby callbacks are let go.
+    def forget(connection)
+      worker.work(connection) do
+        connection.logger.info request_message("Finished", connection.env)
+        ActionCable::Compat.channels(connection).each_value do |channel|
+          safely("#{channel.class}#stop_all_streams", connection) { channel.stop_all_streams }
+        end
+        safely("unsubscribe from internal channel", connection) do
+          ActionCable::Compat.unsubscribe_from_internal_channel(connection)
+        end
+      end
     end
 
     def callback(id, payload)

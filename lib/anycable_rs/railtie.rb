@@ -18,6 +18,7 @@ module AnyCableRs
 
     initializer "anycable_rs.broadcast_endpoint" do |app|
       app.middleware.insert_before 0, AnyCableRs::BroadcastEndpoint
+      app.middleware.insert_after AnyCableRs::BroadcastEndpoint, AnyCableRs::MetricsEndpoint
     end
 
     config.after_initialize do

@@ -40,7 +40,8 @@ class PumaServer
     args += ["-w", @workers.to_s] if @workers.positive?
     args << "--preload" if @preload
     args << "config.ru"
-    @pid = Process.spawn(@env, *args, chdir: DUMMY, out: log_path, err: log_path, pgroup: true)
+    # One open file for both streams: two would overwrite each other's lines.
+    @pid = Process.spawn(@env, *args, chdir: DUMMY, out: log_path, err: [:child, :out], pgroup: true)
     wait_until_up
     self
   end

@@ -54,6 +54,18 @@ pub enum Job {
 }
 
 impl Job {
+    /// The job's kind, as Ruby's `Job#kind` and the metrics name it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Job::Connect { .. } => "connect",
+            Job::Command { .. } => "command",
+            Job::Disconnect { .. } => "disconnect",
+            Job::ReleaseEnv { .. } => "release_env",
+            Job::Callback { .. } => "callback",
+            Job::Timer { .. } => "timer",
+        }
+    }
+
     fn is_request(&self) -> bool {
         matches!(
             self,
@@ -76,7 +88,6 @@ pub enum Pop {
 /// What the queue tells about itself: how long jobs wait for a Ruby thread, and how
 /// many threads are busy. With every thread stuck in slow actions, commands and new
 /// connections wait, as in Action Cable; this is how that shows.
-#[derive(Default)]
 struct Load {
     /// When each queued job was queued, oldest first (the channel is FIFO).
     queued_at: Mutex<VecDeque<Instant>>,
@@ -84,6 +95,35 @@ struct Load {
     waiting_for_room: AtomicUsize,
     /// Ruby threads between taking a job and asking for the next one.
     busy: AtomicUsize,
+    /// Jobs run, and seconds spent running them in Ruby, by kind.
+    jobs: prometheus::IntCounterVec,
+    job_seconds: prometheus::CounterVec,
+}
+
+impl Default for Load {
+    fn default() -> Self {
+        Load {
+            queued_at: Mutex::default(),
+            waiting_for_room: AtomicUsize::default(),
+            busy: AtomicUsize::default(),
+            jobs: prometheus::IntCounterVec::new(
+                prometheus::Opts::new(
+                    "anycable_rs_jobs_total",
+                    "Jobs run by the Ruby threads, by kind",
+                ),
+                &["kind"],
+            )
+            .expect("valid metric"),
+            job_seconds: prometheus::CounterVec::new(
+                prometheus::Opts::new(
+                    "anycable_rs_job_seconds_total",
+                    "Seconds the Ruby threads spent running jobs, by kind",
+                ),
+                &["kind"],
+            )
+            .expect("valid metric"),
+        }
+    }
 }
 
 /// A snapshot of [`Load`].
@@ -98,7 +138,7 @@ pub struct QueueStats {
 thread_local! {
     /// Whether this (Ruby) thread took a job it has not finished: it has when it asks
     /// for the next one.
-    static HOLDING_JOB: Cell<bool> = const { Cell::new(false) };
+    static HOLDING_JOB: Cell<Option<(&'static str, Instant)>> = const { Cell::new(None) };
 }
 
 #[derive(Clone)]
@@ -140,8 +180,9 @@ impl JobQueue {
             self.permits.add_permits(1);
         }
         self.load.queued_at.lock().pop_front();
+        let kind = job.kind();
         HOLDING_JOB.with(|h| {
-            if !h.replace(true) {
+            if h.replace(Some((kind, Instant::now()))).is_none() {
                 self.load.busy.fetch_add(1, Ordering::Relaxed);
             }
         });
@@ -151,10 +192,51 @@ impl JobQueue {
     /// The calling thread finished its job (it is asking for another).
     pub fn finished(&self) {
         HOLDING_JOB.with(|h| {
-            if h.replace(false) {
+            if let Some((kind, started)) = h.take() {
                 self.load.busy.fetch_sub(1, Ordering::Relaxed);
+                self.load.jobs.with_label_values(&[kind]).inc();
+                self.load
+                    .job_seconds
+                    .with_label_values(&[kind])
+                    .inc_by(started.elapsed().as_secs_f64());
             }
         });
+    }
+
+    /// The queue's metrics: AnyCable's RPC names where they fit (a job is what
+    /// AnyCable's RPC call is), ours beside them.
+    pub fn metric_families(&self, pool_size: usize) -> Vec<prometheus::proto::MetricFamily> {
+        use prometheus::core::Collector;
+        let stats = self.stats();
+        let gauge = |name: &str, help: &str, value: f64| {
+            let g = prometheus::Gauge::new(name, help).expect("valid metric");
+            g.set(value);
+            g.collect()
+        };
+        let mut out = Vec::new();
+        out.extend(gauge(
+            "anycable_go_rpc_pending_num",
+            "The number of pending RPC calls (Ruby jobs queued or waiting for room)",
+            (stats.queued + stats.waiting_for_room) as f64,
+        ));
+        out.extend(gauge(
+            "anycable_rs_job_oldest_wait_seconds",
+            "How long the oldest queued Ruby job has waited",
+            stats.oldest_wait.as_secs_f64(),
+        ));
+        out.extend(gauge(
+            "anycable_rs_ruby_threads_busy",
+            "Ruby threads running a job",
+            stats.busy_threads as f64,
+        ));
+        out.extend(gauge(
+            "anycable_rs_ruby_threads",
+            "Ruby threads that run jobs (ANYCABLE_RPC_POOL_SIZE)",
+            pool_size as f64,
+        ));
+        out.extend(self.load.jobs.collect());
+        out.extend(self.load.job_seconds.collect());
+        out
     }
 
     pub fn stats(&self) -> QueueStats {

@@ -43,7 +43,7 @@ fn sym(ruby: &Ruby, name: &str) -> StaticSymbol {
 fn wrong_kind(ruby: &Ruby, job: &RubyJob, what: &str) -> Error {
     Error::new(
         ruby.exception_no_method_error(),
-        format!("a {} job has no {what}", job.kind_name()),
+        format!("a {} job has no {what}", job.job.kind()),
     )
 }
 
@@ -69,20 +69,9 @@ impl RubyJob {
         }
     }
 
-    fn kind_name(&self) -> &'static str {
-        match &self.job {
-            Job::Connect { .. } => "connect",
-            Job::Command { .. } => "command",
-            Job::Disconnect { .. } => "disconnect",
-            Job::Callback { .. } => "callback",
-            Job::Timer { .. } => "timer",
-            Job::ReleaseEnv { .. } => "release_env",
-        }
-    }
-
     /// `:connect`, `:command`, `:disconnect`, `:callback`, `:timer` or `:release_env`.
     pub fn kind(ruby: &Ruby, rb_self: &Self) -> StaticSymbol {
-        sym(ruby, rb_self.kind_name())
+        sym(ruby, rb_self.job.kind())
     }
 
     /// The connection (process-unique number) a connect, command or disconnect is for.

@@ -14,6 +14,7 @@ use std::time::Duration;
 use anycable_core::broker::Broker;
 use anycable_core::handshake::RequestHead;
 use anycable_core::hub::CallbackSink;
+use anycable_core::metrics::COUNTERS;
 use anycable_core::nats::NatsBroker;
 use anycable_core::redis::RedisBroker;
 use anycable_core::siblings::SiblingBroker;
@@ -62,6 +63,9 @@ impl Native {
         });
         let hub = Arc::new(Hub::new(Some(sink)));
         let server = Server::new(settings.server, RubyController::new(queue.clone()), hub);
+        let source = queue.clone();
+        let pool_size = settings.rpc_pool_size;
+        server.set_metrics_source(Arc::new(move || source.metric_families(pool_size)));
         Ok(Native {
             server,
             queue,
@@ -238,6 +242,11 @@ impl Native {
         Ok(h)
     }
 
+    /// Every metric in Prometheus' text format (for `/metrics` on Puma's port).
+    pub fn metrics_text(&self) -> String {
+        self.server.metrics_text()
+    }
+
     /// Delivers to this process's subscribers; returns how many sessions got it.
     /// ArgumentError when the data is too large for any client to receive.
     pub fn broadcast(
@@ -251,15 +260,18 @@ impl Native {
             .server
             .broadcast(&stream, &data, exclude_sid.as_deref())
             .map_err(|e| Error::new(ruby.exception_arg_error(), e.to_string()))?;
+        COUNTERS.publications.inc();
         Ok(d.sessions + d.callbacks)
     }
 
     /// Applies an AnyCable broadcast payload here; ArgumentError says what is wrong.
     pub fn apply_broadcast(ruby: &Ruby, rb_self: &Self, payload: String) -> Result<usize, Error> {
-        rb_self
+        let n = rb_self
             .server
             .apply_broadcast(&payload)
-            .map_err(|e| Error::new(ruby.exception_arg_error(), e.to_string()))
+            .map_err(|e| Error::new(ruby.exception_arg_error(), e.to_string()))?;
+        COUNTERS.publications.inc_by(n as u64);
+        Ok(n)
     }
 
     /// With the NATS or Redis adapter in a started server: publishes an AnyCable
@@ -281,6 +293,7 @@ impl Native {
         if let Some(sid) = exclude_sid {
             message["meta"] = serde_json::json!({"exclude_socket": sid});
         }
+        COUNTERS.publications.inc();
         Ok(rb_self.publish_unchecked(message.to_string()))
     }
 
@@ -294,10 +307,11 @@ impl Native {
 
     /// Publishes a raw AnyCable payload (checked first) through the broker.
     pub fn publish_payload(ruby: &Ruby, rb_self: &Self, payload: String) -> Result<bool, Error> {
-        rb_self
+        let n = rb_self
             .server
             .check_broadcast(&payload)
             .map_err(|e| Error::new(ruby.exception_arg_error(), e.to_string()))?;
+        COUNTERS.publications.inc_by(n as u64);
         Ok(rb_self.publish_unchecked(payload))
     }
 
@@ -401,6 +415,7 @@ pub fn init(ruby: &Ruby, module: magnus::RModule) -> Result<(), Error> {
     class.define_method("handoff", method!(Native::handoff, 2))?;
     class.define_method("next_job", method!(Native::next_job, 1))?;
     class.define_method("stats", method!(Native::stats, 0))?;
+    class.define_method("metrics_text", method!(Native::metrics_text, 0))?;
     class.define_method("broadcast", method!(Native::broadcast, 3))?;
     class.define_method("apply_broadcast", method!(Native::apply_broadcast, 1))?;
     class.define_method("publish", method!(Native::publish, 3))?;

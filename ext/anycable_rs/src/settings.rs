@@ -39,6 +39,8 @@ pub struct Settings {
     pub log_level: String,
     pub queue_size: usize,
     pub worker_threads: usize,
+    /// Ruby threads that run jobs (for the metrics).
+    pub rpc_pool_size: usize,
     pub pubsub: Option<PubSub>,
 }
 
@@ -61,6 +63,11 @@ const KEYS: &[&str] = &[
     "redis_url",
     "redis_channel",
     "siblings_dir",
+    "metrics_path",
+    "metrics_tags",
+    "max_conn",
+    "max_conn_age",
+    "rpc_pool_size",
 ];
 
 fn arg_error(ruby: &Ruby, msg: impl Into<String>) -> Error {
@@ -109,6 +116,14 @@ impl Settings {
             handshake_timeout: defaults.handshake_timeout,
             broadcast_path: opt(ruby, opts, "broadcast_path")?.or(defaults.broadcast_path),
             broadcast_key: opt(ruby, opts, "broadcast_key")?,
+            metrics_path: opt(ruby, opts, "metrics_path")?,
+            metrics_tags: match opt::<String>(ruby, opts, "metrics_tags")? {
+                Some(tags) => anycable_core::metrics::parse_tags(&tags)
+                    .map_err(|e| arg_error(ruby, format!("ANYCABLE_METRICS_TAGS: {e}")))?,
+                None => Vec::new(),
+            },
+            max_conn: opt(ruby, opts, "max_conn")?.unwrap_or(0),
+            max_conn_age: secs(opt(ruby, opts, "max_conn_age")?, Duration::ZERO),
         };
         let pubsub = match opt::<String>(ruby, opts, "broadcast_adapter")?.as_deref() {
             Some("nats") => Some(PubSub::Nats {
@@ -128,6 +143,7 @@ impl Settings {
             log_level: opt(ruby, opts, "log_level")?.unwrap_or_else(|| "info".into()),
             queue_size: opt(ruby, opts, "queue_size")?.unwrap_or(1024),
             worker_threads: opt(ruby, opts, "worker_threads")?.unwrap_or(2usize).max(1),
+            rpc_pool_size: opt(ruby, opts, "rpc_pool_size")?.unwrap_or(0),
             pubsub,
         })
     }
