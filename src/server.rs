@@ -291,9 +291,11 @@ impl<C: Controller> Server<C> {
         let _ = timeout(wait, all_done).await;
         let left = inner.pending_callbacks.load(Ordering::Acquire);
         if left > 0 {
-            log::error!(
-                "shutdown: {left} connections' disconnect callbacks did not run within {wait:?} \
-                 (ANYCABLE_SHUTDOWN_TIMEOUT)"
+            // Those already queued still run while the Ruby threads drain the queue;
+            // the Ruby side counts, once its threads are done, how many never did.
+            log::warn!(
+                "shutdown: {left} connections' disconnect callbacks had not finished within \
+                 {wait:?} (ANYCABLE_SHUTDOWN_TIMEOUT); the queued ones run now"
             );
         }
         left

@@ -25,6 +25,8 @@ module AnyCableRs
       @pubsub = ActionCable::PubSub.new(runtime)
       @cable_server = ActionCable::CableServer.new(runtime, @pubsub)
       @sessions = {}
+      # Disconnects under way (their session already out of @sessions).
+      @disconnecting = 0
       @callbacks = {}
       @timers = {}
       @seq = 0
@@ -48,6 +50,11 @@ module AnyCableRs
 
     def session_count
       @lock.synchronize { @sessions.size }
+    end
+
+    # Connections whose disconnect callbacks have not all run: not started, or running.
+    def callbacks_owed
+      @lock.synchronize { @sessions.size + @disconnecting }
     end
 
     def close_all(reason = "server_restart", reconnect: true)
@@ -221,7 +228,10 @@ module AnyCableRs
     end
 
     def disconnect(job)
-      session = @lock.synchronize { @sessions.delete(job.session_id) }
+      session = @lock.synchronize do
+        @disconnecting += 1
+        @sessions.delete(job.session_id)
+      end
       return unless session
 
       connection = session.connection
@@ -243,6 +253,7 @@ module AnyCableRs
         end
       end
     ensure
+      @lock.synchronize { @disconnecting -= 1 }
       job.resolve("ok", nil)
     end
 

@@ -63,6 +63,17 @@ module AnyCableRs
       native.shutdown(timeout.to_f)
       @threads.each { |t| t.join(2) }
       @threads.clear
+      report_lost_callbacks(timeout)
+    end
+
+    # Connections whose disconnect job never ran (still registered once the threads
+    # are done): said in one error line, so a shutdown never loses callbacks quietly.
+    def report_lost_callbacks(timeout)
+      lost = dispatcher.callbacks_owed
+      return if lost.zero? || config.disable_disconnect
+
+      logger.error "anycable-rs: shutdown: the unsubscribed/disconnect callbacks of #{lost} connections never ran or did not finish " \
+        "(ANYCABLE_SHUTDOWN_TIMEOUT is #{timeout} s: raise it, and keep the platform's kill timeout above it)"
     end
 
     # In a forked child: forget the parent's server without touching its threads.

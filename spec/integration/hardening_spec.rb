@@ -93,6 +93,28 @@ RSpec.describe "Hardening (real Puma)", type: :cable do
   end
 end
 
+# A shutdown that cannot run every callback in time says how many never ran.
+RSpec.describe "Shutdown with callbacks slower than ANYCABLE_SHUTDOWN_TIMEOUT", type: :cable do
+  with_puma(threads: 1, env: {"ANYCABLE_SHUTDOWN_TIMEOUT" => "0.3"})
+
+  it "logs how many connections' callbacks never ran, matching what ran" do
+    puma.http(:delete, "/events")
+    clients = Array.new(20) { |i| connected(name: "late#{i}") }
+    clients.each { |c| subscribed(c, channel: "SlowChannel", linger: 0.2) }
+    Process.kill("USR2", puma.pid) # a hot restart keeps the database and the log
+    wait_for(timeout: 30) do
+      puma.http(:get, "/events").code == "200"
+    rescue SystemCallError, Net::ReadTimeout, EOFError
+      false
+    end
+    ran = events.count { |name, _| name == "slow.unsubscribed" }
+    line = puma.rails_log[/the unsubscribed\/disconnect callbacks of (\d+) connections never ran or did not finish/]
+    expect(line).not_to be_nil, "#{ran} of 20 ran, and no line said so"
+    expect(ran + Integer(Regexp.last_match(1))).to eq(20)
+    expect(ran).to be < 20
+  end
+end
+
 RSpec.describe "Puma hot restart (SIGUSR2) in single mode", type: :cable do
   with_puma(threads: 4)
 

@@ -5,6 +5,8 @@
 class SlowChannel < ApplicationCable::Channel
   def subscribed
     stream_from "slow"
+    # A slow unsubscribed callback, for the shutdown specs.
+    @linger = params["linger"].to_f
   end
 
   def nap(data)
@@ -15,6 +17,7 @@ class SlowChannel < ApplicationCable::Channel
   end
 
   def unsubscribed
+    sleep @linger if @linger.positive?
     Event.record("slow.unsubscribed", current_user.name)
   end
 end
