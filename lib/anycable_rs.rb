@@ -2,6 +2,7 @@
 
 require "anycable_rs/version"
 require "anycable_rs/config"
+require "anycable_rs/embedded_nats"
 
 # anycable-rs: an AnyCable-compatible WebSocket server inside the Rails process.
 #

@@ -3,6 +3,7 @@
 require "yaml"
 require "erb"
 require "anycable_rs/origin_policy"
+require "anycable_rs/embedded_nats"
 
 module AnyCableRs
   # The one place that reads settings: env `ANYCABLE_<KEY>` over `config/anycable.yml`
@@ -97,6 +98,7 @@ module AnyCableRs
           explicit[key] = raw unless raw.nil? || raw.empty?
         end
       end
+      explicit = embedded_nats_defaults(env, explicit).merge(explicit)
       implicit = {}
       implicit[:redis_url] = env["REDIS_URL"] if env["REDIS_URL"] && !env["REDIS_URL"].empty?
       cable = begin
@@ -178,7 +180,26 @@ module AnyCableRs
         preset[:nats_servers] = "nats://#{internal}:4222"
         preset[:http_broadcast_url] = "http://#{internal}:8080/_broadcast"
       end
+      # Embedded NATS (AnyCable's Fly preset): client and route ports on the private
+      # network, routes to this app's machines in the region (internal DNS).
+      cluster = explicit[:enats_cluster] || "nats://0.0.0.0:5222"
+      cluster_port = (URI(cluster.to_s).port rescue nil) || 5222 # rubocop:disable Style/RescueModifier
+      preset[:enats_addr] = "nats://0.0.0.0:4222"
+      preset[:enats_cluster] = cluster
+      preset[:enats_cluster_routes] = "nats://#{env["FLY_REGION"]}.#{env["FLY_APP_NAME"]}.internal:#{cluster_port}"
       preset
+    end
+
+    # ANYCABLE_EMBED_NATS: unless set otherwise, broadcasts go through NATS, and NATS
+    # clients (this process's server, and publishers with no server of their own) use
+    # the machine's embedded nats-server (EmbeddedNats). Settings given explicitly
+    # win; these beat what config/cable.yml implies and the Fly.io presets.
+    def self.embedded_nats_defaults(env, explicit)
+      on = explicit[:embed_nats]
+      return {} unless on == true || %w[1 true yes on].include?(on.to_s.strip.downcase)
+
+      addr = explicit[:enats_addr] || presets(env, explicit)[:enats_addr] || DEFAULTS[:enats_addr]
+      {broadcast_adapter: "nats", nats_servers: EmbeddedNats.client_url(addr)}
     end
 
     def self.from_yaml(path, rails_env)

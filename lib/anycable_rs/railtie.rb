@@ -44,6 +44,10 @@ module AnyCableRs
       announce_broadcast_endpoint if AnyCableRs::Broadcasting.server_process?
       return if tool_process?
 
+      # Embedded NATS (ANYCABLE_EMBED_NATS): the machine's nats-server child, run by this
+      # process or by a sibling, before anything here connects to it (embedded_nats.rb).
+      EmbeddedNats.boot
+
       if puma_workers.nil? && defined?(::Rails::Server)
         defer_to_puma
       elsif forking_master?

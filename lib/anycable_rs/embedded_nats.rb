@@ -1,0 +1,464 @@
+# frozen_string_literal: true
+
+require "socket"
+require "uri"
+require "tmpdir"
+
+module AnyCableRs
+  # Embedded NATS (AnyCable's ANYCABLE_EMBED_NATS): a real nats-server (Debian's
+  # `nats-server` binary, on PATH or at ANYCABLE_NATS_SERVER_BIN) run as a supervised
+  # child of one process per machine, so the app's machines need no NATS of their own
+  # to share broadcasts: each runs one, and the servers form a cluster over their route
+  # ports (ANYCABLE_ENATS_CLUSTER, ANYCABLE_ENATS_CLUSTER_ROUTES). Every process on the
+  # machine (Puma workers, consoles, job runners) uses it through ANYCABLE_NATS_SERVERS,
+  # which Config points at ANYCABLE_ENATS_ADDR.
+  #
+  # One per machine: the process that holds an exclusive lock on
+  # $TMPDIR/anycable-rs-<uid>/enats-<client port>.lock owns the child; every other
+  # process that could own it (a sibling Puma worker without preload_app, a second
+  # Puma) waits on that lock once a second and takes over when the owner is gone.
+  # Who owns it, by how the app runs (see Boot.after_initialize):
+  # - Puma single mode, `rails server`, the standalone `anycable-rs`: that process;
+  # - Puma workers with preload_app: the master (this supervisor is plain Ruby threads
+  #   there, no tokio); forked workers only connect;
+  # - Puma workers without preload_app (the app loads only in workers): the first
+  #   worker that boots; when it dies its child goes with it and another worker
+  #   (or its replacement) starts a new one within about a second: re-owned, not kept.
+  #
+  # The child dies with its owner even on SIGKILL: it is started through `setpriv
+  # --pdeathsig TERM` (util-linux) from the supervisor thread, which lives as long as
+  # the owner. It is stopped (TERM, then KILL after 5 s) on Puma's shutdown and at exit.
+  # Its output goes to the app's logger, each line prefixed "[nats-server]".
+  class EmbeddedNats
+    PACKAGE = "nats-server"
+    # AnyCable's default cluster name. One for every machine, so that routes given by
+    # hand across regions join them into one cluster.
+    CLUSTER_NAME = "anycable-cluster"
+    STANDBY_INTERVAL = 1.0
+    MIN_BACKOFF = 0.2
+    MAX_BACKOFF = 5.0
+    # A child that ran this long before dying is restarted after MIN_BACKOFF again.
+    STABLE_AFTER = 10.0
+    STOP_TIMEOUT = 5.0
+    READY_TIMEOUT = 5.0
+
+    class << self
+      # Set by the standalone `anycable-rs` before it loads the app: it serves sockets.
+      attr_accessor :standalone
+
+      # From Boot.after_initialize: in a process that serves sockets (Puma, `rails
+      # server`, the standalone server; consoles, rake and job runners only publish to
+      # it), once per process.
+      def boot(config = AnyCableRs.config)
+        return unless config.embed_nats && (standalone || Broadcasting.server_process?)
+
+        start(config)
+      end
+
+      # Owns the child, or stands by to take it over; returns once something answers
+      # on the client port (or after READY_TIMEOUT, with a warning).
+      def start(config = AnyCableRs.config)
+        current = instance
+        return current if current
+
+        install_hooks
+        @instance = new(config).start
+      end
+
+      # This process's supervisor (a forked child's inherited one is not its own).
+      def instance
+        i = @instance
+        i if i && i.process == Process.pid
+      end
+
+      def stop
+        instance&.stop
+      end
+
+      # The URL a NATS client on this machine uses for ANYCABLE_ENATS_ADDR: the
+      # unspecified address (0.0.0.0, ::) becomes loopback.
+      def client_url(enats_addr)
+        uri = parse_url(enats_addr, "enats_addr")
+        host = %w[0.0.0.0 ::].include?(uri.hostname) ? "127.0.0.1" : uri.hostname
+        "nats://#{host.include?(":") ? "[#{host}]" : host}:#{uri.port || 4222}"
+      end
+
+      # The nats-server program: ANYCABLE_NATS_SERVER_BIN (a path, or a name looked up
+      # on PATH), else `nats-server` on PATH. Missing: an error naming the package.
+      def binary(config, path: ENV["PATH"])
+        wanted = config.nats_server_bin.to_s.strip
+        wanted = PACKAGE if wanted.empty?
+        found = wanted.include?("/") ? wanted : lookup(wanted, path)
+        return File.expand_path(found) if found && File.file?(found) && File.executable?(found)
+
+        where = if config.nats_server_bin.to_s.strip.empty?
+          "no nats-server on PATH (#{path})"
+        else
+          "ANYCABLE_NATS_SERVER_BIN=#{config.nats_server_bin} is not an executable file#{wanted.include?("/") ? "" : " on PATH (#{path})"}"
+        end
+        raise Error, "anycable-rs: ANYCABLE_EMBED_NATS is on, but #{where}. Install Debian's package " \
+          "#{PACKAGE.inspect} (`apt-get install -y #{PACKAGE}`; in a Dockerfile: " \
+          "RUN apt-get update -qq && apt-get install --no-install-recommends -y #{PACKAGE}), " \
+          "or set ANYCABLE_NATS_SERVER_BIN to the nats-server binary."
+      end
+
+      def lookup(name, path)
+        path.to_s.split(File::PATH_SEPARATOR).each do |dir|
+          file = File.join(dir, name)
+          return file if File.file?(file) && File.executable?(file)
+        end
+        nil
+      end
+
+      def parse_url(value, key)
+        uri = URI(value.to_s.strip)
+        raise URI::InvalidURIError, "no host" if uri.host.nil? || uri.host.empty?
+
+        uri
+      rescue URI::InvalidURIError => e
+        raise ArgumentError, "anycable-rs: #{key} must be a URL like nats://127.0.0.1:4222, got #{value.inspect} (#{e.message})"
+      end
+
+      # util-linux's setpriv with --pdeathsig (2.33+), checked once per process.
+      def setpriv
+        return @setpriv if defined?(@setpriv)
+
+        bin = lookup("setpriv", ENV["PATH"])
+        @setpriv = bin && system(bin, "--pdeathsig", "TERM", "--", "true", in: File::NULL, out: File::NULL, err: File::NULL) ? bin : nil
+      end
+
+      private
+
+      def install_hooks
+        return if @hooks
+
+        @hooks = true
+        at_exit { EmbeddedNats.stop }
+        # Puma's graceful stop in cluster mode waits for every child of the master
+        # (Process.waitall) after firing on_stopped: stop ours first.
+        # (Under `rails server` Puma is not loaded yet when the app boots.)
+        begin
+          require "puma/events" unless defined?(::Puma::Events)
+        rescue LoadError
+          nil
+        end
+        if defined?(::Puma::Events) && ::Puma::Events.method_defined?(:fire_on_stopped!) &&
+            !::Puma::Events.ancestors.include?(PumaStopped)
+          ::Puma::Events.prepend(PumaStopped)
+        end
+        # A forked child (a Puma worker of a preloading master) owns nothing: drop its
+        # copies of the lock and the log pipe.
+        if defined?(::ActiveSupport::ForkTracker)
+          ::ActiveSupport::ForkTracker.after_fork { @instance&.forget_after_fork }
+        end
+      end
+    end
+
+    module PumaStopped
+      def fire_on_stopped!
+        EmbeddedNats.stop
+        super
+      end
+    end
+
+    attr_reader :process, :client_url, :child_pid
+
+    def initialize(config, logger: AnyCableRs.logger)
+      @config = config
+      @logger = logger
+      @process = Process.pid
+      @bin = self.class.binary(config)
+      listen = self.class.parse_url(config.enats_addr, "enats_addr")
+      @host = listen.hostname
+      @port = listen.port || 4222
+      @client_url = self.class.client_url(config.enats_addr)
+      @connect_host = URI(@client_url).hostname
+      @args = arguments(config)
+      @stopping = false
+      @owner = false
+      @child_pid = nil
+    end
+
+    def start
+      @lock = open_lock
+      @owner = lock!
+      @thread = Thread.new { run }
+      @thread.thread_variable_set(:fork_safe, true) # Puma's preload: no "threads started in app boot" warning
+      wait_until_ready
+      self
+    end
+
+    def owner?
+      @owner && !@stopping
+    end
+
+    # TERM the child, KILL it after `timeout`, reap it; release the lock. Safe in a
+    # signal handler (Puma's SIGTERM in cluster mode fires on_stopped from its trap):
+    # no Mutex, no logger.
+    def stop(timeout = STOP_TIMEOUT)
+      return if @stopping || @process != Process.pid
+
+      @stopping = true
+      if (pid = @child_pid)
+        signal(pid, "TERM")
+        unless reaped_within?(pid, timeout)
+          signal(pid, "KILL")
+          reaped_within?(pid, 2)
+        end
+        # Its last lines ("Server Exiting") into the log before this process goes.
+        deadline = monotonic + 0.5
+        sleep 0.02 while @log_thread&.alive? && monotonic < deadline
+      end
+      @lock&.close
+    rescue IOError, SystemCallError
+      nil
+    end
+
+    def forget_after_fork
+      return if @process == Process.pid
+
+      [@lock, @reader].each { |io| io&.close rescue nil } # rubocop:disable Style/RescueModifier
+    end
+
+    # The nats-server command line (without the setpriv wrapper).
+    def command
+      [@bin, *@args]
+    end
+
+    private
+
+    def arguments(config)
+      args = ["-a", @host, "-p", @port.to_s, "--logtime=false"]
+      cluster = config.enats_cluster.to_s.strip
+      routes = config.enats_cluster_routes.to_s.split(",").map(&:strip).reject(&:empty?)
+      if cluster.empty?
+        unless routes.empty?
+          raise ArgumentError, "anycable-rs: ANYCABLE_ENATS_CLUSTER_ROUTES is set but ANYCABLE_ENATS_CLUSTER is not: " \
+            "set it to the URL this machine's nats-server listens on for routes (e.g. nats://0.0.0.0:5222)"
+        end
+        return args
+      end
+
+      self.class.parse_url(cluster, "enats_cluster")
+      routes.each { |r| self.class.parse_url(r, "enats_cluster_routes") }
+      # no_advertise: clients keep to this machine's server (the cluster carries the
+      # rest) instead of being told of the other machines' client URLs.
+      args += ["--cluster", cluster, "--cluster_name", CLUSTER_NAME, "--no_advertise=true"]
+      args += ["--routes", routes.join(",")] unless routes.empty?
+      args
+    end
+
+    def lock_path
+      base = File.join(Dir.tmpdir, "anycable-rs-#{Process.uid}")
+      begin
+        Dir.mkdir(base, 0o700)
+      rescue Errno::EEXIST
+        nil
+      end
+      stat = File.lstat(base)
+      unless stat.directory? && stat.uid == Process.uid && (stat.mode & 0o077).zero?
+        raise Error, "anycable-rs: #{base} must be a directory owned by uid #{Process.uid} with mode 0700 " \
+          "(it holds the embedded NATS lock); remove it, or set TMPDIR elsewhere"
+      end
+      File.join(base, "enats-#{@port}.lock")
+    end
+
+    def open_lock
+      File.open(lock_path, File::RDWR | File::CREAT, 0o600)
+    end
+
+    def lock!
+      @lock.flock(File::LOCK_EX | File::LOCK_NB) ? true : false
+    end
+
+    # The supervisor thread: stand by until this process holds the lock, then keep a
+    # child running until stop.
+    def run
+      Thread.current.name = "enats"
+      Thread.current.report_on_exception = false
+      until @owner || @stopping
+        pause(STANDBY_INTERVAL)
+        next if @stopping
+
+        if (@owner = lock!)
+          log(:info, "anycable-rs: the process that ran nats-server for #{@client_url} is gone; " \
+            "process #{Process.pid} takes it over")
+        end
+      end
+      begin
+        supervise
+      rescue StandardError => e
+        unless @stopping
+          log(:error, "anycable-rs: embedded NATS: #{e.message} (#{e.class}); trying again in #{MAX_BACKOFF}s")
+          pause(MAX_BACKOFF)
+          retry
+        end
+      end
+    end
+
+    def supervise
+      backoff = MIN_BACKOFF
+      foreign_noted = false
+      until @stopping
+        if answering?
+          # Not ours: a NATS someone runs on this port, or our last child still on its
+          # way out. Use it; start ours when the port is free.
+          unless foreign_noted
+            log(:warn, "anycable-rs: something already listens on #{@client_url} (not a nats-server this " \
+              "process started); using it, and starting ours once the port is free")
+            foreign_noted = true
+          end
+          pause(STANDBY_INTERVAL)
+          next
+        end
+        foreign_noted = false
+
+        began = monotonic
+        pid = spawn_child
+        status = wait_child(pid)
+        break if @stopping
+
+        backoff = MIN_BACKOFF if monotonic - began > STABLE_AFTER
+        log(:error, "anycable-rs: nats-server (pid #{pid}) exited (#{describe(status)}); restarting in #{backoff}s")
+        pause(backoff)
+        backoff = [backoff * 2, MAX_BACKOFF].min
+      end
+    end
+
+    def spawn_child
+      reader, writer = IO.pipe
+      wrapper = self.class.setpriv
+      cmd = wrapper ? [wrapper, "--pdeathsig", "TERM", "--", *command] : command
+      # Its own process group: a Ctrl-C in the terminal stops it through us, in order.
+      pid = Process.spawn(*cmd, in: File::NULL, out: writer, err: writer, pgroup: true)
+      @child_pid = pid
+      @reader = reader
+      writer.close
+      relay_output(reader)
+      routes = @config.enats_cluster_routes
+      cluster = @config.enats_cluster ? " (cluster #{@config.enats_cluster}#{routes ? ", routes #{routes}" : ""})" : ""
+      log(:info, "anycable-rs: started nats-server (pid #{pid}) on #{@host}:#{@port}#{cluster}")
+      unless wrapper
+        log(:warn, "anycable-rs: setpriv (util-linux) not found: if this process is killed with SIGKILL, " \
+          "nats-server (pid #{pid}) outlives it")
+      end
+      pid
+    rescue SystemCallError => e
+      writer&.close unless writer&.closed?
+      reader&.close
+      raise Error, "anycable-rs: could not start #{@bin}: #{e.message}"
+    end
+
+    # Polls (no blocking waitpid: a master that reaps every child, as Puma 6 does,
+    # must not leave this thread waiting forever). Returns the status, or nil when
+    # someone else reaped it.
+    def wait_child(pid)
+      termed = false
+      loop do
+        if @stopping && !termed # spawned just as stop ran, which found no child to TERM
+          signal(pid, "TERM")
+          termed = true
+        end
+        done = begin
+          Process.wait2(pid, Process::WNOHANG)
+        rescue Errno::ECHILD
+          [pid, nil]
+        end
+        if done
+          @child_pid = nil if @child_pid == pid
+          return done[1]
+        end
+        sleep 0.1
+      end
+    end
+
+    def reaped_within?(pid, timeout)
+      deadline = monotonic + timeout
+      loop do
+        return true if @child_pid != pid
+
+        begin
+          return true if Process.wait(pid, Process::WNOHANG)
+        rescue Errno::ECHILD
+          return true
+        end
+        return false if monotonic > deadline
+
+        sleep 0.05
+      end
+    end
+
+    def relay_output(reader)
+      @log_thread = Thread.new do
+        Thread.current.name = "enats-log"
+        reader.each_line do |line|
+          line = line.chomp
+          log(level_of(line), "[nats-server] #{line}") unless line.empty?
+        end
+      rescue IOError
+        nil
+      ensure
+        reader.close unless reader.closed?
+      end
+      @log_thread.thread_variable_set(:fork_safe, true)
+    end
+
+    def level_of(line)
+      case line
+      when /\[(ERR|FTL)\]/ then :error
+      when /\[WRN\]/ then :warn
+      when /\[(DBG|TRC)\]/ then :debug
+      else :info
+      end
+    end
+
+    def wait_until_ready
+      deadline = monotonic + READY_TIMEOUT
+      until answering?
+        if monotonic > deadline
+          log(:warn, "anycable-rs: embedded NATS does not answer on #{@client_url} after #{READY_TIMEOUT}s; " \
+            "NATS clients keep retrying")
+          return
+        end
+        sleep 0.05
+      end
+    end
+
+    def answering?
+      Socket.tcp(@connect_host, @port, connect_timeout: 0.5).close
+      true
+    rescue SystemCallError, SocketError, IOError
+      false
+    end
+
+    def pause(seconds)
+      deadline = monotonic + seconds
+      while !@stopping && (left = deadline - monotonic) > 0
+        sleep [left, 0.1].min
+      end
+    end
+
+    def signal(pid, name)
+      Process.kill(name, pid)
+    rescue Errno::ESRCH, Errno::EPERM
+      nil
+    end
+
+    def describe(status)
+      return "reaped elsewhere" unless status
+      return "signal #{Signal.signame(status.termsig)}" if status.signaled?
+
+      "status #{status.exitstatus}"
+    end
+
+    def monotonic
+      Process.clock_gettime(Process::CLOCK_MONOTONIC)
+    end
+
+    def log(level, message)
+      @logger.public_send(level, message)
+    rescue ThreadError # in a trap handler: the logger's lock is not allowed there
+      $stderr.write("#{message}\n")
+    end
+  end
+end

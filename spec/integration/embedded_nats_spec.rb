@@ -1,0 +1,399 @@
+# frozen_string_literal: true
+
+require "spec_helper"
+require "tmpdir"
+require "logger"
+require "open3"
+require "anycable_rs"
+
+# Embedded NATS (ANYCABLE_EMBED_NATS): each node (a real Puma of spec/dummy) runs
+# Debian's nats-server as a supervised child, and the nodes' servers form a cluster on
+# loopback, each with its own client and route ports, routes listing the others.
+module EnatsHelpers
+  Node = Struct.new(:name, :client_port, :route_port, :workers, :preload, :puma, :settings, keyword_init: true) do
+    def env(routes)
+      {"ANYCABLE_EMBED_NATS" => "true", "ANYCABLE_ENATS_ADDR" => "nats://127.0.0.1:#{client_port}",
+       "ANYCABLE_ENATS_CLUSTER" => "nats://127.0.0.1:#{route_port}",
+       "ANYCABLE_ENATS_CLUSTER_ROUTES" => routes.map { |p| "nats://127.0.0.1:#{p}" }.join(",")}
+    end
+  end
+
+  # Children of every thread of `pid` (nats-server is spawned from a supervisor thread).
+  def children_of(pid)
+    Dir["/proc/#{pid}/task/*/children"].flat_map { |f| File.read(f).split.map(&:to_i) }
+  rescue Errno::ENOENT, Errno::ESRCH
+    []
+  end
+
+  def nats_server?(pid)
+    File.read("/proc/#{pid}/comm").strip == "nats-server"
+  rescue Errno::ENOENT, Errno::ESRCH
+    false
+  end
+
+  def gone?(pid)
+    state = File.read("/proc/#{pid}/stat")[/\) (\w)/, 1]
+    state == "Z" || state == "X"
+  rescue Errno::ENOENT, Errno::ESRCH
+    true
+  end
+
+  def nats_children(pid)
+    children_of(pid).select { |c| nats_server?(c) }
+  end
+
+  def thread_names(pid)
+    Dir["/proc/#{pid}/task/*/comm"].map { |f| File.read(f).strip rescue "" } # rubocop:disable Style/RescueModifier
+  end
+
+  def start_all(servers)
+    servers.map { |s| Thread.new { s.start } }.each(&:value)
+  end
+
+  # Clients of `server`, logged in there (each node has its own database).
+  def on(server, count)
+    cookie = server.http(:get, "/login?name=n").get_fields("set-cookie").map { |v| v.split(";").first }.join("; ")
+    Array.new(count) do
+      c = connected(name: nil, port: server.port, headers: {"Cookie" => cookie})
+      [c, subscribed(c, channel: "EchoChannel")]
+    end
+  end
+
+  # Clients of a Puma with workers, until every worker serves some (which worker
+  # accepts a connection is up to the kernel).
+  def on_every_worker(server, at_least)
+    subs = on(server, at_least)
+    subs += on(server, 2) until sessions_per_worker.values.all?(&:positive?) || subs.size >= 40
+    expect(sessions_per_worker.values).to all(be_positive)
+    subs
+  end
+
+  def post(server, payload)
+    res = server.http(:post, "/broadcast", stream: "all", payload: JSON.generate(payload))
+    expect(res.code).to eq("201")
+  end
+
+  # Messages queued for a client right now (pings and other identifiers left out).
+  def queued(c, id)
+    out = []
+    loop do
+      msg = c.receive(timeout: 0.01)
+      break if msg == :closed
+
+      out << msg["message"] if msg["identifier"] == id
+    end
+  rescue WsClient::Timeout
+    out
+  end
+
+  # Probes from `from` until every client got one: subscriptions and routes are up.
+  def await_mesh(from, clients, timeout: 20)
+    waiting = clients.dup
+    deadline = Time.now + timeout
+    n = 0
+    until waiting.empty?
+      raise "#{waiting.size} of #{clients.size} clients got no probe from #{from.port} within #{timeout}s" if Time.now > deadline
+
+      post(from, "probe" => (n += 1))
+      sleep 0.2
+      waiting.reject! { |c, id| queued(c, id).any? { |m| m.is_a?(Hash) && m.key?("probe") } }
+    end
+    sleep 0.3
+    clients.each { |c, id| queued(c, id) }
+  end
+
+  # A broadcast made through `from` reaches each client exactly once.
+  def each_once(from, clients, payload)
+    post(from, payload)
+    clients.each do |c, id|
+      got = []
+      deadline = Time.now + 5
+      until got.any? || Time.now > deadline
+        got.concat(queued(c, id).reject { |m| m.key?("probe") })
+        sleep 0.02 if got.empty?
+      end
+      expect(got.first).to eq(payload)
+    end
+    sleep 0.3
+    extra = clients.flat_map { |c, id| queued(c, id).reject { |m| m.key?("probe") } }
+    expect(extra).to eq([]), "duplicates: #{extra.inspect}"
+  end
+
+  def dump_logs(servers)
+    servers.compact.each do |s|
+      warn "--- puma #{s.port} ---\n#{s.log[-2500..] || s.log}"
+      warn "--- rails #{s.port} (nats lines) ---\n#{s.rails_log.lines.grep(/nats|NATS/).last(25).join}"
+    end
+  end
+end
+
+# Clients live across the examples (not type: :cable, whose hook closes them after each).
+RSpec.describe "Embedded NATS across nodes on loopback" do
+  include CableHelpers
+  include EnatsHelpers
+
+  before(:all) do
+    ports = Array.new(6) { PumaServer.free_port }
+    @nodes = {
+      a: EnatsHelpers::Node.new(name: "a", client_port: ports[0], route_port: ports[1], workers: 2, preload: true),
+      b: EnatsHelpers::Node.new(name: "b", client_port: ports[2], route_port: ports[3], workers: 0, preload: false),
+      c: EnatsHelpers::Node.new(name: "c", client_port: ports[4], route_port: ports[5], workers: 0, preload: false)
+    }
+    @nodes.each_value do |n|
+      others = @nodes.values.reject { |o| o.equal?(n) }.map(&:route_port)
+      n.settings = n.env(others)
+      n.puma = PumaServer.new(env: n.settings, workers: n.workers, preload: n.preload)
+    end
+    @subs = {}
+    start_all([@nodes[:a].puma, @nodes[:b].puma])
+  end
+
+  after(:all) do
+    @subs&.each_value { |list| list.each { |c, _| c.close rescue nil } } # rubocop:disable Style/RescueModifier
+    @nodes&.each_value do |n|
+      n.puma&.stop
+      n.puma&.cleanup
+    end
+  end
+
+  after do |example|
+    dump_logs(@nodes.values.map(&:puma)) if example.exception
+  end
+
+  def puma
+    @nodes[:a].puma
+  end
+
+  def everyone
+    @subs.values.flatten(1)
+  end
+
+  it "two nodes: the preloading master and the single-mode process each run one nats-server; every broadcast reaches every client once" do
+    a = @nodes[:a].puma
+    b = @nodes[:b].puma
+    # A: the master owns the child (plain Ruby threads, no tokio); its workers run none.
+    expect(nats_children(a.pid).size).to eq(1)
+    workers = File.read("/proc/#{a.pid}/task/#{a.pid}/children").split.map(&:to_i) - nats_children(a.pid)
+    expect(workers.size).to eq(2)
+    workers.each { |w| expect(nats_children(w)).to eq([]) }
+    expect(thread_names(a.pid).grep(/anycable-rs/)).to eq([])
+    expect(thread_names(a.pid)).to include("enats")
+    # Puma warns of threads started in app boot; the supervisor's are marked fork-safe.
+    expect(a.log.lines.grep(/! #<Thread/).grep(/embedded_nats/)).to eq([])
+    expect(nats_children(b.pid).size).to eq(1)
+    expect(a.rails_log).to include("[nats-server]")
+
+    @subs[:a] = on_every_worker(a, 6)
+    @subs[:b] = on(b, 2)
+    await_mesh(a, everyone)
+    await_mesh(b, everyone)
+    each_once(a, everyone, "from" => "a")
+    each_once(b, everyone, "from" => "b")
+  end
+
+  it "three nodes: a third joins through its routes and gets every node's broadcasts once" do
+    c = @nodes[:c].puma.start
+    @subs[:c] = on(c, 2)
+    %i[a b c].each { |from| await_mesh(@nodes[from].puma, everyone) }
+    %i[a b c].each { |from| each_once(@nodes[from].puma, everyone, "from" => from.to_s) }
+
+    # A process that serves no sockets (console, job runner, script) publishes to the
+    # machine's nats-server: ANYCABLE_NATS_SERVERS defaults to ANYCABLE_ENATS_ADDR.
+    script = 'require "anycable_rs"; AnyCableRs.broadcast("all", {"from" => "script"})'
+    out, status = Open3.capture2e({"ANYCABLE_EMBED_NATS" => "true", "ANYCABLE_ENATS_ADDR" => "nats://127.0.0.1:#{@nodes[:c].client_port}"},
+      "ruby", "-I", File.expand_path("../../lib", __dir__), "-e", script)
+    expect(status).to be_success, out
+    everyone.each { |c, id| expect(message_for(c, id)).to eq("from" => "script") }
+  end
+
+  it "a node killed with SIGKILL takes its nats-server along; the others keep delivering; restarted, it rejoins" do
+    b = @nodes[:b]
+    child = nats_children(b.puma.pid).first
+    Process.kill("KILL", -b.puma.pid)
+    Process.wait(b.puma.pid)
+    wait_for(timeout: 5) { gone?(child) }
+    @subs.delete(:b)
+    each_once(@nodes[:a].puma, everyone, "after" => "kill")
+    each_once(@nodes[:c].puma, everyone, "after" => "kill, from c")
+
+    b.puma.cleanup
+    b.puma = PumaServer.new(env: b.settings).start
+    expect(nats_children(b.puma.pid).size).to eq(1)
+    @subs[:b] = on(b.puma, 2)
+    %i[b a].each { |from| await_mesh(@nodes[from].puma, everyone) }
+    each_once(b.puma, everyone, "rejoined" => "b")
+    each_once(@nodes[:a].puma, everyone, "rejoined" => "a")
+  end
+
+  it "the supervised nats-server killed: the master starts another and broadcasts resume" do
+    a = @nodes[:a].puma
+    old = nats_children(a.pid).first
+    Process.kill("KILL", old)
+    fresh = wait_for(timeout: 5) { (nats_children(a.pid) - [old]).first }
+    expect(fresh).not_to eq(old)
+    wait_for { a.rails_log.include?("nats-server (pid #{old}) exited (signal KILL); restarting") }
+    %i[a c b].each { |from| await_mesh(@nodes[from].puma, everyone) }
+    %i[a b c].each { |from| each_once(@nodes[from].puma, everyone, "resumed" => from.to_s) }
+  end
+
+  it "stops each node's nats-server with the node (TERM)" do
+    children = @nodes.values.to_h { |n| [n.name, nats_children(n.puma.pid)] }
+    expect(children.values.map(&:size)).to all(eq(1))
+    @nodes.each_value { |n| n.puma.stop }
+    children.each_value { |pids| wait_for(timeout: 5) { gone?(pids.first) } }
+    expect(@nodes[:a].puma.rails_log).to include("[nats-server]").and include("Server Exiting")
+  end
+end
+
+# Without preload_app the app loads only in the workers: the first to boot owns the
+# child, the other stands by; when the owner dies, its nats-server goes with it and a
+# live worker (or the replacement) starts a new one.
+RSpec.describe "Embedded NATS under Puma workers without preload_app", type: :cable do
+  include EnatsHelpers
+
+  before(:all) do
+    @client_port = PumaServer.free_port
+    @puma = PumaServer.new(workers: 2,
+      env: {"ANYCABLE_EMBED_NATS" => "true", "ANYCABLE_ENATS_ADDR" => "nats://127.0.0.1:#{@client_port}"}).start
+  end
+
+  after(:all) do
+    @puma&.stop
+    @puma&.cleanup
+  end
+
+  after do |example|
+    dump_logs([@puma]) if example.exception
+  end
+
+  def workers
+    File.read("/proc/#{puma.pid}/task/#{puma.pid}/children").split.map(&:to_i)
+  end
+
+  def owners
+    workers.select { |w| nats_children(w).any? }
+  end
+
+  it "runs one nats-server, in one worker, and re-owns it when that worker dies" do
+    wait_for(timeout: 20) { puma.log.scan(/Worker \d+ \(PID: \d+\) booted/).size >= 2 }
+    expect(nats_children(puma.pid)).to eq([])
+    expect(owners.size).to eq(1)
+    owner = owners.first
+    child = nats_children(owner).first
+    clients = on_every_worker(puma, 6)
+    await_mesh(puma, clients)
+    each_once(puma, clients, "n" => 1)
+
+    Process.kill("KILL", owner)
+    wait_for(timeout: 5) { gone?(child) }
+    wait_for(timeout: 20) { (w = workers).size == 2 && !w.include?(owner) && owners.size == 1 }
+    wait_for(timeout: 20) { puma.log.scan(/Worker \d+ \(PID: \d+\) booted/).size >= 3 }
+    expect(nats_children(owners.first).first).not_to eq(child)
+    expect(puma.rails_log.scan(/started nats-server/).size).to eq(2)
+    clients = on_every_worker(puma, 6)
+    await_mesh(puma, clients)
+    each_once(puma, clients, "n" => 2)
+  end
+end
+
+# `rails server`: the app boots in the process that becomes Puma's master (workers from
+# WEB_CONCURRENCY), which owns the child. Ctrl-C (SIGINT) makes Puma's master wait for
+# all its children after on_stopped: the nats-server must be stopped by then.
+RSpec.describe "Embedded NATS under `rails server` with workers", type: :cable do
+  include EnatsHelpers
+
+  it "runs the nats-server in the master and stops it on SIGINT" do
+    dir = Dir.mktmpdir("anycable-rs-rails-s")
+    port = PumaServer.free_port
+    log = File.join(dir, "out.log")
+    script = 'APP_PATH = File.expand_path("config/application", Dir.pwd); require "rails/commands"'
+    pid = Process.spawn(
+      {"RAILS_ENV" => "test", "ANYCABLE_EMBEDDED" => "true", "WEB_CONCURRENCY" => "2", "ANYCABLE_EMBED_NATS" => "true",
+       "ANYCABLE_ENATS_ADDR" => "nats://127.0.0.1:#{PumaServer.free_port}",
+       "DUMMY_DATABASE" => File.join(dir, "db.sqlite3"), "DUMMY_LOG" => File.join(dir, "rails.log")},
+      "ruby", "-e", script, "--", "server", "-p", port.to_s, "-b", "127.0.0.1", "-e", "test",
+      "-P", File.join(dir, "server.pid"),
+      chdir: PumaServer::DUMMY, out: log, err: [:child, :out], pgroup: true
+    )
+    wait_for(timeout: 60) { File.read(log).scan(/Worker \d \(PID: \d+\) booted/).size == 2 }
+    child = wait_for { nats_children(pid).first }
+    Process.kill("INT", pid)
+    Timeout.timeout(15) { Process.wait(pid) }
+    pid = nil
+    wait_for { gone?(child) }
+    expect(File.read(File.join(dir, "rails.log"))).to include("[nats-server]").and include("Server Exiting")
+  ensure
+    if pid
+      Process.kill("KILL", -pid)
+      Process.wait(pid)
+    end
+    FileUtils.rm_rf(dir) if dir
+  end
+end
+
+RSpec.describe "Embedded NATS without the nats-server binary", type: :cable do
+  include EnatsHelpers
+
+  it "stops the boot naming Debian's package and ANYCABLE_NATS_SERVER_BIN" do
+    config = AnyCableRs::Config.new(embed_nats: true)
+    expect { AnyCableRs::EmbeddedNats.binary(config, path: "/nonexistent") }
+      .to raise_error(AnyCableRs::Error, /no nats-server on PATH.*apt-get install -y nats-server.*ANYCABLE_NATS_SERVER_BIN/)
+    expect(AnyCableRs::EmbeddedNats.binary(config)).to end_with("/nats-server")
+
+    server = PumaServer.new(env: {"ANYCABLE_EMBED_NATS" => "true", "ANYCABLE_NATS_SERVER_BIN" => "/nonexistent/nats-server",
+      "ANYCABLE_ENATS_ADDR" => "nats://127.0.0.1:#{PumaServer.free_port}"})
+    expect { server.start }.to raise_error(/ANYCABLE_NATS_SERVER_BIN=\/nonexistent\/nats-server is not an executable file\. Install Debian's package "nats-server"/)
+  ensure
+    server&.stop
+    server&.cleanup
+  end
+end
+
+RSpec.describe AnyCableRs::Config, "with embed_nats" do
+  fly = {"FLY_APP_NAME" => "my-app", "FLY_REGION" => "ams", "FLY_ALLOC_ID" => "a1b2"}
+
+  def config_from(env, cable: nil)
+    Dir.mktmpdir do |dir|
+      cable_path = File.join(dir, "cable.yml")
+      File.write(cable_path, cable) if cable
+      described_class.load(env: env, yaml_path: nil, rails_env: "production", cable_yaml_path: cable_path)
+    end
+  end
+
+  it "broadcasts over NATS through the embedded server unless told otherwise" do
+    c = config_from({"ANYCABLE_EMBED_NATS" => "true"}, cable: "production:\n  adapter: async\n")
+    expect([c.embed_nats, c.broadcast_adapter, c.nats_servers]).to eq([true, "nats", "nats://127.0.0.1:4222"])
+    c = config_from({"ANYCABLE_EMBED_NATS" => "1", "ANYCABLE_ENATS_ADDR" => "nats://0.0.0.0:4333"},
+      cable: "production:\n  adapter: postgresql\n")
+    expect([c.broadcast_adapter, c.nats_servers]).to eq(["nats", "nats://127.0.0.1:4333"])
+    c = config_from({"ANYCABLE_EMBED_NATS" => "true", "ANYCABLE_BROADCAST_ADAPTER" => "redis",
+      "ANYCABLE_NATS_SERVERS" => "nats://elsewhere:4222"})
+    expect([c.broadcast_adapter, c.nats_servers]).to eq(["redis", "nats://elsewhere:4222"])
+    expect(config_from({"ANYCABLE_EMBED_NATS" => "false"}).broadcast_adapter).to eq("local")
+  end
+
+  it "on Fly.io, clusters with the app's machines in the region" do
+    c = config_from(fly.merge("ANYCABLE_EMBED_NATS" => "true"))
+    expect([c.enats_addr, c.enats_cluster, c.enats_cluster_routes, c.nats_servers]).to eq(
+      ["nats://0.0.0.0:4222", "nats://0.0.0.0:5222", "nats://ams.my-app.internal:5222", "nats://127.0.0.1:4222"]
+    )
+    c = config_from(fly.merge("ANYCABLE_EMBED_NATS" => "true", "ANYCABLE_FLY_WS_APP_NAME" => "my-cable",
+      "ANYCABLE_ENATS_CLUSTER" => "nats://0.0.0.0:6222"))
+    expect([c.enats_cluster_routes, c.nats_servers]).to eq(["nats://ams.my-app.internal:6222", "nats://127.0.0.1:4222"])
+    c = config_from(fly.merge("ANYCABLE_EMBED_NATS" => "true", "ANYCABLE_ENATS_CLUSTER_ROUTES" => "nats://my-app.internal:5222"))
+    expect(c.enats_cluster_routes).to eq("nats://my-app.internal:5222")
+    expect(config_from(fly.merge("ANYCABLE_PRESETS" => "none")).enats_cluster_routes).to be_nil
+  end
+
+  it "builds nats-server's command line from the settings" do
+    config = described_class.new(embed_nats: true, enats_addr: "nats://0.0.0.0:4222",
+      enats_cluster: "nats://0.0.0.0:5222", enats_cluster_routes: "nats://a:5222, nats://b:5222")
+    cmd = AnyCableRs::EmbeddedNats.new(config, logger: Logger.new(nil)).command
+    expect(cmd).to eq([AnyCableRs::EmbeddedNats.binary(config), "-a", "0.0.0.0", "-p", "4222", "--logtime=false",
+      "--cluster", "nats://0.0.0.0:5222", "--cluster_name", "anycable-cluster", "--no_advertise=true",
+      "--routes", "nats://a:5222,nats://b:5222"])
+    config = described_class.new(embed_nats: true, enats_cluster_routes: "nats://a:5222")
+    expect { AnyCableRs::EmbeddedNats.new(config, logger: Logger.new(nil)) }
+      .to raise_error(ArgumentError, /ANYCABLE_ENATS_CLUSTER_ROUTES is set but ANYCABLE_ENATS_CLUSTER is not/)
+  end
+end
