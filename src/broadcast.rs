@@ -27,9 +27,26 @@ struct Raw<'a> {
     stream: Option<String>,
     #[serde(borrow)]
     data: Option<&'a RawValue>,
-    meta: Option<Meta>,
+    #[serde(borrow)]
+    meta: Option<&'a RawValue>,
     command: Option<String>,
-    payload: Option<CommandPayload>,
+    #[serde(borrow)]
+    payload: Option<&'a RawValue>,
+}
+
+/// A nested object (`meta`, `payload`). serde would also take a JSON array for a
+/// struct, field by field; AnyCable takes objects only, and so do we.
+fn object<'a, T: Deserialize<'a>>(
+    raw: Option<&'a RawValue>,
+    what: &str,
+) -> Result<Option<T>, String> {
+    match raw.map(RawValue::get) {
+        None | Some("null") => Ok(None),
+        Some(text) if text.starts_with('{') => serde_json::from_str(text)
+            .map(Some)
+            .map_err(|e| format!("invalid {what}: {e}")),
+        Some(_) => Err(format!("{what} must be a JSON object")),
+    }
 }
 
 #[derive(Deserialize)]
@@ -56,12 +73,16 @@ pub fn parse(payload: &str) -> Result<Vec<BroadcastMessage>, String> {
 }
 
 fn parse_one(text: &str) -> Result<BroadcastMessage, String> {
+    if !text.trim_start().starts_with('{') {
+        return Err("a broadcast message must be a JSON object".into());
+    }
     let raw: Raw = serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
     if let Some(command) = raw.command {
         if command != "disconnect" {
             return Err(format!("unknown command {command:?}"));
         }
-        let payload = raw.payload.ok_or("disconnect without payload")?;
+        let payload: CommandPayload =
+            object(raw.payload, "payload")?.ok_or("disconnect without payload")?;
         let identifier = payload.identifier.ok_or("disconnect without identifier")?;
         let identifiers = serde_json::from_str(&identifier)
             .map_err(|e| format!("disconnect identifier is not JSON: {e}"))?;
@@ -83,13 +104,22 @@ fn parse_one(text: &str) -> Result<BroadcastMessage, String> {
     Ok(BroadcastMessage::Stream {
         stream,
         data,
-        exclude_socket: raw.meta.and_then(|m| m.exclude_socket),
+        exclude_socket: object::<Meta>(raw.meta, "meta")?.and_then(|m| m.exclude_socket),
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn takes_objects_only_where_anycable_does() {
+        assert!(parse(r#"["s","{}",null]"#).is_err());
+        assert!(parse(r#"[["s","1",null,null,null]]"#).is_err());
+        assert!(parse(r#"{"stream":"s","data":"1","meta":["sid"]}"#).is_err());
+        assert!(parse(r#"{"command":"disconnect","payload":["{}",true]}"#).is_err());
+        assert!(parse(r#"{"stream":"s","data":"1","meta":null}"#).is_ok());
+    }
 
     #[test]
     fn parses_single_batch_exclude_and_disconnect() {
@@ -132,7 +162,8 @@ mod tests {
 
     #[test]
     fn says_what_is_wrong() {
-        assert!(parse("nope").unwrap_err().contains("invalid JSON"));
+        assert!(parse("nope").unwrap_err().contains("must be a JSON object"));
+        assert!(parse("{nope").unwrap_err().contains("invalid JSON"));
         assert_eq!(parse(r#"{"data":"1"}"#).unwrap_err(), "missing stream");
         assert_eq!(parse(r#"{"stream":"s"}"#).unwrap_err(), "missing data");
         assert!(parse(r#"{"command":"dance"}"#)

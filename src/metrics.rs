@@ -3,7 +3,6 @@
 //! `prometheus` crate. Counters are process-wide (one server per process); gauges are
 //! read when the metrics are rendered. Our own additions are prefixed `anycable_rs_`.
 
-use std::collections::HashMap;
 use std::sync::LazyLock;
 
 use parking_lot::Mutex;
@@ -122,13 +121,7 @@ pub fn render(snapshot: Snapshot, tags: &[(String, String)], extra: Vec<MetricFa
     gauges[1].set(snapshot.clients_uniq);
     gauges[2].set(snapshot.streams);
 
-    let labels: HashMap<String, String> = tags.iter().cloned().collect();
-    // Tag names are checked when read (parse_tags); an unusable set renders untagged.
-    let registry = Registry::new_custom(None, (!labels.is_empty()).then_some(labels))
-        .unwrap_or_else(|e| {
-            log::error!("metrics tags: {e}");
-            Registry::new()
-        });
+    let registry = Registry::new();
     let c = &*COUNTERS;
     let mut all: Vec<Box<dyn Collector>> = vec![
         Box::new(c.client_msg.clone()),
@@ -154,8 +147,9 @@ pub fn render(snapshot: Snapshot, tags: &[(String, String)], extra: Vec<MetricFa
         }
     }
     let mut families = registry.gather();
-    let mut more = extra;
-    for family in &mut more {
+    families.extend(extra);
+    // Tags go on every sample, labels sorted by name (stable output).
+    for family in &mut families {
         for metric in family.mut_metric() {
             let mut pairs = metric.take_label();
             for (k, v) in tags {
@@ -168,7 +162,6 @@ pub fn render(snapshot: Snapshot, tags: &[(String, String)], extra: Vec<MetricFa
             metric.set_label(pairs);
         }
     }
-    families.extend(more);
     // A labelled family nobody has used yet has no samples; the encoder refuses those.
     families.retain(|f| !f.get_metric().is_empty());
     let mut out = Vec::new();

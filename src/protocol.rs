@@ -67,6 +67,12 @@ struct RawCommand<'a> {
 
 /// Parses one client frame.
 pub fn parse_command(text: &str) -> Result<ClientCommand, ParseError> {
+    // serde would also read a JSON array into the struct, field by field.
+    if !text.trim_start().starts_with('{') {
+        return Err(ParseError::Malformed(
+            "a command must be a JSON object".into(),
+        ));
+    }
     let raw: RawCommand =
         serde_json::from_str(text).map_err(|e| ParseError::Malformed(e.to_string()))?;
     let name = raw
@@ -148,6 +154,15 @@ pub fn broadcast_frame(identifier: &str, data: &str) -> Utf8Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn takes_a_json_object_only() {
+        assert!(matches!(
+            parse_command(r#"["subscribe","x",null]"#),
+            Err(ParseError::Malformed(_))
+        ));
+        assert!(parse_command(r#" {"command":"subscribe","identifier":"x"}"#).is_ok());
+    }
 
     #[test]
     fn parses_subscribe() {

@@ -89,39 +89,28 @@ fn opt_str(map: &Map<String, Value>, key: &str) -> Result<Option<String>, ()> {
     }
 }
 
-/// The oracle for one broadcast object: `Ok(None)` when the input is outside what it
-/// models (a nested struct written as an array, which serde reads by position).
+/// The oracle for one broadcast object (`Ok(None)` would mean outside what it models;
+/// nested structs written as arrays are refused now, so every input is modelled).
+/// `payload` is read only for a command, `meta` only for a stream message.
 fn expected(
     map: &Map<String, Value>,
     raw_data: Option<&str>,
 ) -> Result<Option<BroadcastMessage>, ()> {
     let stream = opt_str(map, "stream")?;
     let command = opt_str(map, "command")?;
-    let exclude_socket = match present(map, "meta") {
-        None => None,
-        Some(Value::Object(meta)) => opt_str(meta, "exclude_socket")?,
-        Some(Value::Array(_)) => return Ok(None),
-        Some(_) => return Err(()),
-    };
-    let payload = match present(map, "payload") {
-        None => None,
-        Some(Value::Object(p)) => {
-            let identifier = opt_str(p, "identifier")?;
-            let reconnect = match present(p, "reconnect") {
-                None => None,
-                Some(Value::Bool(b)) => Some(*b),
-                Some(_) => return Err(()),
-            };
-            Some((identifier, reconnect))
-        }
-        Some(Value::Array(_)) => return Ok(None),
-        Some(_) => return Err(()),
-    };
     if let Some(command) = command {
         if command != "disconnect" {
             return Err(());
         }
-        let (identifier, reconnect) = payload.ok_or(())?;
+        let Some(Value::Object(p)) = present(map, "payload") else {
+            return Err(());
+        };
+        let identifier = opt_str(p, "identifier")?;
+        let reconnect = match present(p, "reconnect") {
+            None => None,
+            Some(Value::Bool(b)) => Some(*b),
+            Some(_) => return Err(()),
+        };
         let identifiers = serde_json::from_str(&identifier.ok_or(())?).map_err(|_| ())?;
         return Ok(Some(BroadcastMessage::Disconnect {
             identifiers,
@@ -129,6 +118,11 @@ fn expected(
         }));
     }
     let stream = stream.filter(|s| !s.is_empty()).ok_or(())?;
+    let exclude_socket = match present(map, "meta") {
+        None => None,
+        Some(Value::Object(meta)) => opt_str(meta, "exclude_socket")?,
+        Some(_) => return Err(()),
+    };
     let data = match present(map, "data").ok_or(())? {
         Value::String(s) => s.clone(),
         _ => raw_data.expect("data is present").to_string(),
