@@ -2,8 +2,12 @@
 //! exactly-once scheme as [`crate::nats`]. Only these two commands (plus AUTH) are
 //! spoken, over RESP, so a full Redis client would be dead weight here.
 //!
-//! The subscriber reconnects with backoff (100 ms doubling to 5 s) and logs each state
-//! change once; the publisher reconnects on demand and retries a PUBLISH once.
+//! The subscriber reconnects with backoff (100 ms doubling to 2 s) and logs each state
+//! change once. The publisher reconnects on demand and keeps payloads (bounded) until
+//! one is delivered: Redis pub/sub keeps nothing, so a PUBLISH that reached no
+//! subscriber (not even this process's own, still re-subscribing after an outage) is
+//! sent again rather than counted as done. Only when it reached at least our own
+//! subscriber is it done.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -215,24 +219,33 @@ impl RedisBroker {
                     backoff = Duration::from_millis(100);
                 }
                 tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                backoff = (backoff * 2).min(Duration::from_secs(2));
             }
         });
         let queue = Arc::new(PublishQueue::new("Redis"));
         let rx = queue.clone();
+        let subscribed = connected.clone();
         tokio::spawn(async move {
             let mut conn: Option<Conn> = None;
             let mut backoff = Duration::from_millis(100);
             loop {
                 let (at, payload) = rx.next().await;
+                if !subscribed.load(Ordering::Acquire) {
+                    // Published now, it would reach no one here (and maybe no one).
+                    rx.retry(at, payload);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
                 let cmd = command(&[b"PUBLISH", channel.as_bytes(), payload.as_bytes()]);
                 if conn.is_none() {
                     conn = connect(&url).await.ok();
                 }
+                // The reply counts the subscribers that got it; ours is one of them
+                // once it is subscribed again.
                 let sent = match conn.as_mut() {
                     Some(c) => {
                         c.get_mut().write_all(&cmd).await.is_ok()
-                            && matches!(read_reply(c).await, Ok(Reply::Integer(_)))
+                            && matches!(read_reply(c).await, Ok(Reply::Integer(n)) if n > 0)
                     }
                     None => false,
                 };
