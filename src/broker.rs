@@ -72,7 +72,18 @@ struct QueueState {
     unreported: u64,
     unreported_bytes: usize,
     last_report: Option<Instant>,
+    /// Backlog bytes handed out in the current [`REPLAY_TICK`], and when it began.
+    replay: Option<(Instant, usize)>,
 }
+
+/// Payloads older than this when taken are backlog (the pub/sub server was away).
+pub const BACKLOG_AGE: Duration = Duration::from_millis(500);
+/// Backlog goes out at most [`REPLAY_BYTES_PER_TICK`] per tick (2.5 MiB/s): replayed
+/// at once, a 16 MiB backlog would reach subscribers faster than most can read, and
+/// each would be dropped as too_slow past its pending-bytes cap (seen in
+/// bench/outage_memory.rb: 28-44 of 164 arrived). Live broadcasts are not paced.
+pub const REPLAY_TICK: Duration = Duration::from_millis(100);
+pub const REPLAY_BYTES_PER_TICK: usize = 256 * 1024;
 
 impl PublishQueue {
     pub fn new(label: &'static str) -> Self {
@@ -114,24 +125,56 @@ impl PublishQueue {
     pub async fn next(&self) -> (Instant, String) {
         loop {
             let notified = self.notify.notified();
-            {
-                let mut state = self.state.lock();
+            let pause = {
+                let mut guard = self.state.lock();
+                let state = &mut *guard;
                 let now = Instant::now();
                 while state
                     .items
                     .front()
                     .is_some_and(|(at, _)| now.duration_since(*at) > self.max_age)
                 {
-                    self.drop_front(&mut state);
+                    self.drop_front(state);
                 }
-                self.report(&mut state);
-                if let Some((at, payload)) = state.items.pop_front() {
-                    state.bytes -= payload.len();
-                    return (at, payload);
+                self.report(state);
+                let pause = match state.items.front() {
+                    Some((at, payload)) if now.duration_since(*at) > BACKLOG_AGE => {
+                        Self::replay_pause(&mut state.replay, now, payload.len())
+                    }
+                    _ => None,
+                };
+                if pause.is_none() {
+                    if let Some((at, payload)) = state.items.pop_front() {
+                        state.bytes -= payload.len();
+                        return (at, payload);
+                    }
                 }
+                pause
+            };
+            match pause {
+                Some(pause) => tokio::time::sleep(pause).await,
+                None => notified.await,
             }
-            notified.await;
         }
+    }
+
+    /// Counts `len` backlog bytes into the current tick; how long to wait first when
+    /// the tick is full.
+    fn replay_pause(
+        replay: &mut Option<(Instant, usize)>,
+        now: Instant,
+        len: usize,
+    ) -> Option<Duration> {
+        match replay {
+            Some((start, used)) if now.duration_since(*start) < REPLAY_TICK => {
+                if *used > 0 && *used + len > REPLAY_BYTES_PER_TICK {
+                    return Some(REPLAY_TICK - now.duration_since(*start));
+                }
+                *used += len;
+            }
+            _ => *replay = Some((now, len)),
+        }
+        None
     }
 
     pub fn len(&self) -> usize {
@@ -180,6 +223,36 @@ impl PublishQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn paces_backlog_but_not_live_payloads() {
+        let q = PublishQueue::new("test");
+        let chunk = "x".repeat(100 * 1024);
+        for _ in 0..10 {
+            q.push(chunk.clone());
+        }
+        tokio::time::sleep(BACKLOG_AGE + Duration::from_millis(50)).await;
+        let started = Instant::now();
+        for _ in 0..10 {
+            q.next().await;
+        }
+        // 1000 KiB of backlog at 256 KiB per 100 ms tick: at least 4 ticks of waiting.
+        assert!(
+            started.elapsed() >= Duration::from_millis(350),
+            "{:?}",
+            started.elapsed()
+        );
+        let started = Instant::now();
+        for _ in 0..10 {
+            q.push(chunk.clone());
+            q.next().await;
+        }
+        assert!(
+            started.elapsed() < Duration::from_millis(100),
+            "{:?}",
+            started.elapsed()
+        );
+    }
 
     #[tokio::test]
     async fn drops_the_oldest_past_the_byte_cap_and_expires_by_age() {
