@@ -2,7 +2,7 @@
 
 require "socket"
 require "uri"
-require "tmpdir"
+require "anycable_rs/private_dir"
 
 module AnyCableRs
   # Embedded NATS (AnyCable's ANYCABLE_EMBED_NATS): a real nats-server (Debian's
@@ -249,18 +249,7 @@ module AnyCableRs
     end
 
     def lock_path
-      base = File.join(Dir.tmpdir, "anycable-rs-#{Process.uid}")
-      begin
-        Dir.mkdir(base, 0o700)
-      rescue Errno::EEXIST
-        nil
-      end
-      stat = File.lstat(base)
-      unless stat.directory? && stat.uid == Process.uid && (stat.mode & 0o077).zero?
-        raise Error, "anycable-rs: #{base} must be a directory owned by uid #{Process.uid} with mode 0700 " \
-          "(it holds the embedded NATS lock); remove it, or set TMPDIR elsewhere"
-      end
-      File.join(base, "enats-#{@port}.lock")
+      File.join(PrivateDir.base, "enats-#{@port}.lock")
     end
 
     def open_lock

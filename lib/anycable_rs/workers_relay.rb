@@ -1,6 +1,6 @@
 # frozen_string_literal: true
 
-require "tmpdir"
+require "anycable_rs/private_dir"
 
 module AnyCableRs
   # Puma workers each serve their own sockets. With the `local` or `http` broadcast
@@ -25,25 +25,9 @@ module AnyCableRs
     # The directory this worker's siblings share (its Puma master's), made private
     # (0700, ours) if new. Directories of masters that no longer run are removed.
     def dir
-      base = File.join(Dir.tmpdir, "anycable-rs-#{Process.uid}")
-      private_dir!(base)
+      base = PrivateDir.base
       remove_stale(base)
-      path = File.join(base, "puma-#{Process.ppid}")
-      private_dir!(path)
-      path
-    end
-
-    def private_dir!(path)
-      begin
-        Dir.mkdir(path, 0o700)
-      rescue Errno::EEXIST
-        nil
-      end
-      stat = File.lstat(path)
-      return if stat.directory? && stat.uid == Process.uid && (stat.mode & 0o077).zero?
-
-      raise Error, "anycable-rs: #{path} (the Puma workers' broadcast relay) must be a directory owned by " \
-        "uid #{Process.uid} with mode 0700; remove it, or set TMPDIR elsewhere"
+      PrivateDir.ensure!(File.join(base, "puma-#{Process.ppid}"), "the Puma workers' broadcast relay")
     end
 
     def remove_stale(base)

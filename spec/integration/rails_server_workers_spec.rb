@@ -83,16 +83,7 @@ RSpec.describe "`rails server` with Puma workers", type: :cable do
 
   it "lets `rails server` with workers run on a pub/sub adapter" do
     pid, port, log, dir = rails_server("ANYCABLE_BROADCAST_ADAPTER" => "redis", "ANYCABLE_REDIS_URL" => "redis://127.0.0.1:1")
-    deadline = Time.now + 60
-    code = nil
-    until code == "200" || Time.now > deadline
-      begin
-        code = Net::HTTP.get_response(URI("http://127.0.0.1:#{port}/stats")).code
-      rescue SystemCallError, EOFError
-        sleep 0.2
-      end
-    end
-    expect(code).to eq("200"), File.read(log)
+    wait_for_http(port, log)
     sleep 1 # both workers are up
     expect(Process.waitpid(pid, Process::WNOHANG)).to be_nil
     expect(File.read(log)).to include("Puma starting in cluster mode").and(include("Workers: 2"))

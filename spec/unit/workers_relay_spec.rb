@@ -13,15 +13,15 @@ RSpec.describe AnyCableRs::WorkersRelay do
 
   it "makes the relay directory private, and refuses one that others could write to" do
     path = File.join(@tmp, "mine")
-    described_class.private_dir!(path)
+    AnyCableRs::PrivateDir.ensure!(path, "test")
     expect(File.stat(path).mode & 0o777).to eq(0o700)
     open = File.join(@tmp, "open")
     Dir.mkdir(open, 0o777)
     File.chmod(0o777, open)
-    expect { described_class.private_dir!(open) }.to raise_error(AnyCableRs::Error, /must be a directory owned by uid .* mode 0700/)
+    expect { AnyCableRs::PrivateDir.ensure!(open, "test") }.to raise_error(AnyCableRs::Error, /must be a directory owned by uid .* with mode 0700/)
     link = File.join(@tmp, "link")
     File.symlink(path, link)
-    expect { described_class.private_dir!(link) }.to raise_error(AnyCableRs::Error, /must be a directory/)
+    expect { AnyCableRs::PrivateDir.ensure!(link, "test") }.to raise_error(AnyCableRs::Error, /must be a directory/)
   end
 
   it "removes the directories of Puma masters that no longer run" do
