@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use crate::origin::OriginPolicy;
+use crate::streams::StreamsConfig;
 
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -38,6 +39,8 @@ pub struct ServerConfig {
     pub max_conn: usize,
     /// A connection this old (plus up to 10% jitter) is told `server_restart`. Zero: never.
     pub max_conn_age: Duration,
+    /// `$pubsub` and Turbo Streams subscriptions verified and served without Ruby.
+    pub streams: StreamsConfig,
     /// Bearer token the broadcast endpoint requires; `None` accepts any request (for
     /// development, as AnyCable does without a key).
     pub broadcast_key: Option<String>,
@@ -61,6 +64,7 @@ impl Default for ServerConfig {
             metrics_tags: Vec::new(),
             max_conn: 0,
             max_conn_age: Duration::ZERO,
+            streams: StreamsConfig::default(),
         }
     }
 }

@@ -26,8 +26,10 @@ use crate::handshake::RequestHead;
 use crate::logging::BadInputLog;
 use crate::metrics::COUNTERS;
 use crate::protocol;
+use crate::protocol::{ClientCommand, Command};
 use crate::server::Inner;
 use crate::session::{DisconnectReason, Outbound, Outbox, Session, SessionRef};
+use crate::streams::Resolution;
 
 /// Frames written in one go before flushing.
 const WRITE_BATCH: usize = 64;
@@ -185,6 +187,9 @@ impl<C: Controller> Inner<C> {
         match protocol::parse_command(text) {
             Ok(command) => {
                 COUNTERS.client_msg.inc();
+                if self.serve_here(session, &command, bad_input) {
+                    return None;
+                }
                 Some(Box::pin(self.controller.command(CommandRequest {
                     session: session.clone(),
                     command,
@@ -194,6 +199,98 @@ impl<C: Controller> Inner<C> {
                 COUNTERS.failed_client_msg.inc();
                 bad_input.warn(&session.sid, format_args!("{e}; ignored"));
                 None
+            }
+        }
+    }
+
+    /// Commands the server answers itself, without Ruby: subscribing to `$pubsub` and
+    /// Turbo Streams (verified names), unsubscribing from those, and whispers. True
+    /// when handled here.
+    fn serve_here(
+        &self,
+        session: &SessionRef,
+        command: &ClientCommand,
+        bad_input: &mut BadInputLog,
+    ) -> bool {
+        let id = &command.identifier;
+        match command.command {
+            Command::Subscribe => match self.config.streams.resolve(id) {
+                Resolution::App => false,
+                Resolution::Stream { stream, whisper } => {
+                    {
+                        let mut subs = session.server_subscriptions.lock();
+                        if subs.contains_key(id) {
+                            drop(subs);
+                            bad_input
+                                .warn(&session.sid, format_args!("already subscribed; ignored"));
+                            return true;
+                        }
+                        subs.insert(id.clone(), whisper.then(|| stream.clone()));
+                    }
+                    self.hub.subscribe(session, &stream, id);
+                    session.transmit(protocol::subscription_reply(id, true));
+                    true
+                }
+                Resolution::Reject { why } => {
+                    // The name itself is not logged: it may be a stream a user should
+                    // not learn of from a shared log.
+                    bad_input.warn(&session.sid, format_args!("subscription rejected: {why}"));
+                    session.transmit(protocol::subscription_reply(id, false));
+                    true
+                }
+            },
+            Command::Unsubscribe => {
+                if session.server_subscriptions.lock().remove(id).is_none() {
+                    return false;
+                }
+                self.hub.unsubscribe_identifier(session, id);
+                true
+            }
+            Command::Message => {
+                if !session.server_subscriptions.lock().contains_key(id) {
+                    return false;
+                }
+                bad_input.warn(
+                    &session.sid,
+                    format_args!("a message to a server-side stream subscription has no action to run; ignored"),
+                );
+                true
+            }
+            Command::Whisper => {
+                let stream = session
+                    .server_subscriptions
+                    .lock()
+                    .get(id)
+                    .cloned()
+                    .flatten();
+                match (stream, command.data.as_deref()) {
+                    (Some(stream), Some(data)) => self.whisper(session, &stream, data),
+                    _ => log::debug!(
+                        "session {}: whisper on a subscription without a whisper stream ignored",
+                        session.sid
+                    ),
+                }
+                true
+            }
+        }
+    }
+
+    /// To the stream's other subscribers, on every node (through the pub/sub when
+    /// there is one), never back to the sender's session.
+    fn whisper(&self, session: &Session, stream: &str, data: &str) {
+        let relay = self.relay.read().clone();
+        match relay {
+            Some(relay) => relay(
+                serde_json::json!({
+                    "stream": stream,
+                    "data": data,
+                    "meta": {"exclude_socket": session.sid}
+                })
+                .to_string(),
+            ),
+            None => {
+                COUNTERS.broadcast_msg.inc();
+                self.hub.broadcast(stream, data, Some(&session.sid));
             }
         }
     }

@@ -23,6 +23,7 @@ pub mod redis;
 pub mod server;
 pub mod session;
 pub mod siblings;
+pub mod streams;
 
 pub use config::ServerConfig;
 pub use controller::{CommandRequest, ConnectReply, ConnectRequest, Controller};

@@ -16,7 +16,8 @@ pub const SUBPROTOCOLS: &[&str] = &["actioncable-v1-json"];
 pub struct ClientCommand {
     pub command: Command,
     pub identifier: String,
-    /// `data` of a `message` command: a JSON-encoded string, passed through untouched.
+    /// `data` of a `message` command: the JSON-encoded string's text, decoded once;
+    /// of a `whisper`: the JSON value's text as sent (AnyCable does not encode it).
     pub data: Option<String>,
 }
 
@@ -25,6 +26,9 @@ pub enum Command {
     Subscribe,
     Unsubscribe,
     Message,
+    /// AnyCable's: `data` goes to the other subscribers of the subscription's whisper
+    /// stream. Handled by the server, never by the app.
+    Whisper,
 }
 
 impl Command {
@@ -33,6 +37,7 @@ impl Command {
             Command::Subscribe => "subscribe",
             Command::Unsubscribe => "unsubscribe",
             Command::Message => "message",
+            Command::Whisper => "whisper",
         }
     }
 }
@@ -82,6 +87,7 @@ pub fn parse_command(text: &str) -> Result<ClientCommand, ParseError> {
         "subscribe" => Command::Subscribe,
         "unsubscribe" => Command::Unsubscribe,
         "message" => Command::Message,
+        "whisper" => Command::Whisper,
         other => return Err(ParseError::UnknownCommand(other.to_string())),
     };
     let identifier = raw.identifier.ok_or(ParseError::MissingIdentifier)?;
@@ -90,6 +96,8 @@ pub fn parse_command(text: &str) -> Result<ClientCommand, ParseError> {
             Some(serde_json::from_str::<String>(raw.get()).map_err(|_| ParseError::InvalidData)?)
         }
         (Command::Message, None) => return Err(ParseError::InvalidData),
+        (Command::Whisper, Some(raw)) => Some(raw.get().to_string()),
+        (Command::Whisper, None) => return Err(ParseError::InvalidData),
         _ => None,
     };
     Ok(ClientCommand {

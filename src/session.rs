@@ -9,7 +9,7 @@
 //! keeps a block of slots per connection, about 1.3 KiB).
 
 use std::borrow::Cow;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -71,6 +71,9 @@ pub struct Session {
     pub(crate) streams: Mutex<Vec<(Arc<str>, Arc<str>)>>,
     /// The connection's identifiers (`identified_by`), as JSON, for remote disconnects.
     identifiers: std::sync::OnceLock<serde_json::Value>,
+    /// Subscriptions the server made itself (`$pubsub`, Turbo Streams), by identifier,
+    /// with the stream whispers on it go to, if any. Only the connection task uses it.
+    pub(crate) server_subscriptions: Mutex<HashMap<String, Option<String>>>,
 }
 
 pub type SessionRef = Arc<Session>;
@@ -89,6 +92,7 @@ impl Session {
             too_slow_logged: AtomicBool::new(false),
             streams: Mutex::new(Vec::new()),
             identifiers: std::sync::OnceLock::new(),
+            server_subscriptions: Mutex::new(HashMap::new()),
         });
         let outbox = Outbox {
             session: session.clone(),

@@ -68,6 +68,7 @@ impl Controller for TestController {
                     data
                 ));
             }
+            Command::Whisper => {}
             Command::Unsubscribe => {
                 self.hub
                     .lock()
@@ -574,5 +575,87 @@ async fn chunked_broadcast_requests_are_read() {
     assert_eq!(
         next_json(&mut ws).await["message"],
         serde_json::json!({"chunked":true})
+    );
+}
+
+#[tokio::test]
+async fn pubsub_and_turbo_streams_are_served_without_the_controller_and_whispers_skip_the_sender() {
+    use anycable_core::streams::{sign, StreamsConfig};
+    let config = ServerConfig {
+        streams: StreamsConfig {
+            secret: Some(b"streams-secret".to_vec()),
+            public: true,
+            whisper: false,
+            turbo_key: Some(b"turbo-key".to_vec()),
+        },
+        ..Default::default()
+    };
+    let (server, addr, controller) = start(config).await;
+    let signed = serde_json::json!({"channel": "$pubsub", "signed_stream_name": sign("room", b"streams-secret")}).to_string();
+    let forged =
+        serde_json::json!({"channel": "$pubsub", "signed_stream_name": sign("room", b"other")})
+            .to_string();
+    let public = serde_json::json!({"channel": "$pubsub", "stream_name": "lobby"}).to_string();
+    let turbo = serde_json::json!({"channel": "Turbo::StreamsChannel", "signed_stream_name": sign("t", b"turbo-key")}).to_string();
+
+    let (mut a, _) = connect(addr, "", &[]).await;
+    let (mut b, _) = connect(addr, "", &[]).await;
+    next_json(&mut a).await;
+    next_json(&mut b).await;
+    for (id, kind) in [
+        (&signed, "confirm_subscription"),
+        (&forged, "reject_subscription"),
+        (&public, "confirm_subscription"),
+        (&turbo, "confirm_subscription"),
+    ] {
+        send(&mut a, subscribe(id)).await;
+        assert_eq!(
+            next_json(&mut a).await,
+            serde_json::json!({"identifier": id, "type": kind})
+        );
+    }
+    send(&mut b, subscribe(&public)).await;
+    assert_eq!(next_json(&mut b).await["type"], "confirm_subscription");
+
+    server.hub().broadcast("room", r#"{"n":1}"#, None);
+    assert_eq!(
+        next_json(&mut a).await,
+        serde_json::json!({"identifier": signed, "message": {"n": 1}})
+    );
+    server.hub().broadcast("t", r#""<turbo-stream>""#, None);
+    assert_eq!(
+        next_json(&mut a).await,
+        serde_json::json!({"identifier": turbo, "message": "<turbo-stream>"})
+    );
+
+    // A whisper on the public stream reaches b, not a; on the signed one (whisper off) nobody.
+    send(
+        &mut a,
+        serde_json::json!({"command": "whisper", "identifier": signed, "data": {"typing": 0}}),
+    )
+    .await;
+    send(
+        &mut a,
+        serde_json::json!({"command": "whisper", "identifier": public, "data": {"typing": 1}}),
+    )
+    .await;
+    assert_eq!(
+        next_json(&mut b).await,
+        serde_json::json!({"identifier": public, "message": {"typing": 1}})
+    );
+
+    // Unsubscribed: no more broadcasts on that stream.
+    send(
+        &mut a,
+        serde_json::json!({"command": "unsubscribe", "identifier": signed}),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(server.hub().broadcast("room", "1", None).sessions, 0);
+    // The app's controller saw none of it.
+    assert!(
+        controller.calls.lock().is_empty(),
+        "{:?}",
+        controller.calls.lock()
     );
 }

@@ -31,6 +31,15 @@ module AnyCableRs
       max_pending_bytes: 1_048_576,
       queue_size: 1024,
       shutdown_timeout: 5.0,
+      # AnyCable's signed/public streams ($pubsub) and Turbo Streams, served without
+      # Ruby. The streams secret falls back to `secret`.
+      streams_secret: nil,
+      public_streams: false,
+      streams_whisper: false,
+      turbo_streams: false,
+      # Unset: turbo-rails' own key (Turbo.signed_stream_verifier_key) when it is
+      # loaded, else the streams secret.
+      turbo_streams_secret: nil,
       # AnyCable's: skip the disconnect/unsubscribed callbacks (apps that need none).
       disable_disconnect: false,
       # Connections served at once by this process; more are refused before the
@@ -260,7 +269,39 @@ module AnyCableRs
         broadcast_adapter: broadcast_adapter, nats_servers: nats_servers, nats_channel: nats_channel,
         redis_url: redis_url, redis_channel: redis_channel,
         metrics_path: metrics_http, metrics_tags: metrics_tags, max_conn: max_conn,
-        max_conn_age: max_conn_age.to_f, rpc_pool_size: rpc_pool_size
+        max_conn_age: max_conn_age.to_f, rpc_pool_size: rpc_pool_size,
+        streams: streams_options
+      }
+    end
+
+    def effective_streams_secret
+      streams_secret || secret
+    end
+
+    # The key Turbo Streams' signed names are checked with: ANYCABLE_TURBO_STREAMS_SECRET,
+    # else the one the app signs them with (turbo-rails' verifier key), else the streams
+    # secret. Nil when turbo_streams is off.
+    def turbo_streams_key
+      return nil unless turbo_streams
+
+      key = turbo_streams_secret
+      if key.nil? && defined?(::Turbo) && ::Turbo.respond_to?(:signed_stream_verifier_key)
+        key = ::Turbo.signed_stream_verifier_key
+      end
+      key ||= effective_streams_secret
+      raise ArgumentError, "anycable-rs: ANYCABLE_TURBO_STREAMS needs a key: set ANYCABLE_TURBO_STREAMS_SECRET " \
+        "(or ANYCABLE_STREAMS_SECRET / ANYCABLE_SECRET), or load turbo-rails" if key.nil? || key.to_s.empty?
+
+      key.to_s
+    end
+
+    # What Native.new takes as `streams:` (keys as hex: they may be binary).
+    def streams_options
+      secret = effective_streams_secret
+      turbo = turbo_streams_key
+      {
+        secret_hex: secret && secret.to_s.unpack1("H*"), public: public_streams, whisper: streams_whisper,
+        turbo_key_hex: turbo&.unpack1("H*")
       }
     end
 
@@ -284,7 +325,8 @@ module AnyCableRs
       return value if value.nil?
 
       case key
-      when :embedded, :disable_disconnect, :metrics_on_puma_port, :embed_nats
+      when :embedded, :disable_disconnect, :metrics_on_puma_port, :embed_nats, :public_streams, :streams_whisper,
+        :turbo_streams
         value.is_a?(String) ? %w[1 true yes on].include?(value.strip.downcase) : !!value
       when :port, :rpc_pool_size, :worker_threads, :max_message_size, :max_pending_bytes, :queue_size, :max_conn
         integer(key, value)

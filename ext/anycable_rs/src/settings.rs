@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use anycable_core::origin::{OriginPolicy, OriginRule, RubyRegexp};
+use anycable_core::streams::StreamsConfig;
 use anycable_core::ServerConfig;
 use magnus::{Error, RArray, RHash, Ruby, Symbol};
 
@@ -68,6 +69,7 @@ const KEYS: &[&str] = &[
     "max_conn",
     "max_conn_age",
     "rpc_pool_size",
+    "streams",
 ];
 
 fn arg_error(ruby: &Ruby, msg: impl Into<String>) -> Error {
@@ -124,6 +126,10 @@ impl Settings {
             },
             max_conn: opt(ruby, opts, "max_conn")?.unwrap_or(0),
             max_conn_age: secs(opt(ruby, opts, "max_conn_age")?, Duration::ZERO),
+            streams: match opt::<RHash>(ruby, opts, "streams")? {
+                Some(h) => streams_config(ruby, h)?,
+                None => StreamsConfig::default(),
+            },
         };
         let pubsub = match opt::<String>(ruby, opts, "broadcast_adapter")?.as_deref() {
             Some("nats") => Some(PubSub::Nats {
@@ -181,6 +187,33 @@ pub fn origin_policy(ruby: &Ruby, h: RHash) -> Result<OriginPolicy, Error> {
         same_as_host: flag("same_as_host")?,
         rules,
     })
+}
+
+/// `{secret_hex:, public:, whisper:, turbo_key_hex:}`, as `AnyCableRs::Config` builds it.
+fn streams_config(ruby: &Ruby, h: RHash) -> Result<StreamsConfig, Error> {
+    let key = |name: &str| -> Result<Option<Vec<u8>>, Error> {
+        match opt::<String>(ruby, h, name)? {
+            None => Ok(None),
+            Some(hex) => decode_hex(&hex)
+                .map(Some)
+                .ok_or_else(|| arg_error(ruby, format!("streams: {name} is not hex"))),
+        }
+    };
+    Ok(StreamsConfig {
+        secret: key("secret_hex")?,
+        public: opt(ruby, h, "public")?.unwrap_or(false),
+        whisper: opt(ruby, h, "whisper")?.unwrap_or(false),
+        turbo_key: key("turbo_key_hex")?,
+    })
+}
+
+fn decode_hex(hex: &str) -> Option<Vec<u8>> {
+    if hex.len() % 2 != 0 {
+        return None;
+    }
+    (0..hex.len() / 2)
+        .map(|i| u8::from_str_radix(hex.get(i * 2..i * 2 + 2)?, 16).ok())
+        .collect()
 }
 
 /// `AnyCableRs::Native.check_origins(policy)`: raises what `new` would, so a pattern

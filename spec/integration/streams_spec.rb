@@ -1,0 +1,72 @@
+# frozen_string_literal: true
+
+require "spec_helper"
+require "active_support"
+require "active_support/message_verifier"
+
+# AnyCable's signed and public streams ($pubsub), Turbo Streams' signed names and
+# whisper, served by the Rust server with no Ruby job per subscription (issue
+# "AnyCable identification and streams"). Signatures are made here by ActiveSupport.
+RSpec.describe "Signed, public and Turbo streams, and whisper (real Puma)", type: :cable do
+  with_puma(env: {"ANYCABLE_STREAMS_SECRET" => "streams-s3cret", "ANYCABLE_PUBLIC_STREAMS" => "true",
+                  "ANYCABLE_TURBO_STREAMS" => "true", "ANYCABLE_TURBO_STREAMS_SECRET" => "turbo-s3cret",
+                  "ANYCABLE_METRICS_HTTP" => "/metrics"})
+
+  def signed(name, secret)
+    ActiveSupport::MessageVerifier.new(secret, digest: "SHA256", serializer: JSON).generate(name)
+  end
+
+  def ruby_commands
+    text = puma.http(:get, "/metrics").body
+    _, samples = PrometheusText.parse(text)
+    samples.find { |s| s.name == "anycable_rs_jobs_total" && s.labels["kind"] == "command" }&.value || 0
+  end
+
+  def reply(c, id)
+    msg = c.receive
+    expect(msg["identifier"]).to eq(id)
+    msg["type"]
+  end
+
+  it "subscribes verified names in Rust, rejects forged ones, and delivers broadcasts to them" do
+    c = connected(name: "alice")
+    commands_before = ruby_commands
+    good = c.subscribe(channel: "$pubsub", signed_stream_name: signed("chat_42", "streams-s3cret"))
+    expect(reply(c, good)).to eq("confirm_subscription")
+    forged = signed("chat_42", "streams-s3cret").sub(/\A(.)(.)/) { "#{Regexp.last_match(1)}#{Regexp.last_match(2) == "A" ? "B" : "A"}" }
+    bad = c.subscribe(channel: "$pubsub", signed_stream_name: forged)
+    expect(reply(c, bad)).to eq("reject_subscription")
+    other = c.subscribe(channel: "$pubsub", signed_stream_name: signed("chat_42", "another-secret"))
+    expect(reply(c, other)).to eq("reject_subscription")
+    lobby = c.subscribe(channel: "$pubsub", stream_name: "lobby")
+    expect(reply(c, lobby)).to eq("confirm_subscription")
+    turbo = c.subscribe(channel: "Turbo::StreamsChannel", signed_stream_name: signed("gid://dummy/Room/1", "turbo-s3cret"))
+    expect(reply(c, turbo)).to eq("confirm_subscription")
+
+    expect(puma.http(:post, "/broadcast", stream: "chat_42", payload: '{"text":"hi"}').code).to eq("201")
+    expect(c.receive).to eq("identifier" => good, "message" => {"text" => "hi"})
+    html = %(<turbo-stream action="append" target="messages"><template>hi</template></turbo-stream>)
+    expect(puma.http(:post, "/broadcast", stream: "gid://dummy/Room/1", payload: JSON.generate(html)).code).to eq("201")
+    expect(c.receive).to eq("identifier" => turbo, "message" => html)
+    # No Ruby command ran for any of it.
+    expect(ruby_commands - commands_before).to eq(0)
+    # The app's own channels still go to Ruby.
+    subscribed(c, channel: "EchoChannel")
+    expect(ruby_commands - commands_before).to eq(1)
+  end
+
+  it "delivers a whisper to the stream's other subscribers, never back to the sender" do
+    a = connected(name: "alice")
+    b = connected(name: "bob")
+    id = {channel: "$pubsub", stream_name: "typing-room"}
+    [a, b].each { |c| expect(reply(c, c.subscribe(id))).to eq("confirm_subscription") }
+    a.send_json(command: "whisper", identifier: JSON.generate(id), data: {event: "typing", name: "alice"})
+    expect(b.receive).to eq("identifier" => JSON.generate(id), "message" => {"event" => "typing", "name" => "alice"})
+    expect(a.silent_for?(0.3)).to be(true)
+    # Whisper on a signed stream (ANYCABLE_STREAMS_WHISPER off) goes nowhere.
+    sid = {channel: "$pubsub", signed_stream_name: signed("quiet", "streams-s3cret")}
+    [a, b].each { |c| expect(reply(c, c.subscribe(sid))).to eq("confirm_subscription") }
+    a.send_json(command: "whisper", identifier: JSON.generate(sid), data: {event: "typing"})
+    expect(b.silent_for?(0.3)).to be(true)
+  end
+end
