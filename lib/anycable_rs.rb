@@ -126,4 +126,5 @@ require "anycable_rs/broadcasting"
 require "anycable_rs/workers_relay"
 require "anycable_rs/metrics_endpoint"
 require "anycable_rs/streams"
+require "anycable_rs/jwt"
 require "anycable_rs/railtie" if defined?(::Rails::Railtie)

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::jwt::JwtConfig;
 use crate::origin::OriginPolicy;
 use crate::streams::StreamsConfig;
 
@@ -39,6 +40,8 @@ pub struct ServerConfig {
     pub max_conn: usize,
     /// A connection this old (plus up to 10% jitter) is told `server_restart`. Zero: never.
     pub max_conn_age: Duration,
+    /// JWT identification (AnyCable's), when a secret is set.
+    pub jwt: Option<JwtConfig>,
     /// `$pubsub` and Turbo Streams subscriptions verified and served without Ruby.
     pub streams: StreamsConfig,
     /// Bearer token the broadcast endpoint requires; `None` accepts any request (for
@@ -65,6 +68,7 @@ impl Default for ServerConfig {
             max_conn: 0,
             max_conn_age: Duration::ZERO,
             streams: StreamsConfig::default(),
+            jwt: None,
         }
     }
 }

@@ -8,7 +8,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,6 +23,7 @@ use tokio_tungstenite::WebSocketStream;
 
 use crate::controller::{CommandRequest, ConnectReply, ConnectRequest, Controller};
 use crate::handshake::RequestHead;
+use crate::jwt::JwtError;
 use crate::logging::BadInputLog;
 use crate::metrics::COUNTERS;
 use crate::protocol;
@@ -70,19 +71,53 @@ impl<C: Controller> Inner<C> {
         let sid = generate_sid(id);
         let (session, mut rx) = Session::new(id, sid, self.config.max_pending_bytes);
 
-        let reply = self
-            .controller
-            .connect(ConnectRequest {
-                session: session.clone(),
-                head,
-                remote_addr: peer,
-                env_token,
-            })
-            .await;
+        // A JWT identifies the connection here, without the app's `connect`; the app
+        // builds its connection object only when a command needs it (`lazy`).
+        let mut lazy: Option<ConnectRequest> = None;
+        let app_knows = Arc::new(AtomicBool::new(true));
+        let reply = match self.identify_by_jwt(&head, &session) {
+            Some(Ok(identifiers)) => {
+                if env_token != 0 {
+                    self.controller.handoff_abandoned(env_token);
+                }
+                app_knows.store(false, Ordering::Release);
+                lazy = Some(ConnectRequest {
+                    session: session.clone(),
+                    head,
+                    remote_addr: peer,
+                    env_token: 0,
+                    identifiers: Some(identifiers),
+                });
+                ConnectReply::Accepted
+            }
+            Some(Err(reason)) => {
+                if env_token != 0 {
+                    self.controller.handoff_abandoned(env_token);
+                }
+                ConnectReply::Rejected(reason)
+            }
+            None => {
+                self.controller
+                    .connect(ConnectRequest {
+                        session: session.clone(),
+                        head,
+                        remote_addr: peer,
+                        env_token,
+                        identifiers: None,
+                    })
+                    .await
+            }
+        };
         match reply {
             ConnectReply::Accepted => {}
             ConnectReply::Rejected(reason) => {
-                if reason.reason == DisconnectReason::UNAUTHORIZED.reason {
+                if [
+                    DisconnectReason::UNAUTHORIZED,
+                    DisconnectReason::TOKEN_EXPIRED,
+                ]
+                .iter()
+                .any(|r| r.reason == reason.reason)
+                {
                     COUNTERS.failed_auths.inc();
                 }
                 session.mark_closing();
@@ -104,7 +139,8 @@ impl<C: Controller> Inner<C> {
             .is_err()
         {
             drop(ws);
-            self.finish(&session).await;
+            self.finish(&session, app_knows.load(Ordering::Acquire))
+                .await;
             drop(pending);
             return;
         }
@@ -137,7 +173,7 @@ impl<C: Controller> Inner<C> {
                 }
                 msg = ws.next(), if inflight.is_none() => match msg {
                     Some(Ok(Message::Text(text))) => {
-                        inflight = self.handle_text(&session, text.as_str(), &mut bad_input);
+                        inflight = self.handle_text(&session, text.as_str(), &mut bad_input, &mut lazy, &app_knows);
                     }
                     Some(Ok(Message::Binary(data))) => {
                         COUNTERS.data_rcvd.inc_by(data.len() as u64);
@@ -161,8 +197,39 @@ impl<C: Controller> Inner<C> {
         if let Some(command) = inflight {
             command.await;
         }
-        self.finish(&session).await;
+        self.finish(&session, app_knows.load(Ordering::Acquire))
+            .await;
         drop(pending);
+    }
+
+    /// `None` when JWT is off or not used here; else the token's identifiers, or the
+    /// reason to refuse the connection.
+    fn identify_by_jwt(
+        &self,
+        head: &RequestHead,
+        session: &Session,
+    ) -> Option<Result<String, DisconnectReason>> {
+        let jwt = self.config.jwt.as_ref()?;
+        let Some(token) = jwt.token(head) else {
+            return jwt.enforce.then_some(Err(DisconnectReason::UNAUTHORIZED));
+        };
+        Some(match jwt.verify(token) {
+            Ok(identifiers) => {
+                if let Ok(json) = serde_json::from_str(&identifiers) {
+                    session.set_identifiers(json);
+                }
+                Ok(identifiers)
+            }
+            Err(JwtError::Expired) => Err(DisconnectReason::TOKEN_EXPIRED),
+            Err(JwtError::Invalid(why)) => {
+                // Never the token itself: it is a credential.
+                crate::logging::refused(format_args!(
+                    "session {}: JWT refused ({why}); unauthorized",
+                    session.sid
+                ));
+                Err(DisconnectReason::UNAUTHORIZED)
+            }
+        })
     }
 
     fn handle_text<'a>(
@@ -170,6 +237,8 @@ impl<C: Controller> Inner<C> {
         session: &SessionRef,
         text: &str,
         bad_input: &mut BadInputLog,
+        lazy: &mut Option<ConnectRequest>,
+        app_knows: &Arc<AtomicBool>,
     ) -> Option<CommandFuture<'a>> {
         COUNTERS.data_rcvd.inc_by(text.len() as u64);
         if text.len() > self.config.max_message_size {
@@ -190,10 +259,26 @@ impl<C: Controller> Inner<C> {
                 if self.serve_here(session, &command, bad_input) {
                     return None;
                 }
-                Some(Box::pin(self.controller.command(CommandRequest {
+                let request = CommandRequest {
                     session: session.clone(),
                     command,
-                })))
+                };
+                let Some(connect) = lazy.take() else {
+                    return Some(Box::pin(self.controller.command(request)));
+                };
+                // The first command for the app's code: its connection object first.
+                app_knows.store(true, Ordering::Release);
+                let session = session.clone();
+                Some(Box::pin(async move {
+                    match self.controller.connect(connect).await {
+                        ConnectReply::Accepted => self.controller.command(request).await,
+                        ConnectReply::Rejected(reason) => session.close(reason),
+                        ConnectReply::Failed(error) => {
+                            log::error!("session {}: connect failed: {error}", session.sid);
+                            session.close(DisconnectReason::SERVER_ERROR);
+                        }
+                    }
+                }))
             }
             Err(e) => {
                 COUNTERS.failed_client_msg.inc();
@@ -347,11 +432,15 @@ impl<C: Controller> Inner<C> {
         true
     }
 
-    async fn finish(&self, session: &SessionRef) {
+    /// `app_knows`: the app built a connection for this session (its disconnect
+    /// callbacks are owed); a JWT connection that never reached the app's code has none.
+    async fn finish(&self, session: &SessionRef, app_knows: bool) {
         session.mark_closing();
         self.sessions.write().remove(&session.id);
         self.hub.remove_session(session);
-        self.controller.disconnect(session.clone()).await;
+        if app_knows {
+            self.controller.disconnect(session.clone()).await;
+        }
     }
 }
 

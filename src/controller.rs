@@ -22,6 +22,10 @@ pub struct ConnectRequest {
     /// Set by whoever handed the socket over (Rack hijack): lets the application find
     /// the request env it kept for this connection. 0 when the server accepted it.
     pub env_token: u64,
+    /// Set when a JWT identified the connection: its identifiers (the token's `ext`,
+    /// JSON). The application builds its connection with them and must not run its
+    /// own `connect`.
+    pub identifiers: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

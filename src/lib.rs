@@ -14,6 +14,7 @@ pub mod controller;
 mod endpoints;
 pub mod handshake;
 pub mod hub;
+pub mod jwt;
 pub mod logging;
 pub mod metrics;
 pub mod nats;

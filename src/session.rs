@@ -32,6 +32,7 @@ impl DisconnectReason {
         }
     }
     pub const UNAUTHORIZED: Self = Self::new("unauthorized", false);
+    pub const TOKEN_EXPIRED: Self = Self::new("token_expired", false);
     pub const SERVER_RESTART: Self = Self::new("server_restart", true);
     pub const SERVER_ERROR: Self = Self::new("server_error", true);
     pub const TOO_SLOW: Self = Self::new("too_slow", true);

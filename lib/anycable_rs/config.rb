@@ -31,6 +31,13 @@ module AnyCableRs
       max_pending_bytes: 1_048_576,
       queue_size: 1024,
       shutdown_timeout: 5.0,
+      # AnyCable's JWT identification: on whenever a secret resolves (jwt_secret, else
+      # secret); the token in X-JID, the anycable-token.<t> subprotocol or ?jid=.
+      jwt_secret: nil,
+      jwt_param: "jid",
+      enforce_jwt: false,
+      # Lifetime of tokens AnyCableRs::JWT.encode makes without expires_at (seconds).
+      jwt_ttl: 3600,
       # AnyCable's signed/public streams ($pubsub) and Turbo Streams, served without
       # Ruby. The streams secret falls back to `secret`.
       streams_secret: nil,
@@ -270,8 +277,24 @@ module AnyCableRs
         redis_url: redis_url, redis_channel: redis_channel,
         metrics_path: metrics_http, metrics_tags: metrics_tags, max_conn: max_conn,
         max_conn_age: max_conn_age.to_f, rpc_pool_size: rpc_pool_size,
-        streams: streams_options
+        streams: streams_options, jwt: jwt_options
       }
+    end
+
+    def effective_jwt_secret
+      jwt_secret || secret
+    end
+
+    # What Native.new takes as `jwt:`; nil (JWT off) without a secret.
+    def jwt_options
+      key = effective_jwt_secret
+      if key.to_s.empty?
+        raise ArgumentError, "anycable-rs: enforce_jwt needs ANYCABLE_JWT_SECRET (or ANYCABLE_SECRET)" if enforce_jwt
+
+        return nil
+      end
+
+      {secret_hex: key.to_s.unpack1("H*"), param: jwt_param, enforce: enforce_jwt}
     end
 
     def effective_streams_secret
@@ -326,9 +349,10 @@ module AnyCableRs
 
       case key
       when :embedded, :disable_disconnect, :metrics_on_puma_port, :embed_nats, :public_streams, :streams_whisper,
-        :turbo_streams
+        :turbo_streams, :enforce_jwt
         value.is_a?(String) ? %w[1 true yes on].include?(value.strip.downcase) : !!value
-      when :port, :rpc_pool_size, :worker_threads, :max_message_size, :max_pending_bytes, :queue_size, :max_conn
+      when :port, :rpc_pool_size, :worker_threads, :max_message_size, :max_pending_bytes, :queue_size, :max_conn,
+        :jwt_ttl
         integer(key, value)
       when :ping_interval, :write_timeout, :shutdown_timeout, :max_conn_age
         number(key, value)

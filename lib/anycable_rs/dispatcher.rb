@@ -105,13 +105,19 @@ module AnyCableRs
       headers = job.headers
       env ||= RackEnv.railsify(RackEnv.build(job.request_method, job.target, headers, job.remote_ip))
       socket = job.socket
+      jwt_identifiers = job.identifiers
       connection = build_connection(env, socket, headers)
       connection.logger.info request_message("Started GET", env)
       worker.work(connection) do
-        connection.connect if connection.respond_to?(:connect)
+        if jwt_identifiers
+          # Identified by a JWT the server verified: AnyCable never calls connect then.
+          JWT.identify!(connection, jwt_identifiers)
+        elsif connection.respond_to?(:connect)
+          connection.connect
+        end
         ActionCable::Compat.subscribe_to_internal_channel(connection)
       end
-      socket.identifiers = identifiers_json(connection)
+      socket.identifiers = identifiers_json(connection) unless jwt_identifiers
       @lock.synchronize { @sessions[socket.id] = Session.new(socket, connection) }
       job.resolve("ok", nil)
     rescue ActionCable::Compat.unauthorized_error

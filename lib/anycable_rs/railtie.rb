@@ -40,8 +40,9 @@ module AnyCableRs
       # A Regexp in allowed_request_origins the server cannot check stops the boot here,
       # not the first WebSocket request.
       Native.check_origins(OriginPolicy.build(AnyCableRs.config.allowed_origins))
-      # Likewise ANYCABLE_TURBO_STREAMS without a key.
+      # Likewise ANYCABLE_TURBO_STREAMS or ANYCABLE_ENFORCE_JWT without a key.
       AnyCableRs.config.streams_options
+      AnyCableRs.config.jwt_options
       PumaRestart.install
       announce_broadcast_endpoint if AnyCableRs::Broadcasting.server_process?
       return if tool_process?

@@ -31,6 +31,8 @@ pub enum Job {
         head: RequestHead,
         remote_addr: Option<std::net::SocketAddr>,
         env_token: u64,
+        /// A JWT's identifiers: build the connection with them, without `connect`.
+        identifiers: Option<String>,
     },
     Command {
         reply: Option<oneshot::Sender<()>>,
@@ -372,6 +374,7 @@ impl Controller for RubyController {
             head: req.head,
             remote_addr: req.remote_addr,
             env_token: req.env_token,
+            identifiers: req.identifiers,
         };
         if !self.queue.request(job).await {
             return ConnectReply::Failed("the Ruby worker pool is stopped".into());

@@ -109,6 +109,14 @@ impl RubyJob {
         }
     }
 
+    /// A JWT-identified connect's identifiers JSON (the token's `ext`), else nil.
+    pub fn identifiers(ruby: &Ruby, rb_self: &Self) -> Result<Option<String>, Error> {
+        match &rb_self.job {
+            Job::Connect { identifiers, .. } => Ok(identifiers.clone()),
+            _ => Err(wrong_kind(ruby, rb_self, "identifiers")),
+        }
+    }
+
     /// The request target (path and query).
     pub fn target(ruby: &Ruby, rb_self: &Self) -> Result<String, Error> {
         match &rb_self.job {
@@ -214,6 +222,7 @@ pub fn init(ruby: &Ruby, native: magnus::RClass) -> Result<(), Error> {
     class.define_method("env_token", method!(RubyJob::env_token, 0))?;
     class.define_method("request_method", method!(RubyJob::request_method, 0))?;
     class.define_method("target", method!(RubyJob::target, 0))?;
+    class.define_method("identifiers", method!(RubyJob::identifiers, 0))?;
     class.define_method("headers", method!(RubyJob::headers, 0))?;
     class.define_method("remote_ip", method!(RubyJob::remote_ip, 0))?;
     class.define_method("command", method!(RubyJob::command, 0))?;

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use anycable_core::jwt::JwtConfig;
 use anycable_core::origin::{OriginPolicy, OriginRule, RubyRegexp};
 use anycable_core::streams::StreamsConfig;
 use anycable_core::ServerConfig;
@@ -70,6 +71,7 @@ const KEYS: &[&str] = &[
     "max_conn_age",
     "rpc_pool_size",
     "streams",
+    "jwt",
 ];
 
 fn arg_error(ruby: &Ruby, msg: impl Into<String>) -> Error {
@@ -126,6 +128,17 @@ impl Settings {
             },
             max_conn: opt(ruby, opts, "max_conn")?.unwrap_or(0),
             max_conn_age: secs(opt(ruby, opts, "max_conn_age")?, Duration::ZERO),
+            jwt: match opt::<RHash>(ruby, opts, "jwt")? {
+                Some(h) => Some(JwtConfig {
+                    key: opt::<String>(ruby, h, "secret_hex")?
+                        .as_deref()
+                        .and_then(decode_hex)
+                        .ok_or_else(|| arg_error(ruby, "jwt: secret_hex is missing or not hex"))?,
+                    param: opt(ruby, h, "param")?.unwrap_or_else(|| "jid".into()),
+                    enforce: opt(ruby, h, "enforce")?.unwrap_or(false),
+                }),
+                None => None,
+            },
             streams: match opt::<RHash>(ruby, opts, "streams")? {
                 Some(h) => streams_config(ruby, h)?,
                 None => StreamsConfig::default(),

@@ -2,6 +2,7 @@
 
 Rails.application.routes.draw do
   get "/login" => "test#login"
+  get "/token" => "test#token"
   post "/broadcast" => "test#broadcast"
   get "/events" => "test#events"
   delete "/events" => "test#clear_events"

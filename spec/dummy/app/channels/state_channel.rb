@@ -17,6 +17,10 @@ class StateChannel < ApplicationCable::Channel
     transmit({ count: @count, room: @room, object_id: object_id })
   end
 
+  def whoami
+    transmit({"user" => current_user.name, "tab" => tab})
+  end
+
   def facts
     transmit connection.request_facts.merge("user" => current_user.name, "tab" => tab)
   end

@@ -13,6 +13,14 @@ class TestController < ActionController::Base
     render plain: user.id.to_s
   end
 
+  # A JWT for the named user, as an app would put it in a page (AnyCableRs::JWT);
+  # `exp` sets the expiry (epoch seconds).
+  def token
+    user = Event::WRITE_LOCK.synchronize { User.find_or_create_by!(name: params.fetch(:name)) }
+    expires_at = params[:exp] && Time.at(Integer(params[:exp]))
+    render plain: AnyCableRs::JWT.encode({current_user: user, tab: "jwt"}, expires_at: expires_at)
+  end
+
   def broadcast
     payload = JSON.parse(params.require(:payload))
     if params[:user_id]

@@ -1,0 +1,20 @@
+# frozen_string_literal: true
+
+require "spec_helper"
+require "anycable_rs"
+
+RSpec.describe AnyCableRs::JWT do
+  it "makes AnyCable's tokens byte for byte (the documented test vector)" do
+    token = described_class.encode({user: "Z2lkOi8vbXlhcHAvVXNlci80Mg"}, expires_at: 1_767_225_600, secret: "s3cr3t")
+    expect(token).to eq("eyJhbGciOiJIUzI1NiJ9.eyJleHQiOiJ7XCJ1c2VyXCI6XCJaMmxrT2k4dmJYbGhjSEF2VlhObGNpODBNZ1wifSIsImV4cCI6MTc2NzIyNTYwMH0.HMRAMFbPToMVTuPT7fCR6aX_d8aMJASA_snGTa7b3rE")
+  end
+
+  it "serializes records by GlobalID param and expires after the ttl by default" do
+    record = Struct.new(:to_gid_param).new("Z2lk")
+    token = described_class.encode({user: record}, ttl: 60, secret: "k")
+    claims = JSON.parse(Base64.urlsafe_decode64(token.split(".")[1]))
+    expect(JSON.parse(claims["ext"])).to eq("user" => "Z2lk")
+    expect(claims["exp"]).to be_within(2).of(Time.now.to_i + 60)
+    expect { described_class.encode({}, secret: nil) }.to raise_error(ArgumentError, /ANYCABLE_JWT_SECRET/)
+  end
+end

@@ -1,0 +1,214 @@
+//! AnyCable's JWT identification: a token in the `X-JID` header, the
+//! `anycable-token.<token>` subprotocol or `?jid=` (in that order; the parameter name is
+//! configurable) carries the connection's identifiers in its `ext` claim. A valid one
+//! identifies the connection without the app's `connect`.
+//!
+//! HS256, HS384 and HS512 (as AnyCable-Go accepts), through the `jsonwebtoken` crate;
+//! `exp` is optional and has no leeway, `nbf` is checked when present.
+
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+
+use crate::handshake::RequestHead;
+
+pub const SUBPROTOCOL_PREFIX: &str = "anycable-token.";
+
+#[derive(Clone)]
+pub struct JwtConfig {
+    /// `ANYCABLE_JWT_SECRET`, else `ANYCABLE_SECRET`.
+    pub key: Vec<u8>,
+    /// `ANYCABLE_JWT_PARAM` (`jid`): the query parameter, and the header `x-<param>`.
+    pub param: String,
+    /// `ANYCABLE_ENFORCE_JWT`: a connection without a token is refused.
+    pub enforce: bool,
+}
+
+impl std::fmt::Debug for JwtConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("JwtConfig")
+            .field("param", &self.param)
+            .field("enforce", &self.enforce)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwtError {
+    /// `token_expired` (reconnect: false): the client should fetch a new token.
+    Expired,
+    /// `unauthorized`: forged, malformed, another algorithm, or no `ext` string.
+    Invalid(String),
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    ext: Option<serde_json::Value>,
+}
+
+impl JwtConfig {
+    /// The token the request carries, if any.
+    pub fn token<'a>(&self, head: &'a RequestHead) -> Option<&'a str> {
+        let header = format!("x-{}", self.param.to_ascii_lowercase());
+        if let Some(t) = head
+            .header(&header)
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+        {
+            return Some(t);
+        }
+        let offered = head
+            .headers
+            .iter()
+            .filter(|(k, _)| k == "sec-websocket-protocol")
+            .flat_map(|(_, v)| v.split(','))
+            .map(str::trim)
+            .find_map(|p| p.strip_prefix(SUBPROTOCOL_PREFIX))
+            .filter(|t| !t.is_empty());
+        if offered.is_some() {
+            return offered;
+        }
+        let query = head.target.split_once('?')?.1;
+        query
+            .split('&')
+            .filter_map(|pair| pair.split_once('='))
+            .find(|(k, _)| *k == self.param)
+            .map(|(_, v)| v)
+            .filter(|v| !v.is_empty())
+    }
+
+    /// The identifiers JSON (`ext`, verbatim) of a valid token.
+    pub fn verify(&self, token: &str) -> Result<String, JwtError> {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.algorithms = vec![Algorithm::HS256, Algorithm::HS384, Algorithm::HS512];
+        validation.leeway = 0;
+        validation.validate_nbf = true;
+        validation.validate_aud = false;
+        validation.required_spec_claims.clear();
+        let data = jsonwebtoken::decode::<Claims>(
+            token,
+            &DecodingKey::from_secret(&self.key),
+            &validation,
+        )
+        .map_err(|e| match e.kind() {
+            ErrorKind::ExpiredSignature => JwtError::Expired,
+            other => JwtError::Invalid(format!("{other:?}")),
+        })?;
+        match data.claims.ext {
+            Some(serde_json::Value::String(ext)) => Ok(ext),
+            _ => Err(JwtError::Invalid("no ext claim holding a string".into())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{encode, EncodingKey, Header};
+
+    fn config() -> JwtConfig {
+        JwtConfig {
+            key: b"s3cr3t".to_vec(),
+            param: "jid".into(),
+            enforce: false,
+        }
+    }
+
+    fn token(alg: Algorithm, claims: serde_json::Value, key: &[u8]) -> String {
+        encode(&Header::new(alg), &claims, &EncodingKey::from_secret(key)).unwrap()
+    }
+
+    fn now() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    #[test]
+    fn the_documented_token_is_expired_and_its_signature_good() {
+        let t = "eyJhbGciOiJIUzI1NiJ9.eyJleHQiOiJ7XCJ1c2VyXCI6XCJaMmxrT2k4dmJYbGhjSEF2VlhObGNpODBNZ1wifSIsImV4cCI6MTc2NzIyNTYwMH0.HMRAMFbPToMVTuPT7fCR6aX_d8aMJASA_snGTa7b3rE";
+        assert_eq!(config().verify(t), Err(JwtError::Expired));
+        let forged = t.replace("HMRAM", "HMRAN");
+        assert!(matches!(
+            config().verify(&forged),
+            Err(JwtError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn outcomes() {
+        let ext = serde_json::json!({"ext": r#"{"user":"u1"}"#, "exp": now() + 60});
+        for alg in [Algorithm::HS256, Algorithm::HS384, Algorithm::HS512] {
+            assert_eq!(
+                config()
+                    .verify(&token(alg, ext.clone(), b"s3cr3t"))
+                    .as_deref(),
+                Ok(r#"{"user":"u1"}"#)
+            );
+        }
+        assert!(matches!(
+            config().verify(&token(Algorithm::HS256, ext.clone(), b"other")),
+            Err(JwtError::Invalid(_))
+        ));
+        let no_exp = serde_json::json!({"ext": "{}"});
+        assert_eq!(
+            config()
+                .verify(&token(Algorithm::HS256, no_exp, b"s3cr3t"))
+                .as_deref(),
+            Ok("{}")
+        );
+        let not_string = serde_json::json!({"ext": {"user": 1}});
+        assert!(matches!(
+            config().verify(&token(Algorithm::HS256, not_string, b"s3cr3t")),
+            Err(JwtError::Invalid(_))
+        ));
+        let later = serde_json::json!({"ext": "{}", "nbf": now() + 600});
+        assert!(matches!(
+            config().verify(&token(Algorithm::HS256, later, b"s3cr3t")),
+            Err(JwtError::Invalid(_))
+        ));
+        // alg: none, and truncation.
+        let none = format!(
+            "{}.{}.",
+            base64::Engine::encode(
+                &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+                r#"{"alg":"none"}"#
+            ),
+            base64::Engine::encode(
+                &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+                r#"{"ext":"{}"}"#
+            )
+        );
+        assert!(matches!(config().verify(&none), Err(JwtError::Invalid(_))));
+        let good = token(Algorithm::HS256, ext, b"s3cr3t");
+        assert!(matches!(
+            config().verify(&good[..good.len() - 5]),
+            Err(JwtError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn finds_the_token_in_header_then_subprotocol_then_query() {
+        let head = |headers: &[(&str, &str)], target: &str| RequestHead {
+            method: "GET".into(),
+            target: target.into(),
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            tls: false,
+        };
+        let c = config();
+        assert_eq!(c.token(&head(&[], "/cable?a=1&jid=q")), Some("q"));
+        let proto = [(
+            "sec-websocket-protocol",
+            "actioncable-v1-json, anycable-token.p",
+        )];
+        assert_eq!(c.token(&head(&proto, "/cable?jid=q")), Some("p"));
+        let both = [proto[0], ("x-jid", "h")];
+        assert_eq!(c.token(&head(&both, "/cable?jid=q")), Some("h"));
+        assert_eq!(c.token(&head(&[], "/cable")), None);
+    }
+}
