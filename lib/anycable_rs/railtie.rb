@@ -16,6 +16,13 @@ module AnyCableRs
       end
     end
 
+    initializer "anycable_rs.helpers" do
+      ActiveSupport.on_load(:action_view) do
+        require "anycable_rs/helper"
+        include AnyCableRs::Helper
+      end
+    end
+
     initializer "anycable_rs.broadcast_endpoint" do |app|
       app.middleware.insert_before 0, AnyCableRs::BroadcastEndpoint
       app.middleware.insert_after AnyCableRs::BroadcastEndpoint, AnyCableRs::MetricsEndpoint
