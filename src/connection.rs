@@ -342,13 +342,7 @@ impl<C: Controller> Inner<C> {
                 true
             }
             Command::Whisper => {
-                let stream = session
-                    .server_subscriptions
-                    .lock()
-                    .get(id)
-                    .cloned()
-                    .flatten();
-                match (stream, command.data.as_deref()) {
+                match (session.whisper_stream(id), command.data.as_deref()) {
                     (Some(stream), Some(data)) => self.whisper(session, &stream, data),
                     _ => log::debug!(
                         "session {}: whisper on a subscription without a whisper stream ignored",

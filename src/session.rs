@@ -75,6 +75,9 @@ pub struct Session {
     /// Subscriptions the server made itself (`$pubsub`, Turbo Streams), by identifier,
     /// with the stream whispers on it go to, if any. Only the connection task uses it.
     pub(crate) server_subscriptions: Mutex<HashMap<String, Option<String>>>,
+    /// Whisper streams of the app's channel subscriptions (`stream_from …, whisper:
+    /// true`), by identifier: one per subscription, as AnyCable's.
+    whispers: Mutex<HashMap<String, String>>,
 }
 
 pub type SessionRef = Arc<Session>;
@@ -94,6 +97,7 @@ impl Session {
             streams: Mutex::new(Vec::new()),
             identifiers: std::sync::OnceLock::new(),
             server_subscriptions: Mutex::new(HashMap::new()),
+            whispers: Mutex::new(HashMap::new()),
         });
         let outbox = Outbox {
             session: session.clone(),
@@ -158,6 +162,33 @@ impl Session {
             crate::metrics::COUNTERS.disconnected_slow_clients.inc();
         }
         self.close(DisconnectReason::TOO_SLOW);
+    }
+
+    /// Whispers on subscription `identifier` go to `stream` from now on; an empty
+    /// `stream` stops them (AnyCable's channel-state rule).
+    pub fn whisper_to(&self, identifier: &str, stream: &str) {
+        let mut whispers = self.whispers.lock();
+        if stream.is_empty() {
+            whispers.remove(identifier);
+        } else {
+            whispers.insert(identifier.to_string(), stream.to_string());
+        }
+    }
+
+    /// Stops whispers to `stream` on `identifier` (the stream was stopped).
+    pub fn stop_whisper(&self, identifier: &str, stream: &str) {
+        let mut whispers = self.whispers.lock();
+        if whispers.get(identifier).is_some_and(|s| s == stream) {
+            whispers.remove(identifier);
+        }
+    }
+
+    /// The stream a whisper on `identifier` goes to, if any.
+    pub fn whisper_stream(&self, identifier: &str) -> Option<String> {
+        if let Some(server_side) = self.server_subscriptions.lock().get(identifier) {
+            return server_side.clone();
+        }
+        self.whispers.lock().get(identifier).cloned()
     }
 
     /// Records the connection's identifiers (once; later calls are ignored).

@@ -70,3 +70,37 @@ RSpec.describe "Signed, public and Turbo streams, and whisper (real Puma)", type
     expect(b.silent_for?(0.3)).to be(true)
   end
 end
+
+RSpec.describe "Whisper on the app's channels (real Puma)", type: :cable do
+  with_puma(env: {"ANYCABLE_METRICS_HTTP" => "/metrics"})
+
+  it "delivers whispers on a stream_from … whisper: true subscription to the others only, without a Ruby job" do
+    a = connected(name: "alice")
+    b = connected(name: "bob")
+    ia = subscribed(a, channel: "WhisperChannel", room: "r1")
+    ib = subscribed(b, channel: "WhisperChannel", room: "r1")
+    commands = lambda do
+      _, samples = PrometheusText.parse(puma.http(:get, "/metrics").body)
+      samples.find { |s| s.name == "anycable_rs_jobs_total" && s.labels["kind"] == "command" }.value
+    end
+    before = commands.call
+    a.send_json(command: "whisper", identifier: ia, data: {typing: true})
+    expect(b.receive).to eq("identifier" => ib, "message" => {"typing" => true})
+    expect(a.silent_for?(0.3)).to be(true)
+    expect(commands.call).to eq(before)
+    # After stop_all_streams, its whispers go nowhere.
+    a.perform(ia, "hush")
+    expect(message_for(a, ia)).to eq("hushed" => true)
+    a.send_json(command: "whisper", identifier: ia, data: {typing: false})
+    expect(b.silent_for?(0.3)).to be(true)
+  end
+
+  it "ignores whispers where the channel did not allow them" do
+    a = connected(name: "alice")
+    b = connected(name: "bob")
+    ia = subscribed(a, channel: "WhisperChannel", room: "quiet")
+    subscribed(b, channel: "WhisperChannel", room: "quiet")
+    a.send_json(command: "whisper", identifier: ia, data: {typing: true})
+    expect(b.silent_for?(0.3)).to be(true)
+  end
+end

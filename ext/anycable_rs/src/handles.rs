@@ -58,5 +58,12 @@ impl Socket {
 
     pub fn unstream(&self, stream: String, identifier: String) {
         self.hub.unsubscribe(&self.session, &stream, &identifier);
+        self.session.stop_whisper(&identifier, &stream);
+    }
+
+    /// `stream_from …, whisper: true`: the client's whispers on this subscription go
+    /// to the stream's other subscribers (the server delivers them; no Ruby runs).
+    pub fn whisper_to(&self, stream: String, identifier: String) {
+        self.session.whisper_to(&identifier, &stream);
     }
 }

@@ -439,6 +439,7 @@ pub fn init(ruby: &Ruby, module: magnus::RModule) -> Result<(), Error> {
     socket.define_method("closed?", method!(Socket::is_closed, 0))?;
     socket.define_method("stream", method!(Socket::stream, 2))?;
     socket.define_method("unstream", method!(Socket::unstream, 2))?;
+    socket.define_method("whisper_to", method!(Socket::whisper_to, 2))?;
     socket.define_method("identifiers=", method!(Socket::set_identifiers, 1))?;
 
     crate::job::init(ruby, class)

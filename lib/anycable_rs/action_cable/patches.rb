@@ -31,21 +31,55 @@ module AnyCableRs
     # Prepended to ActionCable::Channel::Base: a plain `stream_from` (no block, no
     # coder) is delivered by Rust without entering Ruby.
     module ChannelPatch
-      def stream_from(broadcasting, callback = nil, coder: nil, &block)
+      # AnyCable's `whisper: true`: the client's whispers on this subscription go to
+      # the stream's other subscribers (one whisper stream per subscription).
+      def stream_from(broadcasting, callback = nil, coder: nil, whisper: false, &block)
         socket = Compat.websocket(connection)
-        return super unless callback.nil? && block.nil? && coder.nil? && socket
-        # As Rails does where it has the guard: a channel that has been unsubscribed
-        # starts no new stream.
-        return if Compat.unsubscribed?(self)
+        if callback.nil? && block.nil? && coder.nil? && socket
+          # As Rails does where it has the guard: a channel that has been unsubscribed
+          # starts no new stream.
+          return if Compat.unsubscribed?(self)
 
-        broadcasting = String(broadcasting)
-        token = DirectStream.new(socket.native, identifier)
-        Compat.streams(self)[broadcasting] = token
-        pubsub.subscribe(broadcasting, token)
-        logger.info "#{self.class.name} is streaming from #{broadcasting}"
+          broadcasting = String(broadcasting)
+          token = DirectStream.new(socket.native, identifier)
+          Compat.streams(self)[broadcasting] = token
+          pubsub.subscribe(broadcasting, token)
+          logger.info "#{self.class.name} is streaming from #{broadcasting}"
+        else
+          super(broadcasting, callback, coder: coder, &block)
+        end
+        whispers_to(broadcasting) if whisper
+      end
+
+      def stream_for(model, callback = nil, coder: nil, whisper: false, &block)
+        stream_from(broadcasting_for(model), callback || block, coder: coder, whisper: whisper)
+      end
+
+      # AnyCable's name for turning whisper on for a stream this channel streams from.
+      def whispers_to(broadcasting)
+        socket = Compat.websocket(connection)
+        return unless socket
+
+        @_anycable_whisper = String(broadcasting)
+        socket.native.whisper_to(@_anycable_whisper, identifier)
+      end
+
+      def stop_stream_from(broadcasting)
+        super
+        stop_whisper if @_anycable_whisper == String(broadcasting)
+      end
+
+      def stop_all_streams
+        super
+        stop_whisper if @_anycable_whisper
       end
 
       private
+
+      def stop_whisper
+        @_anycable_whisper = nil
+        Compat.websocket(connection)&.native&.whisper_to("", identifier)
+      end
 
       # Action Cable before 7.1 builds `data.inspect` for a debug line on every
       # transmit, and every Action Cable builds an action signature for every action
