@@ -127,4 +127,5 @@ require "anycable_rs/workers_relay"
 require "anycable_rs/metrics_endpoint"
 require "anycable_rs/streams"
 require "anycable_rs/jwt"
+require "anycable_rs/socket_id"
 require "anycable_rs/railtie" if defined?(::Rails::Railtie)

@@ -161,6 +161,15 @@ module AnyCableRs
 
       connection = session.connection
       identifier = job.identifier
+      # `to_others: true` in a channel action skips this very connection.
+      SocketId.with(session.socket.sid) do
+        run_command(job, connection, identifier)
+      end
+    ensure
+      job.resolve("ok", nil)
+    end
+
+    def run_command(job, connection, identifier)
       worker.work(connection) do
         # Inside the connection's before/around/after_command callbacks (Rails 7.1+),
         # as Action Cable's handle_channel_command runs them.
@@ -172,8 +181,6 @@ module AnyCableRs
           end
         end
       end
-    ensure
-      job.resolve("ok", nil)
     end
 
     def subscribe(connection, identifier)

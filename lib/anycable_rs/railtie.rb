@@ -13,6 +13,7 @@ module AnyCableRs
       ActiveSupport.on_load(:action_cable_channel) do
         require "anycable_rs/action_cable/patches"
         prepend AnyCableRs::ActionCable::ChannelPatch
+        singleton_class.prepend AnyCableRs::ActionCable::ChannelBroadcastPatch
       end
     end
 
@@ -26,6 +27,7 @@ module AnyCableRs
     initializer "anycable_rs.broadcast_endpoint" do |app|
       app.middleware.insert_before 0, AnyCableRs::BroadcastEndpoint
       app.middleware.insert_after AnyCableRs::BroadcastEndpoint, AnyCableRs::MetricsEndpoint
+      app.middleware.use AnyCableRs::SocketId::Middleware
     end
 
     config.after_initialize do

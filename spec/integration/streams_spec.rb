@@ -104,3 +104,26 @@ RSpec.describe "Whisper on the app's channels (real Puma)", type: :cable do
     expect(b.silent_for?(0.3)).to be(true)
   end
 end
+
+RSpec.describe "Broadcasts to others (to_others: true, real Puma)", type: :cable do
+  with_puma
+
+  it "skips the sender in a channel action, and the X-Socket-ID client in a controller" do
+    a = connected(name: "alice")
+    b = client(name: "bob")
+    sid_b = b.welcome!["sid"]
+    ia = subscribed(a, channel: "WhisperChannel", room: "o")
+    ib = subscribed(b, channel: "WhisperChannel", room: "o")
+    a.perform(ia, "shout", "text" => "hi")
+    expect(message_for(b, ib)).to eq("shout" => "hi")
+    expect(a.silent_for?(0.3)).to be(true)
+
+    res = puma.http(:post, "/broadcast", {stream: "whisper:o", payload: '{"n":1}', to_others: "1"}, {"X-Socket-ID" => sid_b})
+    expect(res.code).to eq("201")
+    expect(message_for(a, ia)).to eq("n" => 1)
+    expect(b.silent_for?(0.3)).to be(true)
+    # Without to_others, everyone.
+    puma.http(:post, "/broadcast", {stream: "whisper:o", payload: '{"n":2}'}, {"X-Socket-ID" => sid_b})
+    expect(message_for(b, ib)).to eq("n" => 2)
+  end
+end

@@ -1,6 +1,7 @@
 # frozen_string_literal: true
 
 require "anycable_rs/action_cable/compat"
+require "anycable_rs/action_cable/pubsub"
 
 module AnyCableRs
   module ActionCable
@@ -20,11 +21,31 @@ module AnyCableRs
         AnyCableRs.embedded? ? AnyCableRs.runtime.pubsub : super
       end
 
+      # AnyCable's `to_others: true`: every subscriber but the current socket
+      # (AnyCableRs.current_socket_id). Action Cable's own broadcast runs (its log line
+      # and instrumentation); our pub/sub reads the socket to skip.
+      def broadcast(broadcasting, message, to_others: false, **options)
+        exclude = to_others && AnyCableRs.embedded? ? AnyCableRs.current_socket_id : nil
+        return super(broadcasting, message, **options) unless exclude
+
+        PubSub.excluding(exclude) { super(broadcasting, message, **options) }
+      end
+
       # Code reloading in development restarts the cable server: close our sockets too
       # (clients reconnect and get the reloaded classes), as Action Cable does.
       def restart
         AnyCableRs.runtime.dispatcher.close_all if AnyCableRs.embedded? && AnyCableRs.runtime?
         super
+      end
+    end
+
+    # Prepended to ActionCable::Channel::Base's singleton: `broadcast_to(model, data,
+    # to_others: true)`, as AnyCable's.
+    module ChannelBroadcastPatch
+      def broadcast_to(model, message, to_others: false)
+        return super(model, message) unless to_others
+
+        ::ActionCable.server.broadcast(broadcasting_for(model), message, to_others: true)
       end
     end
 

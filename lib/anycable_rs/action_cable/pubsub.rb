@@ -13,7 +13,18 @@ module AnyCableRs
       end
 
       def broadcast(channel, payload)
-        Broadcasting.broadcast(channel, payload.to_s)
+        Broadcasting.broadcast(channel, payload.to_s, exclude_socket: Thread.current[EXCLUDE])
+      end
+
+      EXCLUDE = :anycable_rs_exclude_socket
+
+      # Broadcasts made in the block skip socket `sid` (ServerPatch#broadcast, to_others).
+      def self.excluding(sid)
+        previous = Thread.current[EXCLUDE]
+        Thread.current[EXCLUDE] = sid
+        yield
+      ensure
+        Thread.current[EXCLUDE] = previous
       end
 
       def subscribe(channel, callback, success_callback = nil)

@@ -23,10 +23,11 @@ class TestController < ActionController::Base
 
   def broadcast
     payload = JSON.parse(params.require(:payload))
+    to_others = params[:to_others].present?
     if params[:user_id]
-      ScopedChannel.broadcast_to(User.find(params[:user_id]), payload)
+      ScopedChannel.broadcast_to(User.find(params[:user_id]), payload, to_others: to_others)
     else
-      ActionCable.server.broadcast(params.require(:stream), payload)
+      ActionCable.server.broadcast(params.require(:stream), payload, to_others: to_others)
     end
     head :created
   end
