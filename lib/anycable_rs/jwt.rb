@@ -25,6 +25,69 @@ module AnyCableRs
       "#{signing_input}.#{b64(OpenSSL::HMAC.digest("SHA256", secret.to_s, signing_input))}"
     end
 
+    class Expired < StandardError; end
+    class Invalid < StandardError; end
+
+    ALGORITHMS = {"HS256" => "SHA256", "HS384" => "SHA384", "HS512" => "SHA512"}.freeze
+
+    # The identifiers JSON (`ext`) of a valid token; raises Expired or Invalid. The
+    # same rules as the Rust server's (HS256/384/512, exp and nbf, ext a string).
+    def decode(token, secret: AnyCableRs.config.effective_jwt_secret)
+      raise Invalid, "no secret" if secret.to_s.empty?
+
+      head, body, signature = token.to_s.split(".", -1)
+      raise Invalid, "malformed" unless head && body && signature && token.count(".") == 2
+
+      header = JSON.parse(unb64(head))
+      digest = ALGORITHMS[header["alg"]] or raise Invalid, "algorithm #{header["alg"].inspect}"
+      expected = b64(OpenSSL::HMAC.digest(digest, secret.to_s, "#{head}.#{body}"))
+      unless expected.bytesize == signature.bytesize && OpenSSL.fixed_length_secure_compare(expected, signature)
+        raise Invalid, "signature"
+      end
+
+      claims = JSON.parse(unb64(body))
+      now = Time.now.to_i
+      raise Expired, "expired" if claims["exp"].is_a?(Numeric) && now >= claims["exp"]
+      raise Invalid, "not yet valid" if claims["nbf"].is_a?(Numeric) && now < claims["nbf"]
+      raise Invalid, "no ext" unless claims["ext"].is_a?(String)
+
+      claims["ext"]
+    rescue JSON::ParserError, ArgumentError => e
+      raise Invalid, e.message
+    end
+
+    def unb64(text)
+      Base64.urlsafe_decode64(text + ("=" * ((4 - text.size % 4) % 4)))
+    end
+
+    # For plain Action Cable (the embedded toggle off, or a connection without a token
+    # on it): include in ApplicationCable::Connection and call from `connect`:
+    #
+    #   def connect
+    #     return identify_from_anycable_jwt! if anycable_jwt_present?
+    #     ...
+    module Identification
+      def anycable_jwt_present?
+        !anycable_jwt_token.to_s.empty?
+      end
+
+      def identify_from_anycable_jwt!
+        AnyCableRs::JWT.identify!(self, AnyCableRs::JWT.decode(anycable_jwt_token))
+      rescue AnyCableRs::JWT::Expired
+        close(reason: "token_expired", reconnect: false) if respond_to?(:close)
+        reject_unauthorized_connection
+      rescue AnyCableRs::JWT::Invalid
+        reject_unauthorized_connection
+      end
+
+      private
+
+      def anycable_jwt_token
+        param = AnyCableRs.config.jwt_param
+        request.headers["X-#{param.upcase}"].presence || request.params[param]
+      end
+    end
+
     # A model by its GlobalID param (as AnyCable serializes identifiers), else the value.
     def serialize(value)
       value.respond_to?(:to_gid_param) ? value.to_gid_param : value

@@ -18,3 +18,26 @@ RSpec.describe AnyCableRs::JWT do
     expect { described_class.encode({}, secret: nil) }.to raise_error(ArgumentError, /ANYCABLE_JWT_SECRET/)
   end
 end
+
+RSpec.describe "AnyCableRs::JWT.decode" do
+  let(:jwt) { AnyCableRs::JWT }
+
+  it "takes what encode makes, and refuses expired, forged, unsigned and non-HMAC tokens" do
+    good = jwt.encode({user: "u1"}, ttl: 60, secret: "k")
+    expect(JSON.parse(jwt.decode(good, secret: "k"))).to eq("user" => "u1")
+    expect { jwt.decode(good, secret: "other") }.to raise_error(jwt::Invalid)
+    expect { jwt.decode(jwt.encode({}, expires_at: Time.now.to_i - 1, secret: "k"), secret: "k") }.to raise_error(jwt::Expired)
+    head, body, = good.split(".")
+    none = "#{jwt.b64('{"alg":"none"}')}.#{body}."
+    expect { jwt.decode(none, secret: "k") }.to raise_error(jwt::Invalid)
+    rs = "#{jwt.b64('{"alg":"RS256"}')}.#{body}.#{jwt.b64(OpenSSL::HMAC.digest("SHA256", "k", "#{head}.#{body}"))}"
+    expect { jwt.decode(rs, secret: "k") }.to raise_error(jwt::Invalid)
+    expect { jwt.decode(good[0, 20], secret: "k") }.to raise_error(jwt::Invalid)
+    expect { jwt.decode("a.b.c.d", secret: "k") }.to raise_error(jwt::Invalid)
+  end
+
+  it "agrees with the Rust server on the documented token: expired" do
+    token = "eyJhbGciOiJIUzI1NiJ9.eyJleHQiOiJ7XCJ1c2VyXCI6XCJaMmxrT2k4dmJYbGhjSEF2VlhObGNpODBNZ1wifSIsImV4cCI6MTc2NzIyNTYwMH0.HMRAMFbPToMVTuPT7fCR6aX_d8aMJASA_snGTa7b3rE"
+    expect { jwt.decode(token, secret: "s3cr3t") }.to raise_error(jwt::Expired)
+  end
+end

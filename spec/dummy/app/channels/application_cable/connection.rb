@@ -3,6 +3,9 @@
 module ApplicationCable
   class Connection < ActionCable::Connection::Base
     identified_by :current_user, :tab
+    # AnyCable JWTs under plain Action Cable too (with the toggle on, the server
+    # verifies tokens before connect runs).
+    include AnyCableRs::JWT::Identification
 
     rescue_from ArgumentError do |e|
       Event.record("connection.rescue_from", e.message)
@@ -10,6 +13,7 @@ module ApplicationCable
 
     def connect
       raise "connect exploded" if request.params[:explode]
+      return identify_from_anycable_jwt! if anycable_jwt_present?
 
       self.current_user = User.find_by(id: cookies.signed[:user_id]) ||
         User.find_by(name: request.params[:user]) ||
