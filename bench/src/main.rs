@@ -44,6 +44,10 @@ struct Opts {
     pid: Option<u32>,
     channel: String,
     origin: String,
+    /// Subscribe with this identifier instead of `{"channel": <--channel>}`.
+    identifier: Option<String>,
+    /// A Cookie header for every connection (an app that authenticates from cookies).
+    cookie: Option<String>,
     hold: f64,
     /// Clients bind to 127.0.0.1 … 127.0.0.N, round robin: N × ~28k ephemeral ports.
     local_addrs: u8,
@@ -67,6 +71,8 @@ fn parse_args() -> Result<Opts, String> {
         pid: None,
         channel: "BenchmarkChannel".into(),
         origin: "http://localhost".into(),
+        identifier: None,
+        cookie: None,
         hold: 2.0,
         local_addrs: 1,
         cycles: 1000,
@@ -88,6 +94,8 @@ fn parse_args() -> Result<Opts, String> {
             "--pid" => o.pid = Some(num(value()?)? as u32),
             "--channel" => o.channel = value()?,
             "--origin" => o.origin = value()?,
+            "--identifier" => o.identifier = Some(value()?),
+            "--cookie" => o.cookie = Some(value()?),
             "--hold" => o.hold = num(value()?)?,
             "--local-addrs" => o.local_addrs = (num(value()?)? as u8).max(1),
             "--cycles" => o.cycles = num(value()?)? as usize,
@@ -126,7 +134,9 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 fn identifier(o: &Opts) -> String {
-    json!({ "channel": o.channel }).to_string()
+    o.identifier
+        .clone()
+        .unwrap_or_else(|| json!({ "channel": o.channel }).to_string())
 }
 
 /// Connects (to the `index`-th of the comma-separated `--url`s, round robin), waits
@@ -138,6 +148,10 @@ async fn open_client(o: &Opts, index: usize) -> Result<Ws, String> {
         .map_err(|e| e.to_string())?;
     req.headers_mut()
         .insert("Origin", o.origin.parse().unwrap());
+    if let Some(cookie) = &o.cookie {
+        req.headers_mut()
+            .insert("Cookie", cookie.parse().expect("a valid Cookie header"));
+    }
     req.headers_mut().insert(
         "Sec-WebSocket-Protocol",
         "actioncable-v1-json".parse().unwrap(),
