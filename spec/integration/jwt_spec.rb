@@ -69,6 +69,15 @@ RSpec.describe "JWT identification (real Puma)", type: :cable do
       expect(c.receive).to eq("type" => "disconnect", "reason" => "unauthorized", "reconnect" => false)
     end
     expect(puma.log).not_to include(forged)
+    # A 64 KiB token: refused at the request head, on either port, and nothing else notices.
+    [own_port, puma.port].each do |port|
+      sock = TCPSocket.new("127.0.0.1", port)
+      sock.write("GET /cable?jid=#{"x" * 65_536} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" \
+        "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nOrigin: http://allowed.test\r\n\r\n")
+      status = sock.gets.to_s
+      sock.close
+      expect(status).to match(%r{\AHTTP/1\.1 4\d\d}), "port #{port}: #{status.inspect}"
+    end
     # Without a token, the app's own connect (cookies) still decides.
     expect(connected(name: "alice", port: own_port)).to be_a(WsClient)
   end
