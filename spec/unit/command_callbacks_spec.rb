@@ -25,6 +25,8 @@ RSpec.describe AnyCableRs::Dispatcher, "commands and connection command callback
     def close_quietly = nil
     def stream(*) = nil
     def unstream(*) = nil
+    def whisper_to(*) = nil
+    def sid = "stub-sid"
   end
 
   stub_job = Struct.new(:kind, :session_id, :command, :identifier, :data, :answers) do
@@ -76,7 +78,8 @@ RSpec.describe AnyCableRs::Dispatcher, "commands and connection command callback
     ac = AnyCableRs::ActionCable
     socket = ac::Socket.new(native, "actioncable-v1-json")
     connection = ac::Compat.build_connection(klass, dispatcher.cable_server, env, socket, coder: ac::Coder)
-    dispatcher.instance_variable_get(:@sessions)[7] = described_class::Session.new(socket, connection)
+    # As the dispatcher registers it: the native socket (Native::Socket) and the connection.
+    dispatcher.instance_variable_get(:@sessions)[7] = described_class::Session.new(native, connection)
     connection
   end
 
