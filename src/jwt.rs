@@ -96,7 +96,16 @@ impl JwtConfig {
             other => JwtError::Invalid(format!("{other:?}")),
         })?;
         match data.claims.ext {
-            Some(serde_json::Value::String(ext)) => Ok(ext),
+            // The identifiers, keyed by `identified_by` name: a JSON object.
+            Some(serde_json::Value::String(ext))
+                if serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&ext)
+                    .is_ok() =>
+            {
+                Ok(ext)
+            }
+            Some(serde_json::Value::String(_)) => {
+                Err(JwtError::Invalid("ext is not a JSON object".into()))
+            }
             _ => Err(JwtError::Invalid("no ext claim holding a string".into())),
         }
     }
@@ -159,6 +168,11 @@ mod tests {
                 .as_deref(),
             Ok("{}")
         );
+        let not_json = serde_json::json!({"ext": "user=1"});
+        assert!(matches!(
+            config().verify(&token(Algorithm::HS256, not_json, b"s3cr3t")),
+            Err(JwtError::Invalid(_))
+        ));
         let not_string = serde_json::json!({"ext": {"user": 1}});
         assert!(matches!(
             config().verify(&token(Algorithm::HS256, not_string, b"s3cr3t")),

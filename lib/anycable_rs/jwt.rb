@@ -50,6 +50,7 @@ module AnyCableRs
       raise Expired, "expired" if claims["exp"].is_a?(Numeric) && now >= claims["exp"]
       raise Invalid, "not yet valid" if claims["nbf"].is_a?(Numeric) && now < claims["nbf"]
       raise Invalid, "no ext" unless claims["ext"].is_a?(String)
+      raise Invalid, "ext is not a JSON object" unless JSON.parse(claims["ext"]).is_a?(Hash)
 
       claims["ext"]
     rescue JSON::ParserError, ArgumentError => e

@@ -10,6 +10,10 @@ module AnyCableRs
         require "anycable_rs/action_cable/patches"
         ::ActionCable::Server::Base.prepend(AnyCableRs::ActionCable::ServerPatch)
       end
+      ActiveSupport.on_load(:action_cable_connection) do
+        require "anycable_rs/action_cable/patches"
+        AnyCableRs::ActionCable::Compat.install_remote_disconnect_frame
+      end
       ActiveSupport.on_load(:action_cable_channel) do
         require "anycable_rs/action_cable/patches"
         prepend AnyCableRs::ActionCable::ChannelPatch

@@ -117,6 +117,30 @@ module AnyCableRs
       # arrive on. checked: 6.1–8.1 (through `server.event_loop.post`, which runs at
       # once here), main (direct). The disconnect it handles: 6.1–7.0 close the socket
       # silently; 7.1+ `close(reason: "remote", reconnect:)`.
+      # AnyCable, and Rails 7.1+, tell a remotely disconnected client why before closing:
+      # {"type":"disconnect","reason":"remote","reconnect":…}. 6.1–7.0's private
+      # InternalChannel#process_internal_message closes silently ("disconnect" ->
+      # websocket.close); on those this makes our connections send the frame, through
+      # Connection::Base#close(reason:, reconnect:) (6.1+). checked: 6.1.0, 6.1.7.10,
+      # 7.0.0, 7.0.10; 7.1+ send it themselves (not installed there). By version.
+      module RemoteDisconnectFrame
+        private
+
+        def process_internal_message(message)
+          return super unless message["type"] == "disconnect" && Compat.websocket(self)
+
+          logger.info "Removing connection (#{connection_identifier})"
+          close(reason: "remote", reconnect: message.fetch("reconnect", true))
+        end
+      end
+
+      def install_remote_disconnect_frame
+        return if ::ActionCable.gem_version >= Gem::Version.new("7.1.0")
+        return if ::ActionCable::Connection::Base <= RemoteDisconnectFrame
+
+        ::ActionCable::Connection::Base.prepend(RemoteDisconnectFrame)
+      end
+
       def subscribe_to_internal_channel(connection)
         connection.__send__(:subscribe_to_internal_channel)
       end
