@@ -92,6 +92,7 @@ RSpec.describe "Broadcasting across processes over #{adapter}", type: :cable do 
     c = connected(name: "zed", port: @two.port)
     user_id = @one.http(:get, "/login?name=zed").body
     expect(@one.http(:post, "/remote_disconnect", user_id: user_id).code).to eq("201")
+    expect(c.receive).to eq("type" => "disconnect", "reason" => "remote", "reconnect" => true)
     expect(c.receive).to eq(:closed)
   end
 

@@ -6,13 +6,9 @@ import { test, before, after } from 'node:test'
 import assert from 'node:assert/strict'
 import { createHmac } from 'node:crypto'
 import { createCable } from '@anycable/web'
-import { startPuma, BrowserLikeWebSocket, waitFor, broadcast } from './support.mjs'
+import { startPuma, BrowserLikeWebSocket, loadRailsActionCable, waitFor, broadcast } from './support.mjs'
 
-globalThis.addEventListener ||= () => {}
-globalThis.removeEventListener ||= () => {}
-globalThis.document ||= { visibilityState: 'visible', addEventListener() {}, removeEventListener() {} }
-const { createConsumer, adapters } = await import('@rails/actioncable')
-adapters.WebSocket = BrowserLikeWebSocket
+const { createConsumer } = await loadRailsActionCable()
 
 let server
 let cables = []

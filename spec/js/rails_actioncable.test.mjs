@@ -1,15 +1,9 @@
 // The official @rails/actioncable client against anycable-rs embedded in Puma.
 import { test, before, after } from 'node:test'
 import assert from 'node:assert/strict'
-import { startPuma, BrowserLikeWebSocket, waitFor, broadcast } from './support.mjs'
+import { startPuma, loadRailsActionCable, waitFor, broadcast } from './support.mjs'
 
-// The client was written for browsers: give it the few globals it touches.
-globalThis.addEventListener ||= () => {}
-globalThis.removeEventListener ||= () => {}
-globalThis.document ||= { visibilityState: 'visible', addEventListener() {}, removeEventListener() {} }
-
-const { createConsumer, adapters } = await import('@rails/actioncable')
-adapters.WebSocket = BrowserLikeWebSocket
+const { createConsumer } = await loadRailsActionCable()
 
 let server
 let consumers = []

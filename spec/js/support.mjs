@@ -105,6 +105,17 @@ export function waitFor(fn, timeout = 5000) {
   })
 }
 
+// @rails/actioncable was written for browsers: give it the few globals it touches,
+// and `ws` with a browser's Origin as its WebSocket.
+export async function loadRailsActionCable() {
+  globalThis.addEventListener ||= () => {}
+  globalThis.removeEventListener ||= () => {}
+  globalThis.document ||= { visibilityState: 'visible', addEventListener() {}, removeEventListener() {} }
+  let actioncable = await import('@rails/actioncable')
+  actioncable.adapters.WebSocket = BrowserLikeWebSocket
+  return actioncable
+}
+
 export async function broadcast(server, stream, payload) {
   let res = await server.http('/broadcast', {
     method: 'POST',
