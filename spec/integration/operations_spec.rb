@@ -93,7 +93,8 @@ RSpec.describe "Operations (real Puma)", type: :cable do
       started = Process.clock_gettime(Process::CLOCK_MONOTONIC)
       subscribed(c, channel: "EchoChannel")
       expect(c.receive(timeout: 5)).to eq("type" => "disconnect", "reason" => "server_restart", "reconnect" => true)
-      expect(Process.clock_gettime(Process::CLOCK_MONOTONIC) - started).to be_between(0.8, 1.6)
+      # 1 s plus up to 10 % jitter; the upper bound leaves room for a loaded machine.
+      expect(Process.clock_gettime(Process::CLOCK_MONOTONIC) - started).to be_between(0.8, 3.0)
       expect(c.receive).to eq(:closed)
       wait_for { events.include?(["disconnect", "dora"]) }
       expect(connected(name: "dora")).to be_a(WsClient)
