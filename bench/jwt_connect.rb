@@ -11,24 +11,11 @@
 require "net/http"
 require "openssl"
 require "base64"
-require "tmpdir"
 require_relative "harness"
+require_relative "../spec/support/puma_server"
 
 clients = Integer(ARGV[0] || 2000)
-dummy = File.expand_path("../spec/dummy", __dir__)
 Harness.build_tools!
-
-def start(dummy, env)
-  port = Harness.free_port
-  dir = Dir.mktmpdir("anycable-jwt-bench")
-  log = File.open(File.join(dir, "puma.log"), "w")
-  pid = Process.spawn({"RAILS_ENV" => "test", "RAILS_MAX_THREADS" => "5", "DUMMY_LOG_LEVEL" => "warn",
-                       "DUMMY_DATABASE" => File.join(dir, "db.sqlite3"), "DUMMY_LOG" => File.join(dir, "rails.log")}.merge(env),
-    "puma", "-b", "tcp://127.0.0.1:#{port}?low_latency=true", "-t", "5:5", "-e", "test", "config.ru",
-    chdir: dummy, out: log, err: log, pgroup: true)
-  Harness.wait_for_port(port)
-  [pid, port]
-end
 
 def get(port, path)
   Net::HTTP.get_response(URI("http://127.0.0.1:#{port}#{path}"))
@@ -48,7 +35,13 @@ rows = {}
 commands = {}
 
 own = Harness.free_port
-pid, port = start(dummy, "ANYCABLE_EMBEDDED" => "true", "ANYCABLE_PORT" => own.to_s,
+# spec/dummy in Puma, 5 threads, its log at warn (the load is the measure, not logging).
+def start(env)
+  server = PumaServer.new(threads: 5, env: {"DUMMY_LOG_LEVEL" => "warn"}.merge(env)).start
+  [server, server.pid, server.port]
+end
+
+server, pid, port = start("ANYCABLE_PORT" => own.to_s,
   "ANYCABLE_JWT_SECRET" => "bench-jwt", "ANYCABLE_STREAMS_SECRET" => "bench-streams")
 Harness.wait_for_port(own)
 token = get(port, "/token?name=bench").body
@@ -61,15 +54,17 @@ c = cookie(port)
 cmd, r = Harness.bench("connect", common + ["--cookie", c, "--channel", "EchoChannel"], [Harness.url(port)], pid: pid)
 rows["anycable-rs: cookie connect + EchoChannel, Puma's port"] = r
 commands["anycable-rs: cookie connect + EchoChannel, Puma's port"] = cmd.sub(c, "COOKIE")
-Harness.stop(pid)
+server.stop
+server.cleanup
 
-pid, port = start(dummy, "ANYCABLE_EMBEDDED" => "false")
+server, pid, port = start("ANYCABLE_EMBEDDED" => "false")
 c = cookie(port)
 Harness.bench("connect", %w[--clients 50 --hold 0 --origin http://allowed.test --channel EchoChannel --cookie] + [c], [Harness.url(port)])
 cmd, r = Harness.bench("connect", common + ["--cookie", c, "--channel", "EchoChannel"], [Harness.url(port)], pid: pid)
 rows["Action Cable: cookie connect + EchoChannel"] = r
 commands["Action Cable: cookie connect + EchoChannel"] = cmd.sub(c, "COOKIE")
-Harness.stop(pid)
+server.stop
+server.cleanup
 
 base = rows["Action Cable: cookie connect + EchoChannel"]["connects_per_sec"].to_f
 puts "Machine: #{Harness.machine}"

@@ -34,18 +34,6 @@ require "websocket/driver"
 require_relative "../spec/support/puma_server"
 require_relative "../spec/support/broker_servers"
 
-# PumaServer (spec/support) opens its log twice (out: and err: the same path), so
-# Puma's stdout and the Rust side's stderr lines overwrite each other; here both go
-# through one descriptor.
-class BenchPuma < PumaServer
-  def start
-    args = ["puma", "-b", "tcp://127.0.0.1:#{port}", "-t", "#{@threads}:#{@threads}", "-e", "test", "config.ru"]
-    @pid = Process.spawn(@env, *args, chdir: DUMMY, out: log_path, err: [:child, :out], pgroup: true)
-    wait_until_up
-    self
-  end
-end
-
 ADAPTER = ENV.fetch("ADAPTER", "nats")
 COUNT = Integer(ENV.fetch("COUNT", "500"))
 SIZE = Integer(ENV.fetch("SIZE", "102400"))
@@ -162,7 +150,7 @@ end
 broker = {"redis" => RedisServer, "nats" => NatsServer}[ADAPTER]&.new&.start
 env = {"ANYCABLE_BROADCAST_ADAPTER" => ADAPTER, "DUMMY_LOG_LEVEL" => "info"}
 env[ADAPTER == "redis" ? "ANYCABLE_REDIS_URL" : "ANYCABLE_NATS_SERVERS"] = broker.url if broker
-puma = BenchPuma.new(threads: THREADS, env: env).start
+puma = PumaServer.new(threads: THREADS, env: env).start
 
 begin
   cookie = puma.http(:get, "/login?name=bench").get_fields("set-cookie").map { |c| c.split(";").first }.join("; ")

@@ -22,18 +22,6 @@ require "sqlite3"
 require "websocket/driver"
 require_relative "../spec/support/puma_server"
 
-# PumaServer (spec/support) opens its log twice (out: and err: the same path), so
-# Puma's stdout and the Rust side's stderr lines overwrite each other; here both go
-# through one descriptor.
-class BenchPuma < PumaServer
-  def start
-    args = ["puma", "-b", "tcp://127.0.0.1:#{port}", "-t", "#{@threads}:#{@threads}", "-e", "test", "config.ru"]
-    @pid = Process.spawn(@env, *args, chdir: DUMMY, out: log_path, err: [:child, :out], pgroup: true)
-    wait_until_up
-    self
-  end
-end
-
 N = Integer(ENV.fetch("N", "1500"))
 THREADS = Integer(ENV.fetch("THREADS", "5"))
 TIMEOUT = ENV["SHUTDOWN_TIMEOUT"]
@@ -126,7 +114,7 @@ end
 
 env = {"DUMMY_LOG_LEVEL" => LOG_LEVEL}
 env["ANYCABLE_SHUTDOWN_TIMEOUT"] = TIMEOUT if TIMEOUT
-puma = BenchPuma.new(env: env, threads: THREADS)
+puma = PumaServer.new(env: env, threads: THREADS)
 puma.start
 puma.http(:get, "/login?name=bench") # the user every connection authenticates as (?user=bench)
 url = puma.url("/cable?user=bench")

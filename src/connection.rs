@@ -8,7 +8,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -73,14 +73,14 @@ impl<C: Controller> Inner<C> {
 
         // A JWT identifies the connection here, without the app's `connect`; the app
         // builds its connection object only when a command needs it (`lazy`).
+        // While `lazy` holds the request, the app has no connection for this session
+        // (and is owed no disconnect callbacks).
         let mut lazy: Option<ConnectRequest> = None;
-        let app_knows = Arc::new(AtomicBool::new(true));
         let reply = match self.identify_by_jwt(&head, &session) {
             Some(Ok(identifiers)) => {
                 if env_token != 0 {
                     self.controller.handoff_abandoned(env_token);
                 }
-                app_knows.store(false, Ordering::Release);
                 lazy = Some(ConnectRequest {
                     session: session.clone(),
                     head,
@@ -139,8 +139,7 @@ impl<C: Controller> Inner<C> {
             .is_err()
         {
             drop(ws);
-            self.finish(&session, app_knows.load(Ordering::Acquire))
-                .await;
+            self.finish(&session, lazy.is_none()).await;
             drop(pending);
             return;
         }
@@ -173,7 +172,7 @@ impl<C: Controller> Inner<C> {
                 }
                 msg = ws.next(), if inflight.is_none() => match msg {
                     Some(Ok(Message::Text(text))) => {
-                        inflight = self.handle_text(&session, text.as_str(), &mut bad_input, &mut lazy, &app_knows);
+                        inflight = self.handle_text(&session, text.as_str(), &mut bad_input, &mut lazy);
                     }
                     Some(Ok(Message::Binary(data))) => {
                         COUNTERS.data_rcvd.inc_by(data.len() as u64);
@@ -197,8 +196,7 @@ impl<C: Controller> Inner<C> {
         if let Some(command) = inflight {
             command.await;
         }
-        self.finish(&session, app_knows.load(Ordering::Acquire))
-            .await;
+        self.finish(&session, lazy.is_none()).await;
         drop(pending);
     }
 
@@ -238,7 +236,6 @@ impl<C: Controller> Inner<C> {
         text: &str,
         bad_input: &mut BadInputLog,
         lazy: &mut Option<ConnectRequest>,
-        app_knows: &Arc<AtomicBool>,
     ) -> Option<CommandFuture<'a>> {
         COUNTERS.data_rcvd.inc_by(text.len() as u64);
         if text.len() > self.config.max_message_size {
@@ -267,7 +264,6 @@ impl<C: Controller> Inner<C> {
                     return Some(Box::pin(self.controller.command(request)));
                 };
                 // The first command for the app's code: its connection object first.
-                app_knows.store(true, Ordering::Release);
                 let session = session.clone();
                 Some(Box::pin(async move {
                     match self.controller.connect(connect).await {

@@ -5,10 +5,9 @@
 
 use std::sync::LazyLock;
 
-use parking_lot::Mutex;
 use prometheus::core::Collector;
 pub use prometheus::proto::MetricFamily;
-use prometheus::{Encoder, IntCounter, IntGauge, Registry, TextEncoder};
+use prometheus::{Encoder, IntCounter, IntGauge, TextEncoder};
 
 pub struct Counters {
     /// Frames from clients decoded into commands.
@@ -97,57 +96,45 @@ pub type MetricsSource = std::sync::Arc<dyn Fn() -> Vec<MetricFamily> + Send + S
 /// Renders every metric: the counters, the snapshot's gauges, and `extra` families
 /// (the Ruby side's), each sample labelled with `tags`.
 pub fn render(snapshot: Snapshot, tags: &[(String, String)], extra: Vec<MetricFamily>) -> String {
-    static GAUGES: LazyLock<Mutex<Option<[IntGauge; 3]>>> = LazyLock::new(|| Mutex::new(None));
-    let gauges = {
-        let mut g = GAUGES.lock();
-        g.get_or_insert_with(|| {
-            [
-                IntGauge::new("anycable_go_clients_num", "The number of active clients").unwrap(),
-                IntGauge::new(
-                    "anycable_go_clients_uniq_num",
-                    "The number of unique clients (with respect to connection identifiers)",
-                )
-                .unwrap(),
-                IntGauge::new(
-                    "anycable_go_broadcast_streams_num",
-                    "The number of active broadcasting streams",
-                )
-                .unwrap(),
-            ]
-        })
-        .clone()
+    let gauge = |name: &str, help: &str, value: i64| {
+        let g = IntGauge::new(name, help).expect("valid metric name");
+        g.set(value);
+        g.collect()
     };
-    gauges[0].set(snapshot.clients);
-    gauges[1].set(snapshot.clients_uniq);
-    gauges[2].set(snapshot.streams);
-
-    let registry = Registry::new();
     let c = &*COUNTERS;
-    let mut all: Vec<Box<dyn Collector>> = vec![
-        Box::new(c.client_msg.clone()),
-        Box::new(c.failed_client_msg.clone()),
-        Box::new(c.broadcast_msg.clone()),
-        Box::new(c.publications.clone()),
-        Box::new(c.remote_commands.clone()),
-        Box::new(c.disconnected_slow_clients.clone()),
-        Box::new(c.failed_auths.clone()),
-        Box::new(c.data_sent.clone()),
-        Box::new(c.data_rcvd.clone()),
-        Box::new(c.refused_conn.clone()),
-        Box::new(c.expired_conn.clone()),
-    ];
-    all.extend(
-        gauges
-            .iter()
-            .map(|g| Box::new(g.clone()) as Box<dyn Collector>),
-    );
-    for collector in all {
-        if let Err(e) = registry.register(collector) {
-            log::error!("metrics: {e}");
-        }
-    }
-    let mut families = registry.gather();
+    let mut families: Vec<MetricFamily> = [
+        &c.client_msg,
+        &c.failed_client_msg,
+        &c.broadcast_msg,
+        &c.publications,
+        &c.remote_commands,
+        &c.disconnected_slow_clients,
+        &c.failed_auths,
+        &c.data_sent,
+        &c.data_rcvd,
+        &c.refused_conn,
+        &c.expired_conn,
+    ]
+    .iter()
+    .flat_map(|counter| counter.collect())
+    .collect();
+    families.extend(gauge(
+        "anycable_go_clients_num",
+        "The number of active clients",
+        snapshot.clients,
+    ));
+    families.extend(gauge(
+        "anycable_go_clients_uniq_num",
+        "The number of unique clients (with respect to connection identifiers)",
+        snapshot.clients_uniq,
+    ));
+    families.extend(gauge(
+        "anycable_go_broadcast_streams_num",
+        "The number of active broadcasting streams",
+        snapshot.streams,
+    ));
     families.extend(extra);
+    families.sort_by(|a, b| a.name().cmp(b.name()));
     // Tags go on every sample, labels sorted by name (stable output).
     for family in &mut families {
         for metric in family.mut_metric() {

@@ -126,14 +126,21 @@ pub fn verify(signed: &str, key: &[u8]) -> Option<String> {
     {
         return None;
     }
-    let tag: Vec<u8> = (0..32)
-        .map(|i| u8::from_str_radix(&digest[i * 2..i * 2 + 2], 16))
-        .collect::<Result<_, _>>()
-        .ok()?;
+    let tag = decode_hex(digest)?;
     let key = hmac::Key::new(hmac::HMAC_SHA256, key);
     hmac::verify(&key, data.as_bytes(), &tag).ok()?;
     let json = decode_base64(data)?;
     serde_json::from_slice::<String>(&json).ok()
+}
+
+/// Bytes from hex text (either case); `None` for odd length or a non-hex character.
+pub fn decode_hex(hex: &str) -> Option<Vec<u8>> {
+    if hex.len() % 2 != 0 {
+        return None;
+    }
+    (0..hex.len() / 2)
+        .map(|i| u8::from_str_radix(hex.get(i * 2..i * 2 + 2)?, 16).ok())
+        .collect()
 }
 
 fn decode_base64(text: &str) -> Option<Vec<u8>> {

@@ -9,29 +9,20 @@ RSpec.describe "Broadcasting in AnyCable's format (real Puma)", type: :cable do
   key = OpenSSL::HMAC.hexdigest("SHA256", secret, "broadcast-cable")
   with_puma(env: {"ANYCABLE_SECRET" => secret, "ANYCABLE_PORT" => PumaServer.free_port.to_s})
 
-  def post(path, body, auth: nil, port: puma.port)
-    uri = URI("http://127.0.0.1:#{port}#{path}")
-    req = Net::HTTP::Post.new(uri)
-    req["Content-Type"] = "application/json"
-    req["Authorization"] = auth if auth
-    req.body = body
-    Net::HTTP.start(uri.host, uri.port) { |h| h.request(req) }
-  end
-
   let(:echo) { {channel: "EchoChannel"} }
 
   it "takes POST /_broadcast on Puma's port and on its own port, with the key derived from ANYCABLE_SECRET" do
     c = connected
     id = subscribed(c, echo)
     body = JSON.generate(stream: "all", data: JSON.generate(n: 1))
-    expect(post("/_broadcast", body).code).to eq("401")
-    expect(post("/_broadcast", body, auth: "Bearer nope").code).to eq("401")
-    expect(post("/_broadcast", "{bad", auth: "Bearer #{key}").code).to eq("422")
-    expect(post("/_broadcast", body, auth: "Bearer #{key}").code).to eq("201")
+    expect(post_json("/_broadcast", body).code).to eq("401")
+    expect(post_json("/_broadcast", body, auth: "Bearer nope").code).to eq("401")
+    expect(post_json("/_broadcast", "{bad", auth: "Bearer #{key}").code).to eq("422")
+    expect(post_json("/_broadcast", body, auth: "Bearer #{key}").code).to eq("201")
     expect(message_for(c, id)).to eq("n" => 1)
     own = Integer(puma.env["ANYCABLE_PORT"])
-    expect(post("/_broadcast", body, port: own).code).to eq("401")
-    expect(post("/_broadcast", JSON.generate(stream: "all", data: "2"), auth: "Bearer #{key}", port: own).code).to eq("201")
+    expect(post_json("/_broadcast", body, port: own).code).to eq("401")
+    expect(post_json("/_broadcast", JSON.generate(stream: "all", data: "2"), auth: "Bearer #{key}", port: own).code).to eq("201")
     expect(message_for(c, id)).to eq(2)
   end
 
@@ -45,7 +36,7 @@ RSpec.describe "Broadcasting in AnyCable's format (real Puma)", type: :cable do
       {stream: "all", data: JSON.generate(n: 1)},
       {stream: "all", data: JSON.generate(n: 2), meta: {exclude_socket: sid_a}}
     ]
-    expect(post("/_broadcast", JSON.generate(batch), auth: "Bearer #{key}").code).to eq("201")
+    expect(post_json("/_broadcast", JSON.generate(batch), auth: "Bearer #{key}").code).to eq("201")
     expect(message_for(a, ida)).to eq("n" => 1)
     expect(message_for(b, idb)).to eq("n" => 1)
     expect(message_for(b, idb)).to eq("n" => 2)
@@ -60,7 +51,7 @@ RSpec.describe "Broadcasting in AnyCable's format (real Puma)", type: :cable do
     gid_param = Base64.urlsafe_encode64("gid://dummy/User/#{user_id}", padding: false)
     identifiers = JSON.generate(current_user: gid_param, tab: "main")
     command = {command: "disconnect", payload: {identifier: identifiers, reconnect: false}}
-    expect(post("/_broadcast", JSON.generate(command), auth: "Bearer #{key}").code).to eq("201")
+    expect(post_json("/_broadcast", JSON.generate(command), auth: "Bearer #{key}").code).to eq("201")
     expect(c.receive).to eq("type" => "disconnect", "reason" => "remote", "reconnect" => false)
     id = subscribed(other, echo)
     expect(id).to include("EchoChannel")

@@ -99,15 +99,6 @@ RSpec.describe "Puma cluster mode with the http adapter (workers 2)", type: :cab
     @puma&.cleanup
   end
 
-  def post_broadcast(body)
-    uri = URI("http://127.0.0.1:#{puma.port}/_broadcast")
-    req = Net::HTTP::Post.new(uri)
-    req["Content-Type"] = "application/json"
-    req["Authorization"] = "Bearer k3y"
-    req.body = body
-    Net::HTTP.start(uri.host, uri.port) { |h| h.request(req) }
-  end
-
   it "delivers every POST /_broadcast to the clients of both workers, exactly once" do
     relay = File.join(Dir.tmpdir, "anycable-rs-#{Process.uid}", "puma-#{puma.pid}")
     wait_for { Dir[File.join(relay, "*.sock")].size == 2 }
@@ -115,7 +106,7 @@ RSpec.describe "Puma cluster mode with the http adapter (workers 2)", type: :cab
     ids = clients.map { |c| subscribed(c, channel: "EchoChannel") }
     expect(sessions_per_worker.values).to all(be_positive)
     6.times do |i|
-      res = post_broadcast(JSON.generate(stream: "all", data: %({"n":#{i}})))
+      res = post_json("/_broadcast", JSON.generate(stream: "all", data: %({"n":#{i}})), auth: "Bearer k3y")
       expect(res.code).to eq("201"), res.body
       clients.zip(ids).each { |c, id| expect(message_for(c, id)).to eq("n" => i) }
     end

@@ -3,22 +3,13 @@
 require "spec_helper"
 require "open3"
 
-def post_broadcast(port, body, auth: nil)
-  uri = URI("http://127.0.0.1:#{port}/_broadcast")
-  req = Net::HTTP::Post.new(uri)
-  req["Content-Type"] = "application/json"
-  req["Authorization"] = auth if auth
-  req.body = body
-  Net::HTTP.start(uri.host, uri.port) { |h| h.request(req) }
-end
-
 RSpec.describe "Secure defaults: no broadcast key (real Puma)", type: :cable do
   with_puma
 
   it "does not serve POST /_broadcast on Puma's port, and says at boot how to turn it on" do
     c = connected
     id = subscribed(c, channel: "EchoChannel")
-    res = post_broadcast(puma.port, JSON.generate(stream: "all", data: JSON.generate(n: 1)))
+    res = post_json("/_broadcast", JSON.generate(stream: "all", data: JSON.generate(n: 1)))
     expect(res.code).to eq("404")
     expect(c.silent_for?(0.3)).to be(true)
     warning = log_lines("is not served on the app's port")
@@ -56,8 +47,8 @@ RSpec.describe "POST /_broadcast with ANYCABLE_BROADCAST_KEY (real Puma)", type:
     c = connected
     id = subscribed(c, channel: "EchoChannel")
     body = JSON.generate(stream: "all", data: JSON.generate(n: 1))
-    expect(post_broadcast(puma.port, body).code).to eq("401")
-    expect(post_broadcast(puma.port, body, auth: "Bearer the-key").code).to eq("201")
+    expect(post_json("/_broadcast", body).code).to eq("401")
+    expect(post_json("/_broadcast", body, auth: "Bearer the-key").code).to eq("201")
     expect(message_for(c, id)).to eq("n" => 1)
     expect(log_lines("is not served on the app's port")).to be_empty
   end

@@ -76,6 +76,17 @@ module CableHelpers
   end
 
   # Lines of the Rails log that mention `text`.
+  # A JSON POST (AnyCable's HTTP broadcast and the like), with an Authorization header
+  # when given.
+  def post_json(path, body, auth: nil, port: puma.port)
+    uri = URI("http://127.0.0.1:#{port}#{path}")
+    req = Net::HTTP::Post.new(uri)
+    req["Content-Type"] = "application/json"
+    req["Authorization"] = auth if auth
+    req.body = body
+    Net::HTTP.start(uri.host, uri.port) { |h| h.request(req) }
+  end
+
   # {worker pid => its sessions}, from /stats answered by each worker of a cluster.
   def sessions_per_worker(workers: 2, tries: 60)
     seen = {}

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anycable_core::jwt::JwtConfig;
 use anycable_core::origin::{OriginPolicy, OriginRule, RubyRegexp};
-use anycable_core::streams::StreamsConfig;
+use anycable_core::streams::{decode_hex, StreamsConfig};
 use anycable_core::ServerConfig;
 use magnus::{Error, RArray, RHash, Ruby, Symbol};
 
@@ -218,15 +218,6 @@ fn streams_config(ruby: &Ruby, h: RHash) -> Result<StreamsConfig, Error> {
         whisper: opt(ruby, h, "whisper")?.unwrap_or(false),
         turbo_key: key("turbo_key_hex")?,
     })
-}
-
-fn decode_hex(hex: &str) -> Option<Vec<u8>> {
-    if hex.len() % 2 != 0 {
-        return None;
-    }
-    (0..hex.len() / 2)
-        .map(|i| u8::from_str_radix(hex.get(i * 2..i * 2 + 2)?, 16).ok())
-        .collect()
 }
 
 /// `AnyCableRs::Native.check_origins(policy)`: raises what `new` would, so a pattern
