@@ -12,6 +12,13 @@
 #
 #   ruby bench/compare.rb            # full sizes (about 20 minutes)
 #   QUICK=1 ruby bench/compare.rb    # small sizes, for a smoke run
+#   ONLY="connect,echo" SERVERS=rs,ac ruby bench/compare.rb
+#                                    # some scenarios (by mode or name) and servers
+#                                    # (rs, ac, raw, core, own)
+#
+# The Puma rows authenticate every client as bench/app's connection class requires:
+# the Cookie header of a signed-in user (an encrypted user_id cookie, looked up
+# through Active Record on connect). The ceilings take no cookie.
 require "time"
 require "etc"
 require_relative "harness"
@@ -20,8 +27,15 @@ QUICK = ENV["QUICK"] == "1"
 RS, AC, CEIL = "anycable-rs", "Action Cable", "core, no Ruby"
 RAW = "raw ceiling"
 OWN = "anycable-rs, own port"
-SERVERS = [RS, AC, RAW, CEIL, OWN].freeze
+ALL_SERVERS = [RS, AC, RAW, CEIL, OWN].freeze
+SHORT = {"rs" => RS, "ac" => AC, "raw" => RAW, "core" => CEIL, "own" => OWN}.freeze
+PICKED = ENV["SERVERS"]&.split(",")&.map { |s| SHORT.fetch(s.strip) }
+RUN_SERVERS = PICKED ? ALL_SERVERS & PICKED : ALL_SERVERS
+# The report keeps every column; servers not run show "–".
+SERVERS = ALL_SERVERS
 PUMA_SERVERS = [RS, AC].freeze
+AUTHENTICATED = [RS, AC, OWN].freeze
+ONLY = ENV["ONLY"]&.split(",")&.map(&:strip)
 
 SCENARIOS = [
   ["connect", "connect 1k", %w[--clients 1000 --concurrency 100 --hold 3]],
@@ -36,20 +50,20 @@ SCENARIOS = [
   args = args.map { |a| {"1000" => "100", "5000" => "300", "10000" => "500", "10" => "3"}.fetch(a, a) } if QUICK
   args = args.map { |a| a == "500" && name == "broadcast 10k" ? "100" : a } if QUICK
   [mode, name, args]
-end
+end.select { |mode, name, _| ONLY.nil? || ONLY.include?(mode) || ONLY.include?(name) }
 
-# [server pid, port the clients use]
+# [server pid, port the clients use, Puma's port (where a client signs in)]
 def start(server)
   case server
   when CEIL then Harness.spawn_server(File.join(Harness::BIN, "anycable-ceiling"), "127.0.0.1:PORT")
   when RAW then Harness.spawn_server(File.join(Harness::BIN, "anycable-raw-ceiling"), "127.0.0.1:PORT")
-  when RS then Harness.start_puma("ANYCABLE_EMBEDDED" => "true")
+  when RS then Harness.start_puma("ANYCABLE_EMBEDDED" => "true").then { |pid, port| [pid, port, port] }
   when OWN
     own = Harness.free_port
-    pid, = Harness.start_puma("ANYCABLE_EMBEDDED" => "true", "ANYCABLE_PORT" => own.to_s)
+    pid, port = Harness.start_puma("ANYCABLE_EMBEDDED" => "true", "ANYCABLE_PORT" => own.to_s)
     Harness.wait_for_port(own)
-    [pid, own]
-  else Harness.start_puma("ANYCABLE_EMBEDDED" => nil)
+    [pid, own, port]
+  else Harness.start_puma("ANYCABLE_EMBEDDED" => nil).then { |pid, port| [pid, port, port] }
   end
 end
 
@@ -58,11 +72,13 @@ Harness.build!
 results = Hash.new { |h, k| h[k] = {} }
 commands = {}
 SCENARIOS.each do |mode, name, args|
-  SERVERS.each do |server|
-    pid, port = start(server)
-    Harness.bench("connect", %w[--clients 20 --hold 0], [Harness.url(port)]) # warm-up: runtime, classes
+  RUN_SERVERS.each do |server|
+    pid, port, puma_port = start(server)
+    auth = AUTHENTICATED.include?(server) ? ["--cookie", Harness.login_cookie(puma_port)] : []
+    Harness.bench("connect", %w[--clients 20 --hold 0] + auth, [Harness.url(port)]) # warm-up: runtime, classes
     cpu_before = Harness.thread_cpu(pid)
-    cmd, summary = Harness.bench(mode, args, [Harness.url(port)], pid: pid)
+    cmd, summary = Harness.bench(mode, args + auth, [Harness.url(port)], pid: pid)
+    cmd = cmd.sub(auth.last, "COOKIE") unless auth.empty?
     if mode == "echo" && summary["round_trips"].to_i.positive?
       # Server CPU per round trip, by thread: steadier than throughput on a shared box.
       used = Harness.thread_cpu(pid).to_h { |name, secs| [name, secs - cpu_before[name]] }
@@ -80,8 +96,8 @@ end
 # The floor under a connect on Puma's port: plain GETs, each on a new connection,
 # through the same Puma and Rails middleware (bench/app's /up route).
 HTTP_ARGS = %w[--clients 5000 --concurrency 100].map { |a| QUICK && a == "5000" ? "300" : a }
-PUMA_SERVERS.each do |server|
-  pid, port = start(server)
+(ONLY.nil? || ONLY.include?("http") ? PUMA_SERVERS & RUN_SERVERS : []).each do |server|
+  pid, port, = start(server)
   Harness.bench("http", %w[--clients 50], ["http://127.0.0.1:#{port}/up"]) # warm-up
   cmd, summary = Harness.bench("http", HTTP_ARGS, ["http://127.0.0.1:#{port}/up"])
   Harness.stop(pid)
@@ -180,7 +196,8 @@ commands.each { |name, cmd| report << "- #{name}: `#{cmd}`\n" }
 report << "\n## Raw summaries\n\n```json\n#{JSON.pretty_generate(results)}\n```\n"
 dir = File.join(__dir__, "results")
 FileUtils.mkdir_p(dir)
-base = File.join(dir, "#{date.strftime("%Y-%m-%d")}-comparison#{QUICK ? "-quick" : ""}")
+partial = ONLY || PICKED ? "-partial" : ""
+base = File.join(dir, "#{date.strftime("%Y-%m-%d")}-comparison#{QUICK ? "-quick" : ""}#{partial}")
 # A second run on the same day gets its own file: earlier reports stay as they were.
 path = (1..).lazy.map { |n| n == 1 ? "#{base}.md" : "#{base}-#{n}.md" }.find { |p| !File.exist?(p) }
 File.write(path, report)

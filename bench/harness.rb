@@ -15,12 +15,16 @@ module Harness
   # The load tool and the ceilings: bench/ is a cargo workspace of its own (the gem's
   # workspace does not include it); its binaries go to the repository's target/release.
   def build_tools!
+    return if ENV["SKIP_BUILD"] == "1" # tools already built (target/release)
+
     system("cargo", "build", "--release", "-q", "--manifest-path", File.join(ROOT, "bench/Cargo.toml"),
       "--target-dir", File.join(ROOT, "target"), chdir: ROOT, exception: true)
   end
 
   def build!
     build_tools!
+    return if ENV["SKIP_BUILD"] == "1"
+
     system("rake", "compile", chdir: ROOT, out: File::NULL, exception: true)
   end
 
@@ -95,6 +99,14 @@ module Harness
 
   def url(port)
     "ws://127.0.0.1:#{port}/cable"
+  end
+
+  # The Cookie header of a user signed in to bench/app (`/login` sets the encrypted
+  # user_id cookie its connection class reads, and a cookie-store session).
+  def login_cookie(port, name = "bench")
+    require "net/http"
+    res = Net::HTTP.get_response(URI("http://127.0.0.1:#{port}/login?name=#{name}"))
+    res.get_fields("set-cookie").to_a.map { |c| c.split(";").first }.join("; ")
   end
 
   def machine

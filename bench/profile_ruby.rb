@@ -57,7 +57,7 @@ end
 
 def connect_job(socket, headers)
   FakeJob.new(:connect, session_id: socket.id, socket: socket, env_token: 0, request_method: "GET",
-    target: "/cable", headers: headers, remote_ip: "127.0.0.1")
+    target: "/cable", headers: headers, remote_ip: "127.0.0.1", identifiers: nil)
 end
 
 def command_job(id, command, identifier, data = nil)
@@ -82,7 +82,10 @@ end
 
 AnyCableRs.runtime.start!
 d = AnyCableRs.runtime.dispatcher
-headers = [["origin", "http://localhost"], ["sec-websocket-protocol", "actioncable-v1-json"]]
+# A signed-in user's cookies, as bench/app's connection class requires (/login sets them).
+login = Rack::MockRequest.new(Rails.application).get("/login?name=profile")
+cookie = Array(login.headers["Set-Cookie"]).flat_map { |c| c.split("\n") }.map { |c| c.split(";").first }.join("; ")
+headers = [["origin", "http://localhost"], ["sec-websocket-protocol", "actioncable-v1-json"], ["cookie", cookie]]
 ident = '{"channel":"BenchmarkChannel"}'
 data = JSON.generate("action" => "echo", "payload" => "x" * 200)
 ids = (1..).each

@@ -1,20 +1,28 @@
 # frozen_string_literal: true
 
 # The app every server in the comparison runs: Rails' own Action Cable, or
-# anycable-rs embedded (ANYCABLE_EMBEDDED=true). No database, no auth.
+# anycable-rs embedded (ANYCABLE_EMBEDDED=true). Its connection class is the one the
+# Rails guides and a generated app lead to: `identified_by :current_user`, the user
+# looked up through Active Record (SQLite) from `cookies.encrypted[:user_id]`, which
+# `/login` sets (with a cookie-store session, as a signed-in browser would carry).
 require "rails"
+require "active_record/railtie"
 require "action_controller/railtie"
 require "action_cable/engine"
+require "global_id/railtie"
+require "tmpdir"
 
 $LOAD_PATH.unshift File.expand_path("../../lib", __dir__)
 require "anycable_rs"
 
 class BenchApp < Rails::Application
+  config.load_defaults 6.1
   config.root = __dir__
   # Production defaults: with both on, Rails' executor skips the code-loading interlock.
   config.eager_load = true
   config.cache_classes = true
-  config.secret_key_base = "bench"
+  config.secret_key_base = "bench-secret-key-base-0123456789abcdef0123456789abcdef"
+  config.session_store :cookie_store, key: "_bench_session"
   # A production app's logging: Rails' default production level (:info), written
   # (to /dev/null, so the disk is not measured). Action Cable logs through it too.
   config.logger = ActiveSupport::Logger.new(File::NULL)
@@ -22,10 +30,30 @@ class BenchApp < Rails::Application
   config.hosts.clear
   config.action_cable.disable_request_forgery_protection = true
   config.action_cable.worker_pool_size = Integer(ENV.fetch("RAILS_MAX_THREADS", 5))
+  # One database file per server process, created at boot.
+  config.paths.add "config/database", with: File.expand_path("database.yml", __dir__)
+end
+
+class ApplicationRecord < ActiveRecord::Base
+  self.abstract_class = true
+end
+
+class User < ApplicationRecord
 end
 
 module ApplicationCable
   class Connection < ActionCable::Connection::Base
+    identified_by :current_user
+
+    def connect
+      self.current_user = find_verified_user
+    end
+
+    private
+
+    def find_verified_user
+      User.find_by(id: cookies.encrypted[:user_id]) || reject_unauthorized_connection
+    end
   end
 
   class Channel < ActionCable::Channel::Base
@@ -47,11 +75,58 @@ class BenchmarkChannel < ApplicationCable::Channel
   end
 end
 
+class SessionsController < ActionController::Base
+  def create
+    user = User.find_or_create_by!(name: params.fetch(:name, "bench"))
+    cookies.encrypted[:user_id] = user.id
+    session[:user_id] = user.id
+    head :no_content
+  end
+end
+
 BenchApp.initialize!
-# The floor under a WebSocket connect on Puma's port: a plain request through the same
-# Puma and middleware stack (`anycable-bench http`).
+ActiveRecord::Schema.verbose = false
+ActiveRecord::Schema.define do
+  create_table :users, if_not_exists: true do |t|
+    t.string :name, null: false
+    t.index :name, unique: true
+  end
+end
 BenchApp.routes.draw do
+  get "/login", to: "sessions#create"
+  # The floor under a WebSocket connect on Puma's port: a plain request through the same
+  # Puma and middleware stack (`anycable-bench http`).
   get "/up", to: ->(_env) { [200, {"Content-Type" => "text/plain"}, ["ok"]] }
+  # Where the memory goes (bench/memory_breakdown.rb): live objects by class after a
+  # full GC, with ObjectSpace's size estimate. Only with BENCH_PROBE=1.
+  if ENV["BENCH_PROBE"] == "1"
+    get "/objects", to: lambda { |_env|
+      require "objspace"
+      GC.start(full_mark: true, immediate_sweep: true)
+      by_class = Hash.new { |h, k| h[k] = [0, 0] }
+      by_site = Hash.new { |h, k| h[k] = [0, 0] }
+      ObjectSpace.each_object do |o|
+        klass = (o.class rescue BasicObject).to_s # rubocop:disable Style/RescueModifier
+        size = ObjectSpace.memsize_of(o)
+        row = by_class[klass]
+        row[0] += 1
+        row[1] += size
+        file = ObjectSpace.allocation_sourcefile(o)
+        next unless file
+
+        site = by_site["#{klass} #{file.sub(%r{.*/gems/}, "")}:#{ObjectSpace.allocation_sourceline(o)}"]
+        site[0] += 1
+        site[1] += size
+      end
+      body = {rss_kib: File.read("/proc/self/status")[/VmRSS:\s+(\d+)/, 1].to_i,
+              heap_live_slots: GC.stat(:heap_live_slots), classes: by_class, sites: by_site}
+      [200, {"Content-Type" => "application/json"}, [body.to_json]]
+    }
+  end
 end
 ActionCable.server.config.cable = {"adapter" => "async"}
+if ENV["BENCH_PROBE"] == "1"
+  require "objspace"
+  ObjectSpace.trace_object_allocations_start
+end
 run BenchApp

@@ -49,6 +49,11 @@ module AnyCableRs
       turbo_streams_secret: nil,
       # AnyCable's: skip the disconnect/unsubscribed callbacks (apps that need none).
       disable_disconnect: false,
+      # Keep each connection's whole Rack env (and the request, cookie jar and session
+      # Action Cable memoizes from it) for the socket's life. Off: after `connect`, a
+      # compact snapshot (request line, headers, client address) from which `env`,
+      # `request`, `cookies` and `session` are rebuilt when a channel reads them.
+      retain_env: false,
       # Connections served at once by this process; more are refused before the
       # upgrade (503). 0: no limit.
       max_conn: 0,
@@ -348,8 +353,8 @@ module AnyCableRs
       return value if value.nil?
 
       case key
-      when :embedded, :disable_disconnect, :metrics_on_puma_port, :embed_nats, :public_streams, :streams_whisper,
-        :turbo_streams, :enforce_jwt
+      when :embedded, :disable_disconnect, :retain_env, :metrics_on_puma_port, :embed_nats, :public_streams,
+        :streams_whisper, :turbo_streams, :enforce_jwt
         value.is_a?(String) ? %w[1 true yes on].include?(value.strip.downcase) : !!value
       when :port, :rpc_pool_size, :worker_threads, :max_message_size, :max_pending_bytes, :queue_size, :max_conn,
         :jwt_ttl

@@ -6,6 +6,7 @@ require "anycable_rs/action_cable/pubsub"
 require "anycable_rs/action_cable/server"
 require "anycable_rs/action_cable/coder"
 require "anycable_rs/action_cable/compat"
+require "anycable_rs/action_cable/connection_env"
 
 module AnyCableRs
   # Runs bridge jobs on a Ruby thread: connect, commands and disconnect of a socket,
@@ -118,6 +119,7 @@ module AnyCableRs
         ActionCable::Compat.subscribe_to_internal_channel(connection)
       end
       socket.identifiers = identifiers_json(connection) unless jwt_identifiers
+      ActionCable::ConnectionEnv.compact(connection) unless @runtime.config.retain_env
       @lock.synchronize { @sessions[socket.id] = Session.new(socket, connection) }
       job.resolve("ok", nil)
     rescue ActionCable::Compat.unauthorized_error
@@ -166,6 +168,7 @@ module AnyCableRs
         run_command(job, connection, identifier)
       end
     ensure
+      ActionCable::ConnectionEnv.release(connection) if connection
       job.resolve("ok", nil)
     end
 
@@ -251,7 +254,7 @@ module AnyCableRs
       return forget(connection) if @runtime.config.disable_disconnect
 
       worker.work(connection) do
-        connection.logger.info request_message("Finished", connection.env)
+        connection.logger.info request_message("Finished", ActionCable::ConnectionEnv.light_env(connection))
         channels = ActionCable::Compat.channels(connection).values
         channels.each do |channel|
           safely("#{channel.class}#unsubscribed", connection) do
@@ -274,7 +277,7 @@ module AnyCableRs
     # its Disconnect call; only the streams' Ruby callbacks are let go.
     def forget(connection)
       worker.work(connection) do
-        connection.logger.info request_message("Finished", connection.env)
+        connection.logger.info request_message("Finished", ActionCable::ConnectionEnv.light_env(connection))
         ActionCable::Compat.channels(connection).each_value do |channel|
           safely("#{channel.class}#stop_all_streams", connection) { channel.stop_all_streams }
         end

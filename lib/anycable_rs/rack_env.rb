@@ -43,6 +43,53 @@ module AnyCableRs
       env
     end
 
+    # What a connection keeps of its env after `connect` (unless retain_env): the
+    # request line, every header, the client's address — as one frozen String of
+    # "key\0value" pairs, about the size of the headers. `restore` builds an env
+    # from it as a socket on the server's own port gets one (the app's env_config, a
+    # lazily loaded session), for a channel that reads `request`, `cookies`, `session`,
+    # `params` or `env` later. What middleware put in the env is not in it.
+    SNAPSHOT_KEYS = %w[
+      REQUEST_METHOD SCRIPT_NAME PATH_INFO QUERY_STRING SERVER_NAME SERVER_PORT SERVER_PROTOCOL
+      REMOTE_ADDR HTTPS rack.url_scheme action_dispatch.remote_ip action_dispatch.request_id
+      CONTENT_TYPE CONTENT_LENGTH
+    ].freeze
+
+    # Left out: the handshake's own headers, which only the upgrade needed.
+    SNAPSHOT_SKIP = %w[
+      HTTP_UPGRADE HTTP_CONNECTION HTTP_SEC_WEBSOCKET_KEY HTTP_SEC_WEBSOCKET_VERSION HTTP_SEC_WEBSOCKET_EXTENSIONS
+    ].freeze
+
+    def snapshot(env)
+      parts = []
+      env.each do |key, value|
+        next unless value.is_a?(String) && (key.start_with?("HTTP_") || SNAPSHOT_KEYS.include?(key))
+        next if SNAPSHOT_SKIP.include?(key) || key.include?("\0") || value.include?("\0")
+
+        parts << key << value
+      end
+      ip = env["action_dispatch.remote_ip"]
+      parts << "action_dispatch.remote_ip" << ip.to_s if ip && !ip.is_a?(String)
+      parts.join("\0").freeze
+    end
+
+    # The pairs of a snapshot, as a Hash (no Rack or Rails keys added).
+    def snapshot_pairs(snapshot)
+      snapshot.split("\0", -1).each_slice(2).to_h { |key, value| [key, value.to_s] }
+    end
+
+    def restore(snapshot)
+      env = snapshot_pairs(snapshot)
+      env["rack.version"] = [1, 3]
+      env["rack.input"] = StringIO.new(+"")
+      env["rack.errors"] = $stderr
+      env["rack.multithread"] = true
+      env["rack.multiprocess"] = false
+      env["rack.run_once"] = false
+      env["rack.url_scheme"] ||= "http"
+      railsify(env)
+    end
+
     def fullpath(env)
       path = "#{env["SCRIPT_NAME"]}#{env["PATH_INFO"]}"
       query = env["QUERY_STRING"].to_s
@@ -135,7 +182,7 @@ module AnyCableRs
     # What Rails' middleware would have added to an env: the app's env_config (cookie
     # key generator, secrets) and a lazily loaded session from the app's session store.
     def railsify(env)
-      app = ::Rails.application
+      app = defined?(::Rails.application) && ::Rails.application
       return env unless app
 
       env.merge!(app.env_config)

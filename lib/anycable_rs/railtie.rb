@@ -13,6 +13,7 @@ module AnyCableRs
       ActiveSupport.on_load(:action_cable_connection) do
         require "anycable_rs/action_cable/patches"
         AnyCableRs::ActionCable::Compat.install_remote_disconnect_frame
+        prepend AnyCableRs::ActionCable::ConnectionEnv::Readers
       end
       ActiveSupport.on_load(:action_cable_channel) do
         require "anycable_rs/action_cable/patches"

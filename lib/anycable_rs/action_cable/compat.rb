@@ -187,6 +187,38 @@ module AnyCableRs
         connection.respond_to?(:handle_incoming)
       end
 
+      # --- a connection's env after connect (ConnectionEnv) ---------------------------
+
+      # The env a connection holds, if ConnectionEnv may swap it for a snapshot.
+      # checked: 6.1–8.1 `env` is an attr_reader of @env; private `request` memoizes
+      # `ActionDispatch::Request.new(Rails.application.env_config.merge(env))` in
+      # @request; private `cookies` is `request.cookie_jar` (the jar memoized in that
+      # request's env), `request.session` the env's rack.session. main: the socket
+      # owns env and request (socket_owned_connections?): left as they are.
+      def held_env(connection)
+        return nil if socket_owned_connections?
+
+        env = connection.instance_variable_get(:@env)
+        env.is_a?(Hash) ? env : nil
+      end
+
+      def drop_env(connection)
+        connection.instance_variable_set(:@env, nil)
+        forget_request(connection)
+      end
+
+      def forget_request(connection)
+        connection.instance_variable_set(:@request, nil)
+      end
+
+      # Does Channel::Base give each channel object singleton readers of the
+      # connection's identifiers? checked: 6.1–8.1, main: private
+      # `delegate_connection_identifiers`, called from `initialize`, defines one
+      # singleton method per identifier (`connection.send(identifier)`).
+      def identifier_singletons?
+        ::ActionCable::Channel::Base.private_method_defined?(:delegate_connection_identifiers)
+      end
+
       # --- subscriptions -------------------------------------------------------------
 
       # identifier => channel, the live subscriptions of a connection.

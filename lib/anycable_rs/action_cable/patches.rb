@@ -2,6 +2,7 @@
 
 require "anycable_rs/action_cable/compat"
 require "anycable_rs/action_cable/pubsub"
+require "anycable_rs/action_cable/connection_env"
 
 module AnyCableRs
   module ActionCable
@@ -46,6 +47,32 @@ module AnyCableRs
         return super(model, message) unless to_others
 
         ::ActionCable.server.broadcast(broadcasting_for(model), message, to_others: true)
+      end
+    end
+
+    # Per channel class, a prepended module with one reader per connection identifier
+    # (kept in the class, so a class reloaded in development takes its module along).
+    module IdentifierReaders
+      LOCK = Mutex.new
+
+      module_function
+
+      def define(klass, identifiers)
+        mod = klass.instance_variable_get(:@_anycable_rs_identifier_readers)
+        return if mod && identifiers.all? { |name| mod.method_defined?(name, false) }
+
+        LOCK.synchronize do
+          mod = klass.instance_variable_get(:@_anycable_rs_identifier_readers) ||
+            Module.new.tap do |m|
+              klass.prepend(m)
+              klass.instance_variable_set(:@_anycable_rs_identifier_readers, m)
+            end
+          identifiers.each do |name|
+            next if mod.method_defined?(name, false)
+
+            mod.define_method(name) { connection.send(name) }
+          end
+        end
       end
     end
 
@@ -96,6 +123,17 @@ module AnyCableRs
       end
 
       private
+
+      # Action Cable defines a singleton method per connection identifier on every
+      # channel object (`current_user`): a singleton class, ~2.5 KiB per subscription.
+      # On our connections the same readers are defined once, in a module prepended to
+      # the channel's class — prepended, so they win over a method of the class's own,
+      # as singleton methods do.
+      def delegate_connection_identifiers
+        return super unless Compat.websocket(connection) && Compat.identifier_singletons?
+
+        IdentifierReaders.define(self.class, connection.identifiers)
+      end
 
       def stop_whisper
         @_anycable_whisper = nil

@@ -12,6 +12,19 @@ $LOAD_PATH.unshift File.expand_path("../../../lib", __dir__)
 require "anycable_rs"
 
 module Dummy
+  # Something a middleware puts in the env (as Warden does), for the specs of what a
+  # connection keeps of its env after connect.
+  class MarkEnv
+    def initialize(app)
+      @app = app
+    end
+
+    def call(env)
+      env["dummy.middleware"] = "seen"
+      @app.call(env)
+    end
+  end
+
   class Application < Rails::Application
     config.load_defaults 6.1
     config.root = File.expand_path("..", __dir__)
@@ -23,6 +36,7 @@ module Dummy
     config.log_level = ENV.fetch("DUMMY_LOG_LEVEL", "debug").to_sym
     config.action_cable.allowed_request_origins = ["http://allowed.test"]
     config.hosts.clear
+    config.middleware.use MarkEnv
 
     # Specs point Action Cable (and the broadcast defaults anycable-rs takes from it) at
     # another cable.yml without touching config/cable.yml.

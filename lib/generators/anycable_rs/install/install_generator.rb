@@ -34,6 +34,7 @@ module AnyCableRs
         [:max_pending_bytes, nil, "Bytes queued for a client before it is disconnected as too_slow (AnyCable-Go: ws_max_pending_size)."],
         [:shutdown_timeout, nil, "Seconds to wait at shutdown; clients get server_restart and reconnect."],
         [:log_level, nil, "The Rust side's stderr log: error, warn, info, debug."],
+        [:retain_env, nil, "Keep each connection's whole Rack env after connect (apps that read env keys set by middleware from channels)."],
         [:disable_disconnect, nil, "Run no unsubscribed/disconnect callbacks when a connection ends (AnyCable's)."],
         [:max_conn, 10_000, "Connections open at once in this process; more get 503 before the upgrade. Unset or 0: no limit."],
         [:max_conn_age, 3600, "Seconds after which a connection (plus up to 10% jitter) is told server_restart, so clients spread over new machines. Unset or 0: never."],

@@ -25,6 +25,18 @@ class StateChannel < ApplicationCable::Channel
     transmit connection.request_facts.merge("user" => current_user.name, "tab" => tab)
   end
 
+  def facts_now
+    transmit connection.request_facts_now
+  end
+
+  def identifier_readers
+    transmit({"singleton_methods" => singleton_methods.map(&:to_s), "user" => current_user.name, "tab" => tab})
+  end
+
+  def request_held
+    transmit({"request_held" => connection.request_held?})
+  end
+
   def stream(data)
     stream_from data["name"]
     transmit({ streaming: data["name"] })

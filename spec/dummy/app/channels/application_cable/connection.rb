@@ -35,5 +35,29 @@ module ApplicationCable
     end
 
     attr_reader :request_facts
+
+    # The same reads after connect, from a channel action: anycable-rs rebuilds the
+    # request, cookies and session from the connection's env snapshot. "middleware" is
+    # what a middleware put in the env (config/application.rb), which only a retained
+    # env still has.
+    def request_facts_now
+      {
+        "secret" => cookies.encrypted[:secret],
+        "signed_user_id" => cookies.signed[:user_id],
+        "plain" => cookies[:plain],
+        "session_user" => request.session[:user_name],
+        "header" => request.headers["X-Custom"],
+        "env_header" => env["HTTP_X_CUSTOM"],
+        "remote_ip" => request.remote_ip,
+        "param" => request.params[:tab],
+        "path" => "#{env["SCRIPT_NAME"]}#{env["PATH_INFO"]}",
+        "middleware" => env["dummy.middleware"]
+      }
+    end
+
+    # Whether the connection holds a request (or a Rack env rebuilt) between calls.
+    def request_held?
+      !@request.nil? || !@anycable_rs_env.nil?
+    end
   end
 end
