@@ -17,6 +17,9 @@ pub enum BroadcastMessage {
         /// The payload as clients get it in `message`: JSON text.
         data: String,
         exclude_socket: Option<String>,
+        /// `meta.transient` (whispers, AnyCable's transient broadcasts): delivered,
+        /// never stored in the history nor given an offset.
+        transient: bool,
     },
     /// Close the connections whose identifiers equal `identifiers` (compared as JSON).
     Disconnect { identifiers: Value, reconnect: bool },
@@ -52,6 +55,7 @@ fn object<'a, T: Deserialize<'a>>(
 #[derive(Deserialize)]
 struct Meta {
     exclude_socket: Option<String>,
+    transient: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -101,10 +105,13 @@ fn parse_one(text: &str) -> Result<BroadcastMessage, String> {
         Ok(s) => s,
         Err(_) => data.get().to_string(),
     };
+    let meta = object::<Meta>(raw.meta, "meta")?;
+    let transient = meta.as_ref().and_then(|m| m.transient).unwrap_or(false);
     Ok(BroadcastMessage::Stream {
         stream,
         data,
-        exclude_socket: object::<Meta>(raw.meta, "meta")?.and_then(|m| m.exclude_socket),
+        exclude_socket: meta.and_then(|m| m.exclude_socket),
+        transient,
     })
 }
 
@@ -128,7 +135,8 @@ mod tests {
             vec![BroadcastMessage::Stream {
                 stream: "s".into(),
                 data: r#"{"a":1}"#.into(),
-                exclude_socket: None
+                exclude_socket: None,
+                transient: false
             }]
         );
         let batch = parse(
@@ -141,12 +149,14 @@ mod tests {
                 BroadcastMessage::Stream {
                     stream: "a".into(),
                     data: "1".into(),
-                    exclude_socket: Some("sid1".into())
+                    exclude_socket: Some("sid1".into()),
+                    transient: false
                 },
                 BroadcastMessage::Stream {
                     stream: "b".into(),
                     data: r#"{"x":2}"#.into(),
-                    exclude_socket: None
+                    exclude_socket: None,
+                    transient: false
                 }
             ]
         );
@@ -158,6 +168,18 @@ mod tests {
                 reconnect: false
             }]
         );
+    }
+
+    #[test]
+    fn reads_transient_from_meta() {
+        assert!(matches!(
+            parse(r#"{"stream":"s","data":"1","meta":{"transient":true,"exclude_socket":"x"}}"#)
+                .unwrap()[0],
+            BroadcastMessage::Stream {
+                transient: true,
+                ..
+            }
+        ));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::history::HistoryConfig;
 use crate::jwt::JwtConfig;
 use crate::origin::OriginPolicy;
 use crate::streams::StreamsConfig;
@@ -15,6 +16,12 @@ pub struct ServerConfig {
     pub health_path: String,
     /// `ANYCABLE_PING_INTERVAL`.
     pub ping_interval: Duration,
+    /// `ANYCABLE_PONG_TIMEOUT`: an extended-protocol client that sends nothing for a
+    /// ping interval plus this is disconnected as `no_pong`. Zero: off.
+    pub pong_timeout: Duration,
+    /// `ANYCABLE_BROKER=memory`: broadcasts get offsets and are kept for `history`.
+    /// `None`: no broker (offsets off, history requests rejected).
+    pub history: Option<HistoryConfig>,
     /// Largest client message handled; bigger ones are logged and dropped.
     pub max_message_size: usize,
     /// A client that cannot take a frame within this time is disconnected as `too_slow`.
@@ -55,6 +62,8 @@ impl Default for ServerConfig {
             path: "/cable".into(),
             health_path: "/health".into(),
             ping_interval: Duration::from_secs(3),
+            pong_timeout: Duration::ZERO,
+            history: None,
             max_message_size: 64 * 1024,
             write_timeout: Duration::from_secs(2),
             max_pending_bytes: 1024 * 1024,

@@ -27,7 +27,7 @@ use crate::jwt::JwtError;
 use crate::logging::BadInputLog;
 use crate::metrics::COUNTERS;
 use crate::protocol;
-use crate::protocol::{ClientCommand, Command};
+use crate::protocol::{ClientCommand, ClientFrame, Command, HistoryRequest, Position};
 use crate::server::Inner;
 use crate::session::{DisconnectReason, Outbound, Outbox, Session, SessionRef};
 use crate::streams::Resolution;
@@ -63,6 +63,7 @@ impl<C: Controller> Inner<C> {
         head: RequestHead,
         peer: Option<SocketAddr>,
         env_token: u64,
+        extended: bool,
     ) {
         let pending = Pending::new(&self);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -154,8 +155,18 @@ impl<C: Controller> Inner<C> {
         let max_age = self.config.max_conn_age;
         let mut expires = (!max_age.is_zero())
             .then(|| tokio::time::Instant::now() + max_age + jitter(max_age / 10, id));
+        // ANYCABLE_PONG_TIMEOUT (extended protocol only): the client must send something
+        // (a pong, any frame) within a ping interval plus the timeout.
+        let pong_window = (extended && !self.config.pong_timeout.is_zero())
+            .then(|| self.config.ping_interval + self.config.pong_timeout);
+        let mut pong_deadline = pong_window.map(|w| tokio::time::Instant::now() + w);
         loop {
             tokio::select! {
+                _ = tokio::time::sleep_until(pong_deadline.unwrap_or_else(tokio::time::Instant::now)), if pong_deadline.is_some() && inflight.is_none() => {
+                    pong_deadline = None;
+                    log::debug!("session {}: no frame within {:?}; no_pong", session.sid, pong_window.unwrap_or_default());
+                    session.close(DisconnectReason::NO_PONG);
+                }
                 _ = tokio::time::sleep_until(expires.unwrap_or_else(tokio::time::Instant::now)), if expires.is_some() => {
                     expires = None;
                     COUNTERS.expired_conn.inc();
@@ -169,23 +180,32 @@ impl<C: Controller> Inner<C> {
                 }
                 _ = async { inflight.as_mut().expect("guarded").await }, if inflight.is_some() => {
                     inflight = None;
+                    // Frames were not read meanwhile: the client gets a whole window.
+                    if let (Some(window), Some(_)) = (pong_window, pong_deadline) {
+                        pong_deadline = Some(tokio::time::Instant::now() + window);
+                    }
                 }
-                msg = ws.next(), if inflight.is_none() => match msg {
-                    Some(Ok(Message::Text(text))) => {
-                        inflight = self.handle_text(&session, text.as_str(), &mut bad_input, &mut lazy);
+                msg = ws.next(), if inflight.is_none() => {
+                    if let (Some(window), Some(_), Some(Ok(_))) = (pong_window, pong_deadline, &msg) {
+                        pong_deadline = Some(tokio::time::Instant::now() + window);
                     }
-                    Some(Ok(Message::Binary(data))) => {
-                        COUNTERS.data_rcvd.inc_by(data.len() as u64);
-                        COUNTERS.failed_client_msg.inc();
-                        bad_input.warn(&session.sid, format_args!("binary frame ignored (the protocol is JSON text)"));
+                    match msg {
+                        Some(Ok(Message::Text(text))) => {
+                            inflight = self.handle_text(&session, text.as_str(), &mut bad_input, &mut lazy);
+                        }
+                        Some(Ok(Message::Binary(data))) => {
+                            COUNTERS.data_rcvd.inc_by(data.len() as u64);
+                            COUNTERS.failed_client_msg.inc();
+                            bad_input.warn(&session.sid, format_args!("binary frame ignored (the protocol is JSON text)"));
+                        }
+                        Some(Ok(Message::Close(_))) | None => break,
+                        Some(Ok(_)) => {}
+                        Some(Err(e)) => {
+                            fail(&mut ws, &session, e).await;
+                            break;
+                        }
                     }
-                    Some(Ok(Message::Close(_))) | None => break,
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => {
-                        fail(&mut ws, &session, e).await;
-                        break;
-                    }
-                },
+                }
             }
         }
         bad_input.finish(&session.sid);
@@ -250,22 +270,46 @@ impl<C: Controller> Inner<C> {
             );
             return None;
         }
-        match protocol::parse_command(text) {
-            Ok(command) => {
+        let (command, history) = match protocol::parse_frame(text) {
+            Ok(ClientFrame::Command { command, history }) => (command, history),
+            Ok(ClientFrame::Ping) => {
                 COUNTERS.client_msg.inc();
-                if self.serve_here(session, &command, bad_input) {
-                    return None;
-                }
-                let request = CommandRequest {
-                    session: session.clone(),
-                    command,
-                };
-                let Some(connect) = lazy.take() else {
-                    return Some(Box::pin(self.controller.command(request)));
-                };
-                // The first command for the app's code: its connection object first.
+                session.send_frame(protocol::pong());
+                return None;
+            }
+            Ok(ClientFrame::Pong) => {
+                COUNTERS.client_msg.inc();
+                return None;
+            }
+            Ok(ClientFrame::History {
+                identifier,
+                history,
+            }) => {
+                COUNTERS.client_msg.inc();
+                self.send_history(session, &identifier, &history);
+                return None;
+            }
+            Err(e) => {
+                COUNTERS.failed_client_msg.inc();
+                bad_input.warn(&session.sid, format_args!("{e}; ignored"));
+                return None;
+            }
+        };
+        COUNTERS.client_msg.inc();
+        if self.serve_here(session, &command, history.as_ref(), bad_input) {
+            return None;
+        }
+        let identifier = history.as_ref().map(|_| command.identifier.clone());
+        let request = CommandRequest {
+            session: session.clone(),
+            command,
+        };
+        let run: CommandFuture<'a> = match lazy.take() {
+            None => Box::pin(self.controller.command(request)),
+            // The first command for the app's code: its connection object first.
+            Some(connect) => {
                 let session = session.clone();
-                Some(Box::pin(async move {
+                Box::pin(async move {
                     match self.controller.connect(connect).await {
                         ConnectReply::Accepted => self.controller.command(request).await,
                         ConnectReply::Rejected(reason) => session.close(reason),
@@ -274,14 +318,75 @@ impl<C: Controller> Inner<C> {
                             session.close(DisconnectReason::SERVER_ERROR);
                         }
                     }
+                })
+            }
+        };
+        match (history, identifier) {
+            // `history` on a subscribe runs after the app's subscribe, when it did.
+            (Some(history), Some(identifier)) => {
+                let session = session.clone();
+                Some(Box::pin(async move {
+                    run.await;
+                    self.send_history(&session, &identifier, &history);
                 }))
             }
-            Err(e) => {
-                COUNTERS.failed_client_msg.inc();
-                bad_input.warn(&session.sid, format_args!("{e}; ignored"));
-                None
-            }
+            _ => Some(run),
         }
+    }
+
+    /// Replays what a client missed on subscription `identifier`'s streams, then
+    /// `confirm_history`; or only `reject_history` when any stream's part cannot be
+    /// served (AnyCable's `History`). A request for nothing, or for a subscription
+    /// with no streams here, gets no reply.
+    ///
+    /// Which subscriptions have streams is what the session knows: server-side ones
+    /// and the app's plain `stream_from`/`stream_for`. A rejected subscribe has none
+    /// (Action Cable stops a rejected channel's streams), so `history` on a subscribe
+    /// is answered only when it succeeded; a subscription that streams only through
+    /// Ruby blocks (`stream_from` with a block or coder) has none either.
+    fn send_history(&self, session: &Session, identifier: &str, request: &HistoryRequest) {
+        if request.is_empty() || session.is_closing() {
+            return;
+        }
+        let streams = session.streams_of(identifier);
+        if streams.is_empty() {
+            return;
+        }
+        let Some(history) = &self.history else {
+            // No broker: nothing is kept, as AnyCable's legacy broker.
+            session.transmit(protocol::history_reply(identifier, false));
+            return;
+        };
+        let mut frames = Vec::new();
+        for stream in &streams {
+            let entries = match request.position(stream) {
+                Some(p) => match history.from(stream, &p.epoch, p.offset) {
+                    Ok(entries) => entries,
+                    Err(why) => {
+                        log::debug!("session {}: history refused: {why}", session.sid);
+                        session.transmit(protocol::history_reply(identifier, false));
+                        return;
+                    }
+                },
+                None if request.since > 0 => history.since(stream, request.since),
+                None => continue,
+            };
+            frames.extend(entries.iter().map(|e| {
+                protocol::broadcast_frame_at(
+                    identifier,
+                    &e.data,
+                    Some(Position {
+                        stream,
+                        epoch: history.epoch(),
+                        offset: e.offset,
+                    }),
+                )
+            }));
+        }
+        for frame in frames {
+            session.send_frame(frame);
+        }
+        session.transmit(protocol::history_reply(identifier, true));
     }
 
     /// Commands the server answers itself, without Ruby: subscribing to `$pubsub` and
@@ -291,6 +396,7 @@ impl<C: Controller> Inner<C> {
         &self,
         session: &SessionRef,
         command: &ClientCommand,
+        history: Option<&HistoryRequest>,
         bad_input: &mut BadInputLog,
     ) -> bool {
         let id = &command.identifier;
@@ -310,6 +416,9 @@ impl<C: Controller> Inner<C> {
                     }
                     self.hub.subscribe(session, &stream, id);
                     session.transmit(protocol::subscription_reply(id, true));
+                    if let Some(history) = history {
+                        self.send_history(session, id, history);
+                    }
                     true
                 }
                 Resolution::Reject { why } => {
@@ -359,7 +468,7 @@ impl<C: Controller> Inner<C> {
                 serde_json::json!({
                     "stream": stream,
                     "data": data,
-                    "meta": {"exclude_socket": session.sid}
+                    "meta": {"exclude_socket": session.sid, "transient": true}
                 })
                 .to_string(),
             ),

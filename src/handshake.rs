@@ -145,17 +145,15 @@ pub fn check_upgrade(head: &RequestHead, config: &ServerConfig) -> Result<Upgrad
     })
 }
 
-/// The first subprotocol we speak among those offered. A client that offers none we
+/// The first subprotocol the client offers that we speak. A client that offers none we
 /// speak is still accepted, without the header, as Action Cable does.
-fn choose_protocol(head: &RequestHead) -> Option<&'static str> {
-    let offered: Vec<&str> = head
-        .headers
+pub fn choose_protocol(head: &RequestHead) -> Option<&'static str> {
+    head.headers
         .iter()
         .filter(|(k, _)| k == "sec-websocket-protocol")
         .flat_map(|(_, v)| v.split(','))
         .map(str::trim)
-        .collect();
-    SUBPROTOCOLS.iter().find(|p| offered.contains(p)).copied()
+        .find_map(|offered| SUBPROTOCOLS.iter().find(|p| **p == offered).copied())
 }
 
 pub fn switching_protocols(upgrade: &Upgrade) -> String {
@@ -238,6 +236,27 @@ mod tests {
         .unwrap();
         assert_eq!(up.accept_key, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
         assert_eq!(up.protocol, Some("actioncable-v1-json"));
+        let protocol = |offer: &str| {
+            check_upgrade(
+                &head(&[("sec-websocket-protocol", offer)]),
+                &ServerConfig::default(),
+            )
+            .unwrap()
+            .protocol
+        };
+        assert_eq!(
+            protocol("actioncable-v1-ext-json"),
+            Some("actioncable-v1-ext-json")
+        );
+        // The client's order decides.
+        assert_eq!(
+            protocol("actioncable-v1-ext-json, actioncable-v1-json"),
+            Some("actioncable-v1-ext-json")
+        );
+        assert_eq!(
+            protocol("anycable-token.x, actioncable-v1-json, actioncable-v1-ext-json"),
+            Some("actioncable-v1-json")
+        );
         assert_eq!(
             check_upgrade(&head(&[]), &ServerConfig::default())
                 .unwrap()

@@ -146,6 +146,18 @@ impl Hub {
     /// Delivers `data` (the broadcast payload, JSON) to every subscriber of `stream`,
     /// except the session whose sid is `exclude_sid`.
     pub fn broadcast(&self, stream: &str, data: &str, exclude_sid: Option<&str>) -> Delivery {
+        self.broadcast_at(stream, data, exclude_sid, None)
+    }
+
+    /// [`Hub::broadcast`] of a message with a place in the stream's history: its
+    /// frames carry `stream_id`, `epoch` and `offset`.
+    pub fn broadcast_at(
+        &self,
+        stream: &str,
+        data: &str,
+        exclude_sid: Option<&str>,
+        at: Option<protocol::Position<'_>>,
+    ) -> Delivery {
         let mut delivery = Delivery::default();
         let callbacks: Vec<u64>;
         {
@@ -154,7 +166,7 @@ impl Hub {
                 return delivery;
             };
             for (identifier, group) in &subs.by_identifier {
-                let frame = protocol::broadcast_frame(identifier, data);
+                let frame = protocol::broadcast_frame_at(identifier, data, at);
                 for session in group.values() {
                     if exclude_sid == Some(session.sid.as_str()) {
                         continue;

@@ -13,6 +13,7 @@ mod connection;
 pub mod controller;
 mod endpoints;
 pub mod handshake;
+pub mod history;
 pub mod hub;
 pub mod jwt;
 pub mod logging;

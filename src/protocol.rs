@@ -8,8 +8,17 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-/// Subprotocols we speak, in order of preference.
-pub const SUBPROTOCOLS: &[&str] = &["actioncable-v1-json"];
+/// Subprotocols we speak. The client's order decides (the first one it offers that
+/// is here), as AnyCable's.
+pub const SUBPROTOCOLS: &[&str] = &[PLAIN_PROTOCOL, EXTENDED_PROTOCOL];
+
+/// Action Cable's own protocol.
+pub const PLAIN_PROTOCOL: &str = "actioncable-v1-json";
+
+/// AnyCable's extended protocol: the same frames, plus what §5 of AnyCable's protocol
+/// doc adds (pongs from the client, `pong_timeout`, session restore). Commands such as
+/// `history` and `ping` are served on either protocol, as AnyCable does.
+pub const EXTENDED_PROTOCOL: &str = "actioncable-v1-ext-json";
 
 /// A command from a client, e.g. `{"command":"subscribe","identifier":"{…}"}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,16 +71,96 @@ impl std::fmt::Display for ParseError {
     }
 }
 
+/// What a client asks to be replayed (`history`, alone or on `subscribe`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HistoryRequest {
+    /// Unix seconds; 0 when absent or not a number (JS may send `false`).
+    pub since: u64,
+    /// Per stream: the last (epoch, offset) the client saw.
+    pub streams: Vec<(String, StreamPosition)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct StreamPosition {
+    pub epoch: String,
+    pub offset: u64,
+}
+
+impl HistoryRequest {
+    /// AnyCable drops a request that asks for nothing, without a reply.
+    pub fn is_empty(&self) -> bool {
+        self.since == 0 && self.streams.is_empty()
+    }
+
+    pub fn position(&self, stream: &str) -> Option<&StreamPosition> {
+        self.streams
+            .iter()
+            .find(|(s, _)| s == stream)
+            .map(|(_, p)| p)
+    }
+}
+
+/// One client frame: a command for the application (or the server's own streams), or
+/// one the server answers itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientFrame {
+    /// `history` is set when a `subscribe` carries one: it is run after a confirmed
+    /// subscription.
+    Command {
+        command: ClientCommand,
+        history: Option<HistoryRequest>,
+    },
+    History {
+        identifier: String,
+        history: HistoryRequest,
+    },
+    /// `{"command":"ping"}`: answered with `{"type":"pong"}`.
+    Ping,
+    /// `{"command":"pong"}`: the client is alive (any frame says so).
+    Pong,
+}
+
 #[derive(Deserialize)]
 struct RawCommand<'a> {
     #[serde(borrow)]
     command: Option<std::borrow::Cow<'a, str>>,
     identifier: Option<String>,
     data: Option<Box<RawValue>>,
+    #[serde(borrow)]
+    history: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct RawHistory<'a> {
+    #[serde(borrow)]
+    since: Option<&'a RawValue>,
+    streams: Option<std::collections::BTreeMap<String, StreamPosition>>,
+}
+
+fn parse_history(raw: &RawValue) -> Result<HistoryRequest, ParseError> {
+    let text = raw.get();
+    if text == "null" {
+        return Ok(HistoryRequest::default());
+    }
+    if !text.starts_with('{') {
+        return Err(ParseError::Malformed(
+            "history must be a JSON object".into(),
+        ));
+    }
+    let h: RawHistory = serde_json::from_str(text)
+        .map_err(|e| ParseError::Malformed(format!("invalid history: {e}")))?;
+    // A non-number (JS sends `false` with historyTimestamp: false) counts as 0.
+    let since = h
+        .since
+        .and_then(|v| serde_json::from_str::<f64>(v.get()).ok())
+        .filter(|s| s.is_finite() && *s > 0.0)
+        .map_or(0, |s| s as u64);
+    let streams = h.streams.unwrap_or_default().into_iter().collect();
+    Ok(HistoryRequest { since, streams })
 }
 
 /// Parses one client frame.
-pub fn parse_command(text: &str) -> Result<ClientCommand, ParseError> {
+pub fn parse_frame(text: &str) -> Result<ClientFrame, ParseError> {
     // serde would also read a JSON array into the struct, field by field.
     if !text.trim_start().starts_with('{') {
         return Err(ParseError::Malformed(
@@ -82,13 +171,32 @@ pub fn parse_command(text: &str) -> Result<ClientCommand, ParseError> {
         serde_json::from_str(text).map_err(|e| ParseError::Malformed(e.to_string()))?;
     let name = raw
         .command
+        .as_deref()
         .ok_or_else(|| ParseError::UnknownCommand(String::new()))?;
-    let command = match name.as_ref() {
+    let command = match name {
         "subscribe" => Command::Subscribe,
         "unsubscribe" => Command::Unsubscribe,
         "message" => Command::Message,
         "whisper" => Command::Whisper,
+        "ping" => return Ok(ClientFrame::Ping),
+        "pong" => return Ok(ClientFrame::Pong),
+        "history" => {
+            let identifier = raw.identifier.ok_or(ParseError::MissingIdentifier)?;
+            let history = match raw.history {
+                Some(h) => parse_history(h)?,
+                None => HistoryRequest::default(),
+            };
+            return Ok(ClientFrame::History {
+                identifier,
+                history,
+            });
+        }
         other => return Err(ParseError::UnknownCommand(other.to_string())),
+    };
+    // A broken `history` on a subscribe costs the history, not the subscription.
+    let history = match (command, raw.history) {
+        (Command::Subscribe, Some(h)) => parse_history(h).ok(),
+        _ => None,
     };
     let identifier = raw.identifier.ok_or(ParseError::MissingIdentifier)?;
     let data = match (command, raw.data) {
@@ -100,11 +208,25 @@ pub fn parse_command(text: &str) -> Result<ClientCommand, ParseError> {
         (Command::Whisper, None) => return Err(ParseError::InvalidData),
         _ => None,
     };
-    Ok(ClientCommand {
-        command,
-        identifier,
-        data,
+    Ok(ClientFrame::Command {
+        command: ClientCommand {
+            command,
+            identifier,
+            data,
+        },
+        history,
     })
+}
+
+/// Parses a frame that must be a command for the application: subscribe,
+/// unsubscribe, message or whisper.
+pub fn parse_command(text: &str) -> Result<ClientCommand, ParseError> {
+    match parse_frame(text)? {
+        ClientFrame::Command { command, .. } => Ok(command),
+        ClientFrame::History { .. } => Err(ParseError::UnknownCommand("history".into())),
+        ClientFrame::Ping => Err(ParseError::UnknownCommand("ping".into())),
+        ClientFrame::Pong => Err(ParseError::UnknownCommand("pong".into())),
+    }
 }
 
 fn json_string(s: &str) -> String {
@@ -119,6 +241,32 @@ pub fn welcome(sid: &str) -> String {
 /// `{"type":"ping","message":<unix seconds>}`
 pub fn ping(unix_seconds: u64) -> Utf8Bytes {
     format!(r#"{{"type":"ping","message":{unix_seconds}}}"#).into()
+}
+
+/// `{"type":"pong"}`: the answer to a client's `{"command":"ping"}`.
+pub fn pong() -> Utf8Bytes {
+    Utf8Bytes::from_static(r#"{"type":"pong"}"#)
+}
+
+/// `{"type":"confirm_history","identifier":"…"}` or `reject_history`.
+pub fn history_reply(identifier: &str, confirmed: bool) -> String {
+    let kind = if confirmed {
+        "confirm_history"
+    } else {
+        "reject_history"
+    };
+    format!(
+        r#"{{"type":"{kind}","identifier":{}}}"#,
+        json_string(identifier)
+    )
+}
+
+/// Where a broadcast sits in its stream's history (memory broker).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position<'a> {
+    pub stream: &'a str,
+    pub epoch: &'a str,
+    pub offset: u64,
 }
 
 /// `{"type":"disconnect","reason":"…","reconnect":bool}`
@@ -146,7 +294,15 @@ pub fn subscription_reply(identifier: &str, confirmed: bool) -> String {
 /// identifier sees it. `data` is the broadcast payload, already JSON; anything that is
 /// not valid JSON is sent as a JSON string, so a client never gets a broken frame.
 pub fn broadcast_frame(identifier: &str, data: &str) -> Utf8Bytes {
-    let mut out = String::with_capacity(identifier.len() + data.len() + 32);
+    broadcast_frame_at(identifier, data, None)
+}
+
+/// [`broadcast_frame`] with the message's place in its stream's history, when there is
+/// one: `…,"stream_id":"…","epoch":"…","offset":N}` (for either protocol, as AnyCable's
+/// one encoder does).
+pub fn broadcast_frame_at(identifier: &str, data: &str, at: Option<Position<'_>>) -> Utf8Bytes {
+    let extra = at.map_or(0, |p| p.stream.len() + p.epoch.len() + 64);
+    let mut out = String::with_capacity(identifier.len() + data.len() + 32 + extra);
     out.push_str(r#"{"identifier":"#);
     out.push_str(&json_string(identifier));
     out.push_str(r#","message":"#);
@@ -154,6 +310,14 @@ pub fn broadcast_frame(identifier: &str, data: &str) -> Utf8Bytes {
         out.push_str(data.trim());
     } else {
         out.push_str(&json_string(data));
+    }
+    if let Some(p) = at {
+        use std::fmt::Write;
+        out.push_str(r#","stream_id":"#);
+        out.push_str(&json_string(p.stream));
+        out.push_str(r#","epoch":"#);
+        out.push_str(&json_string(p.epoch));
+        let _ = write!(out, r#","offset":{}"#, p.offset);
     }
     out.push('}');
     out.into()
@@ -229,5 +393,117 @@ mod tests {
             broadcast_frame("i", "not json").as_str(),
             r#"{"identifier":"i","message":"not json"}"#
         );
+    }
+
+    #[test]
+    fn parses_ping_pong_and_history() {
+        assert_eq!(parse_frame(r#"{"command":"ping"}"#), Ok(ClientFrame::Ping));
+        assert_eq!(parse_frame(r#"{"command":"pong"}"#), Ok(ClientFrame::Pong));
+        assert_eq!(
+            parse_command(r#"{"command":"pong"}"#),
+            Err(ParseError::UnknownCommand("pong".into()))
+        );
+        let h = parse_frame(
+            r#"{"command":"history","identifier":"i","history":{"since":1681828329,"streams":{"chat_42":{"epoch":"vRXl","offset":32}}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            h,
+            ClientFrame::History {
+                identifier: "i".into(),
+                history: HistoryRequest {
+                    since: 1681828329,
+                    streams: vec![(
+                        "chat_42".into(),
+                        StreamPosition {
+                            epoch: "vRXl".into(),
+                            offset: 32
+                        }
+                    )]
+                }
+            }
+        );
+        assert_eq!(
+            parse_frame(r#"{"command":"history","history":{"since":1}}"#),
+            Err(ParseError::MissingIdentifier)
+        );
+    }
+
+    #[test]
+    fn a_non_numeric_since_counts_as_zero() {
+        for since in ["false", r#""1681828329""#, "null", "-5", "{}"] {
+            let text = format!(
+                r#"{{"command":"history","identifier":"i","history":{{"since":{since}}}}}"#
+            );
+            match parse_frame(&text) {
+                Ok(ClientFrame::History { history, .. }) => {
+                    assert_eq!(history.since, 0, "{since}");
+                    assert!(history.is_empty());
+                }
+                other => panic!("{since}: {other:?}"),
+            }
+        }
+        match parse_frame(r#"{"command":"history","identifier":"i","history":{"since":12.7}}"#) {
+            Ok(ClientFrame::History { history, .. }) => assert_eq!(history.since, 12),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn subscribe_may_carry_history_and_other_commands_ignore_it() {
+        match parse_frame(
+            r#"{"command":"subscribe","identifier":"i","history":{"since":5,"streams":{}}}"#,
+        ) {
+            Ok(ClientFrame::Command { command, history }) => {
+                assert_eq!(command.command, Command::Subscribe);
+                assert_eq!(history.map(|h| h.since), Some(5));
+            }
+            other => panic!("{other:?}"),
+        }
+        for text in [
+            r#"{"command":"unsubscribe","identifier":"i","history":{"since":5}}"#,
+            r#"{"command":"subscribe","identifier":"i","history":[]}"#,
+        ] {
+            match parse_frame(text) {
+                Ok(ClientFrame::Command { history, .. }) => assert_eq!(history, None),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(matches!(
+            parse_frame(r#"{"command":"history","identifier":"i","history":[1]}"#),
+            Err(ParseError::Malformed(_))
+        ));
+        assert!(matches!(
+            parse_frame(
+                r#"{"command":"history","identifier":"i","history":{"streams":{"s":{"epoch":"e"}}}}"#
+            ),
+            Err(ParseError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn encodes_positions_and_history_replies() {
+        assert_eq!(
+            broadcast_frame_at(
+                "i",
+                r#"{"a":1}"#,
+                Some(Position {
+                    stream: "chat_42",
+                    epoch: "vRXl",
+                    offset: 32
+                })
+            )
+            .as_str(),
+            r#"{"identifier":"i","message":{"a":1},"stream_id":"chat_42","epoch":"vRXl","offset":32}"#
+        );
+        assert_eq!(
+            history_reply("i", true),
+            r#"{"type":"confirm_history","identifier":"i"}"#
+        );
+        assert_eq!(
+            history_reply("i", false),
+            r#"{"type":"reject_history","identifier":"i"}"#
+        );
+        assert_eq!(pong().as_str(), r#"{"type":"pong"}"#);
     }
 }

@@ -26,6 +26,7 @@ use crate::config::ServerConfig;
 use crate::controller::Controller;
 use crate::endpoints;
 use crate::handshake::{self, RequestHead};
+use crate::history::History;
 use crate::hub::{Delivery, Hub};
 use crate::metrics::{self, MetricsSource, COUNTERS};
 use crate::protocol;
@@ -94,6 +95,8 @@ pub(crate) struct Inner<C> {
     pub(crate) config: ServerConfig,
     pub(crate) controller: C,
     pub(crate) hub: Arc<Hub>,
+    /// The memory broker's stream history (`ANYCABLE_BROKER=memory`).
+    pub(crate) history: Option<History>,
     /// Welcomed sessions, for pings, remote disconnects and shutdown.
     pub(crate) sessions: RwLock<HashMap<u64, SessionRef>>,
     pub(crate) next_id: AtomicU64,
@@ -108,8 +111,18 @@ pub(crate) struct Inner<C> {
 
 impl<C: Controller> Server<C> {
     pub fn new(config: ServerConfig, controller: C, hub: Arc<Hub>) -> Self {
+        let history = config.history.as_ref().map(History::new);
+        if let Some(history) = &history {
+            log::info!(
+                "memory broker: epoch {}, history limit {}, history ttl {:?}",
+                history.epoch(),
+                config.history.as_ref().map_or(0, |h| h.limit),
+                config.history.as_ref().map_or(Duration::ZERO, |h| h.ttl),
+            );
+        }
         Server {
             inner: Arc::new(Inner {
+                history,
                 relay: RwLock::new(None),
                 health: RwLock::new(None),
                 metrics_source: RwLock::new(None),
@@ -154,6 +167,20 @@ impl<C: Controller> Server<C> {
             }
         });
         self.inner.tasks.lock().push(task);
+        if self.inner.history.is_some() {
+            let inner = self.inner.clone();
+            let sweep = tokio::spawn(async move {
+                let mut ticker = tokio::time::interval(Duration::from_secs(1));
+                ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    ticker.tick().await;
+                    if let Some(history) = &inner.history {
+                        history.sweep();
+                    }
+                }
+            });
+            self.inner.tasks.lock().push(sweep);
+        }
     }
 
     /// Binds `addr` and accepts connections on it until shutdown. Returns the bound
@@ -229,7 +256,12 @@ impl<C: Controller> Server<C> {
     ) -> Result<Delivery, BroadcastError> {
         self.inner.check_size(data)?;
         COUNTERS.broadcast_msg.inc();
-        Ok(self.inner.hub.broadcast(stream, data, exclude_sid))
+        Ok(self.inner.deliver(stream, data, exclude_sid, false))
+    }
+
+    /// The memory broker's history, when `ANYCABLE_BROKER=memory`.
+    pub fn history(&self) -> Option<&History> {
+        self.inner.history.as_ref()
     }
 
     /// Checks broadcast data for publishing: deliverable to a client.
@@ -329,6 +361,28 @@ impl<C: Controller> Inner<C> {
         Ok(())
     }
 
+    /// Delivers a broadcast to this process's subscribers; with the memory broker, a
+    /// non-transient one is first given its offset and stored.
+    pub(crate) fn deliver(
+        &self,
+        stream: &str,
+        data: &str,
+        exclude_sid: Option<&str>,
+        transient: bool,
+    ) -> Delivery {
+        match &self.history {
+            Some(history) if !transient => history.append(stream, data, |offset| {
+                let at = protocol::Position {
+                    stream,
+                    epoch: history.epoch(),
+                    offset,
+                };
+                self.hub.broadcast_at(stream, data, exclude_sid, Some(at))
+            }),
+            _ => self.hub.broadcast(stream, data, exclude_sid),
+        }
+    }
+
     pub(crate) fn apply_broadcast(&self, payload: &str) -> Result<usize, BroadcastError> {
         let messages = broadcast::parse(payload).map_err(BroadcastError::Malformed)?;
         self.check_sizes(&messages)?;
@@ -339,8 +393,9 @@ impl<C: Controller> Inner<C> {
                     stream,
                     data,
                     exclude_socket,
+                    transient,
                 } => {
-                    self.hub.broadcast(stream, data, exclude_socket.as_deref());
+                    self.deliver(stream, data, exclude_socket.as_deref(), *transient);
                 }
                 BroadcastMessage::Disconnect {
                     identifiers,
@@ -494,7 +549,8 @@ impl<C: Controller> Inner<C> {
         }
         let ws =
             WebSocketStream::from_raw_socket(stream, Role::Server, Some(self.ws_config())).await;
-        self.run_session(ws, head, peer, env_token).await;
+        let extended = upgrade.protocol == Some(protocol::EXTENDED_PROTOCOL);
+        self.run_session(ws, head, peer, env_token, extended).await;
     }
 }
 

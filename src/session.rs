@@ -38,6 +38,7 @@ impl DisconnectReason {
     pub const TOO_SLOW: Self = Self::new("too_slow", true);
     pub const REMOTE: Self = Self::new("remote", true);
     pub const INVALID_REQUEST: Self = Self::new("invalid_request", true);
+    pub const NO_PONG: Self = Self::new("no_pong", true);
 
     /// WebSocket close code sent after the disconnect message.
     pub fn close_code(&self) -> u16 {
@@ -189,6 +190,17 @@ impl Session {
             return server_side.clone();
         }
         self.whispers.lock().get(identifier).cloned()
+    }
+
+    /// The streams subscription `identifier` receives broadcasts from (server-side ones
+    /// and the app's plain `stream_from`), in the order they were added.
+    pub fn streams_of(&self, identifier: &str) -> Vec<Arc<str>> {
+        self.streams
+            .lock()
+            .iter()
+            .filter(|(_, i)| i.as_ref() == identifier)
+            .map(|(s, _)| s.clone())
+            .collect()
     }
 
     /// Records the connection's identifiers (once; later calls are ignored).

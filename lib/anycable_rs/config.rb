@@ -22,6 +22,16 @@ module AnyCableRs
       # (see OriginPolicy: checked before the upgrade, on either port).
       allowed_origins: nil,
       ping_interval: 3.0,
+      # AnyCable's: an extended-protocol (actioncable-v1-ext-json) client that sends
+      # nothing (a pong, any command) for a ping interval plus this many seconds is
+      # disconnected as no_pong. 0: off.
+      pong_timeout: 0,
+      # AnyCable's broker: "memory" gives every broadcast an offset in its stream and
+      # keeps the last history_limit messages of each for history_ttl seconds, for the
+      # history command (reliable streams), in each server process. "none": neither.
+      broker: "none",
+      history_limit: 100,
+      history_ttl: 300,
       # Ruby threads that run connection and channel code; default: Puma's threads.
       rpc_pool_size: nil,
       # tokio worker threads.
@@ -282,7 +292,8 @@ module AnyCableRs
         redis_url: redis_url, redis_channel: redis_channel,
         metrics_path: metrics_http, metrics_tags: metrics_tags, max_conn: max_conn,
         max_conn_age: max_conn_age.to_f, rpc_pool_size: rpc_pool_size,
-        streams: streams_options, jwt: jwt_options
+        streams: streams_options, jwt: jwt_options,
+        pong_timeout: pong_timeout.to_f, broker: broker, history_limit: history_limit, history_ttl: history_ttl.to_f
       }
     end
 
@@ -357,10 +368,12 @@ module AnyCableRs
         :streams_whisper, :turbo_streams, :enforce_jwt
         value.is_a?(String) ? %w[1 true yes on].include?(value.strip.downcase) : !!value
       when :port, :rpc_pool_size, :worker_threads, :max_message_size, :max_pending_bytes, :queue_size, :max_conn,
-        :jwt_ttl
+        :jwt_ttl, :history_limit
         integer(key, value)
-      when :ping_interval, :write_timeout, :shutdown_timeout, :max_conn_age
+      when :ping_interval, :write_timeout, :shutdown_timeout, :max_conn_age, :pong_timeout, :history_ttl
         number(key, value)
+      when :broker
+        coerce_broker(value)
       when :metrics_http
         path = value.to_s.strip
         return nil if path.empty?
@@ -382,6 +395,19 @@ module AnyCableRs
       else
         value.to_s
       end
+    end
+
+    # Refused, never ignored: a broker that is not there must not look as if it were.
+    def coerce_broker(value)
+      broker = value.to_s.strip.downcase
+      broker = "none" if broker.empty?
+      if broker == "nats"
+        raise ArgumentError, "anycable-rs: broker nats (history and sessions in NATS JetStream) is not implemented yet; " \
+          "set ANYCABLE_BROKER=memory (history kept in each server process) or none"
+      end
+      raise ArgumentError, "anycable-rs: broker must be none or memory, got #{value.inspect}" unless %w[none memory].include?(broker)
+
+      broker
     end
 
     def number(key, value)

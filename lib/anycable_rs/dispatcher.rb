@@ -17,7 +17,8 @@ module AnyCableRs
   # once, with their backtrace, and the client gets AnyCable's answer.
   class Dispatcher
     Session = Struct.new(:socket, :connection)
-    SUBPROTOCOL = "actioncable-v1-json"
+    # The Rust server's choice (protocol::SUBPROTOCOLS): the first one offered.
+    SUBPROTOCOLS = %w[actioncable-v1-json actioncable-v1-ext-json].freeze
 
     attr_reader :pubsub, :cable_server
 
@@ -154,7 +155,7 @@ module AnyCableRs
 
     def offered_protocol(headers)
       offered = headers.find { |name, _| name == "sec-websocket-protocol" }&.last.to_s
-      offered.split(",").map(&:strip).include?(SUBPROTOCOL) ? SUBPROTOCOL : nil
+      offered.split(",").map(&:strip).find { |p| SUBPROTOCOLS.include?(p) }
     end
 
     def command(job)

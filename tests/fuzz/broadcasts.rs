@@ -118,9 +118,16 @@ fn expected(
         }));
     }
     let stream = stream.filter(|s| !s.is_empty()).ok_or(())?;
-    let exclude_socket = match present(map, "meta") {
-        None => None,
-        Some(Value::Object(meta)) => opt_str(meta, "exclude_socket")?,
+    let (exclude_socket, transient) = match present(map, "meta") {
+        None => (None, false),
+        Some(Value::Object(meta)) => (
+            opt_str(meta, "exclude_socket")?,
+            match present(meta, "transient") {
+                None => false,
+                Some(Value::Bool(b)) => *b,
+                Some(_) => return Err(()),
+            },
+        ),
         Some(_) => return Err(()),
     };
     let data = match present(map, "data").ok_or(())? {
@@ -131,6 +138,7 @@ fn expected(
         stream,
         data,
         exclude_socket,
+        transient,
     }))
 }
 

@@ -8,7 +8,8 @@ use serde_json::{Map, Value};
 
 use super::*;
 
-const KEYS: &[&str] = &["command", "identifier", "data"];
+// `history` on a subscribe: whatever it holds, the subscribe itself is parsed.
+const KEYS: &[&str] = &["command", "identifier", "data", "history"];
 
 /// A valid command, edited.
 fn near_valid() -> impl Strategy<Value = Fields> {

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use anycable_core::history::HistoryConfig;
 use anycable_core::jwt::JwtConfig;
 use anycable_core::origin::{OriginPolicy, OriginRule, RubyRegexp};
 use anycable_core::streams::{decode_hex, StreamsConfig};
@@ -72,6 +73,10 @@ const KEYS: &[&str] = &[
     "rpc_pool_size",
     "streams",
     "jwt",
+    "pong_timeout",
+    "broker",
+    "history_limit",
+    "history_ttl",
 ];
 
 fn arg_error(ruby: &Ruby, msg: impl Into<String>) -> Error {
@@ -107,6 +112,8 @@ impl Settings {
             path: opt(ruby, opts, "path")?.unwrap_or(defaults.path),
             health_path: opt(ruby, opts, "health_path")?.unwrap_or(defaults.health_path),
             ping_interval: secs(opt(ruby, opts, "ping_interval")?, defaults.ping_interval),
+            pong_timeout: secs(opt(ruby, opts, "pong_timeout")?, defaults.pong_timeout),
+            history: history_config(ruby, opts)?,
             max_message_size: opt(ruby, opts, "max_message_size")?
                 .unwrap_or(defaults.max_message_size),
             write_timeout: secs(opt(ruby, opts, "write_timeout")?, defaults.write_timeout),
@@ -165,6 +172,34 @@ impl Settings {
             rpc_pool_size: opt(ruby, opts, "rpc_pool_size")?.unwrap_or(0),
             pubsub,
         })
+    }
+}
+
+/// `broker:` "none" (or unset) or "memory", with `history_limit:` and `history_ttl:`
+/// (seconds). Anything else is refused: a broker that is not there must not look as
+/// if it were.
+fn history_config(ruby: &Ruby, opts: RHash) -> Result<Option<HistoryConfig>, Error> {
+    match opt::<String>(ruby, opts, "broker")?.as_deref() {
+        None | Some("none") => Ok(None),
+        Some("memory") => {
+            let defaults = HistoryConfig::default();
+            let limit: usize = opt(ruby, opts, "history_limit")?.unwrap_or(defaults.limit);
+            let ttl: f64 = opt(ruby, opts, "history_ttl")?.unwrap_or(defaults.ttl.as_secs_f64());
+            if limit == 0 || !(ttl.is_finite() && ttl >= 1.0) {
+                return Err(arg_error(
+                    ruby,
+                    "history_limit must be at least 1 and history_ttl at least 1 second",
+                ));
+            }
+            Ok(Some(HistoryConfig {
+                limit,
+                ttl: Duration::from_secs_f64(ttl),
+            }))
+        }
+        Some(other) => Err(arg_error(
+            ruby,
+            format!("broker {other:?} is not supported here (none or memory)"),
+        )),
     }
 }
 

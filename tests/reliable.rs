@@ -1,0 +1,408 @@
+//! The extended protocol (`actioncable-v1-ext-json`: pings, pongs, `pong_timeout`) and
+//! the memory broker's history (offsets, the `history` command, `history` on
+//! `subscribe`) over real sockets.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anycable_core::history::HistoryConfig;
+use anycable_core::protocol::{self, Command};
+use anycable_core::session::SessionRef;
+use anycable_core::streams::StreamsConfig;
+use anycable_core::{
+    CommandRequest, ConnectReply, ConnectRequest, Controller, Hub, Server, ServerConfig,
+};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{client_async, WebSocketStream};
+
+/// Subscribes to stream "all" (and "extra" when the identifier says so), or rejects
+/// identifiers that contain "reject" as Action Cable does (no streams left).
+struct App {
+    hub: Arc<Hub>,
+}
+
+impl Controller for App {
+    async fn connect(&self, _req: ConnectRequest) -> ConnectReply {
+        ConnectReply::Accepted
+    }
+
+    async fn command(&self, req: CommandRequest) {
+        let CommandRequest { session, command } = req;
+        let id = &command.identifier;
+        if command.command != Command::Subscribe {
+            return;
+        }
+        if id.contains("reject") {
+            self.hub.subscribe(&session, "all", id);
+            self.hub.unsubscribe_identifier(&session, id);
+            session.transmit(protocol::subscription_reply(id, false));
+            return;
+        }
+        self.hub.subscribe(&session, "all", id);
+        if id.contains("extra") {
+            self.hub.subscribe(&session, "extra", id);
+        }
+        session.transmit(protocol::subscription_reply(id, true));
+    }
+
+    async fn disconnect(&self, _session: SessionRef) {}
+}
+
+async fn start(config: ServerConfig) -> (Server<App>, SocketAddr) {
+    let hub = Arc::new(Hub::new(None));
+    let server = Server::new(config, App { hub: hub.clone() }, hub);
+    server.start();
+    let addr = server.listen("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    (server, addr)
+}
+
+fn with_history(limit: usize) -> ServerConfig {
+    ServerConfig {
+        history: Some(HistoryConfig {
+            limit,
+            ttl: Duration::from_secs(300),
+        }),
+        streams: StreamsConfig {
+            public: true,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+type Client = WebSocketStream<TcpStream>;
+
+/// Connects offering `protocols`; returns the client, the chosen protocol and the
+/// welcome message.
+async fn connect(addr: SocketAddr, protocols: &str) -> (Client, Option<String>, Value) {
+    let mut req = format!("ws://{addr}/cable").into_client_request().unwrap();
+    req.headers_mut()
+        .insert("Sec-WebSocket-Protocol", protocols.parse().unwrap());
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut ws, resp) = client_async(req, tcp).await.unwrap();
+    let proto = resp
+        .headers()
+        .get("sec-websocket-protocol")
+        .map(|v| v.to_str().unwrap().to_string());
+    let welcome = next(&mut ws).await;
+    (ws, proto, welcome)
+}
+
+async fn ext(addr: SocketAddr) -> Client {
+    connect(addr, "actioncable-v1-ext-json").await.0
+}
+
+/// The next frame that is not a ping.
+async fn next(ws: &mut Client) -> Value {
+    loop {
+        let v = next_frame(ws).await;
+        if v["type"] != "ping" {
+            return v;
+        }
+    }
+}
+
+async fn next_frame(ws: &mut Client) -> Value {
+    let msg = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("timed out waiting for a frame")
+        .expect("stream ended")
+        .expect("read error");
+    match msg {
+        Message::Text(t) => serde_json::from_str(t.as_str()).unwrap(),
+        Message::Close(c) => json!({"close": c.map(|c| u16::from(c.code))}),
+        other => panic!("unexpected frame {other:?}"),
+    }
+}
+
+async fn send(ws: &mut Client, v: Value) {
+    ws.send(Message::Text(v.to_string().into())).await.unwrap();
+}
+
+/// Nothing else arrives: a ping is answered with the next frame after whatever the
+/// server had to say.
+async fn assert_quiet(ws: &mut Client) {
+    send(ws, json!({"command": "ping"})).await;
+    assert_eq!(next(ws).await, json!({"type": "pong"}));
+}
+
+fn msg(id: &str, n: u64, epoch: &str, stream: &str) -> Value {
+    json!({"identifier": id, "message": {"n": n}, "stream_id": stream, "epoch": epoch, "offset": n})
+}
+
+#[tokio::test]
+async fn extended_protocol_is_chosen_when_offered_and_answers_pings() {
+    let (_server, addr) = start(ServerConfig::default()).await;
+    let (mut a, proto, welcome) = connect(addr, "actioncable-v1-ext-json").await;
+    assert_eq!(proto.as_deref(), Some("actioncable-v1-ext-json"));
+    assert_eq!(welcome["type"], "welcome");
+    assert!(welcome["sid"].as_str().is_some_and(|s| !s.is_empty()));
+    // A pong is taken silently; a ping gets a pong.
+    send(&mut a, json!({"command": "pong"})).await;
+    assert_quiet(&mut a).await;
+
+    // Plain clients are served as before, and may ping too (not gated by protocol).
+    let (mut b, proto, welcome) =
+        connect(addr, "actioncable-v1-json, actioncable-unsupported").await;
+    assert_eq!(proto.as_deref(), Some("actioncable-v1-json"));
+    assert_eq!(welcome["type"], "welcome");
+    assert_quiet(&mut b).await;
+}
+
+#[tokio::test]
+async fn server_pings_carry_unix_seconds() {
+    let config = ServerConfig {
+        ping_interval: Duration::from_millis(100),
+        ..Default::default()
+    };
+    let (_server, addr) = start(config).await;
+    let mut a = ext(addr).await;
+    let ping = next_frame(&mut a).await;
+    assert_eq!(ping["type"], "ping");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(
+        ping["message"].as_u64().unwrap().abs_diff(now) <= 2,
+        "{ping}"
+    );
+}
+
+#[tokio::test]
+async fn pong_timeout_disconnects_a_silent_extended_client_only() {
+    let config = ServerConfig {
+        ping_interval: Duration::from_millis(200),
+        pong_timeout: Duration::from_millis(200),
+        ..Default::default()
+    };
+    let (_server, addr) = start(config).await;
+    let (mut silent, _, _) = connect(addr, "actioncable-v1-ext-json").await;
+    let (mut plain, _, _) = connect(addr, "actioncable-v1-json").await;
+    let (mut alive, _, _) = connect(addr, "actioncable-v1-ext-json").await;
+
+    let started = std::time::Instant::now();
+    let keep_alive = tokio::spawn(async move {
+        // Answers every ping with a pong, as @anycable/web with pongs: true.
+        let until = std::time::Instant::now() + Duration::from_millis(1200);
+        while std::time::Instant::now() < until {
+            let v = next_frame(&mut alive).await;
+            assert_eq!(v["type"], "ping", "{v}");
+            send(&mut alive, json!({"command": "pong"})).await;
+        }
+        alive
+    });
+    assert_eq!(
+        next(&mut silent).await,
+        json!({"type": "disconnect", "reason": "no_pong", "reconnect": true})
+    );
+    assert!(started.elapsed() >= Duration::from_millis(350));
+    assert_eq!(next(&mut silent).await, json!({"close": 1000}));
+
+    let mut alive = keep_alive.await.unwrap();
+    assert_quiet(&mut alive).await;
+    // The plain client never sent a frame, and is still served.
+    assert_quiet(&mut plain).await;
+}
+
+#[tokio::test]
+async fn broadcasts_get_offsets_and_missed_ones_are_replayed_on_subscribe() {
+    let (server, addr) = start(with_history(100)).await;
+    let epoch = server.history().unwrap().epoch().to_string();
+    let id = r#"{"channel":"ChatChannel"}"#;
+    let mut a = ext(addr).await;
+    send(&mut a, json!({"command": "subscribe", "identifier": id})).await;
+    assert_eq!(next(&mut a).await["type"], "confirm_subscription");
+    for n in 1..=2 {
+        server
+            .broadcast("all", &format!(r#"{{"n":{n}}}"#), None)
+            .unwrap();
+        assert_eq!(next(&mut a).await, msg(id, n, &epoch, "all"));
+    }
+    // A plain client sees the offsets too (one encoder for both, as AnyCable).
+    let (mut plain, _, _) = connect(addr, "actioncable-v1-json").await;
+    send(
+        &mut plain,
+        json!({"command": "subscribe", "identifier": id}),
+    )
+    .await;
+    assert_eq!(next(&mut plain).await["type"], "confirm_subscription");
+    server.broadcast("all", r#"{"n":3}"#, None).unwrap();
+    assert_eq!(next(&mut plain).await, msg(id, 3, &epoch, "all"));
+
+    // Another client that saw up to 1 subscribes again with its position: 2 and 3
+    // come after the confirmation, then confirm_history.
+    let mut b = ext(addr).await;
+    let history = json!({"since": 0, "streams": {"all": {"epoch": epoch, "offset": 1}}});
+    send(
+        &mut b,
+        json!({"command": "subscribe", "identifier": id, "history": history}),
+    )
+    .await;
+    assert_eq!(
+        next(&mut b).await,
+        json!({"identifier": id, "type": "confirm_subscription"})
+    );
+    assert_eq!(next(&mut b).await, msg(id, 2, &epoch, "all"));
+    assert_eq!(next(&mut b).await, msg(id, 3, &epoch, "all"));
+    assert_eq!(
+        next(&mut b).await,
+        json!({"type": "confirm_history", "identifier": id})
+    );
+    // Live broadcasts go on after it.
+    server.broadcast("all", r#"{"n":4}"#, None).unwrap();
+    assert_eq!(next(&mut b).await, msg(id, 4, &epoch, "all"));
+
+    // A rejected subscription gets no history reply at all.
+    let rejected = r#"{"channel":"ChatChannel","reject":true}"#;
+    send(
+        &mut b,
+        json!({"command": "subscribe", "identifier": rejected, "history": history}),
+    )
+    .await;
+    assert_eq!(next(&mut b).await["type"], "reject_subscription");
+    assert_quiet(&mut b).await;
+}
+
+#[tokio::test]
+async fn the_history_command_confirms_or_rejects_per_section_5_3() {
+    let (server, addr) = start(with_history(3)).await;
+    let epoch = server.history().unwrap().epoch().to_string();
+    let id = r#"{"channel":"ChatChannel","extra":true}"#;
+    let mut a = ext(addr).await;
+    send(&mut a, json!({"command": "subscribe", "identifier": id})).await;
+    assert_eq!(next(&mut a).await["type"], "confirm_subscription");
+    for n in 1..=5 {
+        server
+            .broadcast("all", &format!(r#"{{"n":{n}}}"#), None)
+            .unwrap();
+        next(&mut a).await;
+    }
+    server.broadcast("extra", r#"{"n":1}"#, None).unwrap();
+    next(&mut a).await;
+    let history = |h: Value| json!({"command": "history", "identifier": id, "history": h});
+
+    // Positions: 3, 4, 5 are kept (limit 3); a client at 2 gets them, and the other
+    // stream's part by `since`.
+    let since = anycable_core::history::unix_now() - 5;
+    send(
+        &mut a,
+        history(json!({"since": since, "streams": {"all": {"epoch": epoch, "offset": 2}}})),
+    )
+    .await;
+    for n in 3..=5 {
+        assert_eq!(next(&mut a).await, msg(id, n, &epoch, "all"));
+    }
+    assert_eq!(next(&mut a).await, msg(id, 1, &epoch, "extra"));
+    assert_eq!(
+        next(&mut a).await,
+        json!({"type": "confirm_history", "identifier": id})
+    );
+
+    // Older than what is kept, another epoch, or from the future: only reject_history.
+    for streams in [
+        json!({"all": {"epoch": epoch, "offset": 1}}),
+        json!({"all": {"epoch": "zzzz", "offset": 4}}),
+        json!({"all": {"epoch": epoch, "offset": 4}, "extra": {"epoch": epoch, "offset": 7}}),
+    ] {
+        send(&mut a, history(json!({"since": since, "streams": streams}))).await;
+        assert_eq!(
+            next(&mut a).await,
+            json!({"type": "reject_history", "identifier": id}),
+            "{streams}"
+        );
+    }
+
+    // `since` alone: what was stored at or after it; a non-number counts as 0.
+    send(&mut a, history(json!({"since": since}))).await;
+    for n in 3..=5 {
+        assert_eq!(next(&mut a).await, msg(id, n, &epoch, "all"));
+    }
+    assert_eq!(next(&mut a).await, msg(id, 1, &epoch, "extra"));
+    assert_eq!(next(&mut a).await["type"], "confirm_history");
+    send(&mut a, history(json!({"since": since + 3600}))).await;
+    assert_eq!(next(&mut a).await["type"], "confirm_history");
+
+    // Dropped without a reply: since 0 and no streams (or a non-numeric since), and a
+    // subscription this session does not have.
+    send(&mut a, history(json!({"since": 0}))).await;
+    send(&mut a, history(json!({"since": false}))).await;
+    send(
+        &mut a,
+        json!({"command": "history", "identifier": "{\"channel\":\"Other\"}", "history": {"since": since}}),
+    )
+    .await;
+    assert_quiet(&mut a).await;
+}
+
+#[tokio::test]
+async fn whispers_and_transient_broadcasts_get_no_offset_and_server_streams_have_history() {
+    let (server, addr) = start(with_history(100)).await;
+    let epoch = server.history().unwrap().epoch().to_string();
+    let public = json!({"channel": "$pubsub", "stream_name": "lobby"}).to_string();
+    let mut a = ext(addr).await;
+    let mut b = ext(addr).await;
+    for ws in [&mut a, &mut b] {
+        send(ws, json!({"command": "subscribe", "identifier": public})).await;
+        assert_eq!(next(ws).await["type"], "confirm_subscription");
+    }
+    send(
+        &mut a,
+        json!({"command": "whisper", "identifier": public, "data": {"typing": true}}),
+    )
+    .await;
+    assert_eq!(
+        next(&mut b).await,
+        json!({"identifier": public, "message": {"typing": true}})
+    );
+    server
+        .apply_broadcast(r#"{"stream":"lobby","data":"{\"t\":1}","meta":{"transient":true}}"#)
+        .unwrap();
+    assert_eq!(
+        next(&mut b).await,
+        json!({"identifier": public, "message": {"t": 1}})
+    );
+    server
+        .apply_broadcast(r#"{"stream":"lobby","data":"{\"n\":1}"}"#)
+        .unwrap();
+    assert_eq!(next(&mut b).await, msg(&public, 1, &epoch, "lobby"));
+
+    // A $pubsub subscribe with history: replayed after the confirmation.
+    let mut c = ext(addr).await;
+    send(
+        &mut c,
+        json!({"command": "subscribe", "identifier": public, "history": {"streams": {"lobby": {"epoch": epoch, "offset": 0}}}}),
+    )
+    .await;
+    assert_eq!(next(&mut c).await["type"], "confirm_subscription");
+    assert_eq!(next(&mut c).await, msg(&public, 1, &epoch, "lobby"));
+    assert_eq!(next(&mut c).await["type"], "confirm_history");
+}
+
+#[tokio::test]
+async fn without_a_broker_history_is_rejected_and_broadcasts_have_no_offsets() {
+    let (server, addr) = start(ServerConfig::default()).await;
+    assert!(server.history().is_none());
+    let id = r#"{"channel":"ChatChannel"}"#;
+    let mut a = ext(addr).await;
+    send(
+        &mut a,
+        json!({"command": "subscribe", "identifier": id, "history": {"since": 1}}),
+    )
+    .await;
+    assert_eq!(next(&mut a).await["type"], "confirm_subscription");
+    assert_eq!(
+        next(&mut a).await,
+        json!({"type": "reject_history", "identifier": id})
+    );
+    server.broadcast("all", r#"{"n":1}"#, None).unwrap();
+    assert_eq!(
+        next(&mut a).await,
+        json!({"identifier": id, "message": {"n": 1}})
+    );
+}
