@@ -60,9 +60,12 @@ rescue LoadError
     \tcd #{root.shellescape} && RUBY=$(RUBY) $(CARGO) build --profile #{profile} -p anycable-rs-ext --target-dir #{target_dir.shellescape}
     \tcp #{built.shellescape} $(DLLIB)
 
+    # Into place by rename: a process that has the old library loaded (a running
+    # server) keeps its file; copying over it would change its mapped pages (SIGBUS).
     install: all
     \tmkdir -p $(sitearchdir)/anycable_rs
-    \tcp $(DLLIB) $(sitearchdir)/anycable_rs/$(DLLIB)
+    \tcp $(DLLIB) $(sitearchdir)/anycable_rs/$(DLLIB).tmp
+    \tmv -f $(sitearchdir)/anycable_rs/$(DLLIB).tmp $(sitearchdir)/anycable_rs/$(DLLIB)
     #{cleanup}
     clean:
     \trm -f $(DLLIB)

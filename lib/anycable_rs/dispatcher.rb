@@ -16,7 +16,8 @@ module AnyCableRs
   # Every job is answered, and no exception leaves `dispatch`: app errors are logged
   # once, with their backtrace, and the client gets AnyCable's answer.
   class Dispatcher
-    Session = Struct.new(:socket, :connection)
+    # sid: the socket's, read once (every command sets it for `to_others`).
+    Session = Struct.new(:socket, :connection, :sid)
     # The Rust server's choice (protocol::SUBPROTOCOLS): the first one offered.
     SUBPROTOCOLS = %w[actioncable-v1-json actioncable-v1-ext-json].freeze
 
@@ -121,7 +122,7 @@ module AnyCableRs
       end
       socket.identifiers = identifiers_json(connection) unless jwt_identifiers
       ActionCable::ConnectionEnv.compact(connection) unless @runtime.config.retain_env
-      @lock.synchronize { @sessions[socket.id] = Session.new(socket, connection) }
+      @lock.synchronize { @sessions[socket.id] = Session.new(socket, connection, socket.sid.to_s.freeze) }
       job.resolve("ok", nil)
     rescue ActionCable::Compat.unauthorized_error
       connection&.logger&.info "An unauthorized connection attempt was rejected"
@@ -155,7 +156,12 @@ module AnyCableRs
 
     def offered_protocol(headers)
       offered = headers.find { |name, _| name == "sec-websocket-protocol" }&.last.to_s
-      offered.split(",").map(&:strip).find { |p| SUBPROTOCOLS.include?(p) }
+      # The frozen constant, not the header's substring: the socket keeps it.
+      offered.split(",").each do |name|
+        known = SUBPROTOCOLS.find { |p| p == name.strip }
+        return known if known
+      end
+      nil
     end
 
     def command(job)
@@ -165,7 +171,7 @@ module AnyCableRs
       connection = session.connection
       identifier = job.identifier
       # `to_others: true` in a channel action skips this very connection.
-      SocketId.with(session.socket.sid) do
+      SocketId.with(session.sid) do
         run_command(job, connection, identifier)
       end
     ensure
@@ -228,7 +234,7 @@ module AnyCableRs
         return connection.logger.error("Unable to find subscription with identifier: #{identifier}; message ignored")
       end
 
-      safely("perform on #{identifier}", connection) do
+      safely("perform on", connection, identifier) do
         channel.perform_action(ActionCable::Coder.decode(data))
       end
     end
@@ -298,11 +304,12 @@ module AnyCableRs
       safely("periodic timer") { block&.call }
     end
 
-    def safely(what, connection = nil)
+    # `detail` is appended to `what` only when there is an error to log.
+    def safely(what, connection = nil, detail = nil)
       yield
     rescue Exception => e # rubocop:disable Lint/RescueException
       connection&.rescue_with_handler(e)
-      log_exception(e, what)
+      log_exception(e, detail ? "#{what} #{detail}" : what)
     end
 
     def log_exception(error, what)

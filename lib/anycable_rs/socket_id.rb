@@ -16,7 +16,8 @@ module AnyCableRs
 
     def with(id)
       previous = Thread.current[KEY]
-      Thread.current[KEY] = id.to_s.empty? ? nil : id.to_s
+      id = id.to_s unless id.nil? || id.is_a?(String)
+      Thread.current[KEY] = id.nil? || id.empty? ? nil : id
       yield
     ensure
       Thread.current[KEY] = previous

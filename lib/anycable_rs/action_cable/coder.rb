@@ -43,7 +43,10 @@ module AnyCableRs
         when String then value.encoding == Encoding::UTF_8 || value.ascii_only?
         when Symbol, Integer, true, false, nil then true
         when Float then value.finite?
-        when Hash then value.all? { |k, v| (k.is_a?(String) || k.is_a?(Symbol)) && plain?(v) }
+        when Hash
+          # each_pair yields key and value without packing them in an Array (all? does).
+          value.each_pair { |k, v| return false unless (k.is_a?(String) || k.is_a?(Symbol)) && plain?(v) }
+          true
         when Array then value.all? { |v| plain?(v) }
         else false
         end

@@ -179,7 +179,8 @@ module AnyCableRs
 
       # True unless this is an anycable-rs connection whose logger drops `severity`.
       def logged?(severity)
-        log = logger
+        # The connection's logger (Channel#logger delegates there, through an Array).
+        log = connection.logger
         !log.is_a?(LoggerProxy) || log.logs?(severity)
       end
     end

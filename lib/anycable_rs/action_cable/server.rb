@@ -32,10 +32,22 @@ module AnyCableRs
 
       LEVEL_CHECKS = %i[debug info warn error fatal unknown].to_h { |s| [s, :"#{s}?"] }.freeze
 
-      # Would a line of this severity be written? (`:info`, `:debug`, …)
+      # Would a line of this severity be written? (`:info`, `:debug`, …) Asked on every
+      # action and transmit: whether the logger has the check is looked up once.
       def logs?(severity)
         check = LEVEL_CHECKS.fetch(severity)
-        !@logger.respond_to?(check) || @logger.public_send(check)
+        !LoggerProxy.responds?(@logger, check) || @logger.__send__(check)
+      end
+
+      # Per logger object (connections share the server's), which level checks it has.
+      RESPONDS = {}.compare_by_identity # rubocop:disable Style/MutableConstant
+
+      def self.responds?(logger, check)
+        checks = RESPONDS[logger] || begin
+          RESPONDS.clear if RESPONDS.size > 16
+          RESPONDS[logger] = LEVEL_CHECKS.values.to_h { |c| [c, logger.respond_to?(c)] }.freeze
+        end
+        checks[check]
       end
 
       LEVEL_CHECKS.each { |severity, check| define_method(check) { logs?(severity) } }
