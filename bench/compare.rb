@@ -14,7 +14,7 @@
 #   QUICK=1 ruby bench/compare.rb    # small sizes, for a smoke run
 #   ONLY="connect,echo" SERVERS=rs,ac ruby bench/compare.rb
 #                                    # some scenarios (by mode or name) and servers
-#                                    # (rs, ac, raw, core, own)
+#                                    # (rs, ac, raw, core, own, mem)
 #
 # The Puma rows authenticate every client as bench/app's connection class requires:
 # the Cookie header of a signed-in user (an encrypted user_id cookie, looked up
@@ -27,14 +27,17 @@ QUICK = ENV["QUICK"] == "1"
 RS, AC, CEIL = "anycable-rs", "Action Cable", "core, no Ruby"
 RAW = "raw ceiling"
 OWN = "anycable-rs, own port"
-ALL_SERVERS = [RS, AC, RAW, CEIL, OWN].freeze
-SHORT = {"rs" => RS, "ac" => AC, "raw" => RAW, "core" => CEIL, "own" => OWN}.freeze
+# anycable-rs with ANYCABLE_BROKER=memory (reliable streams: every broadcast numbered
+# and kept for history): the broadcast scenarios only.
+MEM = "anycable-rs, memory broker"
+ALL_SERVERS = [RS, AC, RAW, CEIL, OWN, MEM].freeze
+SHORT = {"rs" => RS, "ac" => AC, "raw" => RAW, "core" => CEIL, "own" => OWN, "mem" => MEM}.freeze
 PICKED = ENV["SERVERS"]&.split(",")&.map { |s| SHORT.fetch(s.strip) }
 RUN_SERVERS = PICKED ? ALL_SERVERS & PICKED : ALL_SERVERS
 # The report keeps every column; servers not run show "–".
 SERVERS = ALL_SERVERS
 PUMA_SERVERS = [RS, AC].freeze
-AUTHENTICATED = [RS, AC, OWN].freeze
+AUTHENTICATED = [RS, AC, OWN, MEM].freeze
 ONLY = ENV["ONLY"]&.split(",")&.map(&:strip)
 
 SCENARIOS = [
@@ -58,6 +61,8 @@ def start(server)
   when CEIL then Harness.spawn_server(File.join(Harness::BIN, "anycable-ceiling"), "127.0.0.1:PORT")
   when RAW then Harness.spawn_server(File.join(Harness::BIN, "anycable-raw-ceiling"), "127.0.0.1:PORT")
   when RS then Harness.start_puma("ANYCABLE_EMBEDDED" => "true").then { |pid, port| [pid, port, port] }
+  when MEM
+    Harness.start_puma("ANYCABLE_EMBEDDED" => "true", "ANYCABLE_BROKER" => "memory").then { |pid, port| [pid, port, port] }
   when OWN
     own = Harness.free_port
     pid, port = Harness.start_puma("ANYCABLE_EMBEDDED" => "true", "ANYCABLE_PORT" => own.to_s)
@@ -73,6 +78,8 @@ results = Hash.new { |h, k| h[k] = {} }
 commands = {}
 SCENARIOS.each do |mode, name, args|
   RUN_SERVERS.each do |server|
+    next if server == MEM && mode != "broadcast"
+
     pid, port, puma_port = start(server)
     auth = AUTHENTICATED.include?(server) ? ["--cookie", Harness.login_cookie(puma_port)] : []
     Harness.bench("connect", %w[--clients 20 --hold 0] + auth, [Harness.url(port)]) # warm-up: runtime, classes
@@ -121,7 +128,7 @@ rows = []
 add = lambda do |label, digits, lower, &get|
   vals = SERVERS.map { |s| get.call(s) }
   rows << [label, *vals.map { |v| f(v, digits) }, ratio(vals[0], vals[1], lower: lower),
-    ratio(vals[0], vals[2], lower: lower), ratio(vals[4], vals[1], lower: lower)]
+    ratio(vals[0], vals[2], lower: lower), ratio(vals[4], vals[1], lower: lower), ratio(vals[5], vals[0], lower: lower)]
 end
 %w[1k 5k 10k].each do |size|
   r = results["connect #{size}"]
@@ -145,7 +152,7 @@ add.call("echo: server CPU per round trip, all threads (µs)", 0, true) { |s| e.
     add.call("broadcast #{size}: until the last subscriber, #{q} (ms)", 2, true) { |s| b.dig(s, "until_last_ms", q) }
   end
   rows << ["broadcast #{size}: missing messages",
-    *SERVERS.map { |s| b.dig(s, "error") ? "run failed: #{b.dig(s, "error")}" : b.dig(s, "missing").to_s }, "", "", ""]
+    *SERVERS.map { |s| b.dig(s, "error") ? "run failed: #{b.dig(s, "error")}" : b.dig(s, "missing").to_s }, "", "", "", ""]
 end
 c = results["churn 5k"]
 add.call("churn: connect/subscribe/disconnect cycles per second", 0, false) { |s| c.dig(s, "cycles_per_sec") }
@@ -164,6 +171,10 @@ report = +<<~MD
   - **anycable-rs**: `bench/app/config.ru` in Puma `-t 5:5 -e production`, bound with
     `?low_latency=true`, `ANYCABLE_EMBEDDED=true`: sockets taken over from Puma's port
     by Rack hijack, TCP_NODELAY set on each; 5 Ruby threads run `BenchmarkChannel`.
+    bench/app's connection class is a generated app's with the Rails guides' auth
+    (`identified_by :current_user`, the user found through Active Record/SQLite from
+    `cookies.encrypted[:user_id]`); every client on a Puma app sends a signed-in user's
+    cookies (`--cookie`).
   - **Action Cable**: the same app and Puma flags, plain Action Cable, async adapter,
     worker pool 5 (`?low_latency=true` gives its hijacked sockets TCP_NODELAY).
   - **raw ceiling**: `target/release/anycable-raw-ceiling` (bench/src/bin/raw_ceiling.rs), a
@@ -173,6 +184,8 @@ report = +<<~MD
     `BenchmarkChannel` in Rust: the anycable-rs server with Ruby's cost taken out.
   - **anycable-rs, own port**: the anycable-rs Puma process with `ANYCABLE_PORT` set, the
     clients on that port: no Puma request handling, no Rails middleware before the socket.
+  - **anycable-rs, memory broker**: anycable-rs with `ANYCABLE_BROKER=memory` (every
+    broadcast numbered and kept for `history`); broadcast scenarios only.
 
   Each scenario starts a fresh server and warms it with 20 connections. Payload 200 bytes.
   Logging: Rails' production default level (`:info`), written to /dev/null, for both
@@ -181,8 +194,8 @@ report = +<<~MD
 
   Command: `#{QUICK ? "QUICK=1 " : ""}ruby bench/compare.rb`#{QUICK ? " (QUICK sizes: the labels are the full sizes)" : ""}
 
-  | | anycable-rs | Action Cable | raw ceiling | core, no Ruby | anycable-rs, own port | anycable-rs vs Action Cable | anycable-rs vs raw ceiling | own port vs Action Cable |
-  |---|---:|---:|---:|---:|---:|---:|---:|---:|
+  | | anycable-rs | Action Cable | raw ceiling | core, no Ruby | anycable-rs, own port | anycable-rs, memory broker | anycable-rs vs Action Cable | anycable-rs vs raw ceiling | own port vs Action Cable | memory broker vs anycable-rs |
+  |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|
 MD
 rows.each { |r| report << "| #{r.join(" | ")} |\n" }
 report << "\nRatios: how many times better the first is (above 1× it is better; for latency and memory, lower is better).\n"

@@ -4,6 +4,7 @@
 require "json"
 require "socket"
 require "fileutils"
+require "tmpdir"
 require "etc"
 
 module Harness
@@ -71,6 +72,9 @@ module Harness
     Process.wait(pid)
   rescue Errno::ESRCH, Errno::ECHILD
     nil
+  ensure
+    # bench/app's database (bench/app/database.yml: one per server process).
+    FileUtils.rm_f(Dir[File.join(Dir.tmpdir, "anycable-bench-#{pid}.sqlite3*")])
   end
 
   # Runs the load tool; returns [command line for the report, parsed SUMMARY].

@@ -29,7 +29,7 @@ puts "Command: `ruby bench/memory_breakdown.rb #{clients} #{top}`#{extra.empty? 
 SERVERS.each do |name, env|
   next if ENV["ONLY"] && ENV["ONLY"] != name
 
-  pid, port = Harness.start_puma(env.merge("BENCH_PROBE" => "1"))
+  pid, port = Harness.start_puma(env.merge("BENCH_PROBE" => "1", "BENCH_TRACE" => "1"))
   cookie = Harness.login_cookie(port)
   Harness.bench("connect", %w[--clients 20 --hold 0 --cookie] + [cookie], [Harness.url(port)]) # warm-up
   before = objects(port)

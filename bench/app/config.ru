@@ -97,9 +97,17 @@ BenchApp.routes.draw do
   # The floor under a WebSocket connect on Puma's port: a plain request through the same
   # Puma and middleware stack (`anycable-bench http`).
   get "/up", to: ->(_env) { [200, {"Content-Type" => "text/plain"}, ["ok"]] }
-  # Where the memory goes (bench/memory_breakdown.rb): live objects by class after a
-  # full GC, with ObjectSpace's size estimate. Only with BENCH_PROBE=1.
+  # Where the memory goes (bench/memory_breakdown.rb, bench/churn_leak.rb): RSS and live
+  # heap slots after a full GC (/heap); live objects by class and, with BENCH_TRACE=1,
+  # by allocation site (/objects). Only with BENCH_PROBE=1.
   if ENV["BENCH_PROBE"] == "1"
+    get "/heap", to: lambda { |_env|
+      GC.start(full_mark: true, immediate_sweep: true)
+      body = {rss_kib: File.read("/proc/self/status")[/VmRSS:\s+(\d+)/, 1].to_i,
+              heap_live_slots: GC.stat(:heap_live_slots),
+              sessions: AnyCableRs.stats[:sessions] || ActionCable.server.connections.size}
+      [200, {"Content-Type" => "application/json"}, [body.to_json]]
+    }
     get "/objects", to: lambda { |_env|
       require "objspace"
       GC.start(full_mark: true, immediate_sweep: true)
@@ -125,7 +133,7 @@ BenchApp.routes.draw do
   end
 end
 ActionCable.server.config.cable = {"adapter" => "async"}
-if ENV["BENCH_PROBE"] == "1"
+if ENV["BENCH_TRACE"] == "1"
   require "objspace"
   ObjectSpace.trace_object_allocations_start
 end

@@ -115,6 +115,20 @@ RSpec.describe "Connections on the embedded server (real Puma)", type: :cable do
     expect(stats["busy"]).to eq(0)
   end
 
+  it "runs each command as a unit of work of its own: no Current attributes or cached queries carried over" do
+    c = connected(name: "alice")
+    id = subscribed(c, channel: "StateChannel", room: "units")
+    c.perform(id, "remember", marker: "m1")
+    first = message_for(c, id)
+    expect(first["marker"]).to eq("m1")
+    # Another request adds a user between the two commands.
+    cookies_for("unit-#{rand(1_000_000)}")
+    c.perform(id, "recall")
+    expect(message_for(c, id)).to eq("users" => first["users"] + 1, "marker" => nil, "query_cache" => true)
+    pool = JSON.parse(puma.http(:get, "/stats").body)["db_pool"]
+    expect(pool["busy"]).to eq(0)
+  end
+
   describe "the server's own port (ANYCABLE_PORT)" do
     let(:own_port) { Integer(puma.env["ANYCABLE_PORT"]) }
 

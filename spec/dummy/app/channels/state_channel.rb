@@ -29,6 +29,18 @@ class StateChannel < ApplicationCable::Channel
     transmit connection.request_facts_now
   end
 
+  # Each command is a unit of work of its own (the Rails executor): what one sets in
+  # Current, or caches in Active Record's query cache, the next does not see.
+  def remember(data)
+    Current.marker = data["marker"]
+    transmit({"users" => User.count, "marker" => Current.marker})
+  end
+
+  def recall
+    transmit({"users" => User.count, "marker" => Current.marker,
+              "query_cache" => ActiveRecord::Base.connection.query_cache_enabled})
+  end
+
   def identifier_readers
     transmit({"singleton_methods" => singleton_methods.map(&:to_s), "user" => current_user.name, "tab" => tab})
   end

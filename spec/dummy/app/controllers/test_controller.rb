@@ -60,6 +60,7 @@ class TestController < ActionController::Base
       sessions: AnyCableRs.runtime? ? AnyCableRs.runtime.dispatcher.session_count : 0,
       stashed_envs: AnyCableRs.runtime? ? AnyCableRs.runtime.stashed_env_count : 0,
       server: AnyCableRs.stats,
+      db_pool: ActiveRecord::Base.connection_pool.stat,
       pid: Process.pid
     }
   end
