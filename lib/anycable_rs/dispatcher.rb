@@ -155,9 +155,10 @@ module AnyCableRs
     end
 
     def offered_protocol(headers)
-      offered = headers.find { |name, _| name == "sec-websocket-protocol" }&.last.to_s
-      # The frozen constant, not the header's substring: the socket keeps it.
-      offered.split(",").each do |name|
+      # Every Sec-WebSocket-Protocol line, as the Rust side reads them; the frozen
+      # constant, not the header's substring, is what the socket keeps.
+      offered = headers.filter_map { |name, value| value if name == "sec-websocket-protocol" }
+      offered.flat_map { |line| line.to_s.split(",") }.each do |name|
         known = SUBPROTOCOLS.find { |p| p == name.strip }
         return known if known
       end

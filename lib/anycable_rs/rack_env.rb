@@ -52,7 +52,7 @@ module AnyCableRs
     SNAPSHOT_KEYS = %w[
       REQUEST_METHOD SCRIPT_NAME PATH_INFO QUERY_STRING SERVER_NAME SERVER_PORT SERVER_PROTOCOL
       REMOTE_ADDR HTTPS rack.url_scheme action_dispatch.remote_ip action_dispatch.request_id
-      CONTENT_TYPE CONTENT_LENGTH
+      CONTENT_TYPE CONTENT_LENGTH ORIGINAL_FULLPATH ORIGINAL_SCRIPT_NAME REQUEST_URI REQUEST_PATH
     ].freeze
 
     # Left out: the handshake's own headers, which only the upgrade needed.

@@ -7,11 +7,12 @@ require "spec_helper"
 # rebuilt: cookies (signed, encrypted, plain), the session, params, headers, env.
 RSpec.describe "A connection's request after connect (real Puma)", type: :cable do
   # Puma's port reaches the app's mounted /cable (SCRIPT_NAME "/cable", PATH_INFO "/").
-  def expected(name, tab, middleware:, path: "/cable/")
+  def expected(name, tab, middleware:, path: "/cable/", original: "/cable?tab=#{tab}")
     {
       "secret" => "s3cret-#{name}", "signed_user_id" => a_kind_of(Integer), "plain" => "plain-#{name}",
       "session_user" => name, "header" => "custom-#{name}", "env_header" => "custom-#{name}",
-      "remote_ip" => "127.0.0.1", "param" => tab, "path" => path, "middleware" => middleware
+      "remote_ip" => "127.0.0.1", "param" => tab, "path" => path, "middleware" => middleware,
+      "original_fullpath" => original
     }
   end
 
@@ -45,6 +46,22 @@ RSpec.describe "A connection's request after connect (real Puma)", type: :cable 
       subscribed(c, channel: "StateChannel", room: "closing")
       c.close
       expect(wait_for { log_lines(%(Finished "/cable/?tab=closing" [WebSocket])).any? }).to be(true)
+    end
+
+    it "gives Action Cable's connection statistics, request id included" do
+      c = connected(name: "alice", headers: {"X-Request-Id" => "req-stats-1"})
+      id = subscribed(c, channel: "StateChannel", room: "stats")
+      c.perform(id, "statistics")
+      expect(message_for(c, id)).to eq("request_id" => "req-stats-1", "subscriptions" => [id])
+    end
+
+    it "does not take the identifier readers for actions a client can perform" do
+      c = connected(name: "alice")
+      id = subscribed(c, channel: "StateChannel", room: "ids")
+      c.perform(id, "current_user")
+      c.perform(id, "whoami")
+      expect(message_for(c, id)).to eq("user" => "alice", "tab" => "main")
+      expect(log_lines("Unable to process StateChannel#current_user")).not_to be_empty
     end
 
     it "gives channels the connection's identifiers without a singleton class per channel object" do

@@ -127,6 +127,11 @@ RSpec.describe "Connections on the embedded server (real Puma)", type: :cable do
     expect(message_for(c, id)).to eq("users" => first["users"] + 1, "marker" => nil, "query_cache" => true)
     pool = JSON.parse(puma.http(:get, "/stats").body)["db_pool"]
     expect(pool["busy"]).to eq(0)
+    # Frames sent back to back, which the server may hand over together: still two units.
+    c.perform(id, "remember", marker: "m2")
+    c.perform(id, "recall")
+    expect(message_for(c, id)["marker"]).to eq("m2")
+    expect(message_for(c, id)["marker"]).to be_nil
   end
 
   describe "the server's own port (ANYCABLE_PORT)" do

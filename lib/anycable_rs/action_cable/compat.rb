@@ -193,8 +193,11 @@ module AnyCableRs
       # checked: 6.1–8.1 `env` is an attr_reader of @env; private `request` memoizes
       # `ActionDispatch::Request.new(Rails.application.env_config.merge(env))` in
       # @request; private `cookies` is `request.cookie_jar` (the jar memoized in that
-      # request's env), `request.session` the env's rack.session. main: the socket
-      # owns env and request (socket_owned_connections?): left as they are.
+      # request's env), `request.session` the env's rack.session; public `statistics`
+      # reads @env["action_dispatch.request_id"] itself. Channel::Base.action_methods
+      # takes every public method of the class and its ancestors (so our identifier
+      # readers are taken out: ChannelBroadcastPatch). main: the socket owns env and
+      # request (socket_owned_connections?): left as they are.
       def held_env(connection)
         return nil if socket_owned_connections?
 

@@ -22,14 +22,26 @@ module AnyCableRs
           @anycable_rs_env ||= RackEnv.restore(snapshot)
         end
 
+        # Action Cable's reads @env directly (Compat.held_env): it gets the rebuilt env.
+        def statistics
+          return super unless @anycable_rs_snapshot
+
+          begin
+            @env = env
+            super
+          ensure
+            @env = nil
+          end
+        end
+
         private
 
         def request
           return super unless @anycable_rs_snapshot
 
           # The restored env already holds the app's env_config (Action Cable merges
-          # it into a copy of the env here).
-          @request ||= ActionDispatch::Request.new(env)
+          # it into a copy of the env here). Memoized apart from Action Cable's @request.
+          @anycable_rs_request ||= ActionDispatch::Request.new(env)
         end
       end
 
@@ -42,12 +54,12 @@ module AnyCableRs
         Compat.drop_env(connection)
       end
 
-      # After a job: let go of an env (and request) rebuilt while it ran.
+      # After a command: let go of an env (and request) rebuilt while it ran.
       def release(connection)
-        return unless connection.instance_variable_get(:@anycable_rs_env)
+        return unless connection.instance_variable_get(:@anycable_rs_snapshot)
 
         connection.instance_variable_set(:@anycable_rs_env, nil)
-        Compat.forget_request(connection)
+        connection.instance_variable_set(:@anycable_rs_request, nil)
       end
 
       # The env's request line and headers, without rebuilding the env: for log lines.

@@ -43,6 +43,19 @@ module AnyCableRs
     # Prepended to ActionCable::Channel::Base's singleton: `broadcast_to(model, data,
     # to_others: true)`, as AnyCable's.
     module ChannelBroadcastPatch
+      # Identifier readers (IdentifierReaders) are not actions a client can perform.
+      def action_methods
+        methods = super
+        return methods unless IdentifierReaders.readers_of(self)
+
+        cached = @_anycable_rs_action_methods
+        return cached.last if cached && cached.first.equal?(methods)
+
+        result = methods - IdentifierReaders.hidden_actions(self)
+        @_anycable_rs_action_methods = [methods, result]
+        result
+      end
+
       def broadcast_to(model, message, to_others: false)
         return super(model, message) unless to_others
 
@@ -58,7 +71,7 @@ module AnyCableRs
       module_function
 
       def define(klass, identifiers)
-        mod = klass.instance_variable_get(:@_anycable_rs_identifier_readers)
+        mod = readers_of(klass)
         return if mod && identifiers.all? { |name| mod.method_defined?(name, false) }
 
         LOCK.synchronize do
@@ -70,9 +83,27 @@ module AnyCableRs
           identifiers.each do |name|
             next if mod.method_defined?(name, false)
 
-            mod.define_method(name) { connection.send(name) }
+            # A connection of another class (without this identifier) gets what the
+            # channel class itself answers, as it would without the reader.
+            mod.define_method(name) do
+              connection.identifiers.include?(name) ? connection.send(name) : super()
+            end
           end
         end
+      end
+
+      def readers_of(klass)
+        klass.instance_variable_get(:@_anycable_rs_identifier_readers)
+      end
+
+      # Reader names that are not actions: Action Cable's action_methods takes the
+      # class's public methods and its ancestors' (our modules' among them), but never
+      # saw singleton methods; a public method of the class's own stays an action.
+      def hidden_actions(klass)
+        names = klass.ancestors.grep(Class).flat_map do |c|
+          readers_of(c)&.public_instance_methods(false) || []
+        end
+        names.map(&:to_s) - klass.public_instance_methods(false).map(&:to_s)
       end
     end
 

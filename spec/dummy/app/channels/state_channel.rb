@@ -45,6 +45,11 @@ class StateChannel < ApplicationCable::Channel
     transmit({"singleton_methods" => singleton_methods.map(&:to_s), "user" => current_user.name, "tab" => tab})
   end
 
+  def statistics
+    stats = connection.statistics
+    transmit({"request_id" => stats[:request_id], "subscriptions" => stats[:subscriptions]})
+  end
+
   def request_held
     transmit({"request_held" => connection.request_held?})
   end

@@ -51,13 +51,14 @@ module ApplicationCable
         "remote_ip" => request.remote_ip,
         "param" => request.params[:tab],
         "path" => "#{env["SCRIPT_NAME"]}#{env["PATH_INFO"]}",
+        "original_fullpath" => request.original_fullpath,
         "middleware" => env["dummy.middleware"]
       }
     end
 
     # Whether the connection holds a request (or a Rack env rebuilt) between calls.
     def request_held?
-      !@request.nil? || !@anycable_rs_env.nil?
+      !@request.nil? || !@anycable_rs_env.nil? || !@anycable_rs_request.nil?
     end
   end
 end
