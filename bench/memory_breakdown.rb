@@ -18,6 +18,16 @@ def objects(port)
   JSON.parse(Net::HTTP.get(URI("http://127.0.0.1:#{port}/objects")))
 end
 
+# rows: [label, objects per connection, bytes per connection]; the top ones by bytes.
+def table(what, rows, top)
+  puts
+  puts "| #{what} | objects per conn | bytes per conn |"
+  puts "|---|---:|---:|"
+  rows.sort_by { |r| -r[2] }.first(top).each do |label, count, size|
+    puts format("| %s | %.2f | %.0f |", label, count, size)
+  end
+end
+
 SERVERS = {
   "anycable-rs" => {"ANYCABLE_EMBEDDED" => "true"},
   "Action Cable" => {"ANYCABLE_EMBEDDED" => nil}
@@ -65,12 +75,7 @@ SERVERS.each do |name, env|
   puts
   puts format("RSS per connection %.1f KiB; live Ruby slots per connection %.1f (%.1f KiB as 40-byte slots); " \
     "ObjectSpace.memsize_of per connection %.1f KiB (slots included; the probe's own left out)", rss, slots, slots * 40 / 1024, ruby_bytes / 1024)
-  puts
-  puts "| class | objects per conn | bytes per conn |"
-  puts "|---|---:|---:|"
-  rows.sort_by { |r| -r[2] }.first(top).each do |klass, count, size|
-    puts format("| %s | %.2f | %.0f |", klass, count, size)
-  end
+  table("class", rows, top)
   sites = after["sites"].filter_map do |site, (count, size)|
     next if site.include?(" config.ru:")
 
@@ -79,10 +84,5 @@ SERVERS.each do |name, env|
   end
   puts
   puts "Where they were allocated (live objects only, the top #{top} by bytes):"
-  puts
-  puts "| class and allocation site | objects per conn | bytes per conn |"
-  puts "|---|---:|---:|"
-  sites.sort_by { |r| -r[2] }.first(top).each do |site, count, size|
-    puts format("| %s | %.2f | %.0f |", site, count, size)
-  end
+  table("class and allocation site", sites, top)
 end
