@@ -5,6 +5,7 @@
 //! Not here: accepting and upgrading sockets ([`crate::server`]), the wire format
 //! ([`crate::protocol`]), who gets which broadcast ([`crate::hub`]).
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -18,7 +19,7 @@ use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::error::Error as WsError;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::controller::{CommandRequest, ConnectReply, ConnectRequest, Controller};
@@ -300,6 +301,10 @@ impl<C: Controller> Inner<C> {
             return None;
         }
         let identifier = history.as_ref().map(|_| command.identifier.clone());
+        if let Some(identifier) = &identifier {
+            // Before the app's subscribe joins the streams: see `send_history`.
+            session.hold(identifier);
+        }
         let request = CommandRequest {
             session: session.clone(),
             command,
@@ -345,32 +350,51 @@ impl<C: Controller> Inner<C> {
     /// is answered only when it succeeded; a subscription that streams only through
     /// Ruby blocks (`stream_from` with a block or coder) has none either.
     fn send_history(&self, session: &Session, identifier: &str, request: &HistoryRequest) {
+        // Held from before the subscribe joined the streams, or from now for a bare
+        // `history` command: live frames wait until the replay is queued.
+        session.hold(identifier);
+        let mut replayed: HashMap<Arc<str>, u64> = HashMap::new();
+        let frames = self.history_frames(session, identifier, request, &mut replayed);
+        session.release(identifier, frames, |stream| {
+            replayed.get(stream).copied().unwrap_or(0)
+        });
+    }
+
+    /// The replay and its reply for [`Self::send_history`]; `replayed` gets, per
+    /// stream, the offset the client has everything up to once the replay is in.
+    fn history_frames(
+        &self,
+        session: &Session,
+        identifier: &str,
+        request: &HistoryRequest,
+        replayed: &mut HashMap<Arc<str>, u64>,
+    ) -> Vec<Utf8Bytes> {
         if request.is_empty() || session.is_closing() {
-            return;
+            return Vec::new();
         }
         let streams = session.streams_of(identifier);
         if streams.is_empty() {
-            return;
+            return Vec::new();
         }
         let Some(history) = &self.history else {
             // No broker: nothing is kept, as AnyCable's legacy broker.
-            session.transmit(protocol::history_reply(identifier, false));
-            return;
+            return vec![protocol::history_reply(identifier, false).into()];
         };
         let mut frames = Vec::new();
         for stream in &streams {
-            let entries = match request.position(stream) {
+            let (entries, from) = match request.position(stream) {
                 Some(p) => match history.from(stream, &p.epoch, p.offset) {
-                    Ok(entries) => entries,
+                    Ok(entries) => (entries, p.offset),
                     Err(why) => {
                         log::debug!("session {}: history refused: {why}", session.sid);
-                        session.transmit(protocol::history_reply(identifier, false));
-                        return;
+                        return vec![protocol::history_reply(identifier, false).into()];
                     }
                 },
-                None if request.since > 0 => history.since(stream, request.since),
+                None if request.since > 0 => (history.since(stream, request.since), 0),
                 None => continue,
             };
+            let last = entries.last().map_or(from, |e| e.offset.max(from));
+            replayed.insert(stream.clone(), last);
             frames.extend(entries.iter().map(|e| {
                 protocol::broadcast_frame_at(
                     identifier,
@@ -383,10 +407,8 @@ impl<C: Controller> Inner<C> {
                 )
             }));
         }
-        for frame in frames {
-            session.send_frame(frame);
-        }
-        session.transmit(protocol::history_reply(identifier, true));
+        frames.push(protocol::history_reply(identifier, true).into());
+        frames
     }
 
     /// Commands the server answers itself, without Ruby: subscribing to `$pubsub` and
@@ -413,6 +435,9 @@ impl<C: Controller> Inner<C> {
                             return true;
                         }
                         subs.insert(id.clone(), whisper.then(|| stream.clone()));
+                    }
+                    if history.is_some() {
+                        session.hold(id);
                     }
                     self.hub.subscribe(session, &stream, id);
                     session.transmit(protocol::subscription_reply(id, true));

@@ -162,23 +162,27 @@ impl Hub {
         let callbacks: Vec<u64>;
         {
             let streams = self.streams.read();
-            let Some(subs) = streams.get(stream) else {
+            let Some((stream_key, subs)) = streams.get_key_value(stream) else {
                 return delivery;
             };
+            let offset = at.map(|p| p.offset);
             for (identifier, group) in &subs.by_identifier {
                 let frame = protocol::broadcast_frame_at(identifier, data, at);
                 for session in group.values() {
                     if exclude_sid == Some(session.sid.as_str()) {
                         continue;
                     }
-                    if session.send_frame(frame.clone()) {
+                    if session.send_live(identifier, stream_key, offset, frame.clone()) {
                         delivery.sessions += 1;
                     }
                 }
             }
             callbacks = subs.callbacks.clone();
         }
-        // Outside the lock: the sink may call back into the hub.
+        // Outside the hub's lock: the sink may call back into the hub. With history on,
+        // this runs under the stream's history shard lock (`History::append`), so the
+        // sink must not block nor broadcast; `JobQueue::push` never blocks and never
+        // re-enters `deliver`.
         if let (Some(sink), false) = (&self.sink, callbacks.is_empty()) {
             let payload: Arc<str> = data.into();
             for id in callbacks {

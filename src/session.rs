@@ -79,7 +79,16 @@ pub struct Session {
     /// Whisper streams of the app's channel subscriptions (`stream_from …, whisper:
     /// true`), by identifier: one per subscription, as AnyCable's.
     whispers: Mutex<HashMap<String, String>>,
+    /// Set while some subscription's history is being replayed (see [`Session::hold`]):
+    /// the hub checks this flag before it looks at `held`, so sessions with nothing
+    /// held pay one relaxed load per broadcast.
+    holding: AtomicBool,
+    /// Live frames for held subscriptions, by identifier: (stream, offset, frame).
+    held: Mutex<HashMap<String, Vec<HeldFrame>>>,
 }
+
+/// A live broadcast frame kept back while its subscription's history is replayed.
+type HeldFrame = (Arc<str>, Option<u64>, Utf8Bytes);
 
 pub type SessionRef = Arc<Session>;
 
@@ -99,6 +108,8 @@ impl Session {
             identifiers: std::sync::OnceLock::new(),
             server_subscriptions: Mutex::new(HashMap::new()),
             whispers: Mutex::new(HashMap::new()),
+            holding: AtomicBool::new(false),
+            held: Mutex::new(HashMap::new()),
         });
         let outbox = Outbox {
             session: session.clone(),
@@ -190,6 +201,61 @@ impl Session {
             return server_side.clone();
         }
         self.whispers.lock().get(identifier).cloned()
+    }
+
+    /// Keeps live broadcasts to subscription `identifier` back from now until
+    /// [`Session::release`]: a subscribe with history joins its streams before the
+    /// replay is read, and what arrives in between must follow the replay, once.
+    pub fn hold(&self, identifier: &str) {
+        self.held.lock().entry(identifier.to_owned()).or_default();
+        self.holding.store(true, Ordering::SeqCst);
+    }
+
+    /// Queues a hub frame for subscription `identifier` on `stream`, or keeps it back
+    /// when the subscription is held. Relaxed first check: `hold` runs before the
+    /// hub subscription, whose lock orders it before any broadcast that sees it.
+    pub(crate) fn send_live(
+        &self,
+        identifier: &str,
+        stream: &Arc<str>,
+        offset: Option<u64>,
+        frame: Utf8Bytes,
+    ) -> bool {
+        if self.holding.load(Ordering::Relaxed) {
+            let mut held = self.held.lock();
+            if let Some(frames) = held.get_mut(identifier) {
+                if self.is_closing() {
+                    return false;
+                }
+                frames.push((stream.clone(), offset, frame));
+                return true;
+            }
+        }
+        self.send_frame(frame)
+    }
+
+    /// Ends [`Session::hold`]: queues `before` (the replay and its reply), then the
+    /// frames kept back whose offset is above what `replayed` says the replay reached
+    /// for their stream (frames without an offset all go), all before any later live
+    /// frame for `identifier`.
+    pub fn release(
+        &self,
+        identifier: &str,
+        before: impl IntoIterator<Item = Utf8Bytes>,
+        replayed: impl Fn(&str) -> u64,
+    ) {
+        let mut held = self.held.lock();
+        for frame in before {
+            self.send_frame(frame);
+        }
+        for (stream, offset, frame) in held.remove(identifier).unwrap_or_default() {
+            if offset.is_none_or(|o| o > replayed(&stream)) {
+                self.send_frame(frame);
+            }
+        }
+        if held.is_empty() {
+            self.holding.store(false, Ordering::SeqCst);
+        }
     }
 
     /// The streams subscription `identifier` receives broadcasts from (server-side ones

@@ -44,6 +44,11 @@ impl Controller for App {
             return;
         }
         self.hub.subscribe(&session, "all", id);
+        if id.contains("slow") {
+            // An app whose subscribe goes on after `stream_from`: broadcasts arrive
+            // between the join and the replay.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         if id.contains("extra") {
             self.hub.subscribe(&session, "extra", id);
         }
@@ -182,11 +187,12 @@ async fn pong_timeout_disconnects_a_silent_extended_client_only() {
         ..Default::default()
     };
     let (_server, addr) = start(config).await;
+    // Before the silent client connects: its silence starts with its welcome.
+    let started = std::time::Instant::now();
     let (mut silent, _, _) = connect(addr, "actioncable-v1-ext-json").await;
     let (mut plain, _, _) = connect(addr, "actioncable-v1-json").await;
     let (mut alive, _, _) = connect(addr, "actioncable-v1-ext-json").await;
 
-    let started = std::time::Instant::now();
     let keep_alive = tokio::spawn(async move {
         // Answers every ping with a pong, as @anycable/web with pongs: true.
         let until = std::time::Instant::now() + Duration::from_millis(1200);
@@ -208,6 +214,67 @@ async fn pong_timeout_disconnects_a_silent_extended_client_only() {
     assert_quiet(&mut alive).await;
     // The plain client never sent a frame, and is still served.
     assert_quiet(&mut plain).await;
+}
+
+/// Broadcasts to "all" keep coming while clients subscribe with history, through the
+/// app (which joins, then waits) and server-side (`$pubsub`): each client gets every
+/// offset after its position once, in order, the replay before confirm_history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_and_live_broadcasts_do_not_interleave_on_subscribe() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let (server, addr) = start(with_history(100_000)).await;
+    let server = Arc::new(server);
+    let epoch = server.history().unwrap().epoch().to_string();
+    let sent = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let broadcaster = {
+        let (server, sent, stop) = (server.clone(), sent.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let n = sent.load(Ordering::Relaxed) + 1;
+                server
+                    .broadcast("all", &format!(r#"{{"n":{n}}}"#), None)
+                    .unwrap();
+                sent.store(n, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_micros(300));
+            }
+        })
+    };
+    while sent.load(Ordering::Relaxed) < 20 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let identifiers = [
+        r#"{"channel":"ChatChannel","slow":true}"#.to_string(),
+        json!({"channel": "$pubsub", "stream_name": "all"}).to_string(),
+    ];
+    for round in 0..10 {
+        let id = &identifiers[round % 2];
+        let mut client = ext(addr).await;
+        let from = sent.load(Ordering::Relaxed) - 10;
+        let history = json!({"since": 0, "streams": {"all": {"epoch": epoch, "offset": from}}});
+        send(
+            &mut client,
+            json!({"command": "subscribe", "identifier": id, "history": history}),
+        )
+        .await;
+        assert_eq!(next(&mut client).await["type"], "confirm_subscription");
+        let mut expected = from + 1;
+        let mut confirmed_at = None;
+        while confirmed_at.is_none_or(|at| expected < at + 20) {
+            let v = next(&mut client).await;
+            if v["type"] == "confirm_history" {
+                assert!(confirmed_at.is_none(), "round {round}: {v}");
+                assert!(expected > from + 10, "round {round}: replay cut short");
+                confirmed_at = Some(expected);
+                continue;
+            }
+            assert_eq!(v["offset"], expected, "round {round}: {v}");
+            assert_eq!(v["message"]["n"], expected, "round {round}: {v}");
+            expected += 1;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    broadcaster.join().unwrap();
 }
 
 #[tokio::test]
