@@ -411,9 +411,14 @@ module AnyCableRs
     end
 
     def number(key, value)
-      Float(value)
+      n = Float(value)
     rescue ArgumentError, TypeError
       raise ArgumentError, "anycable-rs: #{key} must be a number, got #{value.inspect}"
+    else
+      if n.negative? && %i[pong_timeout history_ttl].include?(key)
+        raise ArgumentError, "anycable-rs: #{key} must not be negative, got #{value.inspect}"
+      end
+      n
     end
 
     def integer(key, value)

@@ -42,6 +42,16 @@ RSpec.describe AnyCableRs::Config do
     expect { config_from({"ANYCABLE_PORT" => "eighty"}) }.to raise_error(ArgumentError, /port must be an integer, got "eighty"/)
     expect { described_class.new(nope: 1) }.to raise_error(ArgumentError, /unknown anycable-rs settings: nope/)
   end
+
+  it "refuses negative durations, and the native side refuses ones it cannot hold" do
+    expect { config_from({"ANYCABLE_PONG_TIMEOUT" => "-1"}) }.to raise_error(ArgumentError, /pong_timeout must not be negative/)
+    expect { config_from({"ANYCABLE_HISTORY_TTL" => "-5"}) }.to raise_error(ArgumentError, /history_ttl must not be negative/)
+    options = described_class.new.native_options
+    expect { AnyCableRs::Native.new(options.merge(pong_timeout: -1.0)) }
+      .to raise_error(ArgumentError, /pong_timeout must be a number of seconds >= 0/)
+    expect { AnyCableRs::Native.new(options.merge(broker: "memory", history_ttl: 1e300)) }
+      .to raise_error(ArgumentError, /history_ttl too large/)
+  end
 end
 
 RSpec.describe AnyCableRs::Config, "Fly.io presets" do

@@ -107,16 +107,27 @@ impl Settings {
             ));
         }
         let defaults = ServerConfig::default();
-        let secs = |v: Option<f64>, d: Duration| v.map(Duration::from_secs_f64).unwrap_or(d);
+        // Negative, NaN or huge values are the caller's error, not a panic.
+        let secs = |key: &str, d: Duration| -> Result<Duration, Error> {
+            match opt::<f64>(ruby, opts, key)? {
+                None => Ok(d),
+                Some(v) => Duration::try_from_secs_f64(v).map_err(|_| {
+                    arg_error(
+                        ruby,
+                        format!("{key} must be a number of seconds >= 0, got {v}"),
+                    )
+                }),
+            }
+        };
         let server = ServerConfig {
             path: opt(ruby, opts, "path")?.unwrap_or(defaults.path),
             health_path: opt(ruby, opts, "health_path")?.unwrap_or(defaults.health_path),
-            ping_interval: secs(opt(ruby, opts, "ping_interval")?, defaults.ping_interval),
-            pong_timeout: secs(opt(ruby, opts, "pong_timeout")?, defaults.pong_timeout),
+            ping_interval: secs("ping_interval", defaults.ping_interval)?,
+            pong_timeout: secs("pong_timeout", defaults.pong_timeout)?,
             history: history_config(ruby, opts)?,
             max_message_size: opt(ruby, opts, "max_message_size")?
                 .unwrap_or(defaults.max_message_size),
-            write_timeout: secs(opt(ruby, opts, "write_timeout")?, defaults.write_timeout),
+            write_timeout: secs("write_timeout", defaults.write_timeout)?,
             max_pending_bytes: opt(ruby, opts, "max_pending_bytes")?
                 .unwrap_or(defaults.max_pending_bytes),
             origins: match opt::<RHash>(ruby, opts, "origins")? {
@@ -134,7 +145,7 @@ impl Settings {
                 None => Vec::new(),
             },
             max_conn: opt(ruby, opts, "max_conn")?.unwrap_or(0),
-            max_conn_age: secs(opt(ruby, opts, "max_conn_age")?, Duration::ZERO),
+            max_conn_age: secs("max_conn_age", Duration::ZERO)?,
             jwt: match opt::<RHash>(ruby, opts, "jwt")? {
                 Some(h) => Some(JwtConfig {
                     key: opt::<String>(ruby, h, "secret_hex")?
@@ -193,7 +204,8 @@ fn history_config(ruby: &Ruby, opts: RHash) -> Result<Option<HistoryConfig>, Err
             }
             Ok(Some(HistoryConfig {
                 limit,
-                ttl: Duration::from_secs_f64(ttl),
+                ttl: Duration::try_from_secs_f64(ttl)
+                    .map_err(|_| arg_error(ruby, format!("history_ttl too large: {ttl}")))?,
             }))
         }
         Some(other) => Err(arg_error(
