@@ -79,15 +79,20 @@ module AnyCableRs
     end
 
     def restore(snapshot)
-      env = snapshot_pairs(snapshot)
+      railsify(add_rack_keys(snapshot_pairs(snapshot)))
+    end
+
+    # What Rack's spec requires of an env that no Rack server built (the scheme only
+    # where the env does not say it).
+    def add_rack_keys(env)
       env["rack.version"] = [1, 3]
+      env["rack.url_scheme"] ||= "http"
       env["rack.input"] = StringIO.new(+"")
       env["rack.errors"] = $stderr
       env["rack.multithread"] = true
       env["rack.multiprocess"] = false
       env["rack.run_once"] = false
-      env["rack.url_scheme"] ||= "http"
-      railsify(env)
+      env
     end
 
     def fullpath(env)
@@ -159,15 +164,9 @@ module AnyCableRs
         "PATH_INFO" => path,
         "QUERY_STRING" => query.to_s,
         "SERVER_PROTOCOL" => "HTTP/1.1",
-        "REMOTE_ADDR" => remote_ip || "127.0.0.1",
-        "rack.version" => [1, 3],
-        "rack.url_scheme" => "http",
-        "rack.input" => StringIO.new(+""),
-        "rack.errors" => $stderr,
-        "rack.multithread" => true,
-        "rack.multiprocess" => false,
-        "rack.run_once" => false
+        "REMOTE_ADDR" => remote_ip || "127.0.0.1"
       }
+      add_rack_keys(env)
       headers.each do |name, value|
         key = name.upcase.tr("-", "_")
         key = "HTTP_#{key}" unless %w[CONTENT_TYPE CONTENT_LENGTH].include?(key)

@@ -207,10 +207,6 @@ module AnyCableRs
 
       def drop_env(connection)
         connection.instance_variable_set(:@env, nil)
-        forget_request(connection)
-      end
-
-      def forget_request(connection)
         connection.instance_variable_set(:@request, nil)
       end
 

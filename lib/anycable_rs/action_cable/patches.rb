@@ -75,7 +75,7 @@ module AnyCableRs
         return if mod && identifiers.all? { |name| mod.method_defined?(name, false) }
 
         LOCK.synchronize do
-          mod = klass.instance_variable_get(:@_anycable_rs_identifier_readers) ||
+          mod = readers_of(klass) ||
             Module.new.tap do |m|
               klass.prepend(m)
               klass.instance_variable_set(:@_anycable_rs_identifier_readers, m)
