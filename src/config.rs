@@ -22,6 +22,9 @@ pub struct ServerConfig {
     /// `ANYCABLE_BROKER=memory`: broadcasts get offsets and are kept for `history`.
     /// `None`: no broker (offsets off, history requests rejected).
     pub history: Option<HistoryConfig>,
+    /// `ANYCABLE_SESSIONS_TTL`: with a broker, an extended-protocol session is kept
+    /// this long after its socket closed, for a restore. Zero: no restores.
+    pub sessions_ttl: Duration,
     /// Largest client message handled; bigger ones are logged and dropped.
     pub max_message_size: usize,
     /// A client that cannot take a frame within this time is disconnected as `too_slow`.
@@ -64,6 +67,7 @@ impl Default for ServerConfig {
             ping_interval: Duration::from_secs(3),
             pong_timeout: Duration::ZERO,
             history: None,
+            sessions_ttl: Duration::from_secs(300),
             max_message_size: 64 * 1024,
             write_timeout: Duration::from_secs(2),
             max_pending_bytes: 1024 * 1024,

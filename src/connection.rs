@@ -31,6 +31,7 @@ use crate::protocol;
 use crate::protocol::{ClientCommand, ClientFrame, Command, HistoryRequest, Position};
 use crate::server::Inner;
 use crate::session::{DisconnectReason, Outbound, Outbox, Session, SessionRef};
+use crate::session_cache::CachedSession;
 use crate::streams::Resolution;
 
 /// Frames written in one go before flushing.
@@ -78,17 +79,43 @@ impl<C: Controller> Inner<C> {
         // While `lazy` holds the request, the app has no connection for this session
         // (and is owed no disconnect callbacks).
         let mut lazy: Option<ConnectRequest> = None;
-        let reply = match self.identify_by_jwt(&head, &session) {
+        // A restored session (extended protocol, within ANYCABLE_SESSIONS_TTL) comes
+        // back without the app's `connect`: its connection and channel objects are
+        // rebuilt, without `subscribed`, when a command first needs them.
+        let restored = if extended {
+            self.restore(&head, &session)
+        } else {
+            None
+        };
+        // Disconnect callbacks are owed for a restored session whose first one had an
+        // app connection, even if no command rebuilt it here (AnyCable's Disconnect).
+        let mut owes_disconnect = false;
+        let identified = match &restored {
+            Some(cached) => Some(Ok(cached.identifiers.clone())),
+            None => self.identify_by_jwt(&head, &session).map(|r| r.map(Some)),
+        };
+        let reply = match identified {
             Some(Ok(identifiers)) => {
                 if env_token != 0 {
                     self.controller.handoff_abandoned(env_token);
                 }
+                owes_disconnect = restored.as_ref().is_some_and(|c| c.app_connected);
                 lazy = Some(ConnectRequest {
                     session: session.clone(),
                     head,
                     remote_addr: peer,
                     env_token: 0,
-                    identifiers: Some(identifiers),
+                    // A restored session without identifiers still skips `connect`.
+                    identifiers: Some(identifiers.unwrap_or_else(|| "{}".into())),
+                    restored: restored.as_ref().map(|c| CachedSession {
+                        subscriptions: c
+                            .subscriptions
+                            .iter()
+                            .filter(|s| !s.server_side)
+                            .cloned()
+                            .collect(),
+                        ..c.clone()
+                    }),
                 });
                 ConnectReply::Accepted
             }
@@ -106,6 +133,7 @@ impl<C: Controller> Inner<C> {
                         remote_addr: peer,
                         env_token,
                         identifiers: None,
+                        restored: None,
                     })
                     .await
             }
@@ -128,20 +156,22 @@ impl<C: Controller> Inner<C> {
                 return;
             }
             ConnectReply::Failed(error) => {
-                log::error!("session {}: connect failed: {error}", session.sid);
+                log::error!("session {}: connect failed: {error}", session.log_id());
                 session.mark_closing();
                 self.hub.remove_session(&session);
                 send_close(&mut ws, Some(&DisconnectReason::SERVER_ERROR)).await;
                 return;
             }
         }
-        if ws
-            .send(Message::Text(protocol::welcome(&session.sid).into()))
-            .await
-            .is_err()
-        {
+        let welcome = match &restored {
+            Some(cached) => protocol::welcome_restored(&session.sid, &cached.restored_ids()),
+            None => protocol::welcome(&session.sid),
+        };
+        drop(restored);
+        if ws.send(Message::Text(welcome.into())).await.is_err() {
             drop(ws);
-            self.finish(&session, lazy.is_none()).await;
+            self.finish(&session, &mut lazy, owes_disconnect, extended)
+                .await;
             drop(pending);
             return;
         }
@@ -165,7 +195,7 @@ impl<C: Controller> Inner<C> {
             tokio::select! {
                 _ = tokio::time::sleep_until(pong_deadline.unwrap_or_else(tokio::time::Instant::now)), if pong_deadline.is_some() && inflight.is_none() => {
                     pong_deadline = None;
-                    log::debug!("session {}: no frame within {:?}; no_pong", session.sid, pong_window.unwrap_or_default());
+                    log::debug!("session {}: no frame within {:?}; no_pong", session.log_id(), pong_window.unwrap_or_default());
                     session.close(DisconnectReason::NO_PONG);
                 }
                 _ = tokio::time::sleep_until(expires.unwrap_or_else(tokio::time::Instant::now)), if expires.is_some() => {
@@ -197,7 +227,7 @@ impl<C: Controller> Inner<C> {
                         Some(Ok(Message::Binary(data))) => {
                             COUNTERS.data_rcvd.inc_by(data.len() as u64);
                             COUNTERS.failed_client_msg.inc();
-                            bad_input.warn(&session.sid, format_args!("binary frame ignored (the protocol is JSON text)"));
+                            bad_input.warn(session.log_id(), format_args!("binary frame ignored (the protocol is JSON text)"));
                         }
                         Some(Ok(Message::Close(_))) | None => break,
                         Some(Ok(_)) => {}
@@ -209,7 +239,7 @@ impl<C: Controller> Inner<C> {
                 }
             }
         }
-        bad_input.finish(&session.sid);
+        bad_input.finish(session.log_id());
         // The socket goes first; the app's disconnect callback runs only after the
         // command in flight is done, so two Ruby threads never work on one connection.
         drop(ws);
@@ -217,8 +247,29 @@ impl<C: Controller> Inner<C> {
         if let Some(command) = inflight {
             command.await;
         }
-        self.finish(&session, lazy.is_none()).await;
+        self.finish(&session, &mut lazy, owes_disconnect, extended)
+            .await;
         drop(pending);
+    }
+
+    /// The cached session the client asks back (`X-AnyCable-Restore-SID`, else
+    /// `?sid=`), joined to its streams again; `None` when there is none to restore.
+    fn restore(&self, head: &RequestHead, session: &SessionRef) -> Option<CachedSession> {
+        let cache = self.session_cache.as_ref()?;
+        let old = restore_sid(head)?;
+        let cached = cache.take(old)?;
+        session.restore_from(&cached);
+        for sub in &cached.subscriptions {
+            for stream in &sub.streams {
+                self.hub.subscribe(session, stream, &sub.identifier);
+            }
+        }
+        COUNTERS.restored_sessions.inc();
+        log::debug!(
+            "session {}: restored from an earlier session",
+            session.log_id()
+        );
+        Some(cached)
     }
 
     /// `None` when JWT is off or not used here; else the token's identifiers, or the
@@ -244,7 +295,7 @@ impl<C: Controller> Inner<C> {
                 // Never the token itself: it is a credential.
                 crate::logging::refused(format_args!(
                     "session {}: JWT refused ({why}); unauthorized",
-                    session.sid
+                    session.log_id()
                 ));
                 Err(DisconnectReason::UNAUTHORIZED)
             }
@@ -262,7 +313,7 @@ impl<C: Controller> Inner<C> {
         if text.len() > self.config.max_message_size {
             COUNTERS.failed_client_msg.inc();
             bad_input.warn(
-                &session.sid,
+                session.log_id(),
                 format_args!(
                     "message of {} bytes is over the {}-byte limit; ignored",
                     text.len(),
@@ -292,7 +343,7 @@ impl<C: Controller> Inner<C> {
             }
             Err(e) => {
                 COUNTERS.failed_client_msg.inc();
-                bad_input.warn(&session.sid, format_args!("{e}; ignored"));
+                bad_input.warn(session.log_id(), format_args!("{e}; ignored"));
                 return None;
             }
         };
@@ -319,7 +370,7 @@ impl<C: Controller> Inner<C> {
                         ConnectReply::Accepted => self.controller.command(request).await,
                         ConnectReply::Rejected(reason) => session.close(reason),
                         ConnectReply::Failed(error) => {
-                            log::error!("session {}: connect failed: {error}", session.sid);
+                            log::error!("session {}: connect failed: {error}", session.log_id());
                             session.close(DisconnectReason::SERVER_ERROR);
                         }
                     }
@@ -374,7 +425,13 @@ impl<C: Controller> Inner<C> {
         }
         let streams = session.streams_of(identifier);
         if streams.is_empty() {
-            return Vec::new();
+            // A subscription with no stream here has nothing to miss: confirmed, as
+            // AnyCable does; an unknown one gets no reply.
+            return if session.has_subscription(identifier) {
+                vec![protocol::history_reply(identifier, self.history.is_some()).into()]
+            } else {
+                Vec::new()
+            };
         }
         let Some(history) = &self.history else {
             // No broker: nothing is kept, as AnyCable's legacy broker.
@@ -386,7 +443,7 @@ impl<C: Controller> Inner<C> {
                 Some(p) => match history.from(stream, &p.epoch, p.offset) {
                     Ok(entries) => (entries, p.offset),
                     Err(why) => {
-                        log::debug!("session {}: history refused: {why}", session.sid);
+                        log::debug!("session {}: history refused: {why}", session.log_id());
                         return vec![protocol::history_reply(identifier, false).into()];
                     }
                 },
@@ -430,8 +487,10 @@ impl<C: Controller> Inner<C> {
                         let mut subs = session.server_subscriptions.lock();
                         if subs.contains_key(id) {
                             drop(subs);
-                            bad_input
-                                .warn(&session.sid, format_args!("already subscribed; ignored"));
+                            bad_input.warn(
+                                session.log_id(),
+                                format_args!("already subscribed; ignored"),
+                            );
                             return true;
                         }
                         subs.insert(id.clone(), whisper.then(|| stream.clone()));
@@ -449,7 +508,10 @@ impl<C: Controller> Inner<C> {
                 Resolution::Reject { why } => {
                     // The name itself is not logged: it may be a stream a user should
                     // not learn of from a shared log.
-                    bad_input.warn(&session.sid, format_args!("subscription rejected: {why}"));
+                    bad_input.warn(
+                        session.log_id(),
+                        format_args!("subscription rejected: {why}"),
+                    );
                     session.transmit(protocol::subscription_reply(id, false));
                     true
                 }
@@ -466,7 +528,7 @@ impl<C: Controller> Inner<C> {
                     return false;
                 }
                 bad_input.warn(
-                    &session.sid,
+                    session.log_id(),
                     format_args!("a message to a server-side stream subscription has no action to run; ignored"),
                 );
                 true
@@ -476,7 +538,7 @@ impl<C: Controller> Inner<C> {
                     (Some(stream), Some(data)) => self.whisper(session, &stream, data),
                     _ => log::debug!(
                         "session {}: whisper on a subscription without a whisper stream ignored",
-                        session.sid
+                        session.log_id()
                     ),
                 }
                 true
@@ -556,12 +618,34 @@ impl<C: Controller> Inner<C> {
         true
     }
 
-    /// `app_knows`: the app built a connection for this session (its disconnect
-    /// callbacks are owed); a JWT connection that never reached the app's code has none.
-    async fn finish(&self, session: &SessionRef, app_knows: bool) {
+    /// Ends a session: caches it for a restore (extended protocol), leaves the hub,
+    /// and runs the app's disconnect callbacks when they are owed: the app built a
+    /// connection for it (`lazy` is taken), or it was restored from a session that had
+    /// one — its objects are rebuilt first, as AnyCable's Disconnect call does. A JWT
+    /// connection that never reached the app's code is owed none.
+    async fn finish(
+        &self,
+        session: &SessionRef,
+        lazy: &mut Option<ConnectRequest>,
+        owes_disconnect: bool,
+        resumable: bool,
+    ) {
         session.mark_closing();
         self.sessions.write().remove(&session.id);
+        let mut app_knows = lazy.is_none();
+        if let (true, Some(cache)) = (resumable, &self.session_cache) {
+            // Before the hub and the app's `unsubscribed` let go of its streams.
+            if let Some(entry) = session.to_cache(app_knows || owes_disconnect) {
+                cache.put(&session.sid, entry);
+            }
+        }
         self.hub.remove_session(session);
+        if let (Some(connect), true) = (lazy.take(), owes_disconnect) {
+            app_knows = matches!(
+                self.controller.connect(connect).await,
+                ConnectReply::Accepted
+            );
+        }
         if app_knows {
             self.controller.disconnect(session.clone()).await;
         }
@@ -576,13 +660,13 @@ async fn fail(ws: &mut WebSocketStream<TcpStream>, session: &Session, error: WsE
         WsError::Protocol(_) => (CloseCode::Protocol, "protocol error"),
         WsError::Utf8(_) => (CloseCode::Invalid, "invalid UTF-8"),
         _ => {
-            log::debug!("session {}: read error: {error}", session.sid);
+            log::debug!("session {}: read error: {error}", session.log_id());
             return;
         }
     };
     log::info!(
         "session {}: {error}; closing with {}",
-        session.sid,
+        session.log_id(),
         u16::from(code)
     );
     let _ = timeout(
@@ -620,6 +704,26 @@ async fn send_close(ws: &mut WebSocketStream<TcpStream>, reason: Option<&Disconn
     .await;
 }
 
+/// The sid a client asks to restore: the `X-AnyCable-Restore-SID` header wins over
+/// the `sid` query parameter (as AnyCable reads them).
+fn restore_sid(head: &RequestHead) -> Option<&str> {
+    if let Some(sid) = head
+        .header("x-anycable-restore-sid")
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        return Some(sid);
+    }
+    head.target
+        .split_once('?')?
+        .1
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(k, _)| *k == "sid")
+        .map(|(_, v)| v)
+        .filter(|v| !v.is_empty())
+}
+
 /// A duration in `0..=max`, different per connection.
 fn jitter(max: Duration, id: u64) -> Duration {
     use std::hash::{BuildHasher, Hasher};
@@ -629,17 +733,21 @@ fn jitter(max: Duration, id: u64) -> Duration {
     max.mul_f64(fraction)
 }
 
-/// A session id no client can choose or guess: random per process, plus the
-/// process-unique number so two ids of one process never collide.
+/// A session id no client can choose or guess (it restores a session, so it is a
+/// credential): 128 bits from the system's CSPRNG, plus the process-unique number so
+/// two ids of one process never collide.
 fn generate_sid(id: u64) -> String {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(id);
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    format!("{:016x}{:x}", h.finish(), id)
+    use ring::rand::SecureRandom;
+    use std::fmt::Write;
+    let mut bytes = [0u8; 16];
+    if ring::rand::SystemRandom::new().fill(&mut bytes).is_err() {
+        // getrandom failing is not something a server can carry on from quietly.
+        panic!("the system's random number generator failed");
+    }
+    let mut sid = String::with_capacity(48);
+    for b in bytes {
+        let _ = write!(sid, "{b:02x}");
+    }
+    let _ = write!(sid, "{id:x}");
+    sid
 }

@@ -14,6 +14,7 @@ use std::net::SocketAddr;
 use crate::handshake::RequestHead;
 use crate::protocol::ClientCommand;
 use crate::session::{DisconnectReason, SessionRef};
+use crate::session_cache::CachedSession;
 
 pub struct ConnectRequest {
     pub session: SessionRef,
@@ -26,6 +27,10 @@ pub struct ConnectRequest {
     /// JSON). The application builds its connection with them and must not run its
     /// own `connect`.
     pub identifiers: Option<String>,
+    /// A restored session (its server-side subscriptions left out): the application
+    /// rebuilds its channel objects (without `subscribed`) with their state; the hub
+    /// already delivers their streams.
+    pub restored: Option<CachedSession>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

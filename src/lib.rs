@@ -24,6 +24,7 @@ pub mod protocol;
 pub mod redis;
 pub mod server;
 pub mod session;
+pub mod session_cache;
 pub mod siblings;
 pub mod streams;
 

@@ -29,6 +29,8 @@ pub struct Counters {
     pub refused_conn: IntCounter,
     /// Connections told `server_restart` for being older than `ANYCABLE_MAX_CONN_AGE`.
     pub expired_conn: IntCounter,
+    /// Sessions restored from the session cache (no `connect` run).
+    pub restored_sessions: IntCounter,
 }
 
 fn counter(name: &str, help: &str) -> IntCounter {
@@ -80,6 +82,10 @@ pub static COUNTERS: LazyLock<Counters> = LazyLock::new(|| Counters {
         "anycable_rs_expired_conn_total",
         "Connections told server_restart for being older than ANYCABLE_MAX_CONN_AGE",
     ),
+    restored_sessions: counter(
+        "anycable_rs_restored_sessions_total",
+        "Sessions restored by sid within ANYCABLE_SESSIONS_TTL, without the app's connect",
+    ),
 });
 
 /// Gauges read at render time.
@@ -114,6 +120,7 @@ pub fn render(snapshot: Snapshot, tags: &[(String, String)], extra: Vec<MetricFa
         &c.data_rcvd,
         &c.refused_conn,
         &c.expired_conn,
+        &c.restored_sessions,
     ]
     .iter()
     .flat_map(|counter| counter.collect())

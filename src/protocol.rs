@@ -238,6 +238,18 @@ pub fn welcome(sid: &str) -> String {
     format!(r#"{{"type":"welcome","sid":{}}}"#, json_string(sid))
 }
 
+/// `{"type":"welcome","sid":"…","restored":true,"restored_ids":[…]}`: a restored
+/// session's welcome, with the identifiers of the subscriptions it got back.
+pub fn welcome_restored(sid: &str, restored_ids: &[&str]) -> String {
+    serde_json::json!({
+        "type": "welcome",
+        "sid": sid,
+        "restored": true,
+        "restored_ids": restored_ids,
+    })
+    .to_string()
+}
+
 /// `{"type":"ping","message":<unix seconds>}`
 pub fn ping(unix_seconds: u64) -> Utf8Bytes {
     format!(r#"{{"type":"ping","message":{unix_seconds}}}"#).into()

@@ -31,6 +31,7 @@ use crate::hub::{Delivery, Hub};
 use crate::metrics::{self, MetricsSource, COUNTERS};
 use crate::protocol;
 use crate::session::{DisconnectReason, SessionRef};
+use crate::session_cache::SessionCache;
 
 const MAX_HEAD_BYTES: usize = 16 * 1024;
 
@@ -97,6 +98,9 @@ pub(crate) struct Inner<C> {
     pub(crate) hub: Arc<Hub>,
     /// The memory broker's stream history (`ANYCABLE_BROKER=memory`).
     pub(crate) history: Option<History>,
+    /// Closed extended-protocol sessions, for a restore (with a broker and a
+    /// non-zero `ANYCABLE_SESSIONS_TTL`).
+    pub(crate) session_cache: Option<SessionCache>,
     /// Welcomed sessions, for pings, remote disconnects and shutdown.
     pub(crate) sessions: RwLock<HashMap<u64, SessionRef>>,
     pub(crate) next_id: AtomicU64,
@@ -120,9 +124,12 @@ impl<C: Controller> Server<C> {
                 config.history.as_ref().map_or(Duration::ZERO, |h| h.ttl),
             );
         }
+        let session_cache = (history.is_some() && !config.sessions_ttl.is_zero())
+            .then(|| SessionCache::new(config.sessions_ttl));
         Server {
             inner: Arc::new(Inner {
                 history,
+                session_cache,
                 relay: RwLock::new(None),
                 health: RwLock::new(None),
                 metrics_source: RwLock::new(None),
@@ -176,6 +183,9 @@ impl<C: Controller> Server<C> {
                     ticker.tick().await;
                     if let Some(history) = &inner.history {
                         history.sweep();
+                    }
+                    if let Some(cache) = &inner.session_cache {
+                        cache.sweep();
                     }
                 }
             });

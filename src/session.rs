@@ -17,6 +17,8 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+use crate::session_cache::{CachedSession, CachedSubscription};
+
 /// Why the server ends a connection, as sent in `{"type":"disconnect",…}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DisconnectReason {
@@ -85,6 +87,27 @@ pub struct Session {
     holding: AtomicBool,
     /// Live frames for held subscriptions, by identifier: (stream, offset, frame).
     held: Mutex<HashMap<String, Vec<HeldFrame>>>,
+    /// The app's channel subscriptions, in order (see [`AppSubscription`]).
+    app_subscriptions: Mutex<Vec<AppSubscription>>,
+    /// `state_attr_accessor` values, by subscription identifier ("" for the
+    /// connection's own): name → JSON text. Boxed: most sessions have none.
+    state: Mutex<Option<Box<StateMap>>>,
+    /// The server closed it for good (`reconnect: false`, or the app closed it):
+    /// nothing to restore.
+    final_close: AtomicBool,
+}
+
+type StateMap = HashMap<String, Vec<(String, String)>>;
+
+/// One of the app's channel subscriptions, as the server knows it.
+struct AppSubscription {
+    identifier: Arc<str>,
+    /// The app confirmed it (its `subscribed` ran and did not reject).
+    confirmed: bool,
+    /// It streams through a Ruby block or coder, which the hub does not know: a
+    /// restore leaves it out and the client subscribes again. Set during `subscribed`,
+    /// so possibly before it is confirmed.
+    pinned: bool,
 }
 
 /// A live broadcast frame kept back while its subscription's history is replayed.
@@ -110,6 +133,9 @@ impl Session {
             whispers: Mutex::new(HashMap::new()),
             holding: AtomicBool::new(false),
             held: Mutex::new(HashMap::new()),
+            app_subscriptions: Mutex::new(Vec::new()),
+            state: Mutex::new(None),
+            final_close: AtomicBool::new(false),
         });
         let outbox = Outbox {
             session: session.clone(),
@@ -127,6 +153,12 @@ impl Session {
         }
         self.notify.notify_one();
         true
+    }
+
+    /// How log lines name the session: the sid's first 8 characters. The whole sid
+    /// restores the session (a credential), so it is never logged.
+    pub fn log_id(&self) -> &str {
+        self.sid.get(..8).unwrap_or(&self.sid)
     }
 
     /// Queues a text frame. Returns false when the session is closing or gone.
@@ -162,6 +194,9 @@ impl Session {
 
     fn close_with(&self, reason: Option<DisconnectReason>) {
         if !self.closing.swap(true, Ordering::AcqRel) {
+            if !reason.as_ref().is_some_and(|r| r.reconnect) {
+                self.final_close.store(true, Ordering::Release);
+            }
             self.push(Outbound::Close(reason));
         }
     }
@@ -170,7 +205,10 @@ impl Session {
     /// usually followed by a write that times out too).
     pub fn too_slow(&self, why: std::fmt::Arguments<'_>) {
         if !self.too_slow_logged.swap(true, Ordering::AcqRel) {
-            log::warn!("session {}: {why}; disconnecting as too_slow", self.sid);
+            log::warn!(
+                "session {}: {why}; disconnecting as too_slow",
+                self.log_id()
+            );
             crate::metrics::COUNTERS.disconnected_slow_clients.inc();
         }
         self.close(DisconnectReason::TOO_SLOW);
@@ -269,6 +307,156 @@ impl Session {
             .collect()
     }
 
+    /// The app confirmed subscription `identifier` (its channel's `subscribed` ran and
+    /// did not reject).
+    pub fn add_subscription(&self, identifier: &str) {
+        self.with_subscription(identifier, |sub| sub.confirmed = true);
+    }
+
+    /// The app's subscription `identifier` is gone (or was rejected).
+    pub fn remove_subscription(&self, identifier: &str) {
+        self.app_subscriptions
+            .lock()
+            .retain(|s| s.identifier.as_ref() != identifier);
+        if let Some(state) = self.state.lock().as_mut() {
+            state.remove(identifier);
+        }
+    }
+
+    /// Records a `state_attr_accessor` value (JSON text) of subscription `identifier`,
+    /// or of the connection for `""`, for a restore to give back.
+    pub fn set_state(&self, identifier: &str, name: &str, json: String) {
+        let mut state = self.state.lock();
+        let values = state
+            .get_or_insert_with(Default::default)
+            .entry(identifier.to_owned())
+            .or_default();
+        match values.iter_mut().find(|(n, _)| n == name) {
+            Some(slot) => slot.1 = json,
+            None => values.push((name.to_owned(), json)),
+        }
+    }
+
+    fn state_of(&self, identifier: &str) -> Vec<(String, String)> {
+        self.state
+            .lock()
+            .as_ref()
+            .and_then(|s| s.get(identifier).cloned())
+            .unwrap_or_default()
+    }
+
+    /// Subscription `identifier` streams through Ruby: a restore leaves it out.
+    pub fn pin_subscription(&self, identifier: &str) {
+        self.with_subscription(identifier, |sub| sub.pinned = true);
+    }
+
+    fn with_subscription(&self, identifier: &str, f: impl FnOnce(&mut AppSubscription)) {
+        let mut subs = self.app_subscriptions.lock();
+        let i = match subs
+            .iter()
+            .position(|s| s.identifier.as_ref() == identifier)
+        {
+            Some(i) => i,
+            None => {
+                subs.push(AppSubscription {
+                    identifier: identifier.into(),
+                    confirmed: false,
+                    pinned: false,
+                });
+                subs.len() - 1
+            }
+        };
+        f(&mut subs[i]);
+    }
+
+    /// A subscription this session has: the app's confirmed ones or the server's own.
+    pub fn has_subscription(&self, identifier: &str) -> bool {
+        self.server_subscriptions.lock().contains_key(identifier)
+            || self
+                .app_subscriptions
+                .lock()
+                .iter()
+                .any(|s| s.confirmed && s.identifier.as_ref() == identifier)
+    }
+
+    /// The session as a restore gets it back; `None` when it must not be restored
+    /// (closed for good by the server or the app).
+    pub fn to_cache(&self, app_connected: bool) -> Option<CachedSession> {
+        if self.final_close.load(Ordering::Acquire) {
+            return None;
+        }
+        let whispers = self.whispers.lock().clone();
+        let mut subscriptions: Vec<CachedSubscription> = self
+            .server_subscriptions
+            .lock()
+            .iter()
+            .map(|(identifier, whisper)| CachedSubscription {
+                identifier: identifier.clone(),
+                streams: Vec::new(),
+                whisper: whisper.clone(),
+                server_side: true,
+                state: Vec::new(),
+            })
+            .collect();
+        subscriptions.extend(
+            self.app_subscriptions
+                .lock()
+                .iter()
+                .filter(|s| s.confirmed && !s.pinned)
+                .map(|s| CachedSubscription {
+                    identifier: s.identifier.to_string(),
+                    streams: Vec::new(),
+                    whisper: whispers.get(s.identifier.as_ref()).cloned(),
+                    server_side: false,
+                    state: self.state_of(&s.identifier),
+                }),
+        );
+        for (stream, identifier) in self.streams.lock().iter() {
+            if let Some(sub) = subscriptions
+                .iter_mut()
+                .find(|s| s.identifier == identifier.as_ref())
+            {
+                sub.streams.push(stream.to_string());
+            }
+        }
+        Some(CachedSession {
+            identifiers: self.identifiers().map(|v| v.to_string()),
+            subscriptions,
+            state: self.state_of(""),
+            app_connected,
+        })
+    }
+
+    /// Takes back what a cached session had, without the hub (the caller joins the
+    /// streams): subscriptions, whisper streams, identifiers.
+    pub(crate) fn restore_from(&self, cached: &CachedSession) {
+        if let Some(ids) = cached
+            .identifiers
+            .as_deref()
+            .and_then(|ids| serde_json::from_str(ids).ok())
+        {
+            self.set_identifiers(ids);
+        }
+        for sub in &cached.subscriptions {
+            if sub.server_side {
+                self.server_subscriptions
+                    .lock()
+                    .insert(sub.identifier.clone(), sub.whisper.clone());
+            } else {
+                self.add_subscription(&sub.identifier);
+                if let Some(stream) = &sub.whisper {
+                    self.whisper_to(&sub.identifier, stream);
+                }
+                for (name, json) in &sub.state {
+                    self.set_state(&sub.identifier, name, json.clone());
+                }
+            }
+        }
+        for (name, json) in &cached.state {
+            self.set_state("", name, json.clone());
+        }
+    }
+
     /// Records the connection's identifiers (once; later calls are ignored).
     pub fn set_identifiers(&self, identifiers: serde_json::Value) {
         let _ = self.identifiers.set(identifiers);
@@ -331,7 +519,7 @@ impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Session")
             .field("id", &self.id)
-            .field("sid", &self.sid)
+            .field("sid", &self.log_id())
             .finish()
     }
 }

@@ -3,6 +3,7 @@
 //! `subscribe`) over real sockets.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,21 +21,67 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{client_async, WebSocketStream};
 
-/// Subscribes to stream "all" (and "extra" when the identifier says so), or rejects
-/// identifiers that contain "reject" as Action Cable does (no streams left).
+/// Subscribes to stream "all" (and "extra" when the identifier says so; none with
+/// "nostream"), or rejects identifiers that contain "reject" as Action Cable does (no
+/// streams left). Counts its callbacks; a connect with `?close` is closed for good.
+#[derive(Default)]
+struct Calls {
+    connects: AtomicUsize,
+    /// Connects for a restored session (identifiers given, `connect` not run).
+    rebuilds: AtomicUsize,
+    subscribes: AtomicUsize,
+    disconnects: AtomicUsize,
+    /// The subscriptions each rebuild was given.
+    restored: parking_lot::Mutex<Vec<Vec<String>>>,
+}
+
 struct App {
     hub: Arc<Hub>,
+    calls: Arc<Calls>,
 }
 
 impl Controller for App {
-    async fn connect(&self, _req: ConnectRequest) -> ConnectReply {
+    async fn connect(&self, req: ConnectRequest) -> ConnectReply {
+        if req.identifiers.is_some() {
+            self.calls.rebuilds.fetch_add(1, Ordering::SeqCst);
+            self.calls.restored.lock().push(
+                req.restored
+                    .iter()
+                    .flat_map(|c| &c.subscriptions)
+                    .map(|s| format!("{} {:?}", s.identifier, s.streams))
+                    .collect(),
+            );
+        } else {
+            self.calls.connects.fetch_add(1, Ordering::SeqCst);
+            req.session
+                .set_identifiers(json!({"user": "gid://app/User/1"}));
+        }
         ConnectReply::Accepted
     }
 
     async fn command(&self, req: CommandRequest) {
         let CommandRequest { session, command } = req;
         let id = &command.identifier;
+        if command.command == Command::Message
+            && command.data.as_deref() == Some(r#"{"action":"leave"}"#)
+        {
+            // Action Cable's `close(reconnect: false)` from a channel action.
+            session.transmit(protocol::disconnect("unauthorized", false));
+            session.close_quietly();
+            return;
+        }
+        if command.command == Command::Unsubscribe {
+            self.hub.unsubscribe_identifier(&session, id);
+            session.remove_subscription(id);
+            return;
+        }
         if command.command != Command::Subscribe {
+            return;
+        }
+        self.calls.subscribes.fetch_add(1, Ordering::SeqCst);
+        if id.contains("nostream") {
+            session.add_subscription(id);
+            session.transmit(protocol::subscription_reply(id, true));
             return;
         }
         if id.contains("reject") {
@@ -52,18 +99,30 @@ impl Controller for App {
         if id.contains("extra") {
             self.hub.subscribe(&session, "extra", id);
         }
+        session.add_subscription(id);
         session.transmit(protocol::subscription_reply(id, true));
     }
 
-    async fn disconnect(&self, _session: SessionRef) {}
+    async fn disconnect(&self, _session: SessionRef) {
+        self.calls.disconnects.fetch_add(1, Ordering::SeqCst);
+    }
 }
 
 async fn start(config: ServerConfig) -> (Server<App>, SocketAddr) {
+    start_counting(config).await.0
+}
+
+async fn start_counting(config: ServerConfig) -> ((Server<App>, SocketAddr), Arc<Calls>) {
     let hub = Arc::new(Hub::new(None));
-    let server = Server::new(config, App { hub: hub.clone() }, hub);
+    let calls = Arc::new(Calls::default());
+    let app = App {
+        hub: hub.clone(),
+        calls: calls.clone(),
+    };
+    let server = Server::new(config, app, hub);
     server.start();
     let addr = server.listen("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    (server, addr)
+    ((server, addr), calls)
 }
 
 fn with_history(limit: usize) -> ServerConfig {
@@ -85,9 +144,26 @@ type Client = WebSocketStream<TcpStream>;
 /// Connects offering `protocols`; returns the client, the chosen protocol and the
 /// welcome message.
 async fn connect(addr: SocketAddr, protocols: &str) -> (Client, Option<String>, Value) {
-    let mut req = format!("ws://{addr}/cable").into_client_request().unwrap();
+    connect_with(addr, "/cable", protocols, None).await
+}
+
+/// [`connect`] to `target` (path and query), with an `X-AnyCable-Restore-SID` header
+/// when `restore_header` is set.
+async fn connect_with(
+    addr: SocketAddr,
+    target: &str,
+    protocols: &str,
+    restore_header: Option<&str>,
+) -> (Client, Option<String>, Value) {
+    let mut req = format!("ws://{addr}{target}")
+        .into_client_request()
+        .unwrap();
     req.headers_mut()
         .insert("Sec-WebSocket-Protocol", protocols.parse().unwrap());
+    if let Some(sid) = restore_header {
+        req.headers_mut()
+            .insert("X-AnyCable-Restore-SID", sid.parse().unwrap());
+    }
     let tcp = TcpStream::connect(addr).await.unwrap();
     let (mut ws, resp) = client_async(req, tcp).await.unwrap();
     let proto = resp
@@ -221,7 +297,7 @@ async fn pong_timeout_disconnects_a_silent_extended_client_only() {
 /// offset after its position once, in order, the replay before confirm_history.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_and_live_broadcasts_do_not_interleave_on_subscribe() {
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicU64};
     let (server, addr) = start(with_history(100_000)).await;
     let server = Arc::new(server);
     let epoch = server.history().unwrap().epoch().to_string();
@@ -472,4 +548,228 @@ async fn without_a_broker_history_is_rejected_and_broadcasts_have_no_offsets() {
         next(&mut a).await,
         json!({"identifier": id, "message": {"n": 1}})
     );
+}
+
+/// A closed extended-protocol session comes back by its sid (§5.1): no `connect`, no
+/// `subscribe`, its streams joined again before the welcome; what was broadcast while
+/// it was away is there by history; a sid restores once.
+#[tokio::test]
+async fn a_session_is_restored_by_sid_without_connect_or_subscribe() {
+    let ((server, addr), calls) = start_counting(with_history(100)).await;
+    let epoch = server.history().unwrap().epoch().to_string();
+    let id = r#"{"channel":"ChatChannel","extra":true}"#;
+    let quiet = r#"{"channel":"nostream"}"#;
+    let public = json!({"channel": "$pubsub", "stream_name": "lobby"}).to_string();
+    let (mut a, _, welcome) = connect(addr, "actioncable-v1-ext-json").await;
+    let old = welcome["sid"].as_str().unwrap().to_string();
+    for identifier in [id, quiet, public.as_str()] {
+        send(
+            &mut a,
+            json!({"command": "subscribe", "identifier": identifier}),
+        )
+        .await;
+        assert_eq!(next(&mut a).await["type"], "confirm_subscription");
+    }
+    server.broadcast("all", r#"{"n":1}"#, None).unwrap();
+    assert_eq!(next(&mut a).await, msg(id, 1, &epoch, "all"));
+    a.close(None).await.unwrap();
+    drop(a);
+    wait_for(|| calls.disconnects.load(Ordering::SeqCst) == 1).await;
+    server.broadcast("all", r#"{"n":2}"#, None).unwrap();
+
+    let (mut b, _, welcome) = connect_with(
+        addr,
+        &format!("/cable?sid={old}"),
+        "actioncable-v1-ext-json",
+        None,
+    )
+    .await;
+    assert_eq!(welcome["type"], "welcome");
+    assert_eq!(welcome["restored"], true, "{welcome}");
+    assert_ne!(welcome["sid"], old.as_str());
+    let mut ids: Vec<&str> = welcome["restored_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    ids.sort();
+    let mut expected = vec![id, quiet, public.as_str()];
+    expected.sort();
+    assert_eq!(ids, expected);
+    // Live at once, and the missed one by history (the client's position: 1).
+    server.broadcast("all", r#"{"n":3}"#, None).unwrap();
+    assert_eq!(next(&mut b).await, msg(id, 3, &epoch, "all"));
+    send(
+        &mut b,
+        json!({"command": "history", "identifier": id, "history": {"streams": {"all": {"epoch": epoch, "offset": 1}}}}),
+    )
+    .await;
+    assert_eq!(next(&mut b).await, msg(id, 2, &epoch, "all"));
+    assert_eq!(next(&mut b).await, msg(id, 3, &epoch, "all"));
+    assert_eq!(next(&mut b).await["type"], "confirm_history");
+    // A restored subscription without streams has nothing to miss (M5).
+    send(
+        &mut b,
+        json!({"command": "history", "identifier": quiet, "history": {"since": 1}}),
+    )
+    .await;
+    assert_eq!(
+        next(&mut b).await,
+        json!({"type": "confirm_history", "identifier": quiet})
+    );
+    // The server-side subscription too.
+    server
+        .apply_broadcast(r#"{"stream":"lobby","data":"{\"n\":1}"}"#)
+        .unwrap();
+    assert_eq!(next(&mut b).await, msg(&public, 1, &epoch, "lobby"));
+    assert_eq!(calls.connects.load(Ordering::SeqCst), 1);
+    // The two app subscriptions ($pubsub is the server's own).
+    assert_eq!(calls.subscribes.load(Ordering::SeqCst), 2);
+    // The app's objects are rebuilt on the first command that needs them, with the
+    // identifiers and the app's subscriptions (not the server-side one).
+    send(
+        &mut b,
+        json!({"command": "message", "identifier": id, "data": "{\"action\":\"x\"}"}),
+    )
+    .await;
+    assert_quiet(&mut b).await;
+    assert_eq!(calls.rebuilds.load(Ordering::SeqCst), 1);
+    let mut rebuilt = calls.restored.lock()[0].clone();
+    rebuilt.sort();
+    assert_eq!(
+        rebuilt,
+        vec![format!("{id} [\"all\", \"extra\"]"), format!("{quiet} []")]
+    );
+
+    // Once only: the same old sid again is a new session, through `connect`.
+    let (_c, _, welcome) = connect_with(
+        addr,
+        &format!("/cable?sid={old}"),
+        "actioncable-v1-ext-json",
+        None,
+    )
+    .await;
+    assert!(welcome.get("restored").is_none(), "{welcome}");
+    assert_eq!(calls.connects.load(Ordering::SeqCst), 2);
+}
+
+/// Who may restore: extended-protocol clients only, by header (which wins) or query;
+/// not with a zero ttl; not a session the app closed for good.
+#[tokio::test]
+async fn restore_needs_the_extended_protocol_a_live_ttl_and_a_reconnectable_close() {
+    let ((_server, addr), calls) = start_counting(with_history(100)).await;
+    let id = r#"{"channel":"ChatChannel"}"#;
+    let closed = |calls: &Calls, n| calls.disconnects.load(Ordering::SeqCst) == n;
+    let session = |addr| async move {
+        let (mut a, _, welcome) = connect(addr, "actioncable-v1-ext-json").await;
+        send(&mut a, json!({"command": "subscribe", "identifier": id})).await;
+        assert_eq!(next(&mut a).await["type"], "confirm_subscription");
+        (a, welcome["sid"].as_str().unwrap().to_string())
+    };
+
+    // A plain-protocol client asking for a sid is not restored (and the entry stays).
+    let (a, old) = session(addr).await;
+    drop(a);
+    wait_for(|| closed(&calls, 1)).await;
+    let (_p, _, welcome) = connect_with(
+        addr,
+        &format!("/cable?sid={old}"),
+        "actioncable-v1-json",
+        None,
+    )
+    .await;
+    assert!(welcome.get("restored").is_none(), "{welcome}");
+    // The header wins over the query.
+    let (_r, _, welcome) = connect_with(
+        addr,
+        "/cable?sid=nonsense",
+        "actioncable-v1-ext-json",
+        Some(&old),
+    )
+    .await;
+    assert_eq!(welcome["restored"], true, "{welcome}");
+
+    // Closed by the app with reconnect: false: nothing to restore.
+    let (mut a, old) = session(addr).await;
+    send(
+        &mut a,
+        json!({"command": "message", "identifier": id, "data": "{\"action\":\"leave\"}"}),
+    )
+    .await;
+    assert_eq!(next(&mut a).await["reason"], "unauthorized");
+    drop(a);
+    wait_for(|| closed(&calls, 2)).await;
+    let (_d, _, welcome) = connect_with(
+        addr,
+        &format!("/cable?sid={old}"),
+        "actioncable-v1-ext-json",
+        None,
+    )
+    .await;
+    assert!(welcome.get("restored").is_none(), "{welcome}");
+
+    // ANYCABLE_SESSIONS_TTL=0, and no broker: no restores.
+    for config in [
+        ServerConfig {
+            sessions_ttl: Duration::ZERO,
+            ..with_history(100)
+        },
+        ServerConfig::default(),
+    ] {
+        let ((_server, addr), calls) = start_counting(config).await;
+        let (a, old) = session(addr).await;
+        drop(a);
+        wait_for(|| closed(&calls, 1)).await;
+        let (_e, _, welcome) = connect_with(
+            addr,
+            &format!("/cable?sid={old}"),
+            "actioncable-v1-ext-json",
+            None,
+        )
+        .await;
+        assert!(welcome.get("restored").is_none(), "{welcome}");
+    }
+}
+
+/// A restored session that closes without a command still gets the app's disconnect
+/// callbacks (its objects rebuilt first), as AnyCable's Disconnect call for a restored
+/// session; and is itself cached again for the next restore.
+#[tokio::test]
+async fn a_restored_session_is_owed_disconnect_and_restores_again() {
+    let ((_server, addr), calls) = start_counting(with_history(100)).await;
+    let id = r#"{"channel":"ChatChannel"}"#;
+    let (mut a, _, welcome) = connect(addr, "actioncable-v1-ext-json").await;
+    send(&mut a, json!({"command": "subscribe", "identifier": id})).await;
+    assert_eq!(next(&mut a).await["type"], "confirm_subscription");
+    drop(a);
+    wait_for(|| calls.disconnects.load(Ordering::SeqCst) == 1).await;
+    let mut sid = welcome["sid"].as_str().unwrap().to_string();
+    for round in 2..=3 {
+        let (b, _, welcome) = connect_with(
+            addr,
+            &format!("/cable?sid={sid}"),
+            "actioncable-v1-ext-json",
+            None,
+        )
+        .await;
+        assert_eq!(welcome["restored"], true, "round {round}: {welcome}");
+        assert_eq!(welcome["restored_ids"], json!([id]));
+        sid = welcome["sid"].as_str().unwrap().to_string();
+        drop(b);
+        wait_for(|| calls.disconnects.load(Ordering::SeqCst) == round).await;
+        assert_eq!(calls.rebuilds.load(Ordering::SeqCst), round - 1);
+    }
+    assert_eq!(calls.connects.load(Ordering::SeqCst), 1);
+    assert_eq!(calls.subscribes.load(Ordering::SeqCst), 1);
+}
+
+async fn wait_for(mut done: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("condition not met within 5 s");
 }

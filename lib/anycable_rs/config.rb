@@ -32,6 +32,10 @@ module AnyCableRs
       broker: "none",
       history_limit: 100,
       history_ttl: 300,
+      # With a broker, an extended-protocol session is kept this many seconds after its
+      # socket closed: a client that comes back with its sid in time gets its
+      # identifiers and subscriptions back without `connect` or `subscribed`. 0: off.
+      sessions_ttl: 300,
       # Ruby threads that run connection and channel code; default: Puma's threads.
       rpc_pool_size: nil,
       # tokio worker threads.
@@ -293,7 +297,8 @@ module AnyCableRs
         metrics_path: metrics_http, metrics_tags: metrics_tags, max_conn: max_conn,
         max_conn_age: max_conn_age.to_f, rpc_pool_size: rpc_pool_size,
         streams: streams_options, jwt: jwt_options,
-        pong_timeout: pong_timeout.to_f, broker: broker, history_limit: history_limit, history_ttl: history_ttl.to_f
+        pong_timeout: pong_timeout.to_f, broker: broker, history_limit: history_limit, history_ttl: history_ttl.to_f,
+        sessions_ttl: sessions_ttl.to_f
       }
     end
 
@@ -370,7 +375,7 @@ module AnyCableRs
       when :port, :rpc_pool_size, :worker_threads, :max_message_size, :max_pending_bytes, :queue_size, :max_conn,
         :jwt_ttl, :history_limit
         integer(key, value)
-      when :ping_interval, :write_timeout, :shutdown_timeout, :max_conn_age, :pong_timeout, :history_ttl
+      when :ping_interval, :write_timeout, :shutdown_timeout, :max_conn_age, :pong_timeout, :history_ttl, :sessions_ttl
         number(key, value)
       when :broker
         coerce_broker(value)
@@ -415,7 +420,7 @@ module AnyCableRs
     rescue ArgumentError, TypeError
       raise ArgumentError, "anycable-rs: #{key} must be a number, got #{value.inspect}"
     else
-      if n.negative? && %i[pong_timeout history_ttl].include?(key)
+      if n.negative? && %i[pong_timeout history_ttl sessions_ttl].include?(key)
         raise ArgumentError, "anycable-rs: #{key} must not be negative, got #{value.inspect}"
       end
       n

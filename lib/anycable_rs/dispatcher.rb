@@ -7,6 +7,7 @@ require "anycable_rs/action_cable/server"
 require "anycable_rs/action_cable/coder"
 require "anycable_rs/action_cable/compat"
 require "anycable_rs/action_cable/connection_env"
+require "anycable_rs/state"
 
 module AnyCableRs
   # Runs bridge jobs on a Ruby thread: connect, commands and disconnect of a socket,
@@ -19,7 +20,7 @@ module AnyCableRs
     # sid: the socket's, read once (every command sets it for `to_others`).
     Session = Struct.new(:socket, :connection, :sid)
     # The Rust server's choice (protocol::SUBPROTOCOLS): the first one offered.
-    SUBPROTOCOLS = %w[actioncable-v1-json actioncable-v1-ext-json].freeze
+    SUBPROTOCOLS = ["actioncable-v1-json", State::RESTORABLE_PROTOCOL].freeze
 
     attr_reader :pubsub, :cable_server
 
@@ -109,16 +110,19 @@ module AnyCableRs
       env ||= RackEnv.railsify(RackEnv.build(job.request_method, job.target, headers, job.remote_ip))
       socket = job.socket
       jwt_identifiers = job.identifiers
+      restored = job.restored
       connection = build_connection(env, socket, headers)
       connection.logger.info request_message("Started GET", env)
       worker.work(connection) do
         if jwt_identifiers
-          # Identified by a JWT the server verified: AnyCable never calls connect then.
+          # Identified by a JWT the server verified, or restored from an earlier
+          # session's: AnyCable never calls connect then.
           JWT.identify!(connection, jwt_identifiers)
         elsif connection.respond_to?(:connect)
           connection.connect
         end
         ActionCable::Compat.subscribe_to_internal_channel(connection)
+        restore(connection, socket, JSON.parse(restored)) if restored
       end
       socket.identifiers = identifiers_json(connection) unless jwt_identifiers
       ActionCable::ConnectionEnv.compact(connection) unless @runtime.config.retain_env
@@ -130,6 +134,28 @@ module AnyCableRs
     rescue Exception => e # rubocop:disable Lint/RescueException
       log_exception(e, "#{connection&.class || "connection"}#connect")
       job.resolve("error", "#{e.class}: #{e.message}")
+    end
+
+    # A restored session's channel objects, new and without `subscribed` (AnyCable
+    # runs no callback on a restore): instance variables set in `subscribed` are not
+    # there, `state_attr_accessor` values are (State). A class that is gone drops its
+    # subscription.
+    def restore(connection, socket, restored)
+      State.restore(connection, restored["state"])
+      restored["subscriptions"].each do |sub|
+        identifier = sub["identifier"]
+        params = decode_identifier(identifier)
+        klass = params && params["channel"].to_s.safe_constantize
+        unless ActionCable::Compat.channel_class?(klass)
+          connection.logger.error "Subscription class not found: #{params ? params["channel"].inspect : identifier.inspect}; restored subscription dropped"
+          socket.remove_subscription(identifier)
+          next
+        end
+
+        channel = ActionCable::Compat.restore_channel(connection, klass, identifier, params,
+          streams: sub["streams"], whisper: sub["whisper"])
+        State.restore(channel, sub["state"])
+      end
     end
 
     def build_connection(env, socket, headers)
@@ -209,11 +235,20 @@ module AnyCableRs
 
       begin
         subscriptions.add("identifier" => identifier)
+        # Confirmed (a rejected channel has removed itself): restorable, and known to
+        # `history`.
+        native = ActionCable::Compat.websocket(connection)&.native
+        if ActionCable::Compat.channels(connection).key?(identifier)
+          native&.add_subscription(identifier)
+        else
+          native&.remove_subscription(identifier)
+        end
       rescue Exception => e # rubocop:disable Lint/RescueException
         connection.rescue_with_handler(e)
         log_exception(e, "#{klass}#subscribed")
         failed = ActionCable::Compat.channels(connection).delete(identifier)
         safely("#{klass} stop_all_streams") { failed&.stop_all_streams }
+        ActionCable::Compat.websocket(connection)&.native&.remove_subscription(identifier)
         reject(connection, identifier)
       end
     end
@@ -226,6 +261,7 @@ module AnyCableRs
       safely("unsubscribe #{identifier}", connection) do
         connection.subscriptions.remove("identifier" => identifier)
       end
+      ActionCable::Compat.websocket(connection)&.native&.remove_subscription(identifier)
     end
 
     # What Subscriptions#perform_action does, with the coder's faster decode.

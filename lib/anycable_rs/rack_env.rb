@@ -141,6 +141,7 @@ module AnyCableRs
     HANDSHAKE_HEADERS = %w[
       upgrade connection sec-websocket-key sec-websocket-version sec-websocket-protocol
       sec-websocket-extensions origin host x-forwarded-ssl x-forwarded-scheme x-forwarded-proto
+      x-anycable-restore-sid
     ].to_h { |name| [name, "HTTP_#{name.upcase.tr("-", "_")}"] }.freeze
 
     # The request reached this server over TLS (Puma terminating it).
@@ -148,12 +149,18 @@ module AnyCableRs
       env["HTTPS"] == "on" || env["rack.url_scheme"] == "https"
     end
 
-    # [[name, value], …] with lower-case, dash-separated names.
-    def handshake_headers(env)
-      HANDSHAKE_HEADERS.filter_map do |name, key|
+    # [[name, value], …] with lower-case, dash-separated names; `extra`: more header
+    # names the server reads (the JWT's X-<param>).
+    def handshake_headers(env, extra = [])
+      pairs = HANDSHAKE_HEADERS.filter_map do |name, key|
         value = env[key]
         [name, value] if value.is_a?(String)
       end
+      extra.each do |name|
+        value = env["HTTP_#{name.upcase.tr("-", "_")}"]
+        pairs << [name, value] if value.is_a?(String)
+      end
+      pairs
     end
 
     def build(method, target, headers, remote_ip)

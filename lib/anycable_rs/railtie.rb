@@ -14,11 +14,14 @@ module AnyCableRs
         require "anycable_rs/action_cable/patches"
         AnyCableRs::ActionCable::Compat.install_remote_disconnect_frame
         prepend AnyCableRs::ActionCable::ConnectionEnv::Readers
+        # anycable-rails' own, when an app has it, stays.
+        extend AnyCableRs::State::Accessors unless respond_to?(:state_attr_accessor)
       end
       ActiveSupport.on_load(:action_cable_channel) do
         require "anycable_rs/action_cable/patches"
         prepend AnyCableRs::ActionCable::ChannelPatch
         singleton_class.prepend AnyCableRs::ActionCable::ChannelBroadcastPatch
+        extend AnyCableRs::State::Accessors unless respond_to?(:state_attr_accessor)
       end
     end
 

@@ -115,6 +115,11 @@ module AnyCableRs
       @lock.synchronize { expire_envs(now) }
     end
 
+    # Headers beyond RackEnv::HANDSHAKE_HEADERS the Rust server reads: a JWT's.
+    def native_read_headers
+      @native_read_headers ||= config.jwt_options ? ["x-#{config.jwt_param.downcase}"].freeze : [].freeze
+    end
+
     def stats
       native.stats.merge(rpc_pool_size: config.rpc_pool_size, sessions: dispatcher.session_count)
     end
@@ -147,7 +152,7 @@ module AnyCableRs
       token = stash_env(env)
       begin
         native.handoff(io, {method: env["REQUEST_METHOD"], target: RackEnv.fullpath(env),
-                            headers: RackEnv.handshake_headers(env), tls: RackEnv.tls?(env), env_token: token})
+                            headers: RackEnv.handshake_headers(env, native_read_headers), tls: RackEnv.tls?(env), env_token: token})
       rescue Exception # rubocop:disable Lint/RescueException
         take_env(token)
         raise

@@ -91,5 +91,7 @@ RSpec.describe "JWT identification, enforced (real Puma)", type: :cable do
     expect(c.receive).to eq("type" => "disconnect", "reason" => "unauthorized", "reconnect" => false)
     t = puma.http(:get, "/token?name=tok").body
     expect(client(path: "/cable?jid=#{t}").receive).to include("type" => "welcome")
+    # In the X-JID header, on Puma's port: the server reads it from the hijacked request.
+    expect(client(headers: {"X-JID" => t}).receive).to include("type" => "welcome")
   end
 end

@@ -1,6 +1,7 @@
 // @anycable/web on AnyCable's extended protocol (actioncable-v1-ext-json) against
-// anycable-rs embedded in Puma with the memory broker: broadcasts carry offsets, and
-// what a client missed while away is replayed when it subscribes again.
+// anycable-rs embedded in Puma with the memory broker: broadcasts carry offsets, what
+// a client missed while away is replayed when it subscribes again, and a client that
+// comes back with its sid gets its session back without connect or subscribed.
 import { test, before, after } from 'node:test'
 import assert from 'node:assert/strict'
 import { createCable } from '@anycable/web'
@@ -19,26 +20,30 @@ after(async () => {
   await server?.stop()
 })
 
-function cable() {
+function cable(protocolOptions = {}) {
   let c = createCable(`${server.url}?user=alice`, {
     websocketImplementation: BrowserLikeWebSocket,
     protocol: 'actioncable-v1-ext-json',
-    protocolOptions: { pongs: true },
+    protocolOptions: { pongs: true, ...protocolOptions },
     logLevel: 'error'
   })
   cables.push(c)
   return c
 }
 
+async function events() {
+  return (await server.http('/events')).json()
+}
+
 test('replays the broadcasts missed while disconnected, each once and in order', async () => {
-  let c = cable()
+  // Without session recovery: the client subscribes again, with its positions.
+  let c = cable({ disableSessionRecovery: true })
   let channel = c.subscribeTo('EchoChannel')
   let received = []
   let infos = []
   channel.on('message', (msg, meta) => received.push({ n: msg.n, ...meta }))
   channel.on('info', ev => infos.push(ev.type))
   await channel.ensureSubscribed()
-  assert.match(c.sessionId, /^[0-9a-f]{16,}$/)
 
   await broadcast(server, 'all', { n: 1 })
   await broadcast(server, 'all', { n: 2 })
@@ -54,7 +59,6 @@ test('replays the broadcasts missed while disconnected, each once and in order',
   await waitFor(() => c.state === 'closed')
   for (let n = 3; n <= 5; n++) await broadcast(server, 'all', { n })
 
-  // Session restore is not there yet: the client re-subscribes with its positions.
   await c.connect()
   await channel.ensureSubscribed()
   await waitFor(() => received.length >= 5 && infos.includes('history_received'))
@@ -66,6 +70,56 @@ test('replays the broadcasts missed while disconnected, each once and in order',
     [1, 2, 3, 4, 5, 6].map(n => [n, n, epoch])
   )
   assert.ok(!infos.includes('history_not_found'))
+})
+
+test('restores the session by sid: no connect, no subscribed, the missed broadcasts by history', async () => {
+  await server.http('/events', { method: 'DELETE' })
+  let c = cable()
+  let connects = []
+  c.on('connect', ev => connects.push(ev))
+  let channel = c.subscribeTo('StateChannel', { room: 'js' })
+  let echo = c.subscribeTo('EchoChannel')
+  let received = []
+  let infos = []
+  // The subscribe's `history` (since the cable was made, in whole seconds) may replay
+  // the previous test's last broadcasts: only this test's count.
+  echo.on('message', (msg, meta) => msg.n > 100 && received.push({ n: msg.n, ...meta }))
+  echo.on('info', ev => infos.push(ev.type))
+  await channel.ensureSubscribed()
+  await echo.ensureSubscribed()
+  let sid = c.sessionId
+  assert.match(sid, /^[0-9a-f]{32,}$/)
+  await broadcast(server, 'all', { n: 101 })
+  await waitFor(() => received.length === 1)
+  let base = received[0].offset
+
+  c.disconnect()
+  await waitFor(() => c.state === 'closed')
+  // The server has seen the socket close (and kept the session) before it comes back.
+  await waitFor(async () => (await events()).some(([kind]) => kind === 'disconnect'))
+  await broadcast(server, 'all', { n: 102 })
+  await broadcast(server, 'all', { n: 103 })
+
+  await c.connect()
+  await waitFor(() => connects.length === 2)
+  assert.equal(connects[1].restored, true)
+  assert.notEqual(c.sessionId, sid)
+  await waitFor(() => received.length >= 3 && infos.includes('history_received'))
+  await broadcast(server, 'all', { n: 104 })
+  await waitFor(() => received.length >= 4)
+  await sleep(300)
+  assert.deepEqual(
+    received.map(r => [r.n, r.offset]),
+    [101, 102, 103, 104].map((n, i) => [n, base + i])
+  )
+  // The app ran connect and subscribed once each, for the first socket only.
+  let kinds = (await events()).map(([kind]) => kind)
+  assert.equal(kinds.filter(k => k === 'connect').length, 1, kinds.join(','))
+  assert.equal(kinds.filter(k => k === 'subscribed').length, 1, kinds.join(','))
+  // The restored channel serves actions: identifiers are back, `subscribed`'s ivars not.
+  let reply = new Promise(resolve => channel.on('message', resolve))
+  await channel.perform('ivars')
+  assert.deepEqual(await reply, { room: null, count: null, params_room: 'js', user: 'alice' })
 })
 
 test('keeps a client that answers pings connected past pong_timeout', async () => {

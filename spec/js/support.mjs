@@ -95,10 +95,16 @@ export class BrowserLikeWebSocket extends WebSocket {
 export function waitFor(fn, timeout = 5000) {
   return new Promise((resolve, reject) => {
     let deadline = Date.now() + timeout
-    let tick = () => {
-      let value = fn()
+    // `fn` may be async: its promise is awaited, not taken for a truthy value.
+    let tick = async () => {
+      let value
+      try {
+        value = await fn()
+      } catch (e) {
+        return reject(e)
+      }
       if (value) return resolve(value)
-      if (Date.now() > deadline) return reject(new Error('condition not met in time'))
+      if (Date.now() > deadline) return reject(new Error(`condition not met in time: ${fn}`))
       setTimeout(tick, 20)
     }
     tick()

@@ -26,6 +26,9 @@ RSpec.describe AnyCableRs::Dispatcher, "commands and connection command callback
     def stream(*) = nil
     def unstream(*) = nil
     def whisper_to(*) = nil
+    def add_subscription(*) = nil
+    def remove_subscription(*) = nil
+    def pin_subscription(*) = nil
     def sid = "stub-sid"
   end
 

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use anycable_core::handshake::RequestHead;
 use anycable_core::protocol::Command;
 use anycable_core::session::SessionRef;
+use anycable_core::session_cache::CachedSession;
 use anycable_core::{CommandRequest, ConnectReply, ConnectRequest, Controller};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use parking_lot::Mutex;
@@ -31,8 +32,12 @@ pub enum Job {
         head: RequestHead,
         remote_addr: Option<std::net::SocketAddr>,
         env_token: u64,
-        /// A JWT's identifiers: build the connection with them, without `connect`.
+        /// A JWT's (or a restored session's) identifiers: build the connection with
+        /// them, without `connect`.
         identifiers: Option<String>,
+        /// A restored session: rebuild its channels, without `subscribed`. Boxed:
+        /// jobs are moved through the queue, and most connects have none.
+        restored: Option<Box<CachedSession>>,
     },
     Command {
         reply: Option<oneshot::Sender<()>>,
@@ -375,6 +380,7 @@ impl Controller for RubyController {
             remote_addr: req.remote_addr,
             env_token: req.env_token,
             identifiers: req.identifiers,
+            restored: req.restored.map(Box::new),
         };
         if !self.queue.request(job).await {
             return ConnectReply::Failed("the Ruby worker pool is stopped".into());

@@ -61,6 +61,32 @@ impl Socket {
         self.session.stop_whisper(&identifier, &stream);
     }
 
+    /// The app confirmed subscription `identifier`: a restore brings it back, and
+    /// `history` for it is answered even when it has no stream here.
+    pub fn add_subscription(&self, identifier: String) {
+        self.session.add_subscription(&identifier);
+    }
+
+    /// Subscription `identifier` is gone: its streams and whispers with it (a
+    /// restored channel's Ruby object does not know the streams it was given back).
+    pub fn remove_subscription(&self, identifier: String) {
+        self.hub.unsubscribe_identifier(&self.session, &identifier);
+        self.session.whisper_to(&identifier, "");
+        self.session.remove_subscription(&identifier);
+    }
+
+    /// Subscription `identifier` streams through a Ruby block or coder, which the
+    /// hub does not know: a restore leaves it out and the client subscribes again.
+    pub fn pin_subscription(&self, identifier: String) {
+        self.session.pin_subscription(&identifier);
+    }
+
+    /// A `state_attr_accessor` value (`json`: its JSON text) of subscription
+    /// `identifier`, or of the connection for `""`: a restore gives it back.
+    pub fn set_state(&self, identifier: String, name: String, json: String) {
+        self.session.set_state(&identifier, &name, json);
+    }
+
     /// `stream_from …, whisper: true`: the client's whispers on this subscription go
     /// to the stream's other subscribers (the server delivers them; no Ruby runs).
     pub fn whisper_to(&self, stream: String, identifier: String) {

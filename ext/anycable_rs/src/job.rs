@@ -117,6 +117,37 @@ impl RubyJob {
         }
     }
 
+    /// A restored session, as JSON: `{"state":{name: json text},
+    /// "subscriptions":[{"identifier":…,"streams":[…],"whisper":…,"state":{…}}]}`
+    /// (state values are the JSON texts `set_state` was given); nil for a new session.
+    pub fn restored(ruby: &Ruby, rb_self: &Self) -> Result<Option<String>, Error> {
+        let state = |values: &[(String, String)]| -> serde_json::Map<String, serde_json::Value> {
+            values
+                .iter()
+                .map(|(name, json)| (name.clone(), json.clone().into()))
+                .collect()
+        };
+        match &rb_self.job {
+            Job::Connect { restored, .. } => Ok(restored.as_ref().map(|cached| {
+                let subscriptions: Vec<serde_json::Value> = cached
+                    .subscriptions
+                    .iter()
+                    .map(|s| {
+                        serde_json::json!({
+                            "identifier": s.identifier,
+                            "streams": s.streams,
+                            "whisper": s.whisper,
+                            "state": state(&s.state),
+                        })
+                    })
+                    .collect();
+                serde_json::json!({"state": state(&cached.state), "subscriptions": subscriptions})
+                    .to_string()
+            })),
+            _ => Err(wrong_kind(ruby, rb_self, "restored")),
+        }
+    }
+
     /// The request target (path and query).
     pub fn target(ruby: &Ruby, rb_self: &Self) -> Result<String, Error> {
         match &rb_self.job {
@@ -223,6 +254,7 @@ pub fn init(ruby: &Ruby, native: magnus::RClass) -> Result<(), Error> {
     class.define_method("request_method", method!(RubyJob::request_method, 0))?;
     class.define_method("target", method!(RubyJob::target, 0))?;
     class.define_method("identifiers", method!(RubyJob::identifiers, 0))?;
+    class.define_method("restored", method!(RubyJob::restored, 0))?;
     class.define_method("headers", method!(RubyJob::headers, 0))?;
     class.define_method("remote_ip", method!(RubyJob::remote_ip, 0))?;
     class.define_method("command", method!(RubyJob::command, 0))?;

@@ -256,19 +256,35 @@ impl Native {
         data: String,
         exclude_sid: Option<String>,
     ) -> Result<usize, Error> {
+        let server = &rb_self.server;
+        let deliver = || server.broadcast(&stream, &data, exclude_sid.as_deref());
         let d = rb_self
-            .server
-            .broadcast(&stream, &data, exclude_sid.as_deref())
+            .off_gvl_with_history(ruby, deliver)?
             .map_err(|e| Error::new(ruby.exception_arg_error(), e.to_string()))?;
         COUNTERS.publications.inc();
         Ok(d.sessions + d.callbacks)
     }
 
+    /// Runs a delivery. With the memory broker it stores the message under its
+    /// stream's history lock, which tokio threads take too: the GVL is released
+    /// meanwhile, so no Ruby thread waits on a lock behind this one.
+    fn off_gvl_with_history<R: Send>(
+        &self,
+        ruby: &Ruby,
+        deliver: impl FnOnce() -> R + Send,
+    ) -> Result<R, Error> {
+        if self.server.history().is_none() {
+            return Ok(deliver());
+        }
+        without_gvl(deliver)
+            .map_err(|panic| runtime_error(ruby, format!("broadcast failed: {panic}")))
+    }
+
     /// Applies an AnyCable broadcast payload here; ArgumentError says what is wrong.
     pub fn apply_broadcast(ruby: &Ruby, rb_self: &Self, payload: String) -> Result<usize, Error> {
+        let server = &rb_self.server;
         let n = rb_self
-            .server
-            .apply_broadcast(&payload)
+            .off_gvl_with_history(ruby, || server.apply_broadcast(&payload))?
             .map_err(|e| Error::new(ruby.exception_arg_error(), e.to_string()))?;
         COUNTERS.publications.inc_by(n as u64);
         Ok(n)
@@ -440,6 +456,13 @@ pub fn init(ruby: &Ruby, module: magnus::RModule) -> Result<(), Error> {
     socket.define_method("stream", method!(Socket::stream, 2))?;
     socket.define_method("unstream", method!(Socket::unstream, 2))?;
     socket.define_method("whisper_to", method!(Socket::whisper_to, 2))?;
+    socket.define_method("add_subscription", method!(Socket::add_subscription, 1))?;
+    socket.define_method(
+        "remove_subscription",
+        method!(Socket::remove_subscription, 1),
+    )?;
+    socket.define_method("pin_subscription", method!(Socket::pin_subscription, 1))?;
+    socket.define_method("set_state", method!(Socket::set_state, 3))?;
     socket.define_method("identifiers=", method!(Socket::set_identifiers, 1))?;
 
     crate::job::init(ruby, class)

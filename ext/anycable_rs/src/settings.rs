@@ -77,6 +77,7 @@ const KEYS: &[&str] = &[
     "broker",
     "history_limit",
     "history_ttl",
+    "sessions_ttl",
 ];
 
 fn arg_error(ruby: &Ruby, msg: impl Into<String>) -> Error {
@@ -125,6 +126,7 @@ impl Settings {
             ping_interval: secs("ping_interval", defaults.ping_interval)?,
             pong_timeout: secs("pong_timeout", defaults.pong_timeout)?,
             history: history_config(ruby, opts)?,
+            sessions_ttl: secs("sessions_ttl", defaults.sessions_ttl)?,
             max_message_size: opt(ruby, opts, "max_message_size")?
                 .unwrap_or(defaults.max_message_size),
             write_timeout: secs("write_timeout", defaults.write_timeout)?,

@@ -228,6 +228,26 @@ module AnyCableRs
         connection.subscriptions.__send__(:subscriptions)
       end
 
+      # A restored session's subscription, rebuilt without `subscribed`: the channel
+      # object Subscriptions#add would make, registered under its identifier, with the
+      # streams the hub already delivers to it (so stop_stream_from and
+      # stop_all_streams let them go) and its periodic timers running.
+      # checked: 6.1–8.1, main: Subscriptions#add builds `klass.new(connection,
+      # identifier, params.with_indifferent_access)` and Channel::Base#initialize runs
+      # no callback (subscribe_to_channel runs `subscribed`, then confirms);
+      # `@subscription_confirmation_sent` guards every confirmation (a later
+      # stream_from with a block must not confirm again); `start_periodic_timers` is
+      # the private after_subscribe callback that starts `periodically` timers.
+      def restore_channel(connection, klass, identifier, params, streams:, whisper:)
+        channel = klass.new(connection, identifier, params.with_indifferent_access)
+        channel.instance_variable_set(:@subscription_confirmation_sent, true)
+        native = websocket(connection).native
+        streams.each { |stream| self.streams(channel)[stream] = DirectStream.new(native, identifier) }
+        channel.instance_variable_set(:@_anycable_whisper, whisper) if whisper
+        channel.__send__(:start_periodic_timers)
+        channels(connection)[identifier] = channel
+      end
+
       # Would Subscriptions#add accept this class?
       # checked: 6.1 accepts Channel::Base itself (`Base >= klass`); 7.0–8.1 and main
       # only its subclasses (`Base > klass`).

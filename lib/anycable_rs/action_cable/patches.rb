@@ -3,6 +3,7 @@
 require "anycable_rs/action_cable/compat"
 require "anycable_rs/action_cable/pubsub"
 require "anycable_rs/action_cable/connection_env"
+require "anycable_rs/state"
 
 module AnyCableRs
   module ActionCable
@@ -125,6 +126,8 @@ module AnyCableRs
           pubsub.subscribe(broadcasting, token)
           logger.info "#{self.class.name} is streaming from #{broadcasting}"
         else
+          # A stream the hub does not know: a restore cannot bring this one back.
+          socket&.native&.pin_subscription(identifier)
           super(broadcasting, callback, coder: coder, &block)
         end
         whispers_to(broadcasting) if whisper

@@ -54,6 +54,7 @@ module AnyCableRs
         [:broker, "memory", "memory: broadcasts get offsets and the last ones are kept per stream for the history command (each server process keeps its own; a client that reconnects to another Puma worker or machine gets reject_history). none: neither. nats is not there yet."],
         [:history_limit, nil, "Messages kept per stream (broker memory)."],
         [:history_ttl, nil, "Seconds a message is kept (broker memory)."],
+        [:sessions_ttl, nil, "Seconds a closed extended-protocol session can be restored by its sid, without connect (broker memory). 0: off."],
         ["Metrics", nil, nil],
         [:metrics_http, "/metrics", "Prometheus metrics (AnyCable's names) at this path: on the own port, and on the app's port when there is no own port."],
         [:metrics_on_puma_port, nil, "Serve the metrics on the app's port too, beside the own port."],

@@ -17,6 +17,11 @@ class StateChannel < ApplicationCable::Channel
     transmit({ count: @count, room: @room, object_id: object_id })
   end
 
+  # What `subscribed` left in the object, beside what the identifier says.
+  def ivars
+    transmit({"room" => @room, "count" => @count, "params_room" => params[:room], "user" => current_user.name})
+  end
+
   def whoami
     transmit({"user" => current_user.name, "tab" => tab})
   end

@@ -3,6 +3,8 @@
 module ApplicationCable
   class Connection < ActionCable::Connection::Base
     identified_by :current_user, :tab
+    # Kept with a restorable session (AnyCable's cstate).
+    state_attr_accessor :locale
     # AnyCable JWTs under plain Action Cable too (with the toggle on, the server
     # verifies tokens before connect runs).
     include AnyCableRs::JWT::Identification
@@ -19,6 +21,7 @@ module ApplicationCable
         User.find_by(name: request.params[:user]) ||
         reject_unauthorized_connection
       self.tab = request.params[:tab] || "main"
+      self.locale = request.params[:locale] || "en"
       @request_facts = {
         "secret" => cookies.encrypted[:secret],
         "plain" => cookies[:plain],

@@ -1,0 +1,143 @@
+# frozen_string_literal: true
+
+require "spec_helper"
+require "anycable_rs"
+
+# AnyCable's session restore (extended protocol, ANYCABLE_BROKER=memory): a client that
+# comes back with its sid gets its identifiers and subscriptions back without the
+# app's `connect` or `subscribed`, on real Puma, on both ports.
+RSpec.describe "Session restore (real Puma, memory broker)", type: :cable do
+  with_puma(env: {"ANYCABLE_BROKER" => "memory", "ANYCABLE_PORT" => PumaServer.free_port.to_s})
+
+  EXT_PROTOCOL = "actioncable-v1-ext-json"
+
+  before { puma.http(:delete, "/events") }
+
+  def ext(port:, name: nil, query: "", headers: {})
+    c = client(name: name, protocols: [EXT_PROTOCOL], port: port, path: "/cable#{query}", headers: headers)
+    [c, c.welcome!]
+  end
+
+  def next_message(c)
+    msg = c.receive
+    msg.is_a?(Hash) ? msg : raise("expected a message, got #{msg.inspect}")
+  end
+
+  def said(kind)
+    events.select { |k, _| k == kind }.map(&:last)
+  end
+
+  [:puma, :own].each do |which|
+    it "restores identifiers and subscriptions without connect or subscribed (#{which} port)" do
+      port = which == :puma ? puma.port : Integer(puma.env["ANYCABLE_PORT"])
+      a, welcome = ext(port: port, name: "alice")
+      old = welcome.fetch("sid")
+      state = subscribed(a, channel: "StateChannel", room: "r1")
+      echo = subscribed(a, channel: "EchoChannel")
+      ticker = subscribed(a, channel: "TickerChannel")
+      transform = subscribed(a, channel: "TransformChannel")
+      broadcast("all", {n: 1})
+      first = next_message(a) until first && first["identifier"] == echo
+      epoch = first.fetch("epoch")
+      a.close
+      wait_for { said("disconnect").include?("alice") }
+      broadcast("all", {n: 2})
+
+      # No cookie this time: the sid is what identifies the session.
+      b, welcome = ext(port: port, query: "?sid=#{old}")
+      expect(welcome).to include("type" => "welcome", "restored" => true)
+      expect(welcome["sid"]).not_to eq(old)
+      # TransformChannel streams through Ruby blocks: the client subscribes again.
+      expect(welcome["restored_ids"]).to contain_exactly(state, echo, ticker)
+      expect(said("connect")).to eq(["alice"])
+      expect(said("subscribed")).to eq(["alice:r1"])
+
+      b.send_json(command: "history", identifier: echo,
+        history: {streams: {all: {epoch: epoch, offset: first.fetch("offset")}}})
+      replayed = []
+      replayed << next_message(b) until replayed.last&.dig("type") == "confirm_history"
+      expect(replayed.select { |m| m["identifier"] == echo && m["message"] }.map { |m| m["message"]["n"] }).to eq([2])
+
+      # The channel object is new: the identifiers are there (located from their
+      # GlobalIDs), what `subscribed` set is not.
+      b.perform(state, "ivars")
+      ivars = next_message(b) until ivars && ivars["identifier"] == state
+      expect(ivars["message"]).to eq("room" => nil, "count" => nil, "params_room" => "r1", "user" => "alice")
+      # Periodic timers run on the restored channel.
+      tick = next_message(b) until tick && tick["identifier"] == ticker
+      expect(tick["message"]).to include("tick")
+      # Unsubscribing a restored channel lets its streams go.
+      b.send_json(command: "unsubscribe", identifier: echo)
+      b.send_json(command: "unsubscribe", identifier: ticker)
+      sleep 0.3
+      broadcast("all", {n: 3})
+      b.send_json(command: "ping")
+      rest = []
+      rest << next_message(b) until rest.last == {"type" => "pong"}
+      expect(rest.select { |m| m["identifier"] == echo && m["message"] }).to be_empty
+      expect(said("connect")).to eq(["alice"])
+      expect(said("subscribed")).to eq(["alice:r1"])
+
+      # The sid restores a session: log lines name it by its first 8 characters only.
+      b.send_raw("not json")
+      sid = welcome.fetch("sid")
+      wait_for { puma.log.include?("session #{sid[0, 8]}: ") }
+      expect(puma.log).not_to include(sid)
+      expect(puma.rails_log).not_to include(sid)
+
+      # As AnyCable's Disconnect: the restored session's end runs unsubscribed and
+      # disconnect for what it has.
+      b.close
+      wait_for { said("disconnect").size == 2 }
+      expect(said("unsubscribed")).to eq(["alice:r1", "alice:"])
+    end
+  end
+
+  it "gives a restored session its state_attr_accessor values back, records located again" do
+    a, welcome = ext(port: puma.port, name: "alice", query: "?locale=fr")
+    room = subscribed(a, channel: "RoomChannel", room: "r7")
+    a.perform(room, "show")
+    expect(message_for(a, room)).to eq("room" => "r7", "owner" => "alice", "tags" => {"kind" => "chat", "ids" => [1, 2]},
+      "plain" => "set in subscribed", "locale" => "fr")
+    a.perform(room, "move", room: "r8")
+    expect(message_for(a, room)).to eq("room" => "r8")
+    # Not a value the session can keep: an error where it is written, the old value kept.
+    a.perform(room, "keep_object")
+    wait_for { events.any? { |kind, what| kind == "connection.rescue_from" && what.include?("state_attr_accessor :tags") } }
+    a.close
+    wait_for { said("disconnect").include?("alice") }
+
+    b, welcome = ext(port: puma.port, query: "?sid=#{welcome.fetch("sid")}")
+    expect(welcome).to include("restored" => true, "restored_ids" => [room])
+    b.perform(room, "show")
+    # Instance variables `subscribed` set are gone; the state attributes are back.
+    expect(message_for(b, room)).to eq("room" => "r8", "owner" => "alice", "tags" => {"kind" => "chat", "ids" => [1, 2]},
+      "plain" => nil, "locale" => "fr")
+    broadcast("room_r7", {hello: 1})
+    expect(message_for(b, room)).to include("hello" => 1)
+
+    # On the plain protocol they are plain attributes.
+    c = connected(name: "bob")
+    plain_room = subscribed(c, channel: "RoomChannel", room: "p")
+    c.perform(plain_room, "show")
+    expect(message_for(c, plain_room)).to include("room" => "p", "owner" => "bob", "plain" => "set in subscribed")
+  end
+
+  it "restores once, only over the extended protocol, and never a session the app closed for good" do
+    a, welcome = ext(port: puma.port, name: "alice")
+    subscribed(a, channel: "EchoChannel")
+    a.close
+    wait_for { said("disconnect").include?("alice") }
+    old = welcome.fetch("sid")
+
+    plain = client(protocols: ["actioncable-v1-json"], path: "/cable?sid=#{old}")
+    plain.open?
+    expect(plain.receive).to eq("type" => "disconnect", "reason" => "unauthorized", "reconnect" => false)
+
+    _, again = ext(port: puma.port, headers: {"X-AnyCable-Restore-SID" => old}, query: "?sid=nonsense")
+    expect(again).to include("restored" => true)
+    third = client(protocols: [EXT_PROTOCOL], path: "/cable?sid=#{old}")
+    third.open?
+    expect(third.receive).to eq("type" => "disconnect", "reason" => "unauthorized", "reconnect" => false)
+  end
+end
