@@ -30,21 +30,23 @@ def start(dir)
     "puma", "-b", "tcp://127.0.0.1:#{port}?low_latency=true", "-t", "5:5", "-e", "production", "config.ru",
     chdir: File.join(dir, "bench/app"), out: log, err: log, pgroup: true)
   Harness.wait_for_port(port)
-  Harness.bench("connect", %w[--clients 20 --hold 0], [Harness.url(port)]) # warm-up
-  [pid, port]
+  # The bench app's connection signs clients in from their cookies, as a generated app's.
+  auth = ["--cookie", Harness.login_cookie(port)]
+  Harness.bench("connect", %w[--clients 20 --hold 0] + auth, [Harness.url(port)]) # warm-up
+  [pid, port, auth]
 end
 
 Harness.build_tools!
 results = Hash.new { |h, k| h[k] = [] }
 rounds.times do |round|
   {"before" => before_dir, "after" => after_dir}.each do |label, dir|
-    pid, port = start(dir)
+    pid, port, auth = start(dir)
     ticks = cpu_ticks(pid)
-    _, echo = Harness.bench("echo", %w[--clients 50 --duration 8 --payload 200], [Harness.url(port)])
+    _, echo = Harness.bench("echo", %w[--clients 50 --duration 8 --payload 200] + auth, [Harness.url(port)])
     cpu_us = (cpu_ticks(pid) - ticks) / 100.0 / echo.fetch("round_trips") * 1e6
     Harness.stop(pid)
-    pid, port = start(dir)
-    _, conn = Harness.bench("connect", %w[--clients 3000 --concurrency 100 --hold 0], [Harness.url(port)], pid: pid)
+    pid, port, auth = start(dir)
+    _, conn = Harness.bench("connect", %w[--clients 3000 --concurrency 100 --hold 0] + auth, [Harness.url(port)], pid: pid)
     Harness.stop(pid)
     results["#{label}: echo round trips/s"] << echo.fetch("per_sec").round
     results["#{label}: server CPU µs per echo"] << cpu_us.round

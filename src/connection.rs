@@ -34,6 +34,10 @@ use crate::session::{DisconnectReason, Outbound, Outbox, Session, SessionRef};
 use crate::session_cache::CachedSession;
 use crate::streams::Resolution;
 
+/// How long frames queued while a command runs may wait for its end before they are
+/// written anyway (a slow action's transmits and broadcasts go out meanwhile).
+const WRITE_DEFER: Duration = Duration::from_millis(2);
+
 /// Frames written in one go before flushing.
 const WRITE_BATCH: usize = 64;
 
@@ -182,6 +186,10 @@ impl<C: Controller> Inner<C> {
 
         let mut bad_input = BadInputLog::default();
         let mut inflight: Option<CommandFuture<'_>> = None;
+        // While a command runs, what it transmits waits for its end (up to
+        // WRITE_DEFER): one wake of this task and one write per command, not a wake for
+        // the transmit and another for the reply a few microseconds later.
+        let mut defer_until: Option<tokio::time::Instant> = None;
         // ANYCABLE_MAX_CONN_AGE: told server_restart once, then served until it goes.
         let max_age = self.config.max_conn_age;
         let mut expires = (!max_age.is_zero())
@@ -203,7 +211,10 @@ impl<C: Controller> Inner<C> {
                     COUNTERS.expired_conn.inc();
                     session.close(DisconnectReason::SERVER_RESTART);
                 }
-                out = rx.recv() => {
+                _ = tokio::time::sleep_until(defer_until.unwrap_or_else(tokio::time::Instant::now)), if defer_until.is_some() => {
+                    defer_until = None;
+                }
+                out = rx.recv(), if defer_until.is_none() => {
                     let Some(out) = out else { break };
                     if !self.write(&mut ws, &session, &mut rx, out).await {
                         break;
@@ -211,6 +222,7 @@ impl<C: Controller> Inner<C> {
                 }
                 _ = async { inflight.as_mut().expect("guarded").await }, if inflight.is_some() => {
                     inflight = None;
+                    defer_until = None;
                     // Frames were not read meanwhile: the client gets a whole window.
                     if let (Some(window), Some(_)) = (pong_window, pong_deadline) {
                         pong_deadline = Some(tokio::time::Instant::now() + window);
@@ -223,6 +235,9 @@ impl<C: Controller> Inner<C> {
                     match msg {
                         Some(Ok(Message::Text(text))) => {
                             inflight = self.handle_text(&session, text.as_str(), &mut bad_input, &mut lazy);
+                            if inflight.is_some() {
+                                defer_until = Some(tokio::time::Instant::now() + WRITE_DEFER);
+                            }
                         }
                         Some(Ok(Message::Binary(data))) => {
                             COUNTERS.data_rcvd.inc_by(data.len() as u64);

@@ -320,6 +320,33 @@ async fn origins_are_checked() {
     assert!(err.to_string().contains("403"), "{err}");
 }
 
+/// Frames queued while a command runs wait for its end only briefly (the server
+/// writes a command's transmits with its reply): a slow command does not hold back
+/// broadcasts to its session.
+#[tokio::test]
+async fn broadcasts_reach_a_session_while_its_slow_command_runs() {
+    let (server, addr, _) = start(ServerConfig::default()).await;
+    let (mut ws, _) = connect(addr, "", &[]).await;
+    next_json(&mut ws).await;
+    send(&mut ws, subscribe("{\"channel\":\"A\"}")).await;
+    assert_eq!(next_json(&mut ws).await["type"], "confirm_subscription");
+    send(&mut ws, message("x", r#""slow""#)).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let sent = std::time::Instant::now();
+    server.hub().broadcast("all", r#"{"during":1}"#, None);
+    assert_eq!(
+        next_json(&mut ws).await["message"],
+        serde_json::json!({"during": 1})
+    );
+    // The slow command sleeps 300 ms; the broadcast is not kept until it ends.
+    assert!(
+        sent.elapsed() < Duration::from_millis(150),
+        "{:?}",
+        sent.elapsed()
+    );
+    assert_eq!(next_json(&mut ws).await["message"], "slow");
+}
+
 #[tokio::test]
 async fn commands_of_one_session_run_in_order() {
     let (_server, addr, _) = start(ServerConfig::default()).await;
