@@ -25,6 +25,9 @@ pub struct ServerConfig {
     /// `ANYCABLE_SESSIONS_TTL`: with a broker, an extended-protocol session is kept
     /// this long after its socket closed, for a restore. Zero: no restores.
     pub sessions_ttl: Duration,
+    /// `ANYCABLE_PRESENCE_TTL`: with a broker, a presence record outlives its closed
+    /// socket this long.
+    pub presence_ttl: Duration,
     /// Largest client message handled; bigger ones are logged and dropped.
     pub max_message_size: usize,
     /// A client that cannot take a frame within this time is disconnected as `too_slow`.
@@ -68,6 +71,7 @@ impl Default for ServerConfig {
             pong_timeout: Duration::ZERO,
             history: None,
             sessions_ttl: Duration::from_secs(300),
+            presence_ttl: Duration::from_secs(15),
             max_message_size: 64 * 1024,
             write_timeout: Duration::from_secs(2),
             max_pending_bytes: 1024 * 1024,

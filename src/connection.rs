@@ -28,7 +28,9 @@ use crate::jwt::JwtError;
 use crate::logging::BadInputLog;
 use crate::metrics::COUNTERS;
 use crate::protocol;
-use crate::protocol::{ClientCommand, ClientFrame, Command, HistoryRequest, Position};
+use crate::protocol::{
+    ClientCommand, ClientFrame, Command, HistoryRequest, Position, PresenceJoin,
+};
 use crate::server::Inner;
 use crate::session::{DisconnectReason, Outbound, Outbox, Session, SessionRef};
 use crate::session_cache::CachedSession;
@@ -337,8 +339,34 @@ impl<C: Controller> Inner<C> {
             );
             return None;
         }
-        let (command, history) = match protocol::parse_frame(text) {
-            Ok(ClientFrame::Command { command, history }) => (command, history),
+        let (command, history, presence) = match protocol::parse_frame(text) {
+            Ok(ClientFrame::Command {
+                command,
+                history,
+                presence,
+            }) => (command, history, presence),
+            Ok(ClientFrame::Join {
+                identifier,
+                presence,
+            }) => {
+                COUNTERS.client_msg.inc();
+                self.hub
+                    .presence_join(session, &identifier, &presence.id, presence.info);
+                return None;
+            }
+            Ok(ClientFrame::Leave { identifier }) => {
+                COUNTERS.client_msg.inc();
+                self.hub.presence_leave(session, &identifier);
+                return None;
+            }
+            Ok(ClientFrame::PresenceInfo {
+                identifier,
+                return_records,
+            }) => {
+                COUNTERS.client_msg.inc();
+                self.hub.presence_info(session, &identifier, return_records);
+                return None;
+            }
             Ok(ClientFrame::Ping) => {
                 COUNTERS.client_msg.inc();
                 session.send_frame(protocol::pong());
@@ -363,9 +391,16 @@ impl<C: Controller> Inner<C> {
             }
         };
         COUNTERS.client_msg.inc();
-        if self.serve_here(session, &command, history.as_ref(), bad_input) {
+        if self.serve_here(
+            session,
+            &command,
+            history.as_ref(),
+            presence.as_ref(),
+            bad_input,
+        ) {
             return None;
         }
+        let command_id = command.identifier.clone();
         let identifier = history.as_ref().map(|_| command.identifier.clone());
         if let Some(identifier) = &identifier {
             // Before the app's subscribe joins the streams: see `send_history`.
@@ -392,17 +427,24 @@ impl<C: Controller> Inner<C> {
                 })
             }
         };
-        match (history, identifier) {
-            // `history` on a subscribe runs after the app's subscribe, when it did.
-            (Some(history), Some(identifier)) => {
-                let session = session.clone();
-                Some(Box::pin(async move {
-                    run.await;
-                    self.send_history(&session, &identifier, &history);
-                }))
-            }
-            _ => Some(run),
+        if history.is_none() && presence.is_none() {
+            return Some(run);
         }
+        // `history` and `presence` on a subscribe run after the app's subscribe, when
+        // it confirmed the subscription.
+        let session = session.clone();
+        let id = command_id;
+        Some(Box::pin(async move {
+            run.await;
+            if let Some(history) = history {
+                self.send_history(&session, &id, &history);
+            }
+            if let Some(p) = presence {
+                if session.has_subscription(&id) {
+                    self.hub.presence_join(&session, &id, &p.id, p.info);
+                }
+            }
+        }))
     }
 
     /// Replays what a client missed on subscription `identifier`'s streams, then
@@ -491,13 +533,18 @@ impl<C: Controller> Inner<C> {
         session: &SessionRef,
         command: &ClientCommand,
         history: Option<&HistoryRequest>,
+        presence: Option<&PresenceJoin>,
         bad_input: &mut BadInputLog,
     ) -> bool {
         let id = &command.identifier;
         match command.command {
             Command::Subscribe => match self.config.streams.resolve(id) {
                 Resolution::App => false,
-                Resolution::Stream { stream, whisper } => {
+                Resolution::Stream {
+                    stream,
+                    whisper,
+                    presence: presence_on,
+                } => {
                     {
                         let mut subs = session.server_subscriptions.lock();
                         if subs.contains_key(id) {
@@ -513,10 +560,16 @@ impl<C: Controller> Inner<C> {
                     if history.is_some() {
                         session.hold(id);
                     }
+                    if presence_on {
+                        session.presence_to(id, &stream);
+                    }
                     self.hub.subscribe(session, &stream, id);
                     session.transmit(protocol::subscription_reply(id, true));
                     if let Some(history) = history {
                         self.send_history(session, id, history);
+                    }
+                    if let Some(p) = presence {
+                        self.hub.presence_join(session, id, &p.id, p.info.clone());
                     }
                     true
                 }
@@ -535,6 +588,8 @@ impl<C: Controller> Inner<C> {
                 if session.server_subscriptions.lock().remove(id).is_none() {
                     return false;
                 }
+                self.hub.presence_leave(session, id);
+                session.presence_to(id, "");
                 self.hub.unsubscribe_identifier(session, id);
                 true
             }
@@ -655,6 +710,10 @@ impl<C: Controller> Inner<C> {
             }
         }
         self.hub.remove_session(session);
+        if let Some(presence) = self.hub.presence() {
+            // Kept for ANYCABLE_PRESENCE_TTL: a client back by then does not flicker.
+            presence.disconnected(session.id);
+        }
         if let (Some(connect), true) = (lazy.take(), owes_disconnect) {
             app_knows = matches!(
                 self.controller.connect(connect).await,

@@ -11,8 +11,12 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 
+use crate::presence::{Presence, PresenceEvent};
 use crate::protocol;
 use crate::session::SessionRef;
+
+/// The presence reply to a request presence cannot serve (AnyCable's).
+const PRESENCE_ERROR: &str = r#"{"type":"error","total":0}"#;
 
 /// Receives (callback id, payload) for callback subscriptions.
 pub type CallbackSink = Arc<dyn Fn(u64, Arc<str>) + Send + Sync>;
@@ -33,6 +37,8 @@ impl StreamSubscribers {
 pub struct Hub {
     streams: RwLock<HashMap<Arc<str>, StreamSubscribers>>,
     sink: Option<CallbackSink>,
+    /// Presence sets, with a broker that keeps them (`ANYCABLE_BROKER=memory`).
+    presence: std::sync::OnceLock<Presence>,
 }
 
 /// What one broadcast reached, for tests and metrics.
@@ -47,6 +53,83 @@ impl Hub {
         Hub {
             streams: RwLock::new(HashMap::new()),
             sink,
+            presence: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Turns presence on (once), records kept `ttl` after their socket closed.
+    pub fn enable_presence(&self, ttl: std::time::Duration) {
+        let _ = self.presence.set(Presence::new(ttl));
+    }
+
+    pub fn presence(&self) -> Option<&Presence> {
+        self.presence.get()
+    }
+
+    /// Session `session` joins the presence set of subscription `identifier` (its
+    /// presence stream) as `id`; the stream's subscribers, `session` included, hear
+    /// of an id new there. False (and the requester told `error`) when the
+    /// subscription has no presence stream, presence is off, or the session is there
+    /// under another id.
+    pub fn presence_join(
+        &self,
+        session: &SessionRef,
+        identifier: &str,
+        id: &str,
+        info: Option<String>,
+    ) -> bool {
+        let (Some(presence), Some(stream)) = (self.presence(), session.presence_stream(identifier))
+        else {
+            session.send_frame(protocol::presence_frame(identifier, PRESENCE_ERROR));
+            return false;
+        };
+        match presence.join(&stream, session.id, id, info) {
+            Ok(event) => {
+                if let Some(event) = event {
+                    self.presence_event(&stream, &event);
+                }
+                true
+            }
+            Err(e) => {
+                log::debug!("session {}: presence join refused: {e}", session.log_id());
+                session.send_frame(protocol::presence_frame(identifier, PRESENCE_ERROR));
+                false
+            }
+        }
+    }
+
+    /// Session `session` leaves the presence set of subscription `identifier`.
+    pub fn presence_leave(&self, session: &SessionRef, identifier: &str) {
+        let (Some(presence), Some(stream)) = (self.presence(), session.presence_stream(identifier))
+        else {
+            return;
+        };
+        if let Some(event) = presence.leave(&stream, session.id) {
+            self.presence_event(&stream, &event);
+        }
+    }
+
+    /// `{"type":"presence",…,"message":{"type":"info",…}}` to the requester only.
+    pub fn presence_info(&self, session: &SessionRef, identifier: &str, return_records: bool) {
+        let message = match (self.presence(), session.presence_stream(identifier)) {
+            (Some(presence), Some(stream)) => presence.info_json(&stream, return_records),
+            _ => PRESENCE_ERROR.to_string(),
+        };
+        session.send_frame(protocol::presence_frame(identifier, &message));
+    }
+
+    /// A join or leave, to every subscriber of `stream` (never stored, no offset).
+    pub fn presence_event(&self, stream: &str, event: &PresenceEvent) {
+        let message = event.to_json();
+        let streams = self.streams.read();
+        let Some(subs) = streams.get(stream) else {
+            return;
+        };
+        for (identifier, group) in &subs.by_identifier {
+            let frame = protocol::presence_frame(identifier, &message);
+            for session in group.values() {
+                session.send_frame(frame.clone());
+            }
         }
     }
 

@@ -20,6 +20,7 @@ pub mod logging;
 pub mod metrics;
 pub mod nats;
 pub mod origin;
+pub mod presence;
 pub mod protocol;
 pub mod redis;
 pub mod server;

@@ -100,15 +100,38 @@ impl HistoryRequest {
     }
 }
 
+/// A presence record a client joins with (§4): `id` is a JSON string, `info` any JSON.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresenceJoin {
+    pub id: String,
+    /// The `info` JSON text, when given.
+    pub info: Option<String>,
+}
+
 /// One client frame: a command for the application (or the server's own streams), or
 /// one the server answers itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientFrame {
     /// `history` is set when a `subscribe` carries one: it is run after a confirmed
     /// subscription.
+    /// `presence` is set when a `subscribe` carries one: joined after a confirmed
+    /// subscription.
     Command {
         command: ClientCommand,
         history: Option<HistoryRequest>,
+        presence: Option<PresenceJoin>,
+    },
+    /// `join`: this session enters the subscription's presence set.
+    Join {
+        identifier: String,
+        presence: PresenceJoin,
+    },
+    /// `leave`: this session leaves it.
+    Leave { identifier: String },
+    /// `presence`: who is there (`return_records`: with their records, the default).
+    PresenceInfo {
+        identifier: String,
+        return_records: bool,
     },
     History {
         identifier: String,
@@ -128,6 +151,31 @@ struct RawCommand<'a> {
     data: Option<Box<RawValue>>,
     #[serde(borrow)]
     history: Option<&'a RawValue>,
+    #[serde(borrow)]
+    presence: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct RawPresence<'a> {
+    id: Option<String>,
+    #[serde(borrow)]
+    info: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct RawPresenceOptions {
+    return_records: Option<bool>,
+}
+
+fn parse_presence(raw: &RawValue) -> Result<PresenceJoin, ParseError> {
+    let p: RawPresence = serde_json::from_str(raw.get())
+        .map_err(|_| ParseError::Malformed("presence must be an object with a string id".into()))?;
+    let id = p
+        .id
+        .filter(|id| !id.is_empty())
+        .ok_or_else(|| ParseError::Malformed("presence id must be a non-empty string".into()))?;
+    let info = p.info.map(|i| i.get().to_string()).filter(|i| i != "null");
+    Ok(PresenceJoin { id, info })
 }
 
 #[derive(Deserialize)]
@@ -191,7 +239,39 @@ pub fn parse_frame(text: &str) -> Result<ClientFrame, ParseError> {
                 history,
             });
         }
+        "join" => {
+            let identifier = raw.identifier.ok_or(ParseError::MissingIdentifier)?;
+            let presence = raw
+                .presence
+                .ok_or_else(|| ParseError::Malformed("join without presence".into()))?;
+            return Ok(ClientFrame::Join {
+                identifier,
+                presence: parse_presence(presence)?,
+            });
+        }
+        "leave" => {
+            let identifier = raw.identifier.ok_or(ParseError::MissingIdentifier)?;
+            return Ok(ClientFrame::Leave { identifier });
+        }
+        "presence" => {
+            let identifier = raw.identifier.ok_or(ParseError::MissingIdentifier)?;
+            // `data` is an object here (AnyCable's), not a JSON-encoded string.
+            let return_records = raw
+                .data
+                .and_then(|d| serde_json::from_str::<RawPresenceOptions>(d.get()).ok())
+                .and_then(|o| o.return_records)
+                .unwrap_or(true);
+            return Ok(ClientFrame::PresenceInfo {
+                identifier,
+                return_records,
+            });
+        }
         other => return Err(ParseError::UnknownCommand(other.to_string())),
+    };
+    // Likewise a broken `presence` on a subscribe.
+    let presence = match (command, raw.presence) {
+        (Command::Subscribe, Some(p)) => parse_presence(p).ok(),
+        _ => None,
     };
     // A broken `history` on a subscribe costs the history, not the subscription.
     let history = match (command, raw.history) {
@@ -215,6 +295,7 @@ pub fn parse_frame(text: &str) -> Result<ClientFrame, ParseError> {
             data,
         },
         history,
+        presence,
     })
 }
 
@@ -226,6 +307,9 @@ pub fn parse_command(text: &str) -> Result<ClientCommand, ParseError> {
         ClientFrame::History { .. } => Err(ParseError::UnknownCommand("history".into())),
         ClientFrame::Ping => Err(ParseError::UnknownCommand("ping".into())),
         ClientFrame::Pong => Err(ParseError::UnknownCommand("pong".into())),
+        ClientFrame::Join { .. } => Err(ParseError::UnknownCommand("join".into())),
+        ClientFrame::Leave { .. } => Err(ParseError::UnknownCommand("leave".into())),
+        ClientFrame::PresenceInfo { .. } => Err(ParseError::UnknownCommand("presence".into())),
     }
 }
 
@@ -248,6 +332,15 @@ pub fn welcome_restored(sid: &str, restored_ids: &[&str]) -> String {
         "restored_ids": restored_ids,
     })
     .to_string()
+}
+
+/// `{"type":"presence","identifier":"…","message":<message>}` (`message`: JSON).
+pub fn presence_frame(identifier: &str, message: &str) -> Utf8Bytes {
+    format!(
+        r#"{{"type":"presence","identifier":{},"message":{message}}}"#,
+        json_string(identifier)
+    )
+    .into()
 }
 
 /// `{"type":"ping","message":<unix seconds>}`
@@ -462,11 +555,62 @@ mod tests {
     }
 
     #[test]
+    fn parses_presence_commands() {
+        assert_eq!(
+            parse_frame(
+                r#"{"command":"join","identifier":"i","presence":{"id":"42","info":{"name":"B"}}}"#
+            ),
+            Ok(ClientFrame::Join {
+                identifier: "i".into(),
+                presence: PresenceJoin {
+                    id: "42".into(),
+                    info: Some(r#"{"name":"B"}"#.into())
+                }
+            })
+        );
+        assert_eq!(
+            parse_frame(r#"{"command":"leave","identifier":"i"}"#),
+            Ok(ClientFrame::Leave {
+                identifier: "i".into()
+            })
+        );
+        assert_eq!(
+            parse_frame(
+                r#"{"command":"presence","identifier":"i","data":{"return_records":false}}"#
+            ),
+            Ok(ClientFrame::PresenceInfo {
+                identifier: "i".into(),
+                return_records: false
+            })
+        );
+        for bad in [
+            r#"{"command":"join","identifier":"i","presence":{"id":42}}"#,
+            r#"{"command":"join","identifier":"i","presence":{"id":""}}"#,
+            r#"{"command":"join","identifier":"i"}"#,
+            r#"{"command":"join","presence":{"id":"1"}}"#,
+        ] {
+            assert!(parse_frame(bad).is_err(), "{bad}");
+        }
+        match parse_frame(r#"{"command":"subscribe","identifier":"i","presence":{"id":"7"}}"#) {
+            Ok(ClientFrame::Command { presence, .. }) => assert_eq!(
+                presence,
+                Some(PresenceJoin {
+                    id: "7".into(),
+                    info: None
+                })
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn subscribe_may_carry_history_and_other_commands_ignore_it() {
         match parse_frame(
             r#"{"command":"subscribe","identifier":"i","history":{"since":5,"streams":{}}}"#,
         ) {
-            Ok(ClientFrame::Command { command, history }) => {
+            Ok(ClientFrame::Command {
+                command, history, ..
+            }) => {
                 assert_eq!(command.command, Command::Subscribe);
                 assert_eq!(history.map(|h| h.since), Some(5));
             }

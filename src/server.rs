@@ -126,6 +126,10 @@ impl<C: Controller> Server<C> {
         }
         let session_cache = (history.is_some() && !config.sessions_ttl.is_zero())
             .then(|| SessionCache::new(config.sessions_ttl));
+        if history.is_some() {
+            // The memory broker keeps presence too (AnyCable's).
+            hub.enable_presence(config.presence_ttl);
+        }
         Server {
             inner: Arc::new(Inner {
                 history,
@@ -186,6 +190,11 @@ impl<C: Controller> Server<C> {
                     }
                     if let Some(cache) = &inner.session_cache {
                         cache.sweep();
+                    }
+                    if let Some(presence) = inner.hub.presence() {
+                        for (stream, event) in presence.sweep() {
+                            inner.hub.presence_event(&stream, &event);
+                        }
                     }
                 }
             });

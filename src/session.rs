@@ -92,6 +92,8 @@ pub struct Session {
     /// `state_attr_accessor` values, by subscription identifier ("" for the
     /// connection's own): name → JSON text. Boxed: most sessions have none.
     state: Mutex<Option<Box<StateMap>>>,
+    /// Presence streams, by subscription identifier (AnyCable's `$p`).
+    presence_streams: Mutex<Vec<(String, String)>>,
     /// The server closed it for good (`reconnect: false`, or the app closed it):
     /// nothing to restore.
     final_close: AtomicBool,
@@ -135,6 +137,7 @@ impl Session {
             held: Mutex::new(HashMap::new()),
             app_subscriptions: Mutex::new(Vec::new()),
             state: Mutex::new(None),
+            presence_streams: Mutex::new(Vec::new()),
             final_close: AtomicBool::new(false),
         });
         let outbox = Outbox {
@@ -231,6 +234,23 @@ impl Session {
         if whispers.get(identifier).is_some_and(|s| s == stream) {
             whispers.remove(identifier);
         }
+    }
+
+    /// Subscription `identifier`'s presence set is `stream`'s (an empty `stream`: none).
+    pub fn presence_to(&self, identifier: &str, stream: &str) {
+        let mut streams = self.presence_streams.lock();
+        streams.retain(|(i, _)| i != identifier);
+        if !stream.is_empty() {
+            streams.push((identifier.to_owned(), stream.to_owned()));
+        }
+    }
+
+    pub fn presence_stream(&self, identifier: &str) -> Option<String> {
+        self.presence_streams
+            .lock()
+            .iter()
+            .find(|(i, _)| i == identifier)
+            .map(|(_, s)| s.clone())
     }
 
     /// The stream a whisper on `identifier` goes to, if any.
@@ -396,6 +416,7 @@ impl Session {
                 whisper: whisper.clone(),
                 server_side: true,
                 state: Vec::new(),
+                presence: self.presence_stream(identifier),
             })
             .collect();
         subscriptions.extend(
@@ -409,6 +430,7 @@ impl Session {
                     whisper: whispers.get(s.identifier.as_ref()).cloned(),
                     server_side: false,
                     state: self.state_of(&s.identifier),
+                    presence: self.presence_stream(&s.identifier),
                 }),
         );
         for (stream, identifier) in self.streams.lock().iter() {
@@ -438,6 +460,9 @@ impl Session {
             self.set_identifiers(ids);
         }
         for sub in &cached.subscriptions {
+            if let Some(stream) = &sub.presence {
+                self.presence_to(&sub.identifier, stream);
+            }
             if sub.server_side {
                 self.server_subscriptions
                     .lock()

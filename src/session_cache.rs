@@ -25,6 +25,8 @@ pub struct CachedSubscription {
     pub server_side: bool,
     /// The channel's `state_attr_accessor` values: name → JSON text.
     pub state: Vec<(String, String)>,
+    /// Its presence stream, if it has one (the client joins again after a restore).
+    pub presence: Option<String>,
 }
 
 /// What a session leaves behind for a restore.
@@ -118,6 +120,7 @@ mod tests {
                 whisper: None,
                 server_side: false,
                 state: vec![("room".into(), "\"r1\"".into())],
+                presence: None,
             }],
             state: Vec::new(),
             app_connected: true,

@@ -26,13 +26,21 @@ pub struct StreamsConfig {
     pub whisper: bool,
     /// `ANYCABLE_TURBO_STREAMS`: the key `Turbo::StreamsChannel` names are signed with.
     pub turbo_key: Option<Vec<u8>>,
+    /// `ANYCABLE_STREAMS_PRESENCE`: presence on signed `$pubsub` streams (public ones
+    /// always allow it; with a broker that keeps presence).
+    pub presence: bool,
 }
 
 /// What to do with a subscribe command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Resolution {
-    /// Subscribe to `stream` here; `whisper` if clients may whisper on it.
-    Stream { stream: String, whisper: bool },
+    /// Subscribe to `stream` here; `whisper` if clients may whisper on it, `presence`
+    /// if they may join its presence set.
+    Stream {
+        stream: String,
+        whisper: bool,
+        presence: bool,
+    },
     /// Reply `reject_subscription`; `why` is for the log.
     Reject { why: &'static str },
     /// A channel of the app's: Ruby handles it.
@@ -72,6 +80,7 @@ impl StreamsConfig {
                         Some(stream) => Resolution::Stream {
                             stream,
                             whisper: self.whisper,
+                            presence: self.presence,
                         },
                         None => Resolution::Reject {
                             why: "signed stream name did not verify",
@@ -82,6 +91,7 @@ impl StreamsConfig {
                     Some(stream) if self.public => Resolution::Stream {
                         stream,
                         whisper: true,
+                        presence: true,
                     },
                     Some(_) => Resolution::Reject {
                         why: "public streams are off (ANYCABLE_PUBLIC_STREAMS)",
@@ -97,6 +107,7 @@ impl StreamsConfig {
                     Some(stream) => Resolution::Stream {
                         stream,
                         whisper: false,
+                        presence: false,
                     },
                     None => Resolution::Reject {
                         why: "Turbo signed stream name did not verify",
@@ -206,6 +217,7 @@ mod tests {
             public: false,
             whisper: false,
             turbo_key: Some(b"t".to_vec()),
+            presence: true,
         };
         let signed = sign("room", b"s");
         let id = |channel: &str, key: &str, value: &str| {
@@ -215,7 +227,8 @@ mod tests {
             config.resolve(&id("$pubsub", "signed_stream_name", &signed)),
             Resolution::Stream {
                 stream: "room".into(),
-                whisper: false
+                whisper: false,
+                presence: true
             }
         );
         assert!(matches!(
@@ -234,7 +247,8 @@ mod tests {
             )),
             Resolution::Stream {
                 stream: "t1".into(),
-                whisper: false
+                whisper: false,
+                presence: false
             }
         );
         assert_eq!(
@@ -249,7 +263,8 @@ mod tests {
             public.resolve(&id("$pubsub", "stream_name", "lobby")),
             Resolution::Stream {
                 stream: "lobby".into(),
-                whisper: true
+                whisper: true,
+                presence: true
             }
         );
         assert!(matches!(

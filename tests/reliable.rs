@@ -773,3 +773,130 @@ async fn wait_for(mut done: impl FnMut() -> bool) {
     }
     panic!("condition not met within 5 s");
 }
+
+/// Presence (§4) on a public `$pubsub` stream: join and leave go to every subscriber,
+/// the initiator included, once per id; `presence` answers the requester; a closed
+/// socket's record goes after ANYCABLE_PRESENCE_TTL; what cannot be served is `error`.
+#[tokio::test]
+async fn presence_joins_leaves_and_expires_per_section_4() {
+    let config = ServerConfig {
+        presence_ttl: Duration::from_millis(300),
+        ..with_history(100)
+    };
+    let (_server, addr) = start(config).await;
+    let lobby = json!({"channel": "$pubsub", "stream_name": "lobby"}).to_string();
+    let presence =
+        |message: Value| json!({"type": "presence", "identifier": lobby, "message": message});
+    let (mut a, mut b) = (ext(addr).await, ext(addr).await);
+    for ws in [&mut a, &mut b] {
+        send(ws, json!({"command": "subscribe", "identifier": lobby})).await;
+        assert_eq!(next(ws).await["type"], "confirm_subscription");
+    }
+    let join = |id: &str, info: Value| json!({"command": "join", "identifier": lobby, "presence": {"id": id, "info": info}});
+    send(&mut a, join("42", json!({"name": "A"}))).await;
+    let joined = presence(json!({"type": "join", "id": "42", "info": {"name": "A"}}));
+    assert_eq!(next(&mut a).await, joined);
+    assert_eq!(next(&mut b).await, joined);
+    // Again (new info): no event; under another id from the same session: error.
+    send(&mut a, join("42", json!({"name": "A2"}))).await;
+    send(&mut a, join("43", json!(null))).await;
+    assert_eq!(
+        next(&mut a).await,
+        presence(json!({"type": "error", "total": 0}))
+    );
+    assert_quiet(&mut b).await;
+    send(&mut b, json!({"command": "presence", "identifier": lobby})).await;
+    assert_eq!(
+        next(&mut b).await,
+        presence(
+            json!({"type": "info", "total": 1, "records": [{"id": "42", "info": {"name": "A2"}}]})
+        )
+    );
+    send(
+        &mut b,
+        json!({"command": "presence", "identifier": lobby, "data": {"return_records": false}}),
+    )
+    .await;
+    assert_eq!(
+        next(&mut b).await,
+        presence(json!({"type": "info", "total": 1}))
+    );
+    send(&mut a, json!({"command": "leave", "identifier": lobby})).await;
+    let left = |id: &str| presence(json!({"type": "leave", "id": id}));
+    assert_eq!(next(&mut a).await, left("42"));
+    assert_eq!(next(&mut b).await, left("42"));
+
+    // `presence` on a subscribe: joined after the confirmation.
+    let mut c = ext(addr).await;
+    send(
+        &mut c,
+        json!({"command": "subscribe", "identifier": lobby, "presence": {"id": "7"}}),
+    )
+    .await;
+    assert_eq!(next(&mut c).await["type"], "confirm_subscription");
+    assert_eq!(
+        next(&mut c).await,
+        presence(json!({"type": "join", "id": "7"}))
+    );
+    assert_eq!(
+        next(&mut b).await,
+        presence(json!({"type": "join", "id": "7"}))
+    );
+    // Its socket closes: the record stays for the ttl, then leaves.
+    let gone = std::time::Instant::now();
+    drop(c);
+    assert_eq!(next(&mut b).await, left("7"));
+    assert!(
+        gone.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        gone.elapsed()
+    );
+
+    // An app channel without a presence stream, and an unknown subscription: error.
+    let id = r#"{"channel":"ChatChannel"}"#;
+    send(&mut b, json!({"command": "subscribe", "identifier": id})).await;
+    assert_eq!(next(&mut b).await["type"], "confirm_subscription");
+    for identifier in [id, "nope"] {
+        send(
+            &mut b,
+            json!({"command": "join", "identifier": identifier, "presence": {"id": "1"}}),
+        )
+        .await;
+        assert_eq!(
+            next(&mut b).await,
+            json!({"type": "presence", "identifier": identifier, "message": {"type": "error", "total": 0}})
+        );
+    }
+    // A join whose id is not a string is a bad frame (ignored, logged).
+    send(
+        &mut b,
+        json!({"command": "join", "identifier": lobby, "presence": {"id": 5}}),
+    )
+    .await;
+    assert_quiet(&mut b).await;
+}
+
+#[tokio::test]
+async fn without_a_broker_presence_is_an_error() {
+    let config = ServerConfig {
+        streams: StreamsConfig {
+            public: true,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let (_server, addr) = start(config).await;
+    let lobby = json!({"channel": "$pubsub", "stream_name": "lobby"}).to_string();
+    let mut a = ext(addr).await;
+    send(&mut a, json!({"command": "subscribe", "identifier": lobby})).await;
+    assert_eq!(next(&mut a).await["type"], "confirm_subscription");
+    send(
+        &mut a,
+        json!({"command": "join", "identifier": lobby, "presence": {"id": "1"}}),
+    )
+    .await;
+    assert_eq!(
+        next(&mut a).await,
+        json!({"type": "presence", "identifier": lobby, "message": {"type": "error", "total": 0}})
+    );
+}

@@ -614,6 +614,7 @@ async fn pubsub_and_turbo_streams_are_served_without_the_controller_and_whispers
             public: true,
             whisper: false,
             turbo_key: Some(b"turbo-key".to_vec()),
+            presence: true,
         },
         ..Default::default()
     };

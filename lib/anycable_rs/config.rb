@@ -36,6 +36,9 @@ module AnyCableRs
       # socket closed: a client that comes back with its sid in time gets its
       # identifiers and subscriptions back without `connect` or `subscribed`. 0: off.
       sessions_ttl: 300,
+      # With a broker, clients may join a subscription's presence set (AnyCable's
+      # presence); a record outlives its closed socket this many seconds.
+      presence_ttl: 15,
       # Ruby threads that run connection and channel code; default: Puma's threads.
       rpc_pool_size: nil,
       # tokio worker threads.
@@ -57,6 +60,8 @@ module AnyCableRs
       streams_secret: nil,
       public_streams: false,
       streams_whisper: false,
+      # Presence on signed $pubsub streams (public ones always allow it), with a broker.
+      streams_presence: true,
       turbo_streams: false,
       # Unset: turbo-rails' own key (Turbo.signed_stream_verifier_key) when it is
       # loaded, else the streams secret.
@@ -298,7 +303,7 @@ module AnyCableRs
         max_conn_age: max_conn_age.to_f, rpc_pool_size: rpc_pool_size,
         streams: streams_options, jwt: jwt_options,
         pong_timeout: pong_timeout.to_f, broker: broker, history_limit: history_limit, history_ttl: history_ttl.to_f,
-        sessions_ttl: sessions_ttl.to_f
+        sessions_ttl: sessions_ttl.to_f, presence_ttl: presence_ttl.to_f
       }
     end
 
@@ -345,6 +350,7 @@ module AnyCableRs
       turbo = turbo_streams_key
       {
         secret_hex: secret && secret.to_s.unpack1("H*"), public: public_streams, whisper: streams_whisper,
+        presence: streams_presence,
         turbo_key_hex: turbo&.unpack1("H*")
       }
     end
@@ -370,12 +376,13 @@ module AnyCableRs
 
       case key
       when :embedded, :disable_disconnect, :retain_env, :metrics_on_puma_port, :embed_nats, :public_streams,
-        :streams_whisper, :turbo_streams, :enforce_jwt
+        :streams_whisper, :streams_presence, :turbo_streams, :enforce_jwt
         value.is_a?(String) ? %w[1 true yes on].include?(value.strip.downcase) : !!value
       when :port, :rpc_pool_size, :worker_threads, :max_message_size, :max_pending_bytes, :queue_size, :max_conn,
         :jwt_ttl, :history_limit
         integer(key, value)
-      when :ping_interval, :write_timeout, :shutdown_timeout, :max_conn_age, :pong_timeout, :history_ttl, :sessions_ttl
+      when :ping_interval, :write_timeout, :shutdown_timeout, :max_conn_age, :pong_timeout, :history_ttl, :sessions_ttl,
+        :presence_ttl
         number(key, value)
       when :broker
         coerce_broker(value)
@@ -420,7 +427,7 @@ module AnyCableRs
     rescue ArgumentError, TypeError
       raise ArgumentError, "anycable-rs: #{key} must be a number, got #{value.inspect}"
     else
-      if n.negative? && %i[pong_timeout history_ttl sessions_ttl].include?(key)
+      if n.negative? && %i[pong_timeout history_ttl sessions_ttl presence_ttl].include?(key)
         raise ArgumentError, "anycable-rs: #{key} must not be negative, got #{value.inspect}"
       end
       n

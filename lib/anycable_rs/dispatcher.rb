@@ -238,8 +238,9 @@ module AnyCableRs
         # Confirmed (a rejected channel has removed itself): restorable, and known to
         # `history`.
         native = ActionCable::Compat.websocket(connection)&.native
-        if ActionCable::Compat.channels(connection).key?(identifier)
+        if (channel = ActionCable::Compat.channels(connection)[identifier])
           native&.add_subscription(identifier)
+          channel.anycable_rs_after_confirm
         else
           native&.remove_subscription(identifier)
         end

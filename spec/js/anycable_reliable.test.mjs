@@ -122,6 +122,29 @@ test('restores the session by sid: no connect, no subscribed, the missed broadca
   assert.deepEqual(await reply, { room: null, count: null, params_room: 'js', user: 'alice' })
 })
 
+test('presence through @anycable/web: join, info kept current by events, leave', async () => {
+  let [a, b] = [cable(), cable()]
+  let [ca, cb] = [a.subscribeTo('LobbyChannel', { room: 'js' }), b.subscribeTo('LobbyChannel', { room: 'js' })]
+  await ca.ensureSubscribed()
+  await cb.ensureSubscribed()
+  let seen = []
+  cb.on('presence', ev => seen.push(ev.type))
+  assert.deepEqual(await cb.presence.info(), {})
+  await ca.presence.join('alice', { name: 'Alice' })
+  await waitFor(() => seen.includes('join'))
+  assert.deepEqual(await cb.presence.info(), { alice: { name: 'Alice' } })
+  await cb.presence.join('bob', { name: 'Bob' })
+  await waitFor(() => seen.filter(t => t === 'join').length === 2)
+  // A fresh client asks the server.
+  let c = cable()
+  let cc = c.subscribeTo('LobbyChannel', { room: 'js' })
+  await cc.ensureSubscribed()
+  assert.deepEqual(await cc.presence.info(), { alice: { name: 'Alice' }, bob: { name: 'Bob' } })
+  await ca.presence.leave()
+  await waitFor(() => seen.includes('leave'))
+  assert.deepEqual(await cb.presence.info(), { bob: { name: 'Bob' } })
+})
+
 test('keeps a client that answers pings connected past pong_timeout', async () => {
   let c = cable()
   let closed = false

@@ -70,6 +70,8 @@ impl Socket {
     /// Subscription `identifier` is gone: its streams and whispers with it (a
     /// restored channel's Ruby object does not know the streams it was given back).
     pub fn remove_subscription(&self, identifier: String) {
+        self.hub.presence_leave(&self.session, &identifier);
+        self.session.presence_to(&identifier, "");
         self.hub.unsubscribe_identifier(&self.session, &identifier);
         self.session.whisper_to(&identifier, "");
         self.session.remove_subscription(&identifier);
@@ -85,6 +87,25 @@ impl Socket {
     /// `identifier`, or of the connection for `""`: a restore gives it back.
     pub fn set_state(&self, identifier: String, name: String, json: String) {
         self.session.set_state(&identifier, &name, json);
+    }
+
+    /// `stream_from …, presence: true`: subscription `identifier`'s presence set is
+    /// `stream`'s (clients join it with `join`; an empty `stream`: none).
+    pub fn presence_to(&self, stream: String, identifier: String) {
+        self.session.presence_to(&identifier, &stream);
+    }
+
+    /// `join_presence` from a channel: this socket joins subscription `identifier`'s
+    /// presence set as `id` (`info`: JSON text). False when it cannot (no presence
+    /// stream, no broker, another id); the client is told `error` then.
+    pub fn presence_join(&self, identifier: String, id: String, info: Option<String>) -> bool {
+        self.hub
+            .presence_join(&self.session, &identifier, &id, info)
+    }
+
+    /// `leave_presence` from a channel.
+    pub fn presence_leave(&self, identifier: String) {
+        self.hub.presence_leave(&self.session, &identifier);
     }
 
     /// `stream_from …, whisper: true`: the client's whispers on this subscription go

@@ -463,6 +463,9 @@ pub fn init(ruby: &Ruby, module: magnus::RModule) -> Result<(), Error> {
     )?;
     socket.define_method("pin_subscription", method!(Socket::pin_subscription, 1))?;
     socket.define_method("set_state", method!(Socket::set_state, 3))?;
+    socket.define_method("presence_to", method!(Socket::presence_to, 2))?;
+    socket.define_method("presence_join", method!(Socket::presence_join, 3))?;
+    socket.define_method("presence_leave", method!(Socket::presence_leave, 1))?;
     socket.define_method("identifiers=", method!(Socket::set_identifiers, 1))?;
 
     crate::job::init(ruby, class)

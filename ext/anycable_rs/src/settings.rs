@@ -78,6 +78,7 @@ const KEYS: &[&str] = &[
     "history_limit",
     "history_ttl",
     "sessions_ttl",
+    "presence_ttl",
 ];
 
 fn arg_error(ruby: &Ruby, msg: impl Into<String>) -> Error {
@@ -127,6 +128,7 @@ impl Settings {
             pong_timeout: secs("pong_timeout", defaults.pong_timeout)?,
             history: history_config(ruby, opts)?,
             sessions_ttl: secs("sessions_ttl", defaults.sessions_ttl)?,
+            presence_ttl: secs("presence_ttl", defaults.presence_ttl)?,
             max_message_size: opt(ruby, opts, "max_message_size")?
                 .unwrap_or(defaults.max_message_size),
             write_timeout: secs("write_timeout", defaults.write_timeout)?,
@@ -251,7 +253,7 @@ pub fn origin_policy(ruby: &Ruby, h: RHash) -> Result<OriginPolicy, Error> {
     })
 }
 
-/// `{secret_hex:, public:, whisper:, turbo_key_hex:}`, as `AnyCableRs::Config` builds it.
+/// `{secret_hex:, public:, whisper:, presence:, turbo_key_hex:}`, as `AnyCableRs::Config` builds it.
 fn streams_config(ruby: &Ruby, h: RHash) -> Result<StreamsConfig, Error> {
     let key = |name: &str| -> Result<Option<Vec<u8>>, Error> {
         match opt::<String>(ruby, h, name)? {
@@ -265,6 +267,7 @@ fn streams_config(ruby: &Ruby, h: RHash) -> Result<StreamsConfig, Error> {
         secret: key("secret_hex")?,
         public: opt(ruby, h, "public")?.unwrap_or(false),
         whisper: opt(ruby, h, "whisper")?.unwrap_or(false),
+        presence: opt(ruby, h, "presence")?.unwrap_or(false),
         turbo_key: key("turbo_key_hex")?,
     })
 }

@@ -248,6 +248,12 @@ module AnyCableRs
         channels(connection)[identifier] = channel
       end
 
+      # Has the subscription's confirmation gone out? checked: 6.1–8.1, main (private
+      # Channel::Base#subscription_confirmation_sent?).
+      def confirmation_sent?(channel)
+        channel.__send__(:subscription_confirmation_sent?) ? true : false
+      end
+
       # Would Subscriptions#add accept this class?
       # checked: 6.1 accepts Channel::Base itself (`Base >= klass`); 7.0–8.1 and main
       # only its subclasses (`Base > klass`).

@@ -113,7 +113,9 @@ module AnyCableRs
     module ChannelPatch
       # AnyCable's `whisper: true`: the client's whispers on this subscription go to
       # the stream's other subscribers (one whisper stream per subscription).
-      def stream_from(broadcasting, callback = nil, coder: nil, whisper: false, &block)
+      # `presence: true`: clients join this stream's presence set (`channel.presence`
+      # in @anycable/web), one per subscription.
+      def stream_from(broadcasting, callback = nil, coder: nil, whisper: false, presence: false, &block)
         socket = Compat.websocket(connection)
         if callback.nil? && block.nil? && coder.nil? && socket
           # As Rails does where it has the guard: a channel that has been unsubscribed
@@ -131,11 +133,44 @@ module AnyCableRs
           super(broadcasting, callback, coder: coder, &block)
         end
         whispers_to(broadcasting) if whisper
+        presence_on(broadcasting) if presence
       end
 
-      def stream_for(model, callback = nil, coder: nil, whisper: false, &block)
-        stream_from(broadcasting_for(model), callback || block, coder: coder, whisper: whisper)
+      def stream_for(model, callback = nil, coder: nil, whisper: false, presence: false, &block)
+        stream_from(broadcasting_for(model), callback || block, coder: coder, whisper: whisper, presence: presence)
       end
+
+      # AnyCable's: this socket joins the subscription's presence set (the stream given,
+      # else the one `stream_from …, presence: true` named), as `id` (default: the
+      # connection's identifier) with `info` (anything JSON can hold). Every
+      # subscriber of the stream, this one included, gets `join` when the id is new
+      # there. From `subscribed`, the join follows the confirmation (as AnyCable's).
+      # False when there is no presence here (no broker, plain Action Cable).
+      def join_presence(stream = nil, id: nil, info: nil)
+        native = Compat.websocket(connection)&.native
+        return false unless native
+
+        presence_on(stream) if stream
+        join = [(id || connection.connection_identifier).to_s, info.nil? ? nil : ActiveSupport::JSON.encode(info)]
+        return native.presence_join(identifier, *join) if Compat.confirmation_sent?(self)
+
+        @_anycable_presence_join = join
+        true
+      end
+
+      # After the dispatcher's subscribe confirmed this subscription: a join that
+      # `subscribed` asked for.
+      def anycable_rs_after_confirm
+        join = @_anycable_presence_join or return
+        @_anycable_presence_join = nil
+        Compat.websocket(connection)&.native&.presence_join(identifier, *join)
+      end
+
+      # Leaves it (`leave` to the subscribers when this was the id's last socket).
+      def leave_presence
+        Compat.websocket(connection)&.native&.presence_leave(identifier)
+      end
+
 
       # AnyCable's name for turning whisper on for a stream this channel streams from.
       def whispers_to(broadcasting)
@@ -157,6 +192,10 @@ module AnyCableRs
       end
 
       private
+
+      def presence_on(broadcasting)
+        Compat.websocket(connection)&.native&.presence_to(String(broadcasting), identifier)
+      end
 
       # Action Cable defines a singleton method per connection identifier on every
       # channel object (`current_user`): a singleton class, ~2.5 KiB per subscription.
