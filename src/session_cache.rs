@@ -5,9 +5,11 @@
 //!
 //! An entry is written when an extended-protocol session's socket closes and taken
 //! (removed) by the first restore, so a sid restores at most once; whatever is not
-//! taken expires after the ttl (swept each second with the history).
+//! taken expires after the ttl (swept each second with the history). At most
+//! [`MAX_ENTRIES`] are kept: past that the oldest go first (their clients connect
+//! afresh), with a warning.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -52,16 +54,36 @@ impl CachedSession {
     }
 }
 
+/// Sessions kept at once (a few hundred bytes each): reached only by a churn of
+/// about 300 closes a second for the default ttl.
+pub const MAX_ENTRIES: usize = 100_000;
+
 pub struct SessionCache {
     ttl: Duration,
-    entries: Mutex<HashMap<String, (CachedSession, Instant)>>,
+    max: usize,
+    entries: Mutex<Entries>,
 }
+
+#[derive(Default)]
+struct Entries {
+    by_sid: HashMap<String, (CachedSession, Instant)>,
+    /// Sids in the order they were put (so by expiry: one ttl for all); a taken one
+    /// stays here until it reaches the front.
+    order: VecDeque<(String, Instant)>,
+}
+
+static EVICTED_LOG: crate::logging::Throttle = crate::logging::Throttle::new();
 
 impl SessionCache {
     pub fn new(ttl: Duration) -> Self {
+        Self::with_max(ttl, MAX_ENTRIES)
+    }
+
+    pub fn with_max(ttl: Duration, max: usize) -> Self {
         SessionCache {
             ttl,
-            entries: Mutex::new(HashMap::new()),
+            max,
+            entries: Mutex::new(Entries::default()),
         }
     }
 
@@ -74,9 +96,29 @@ impl SessionCache {
     }
 
     pub fn put_at(&self, sid: &str, session: CachedSession, now: Instant) {
-        self.entries
-            .lock()
-            .insert(sid.to_owned(), (session, now + self.ttl));
+        let expires = now + self.ttl;
+        let mut entries = self.entries.lock();
+        entries.by_sid.insert(sid.to_owned(), (session, expires));
+        entries.order.push_back((sid.to_owned(), expires));
+        let mut evicted = 0;
+        while entries.by_sid.len() > self.max {
+            let Some((oldest, at)) = entries.order.pop_front() else {
+                break;
+            };
+            if entries.by_sid.get(&oldest).is_some_and(|(_, e)| *e == at) {
+                entries.by_sid.remove(&oldest);
+                evicted += 1;
+            }
+        }
+        if evicted > 0 {
+            crate::logging::once_a_second(&EVICTED_LOG, |more| {
+                log::warn!(
+                    "session cache full ({} sessions): the oldest closed sessions can no longer be restored ({} more since the last line)",
+                    self.max,
+                    more
+                );
+            });
+        }
     }
 
     /// The entry for `sid`, removed: a sid restores once.
@@ -85,7 +127,7 @@ impl SessionCache {
     }
 
     pub fn take_at(&self, sid: &str, now: Instant) -> Option<CachedSession> {
-        let (session, expires) = self.entries.lock().remove(sid)?;
+        let (session, expires) = self.entries.lock().by_sid.remove(sid)?;
         (now < expires).then_some(session)
     }
 
@@ -95,11 +137,17 @@ impl SessionCache {
     }
 
     pub fn sweep_at(&self, now: Instant) {
-        self.entries.lock().retain(|_, (_, expires)| now < *expires);
+        let mut entries = self.entries.lock();
+        while entries.order.front().is_some_and(|(_, at)| *at <= now) {
+            let (sid, at) = entries.order.pop_front().expect("checked");
+            if entries.by_sid.get(&sid).is_some_and(|(_, e)| *e == at) {
+                entries.by_sid.remove(&sid);
+            }
+        }
     }
 
     pub fn len(&self) -> usize {
-        self.entries.lock().len()
+        self.entries.lock().by_sid.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -140,6 +188,27 @@ mod tests {
         assert_eq!(
             entry("1").restored_ids(),
             vec![r#"{"channel":"ChatChannel"}"#]
+        );
+    }
+
+    #[test]
+    fn keeps_at_most_max_entries_oldest_out_first() {
+        let cache = SessionCache::with_max(Duration::from_secs(10), 2);
+        let t0 = Instant::now();
+        cache.put_at("a", entry("1"), t0);
+        cache.put_at("b", entry("2"), t0 + Duration::from_secs(1));
+        assert!(cache.take_at("b", t0).is_some());
+        cache.put_at("c", entry("3"), t0 + Duration::from_secs(2));
+        cache.put_at("d", entry("4"), t0 + Duration::from_secs(3));
+        assert_eq!(cache.len(), 2);
+        assert!(cache.take_at("a", t0).is_none());
+        assert!(cache.take_at("c", t0).is_some());
+        // A sid put again is kept by its newer time.
+        cache.put_at("d", entry("5"), t0 + Duration::from_secs(8));
+        cache.sweep_at(t0 + Duration::from_secs(14));
+        assert_eq!(
+            cache.take_at("d", t0 + Duration::from_secs(14)),
+            Some(entry("5"))
         );
     }
 
