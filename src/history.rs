@@ -94,6 +94,11 @@ pub struct History {
     ttl: u64,
     hasher: std::collections::hash_map::RandomState,
     shards: Vec<Mutex<HashMap<Arc<str>, StreamHistory>>>,
+    /// The highest offset of any stream whose offsets were forgotten: a stream that
+    /// starts again continues above it, so under this epoch no offset is ever given
+    /// twice (a client holding an old position gets reject_history, never another
+    /// message's offset taken for the one it saw).
+    floor: std::sync::atomic::AtomicU64,
 }
 
 impl History {
@@ -108,6 +113,7 @@ impl History {
             ttl: config.ttl.as_secs().max(1),
             hasher: Default::default(),
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            floor: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -137,7 +143,12 @@ impl History {
         let mut shard = self.shard(stream).lock();
         let history = match shard.get_mut(stream) {
             Some(h) => h,
-            None => shard.entry(Arc::from(stream)).or_default(),
+            None => shard
+                .entry(Arc::from(stream))
+                .or_insert_with(|| StreamHistory {
+                    last_offset: self.floor.load(std::sync::atomic::Ordering::Acquire),
+                    ..Default::default()
+                }),
         };
         history.last_offset += 1;
         history.last_at = now;
@@ -218,8 +229,8 @@ impl History {
     }
 
     /// Drops messages older than the ttl, and the offsets of streams with no message
-    /// for 10×ttl (a stream broadcast to again after that starts from 1 again; clients
-    /// that held older positions then get reject_history, as for any unknown stream).
+    /// for 10×ttl (a stream broadcast to again after that continues above every
+    /// forgotten offset; clients that held older positions get reject_history).
     pub fn sweep(&self) {
         self.sweep_at(unix_now())
     }
@@ -239,7 +250,13 @@ impl History {
                 if history.entries.is_empty() && history.entries.capacity() > 0 {
                     history.entries = VecDeque::new();
                 }
-                !history.entries.is_empty() || now.saturating_sub(history.last_at) <= forget_after
+                let keep = !history.entries.is_empty()
+                    || now.saturating_sub(history.last_at) <= forget_after;
+                if !keep {
+                    self.floor
+                        .fetch_max(history.last_offset, std::sync::atomic::Ordering::AcqRel);
+                }
+                keep
             });
         }
     }
@@ -399,6 +416,11 @@ mod tests {
         assert_eq!(h.stream_count(), 1);
         h.sweep_at(1200 + 601);
         assert_eq!(h.stream_count(), 0);
-        assert_eq!(h.append_at("s", "d", 2000, |o| o), 1);
+        // Broadcast to again: above every offset given before, so a client that held
+        // an old position is refused rather than served another message as the next.
+        assert_eq!(h.append_at("s", "d", 2000, |o| o), 4);
+        assert!(h.from_at("s", "ep01", 2, 2000).is_err());
+        assert_eq!(offsets(&h.from_at("s", "ep01", 3, 2000).unwrap()), vec![4]);
+        assert_eq!(h.append_at("t", "e", 2000, |o| o), 4);
     }
 }
