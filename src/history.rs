@@ -7,6 +7,10 @@
 //! that comes back to another process (another Puma worker, another machine) is told
 //! `reject_history` and must refetch. That needs a shared store (NATS JetStream).
 //!
+//! Memory: at most `limit` messages per stream for `ttl`, and at most `max_bytes` in
+//! all (`ANYCABLE_HISTORY_MAX_BYTES`); past that the oldest messages of any stream go
+//! first, with a warning, and clients that needed them get `reject_history`.
+//!
 //! Cost on the broadcast path: one lock of the stream's shard and the stored entry (the
 //! payload is kept once, as an `Arc<str>`). The shard stays locked while the broadcast
 //! is fanned out, so one stream's messages reach every subscriber in offset order even
@@ -14,18 +18,21 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
 
-/// `ANYCABLE_HISTORY_LIMIT` and `ANYCABLE_HISTORY_TTL`.
+/// `ANYCABLE_HISTORY_LIMIT`, `ANYCABLE_HISTORY_TTL`, `ANYCABLE_HISTORY_MAX_BYTES`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HistoryConfig {
     /// Messages kept per stream.
     pub limit: usize,
     /// How long a message is kept.
     pub ttl: Duration,
+    /// Bytes kept in all (payloads plus a per-message overhead).
+    pub max_bytes: usize,
 }
 
 impl Default for HistoryConfig {
@@ -33,9 +40,19 @@ impl Default for HistoryConfig {
         HistoryConfig {
             limit: 100,
             ttl: Duration::from_secs(300),
+            max_bytes: 64 * 1024 * 1024,
         }
     }
 }
+
+/// What a stored message costs besides its payload (entry, deque slots, order).
+const ENTRY_OVERHEAD: usize = 96;
+
+fn cost(entry: &Entry) -> usize {
+    entry.data.len() + ENTRY_OVERHEAD
+}
+
+static EVICTED_LOG: crate::logging::Throttle = crate::logging::Throttle::new();
 
 /// One stored broadcast.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,7 +115,14 @@ pub struct History {
     /// starts again continues above it, so under this epoch no offset is ever given
     /// twice (a client holding an old position gets reject_history, never another
     /// message's offset taken for the one it saw).
-    floor: std::sync::atomic::AtomicU64,
+    floor: AtomicU64,
+    max_bytes: usize,
+    /// What the stored messages cost ([`cost`]).
+    bytes: AtomicUsize,
+    /// Every stored message in store order: (stream, offset, unix seconds), for the
+    /// byte cap to find the oldest. Messages gone otherwise (limit, ttl) stay here
+    /// until they expire or reach the front.
+    order: Mutex<VecDeque<(Arc<str>, u64, u64)>>,
 }
 
 impl History {
@@ -113,7 +137,10 @@ impl History {
             ttl: config.ttl.as_secs().max(1),
             hasher: Default::default(),
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            floor: std::sync::atomic::AtomicU64::new(0),
+            floor: AtomicU64::new(0),
+            max_bytes: config.max_bytes.max(1),
+            bytes: AtomicUsize::new(0),
+            order: Mutex::new(VecDeque::new()),
         }
     }
 
@@ -140,28 +167,73 @@ impl History {
         now: u64,
         deliver: impl FnOnce(u64) -> R,
     ) -> R {
-        let mut shard = self.shard(stream).lock();
-        let history = match shard.get_mut(stream) {
-            Some(h) => h,
-            None => shard
-                .entry(Arc::from(stream))
-                .or_insert_with(|| StreamHistory {
-                    last_offset: self.floor.load(std::sync::atomic::Ordering::Acquire),
+        let result = {
+            let mut shard = self.shard(stream).lock();
+            if !shard.contains_key(stream) {
+                let fresh = StreamHistory {
+                    last_offset: self.floor.load(Ordering::Acquire),
                     ..Default::default()
-                }),
+                };
+                shard.insert(Arc::from(stream), fresh);
+            }
+            let key = shard.get_key_value(stream).expect("inserted").0.clone();
+            let history = shard.get_mut(stream).expect("inserted");
+            history.last_offset += 1;
+            history.last_at = now;
+            let offset = history.last_offset;
+            if history.entries.len() >= self.limit {
+                if let Some(gone) = history.entries.pop_front() {
+                    self.bytes.fetch_sub(cost(&gone), Ordering::AcqRel);
+                }
+            }
+            let entry = Entry {
+                offset,
+                at: now,
+                data: Arc::from(data),
+            };
+            self.bytes.fetch_add(cost(&entry), Ordering::AcqRel);
+            history.entries.push_back(entry);
+            // Shard, then order: `evict` never holds the order while taking a shard.
+            self.order.lock().push_back((key, offset, now));
+            deliver(offset)
         };
-        history.last_offset += 1;
-        history.last_at = now;
-        let offset = history.last_offset;
-        if history.entries.len() >= self.limit {
-            history.entries.pop_front();
+        if self.bytes.load(Ordering::Acquire) > self.max_bytes {
+            self.evict();
         }
-        history.entries.push_back(Entry {
-            offset,
-            at: now,
-            data: Arc::from(data),
-        });
-        deliver(offset)
+        result
+    }
+
+    /// Drops the oldest stored messages, whatever their stream, until the history is
+    /// within `max_bytes` again.
+    fn evict(&self) {
+        let mut evicted = 0u64;
+        while self.bytes.load(Ordering::Acquire) > self.max_bytes {
+            let Some((stream, offset, _)) = self.order.lock().pop_front() else {
+                break;
+            };
+            let mut shard = self.shard(&stream).lock();
+            if let Some(history) = shard.get_mut(&stream) {
+                if history.entries.front().is_some_and(|e| e.offset == offset) {
+                    let gone = history.entries.pop_front().expect("checked");
+                    self.bytes.fetch_sub(cost(&gone), Ordering::AcqRel);
+                    evicted += 1;
+                }
+            }
+        }
+        if evicted > 0 {
+            crate::logging::once_a_second(&EVICTED_LOG, |more| {
+                log::warn!(
+                    "history over ANYCABLE_HISTORY_MAX_BYTES ({} bytes): its oldest messages were dropped early; clients that need them get reject_history ({} more since the last line)",
+                    self.max_bytes,
+                    more
+                );
+            });
+        }
+    }
+
+    /// What the stored messages cost, in bytes (payloads plus overhead).
+    pub fn bytes(&self) -> usize {
+        self.bytes.load(Ordering::Acquire)
     }
 
     /// The messages after `offset` in `epoch`, oldest first. Fails when the epoch is
@@ -231,6 +303,7 @@ impl History {
     /// Drops messages older than the ttl, and the offsets of streams with no message
     /// for 10×ttl (a stream broadcast to again after that continues above every
     /// forgotten offset; clients that held older positions get reject_history).
+    /// (Kept here: the doc of `sweep` below.)
     pub fn sweep(&self) {
         self.sweep_at(unix_now())
     }
@@ -245,7 +318,8 @@ impl History {
                     .front()
                     .is_some_and(|e| self.expired(e, now))
                 {
-                    history.entries.pop_front();
+                    let gone = history.entries.pop_front().expect("checked");
+                    self.bytes.fetch_sub(cost(&gone), Ordering::AcqRel);
                 }
                 if history.entries.is_empty() && history.entries.capacity() > 0 {
                     history.entries = VecDeque::new();
@@ -253,11 +327,18 @@ impl History {
                 let keep = !history.entries.is_empty()
                     || now.saturating_sub(history.last_at) <= forget_after;
                 if !keep {
-                    self.floor
-                        .fetch_max(history.last_offset, std::sync::atomic::Ordering::AcqRel);
+                    self.floor.fetch_max(history.last_offset, Ordering::AcqRel);
                 }
                 keep
             });
+        }
+        // What has expired has left every stream: its place in the order goes too.
+        let mut order = self.order.lock();
+        while order
+            .front()
+            .is_some_and(|(_, _, at)| now.saturating_sub(*at) > self.ttl)
+        {
+            order.pop_front();
         }
     }
 
@@ -304,9 +385,36 @@ mod tests {
             &HistoryConfig {
                 limit,
                 ttl: Duration::from_secs(ttl),
+                ..Default::default()
             },
             "ep01".into(),
         )
+    }
+
+    #[test]
+    fn keeps_within_max_bytes_dropping_the_oldest_of_any_stream() {
+        let h = History::with_epoch(
+            &HistoryConfig {
+                limit: 10,
+                ttl: Duration::from_secs(60),
+                max_bytes: 3 * (ENTRY_OVERHEAD + 4),
+            },
+            "ep01".into(),
+        );
+        h.append_at("a", "a001", 1000, |_| ());
+        h.append_at("b", "b001", 1001, |_| ());
+        h.append_at("a", "a002", 1002, |_| ());
+        assert_eq!(h.bytes(), 3 * (ENTRY_OVERHEAD + 4));
+        // A fourth: the oldest ("a" 1) goes; a client that saw nothing of "a" is refused.
+        h.append_at("b", "b002", 1003, |_| ());
+        assert_eq!(h.bytes(), 3 * (ENTRY_OVERHEAD + 4));
+        assert!(h.from_at("a", "ep01", 0, 1003).is_err());
+        assert_eq!(offsets(&h.from_at("a", "ep01", 1, 1003).unwrap()), vec![2]);
+        assert_eq!(offsets(&h.since_at("b", 1, 1003)), vec![1, 2]);
+        // Expiry gives the bytes back, and the order forgets what expired.
+        h.sweep_at(1070);
+        assert_eq!(h.bytes(), 0);
+        assert!(h.order.lock().is_empty());
     }
 
     fn offsets(entries: &[Entry]) -> Vec<u64> {

@@ -130,6 +130,7 @@ fn with_history(limit: usize) -> ServerConfig {
         history: Some(HistoryConfig {
             limit,
             ttl: Duration::from_secs(300),
+            ..Default::default()
         }),
         streams: StreamsConfig {
             public: true,

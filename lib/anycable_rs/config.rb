@@ -32,6 +32,9 @@ module AnyCableRs
       broker: "none",
       history_limit: 100,
       history_ttl: 300,
+      # Bytes the history may hold in all (payloads plus ~100 bytes each); past that
+      # the oldest messages of any stream go first, with a warning.
+      history_max_bytes: 64 * 1024 * 1024,
       # With a broker, an extended-protocol session is kept this many seconds after its
       # socket closed: a client that comes back with its sid in time gets its
       # identifiers and subscriptions back without `connect` or `subscribed`. 0: off.
@@ -303,6 +306,7 @@ module AnyCableRs
         max_conn_age: max_conn_age.to_f, rpc_pool_size: rpc_pool_size,
         streams: streams_options, jwt: jwt_options,
         pong_timeout: pong_timeout.to_f, broker: broker, history_limit: history_limit, history_ttl: history_ttl.to_f,
+        history_max_bytes: history_max_bytes,
         sessions_ttl: sessions_ttl.to_f, presence_ttl: presence_ttl.to_f
       }
     end
@@ -379,7 +383,7 @@ module AnyCableRs
         :streams_whisper, :streams_presence, :turbo_streams, :enforce_jwt
         value.is_a?(String) ? %w[1 true yes on].include?(value.strip.downcase) : !!value
       when :port, :rpc_pool_size, :worker_threads, :max_message_size, :max_pending_bytes, :queue_size, :max_conn,
-        :jwt_ttl, :history_limit
+        :jwt_ttl, :history_limit, :history_max_bytes
         integer(key, value)
       when :ping_interval, :write_timeout, :shutdown_timeout, :max_conn_age, :pong_timeout, :history_ttl, :sessions_ttl,
         :presence_ttl

@@ -77,6 +77,7 @@ const KEYS: &[&str] = &[
     "broker",
     "history_limit",
     "history_ttl",
+    "history_max_bytes",
     "sessions_ttl",
     "presence_ttl",
 ];
@@ -206,10 +207,16 @@ fn history_config(ruby: &Ruby, opts: RHash) -> Result<Option<HistoryConfig>, Err
                     "history_limit must be at least 1 and history_ttl at least 1 second",
                 ));
             }
+            let max_bytes: usize =
+                opt(ruby, opts, "history_max_bytes")?.unwrap_or(defaults.max_bytes);
+            if max_bytes < 1024 {
+                return Err(arg_error(ruby, "history_max_bytes must be at least 1024"));
+            }
             Ok(Some(HistoryConfig {
                 limit,
                 ttl: Duration::try_from_secs_f64(ttl)
                     .map_err(|_| arg_error(ruby, format!("history_ttl too large: {ttl}")))?,
+                max_bytes,
             }))
         }
         Some(other) => Err(arg_error(

@@ -55,6 +55,7 @@ module AnyCableRs
         [:broker, "memory", "memory: broadcasts get offsets and the last ones are kept per stream for the history command (each server process keeps its own; a client that reconnects to another Puma worker or machine gets reject_history). none: neither. nats is not there yet."],
         [:history_limit, nil, "Messages kept per stream (broker memory)."],
         [:history_ttl, nil, "Seconds a message is kept (broker memory)."],
+        [:history_max_bytes, nil, "Bytes the history may hold in all, per process; past that the oldest messages go first (broker memory)."],
         [:presence_ttl, nil, "Seconds a presence record outlives its closed socket (broker memory)."],
         [:sessions_ttl, nil, "Seconds a closed extended-protocol session can be restored by its sid, without connect (broker memory). 0: off."],
         ["Metrics", nil, nil],
