@@ -188,6 +188,14 @@ impl<C: Controller> Inner<C> {
 
         let mut bad_input = BadInputLog::default();
         let mut inflight: Option<CommandFuture<'_>> = None;
+        if owes_disconnect {
+            // A restored session the app had objects for gets them back now, not at the
+            // first command (a client that only listens sends none): its channels'
+            // timers run, and remote disconnects reach it.
+            if let Some(connect) = lazy.take() {
+                inflight = Some(self.rebuild(session.clone(), connect));
+            }
+        }
         // While a command runs, what it transmits waits for its end (up to
         // WRITE_DEFER): one wake of this task and one write per command, not a wake for
         // the transmit and another for the reply a few microseconds later.
@@ -267,6 +275,25 @@ impl<C: Controller> Inner<C> {
         self.finish(&session, &mut lazy, owes_disconnect, extended)
             .await;
         drop(pending);
+    }
+
+    /// Builds a restored session's connection and channel objects in the app. If the
+    /// app cannot (a record gone, an error), the client is told and the session is not
+    /// kept for another restore.
+    fn rebuild<'a>(&'a self, session: SessionRef, connect: ConnectRequest) -> CommandFuture<'a> {
+        Box::pin(async move {
+            match self.controller.connect(connect).await {
+                ConnectReply::Accepted => {}
+                ConnectReply::Rejected(reason) => session.close(reason),
+                ConnectReply::Failed(error) => {
+                    log::error!(
+                        "session {}: restoring the app's objects failed: {error}",
+                        session.log_id()
+                    );
+                    session.close(DisconnectReason::SERVER_ERROR);
+                }
+            }
+        })
     }
 
     /// The cached session the client asks back (`X-AnyCable-Restore-SID`, else

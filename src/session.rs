@@ -94,8 +94,7 @@ pub struct Session {
     state: Mutex<Option<Box<StateMap>>>,
     /// Presence streams, by subscription identifier (AnyCable's `$p`).
     presence_streams: Mutex<Vec<(String, String)>>,
-    /// The server closed it for good (`reconnect: false`, or the app closed it):
-    /// nothing to restore.
+    /// The server or the app closed it: nothing to restore.
     final_close: AtomicBool,
 }
 
@@ -197,9 +196,9 @@ impl Session {
 
     fn close_with(&self, reason: Option<DisconnectReason>) {
         if !self.closing.swap(true, Ordering::AcqRel) {
-            if !reason.as_ref().is_some_and(|r| r.reconnect) {
-                self.final_close.store(true, Ordering::Release);
-            }
+            // Whatever the reason (a remote disconnect at logout, too_slow, a restart):
+            // only a socket the client or the network ended is kept for a restore.
+            self.final_close.store(true, Ordering::Release);
             self.push(Outbound::Close(reason));
         }
     }
@@ -400,7 +399,7 @@ impl Session {
     }
 
     /// The session as a restore gets it back; `None` when it must not be restored
-    /// (closed for good by the server or the app).
+    /// (the server or the app closed it).
     pub fn to_cache(&self, app_connected: bool) -> Option<CachedSession> {
         if self.final_close.load(Ordering::Acquire) {
             return None;

@@ -44,6 +44,15 @@ impl Controller for App {
     async fn connect(&self, req: ConnectRequest) -> ConnectReply {
         if req.identifiers.is_some() {
             self.calls.rebuilds.fetch_add(1, Ordering::SeqCst);
+            let gone = req
+                .restored
+                .iter()
+                .flat_map(|c| &c.subscriptions)
+                .any(|s| s.identifier.contains("gone"));
+            if gone {
+                // The app cannot rebuild it (a record deleted meanwhile).
+                return ConnectReply::Failed("record not found".into());
+            }
             self.calls.restored.lock().push(
                 req.restored
                     .iter()
@@ -588,6 +597,9 @@ async fn a_session_is_restored_by_sid_without_connect_or_subscribe() {
     assert_eq!(welcome["type"], "welcome");
     assert_eq!(welcome["restored"], true, "{welcome}");
     assert_ne!(welcome["sid"], old.as_str());
+    // The app's objects are rebuilt at once, before any command (timers, remote
+    // disconnects need them).
+    wait_for(|| calls.rebuilds.load(Ordering::SeqCst) == 1).await;
     let mut ids: Vec<&str> = welcome["restored_ids"]
         .as_array()
         .unwrap()
@@ -627,8 +639,8 @@ async fn a_session_is_restored_by_sid_without_connect_or_subscribe() {
     assert_eq!(calls.connects.load(Ordering::SeqCst), 1);
     // The two app subscriptions ($pubsub is the server's own).
     assert_eq!(calls.subscribes.load(Ordering::SeqCst), 2);
-    // The app's objects are rebuilt on the first command that needs them, with the
-    // identifiers and the app's subscriptions (not the server-side one).
+    // They were rebuilt with the identifiers and the app's subscriptions (not the
+    // server-side one); a command does not rebuild them again.
     send(
         &mut b,
         json!({"command": "message", "identifier": id, "data": "{\"action\":\"x\"}"}),
@@ -763,6 +775,42 @@ async fn a_restored_session_is_owed_disconnect_and_restores_again() {
     }
     assert_eq!(calls.connects.load(Ordering::SeqCst), 1);
     assert_eq!(calls.subscribes.load(Ordering::SeqCst), 1);
+}
+
+/// A restore the app cannot rebuild (a record gone): the client is told server_error,
+/// and the session is not kept for yet another restore.
+#[tokio::test]
+async fn a_restore_the_app_cannot_rebuild_is_closed_and_not_kept() {
+    let ((_server, addr), calls) = start_counting(with_history(100)).await;
+    let id = r#"{"channel":"gone"}"#;
+    let (mut a, _, welcome) = connect(addr, "actioncable-v1-ext-json").await;
+    send(&mut a, json!({"command": "subscribe", "identifier": id})).await;
+    assert_eq!(next(&mut a).await["type"], "confirm_subscription");
+    drop(a);
+    wait_for(|| calls.disconnects.load(Ordering::SeqCst) == 1).await;
+    let old = welcome["sid"].as_str().unwrap();
+    let (mut b, _, welcome) = connect_with(
+        addr,
+        &format!("/cable?sid={old}"),
+        "actioncable-v1-ext-json",
+        None,
+    )
+    .await;
+    assert_eq!(welcome["restored"], true);
+    assert_eq!(
+        next(&mut b).await,
+        json!({"type": "disconnect", "reason": "server_error", "reconnect": true})
+    );
+    let again = welcome["sid"].as_str().unwrap();
+    wait_for(|| calls.disconnects.load(Ordering::SeqCst) == 2).await;
+    let (_c, _, welcome) = connect_with(
+        addr,
+        &format!("/cable?sid={again}"),
+        "actioncable-v1-ext-json",
+        None,
+    )
+    .await;
+    assert!(welcome.get("restored").is_none(), "{welcome}");
 }
 
 async fn wait_for(mut done: impl FnMut() -> bool) {

@@ -133,7 +133,21 @@ module AnyCableRs
       job.resolve("unauthorized", nil)
     rescue Exception => e # rubocop:disable Lint/RescueException
       log_exception(e, "#{connection&.class || "connection"}#connect")
+      abandon(connection) if connection
       job.resolve("error", "#{e.class}: #{e.message}")
+    end
+
+    # A connection that failed half-way (a restore whose record is gone, say): it will
+    # get no disconnect, so what it started stops here (timers, streams, the internal
+    # channel).
+    def abandon(connection)
+      ActionCable::Compat.channels(connection).each_value do |channel|
+        safely("#{channel.class} stop_all_streams") { channel.stop_all_streams }
+        safely("#{channel.class} timers") { ActionCable::Compat.stop_timers(channel) }
+      end
+      safely("unsubscribe from internal channel") do
+        ActionCable::Compat.unsubscribe_from_internal_channel(connection)
+      end
     end
 
     # A restored session's channel objects, new and without `subscribed` (AnyCable
@@ -325,6 +339,7 @@ module AnyCableRs
         connection.logger.info request_message("Finished", ActionCable::ConnectionEnv.light_env(connection))
         ActionCable::Compat.channels(connection).each_value do |channel|
           safely("#{channel.class}#stop_all_streams", connection) { channel.stop_all_streams }
+          safely("#{channel.class} timers", connection) { ActionCable::Compat.stop_timers(channel) }
         end
         safely("unsubscribe from internal channel", connection) do
           ActionCable::Compat.unsubscribe_from_internal_channel(connection)

@@ -25,6 +25,12 @@ module AnyCableRs
       end
     end
 
+    # A restore sid (`/cable?sid=…`) restores a session without `connect`: request log
+    # lines (Rails' and ours) show it filtered, as a password.
+    initializer "anycable_rs.filter_sid" do |app|
+      app.config.filter_parameters << /\Asid\z/
+    end
+
     initializer "anycable_rs.helpers" do
       ActiveSupport.on_load(:action_view) do
         require "anycable_rs/helper"

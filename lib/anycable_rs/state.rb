@@ -18,9 +18,11 @@ module AnyCableRs
   #     end
   #   end
   #
-  # Values: nil, true, false, numbers, strings, symbols (read back as strings), records
-  # with a GlobalID, and arrays and hashes of those; anything else is an ArgumentError
-  # at the write. Under plain Action Cable these are plain attributes.
+  # Values: nil, true, false, finite numbers, strings, symbols (read back as strings),
+  # records with a GlobalID (read back as nil if deleted meanwhile), and arrays and
+  # hashes of those (keys read back as strings); anything else is an ArgumentError at
+  # the write. The writer is private (`self.room = …`): a public one would be an action
+  # clients could perform. Under plain Action Cable these are plain attributes.
   module State
     # Extended into ActionCable::Channel::Base and ActionCable::Connection::Base.
     module Accessors
@@ -39,6 +41,9 @@ module AnyCableRs
             instance_variable_set(ivar, value)
             State.record(self, name, json)
           end
+          # A public writer would be an action a client could perform (Action Cable
+          # takes a channel's public methods as its actions): `self.name = …` only.
+          private :"#{name}="
         end
       end
     end
@@ -46,13 +51,16 @@ module AnyCableRs
     # Only sessions on AnyCable's extended protocol can be restored.
     RESTORABLE_PROTOCOL = "actioncable-v1-ext-json"
     RESTORED = :@__anycable_rs_restored_state
-    # Strings that are GlobalID params are located as records when read back.
-    GID_PREFIX = "gid://"
+    # A record is kept as {GID_KEY => its GlobalID}; only such a hash is located when
+    # read back (a string that merely looks like a GlobalID stays a string).
+    GID_KEY = "_anycable_rs_gid"
 
     module_function
 
     def dump(value, name)
       JSON.generate(serialize(value, name))
+    rescue JSON::GeneratorError => e
+      raise ArgumentError, "state_attr_accessor :#{name} cannot keep #{value.inspect} (#{e.message})"
     end
 
     def load(json)
@@ -66,8 +74,7 @@ module AnyCableRs
       when Array then value.map { |v| serialize(v, name) }
       when Hash then value.to_h { |k, v| [k.to_s, serialize(v, name)] }
       else
-        # The plain URI form ("gid://app/User/1"), so that a read knows it by its prefix.
-        return value.to_global_id.to_s if value.respond_to?(:to_global_id)
+        return {GID_KEY => value.to_global_id.to_s} if value.respond_to?(:to_global_id)
 
         raise ArgumentError, "state_attr_accessor :#{name} cannot keep a #{value.class} " \
           "(nil, booleans, numbers, strings, records with a GlobalID, and arrays and hashes of those)"
@@ -76,17 +83,24 @@ module AnyCableRs
 
     def deserialize(value)
       case value
-      when String then value.start_with?(GID_PREFIX) ? locate(value) : value
       when Array then value.map { |v| deserialize(v) }
-      when Hash then value.transform_values { |v| deserialize(v) }.with_indifferent_access
+      when Hash
+        return locate(value[GID_KEY]) if value.size == 1 && value.key?(GID_KEY)
+
+        value.transform_values { |v| deserialize(v) }.with_indifferent_access
       else value
       end
     end
 
-    def locate(param)
-      return param unless defined?(::GlobalID::Locator)
+    # The record, or nil when it is gone (deleted since it was kept).
+    def locate(gid)
+      return gid unless defined?(::GlobalID::Locator)
 
-      ::GlobalID::Locator.locate(param) || param
+      ::GlobalID::Locator.locate(gid)
+    rescue StandardError => e
+      raise unless e.class.name == "ActiveRecord::RecordNotFound"
+
+      nil
     end
 
     # Gives the server the value, on an extended-protocol socket of ours (only those

@@ -51,6 +51,12 @@ RSpec.describe "Session restore (real Puma, memory broker)", type: :cable do
       expect(welcome["restored_ids"]).to contain_exactly(state, echo, ticker)
       expect(said("connect")).to eq(["alice"])
       expect(said("subscribed")).to eq(["alice:r1"])
+      # The app's objects are back before any command: the ticker's timer runs.
+      tick = next_message(b) until tick && tick["identifier"] == ticker
+      expect(tick["message"]).to include("tick")
+      # The old sid is in no log line (Rails' request log included: filtered).
+      expect(puma.rails_log).not_to include(old)
+      expect(puma.log).not_to include(old)
 
       b.send_json(command: "history", identifier: echo,
         history: {streams: {all: {epoch: epoch, offset: first.fetch("offset")}}})
@@ -63,9 +69,6 @@ RSpec.describe "Session restore (real Puma, memory broker)", type: :cable do
       b.perform(state, "ivars")
       ivars = next_message(b) until ivars && ivars["identifier"] == state
       expect(ivars["message"]).to eq("room" => nil, "count" => nil, "params_room" => "r1", "user" => "alice")
-      # Periodic timers run on the restored channel.
-      tick = next_message(b) until tick && tick["identifier"] == ticker
-      expect(tick["message"]).to include("tick")
       # Unsubscribing a restored channel lets its streams go.
       b.send_json(command: "unsubscribe", identifier: echo)
       b.send_json(command: "unsubscribe", identifier: ticker)

@@ -248,6 +248,13 @@ module AnyCableRs
         channels(connection)[identifier] = channel
       end
 
+      # Stops a channel's `periodically` timers without its unsubscribe callbacks.
+      # checked: 6.1–8.1, main (private PeriodicTimers#stop_periodic_timers, the
+      # after_unsubscribe callback).
+      def stop_timers(channel)
+        channel.__send__(:stop_periodic_timers)
+      end
+
       # Has the subscription's confirmation gone out? checked: 6.1–8.1, main (private
       # Channel::Base#subscription_confirmation_sent?).
       def confirmation_sent?(channel)
