@@ -366,7 +366,11 @@ impl<C: Controller> Inner<C> {
             );
             return None;
         }
-        let (command, history, presence) = match protocol::parse_frame(text) {
+        let frame = protocol::parse_frame(text);
+        if frame.is_ok() {
+            COUNTERS.client_msg.inc();
+        }
+        let (command, history, presence) = match frame {
             Ok(ClientFrame::Command {
                 command,
                 history,
@@ -376,13 +380,11 @@ impl<C: Controller> Inner<C> {
                 identifier,
                 presence,
             }) => {
-                COUNTERS.client_msg.inc();
                 self.hub
                     .presence_join(session, &identifier, &presence.id, presence.info);
                 return None;
             }
             Ok(ClientFrame::Leave { identifier }) => {
-                COUNTERS.client_msg.inc();
                 self.hub.presence_leave(session, &identifier);
                 return None;
             }
@@ -390,24 +392,20 @@ impl<C: Controller> Inner<C> {
                 identifier,
                 return_records,
             }) => {
-                COUNTERS.client_msg.inc();
                 self.hub.presence_info(session, &identifier, return_records);
                 return None;
             }
             Ok(ClientFrame::Ping) => {
-                COUNTERS.client_msg.inc();
                 session.send_frame(protocol::pong());
                 return None;
             }
             Ok(ClientFrame::Pong) => {
-                COUNTERS.client_msg.inc();
                 return None;
             }
             Ok(ClientFrame::History {
                 identifier,
                 history,
             }) => {
-                COUNTERS.client_msg.inc();
                 self.send_history(session, &identifier, &history);
                 return None;
             }
@@ -417,7 +415,6 @@ impl<C: Controller> Inner<C> {
                 return None;
             }
         };
-        COUNTERS.client_msg.inc();
         if self.serve_here(
             session,
             &command,

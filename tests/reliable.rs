@@ -211,6 +211,16 @@ async fn next_frame(ws: &mut Client) -> Value {
     }
 }
 
+/// Subscribes to `identifier` and expects the confirmation.
+async fn subscribed(ws: &mut Client, identifier: &str) {
+    send(
+        ws,
+        json!({"command": "subscribe", "identifier": identifier}),
+    )
+    .await;
+    assert_eq!(next(ws).await["type"], "confirm_subscription");
+}
+
 async fn send(ws: &mut Client, v: Value) {
     ws.send(Message::Text(v.to_string().into())).await.unwrap();
 }
@@ -369,8 +379,7 @@ async fn broadcasts_get_offsets_and_missed_ones_are_replayed_on_subscribe() {
     let epoch = server.history().unwrap().epoch().to_string();
     let id = r#"{"channel":"ChatChannel"}"#;
     let mut a = ext(addr).await;
-    send(&mut a, json!({"command": "subscribe", "identifier": id})).await;
-    assert_eq!(next(&mut a).await["type"], "confirm_subscription");
+    subscribed(&mut a, id).await;
     for n in 1..=2 {
         server
             .broadcast("all", &format!(r#"{{"n":{n}}}"#), None)
@@ -379,12 +388,7 @@ async fn broadcasts_get_offsets_and_missed_ones_are_replayed_on_subscribe() {
     }
     // A plain client sees the offsets too (one encoder for both, as AnyCable).
     let (mut plain, _, _) = connect(addr, "actioncable-v1-json").await;
-    send(
-        &mut plain,
-        json!({"command": "subscribe", "identifier": id}),
-    )
-    .await;
-    assert_eq!(next(&mut plain).await["type"], "confirm_subscription");
+    subscribed(&mut plain, id).await;
     server.broadcast("all", r#"{"n":3}"#, None).unwrap();
     assert_eq!(next(&mut plain).await, msg(id, 3, &epoch, "all"));
 
@@ -428,8 +432,7 @@ async fn the_history_command_confirms_or_rejects_per_section_5_3() {
     let epoch = server.history().unwrap().epoch().to_string();
     let id = r#"{"channel":"ChatChannel","extra":true}"#;
     let mut a = ext(addr).await;
-    send(&mut a, json!({"command": "subscribe", "identifier": id})).await;
-    assert_eq!(next(&mut a).await["type"], "confirm_subscription");
+    subscribed(&mut a, id).await;
     for n in 1..=5 {
         server
             .broadcast("all", &format!(r#"{{"n":{n}}}"#), None)
@@ -501,8 +504,7 @@ async fn whispers_and_transient_broadcasts_get_no_offset_and_server_streams_have
     let mut a = ext(addr).await;
     let mut b = ext(addr).await;
     for ws in [&mut a, &mut b] {
-        send(ws, json!({"command": "subscribe", "identifier": public})).await;
-        assert_eq!(next(ws).await["type"], "confirm_subscription");
+        subscribed(ws, &public).await;
     }
     send(
         &mut a,
@@ -573,12 +575,7 @@ async fn a_session_is_restored_by_sid_without_connect_or_subscribe() {
     let (mut a, _, welcome) = connect(addr, "actioncable-v1-ext-json").await;
     let old = welcome["sid"].as_str().unwrap().to_string();
     for identifier in [id, quiet, public.as_str()] {
-        send(
-            &mut a,
-            json!({"command": "subscribe", "identifier": identifier}),
-        )
-        .await;
-        assert_eq!(next(&mut a).await["type"], "confirm_subscription");
+        subscribed(&mut a, identifier).await;
     }
     server.broadcast("all", r#"{"n":1}"#, None).unwrap();
     assert_eq!(next(&mut a).await, msg(id, 1, &epoch, "all"));
@@ -656,13 +653,7 @@ async fn a_session_is_restored_by_sid_without_connect_or_subscribe() {
     );
 
     // Once only: the same old sid again is a new session, through `connect`.
-    let (_c, _, welcome) = connect_with(
-        addr,
-        &format!("/cable?sid={old}"),
-        "actioncable-v1-ext-json",
-        None,
-    )
-    .await;
+    let (_c, welcome) = reconnect(addr, &old, "actioncable-v1-ext-json").await;
     assert!(welcome.get("restored").is_none(), "{welcome}");
     assert_eq!(calls.connects.load(Ordering::SeqCst), 2);
 }
@@ -676,8 +667,7 @@ async fn restore_needs_the_extended_protocol_a_live_ttl_and_a_reconnectable_clos
     let closed = |calls: &Calls, n| calls.disconnects.load(Ordering::SeqCst) == n;
     let session = |addr| async move {
         let (mut a, _, welcome) = connect(addr, "actioncable-v1-ext-json").await;
-        send(&mut a, json!({"command": "subscribe", "identifier": id})).await;
-        assert_eq!(next(&mut a).await["type"], "confirm_subscription");
+        subscribed(&mut a, id).await;
         (a, welcome["sid"].as_str().unwrap().to_string())
     };
 
@@ -685,13 +675,7 @@ async fn restore_needs_the_extended_protocol_a_live_ttl_and_a_reconnectable_clos
     let (a, old) = session(addr).await;
     drop(a);
     wait_for(|| closed(&calls, 1)).await;
-    let (_p, _, welcome) = connect_with(
-        addr,
-        &format!("/cable?sid={old}"),
-        "actioncable-v1-json",
-        None,
-    )
-    .await;
+    let (_p, welcome) = reconnect(addr, &old, "actioncable-v1-json").await;
     assert!(welcome.get("restored").is_none(), "{welcome}");
     // The header wins over the query.
     let (_r, _, welcome) = connect_with(
@@ -713,13 +697,7 @@ async fn restore_needs_the_extended_protocol_a_live_ttl_and_a_reconnectable_clos
     assert_eq!(next(&mut a).await["reason"], "unauthorized");
     drop(a);
     wait_for(|| closed(&calls, 2)).await;
-    let (_d, _, welcome) = connect_with(
-        addr,
-        &format!("/cable?sid={old}"),
-        "actioncable-v1-ext-json",
-        None,
-    )
-    .await;
+    let (_d, welcome) = reconnect(addr, &old, "actioncable-v1-ext-json").await;
     assert!(welcome.get("restored").is_none(), "{welcome}");
 
     // ANYCABLE_SESSIONS_TTL=0, and no broker: no restores.
@@ -734,13 +712,7 @@ async fn restore_needs_the_extended_protocol_a_live_ttl_and_a_reconnectable_clos
         let (a, old) = session(addr).await;
         drop(a);
         wait_for(|| closed(&calls, 1)).await;
-        let (_e, _, welcome) = connect_with(
-            addr,
-            &format!("/cable?sid={old}"),
-            "actioncable-v1-ext-json",
-            None,
-        )
-        .await;
+        let (_e, welcome) = reconnect(addr, &old, "actioncable-v1-ext-json").await;
         assert!(welcome.get("restored").is_none(), "{welcome}");
     }
 }
@@ -753,19 +725,12 @@ async fn a_restored_session_is_owed_disconnect_and_restores_again() {
     let ((_server, addr), calls) = start_counting(with_history(100)).await;
     let id = r#"{"channel":"ChatChannel"}"#;
     let (mut a, _, welcome) = connect(addr, "actioncable-v1-ext-json").await;
-    send(&mut a, json!({"command": "subscribe", "identifier": id})).await;
-    assert_eq!(next(&mut a).await["type"], "confirm_subscription");
+    subscribed(&mut a, id).await;
     drop(a);
     wait_for(|| calls.disconnects.load(Ordering::SeqCst) == 1).await;
     let mut sid = welcome["sid"].as_str().unwrap().to_string();
     for round in 2..=3 {
-        let (b, _, welcome) = connect_with(
-            addr,
-            &format!("/cable?sid={sid}"),
-            "actioncable-v1-ext-json",
-            None,
-        )
-        .await;
+        let (b, welcome) = reconnect(addr, &sid, "actioncable-v1-ext-json").await;
         assert_eq!(welcome["restored"], true, "round {round}: {welcome}");
         assert_eq!(welcome["restored_ids"], json!([id]));
         sid = welcome["sid"].as_str().unwrap().to_string();
@@ -784,8 +749,7 @@ async fn a_restore_the_app_cannot_rebuild_is_closed_and_not_kept() {
     let ((_server, addr), calls) = start_counting(with_history(100)).await;
     let id = r#"{"channel":"gone"}"#;
     let (mut a, _, welcome) = connect(addr, "actioncable-v1-ext-json").await;
-    send(&mut a, json!({"command": "subscribe", "identifier": id})).await;
-    assert_eq!(next(&mut a).await["type"], "confirm_subscription");
+    subscribed(&mut a, id).await;
     drop(a);
     wait_for(|| calls.disconnects.load(Ordering::SeqCst) == 1).await;
     let old = welcome["sid"].as_str().unwrap();
@@ -803,14 +767,14 @@ async fn a_restore_the_app_cannot_rebuild_is_closed_and_not_kept() {
     );
     let again = welcome["sid"].as_str().unwrap();
     wait_for(|| calls.disconnects.load(Ordering::SeqCst) == 2).await;
-    let (_c, _, welcome) = connect_with(
-        addr,
-        &format!("/cable?sid={again}"),
-        "actioncable-v1-ext-json",
-        None,
-    )
-    .await;
+    let (_c, welcome) = reconnect(addr, again, "actioncable-v1-ext-json").await;
     assert!(welcome.get("restored").is_none(), "{welcome}");
+}
+
+/// Connects again asking to restore `sid` by the query, offering `protocol`.
+async fn reconnect(addr: SocketAddr, sid: &str, protocol: &str) -> (Client, Value) {
+    let (ws, _, welcome) = connect_with(addr, &format!("/cable?sid={sid}"), protocol, None).await;
+    (ws, welcome)
 }
 
 async fn wait_for(mut done: impl FnMut() -> bool) {
@@ -838,8 +802,7 @@ async fn presence_joins_leaves_and_expires_per_section_4() {
         |message: Value| json!({"type": "presence", "identifier": lobby, "message": message});
     let (mut a, mut b) = (ext(addr).await, ext(addr).await);
     for ws in [&mut a, &mut b] {
-        send(ws, json!({"command": "subscribe", "identifier": lobby})).await;
-        assert_eq!(next(ws).await["type"], "confirm_subscription");
+        subscribed(ws, &lobby).await;
     }
     let join = |id: &str, info: Value| json!({"command": "join", "identifier": lobby, "presence": {"id": id, "info": info}});
     send(&mut a, join("42", json!({"name": "A"}))).await;
@@ -903,8 +866,7 @@ async fn presence_joins_leaves_and_expires_per_section_4() {
 
     // An app channel without a presence stream, and an unknown subscription: error.
     let id = r#"{"channel":"ChatChannel"}"#;
-    send(&mut b, json!({"command": "subscribe", "identifier": id})).await;
-    assert_eq!(next(&mut b).await["type"], "confirm_subscription");
+    subscribed(&mut b, id).await;
     for identifier in [id, "nope"] {
         send(
             &mut b,
@@ -937,8 +899,7 @@ async fn without_a_broker_presence_is_an_error() {
     let (_server, addr) = start(config).await;
     let lobby = json!({"channel": "$pubsub", "stream_name": "lobby"}).to_string();
     let mut a = ext(addr).await;
-    send(&mut a, json!({"command": "subscribe", "identifier": lobby})).await;
-    assert_eq!(next(&mut a).await["type"], "confirm_subscription");
+    subscribed(&mut a, &lobby).await;
     send(
         &mut a,
         json!({"command": "join", "identifier": lobby, "presence": {"id": "1"}}),
