@@ -126,6 +126,27 @@ RSpec.describe "Session restore (real Puma, memory broker)", type: :cable do
     expect(message_for(c, plain_room)).to include("room" => "p", "owner" => "bob", "plain" => "set in subscribed")
   end
 
+  it "lets remote_connections reach a restored session that sent no command, and keeps nothing after it" do
+    a, welcome = ext(port: puma.port, name: "alice")
+    subscribed(a, channel: "EchoChannel")
+    a.close
+    wait_for { said("disconnect").include?("alice") }
+    app_sessions = -> { JSON.parse(puma.http(:get, "/stats").body).dig("server", "sessions") }
+    before = app_sessions.call
+    b, welcome = ext(port: puma.port, query: "?sid=#{welcome.fetch("sid")}")
+    expect(welcome).to include("restored" => true)
+    # Rebuilt in the app without a command from the client.
+    wait_for { app_sessions.call == before + 1 }
+    user_id = puma.http(:get, "/login?name=alice").body
+    expect(puma.http(:post, "/remote_disconnect", user_id: user_id).code).to eq("201")
+    expect(b.receive).to eq("type" => "disconnect", "reason" => "remote", "reconnect" => true)
+    expect(b.receive).to eq(:closed)
+    # Closed by the app (a logout, say): that session is not restored.
+    c = client(protocols: [EXT_PROTOCOL], path: "/cable?sid=#{welcome.fetch("sid")}")
+    c.open?
+    expect(c.receive).to eq("type" => "disconnect", "reason" => "unauthorized", "reconnect" => false)
+  end
+
   it "restores once, only over the extended protocol, and never a session the app closed for good" do
     a, welcome = ext(port: puma.port, name: "alice")
     subscribed(a, channel: "EchoChannel")
