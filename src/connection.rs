@@ -193,7 +193,10 @@ impl<C: Controller> Inner<C> {
             // first command (a client that only listens sends none): its channels'
             // timers run, and remote disconnects reach it.
             if let Some(connect) = lazy.take() {
-                inflight = Some(self.rebuild(session.clone(), connect));
+                let connected = self.connect_lazily(session.clone(), connect);
+                inflight = Some(Box::pin(async move {
+                    connected.await;
+                }));
             }
         }
         // While a command runs, what it transmits waits for its end (up to
@@ -277,23 +280,23 @@ impl<C: Controller> Inner<C> {
         drop(pending);
     }
 
-    /// Builds a restored session's connection and channel objects in the app. If the
-    /// app cannot (a record gone, an error), the client is told and the session is not
-    /// kept for another restore.
-    fn rebuild<'a>(&'a self, session: SessionRef, connect: ConnectRequest) -> CommandFuture<'a> {
-        Box::pin(async move {
-            match self.controller.connect(connect).await {
-                ConnectReply::Accepted => {}
-                ConnectReply::Rejected(reason) => session.close(reason),
-                ConnectReply::Failed(error) => {
-                    log::error!(
-                        "session {}: restoring the app's objects failed: {error}",
-                        session.log_id()
-                    );
-                    session.close(DisconnectReason::SERVER_ERROR);
-                }
+    /// Builds the app's connection (and a restored session's channel) objects that
+    /// were left for later (JWT, restore): true when the app did. If it cannot (a
+    /// record gone, an error), the client is told and the session is not kept for a
+    /// restore.
+    async fn connect_lazily(&self, session: SessionRef, connect: ConnectRequest) -> bool {
+        match self.controller.connect(connect).await {
+            ConnectReply::Accepted => true,
+            ConnectReply::Rejected(reason) => {
+                session.close(reason);
+                false
             }
-        })
+            ConnectReply::Failed(error) => {
+                log::error!("session {}: connect failed: {error}", session.log_id());
+                session.close(DisconnectReason::SERVER_ERROR);
+                false
+            }
+        }
     }
 
     /// The cached session the client asks back (`X-AnyCable-Restore-SID`, else
@@ -424,12 +427,13 @@ impl<C: Controller> Inner<C> {
         ) {
             return None;
         }
-        let command_id = command.identifier.clone();
-        let identifier = history.as_ref().map(|_| command.identifier.clone());
-        if let Some(identifier) = &identifier {
+        if history.is_some() {
             // Before the app's subscribe joins the streams: see `send_history`.
-            session.hold(identifier);
+            session.hold(&command.identifier);
         }
+        // For what runs after the app's subscribe; most commands need no copy.
+        let after_id =
+            (history.is_some() || presence.is_some()).then(|| command.identifier.clone());
         let request = CommandRequest {
             session: session.clone(),
             command,
@@ -438,26 +442,20 @@ impl<C: Controller> Inner<C> {
             None => Box::pin(self.controller.command(request)),
             // The first command for the app's code: its connection object first.
             Some(connect) => {
-                let session = session.clone();
+                let connected = self.connect_lazily(session.clone(), connect);
                 Box::pin(async move {
-                    match self.controller.connect(connect).await {
-                        ConnectReply::Accepted => self.controller.command(request).await,
-                        ConnectReply::Rejected(reason) => session.close(reason),
-                        ConnectReply::Failed(error) => {
-                            log::error!("session {}: connect failed: {error}", session.log_id());
-                            session.close(DisconnectReason::SERVER_ERROR);
-                        }
+                    if connected.await {
+                        self.controller.command(request).await;
                     }
                 })
             }
         };
-        if history.is_none() && presence.is_none() {
+        let Some(id) = after_id else {
             return Some(run);
-        }
+        };
         // `history` and `presence` on a subscribe run after the app's subscribe, when
         // it confirmed the subscription.
         let session = session.clone();
-        let id = command_id;
         Some(Box::pin(async move {
             run.await;
             if let Some(history) = history {

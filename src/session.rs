@@ -404,7 +404,7 @@ impl Session {
         if self.final_close.load(Ordering::Acquire) {
             return None;
         }
-        let whispers = self.whispers.lock().clone();
+        let whispers = self.whispers.lock();
         let mut subscriptions: Vec<CachedSubscription> = self
             .server_subscriptions
             .lock()

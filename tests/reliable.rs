@@ -672,9 +672,7 @@ async fn restore_needs_the_extended_protocol_a_live_ttl_and_a_reconnectable_clos
     };
 
     // A plain-protocol client asking for a sid is not restored (and the entry stays).
-    let (a, old) = session(addr).await;
-    drop(a);
-    wait_for(|| closed(&calls, 1)).await;
+    let old = closed_session(addr, &calls, id).await;
     let (_p, welcome) = reconnect(addr, &old, "actioncable-v1-json").await;
     assert!(welcome.get("restored").is_none(), "{welcome}");
     // The header wins over the query.
@@ -709,9 +707,7 @@ async fn restore_needs_the_extended_protocol_a_live_ttl_and_a_reconnectable_clos
         ServerConfig::default(),
     ] {
         let ((_server, addr), calls) = start_counting(config).await;
-        let (a, old) = session(addr).await;
-        drop(a);
-        wait_for(|| closed(&calls, 1)).await;
+        let old = closed_session(addr, &calls, id).await;
         let (_e, welcome) = reconnect(addr, &old, "actioncable-v1-ext-json").await;
         assert!(welcome.get("restored").is_none(), "{welcome}");
     }
@@ -724,11 +720,7 @@ async fn restore_needs_the_extended_protocol_a_live_ttl_and_a_reconnectable_clos
 async fn a_restored_session_is_owed_disconnect_and_restores_again() {
     let ((_server, addr), calls) = start_counting(with_history(100)).await;
     let id = r#"{"channel":"ChatChannel"}"#;
-    let (mut a, _, welcome) = connect(addr, "actioncable-v1-ext-json").await;
-    subscribed(&mut a, id).await;
-    drop(a);
-    wait_for(|| calls.disconnects.load(Ordering::SeqCst) == 1).await;
-    let mut sid = welcome["sid"].as_str().unwrap().to_string();
+    let mut sid = closed_session(addr, &calls, id).await;
     for round in 2..=3 {
         let (b, welcome) = reconnect(addr, &sid, "actioncable-v1-ext-json").await;
         assert_eq!(welcome["restored"], true, "round {round}: {welcome}");
@@ -747,12 +739,7 @@ async fn a_restored_session_is_owed_disconnect_and_restores_again() {
 #[tokio::test]
 async fn a_restore_the_app_cannot_rebuild_is_closed_and_not_kept() {
     let ((_server, addr), calls) = start_counting(with_history(100)).await;
-    let id = r#"{"channel":"gone"}"#;
-    let (mut a, _, welcome) = connect(addr, "actioncable-v1-ext-json").await;
-    subscribed(&mut a, id).await;
-    drop(a);
-    wait_for(|| calls.disconnects.load(Ordering::SeqCst) == 1).await;
-    let old = welcome["sid"].as_str().unwrap();
+    let old = closed_session(addr, &calls, r#"{"channel":"gone"}"#).await;
     let (mut b, _, welcome) = connect_with(
         addr,
         &format!("/cable?sid={old}"),
@@ -769,6 +756,17 @@ async fn a_restore_the_app_cannot_rebuild_is_closed_and_not_kept() {
     wait_for(|| calls.disconnects.load(Ordering::SeqCst) == 2).await;
     let (_c, welcome) = reconnect(addr, again, "actioncable-v1-ext-json").await;
     assert!(welcome.get("restored").is_none(), "{welcome}");
+}
+
+/// An extended-protocol session subscribed to `id` whose client went away, once the
+/// app's disconnect has run: its sid.
+async fn closed_session(addr: SocketAddr, calls: &Calls, id: &str) -> String {
+    let before = calls.disconnects.load(Ordering::SeqCst);
+    let (mut a, _, welcome) = connect(addr, "actioncable-v1-ext-json").await;
+    subscribed(&mut a, id).await;
+    drop(a);
+    wait_for(|| calls.disconnects.load(Ordering::SeqCst) == before + 1).await;
+    welcome["sid"].as_str().unwrap().to_string()
 }
 
 /// Connects again asking to restore `sid` by the query, offering `protocol`.

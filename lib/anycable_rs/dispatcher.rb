@@ -137,15 +137,15 @@ module AnyCableRs
       job.resolve("error", "#{e.class}: #{e.message}")
     end
 
-    # A connection that failed half-way (a restore whose record is gone, say): it will
-    # get no disconnect, so what it started stops here (timers, streams, the internal
-    # channel).
+    # Stops what a connection started (streams, timers, the internal channel) without
+    # its callbacks: for one that failed half-way (a restore whose record is gone, say),
+    # which gets no disconnect, and under ANYCABLE_DISABLE_DISCONNECT.
     def abandon(connection)
       ActionCable::Compat.channels(connection).each_value do |channel|
-        safely("#{channel.class} stop_all_streams") { channel.stop_all_streams }
-        safely("#{channel.class} timers") { ActionCable::Compat.stop_timers(channel) }
+        safely("#{channel.class}#stop_all_streams", connection) { channel.stop_all_streams }
+        safely("#{channel.class} timers", connection) { ActionCable::Compat.stop_timers(channel) }
       end
-      safely("unsubscribe from internal channel") do
+      safely("unsubscribe from internal channel", connection) do
         ActionCable::Compat.unsubscribe_from_internal_channel(connection)
       end
     end
@@ -158,10 +158,8 @@ module AnyCableRs
       State.restore(connection, restored["state"])
       restored["subscriptions"].each do |sub|
         identifier = sub["identifier"]
-        params = decode_identifier(identifier)
-        klass = params && params["channel"].to_s.safe_constantize
-        unless ActionCable::Compat.channel_class?(klass)
-          connection.logger.error "Subscription class not found: #{params ? params["channel"].inspect : identifier.inspect}; restored subscription dropped"
+        params, klass = channel_class(connection, identifier, "; restored subscription dropped")
+        unless klass
           socket.remove_subscription(identifier)
           next
         end
@@ -240,18 +238,14 @@ module AnyCableRs
         return connection.logger.error("Already subscribed to #{identifier}; subscribe ignored")
       end
 
-      params = decode_identifier(identifier)
-      klass = params && params["channel"].to_s.safe_constantize
-      unless ActionCable::Compat.channel_class?(klass)
-        connection.logger.error "Subscription class not found: #{params ? params["channel"].inspect : identifier.inspect}"
-        return reject(connection, identifier)
-      end
+      _, klass = channel_class(connection, identifier)
+      return reject(connection, identifier) unless klass
 
+      native = ActionCable::Compat.websocket(connection)&.native
       begin
         subscriptions.add("identifier" => identifier)
         # Confirmed (a rejected channel has removed itself): restorable, and known to
         # `history`.
-        native = ActionCable::Compat.websocket(connection)&.native
         if (channel = ActionCable::Compat.channels(connection)[identifier])
           native&.add_subscription(identifier)
           channel.anycable_rs_after_confirm
@@ -263,7 +257,7 @@ module AnyCableRs
         log_exception(e, "#{klass}#subscribed")
         failed = ActionCable::Compat.channels(connection).delete(identifier)
         safely("#{klass} stop_all_streams") { failed&.stop_all_streams }
-        ActionCable::Compat.websocket(connection)&.native&.remove_subscription(identifier)
+        native&.remove_subscription(identifier)
         reject(connection, identifier)
       end
     end
@@ -289,6 +283,17 @@ module AnyCableRs
       safely("perform on", connection, identifier) do
         channel.perform_action(ActionCable::Coder.decode(data))
       end
+    end
+
+    # [params, channel class] for an identifier, the class nil (and an error logged)
+    # when there is none Subscriptions#add would take.
+    def channel_class(connection, identifier, consequence = "")
+      params = decode_identifier(identifier)
+      klass = params && params["channel"].to_s.safe_constantize
+      return [params, klass] if ActionCable::Compat.channel_class?(klass)
+
+      connection.logger.error "Subscription class not found: #{params ? params["channel"].inspect : identifier.inspect}#{consequence}"
+      [params, nil]
     end
 
     def reject(connection, identifier)
@@ -337,13 +342,7 @@ module AnyCableRs
     def forget(connection)
       worker.work(connection) do
         connection.logger.info request_message("Finished", ActionCable::ConnectionEnv.light_env(connection))
-        ActionCable::Compat.channels(connection).each_value do |channel|
-          safely("#{channel.class}#stop_all_streams", connection) { channel.stop_all_streams }
-          safely("#{channel.class} timers", connection) { ActionCable::Compat.stop_timers(channel) }
-        end
-        safely("unsubscribe from internal channel", connection) do
-          ActionCable::Compat.unsubscribe_from_internal_channel(connection)
-        end
+        abandon(connection)
       end
     end
 

@@ -126,14 +126,22 @@ RSpec.describe "Session restore (real Puma, memory broker)", type: :cable do
     expect(message_for(c, plain_room)).to include("room" => "p", "owner" => "bob", "plain" => "set in subscribed")
   end
 
-  it "lets remote_connections reach a restored session that sent no command, and keeps nothing after it" do
+  # An extended-protocol session of alice's on EchoChannel whose socket closed, once
+  # the app's disconnect ran: its sid.
+  def closed_session
+    count = said("disconnect").count("alice")
     a, welcome = ext(port: puma.port, name: "alice")
     subscribed(a, channel: "EchoChannel")
     a.close
-    wait_for { said("disconnect").include?("alice") }
+    wait_for { said("disconnect").count("alice") == count + 1 }
+    welcome.fetch("sid")
+  end
+
+  it "lets remote_connections reach a restored session that sent no command, and keeps nothing after it" do
+    old = closed_session
     app_sessions = -> { JSON.parse(puma.http(:get, "/stats").body).dig("server", "sessions") }
     before = app_sessions.call
-    b, welcome = ext(port: puma.port, query: "?sid=#{welcome.fetch("sid")}")
+    b, welcome = ext(port: puma.port, query: "?sid=#{old}")
     expect(welcome).to include("restored" => true)
     # Rebuilt in the app without a command from the client.
     wait_for { app_sessions.call == before + 1 }
@@ -148,11 +156,7 @@ RSpec.describe "Session restore (real Puma, memory broker)", type: :cable do
   end
 
   it "restores once, only over the extended protocol, and never a session the app closed for good" do
-    a, welcome = ext(port: puma.port, name: "alice")
-    subscribed(a, channel: "EchoChannel")
-    a.close
-    wait_for { said("disconnect").include?("alice") }
-    old = welcome.fetch("sid")
+    old = closed_session
 
     plain = client(protocols: ["actioncable-v1-json"], path: "/cable?sid=#{old}")
     plain.open?

@@ -147,7 +147,7 @@ module AnyCableRs
       # there. From `subscribed`, the join follows the confirmation (as AnyCable's).
       # False when there is no presence here (no broker, plain Action Cable).
       def join_presence(stream = nil, id: nil, info: nil)
-        native = Compat.websocket(connection)&.native
+        native = anycable_native
         return false unless native
 
         presence_on(stream) if stream
@@ -163,12 +163,12 @@ module AnyCableRs
       def anycable_rs_after_confirm
         join = @_anycable_presence_join or return
         @_anycable_presence_join = nil
-        Compat.websocket(connection)&.native&.presence_join(identifier, *join)
+        anycable_native&.presence_join(identifier, *join)
       end
 
       # Leaves it (`leave` to the subscribers when this was the id's last socket).
       def leave_presence
-        Compat.websocket(connection)&.native&.presence_leave(identifier)
+        anycable_native&.presence_leave(identifier)
       end
 
 
@@ -193,8 +193,13 @@ module AnyCableRs
 
       private
 
+      # The anycable-rs socket (Native::Socket) under this channel's connection, or nil.
+      def anycable_native
+        Compat.websocket(connection)&.native
+      end
+
       def presence_on(broadcasting)
-        Compat.websocket(connection)&.native&.presence_to(String(broadcasting), identifier)
+        anycable_native&.presence_to(String(broadcasting), identifier)
       end
 
       # Action Cable defines a singleton method per connection identifier on every
@@ -210,7 +215,7 @@ module AnyCableRs
 
       def stop_whisper
         @_anycable_whisper = nil
-        Compat.websocket(connection)&.native&.whisper_to("", identifier)
+        anycable_native&.whisper_to("", identifier)
       end
 
       # Action Cable before 7.1 builds `data.inspect` for a debug line on every
