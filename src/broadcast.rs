@@ -64,6 +64,42 @@ struct CommandPayload {
     reconnect: Option<bool>,
 }
 
+/// The AnyCable payload for `messages` (one message, or an array): what [`parse`] reads.
+pub fn to_payload(messages: &[BroadcastMessage]) -> String {
+    let one = |m: &BroadcastMessage| match m {
+        BroadcastMessage::Stream {
+            stream,
+            data,
+            exclude_socket,
+            transient,
+        } => {
+            let mut v = serde_json::json!({"stream": stream, "data": data});
+            if exclude_socket.is_some() || *transient {
+                let mut meta = serde_json::Map::new();
+                if let Some(sid) = exclude_socket {
+                    meta.insert("exclude_socket".into(), sid.clone().into());
+                }
+                if *transient {
+                    meta.insert("transient".into(), true.into());
+                }
+                v["meta"] = meta.into();
+            }
+            v
+        }
+        BroadcastMessage::Disconnect {
+            identifiers,
+            reconnect,
+        } => serde_json::json!({
+            "command": "disconnect",
+            "payload": {"identifier": identifiers.to_string(), "reconnect": reconnect}
+        }),
+    };
+    match messages {
+        [single] => one(single).to_string(),
+        many => Value::Array(many.iter().map(one).collect()).to_string(),
+    }
+}
+
 /// Parses a payload into messages; an error says what is wrong, for a 422 reply.
 pub fn parse(payload: &str) -> Result<Vec<BroadcastMessage>, String> {
     let trimmed = payload.trim_start();
@@ -118,6 +154,24 @@ fn parse_one(text: &str) -> Result<BroadcastMessage, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn to_payload_is_read_back_as_written() {
+        let messages = vec![
+            BroadcastMessage::Stream {
+                stream: "s".into(),
+                data: r#"{"a":1}"#.into(),
+                exclude_socket: Some("sid".into()),
+                transient: true,
+            },
+            BroadcastMessage::Disconnect {
+                identifiers: serde_json::json!({"user": "u1"}),
+                reconnect: false,
+            },
+        ];
+        assert_eq!(parse(&to_payload(&messages)).unwrap(), messages);
+        assert_eq!(parse(&to_payload(&messages[..1])).unwrap(), messages[..1]);
+    }
 
     #[test]
     fn takes_objects_only_where_anycable_does() {

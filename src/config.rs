@@ -8,6 +8,17 @@ use crate::jwt::JwtConfig;
 use crate::origin::OriginPolicy;
 use crate::streams::StreamsConfig;
 
+/// AnyCable's brokers (`ANYCABLE_BROKER`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerKind {
+    /// This process keeps the history ([`crate::history::History`]).
+    Memory,
+    /// NATS JetStream keeps it for every node ([`crate::jetstream`]); the process
+    /// delivers stored broadcasts as the extension hands them over
+    /// ([`crate::Server::deliver_stored`]).
+    Nats,
+}
+
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     /// WebSocket endpoint path, `ANYCABLE_PATH`.
@@ -19,9 +30,12 @@ pub struct ServerConfig {
     /// `ANYCABLE_PONG_TIMEOUT`: an extended-protocol client that sends nothing for a
     /// ping interval plus this is disconnected as `no_pong`. Zero: off.
     pub pong_timeout: Duration,
-    /// `ANYCABLE_BROKER=memory`: broadcasts get offsets and are kept for `history`.
-    /// `None`: no broker (offsets off, history requests rejected).
+    /// With a broker (`ANYCABLE_BROKER`), broadcasts get offsets and are kept for
+    /// `history` within these limits. `None`: no broker (offsets off, history
+    /// requests rejected).
     pub history: Option<HistoryConfig>,
+    /// Which broker keeps the history when `history` is set.
+    pub broker: BrokerKind,
     /// `ANYCABLE_SESSIONS_TTL`: with a broker, an extended-protocol session is kept
     /// this long after its socket closed, for a restore. Zero: no restores.
     pub sessions_ttl: Duration,
@@ -70,6 +84,7 @@ impl Default for ServerConfig {
             ping_interval: Duration::from_secs(3),
             pong_timeout: Duration::ZERO,
             history: None,
+            broker: BrokerKind::Memory,
             sessions_ttl: Duration::from_secs(300),
             presence_ttl: Duration::from_secs(15),
             max_message_size: 64 * 1024,

@@ -22,8 +22,11 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
+use crate::config::BrokerKind;
 use crate::controller::{CommandRequest, ConnectReply, ConnectRequest, Controller};
 use crate::handshake::RequestHead;
+use crate::history::{Entry, History, HistoryError};
+use crate::jetstream::StoredHistory;
 use crate::jwt::JwtError;
 use crate::logging::BadInputLog;
 use crate::metrics::COUNTERS;
@@ -44,6 +47,52 @@ const WRITE_DEFER: Duration = Duration::from_millis(2);
 const WRITE_BATCH: usize = 64;
 
 type CommandFuture<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+
+/// How long a history request waits for the NATS broker's JetStream after boot.
+const STORED_HISTORY_WAIT: Duration = Duration::from_secs(5);
+
+/// What [`Inner::serve_here`] did with a command.
+enum Served<'a> {
+    /// Not a command the server answers: the app's.
+    No,
+    Done,
+    /// Answered; what is left runs as the command in flight.
+    Then(CommandFuture<'a>),
+}
+
+/// Where a history request is served from.
+enum Store<'a> {
+    Memory(&'a History),
+    Stored(&'a StoredHistory),
+}
+
+impl Store<'_> {
+    fn epoch(&self) -> &str {
+        match self {
+            Store::Memory(h) => h.epoch(),
+            Store::Stored(h) => h.epoch(),
+        }
+    }
+
+    async fn from(
+        &self,
+        stream: &str,
+        epoch: &str,
+        offset: u64,
+    ) -> Result<Vec<Entry>, HistoryError> {
+        match self {
+            Store::Memory(h) => h.from(stream, epoch, offset),
+            Store::Stored(h) => h.from(stream, epoch, offset).await,
+        }
+    }
+
+    async fn since(&self, stream: &str, since: u64) -> Result<Vec<Entry>, HistoryError> {
+        match self {
+            Store::Memory(h) => Ok(h.since(stream, since)),
+            Store::Stored(h) => h.since(stream, since).await,
+        }
+    }
+}
 
 /// Holds one count of the server's connections whose callbacks have not all run; the
 /// count drops when this does, whichever way the task ends.
@@ -373,7 +422,7 @@ impl<C: Controller> Inner<C> {
         if frame.is_ok() {
             COUNTERS.client_msg.inc();
         }
-        let (command, history, presence) = match frame {
+        let (command, mut history, mut presence) = match frame {
             Ok(ClientFrame::Command {
                 command,
                 history,
@@ -409,8 +458,10 @@ impl<C: Controller> Inner<C> {
                 identifier,
                 history,
             }) => {
-                self.send_history(session, &identifier, &history);
-                return None;
+                let session = session.clone();
+                return Some(Box::pin(async move {
+                    self.send_history(&session, &identifier, &history).await;
+                }));
             }
             Err(e) => {
                 COUNTERS.failed_client_msg.inc();
@@ -418,14 +469,10 @@ impl<C: Controller> Inner<C> {
                 return None;
             }
         };
-        if self.serve_here(
-            session,
-            &command,
-            history.as_ref(),
-            presence.as_ref(),
-            bad_input,
-        ) {
-            return None;
+        match self.serve_here(session, &command, &mut history, &mut presence, bad_input) {
+            Served::No => {}
+            Served::Done => return None,
+            Served::Then(next) => return Some(next),
         }
         if history.is_some() {
             // Before the app's subscribe joins the streams: see `send_history`.
@@ -459,7 +506,7 @@ impl<C: Controller> Inner<C> {
         Some(Box::pin(async move {
             run.await;
             if let Some(history) = history {
-                self.send_history(&session, &id, &history);
+                self.send_history(&session, &id, &history).await;
             }
             if let Some(p) = presence {
                 if session.has_subscription(&id) {
@@ -479,20 +526,39 @@ impl<C: Controller> Inner<C> {
     /// (Action Cable stops a rejected channel's streams), so `history` on a subscribe
     /// is answered only when it succeeded; a subscription that streams only through
     /// Ruby blocks (`stream_from` with a block or coder) has none either.
-    fn send_history(&self, session: &Session, identifier: &str, request: &HistoryRequest) {
+    async fn send_history(&self, session: &Session, identifier: &str, request: &HistoryRequest) {
         // Held from before the subscribe joined the streams, or from now for a bare
         // `history` command: live frames wait until the replay is queued.
         session.hold(identifier);
         let mut replayed: HashMap<Arc<str>, u64> = HashMap::new();
-        let frames = self.history_frames(session, identifier, request, &mut replayed);
-        session.release(identifier, frames, |stream| {
-            replayed.get(stream).copied().unwrap_or(0)
-        });
+        let frames = self
+            .history_frames(session, identifier, request, &mut replayed)
+            .await;
+        let lagging_live = self.history.is_none();
+        session.release(identifier, frames, &replayed, lagging_live);
+    }
+
+    /// The NATS broker's history reader; right after boot (clients of a restarted
+    /// node come straight back) it waits a little for JetStream.
+    async fn stored_history(&self) -> Option<&StoredHistory> {
+        if self.config.broker != BrokerKind::Nats {
+            return None;
+        }
+        let deadline = tokio::time::Instant::now() + STORED_HISTORY_WAIT;
+        loop {
+            if let Some(h) = self.stored_history.get() {
+                return Some(h);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// The replay and its reply for [`Self::send_history`]; `replayed` gets, per
     /// stream, the offset the client has everything up to once the replay is in.
-    fn history_frames(
+    async fn history_frames(
         &self,
         session: &Session,
         identifier: &str,
@@ -502,32 +568,37 @@ impl<C: Controller> Inner<C> {
         if request.is_empty() || session.is_closing() {
             return Vec::new();
         }
+        let broker_on = self.config.history.is_some();
         let streams = session.streams_of(identifier);
         if streams.is_empty() {
             // A subscription with no stream here has nothing to miss: confirmed, as
             // AnyCable does; an unknown one gets no reply.
             return if session.has_subscription(identifier) {
-                vec![protocol::history_reply(identifier, self.history.is_some()).into()]
+                vec![protocol::history_reply(identifier, broker_on).into()]
             } else {
                 Vec::new()
             };
         }
-        let Some(history) = &self.history else {
-            // No broker: nothing is kept, as AnyCable's legacy broker.
-            return vec![protocol::history_reply(identifier, false).into()];
+        let store = match (&self.history, self.stored_history().await) {
+            (Some(memory), _) => Store::Memory(memory),
+            (None, Some(stored)) => Store::Stored(stored),
+            // No broker: nothing is kept, as AnyCable's legacy broker. The NATS broker
+            // with JetStream still away: the client refetches.
+            (None, None) => return vec![protocol::history_reply(identifier, false).into()],
         };
         let mut frames = Vec::new();
         for stream in &streams {
-            let (entries, from) = match request.position(stream) {
-                Some(p) => match history.from(stream, &p.epoch, p.offset) {
-                    Ok(entries) => (entries, p.offset),
-                    Err(why) => {
-                        log::debug!("session {}: history refused: {why}", session.log_id());
-                        return vec![protocol::history_reply(identifier, false).into()];
-                    }
-                },
-                None if request.since > 0 => (history.since(stream, request.since), 0),
+            let (result, from) = match request.position(stream) {
+                Some(p) => (store.from(stream, &p.epoch, p.offset).await, p.offset),
+                None if request.since > 0 => (store.since(stream, request.since).await, 0),
                 None => continue,
+            };
+            let entries = match result {
+                Ok(entries) => entries,
+                Err(why) => {
+                    log::debug!("session {}: history refused: {why}", session.log_id());
+                    return vec![protocol::history_reply(identifier, false).into()];
+                }
             };
             let last = entries.last().map_or(from, |e| e.offset.max(from));
             replayed.insert(stream.clone(), last);
@@ -537,7 +608,7 @@ impl<C: Controller> Inner<C> {
                     &e.data,
                     Some(Position {
                         stream,
-                        epoch: history.epoch(),
+                        epoch: store.epoch(),
                         offset: e.offset,
                     }),
                 )
@@ -550,18 +621,18 @@ impl<C: Controller> Inner<C> {
     /// Commands the server answers itself, without Ruby: subscribing to `$pubsub` and
     /// Turbo Streams (verified names), unsubscribing from those, and whispers. True
     /// when handled here.
-    fn serve_here(
-        &self,
+    fn serve_here<'a>(
+        &'a self,
         session: &SessionRef,
         command: &ClientCommand,
-        history: Option<&HistoryRequest>,
-        presence: Option<&PresenceJoin>,
+        history: &mut Option<HistoryRequest>,
+        presence: &mut Option<PresenceJoin>,
         bad_input: &mut BadInputLog,
-    ) -> bool {
+    ) -> Served<'a> {
         let id = &command.identifier;
         match command.command {
             Command::Subscribe => match self.config.streams.resolve(id) {
-                Resolution::App => false,
+                Resolution::App => Served::No,
                 Resolution::Stream {
                     stream,
                     whisper,
@@ -575,7 +646,7 @@ impl<C: Controller> Inner<C> {
                                 session.log_id(),
                                 format_args!("already subscribed; ignored"),
                             );
-                            return true;
+                            return Served::Done;
                         }
                         subs.insert(id.clone(), whisper.then(|| stream.clone()));
                     }
@@ -587,13 +658,21 @@ impl<C: Controller> Inner<C> {
                     }
                     self.hub.subscribe(session, &stream, id);
                     session.transmit(protocol::subscription_reply(id, true));
-                    if let Some(history) = history {
-                        self.send_history(session, id, history);
+                    let (history, presence) = (history.take(), presence.take());
+                    if history.is_none() && presence.is_none() {
+                        return Served::Done;
                     }
-                    if let Some(p) = presence {
-                        self.hub.presence_join(session, id, &p.id, p.info.clone());
-                    }
-                    true
+                    // The replay (a JetStream read with the NATS broker) first, then
+                    // the presence join, as after an app's subscribe.
+                    let (session, id) = (session.clone(), id.clone());
+                    Served::Then(Box::pin(async move {
+                        if let Some(history) = history {
+                            self.send_history(&session, &id, &history).await;
+                        }
+                        if let Some(p) = presence {
+                            self.hub.presence_join(&session, &id, &p.id, p.info);
+                        }
+                    }))
                 }
                 Resolution::Reject { why } => {
                     // The name itself is not logged: it may be a stream a user should
@@ -603,27 +682,27 @@ impl<C: Controller> Inner<C> {
                         format_args!("subscription rejected: {why}"),
                     );
                     session.transmit(protocol::subscription_reply(id, false));
-                    true
+                    Served::Done
                 }
             },
             Command::Unsubscribe => {
                 if session.server_subscriptions.lock().remove(id).is_none() {
-                    return false;
+                    return Served::No;
                 }
                 self.hub.presence_leave(session, id);
                 session.presence_to(id, "");
                 self.hub.unsubscribe_identifier(session, id);
-                true
+                Served::Done
             }
             Command::Message => {
                 if !session.server_subscriptions.lock().contains_key(id) {
-                    return false;
+                    return Served::No;
                 }
                 bad_input.warn(
                     session.log_id(),
                     format_args!("a message to a server-side stream subscription has no action to run; ignored"),
                 );
-                true
+                Served::Done
             }
             Command::Whisper => {
                 match (session.whisper_stream(id), command.data.as_deref()) {
@@ -633,7 +712,7 @@ impl<C: Controller> Inner<C> {
                         session.log_id()
                     ),
                 }
-                true
+                Served::Done
             }
         }
     }

@@ -74,6 +74,8 @@ pub enum HistoryError {
     /// Messages after the client's offset are no longer kept (or the offset was never
     /// given out): what it missed cannot be replayed whole.
     OffsetGone { offset: u64, oldest: u64, last: u64 },
+    /// The store could not be read (NATS JetStream away or failing).
+    Unavailable(String),
 }
 
 impl std::fmt::Display for HistoryError {
@@ -81,6 +83,7 @@ impl std::fmt::Display for HistoryError {
         match self {
             HistoryError::EpochMismatch => f.write_str("epoch mismatch"),
             HistoryError::UnknownStream => f.write_str("unknown stream"),
+            HistoryError::Unavailable(why) => write!(f, "history store unavailable: {why}"),
             HistoryError::OffsetGone {
                 offset,
                 oldest,

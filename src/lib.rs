@@ -7,7 +7,6 @@
 //! and `cargo test` drives it with a Rust controller.
 
 pub mod broadcast;
-pub mod broker;
 pub mod config;
 mod connection;
 pub mod controller;
@@ -15,6 +14,7 @@ mod endpoints;
 pub mod handshake;
 pub mod history;
 pub mod hub;
+pub mod jetstream;
 pub mod jwt;
 pub mod logging;
 pub mod metrics;
@@ -22,6 +22,7 @@ pub mod nats;
 pub mod origin;
 pub mod presence;
 pub mod protocol;
+pub mod pubsub;
 pub mod redis;
 pub mod server;
 pub mod session;

@@ -12,16 +12,16 @@ use std::sync::Arc;
 use async_nats::{ConnectOptions, Event};
 use futures_util::StreamExt;
 
-use crate::broker::PublishQueue;
+use crate::pubsub::PublishQueue;
 
-/// A running NATS link: publish with [`NatsBroker::publish`]; messages received go to
-/// the `deliver` callback given to [`NatsBroker::start`].
-pub struct NatsBroker {
+/// A running NATS link: publish with [`NatsPubSub::publish`]; messages received go to
+/// the `deliver` callback given to [`NatsPubSub::start`].
+pub struct NatsPubSub {
     queue: Arc<PublishQueue>,
     connected: Arc<AtomicBool>,
 }
 
-impl NatsBroker {
+impl NatsPubSub {
     /// Starts connecting (in the background: a NATS server that is down at boot does
     /// not stop the WebSocket server) and subscribing. Call inside the runtime.
     pub fn start(
@@ -29,91 +29,18 @@ impl NatsBroker {
         subject: String,
         deliver: impl Fn(&str) + Send + Sync + 'static,
     ) -> Result<Self, String> {
+        let (addrs, label) = server_addrs(servers)?;
         let connected = Arc::new(AtomicBool::new(false));
-        let state = connected.clone();
-        let servers: Vec<String> = servers
-            .split(',')
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty())
-            .collect();
-        if servers.is_empty() {
-            return Err("no NATS servers configured".into());
-        }
-        let addrs = servers
-            .iter()
-            .map(|s| {
-                s.parse::<async_nats::ServerAddr>()
-                    .map_err(|e| format!("bad NATS address {s}: {e}"))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let queue = Arc::new(PublishQueue::new("NATS"));
-        let rx = queue.clone();
+        let queue = Arc::new(PublishQueue::<String>::new("NATS"));
+        let core = queue.clone();
         let link = connected.clone();
-        let label = servers.join(",");
         tokio::spawn(async move {
-            let options = ConnectOptions::new()
-                .retry_on_initial_connect()
-                .event_callback(move |event| {
-                    let state = state.clone();
-                    async move {
-                        match event {
-                            Event::Connected => {
-                                if !state.swap(true, Ordering::AcqRel) {
-                                    log::info!("NATS connected");
-                                }
-                            }
-                            Event::Disconnected => {
-                                if state.swap(false, Ordering::AcqRel) {
-                                    log::warn!(
-                                        "NATS disconnected; broadcasts wait until it is back"
-                                    );
-                                }
-                            }
-                            other => log::debug!("NATS event: {other}"),
-                        }
-                    }
-                });
-            let client = match options.connect(addrs).await {
-                Ok(c) => c,
-                Err(e) => {
-                    log::error!("NATS ({label}): {e}");
-                    return;
-                }
+            let Some(client) = connect(addrs, &label, link.clone()).await else {
+                return;
             };
-            let mut subscriber = match client.subscribe(subject.clone()).await {
-                Ok(s) => s,
-                Err(e) => {
-                    log::error!("NATS subscribe to {subject}: {e}");
-                    return;
-                }
-            };
-            let publisher = client.clone();
-            let subject_out = subject.clone();
-            // One task publishes, in order, what Ruby hands over. While NATS is down
-            // payloads wait in our bounded queue, not in the client's own buffer.
-            tokio::spawn(async move {
-                loop {
-                    let (at, payload) = rx.next().await;
-                    while !link.load(Ordering::Acquire) {
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    }
-                    if at.elapsed() > crate::broker::MAX_QUEUED_AGE {
-                        rx.retry(at, payload); // expired: next() drops and counts it
-                        continue;
-                    }
-                    if let Err(e) = publisher.publish(subject_out.clone(), payload.into()).await {
-                        log::error!("NATS publish failed: {e}");
-                    }
-                }
-            });
-            while let Some(message) = subscriber.next().await {
-                match std::str::from_utf8(&message.payload) {
-                    Ok(text) => deliver(text),
-                    Err(_) => log::warn!("NATS message on {subject} is not UTF-8; dropped"),
-                }
-            }
+            run_core(client, subject, core, link, deliver).await;
         });
-        Ok(NatsBroker { queue, connected })
+        Ok(NatsPubSub { queue, connected })
     }
 
     /// Queues a payload for publishing (never blocks).
@@ -123,5 +50,108 @@ impl NatsBroker {
 
     pub fn is_connected(&self) -> bool {
         self.connected.load(Ordering::Acquire)
+    }
+}
+
+/// Parses `ANYCABLE_NATS_SERVERS` (comma-separated URLs); also returns them joined, for
+/// log lines.
+pub(crate) fn server_addrs(servers: &str) -> Result<(Vec<async_nats::ServerAddr>, String), String> {
+    let servers: Vec<String> = servers
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    if servers.is_empty() {
+        return Err("no NATS servers configured".into());
+    }
+    let addrs = servers
+        .iter()
+        .map(|s| {
+            s.parse::<async_nats::ServerAddr>()
+                .map_err(|e| format!("bad NATS address {s}: {e}"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((addrs, servers.join(",")))
+}
+
+/// Connects (retrying until the server is there), keeping `connected` up to date and
+/// logging each change once. `None` (logged) when the client cannot be built.
+pub(crate) async fn connect(
+    addrs: Vec<async_nats::ServerAddr>,
+    label: &str,
+    connected: Arc<AtomicBool>,
+) -> Option<async_nats::Client> {
+    let options = ConnectOptions::new()
+        .retry_on_initial_connect()
+        .event_callback(move |event| {
+            let state = connected.clone();
+            async move {
+                match event {
+                    Event::Connected => {
+                        if !state.swap(true, Ordering::AcqRel) {
+                            log::info!("NATS connected");
+                        }
+                    }
+                    Event::Disconnected => {
+                        if state.swap(false, Ordering::AcqRel) {
+                            log::warn!("NATS disconnected; broadcasts wait until it is back");
+                        }
+                    }
+                    other => log::debug!("NATS event: {other}"),
+                }
+            }
+        });
+    match options.connect(addrs).await {
+        Ok(client) => Some(client),
+        Err(e) => {
+            log::error!("NATS ({label}): {e}");
+            None
+        }
+    }
+}
+
+/// The core pub/sub on `subject`: publishes, in order, what `queue` hands over (while
+/// NATS is down payloads wait in the queue, not in the client's own buffer), and
+/// delivers what arrives.
+pub(crate) async fn run_core(
+    client: async_nats::Client,
+    subject: String,
+    queue: Arc<PublishQueue<String>>,
+    link: Arc<AtomicBool>,
+    deliver: impl Fn(&str) + Send + Sync + 'static,
+) {
+    let mut subscriber = match client.subscribe(subject.clone()).await {
+        Ok(s) => s,
+        Err(e) => {
+            log::error!("NATS subscribe to {subject}: {e}");
+            return;
+        }
+    };
+    let subject_out = subject.clone();
+    tokio::spawn(async move {
+        loop {
+            let (at, payload) = queue.next().await;
+            wait_for(&link).await;
+            if at.elapsed() > crate::pubsub::MAX_QUEUED_AGE {
+                queue.retry(at, payload); // expired: next() drops and counts it
+                continue;
+            }
+            if let Err(e) = client.publish(subject_out.clone(), payload.into()).await {
+                log::error!("NATS publish failed: {e}");
+            }
+        }
+    });
+    while let Some(message) = subscriber.next().await {
+        match std::str::from_utf8(&message.payload) {
+            Ok(text) => deliver(text),
+            Err(_) => log::warn!("NATS message on {subject} is not UTF-8; dropped"),
+        }
+    }
+}
+
+/// Returns once `link` says NATS is connected.
+pub(crate) async fn wait_for(link: &AtomicBool) {
+    while !link.load(Ordering::Acquire) {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }

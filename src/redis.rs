@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-use crate::broker::PublishQueue;
+use crate::pubsub::PublishQueue;
 
 /// Where to connect: `redis://[[user]:password@]host[:port][/db]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -185,12 +185,12 @@ async fn connect(url: &RedisUrl) -> std::io::Result<Conn> {
     Ok(conn)
 }
 
-pub struct RedisBroker {
+pub struct RedisPubSub {
     queue: Arc<PublishQueue>,
     connected: Arc<AtomicBool>,
 }
 
-impl RedisBroker {
+impl RedisPubSub {
     /// Starts the subscriber and the publisher tasks. Call inside the runtime.
     pub fn start(
         url: &str,
@@ -222,7 +222,7 @@ impl RedisBroker {
                 backoff = (backoff * 2).min(Duration::from_secs(2));
             }
         });
-        let queue = Arc::new(PublishQueue::new("Redis"));
+        let queue = Arc::new(PublishQueue::<String>::new("Redis"));
         let rx = queue.clone();
         let subscribed = connected.clone();
         tokio::spawn(async move {
@@ -261,7 +261,7 @@ impl RedisBroker {
                 backoff = (backoff * 2).min(Duration::from_secs(2));
             }
         });
-        Ok(RedisBroker { queue, connected })
+        Ok(RedisPubSub { queue, connected })
     }
 
     pub fn publish(&self, payload: String) {

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::{Mutex, RwLock};
@@ -22,12 +22,14 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::broadcast::{self, BroadcastMessage};
+use crate::config::BrokerKind;
 use crate::config::ServerConfig;
 use crate::controller::Controller;
 use crate::endpoints;
 use crate::handshake::{self, RequestHead};
 use crate::history::History;
 use crate::hub::{Delivery, Hub};
+use crate::jetstream::StoredHistory;
 use crate::metrics::{self, MetricsSource, COUNTERS};
 use crate::protocol;
 use crate::session::{DisconnectReason, SessionRef};
@@ -98,6 +100,8 @@ pub(crate) struct Inner<C> {
     pub(crate) hub: Arc<Hub>,
     /// The memory broker's stream history (`ANYCABLE_BROKER=memory`).
     pub(crate) history: Option<History>,
+    /// The NATS broker's history, once JetStream is reachable (`ANYCABLE_BROKER=nats`).
+    pub(crate) stored_history: OnceLock<Arc<StoredHistory>>,
     /// Closed extended-protocol sessions, for a restore (with a broker and a
     /// non-zero `ANYCABLE_SESSIONS_TTL`).
     pub(crate) session_cache: Option<SessionCache>,
@@ -115,7 +119,10 @@ pub(crate) struct Inner<C> {
 
 impl<C: Controller> Server<C> {
     pub fn new(config: ServerConfig, controller: C, hub: Arc<Hub>) -> Self {
-        let history = config.history.as_ref().map(History::new);
+        let history = match config.broker {
+            BrokerKind::Memory => config.history.as_ref().map(History::new),
+            BrokerKind::Nats => None,
+        };
         if let Some(history) = &history {
             log::info!(
                 "memory broker: epoch {}, history limit {}, history ttl {:?}",
@@ -124,15 +131,17 @@ impl<C: Controller> Server<C> {
                 config.history.as_ref().map_or(Duration::ZERO, |h| h.ttl),
             );
         }
-        let session_cache = (history.is_some() && !config.sessions_ttl.is_zero())
+        let broker_on = config.history.is_some();
+        let session_cache = (broker_on && !config.sessions_ttl.is_zero())
             .then(|| SessionCache::new(config.sessions_ttl));
-        if history.is_some() {
-            // The memory broker keeps presence too (AnyCable's).
+        if broker_on {
+            // The broker keeps presence too (AnyCable's memory broker; per process here).
             hub.enable_presence(config.presence_ttl);
         }
         Server {
             inner: Arc::new(Inner {
                 history,
+                stored_history: OnceLock::new(),
                 session_cache,
                 relay: RwLock::new(None),
                 health: RwLock::new(None),
@@ -148,6 +157,10 @@ impl<C: Controller> Server<C> {
                 tasks: Mutex::new(Vec::new()),
             }),
         }
+    }
+
+    pub fn config(&self) -> &ServerConfig {
+        &self.inner.config
     }
 
     pub fn hub(&self) -> &Arc<Hub> {
@@ -178,7 +191,7 @@ impl<C: Controller> Server<C> {
             }
         });
         self.inner.tasks.lock().push(task);
-        if self.inner.history.is_some() {
+        if self.inner.config.history.is_some() {
             let inner = self.inner.clone();
             let sweep = tokio::spawn(async move {
                 let mut ticker = tokio::time::interval(Duration::from_secs(1));
@@ -281,6 +294,33 @@ impl<C: Controller> Server<C> {
     /// The memory broker's history, when `ANYCABLE_BROKER=memory`.
     pub fn history(&self) -> Option<&History> {
         self.inner.history.as_ref()
+    }
+
+    /// With the NATS broker: history requests are served from `history` from now on
+    /// (until then they are refused: the client refetches).
+    pub fn set_stored_history(&self, history: Arc<StoredHistory>) {
+        let _ = self.inner.stored_history.set(history);
+    }
+
+    /// With the NATS broker: delivers a stored broadcast, at its place in the
+    /// history, to this process's subscribers.
+    pub fn deliver_stored(
+        &self,
+        stream: &str,
+        data: &str,
+        exclude_sid: Option<&str>,
+        epoch: &str,
+        offset: u64,
+    ) -> Delivery {
+        COUNTERS.broadcast_msg.inc();
+        let at = protocol::Position {
+            stream,
+            epoch,
+            offset,
+        };
+        self.inner
+            .hub
+            .broadcast_at(stream, data, exclude_sid, Some(at))
     }
 
     /// Checks broadcast data for publishing: deliverable to a client.

@@ -12,6 +12,7 @@ use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use parking_lot::Mutex;
 use tokio::sync::Notify;
@@ -85,8 +86,8 @@ pub struct Session {
     /// the hub checks this flag before it looks at `held`, so sessions with nothing
     /// held pay one relaxed load per broadcast.
     holding: AtomicBool,
-    /// Live frames for held subscriptions, by identifier: (stream, offset, frame).
-    held: Mutex<HashMap<String, Vec<HeldFrame>>>,
+    /// Live frames for held subscriptions, and what replays reached.
+    held: Mutex<Held>,
     /// The app's channel subscriptions, in order (see [`AppSubscription`]).
     app_subscriptions: Mutex<Vec<AppSubscription>>,
     /// `state_attr_accessor` values, by subscription identifier ("" for the
@@ -114,6 +115,27 @@ struct AppSubscription {
 /// A live broadcast frame kept back while its subscription's history is replayed.
 type HeldFrame = (Arc<str>, Option<u64>, Utf8Bytes);
 
+#[derive(Default)]
+struct Held {
+    /// Live frames for held subscriptions, by identifier: (stream, offset, frame).
+    frames: HashMap<String, Vec<HeldFrame>>,
+    /// (identifier, stream, offset, when) a replay from the NATS broker reached: a
+    /// live frame at or below it was in the replay (JetStream's consumer can lag its
+    /// direct reads). The first live frame above it ends the entry (they come in
+    /// offset order); so does [`REPLAY_OVERLAP`].
+    replayed: Vec<(String, Arc<str>, u64, Instant)>,
+}
+
+/// How long after a replay a lagging live copy of a replayed message is still
+/// recognised.
+const REPLAY_OVERLAP: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl Held {
+    fn is_empty(&self) -> bool {
+        self.frames.is_empty() && self.replayed.is_empty()
+    }
+}
+
 pub type SessionRef = Arc<Session>;
 
 impl Session {
@@ -133,7 +155,7 @@ impl Session {
             server_subscriptions: Mutex::new(HashMap::new()),
             whispers: Mutex::new(HashMap::new()),
             holding: AtomicBool::new(false),
-            held: Mutex::new(HashMap::new()),
+            held: Mutex::new(Held::default()),
             app_subscriptions: Mutex::new(Vec::new()),
             state: Mutex::new(None),
             presence_streams: Mutex::new(Vec::new()),
@@ -264,7 +286,11 @@ impl Session {
     /// [`Session::release`]: a subscribe with history joins its streams before the
     /// replay is read, and what arrives in between must follow the replay, once.
     pub fn hold(&self, identifier: &str) {
-        self.held.lock().entry(identifier.to_owned()).or_default();
+        self.held
+            .lock()
+            .frames
+            .entry(identifier.to_owned())
+            .or_default();
         self.holding.store(true, Ordering::SeqCst);
     }
 
@@ -280,12 +306,28 @@ impl Session {
     ) -> bool {
         if self.holding.load(Ordering::Relaxed) {
             let mut held = self.held.lock();
-            if let Some(frames) = held.get_mut(identifier) {
+            if let Some(frames) = held.frames.get_mut(identifier) {
                 if self.is_closing() {
                     return false;
                 }
                 frames.push((stream.clone(), offset, frame));
                 return true;
+            }
+            held.replayed
+                .retain(|(_, _, _, at)| at.elapsed() < REPLAY_OVERLAP);
+            if let (Some(offset), Some(at)) = (
+                offset,
+                held.replayed
+                    .iter()
+                    .position(|(i, s, _, _)| i == identifier && s == stream),
+            ) {
+                if offset <= held.replayed[at].2 {
+                    return false; // sent with the replay
+                }
+                held.replayed.swap_remove(at);
+            }
+            if held.is_empty() {
+                self.holding.store(false, Ordering::SeqCst);
             }
         }
         self.send_frame(frame)
@@ -299,17 +341,34 @@ impl Session {
         &self,
         identifier: &str,
         before: impl IntoIterator<Item = Utf8Bytes>,
-        replayed: impl Fn(&str) -> u64,
+        replayed: &HashMap<Arc<str>, u64>,
+        lagging_live: bool,
     ) {
         let mut held = self.held.lock();
         for frame in before {
             self.send_frame(frame);
         }
-        for (stream, offset, frame) in held.remove(identifier).unwrap_or_default() {
-            if offset.is_none_or(|o| o > replayed(&stream)) {
+        let mut reached: Vec<(Arc<str>, u64)> = replayed
+            .iter()
+            .filter(|(_, o)| lagging_live && **o > 0)
+            .map(|(s, o)| (s.clone(), *o))
+            .collect();
+        for (stream, offset, frame) in held.frames.remove(identifier).unwrap_or_default() {
+            let upto = replayed.get(&stream).copied().unwrap_or(0);
+            if offset.is_none_or(|o| o > upto) {
+                if offset.is_some() {
+                    reached.retain(|(s, _)| *s != stream);
+                }
                 self.send_frame(frame);
             }
         }
+        held.replayed.retain(|(i, _, _, _)| i != identifier);
+        let now = Instant::now();
+        held.replayed.extend(
+            reached
+                .into_iter()
+                .map(|(stream, o)| (identifier.to_owned(), stream, o, now)),
+        );
         if held.is_empty() {
             self.holding.store(false, Ordering::SeqCst);
         }
@@ -564,5 +623,37 @@ mod tests {
             _ => panic!("expected close"),
         }
         assert!(rx.try_recv().is_err());
+    }
+
+    fn frames(rx: &mut Outbox) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Ok(Outbound::Frame(f)) = rx.try_recv() {
+            out.push(f.as_str().to_owned());
+        }
+        out
+    }
+
+    #[test]
+    fn a_live_copy_of_a_replayed_message_is_dropped_even_after_the_replay() {
+        let (s, mut rx) = Session::new(1, "s".into(), 1 << 20);
+        let stream: Arc<str> = Arc::from("st");
+        s.hold("id");
+        // Live 7 arrives while the replay (5, 6, 7) is read: held, then dropped.
+        assert!(s.send_live("id", &stream, Some(7), "live7".into()));
+        let replayed: HashMap<Arc<str>, u64> = [(stream.clone(), 7)].into();
+        s.release("id", ["r5".into(), "r6".into(), "r7".into()], &replayed, true);
+        assert_eq!(frames(&mut rx), ["r5", "r6", "r7"]);
+        // JetStream's consumer lags: 6 and 7 come live after the replay; then 8.
+        assert!(!s.send_live("id", &stream, Some(6), "live6".into()));
+        assert!(!s.send_live("id", &stream, Some(7), "live7".into()));
+        assert!(s.send_live("id", &stream, Some(8), "live8".into()));
+        assert!(s.send_live("id", &stream, Some(9), "live9".into()));
+        assert_eq!(frames(&mut rx), ["live8", "live9"]);
+        assert!(!s.holding.load(Ordering::SeqCst));
+        // The memory broker delivers under its lock: nothing to remember after a replay.
+        s.hold("id");
+        s.release("id", ["r10".into()], &[(stream.clone(), 10)].into(), false);
+        assert!(s.send_live("id", &stream, Some(10), "live10".into()));
+        assert!(!s.holding.load(Ordering::SeqCst));
     }
 }

@@ -19,7 +19,7 @@ use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 
-use crate::broker::PublishQueue;
+use crate::pubsub::PublishQueue;
 
 /// Frames past this are refused (a broadcast is bounded by the clients' pending-bytes
 /// cap long before).
@@ -28,7 +28,7 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
 type Deliver = Arc<dyn Fn(&str) + Send + Sync>;
 
-pub struct SiblingBroker {
+pub struct SiblingPubSub {
     shared: Arc<Shared>,
 }
 
@@ -48,7 +48,7 @@ struct Peers {
     queues: HashMap<PathBuf, Arc<PublishQueue>>,
 }
 
-impl SiblingBroker {
+impl SiblingPubSub {
     /// Listens on `<dir>/<pid>.sock` (replacing a stale file of that name). Call inside
     /// the runtime.
     pub fn start(dir: &Path, deliver: impl Fn(&str) + Send + Sync + 'static) -> io::Result<Self> {
@@ -83,7 +83,7 @@ impl SiblingBroker {
             "workers relay: broadcasts reach every Puma worker through {}",
             dir.display()
         );
-        Ok(SiblingBroker { shared })
+        Ok(SiblingPubSub { shared })
     }
 
     /// Delivers here, and queues the payload for every other worker (never blocks).
@@ -245,13 +245,13 @@ mod tests {
         });
         let here = Arc::new(AtomicUsize::new(0));
         let count = here.clone();
-        let broker = SiblingBroker::start(&dir, move |_| {
+        let link = SiblingPubSub::start(&dir, move |_| {
             count.fetch_add(1, Ordering::Relaxed);
         })
         .unwrap();
-        assert_eq!(broker.peer_count(), 1);
-        broker.publish("one".into());
-        broker.publish("two".into());
+        assert_eq!(link.peer_count(), 1);
+        link.publish("one".into());
+        link.publish("two".into());
         for _ in 0..100 {
             if got.lock().len() == 2 {
                 break;
@@ -260,7 +260,7 @@ mod tests {
         }
         assert_eq!(*got.lock(), vec!["one".to_string(), "two".to_string()]);
         assert_eq!(here.load(Ordering::Relaxed), 2);
-        broker.close();
+        link.close();
         assert!(!dir.join(format!("{}.sock", std::process::id())).exists());
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -274,8 +274,8 @@ mod tests {
         // A socket file left by a process that no longer runs (pid far past pid_max).
         let stale = dir.join("999999999.sock");
         drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
-        let broker = SiblingBroker::start(&dir, |_| {}).unwrap();
-        broker.publish("x".into());
+        let link = SiblingPubSub::start(&dir, |_| {}).unwrap();
+        link.publish("x".into());
         for _ in 0..100 {
             if !stale.exists() {
                 break;
@@ -283,7 +283,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert!(!stale.exists());
-        assert_eq!(broker.peer_count(), 0);
+        assert_eq!(link.peer_count(), 0);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

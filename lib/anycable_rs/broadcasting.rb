@@ -1,6 +1,9 @@
 # frozen_string_literal: true
 
+require "base64"
+require "digest"
 require "json"
+require "securerandom"
 require "socket"
 require "io/wait"
 require "net/http"
@@ -44,7 +47,8 @@ module AnyCableRs
       when "nats"
         return AnyCableRs.runtime.native.publish_payload(payload) if serving?
 
-        NatsPublisher.publish(config.nats_servers, config.nats_channel, payload)
+        stored, rest = config.broker == "nats" ? JetStream.split(payload) : [[], payload]
+        NatsPublisher.publish(config.nats_servers, config.nats_channel, rest, stored: stored)
       when "redis"
         return AnyCableRs.runtime.native.publish_payload(payload) if serving?
 
@@ -135,29 +139,113 @@ module AnyCableRs
   module NatsPublisher
     module_function
 
-    def publish(servers, subject, payload, timeout: 5)
+    # `payload` (or nil) goes to the core subject; each [subject, body] of `stored` to
+    # JetStream, acknowledged before this returns (ANYCABLE_BROKER=nats).
+    def publish(servers, subject, payload, stored: [], timeout: 5)
       uri = URI(servers.split(",").first.to_s.strip)
       raise Error, "NATS over TLS needs a server process's client: #{uri}" if uri.scheme == "tls"
 
       socket = Socket.tcp(uri.host, uri.port || 4222, connect_timeout: timeout)
       read_line(socket, timeout) # INFO
-      options = {verbose: false, pedantic: false, lang: "ruby", version: AnyCableRs::VERSION, protocol: 1}
+      options = {verbose: false, pedantic: false, lang: "ruby", version: AnyCableRs::VERSION, protocol: 1,
+                 headers: true, no_responders: true}
       options.merge!(user: URI.decode_www_form_component(uri.user), pass: URI.decode_www_form_component(uri.password.to_s)) if uri.user
-      socket.write("CONNECT #{JSON.generate(options)}\r\nPUB #{subject} #{payload.bytesize}\r\n#{payload}\r\nPING\r\n")
-      loop do
-        line = read_line(socket, timeout)
-        break if line.start_with?("PONG")
-        raise Error, "NATS refused the broadcast: #{line.strip}" if line.start_with?("-ERR")
+      out = +"CONNECT #{JSON.generate(options)}\r\n"
+      inbox = "_INBOX.#{SecureRandom.hex(12)}"
+      out << "SUB #{inbox}.* 1\r\n" unless stored.empty?
+      stored.each_with_index do |(stored_subject, body), i|
+        out << "PUB #{stored_subject} #{inbox}.#{i} #{body.bytesize}\r\n#{body}\r\n"
       end
+      out << "PUB #{subject} #{payload.bytesize}\r\n#{payload}\r\n" if payload
+      out << "PING\r\n"
+      socket.write(out)
+      await_acks(socket, stored.size, timeout)
       true
     ensure
       socket&.close
+    end
+
+    # Reads until the PONG and one JetStream ack per stored message have come.
+    def await_acks(socket, expected, timeout)
+      acks = 0
+      pong = false
+      until pong && acks == expected
+        line = read_line(socket, timeout)
+        case line
+        when /\APONG/ then pong = true
+        when /\APING/ then socket.write("PONG\r\n")
+        when /\A-ERR/ then raise Error, "NATS refused the broadcast: #{line.strip}"
+        when /\AMSG /
+          # MSG <subject> <sid> [reply-to] <bytes> (the server may leave two spaces)
+          ack = JSON.parse(read_bytes(socket, line.split.last.to_i, timeout))
+          raise Error, "NATS JetStream did not store the broadcast: #{ack["error"]}" if ack["error"]
+
+          acks += 1
+        when /\AHMSG /
+          # HMSG <subject> <sid> [reply-to] <header bytes> <total bytes>: a status
+          status = read_bytes(socket, line.split.last.to_i, timeout)[%r{\ANATS/1\.0 (\d+)}, 1]
+          raise Error, "NATS JetStream did not store the broadcast (status #{status}): is the history stream " \
+            "#{JetStream::STREAM} there? A server with ANYCABLE_BROKER=nats makes it when it starts."
+        end
+      end
+    end
+
+    def read_bytes(socket, count, timeout)
+      data = +""
+      while data.bytesize < count + 2
+        raise Error, "NATS did not answer within #{timeout}s" unless socket.wait_readable(timeout)
+
+        chunk = socket.read_nonblock(count + 2 - data.bytesize, exception: false)
+        raise Error, "NATS closed the connection" if chunk.nil?
+        next if chunk == :wait_readable
+
+        data << chunk
+      end
+      data.byteslice(0, count)
     end
 
     def read_line(socket, timeout)
       raise Error, "NATS did not answer within #{timeout}s" unless socket.wait_readable(timeout)
 
       socket.gets || raise(Error, "NATS closed the connection")
+    end
+  end
+
+  # ANYCABLE_BROKER=nats: each stream's history is a subject of one JetStream stream;
+  # the Rust side (anycable_core::jetstream::subject_for) names them the same way.
+  module JetStream
+    STREAM = "anycable_history"
+    PREFIX = "anycable_history."
+    MAX_TOKEN = 1024
+
+    module_function
+
+    def subject_for(stream)
+      encoded = Base64.urlsafe_encode64(stream.to_s.b, padding: false)
+      return "#{PREFIX}s#{encoded}" if encoded.bytesize <= MAX_TOKEN
+
+      "#{PREFIX}h#{Digest::SHA256.hexdigest(stream.to_s.b)}"
+    end
+
+    # [[subject, body] for each message to store, the rest as a payload or nil]:
+    # transient messages and commands are not stored.
+    def split(payload)
+      parsed = JSON.parse(payload)
+      messages = parsed.is_a?(Array) ? parsed : [parsed]
+      stored, rest = messages.partition do |m|
+        m.is_a?(Hash) && m.key?("stream") && !(m["meta"].is_a?(Hash) && m["meta"]["transient"])
+      end
+      bodies = stored.map do |m|
+        body = {"stream" => m["stream"].to_s, "data" => m["data"]}
+        exclude = m["meta"].is_a?(Hash) && m["meta"]["exclude_socket"]
+        body["meta"] = {"exclude_socket" => exclude} if exclude
+        [subject_for(m["stream"].to_s), JSON.generate(body)]
+      end
+      rest_payload = if rest.empty? then nil
+      elsif parsed.is_a?(Array) then JSON.generate(rest)
+      else payload
+      end
+      [bodies, rest_payload]
     end
   end
 

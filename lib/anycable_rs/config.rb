@@ -28,7 +28,9 @@ module AnyCableRs
       pong_timeout: 0,
       # AnyCable's broker: "memory" gives every broadcast an offset in its stream and
       # keeps the last history_limit messages of each for history_ttl seconds, for the
-      # history command (reliable streams), in each server process. "none": neither.
+      # history command (reliable streams), in each server process. "nats" keeps them
+      # in NATS JetStream for every node (needs broadcast_adapter nats; nats-server
+      # with JetStream, `-js`). "none": neither.
       broker: "none",
       history_limit: 100,
       history_ttl: 300,
@@ -93,6 +95,10 @@ module AnyCableRs
       enats_addr: "nats://127.0.0.1:4222",
       enats_cluster: nil,
       enats_cluster_routes: nil,
+      # With ANYCABLE_BROKER=nats the embedded nats-server runs JetStream and keeps its
+      # files here (default: a directory of this user's under $TMPDIR, per port). On
+      # Fly.io, a volume keeps the history across machine replacements.
+      enats_store_dir: nil,
       nats_server_bin: nil,
       log_level: "info",
       # How broadcasts travel: "local" (this process's server only), "nats" or "redis"
@@ -290,6 +296,10 @@ module AnyCableRs
         instance_variable_set(:"@#{key}", coerce(key, value))
       end
       @rpc_pool_size ||= default_pool_size
+      if broker == "nats" && broadcast_adapter != "nats"
+        raise ArgumentError, "anycable-rs: ANYCABLE_BROKER=nats keeps stream history in NATS JetStream and needs " \
+          "ANYCABLE_BROADCAST_ADAPTER=nats (or ANYCABLE_EMBED_NATS=true); broadcast_adapter is #{broadcast_adapter.inspect}"
+      end
     end
 
     # What AnyCableRs::Native.new takes.
@@ -417,11 +427,7 @@ module AnyCableRs
     def coerce_broker(value)
       broker = value.to_s.strip.downcase
       broker = "none" if broker.empty?
-      if broker == "nats"
-        raise ArgumentError, "anycable-rs: broker nats (history and sessions in NATS JetStream) is not implemented yet; " \
-          "set ANYCABLE_BROKER=memory (history kept in each server process) or none"
-      end
-      raise ArgumentError, "anycable-rs: broker must be none or memory, got #{value.inspect}" unless %w[none memory].include?(broker)
+      raise ArgumentError, "anycable-rs: broker must be none, memory or nats, got #{value.inspect}" unless %w[none memory nats].include?(broker)
 
       broker
     end

@@ -1,5 +1,6 @@
 # frozen_string_literal: true
 
+require "fileutils"
 require "socket"
 require "uri"
 require "anycable_rs/private_dir"
@@ -229,6 +230,7 @@ module AnyCableRs
 
     def arguments(config)
       args = ["-a", @host, "-p", @port.to_s, "--logtime=false"]
+      args += jetstream_arguments(config) if config.broker == "nats"
       cluster = config.enats_cluster.to_s.strip
       routes = config.enats_cluster_routes.to_s.split(",").map(&:strip).reject(&:empty?)
       if cluster.empty?
@@ -246,6 +248,19 @@ module AnyCableRs
       args += ["--cluster", cluster, "--cluster_name", CLUSTER_NAME, "--no_advertise=true"]
       args += ["--routes", routes.join(",")] unless routes.empty?
       args
+    end
+
+    # ANYCABLE_BROKER=nats: JetStream on, its files in ANYCABLE_ENATS_STORE_DIR (made
+    # if missing) or a private directory per port; a server name, which a JetStream
+    # cluster needs unique per server.
+    def jetstream_arguments(config)
+      dir = config.enats_store_dir.to_s.strip
+      if dir.empty?
+        dir = PrivateDir.ensure!(File.join(PrivateDir.base, "jetstream-#{@port}"), "the embedded NATS JetStream store")
+      else
+        FileUtils.mkdir_p(dir)
+      end
+      ["-js", "-sd", dir, "--server_name", "#{Socket.gethostname}-#{@port}"]
     end
 
     def lock_path

@@ -83,8 +83,12 @@ module AnyCableRs
       end
     end
 
+    # At boot when something needs the runtime before the first socket: its own
+    # port, the workers' relay, or the NATS broker (JetStream ready before the
+    # clients of a restarted node come back asking for their history).
     def start_serving
-      AnyCableRs.runtime.start! if AnyCableRs.config.port || WorkersRelay.needed?
+      config = AnyCableRs.config
+      AnyCableRs.runtime.start! if config.port || config.broker == "nats" || WorkersRelay.needed?
     end
 
     def tool_process?

@@ -101,20 +101,25 @@ RSpec.describe "Reliable streams: extended protocol and history (real Puma)", ty
 end
 
 RSpec.describe "ANYCABLE_BROKER" do
-  it "refuses nats at boot, saying it is not there yet, and anything else it does not know" do
+  it "takes nats only with the nats broadcast adapter, and refuses anything it does not know" do
     expect { AnyCableRs::Config.load(env: {"ANYCABLE_BROKER" => "nats"}, yaml_path: nil, cable_yaml_path: nil) }
-      .to raise_error(ArgumentError, /broker nats .* not implemented yet.*ANYCABLE_BROKER=memory/)
-    expect { AnyCableRs::Config.new(broker: "redis") }.to raise_error(ArgumentError, /none or memory/)
+      .to raise_error(ArgumentError, /ANYCABLE_BROKER=nats .*needs ANYCABLE_BROADCAST_ADAPTER=nats/)
+    nats = AnyCableRs::Config.load(env: {"ANYCABLE_BROKER" => "nats", "ANYCABLE_BROADCAST_ADAPTER" => "nats"},
+      yaml_path: nil, cable_yaml_path: nil)
+    expect(nats.native_options).to include(broker: "nats", broadcast_adapter: "nats")
+    expect { AnyCableRs::Config.new(broker: "redis") }.to raise_error(ArgumentError, /none, memory or nats/)
     config = AnyCableRs::Config.load(env: {"ANYCABLE_BROKER" => "memory", "ANYCABLE_HISTORY_TTL" => "60"},
       yaml_path: nil, cable_yaml_path: nil)
     expect(config.native_options).to include(broker: "memory", history_limit: 100, history_ttl: 60.0, pong_timeout: 0.0)
     expect(AnyCableRs::Config.new.broker).to eq("none")
   end
 
-  it "is checked by the native side too: unknown brokers and empty histories are refused" do
+  it "is checked by the native side too: unknown brokers, nats without NATS and empty histories are refused" do
     base = AnyCableRs::Config.new.native_options
-    expect { AnyCableRs::Native.new(base.merge(broker: "nats")) }.to raise_error(ArgumentError, /not supported/)
+    expect { AnyCableRs::Native.new(base.merge(broker: "redis")) }.to raise_error(ArgumentError, /not supported/)
+    expect { AnyCableRs::Native.new(base.merge(broker: "nats")) }.to raise_error(ArgumentError, /needs broadcast_adapter nats/)
     expect { AnyCableRs::Native.new(base.merge(broker: "memory", history_limit: 0)) }.to raise_error(ArgumentError)
     expect(AnyCableRs::Native.new(base.merge(broker: "memory"))).to be_a(AnyCableRs::Native)
+    expect(AnyCableRs::Native.new(base.merge(broker: "nats", broadcast_adapter: "nats"))).to be_a(AnyCableRs::Native)
   end
 end

@@ -22,8 +22,9 @@ export function freePort() {
   })
 }
 
-export async function startPuma(env = {}) {
-  let port = await freePort()
+// `port`: a given one (a node restarted where its clients reconnect).
+export async function startPuma(env = {}, { port } = {}) {
+  port ||= await freePort()
   let dir = mkdtempSync(join(tmpdir(), 'anycable-rs-js-'))
   let logPath = join(dir, 'rails.log')
   let child = spawn(
@@ -66,8 +67,8 @@ export async function startPuma(env = {}) {
         return ''
       }
     },
-    async stop() {
-      child.kill('SIGTERM')
+    async stop(signal = 'SIGTERM') {
+      child.kill(signal)
       await new Promise(resolve => {
         if (child.exitCode !== null) return resolve()
         let t = setTimeout(() => child.kill('SIGKILL'), 15000)

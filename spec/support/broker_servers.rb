@@ -1,5 +1,6 @@
 # frozen_string_literal: true
 
+require "fileutils"
 require "tmpdir"
 
 # A real pub/sub server (Debian's package) on a free loopback port.
@@ -48,6 +49,21 @@ class NatsServer < BrokerServer
 
   def command
     ["nats-server", "-a", "127.0.0.1", "-p", port.to_s]
+  end
+end
+
+# nats-server with JetStream (ANYCABLE_BROKER=nats); its store survives a restart.
+class JetStreamServer < NatsServer
+  def store_dir
+    @store_dir ||= Dir.mktmpdir("anycable-rs-jetstream")
+  end
+
+  def command
+    super + ["-js", "-sd", store_dir]
+  end
+
+  def cleanup
+    FileUtils.rm_rf(@store_dir) if @store_dir
   end
 end
 

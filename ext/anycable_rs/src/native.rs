@@ -11,13 +11,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anycable_core::broker::Broker;
+use anycable_core::config::BrokerKind;
 use anycable_core::handshake::RequestHead;
+use anycable_core::history::HistoryConfig;
 use anycable_core::hub::CallbackSink;
+use anycable_core::jetstream::{NatsBroker, StoredSink};
 use anycable_core::metrics::COUNTERS;
-use anycable_core::nats::NatsBroker;
-use anycable_core::redis::RedisBroker;
-use anycable_core::siblings::SiblingBroker;
+use anycable_core::nats::NatsPubSub;
+use anycable_core::pubsub::PubSub;
+use anycable_core::redis::RedisPubSub;
+use anycable_core::siblings::SiblingPubSub;
 use anycable_core::{Hub, Server};
 use magnus::value::ReprValue;
 use magnus::{Error, IntoValue, RHash, Ruby, TryConvert, Value};
@@ -29,21 +32,21 @@ use crate::bridge::{Job, JobQueue, Pop, RubyController};
 use crate::handles::Socket;
 use crate::job::RubyJob;
 use crate::nogvl::without_gvl;
-use crate::settings::{check_origins, PubSub, Settings};
+use crate::settings::{check_origins, PubSubConfig, Settings};
 
 #[magnus::wrap(class = "AnyCableRs::Native", free_immediately, size)]
 pub struct Native {
     server: Server<RubyController>,
     queue: JobQueue,
     worker_threads: usize,
-    pubsub: Option<PubSub>,
+    pubsub: Option<PubSubConfig>,
     state: Mutex<State>,
 }
 
 #[derive(Default)]
 struct State {
     runtime: Option<Runtime>,
-    broker: Option<Arc<dyn Broker>>,
+    link: Option<Arc<dyn PubSub>>,
     timers: HashMap<u64, JoinHandle<()>>,
 }
 
@@ -101,31 +104,53 @@ impl Native {
                         log::error!("broadcast from the pub/sub dropped: {e}");
                     }
                 };
-                let broker: Arc<dyn Broker> = match pubsub {
-                    PubSub::Redis { url, channel } => Arc::new(
-                        RedisBroker::start(url, channel.clone(), deliver)
+                let link: Arc<dyn PubSub> = match pubsub {
+                    PubSubConfig::Redis { url, channel } => Arc::new(
+                        RedisPubSub::start(url, channel.clone(), deliver)
                             .map_err(|e| runtime_error(ruby, e))?,
                     ),
-                    PubSub::Nats { servers, subject } => Arc::new(
-                        NatsBroker::start(servers, subject.clone(), deliver)
-                            .map_err(|e| runtime_error(ruby, e))?,
-                    ),
-                    PubSub::Siblings { dir } => Arc::new(
-                        SiblingBroker::start(std::path::Path::new(dir), deliver).map_err(|e| {
+                    PubSubConfig::Nats { servers, subject } => match rb_self.nats_broker() {
+                        // The NATS broker: stored broadcasts come from JetStream.
+                        Some(history) => {
+                            let server = rb_self.server.clone();
+                            let stored: StoredSink =
+                                Arc::new(move |stream, data, exclude, epoch, offset| {
+                                    server.deliver_stored(stream, data, exclude, epoch, offset);
+                                });
+                            let server = rb_self.server.clone();
+                            Arc::new(
+                                NatsBroker::start(
+                                    servers,
+                                    subject.clone(),
+                                    history,
+                                    deliver,
+                                    stored,
+                                    move |reader| server.set_stored_history(reader),
+                                )
+                                .map_err(|e| runtime_error(ruby, e))?,
+                            )
+                        }
+                        None => Arc::new(
+                            NatsPubSub::start(servers, subject.clone(), deliver)
+                                .map_err(|e| runtime_error(ruby, e))?,
+                        ),
+                    },
+                    PubSubConfig::Siblings { dir } => Arc::new(
+                        SiblingPubSub::start(std::path::Path::new(dir), deliver).map_err(|e| {
                             runtime_error(ruby, format!("workers relay in {dir}: {e}"))
                         })?,
                     ),
                 };
-                let probe = broker.clone();
+                let probe = link.clone();
                 let label = pubsub.label();
                 rb_self.server.set_health_probe(Arc::new(move || {
                     (!probe.is_connected()).then(|| format!("{label} pub/sub disconnected"))
                 }));
-                let relay = broker.clone();
+                let relay = link.clone();
                 rb_self
                     .server
                     .set_broadcast_relay(Arc::new(move |payload| relay.publish(payload)));
-                state.broker = Some(broker);
+                state.link = Some(link);
             }
             drop(_guard);
             state.runtime = Some(runtime);
@@ -143,6 +168,14 @@ impl Native {
             .map_err(|p| runtime_error(ruby, p))?
             .map_err(|e| runtime_error(ruby, format!("cannot listen on {addr}: {e}")))?;
         Ok(Some(bound.port()))
+    }
+
+    /// The history limits, with `ANYCABLE_BROKER=nats`.
+    fn nats_broker(&self) -> Option<HistoryConfig> {
+        let config = self.server.config();
+        (config.broker == BrokerKind::Nats)
+            .then(|| config.history.clone())
+            .flatten()
     }
 
     pub fn is_started(&self) -> bool {
@@ -292,7 +325,7 @@ impl Native {
 
     /// With the NATS or Redis adapter in a started server: publishes an AnyCable
     /// payload built from (stream, data) and returns true; every node, this one
-    /// included, delivers it when it comes back. False when there is no broker here.
+    /// included, delivers it when it comes back. False when there is no pub/sub here.
     pub fn publish(
         ruby: &Ruby,
         rb_self: &Self,
@@ -314,14 +347,14 @@ impl Native {
     }
 
     fn publish_unchecked(&self, payload: String) -> bool {
-        let Some(broker) = self.state.lock().broker.clone() else {
+        let Some(link) = self.state.lock().link.clone() else {
             return false;
         };
-        broker.publish(payload);
+        link.publish(payload);
         true
     }
 
-    /// Publishes a raw AnyCable payload (checked first) through the broker.
+    /// Publishes a raw AnyCable payload (checked first) through the pub/sub.
     pub fn publish_payload(ruby: &Ruby, rb_self: &Self, payload: String) -> Result<bool, Error> {
         let n = rb_self
             .server
@@ -389,8 +422,8 @@ impl Native {
             for (_, task) in state.timers.drain() {
                 task.abort();
             }
-            if let Some(broker) = &state.broker {
-                broker.close();
+            if let Some(link) = &state.link {
+                link.close();
             }
             state.runtime.take()
         };

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use anycable_core::config::BrokerKind;
 use anycable_core::history::HistoryConfig;
 use anycable_core::jwt::JwtConfig;
 use anycable_core::origin::{OriginPolicy, OriginRule, RubyRegexp};
@@ -12,7 +13,7 @@ use anycable_core::ServerConfig;
 use magnus::{Error, RArray, RHash, Ruby, Symbol};
 
 /// What a server process subscribes to, and publishes through.
-pub enum PubSub {
+pub enum PubSubConfig {
     Nats {
         servers: String,
         subject: String,
@@ -27,12 +28,12 @@ pub enum PubSub {
     },
 }
 
-impl PubSub {
+impl PubSubConfig {
     pub fn label(&self) -> &'static str {
         match self {
-            PubSub::Nats { .. } => "nats",
-            PubSub::Redis { .. } => "redis",
-            PubSub::Siblings { .. } => "workers relay",
+            PubSubConfig::Nats { .. } => "nats",
+            PubSubConfig::Redis { .. } => "redis",
+            PubSubConfig::Siblings { .. } => "workers relay",
         }
     }
 }
@@ -44,7 +45,7 @@ pub struct Settings {
     pub worker_threads: usize,
     /// Ruby threads that run jobs (for the metrics).
     pub rpc_pool_size: usize,
-    pub pubsub: Option<PubSub>,
+    pub pubsub: Option<PubSubConfig>,
 }
 
 const KEYS: &[&str] = &[
@@ -128,6 +129,10 @@ impl Settings {
             ping_interval: secs("ping_interval", defaults.ping_interval)?,
             pong_timeout: secs("pong_timeout", defaults.pong_timeout)?,
             history: history_config(ruby, opts)?,
+            broker: match opt::<String>(ruby, opts, "broker")?.as_deref() {
+                Some("nats") => BrokerKind::Nats,
+                _ => BrokerKind::Memory,
+            },
             sessions_ttl: secs("sessions_ttl", defaults.sessions_ttl)?,
             presence_ttl: secs("presence_ttl", defaults.presence_ttl)?,
             max_message_size: opt(ruby, opts, "max_message_size")?
@@ -168,18 +173,29 @@ impl Settings {
             },
         };
         let pubsub = match opt::<String>(ruby, opts, "broadcast_adapter")?.as_deref() {
-            Some("nats") => Some(PubSub::Nats {
+            Some("nats") => Some(PubSubConfig::Nats {
                 servers: opt(ruby, opts, "nats_servers")?
                     .unwrap_or_else(|| "nats://localhost:4222".into()),
                 subject: opt(ruby, opts, "nats_channel")?.unwrap_or_else(|| "__anycable__".into()),
             }),
-            Some("redis") => Some(PubSub::Redis {
+            Some("redis") => Some(PubSubConfig::Redis {
                 url: opt(ruby, opts, "redis_url")?
                     .unwrap_or_else(|| "redis://localhost:6379".into()),
                 channel: opt(ruby, opts, "redis_channel")?.unwrap_or_else(|| "__anycable__".into()),
             }),
-            _ => opt::<String>(ruby, opts, "siblings_dir")?.map(|dir| PubSub::Siblings { dir }),
+            _ => {
+                opt::<String>(ruby, opts, "siblings_dir")?.map(|dir| PubSubConfig::Siblings { dir })
+            }
         };
+        if server.broker == BrokerKind::Nats
+            && server.history.is_some()
+            && !matches!(pubsub, Some(PubSubConfig::Nats { .. }))
+        {
+            return Err(arg_error(
+                ruby,
+                "broker nats keeps the history in NATS JetStream: it needs broadcast_adapter nats (ANYCABLE_BROADCAST_ADAPTER=nats, or ANYCABLE_EMBEDDED_NATS=true)",
+            ));
+        }
         Ok(Settings {
             server,
             log_level: opt(ruby, opts, "log_level")?.unwrap_or_else(|| "info".into()),
@@ -191,13 +207,13 @@ impl Settings {
     }
 }
 
-/// `broker:` "none" (or unset) or "memory", with `history_limit:` and `history_ttl:`
-/// (seconds). Anything else is refused: a broker that is not there must not look as
-/// if it were.
+/// `broker:` "none" (or unset), "memory" or "nats", with `history_limit:` and
+/// `history_ttl:` (seconds). Anything else is refused: a broker that is not there must
+/// not look as if it were.
 fn history_config(ruby: &Ruby, opts: RHash) -> Result<Option<HistoryConfig>, Error> {
     match opt::<String>(ruby, opts, "broker")?.as_deref() {
         None | Some("none") => Ok(None),
-        Some("memory") => {
+        Some("memory" | "nats") => {
             let defaults = HistoryConfig::default();
             let limit: usize = opt(ruby, opts, "history_limit")?.unwrap_or(defaults.limit);
             let ttl: f64 = opt(ruby, opts, "history_ttl")?.unwrap_or(defaults.ttl.as_secs_f64());
@@ -221,7 +237,7 @@ fn history_config(ruby: &Ruby, opts: RHash) -> Result<Option<HistoryConfig>, Err
         }
         Some(other) => Err(arg_error(
             ruby,
-            format!("broker {other:?} is not supported here (none or memory)"),
+            format!("broker {other:?} is not supported here (none, memory or nats)"),
         )),
     }
 }

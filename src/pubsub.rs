@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-pub trait Broker: Send + Sync {
+pub trait PubSub: Send + Sync {
     /// Queues an AnyCable payload for publishing (never blocks).
     fn publish(&self, payload: String);
     /// Whether the link to the pub/sub server is up (for `/health`).
@@ -16,33 +16,42 @@ pub trait Broker: Send + Sync {
     fn close(&self) {}
 }
 
-impl Broker for crate::siblings::SiblingBroker {
+impl PubSub for crate::siblings::SiblingPubSub {
     fn publish(&self, payload: String) {
-        crate::siblings::SiblingBroker::publish(self, payload)
+        crate::siblings::SiblingPubSub::publish(self, payload)
     }
     fn is_connected(&self) -> bool {
         true
     }
     fn close(&self) {
-        crate::siblings::SiblingBroker::close(self)
+        crate::siblings::SiblingPubSub::close(self)
     }
 }
 
-impl Broker for crate::nats::NatsBroker {
+impl PubSub for crate::nats::NatsPubSub {
     fn publish(&self, payload: String) {
-        crate::nats::NatsBroker::publish(self, payload)
+        crate::nats::NatsPubSub::publish(self, payload)
     }
     fn is_connected(&self) -> bool {
-        crate::nats::NatsBroker::is_connected(self)
+        crate::nats::NatsPubSub::is_connected(self)
     }
 }
 
-impl Broker for crate::redis::RedisBroker {
+impl PubSub for crate::jetstream::NatsBroker {
     fn publish(&self, payload: String) {
-        crate::redis::RedisBroker::publish(self, payload)
+        crate::jetstream::NatsBroker::publish(self, payload)
     }
     fn is_connected(&self) -> bool {
-        crate::redis::RedisBroker::is_connected(self)
+        crate::jetstream::NatsBroker::is_connected(self)
+    }
+}
+
+impl PubSub for crate::redis::RedisPubSub {
+    fn publish(&self, payload: String) {
+        crate::redis::RedisPubSub::publish(self, payload)
+    }
+    fn is_connected(&self) -> bool {
+        crate::redis::RedisPubSub::is_connected(self)
     }
 }
 
@@ -50,9 +59,9 @@ impl Broker for crate::redis::RedisBroker {
 /// queue here (not without end: +50 MiB for 500 × 100 KiB before), at most
 /// [`MAX_QUEUED_BYTES`] and [`MAX_QUEUED_AGE`]. Past either, the oldest go, and an
 /// error line (at most one per [`DROP_REPORT_EVERY`]) says how many.
-pub struct PublishQueue {
+pub struct PublishQueue<T: Queued = String> {
     label: &'static str,
-    state: parking_lot::Mutex<QueueState>,
+    state: parking_lot::Mutex<QueueState<T>>,
     notify: tokio::sync::Notify,
     max_bytes: usize,
     max_age: Duration,
@@ -65,15 +74,38 @@ pub const DROP_REPORT_EVERY: Duration = Duration::from_secs(5);
 /// Broadcasts dropped by any publish queue since the process started.
 pub static DROPPED_PUBLISHES: AtomicU64 = AtomicU64::new(0);
 
-#[derive(Default)]
-struct QueueState {
-    items: VecDeque<(Instant, String)>,
+/// What a [`PublishQueue`] holds: its size counts against the byte cap.
+pub trait Queued: Send + 'static {
+    fn size(&self) -> usize;
+}
+
+impl Queued for String {
+    fn size(&self) -> usize {
+        self.len()
+    }
+}
+
+struct QueueState<T> {
+    items: VecDeque<(Instant, T)>,
     bytes: usize,
     unreported: u64,
     unreported_bytes: usize,
     last_report: Option<Instant>,
     /// Backlog bytes handed out in the current [`REPLAY_TICK`], and when it began.
     replay: Option<(Instant, usize)>,
+}
+
+impl<T> Default for QueueState<T> {
+    fn default() -> Self {
+        QueueState {
+            items: VecDeque::new(),
+            bytes: 0,
+            unreported: 0,
+            unreported_bytes: 0,
+            last_report: None,
+            replay: None,
+        }
+    }
 }
 
 /// Payloads older than this when taken are backlog (the pub/sub server was away).
@@ -85,7 +117,7 @@ pub const BACKLOG_AGE: Duration = Duration::from_millis(500);
 pub const REPLAY_TICK: Duration = Duration::from_millis(100);
 pub const REPLAY_BYTES_PER_TICK: usize = 256 * 1024;
 
-impl PublishQueue {
+impl<T: Queued> PublishQueue<T> {
     pub fn new(label: &'static str) -> Self {
         Self::with_limits(label, MAX_QUEUED_BYTES, MAX_QUEUED_AGE)
     }
@@ -101,13 +133,13 @@ impl PublishQueue {
     }
 
     /// Queues a payload; never blocks.
-    pub fn push(&self, payload: String) {
+    pub fn push(&self, payload: T) {
         {
             let mut state = self.state.lock();
-            while state.bytes + payload.len() > self.max_bytes && !state.items.is_empty() {
+            while state.bytes + payload.size() > self.max_bytes && !state.items.is_empty() {
                 self.drop_front(&mut state);
             }
-            state.bytes += payload.len();
+            state.bytes += payload.size();
             state.items.push_back((Instant::now(), payload));
             self.report(&mut state);
         }
@@ -115,14 +147,14 @@ impl PublishQueue {
     }
 
     /// Puts back a payload that could not be published, to go first next time.
-    pub fn retry(&self, queued_at: Instant, payload: String) {
+    pub fn retry(&self, queued_at: Instant, payload: T) {
         let mut state = self.state.lock();
-        state.bytes += payload.len();
+        state.bytes += payload.size();
         state.items.push_front((queued_at, payload));
     }
 
     /// The oldest payload still young enough, with when it was queued.
-    pub async fn next(&self) -> (Instant, String) {
+    pub async fn next(&self) -> (Instant, T) {
         loop {
             let notified = self.notify.notified();
             let pause = {
@@ -139,13 +171,13 @@ impl PublishQueue {
                 self.report(state);
                 let pause = match state.items.front() {
                     Some((at, payload)) if now.duration_since(*at) > BACKLOG_AGE => {
-                        Self::replay_pause(&mut state.replay, now, payload.len())
+                        Self::replay_pause(&mut state.replay, now, payload.size())
                     }
                     _ => None,
                 };
                 if pause.is_none() {
                     if let Some((at, payload)) = state.items.pop_front() {
-                        state.bytes -= payload.len();
+                        state.bytes -= payload.size();
                         return (at, payload);
                     }
                 }
@@ -185,16 +217,16 @@ impl PublishQueue {
         self.len() == 0
     }
 
-    fn drop_front(&self, state: &mut QueueState) {
+    fn drop_front(&self, state: &mut QueueState<T>) {
         if let Some((_, payload)) = state.items.pop_front() {
-            state.bytes -= payload.len();
+            state.bytes -= payload.size();
             state.unreported += 1;
-            state.unreported_bytes += payload.len();
+            state.unreported_bytes += payload.size();
             DROPPED_PUBLISHES.fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    fn report(&self, state: &mut QueueState) {
+    fn report(&self, state: &mut QueueState<T>) {
         if state.unreported == 0 {
             return;
         }
@@ -226,7 +258,7 @@ mod tests {
 
     #[tokio::test]
     async fn paces_backlog_but_not_live_payloads() {
-        let q = PublishQueue::new("test");
+        let q: PublishQueue = PublishQueue::new("test");
         let chunk = "x".repeat(100 * 1024);
         for _ in 0..10 {
             q.push(chunk.clone());
@@ -257,7 +289,7 @@ mod tests {
     #[tokio::test]
     async fn drops_the_oldest_past_the_byte_cap_and_expires_by_age() {
         let before = DROPPED_PUBLISHES.load(Ordering::Relaxed);
-        let q = PublishQueue::with_limits("test", 10, Duration::from_millis(50));
+        let q: PublishQueue = PublishQueue::with_limits("test", 10, Duration::from_millis(50));
         q.push("aaaa".into());
         q.push("bbbb".into());
         q.push("cccc".into());

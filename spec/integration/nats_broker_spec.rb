@@ -1,0 +1,139 @@
+# frozen_string_literal: true
+
+require "spec_helper"
+require "open3"
+
+# ANYCABLE_BROKER=nats: two server processes (real Puma) and a real nats-server with
+# JetStream. Every broadcast is stored once and gets one offset that both nodes give
+# out; any node replays what a client missed, whichever node it was on.
+RSpec.describe "The NATS broker (JetStream history shared by the nodes)", type: :cable do
+  EXT_PROTOCOL = "actioncable-v1-ext-json"
+
+  before(:all) do
+    @nats = JetStreamServer.new.start
+    @env = {"ANYCABLE_BROKER" => "nats", "ANYCABLE_BROADCAST_ADAPTER" => "nats", "ANYCABLE_NATS_SERVERS" => @nats.url,
+            "ANYCABLE_PING_INTERVAL" => "30"}
+    @one = PumaServer.new(env: @env).start
+    @two = PumaServer.new(env: @env.merge("DUMMY_DATABASE" => @one.env["DUMMY_DATABASE"])).start
+    wait_for(timeout: 20) { [@one, @two].all? { |s| s.log.include?("NATS broker: JetStream stream anycable_history") } }
+  end
+
+  after(:all) do
+    [@one, @two].each { |p| p&.stop && p&.cleanup }
+    @nats&.stop
+    @nats&.cleanup
+  end
+
+  after do |example|
+    if example.exception
+      warn "--- one ---\n#{@one.log[-3000..] || @one.log}\n--- two ---\n#{@two.log[-3000..] || @two.log}"
+    end
+  end
+
+  def puma
+    @one
+  end
+
+  let(:echo) { {channel: "EchoChannel"} }
+
+  def ext_on(server)
+    c = client(name: "alice", port: server.port, protocols: [EXT_PROTOCOL])
+    c.welcome!
+    [c, subscribed(c, echo)]
+  end
+
+  def third_process(script)
+    out, status = Open3.capture2e(@env, "ruby", "-I", File.expand_path("../../lib", __dir__),
+      "-e", "require 'anycable_rs'; #{script}")
+    expect(status).to be_success, out
+  end
+
+  def post(server, n)
+    expect(server.http(:post, "/broadcast", stream: "all", payload: JSON.generate(n: n)).code).to eq("201")
+  end
+
+  it "gives each broadcast one offset and epoch that both nodes deliver, each exactly once" do
+    a, ida = ext_on(@one)
+    b, idb = ext_on(@two)
+    post(@one, 1)
+    post(@two, 2)
+    got_a = [a.receive, a.receive]
+    got_b = [b.receive, b.receive]
+    expect(got_a.map { |m| m["message"] }).to eq([{"n" => 1}, {"n" => 2}])
+    expect(got_b.map { |m| [m["message"], m["epoch"], m["offset"]] })
+      .to eq(got_a.map { |m| [m["message"], m["epoch"], m["offset"]] })
+    expect(got_a.map { |m| m["stream_id"] }).to all(eq("all"))
+    expect(got_a[1]["offset"]).to be > got_a[0]["offset"]
+    expect(a.silent_for?(0.4) && b.silent_for?(0.1)).to be(true)
+  end
+
+  it "stores what a process that serves no sockets broadcasts (a job): an offset, delivered by both nodes" do
+    a, = ext_on(@one)
+    b, = ext_on(@two)
+    third_process('AnyCableRs.broadcast("all", {"from" => "job"}); AnyCableRs.broadcast("all", {"from" => "job2"})')
+    got_a = [a.receive, a.receive]
+    got_b = [b.receive, b.receive]
+    expect(got_a.map { |m| m["message"]["from"] }).to eq(%w[job job2])
+    expect(got_b.map { |m| m["offset"] }).to eq(got_a.map { |m| m["offset"] })
+    expect(got_a.map { |m| m["offset"] }).to all(be_a(Integer))
+  end
+
+  it "replays on node two what a client of node one missed, and refuses a stale epoch" do
+    a, ida = ext_on(@one)
+    post(@one, 10)
+    seen = a.receive
+    a.close
+    post(@two, 11)
+    third_process('AnyCableRs.broadcast("all", {"n" => 12})')
+    post(@one, 13)
+    b = client(name: "alice", port: @two.port, protocols: [EXT_PROTOCOL])
+    b.welcome!
+    b.send_json(command: "subscribe", identifier: ida,
+      history: {since: 0, streams: {all: {epoch: seen["epoch"], offset: seen["offset"]}}})
+    expect(b.receive).to eq("identifier" => ida, "type" => "confirm_subscription")
+    replay = [b.receive, b.receive, b.receive]
+    expect(replay.map { |m| m["message"]["n"] }).to eq([11, 12, 13])
+    expect(replay.map { |m| m["epoch"] }).to all(eq(seen["epoch"]))
+    expect(replay.map { |m| m["offset"] }).to eq(replay.map { |m| m["offset"] }.sort)
+    expect(b.receive).to eq("type" => "confirm_history", "identifier" => ida)
+    # Live again, no duplicate of what the replay had.
+    post(@one, 14)
+    expect(b.receive["message"]).to eq("n" => 14)
+    expect(b.silent_for?(0.4)).to be(true)
+
+    b.send_json(command: "history", identifier: ida, history: {since: 0, streams: {all: {epoch: "AAAA", offset: 1}}})
+    expect(b.receive).to eq("type" => "reject_history", "identifier" => ida)
+    # A position that is not this stream's message: refused, never a wrong replay.
+    b.send_json(command: "history", identifier: ida,
+      history: {since: 0, streams: {all: {epoch: seen["epoch"], offset: seen["offset"] + 100_000}}})
+    expect(b.receive).to eq("type" => "reject_history", "identifier" => ida)
+  end
+
+  it "replays by time (since) on the other node" do
+    a, ida = ext_on(@one)
+    since = Time.now.to_i
+    post(@one, 20)
+    a.receive
+    b = client(name: "alice", port: @two.port, protocols: [EXT_PROTOCOL])
+    b.welcome!
+    b.send_json(command: "subscribe", identifier: ida, history: {since: since})
+    expect(b.receive).to eq("identifier" => ida, "type" => "confirm_subscription")
+    msgs = []
+    loop do
+      m = b.receive
+      break expect(m).to(eq("type" => "confirm_history", "identifier" => ida)) if m["type"]
+
+      msgs << m["message"]
+    end
+    expect(msgs).to include("n" => 20)
+  end
+
+  it "keeps whispers and remote disconnects off the history (core NATS)" do
+    a, ida = ext_on(@one)
+    third_process('AnyCableRs::Broadcasting.deliver(JSON.generate([{stream: "all", data: "{\"t\":1}", meta: {transient: true}}, ' \
+      '{stream: "all", data: "{\"t\":2}"}]))')
+    got = [a.receive, a.receive].sort_by { |m| m["message"]["t"] }
+    expect(got[0]).not_to include("offset")
+    expect(got[1]).to include("offset")
+  end
+end

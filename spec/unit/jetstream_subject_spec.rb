@@ -1,0 +1,29 @@
+# frozen_string_literal: true
+
+require "spec_helper"
+require "anycable_rs"
+
+# ANYCABLE_BROKER=nats: a job process stores a broadcast on the subject the servers read
+# the stream's history from. Ruby and Rust (anycable_core::jetstream::subject_for, whose
+# test has the same vectors) must name it alike.
+RSpec.describe AnyCableRs::JetStream do
+  it "names a stream's history subject as the Rust side does" do
+    expect(described_class.subject_for("chat_42")).to eq("anycable_history.sY2hhdF80Mg")
+    expect(described_class.subject_for("")).to eq("anycable_history.s")
+    expect(described_class.subject_for("a b.c>*")).to eq("anycable_history.sYSBiLmM-Kg")
+    expect(described_class.subject_for("ü/é")).to eq("anycable_history.sw7wvw6k")
+    expect(described_class.subject_for("x" * 768).size).to eq(1042)
+    expect(described_class.subject_for("x" * 2000))
+      .to eq("anycable_history.h5c0e0ea421571c300b5df6aec0a118b5c3dc02e0683a546341d5efc689df2f58")
+  end
+
+  it "stores stream messages and passes transient ones and commands on" do
+    payload = JSON.generate([{stream: "a", data: "{}", meta: {exclude_socket: "s1"}},
+      {stream: "a", data: "{}", meta: {transient: true}},
+      {command: "disconnect", payload: {identifier: "{}"}}])
+    stored, rest = described_class.split(payload)
+    expect(stored).to eq([[described_class.subject_for("a"), '{"stream":"a","data":"{}","meta":{"exclude_socket":"s1"}}']])
+    expect(JSON.parse(rest).size).to eq(2)
+    expect(described_class.split('{"stream":"b","data":"1"}')).to eq([[[described_class.subject_for("b"), '{"stream":"b","data":"1"}']], nil])
+  end
+end

@@ -1,0 +1,534 @@
+//! The NATS broker (`ANYCABLE_BROKER=nats`): stream history kept in NATS JetStream, so
+//! every node of a cluster gives out the same offsets and any node can replay what a
+//! client missed — across restarts of the node that served it.
+//!
+//! How a broadcast travels:
+//! 1. Whoever broadcasts (a server process here, or a process that serves no sockets,
+//!    from Ruby) publishes it to JetStream on the stream's subject
+//!    ([`subject_for`]) and waits for the ack: it is stored exactly once, and the
+//!    stream's sequence number is its offset.
+//! 2. Every server process reads the JetStream stream with an ordered consumer and
+//!    delivers each message, with its offset and the stream's epoch, to its own
+//!    subscribers: once per node, in offset order.
+//!
+//! Transient broadcasts (whispers) and remote disconnects are not stored: they go over
+//! the core NATS subject as with the NATS pub/sub.
+//!
+//! One JetStream stream ([`STREAM`]) holds every Action Cable stream's history, one
+//! subject each, at most `ANYCABLE_HISTORY_LIMIT` messages per subject for
+//! `ANYCABLE_HISTORY_TTL` (AnyCable-Go makes a JetStream stream per Action Cable
+//! stream; one stream with per-subject limits scales to many streams). Offsets are the
+//! stream's sequence: they rise within an Action Cable stream but are not contiguous.
+//! The epoch comes from the JetStream stream's creation time: it changes only when
+//! the stream is deleted and made anew, and then every position a client holds is
+//! refused.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer, stream};
+use base64::Engine;
+use futures_util::stream::FuturesUnordered;
+use futures_util::StreamExt;
+
+use crate::broadcast::{self, BroadcastMessage};
+use crate::history::{Entry, HistoryConfig, HistoryError};
+use crate::pubsub::{PublishQueue, Queued};
+
+/// The JetStream stream that keeps the history.
+pub const STREAM: &str = "anycable_history";
+/// Its subjects: `anycable_history.<token>`, one per Action Cable stream.
+pub const SUBJECT_PREFIX: &str = "anycable_history.";
+/// Encoded names longer than this are hashed: NATS refuses control lines over 4 KiB.
+const MAX_TOKEN: usize = 1024;
+/// Publishes awaiting their ack at once.
+const IN_FLIGHT: usize = 256;
+/// Attempts at storing one broadcast before it is reported lost.
+const ATTEMPTS: u32 = 5;
+
+/// The subject of `stream`'s history: `s` and the name in unpadded base64url, or `h`
+/// and its SHA-256 in hex when that would be long. Ruby computes the same
+/// (`AnyCableRs::Broadcasting::JetStream.subject_for`).
+pub fn subject_for(stream: &str) -> String {
+    let encoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(stream);
+    if encoded.len() <= MAX_TOKEN {
+        return format!("{SUBJECT_PREFIX}s{encoded}");
+    }
+    let digest = ring::digest::digest(&ring::digest::SHA256, stream.as_bytes());
+    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    format!("{SUBJECT_PREFIX}h{hex}")
+}
+
+/// The stored body of a broadcast: the AnyCable message, as published.
+fn body(stream: &str, data: &str, exclude_socket: Option<&str>) -> String {
+    let mut message = serde_json::json!({"stream": stream, "data": data});
+    if let Some(sid) = exclude_socket {
+        message["meta"] = serde_json::json!({"exclude_socket": sid});
+    }
+    message.to_string()
+}
+
+/// (stream, data, exclude_socket) of a stored body.
+fn parse_body(payload: &[u8]) -> Option<(String, String, Option<String>)> {
+    let text = std::str::from_utf8(payload).ok()?;
+    match broadcast::parse(text).ok()?.into_iter().next()? {
+        BroadcastMessage::Stream {
+            stream,
+            data,
+            exclude_socket,
+            ..
+        } => Some((stream, data, exclude_socket)),
+        BroadcastMessage::Disconnect { .. } => None,
+    }
+}
+
+/// One broadcast waiting to be stored.
+pub struct Stored {
+    subject: String,
+    body: String,
+    /// `Nats-Msg-Id`: a retried publish is stored once.
+    id: String,
+}
+
+impl Queued for Stored {
+    fn size(&self) -> usize {
+        self.subject.len() + self.body.len()
+    }
+}
+
+/// Reads a stream's history from JetStream.
+pub struct StoredHistory {
+    stream: stream::Stream,
+    epoch: String,
+    limit: usize,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> HistoryError {
+    HistoryError::Unavailable(e.to_string())
+}
+
+fn is_not_found(e: &stream::DirectGetError) -> bool {
+    matches!(e.kind(), stream::DirectGetErrorKind::NotFound)
+}
+
+impl StoredHistory {
+    pub fn epoch(&self) -> &str {
+        &self.epoch
+    }
+
+    fn entry(message: jetstream::message::StreamMessage) -> Option<Entry> {
+        let (_, data, _) = parse_body(&message.payload)?;
+        Some(Entry {
+            offset: message.sequence,
+            at: message.time.unix_timestamp().max(0) as u64,
+            data: Arc::from(data),
+        })
+    }
+
+    /// The messages of `subject` after sequence `after`, oldest first, at most a
+    /// history's worth.
+    async fn after(&self, subject: &str, after: u64) -> Result<Vec<Entry>, HistoryError> {
+        let mut entries = Vec::new();
+        let mut next = after + 1;
+        while entries.len() < self.limit {
+            match self
+                .stream
+                .direct_get_next_for_subject(subject, Some(next))
+                .await
+            {
+                Ok(message) => {
+                    next = message.sequence + 1;
+                    entries.extend(Self::entry(message));
+                }
+                Err(e) if is_not_found(&e) => break,
+                Err(e) => return Err(unavailable(e)),
+            }
+        }
+        Ok(entries)
+    }
+
+    /// The messages after `offset` in `epoch`; fails when the epoch is not the
+    /// stream's or the client's own last message is gone (what came after it may be
+    /// gone too: a client whose last message expired is refused even when nothing
+    /// followed it).
+    pub async fn from(
+        &self,
+        stream: &str,
+        epoch: &str,
+        offset: u64,
+    ) -> Result<Vec<Entry>, HistoryError> {
+        if epoch != self.epoch {
+            return Err(HistoryError::EpochMismatch);
+        }
+        let subject = subject_for(stream);
+        let entries = self.after(&subject, offset).await?;
+        // Checked after reading: messages go oldest first, so while the client's last
+        // one is still here, nothing after it has gone.
+        match self.stream.direct_get(offset).await {
+            Ok(message) if message.subject.as_str() == subject => Ok(entries),
+            Ok(_) => Err(HistoryError::OffsetGone {
+                offset,
+                oldest: 0,
+                last: 0,
+            }),
+            Err(e) if is_not_found(&e) || offset == 0 => Err(HistoryError::OffsetGone {
+                offset,
+                oldest: 0,
+                last: 0,
+            }),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    /// The messages stored at or after `since` (unix seconds), oldest first.
+    pub async fn since(&self, stream: &str, since: u64) -> Result<Vec<Entry>, HistoryError> {
+        let subject = subject_for(stream);
+        match self
+            .stream
+            .direct_get_last_for_subject(subject.as_str())
+            .await
+        {
+            Ok(last) if (last.time.unix_timestamp().max(0) as u64) < since => return Ok(Vec::new()),
+            Ok(_) => {}
+            Err(e) if is_not_found(&e) => return Ok(Vec::new()),
+            Err(e) => return Err(unavailable(e)),
+        }
+        let mut entries = self.after(&subject, 0).await?;
+        entries.retain(|e| e.at >= since);
+        Ok(entries)
+    }
+}
+
+/// Where the NATS broker delivers what it reads: (stream, data, exclude_socket,
+/// epoch, offset).
+pub type StoredSink = Arc<dyn Fn(&str, &str, Option<&str>, &str, u64) + Send + Sync>;
+
+/// The NATS broker's link: stores broadcasts in JetStream and delivers what is
+/// stored; transient messages and commands go over the core subject.
+pub struct NatsBroker {
+    stored: Arc<PublishQueue<Stored>>,
+    core: Arc<PublishQueue<String>>,
+    connected: Arc<AtomicBool>,
+    history: Arc<OnceLock<Arc<StoredHistory>>>,
+}
+
+impl NatsBroker {
+    /// Connects in the background (a NATS server that is down at boot does not stop
+    /// the WebSocket server), makes or updates the JetStream stream, and starts
+    /// delivering. `core_deliver` gets what arrives on the core subject; `stored`
+    /// every stored broadcast; `ready` the history reader once it works. Call inside
+    /// the runtime.
+    pub fn start(
+        servers: &str,
+        subject: String,
+        config: HistoryConfig,
+        core_deliver: impl Fn(&str) + Send + Sync + 'static,
+        stored: StoredSink,
+        ready: impl FnOnce(Arc<StoredHistory>) + Send + 'static,
+    ) -> Result<Self, String> {
+        let (addrs, label) = crate::nats::server_addrs(servers)?;
+        let connected = Arc::new(AtomicBool::new(false));
+        let stored_queue = Arc::new(PublishQueue::<Stored>::new("NATS JetStream"));
+        let core = Arc::new(PublishQueue::<String>::new("NATS"));
+        let history = Arc::new(OnceLock::new());
+        let broker = NatsBroker {
+            stored: stored_queue.clone(),
+            core: core.clone(),
+            connected: connected.clone(),
+            history: history.clone(),
+        };
+        // Stored broadcasts from now on reach this process's subscribers, however long
+        // the setup takes (a second back for clocks that differ a little).
+        let booted = time::OffsetDateTime::now_utc() - Duration::from_secs(1);
+        tokio::spawn(async move {
+            let Some(client) = crate::nats::connect(addrs, &label, connected.clone()).await else {
+                return;
+            };
+            tokio::spawn(crate::nats::run_core(
+                client.clone(),
+                subject,
+                core,
+                connected.clone(),
+                core_deliver,
+            ));
+            let js = jetstream::new(client.clone());
+            let (stream, epoch) = loop {
+                match ensure_stream(&js, &config).await {
+                    Ok(found) => break found,
+                    Err(e) => {
+                        log::error!(
+                            "NATS JetStream: {e}; retrying (history and stored broadcasts wait)"
+                        );
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                    }
+                }
+            };
+            log::info!(
+                "NATS broker: JetStream stream {STREAM}, epoch {epoch}, history limit {}, ttl {:?}",
+                config.limit,
+                config.ttl
+            );
+            let reader = Arc::new(StoredHistory {
+                stream: stream.clone(),
+                epoch: epoch.clone(),
+                limit: config.limit.max(1),
+            });
+            let _ = history.set(reader.clone());
+            ready(reader);
+            tokio::spawn(publish_loop(js, stored_queue, connected));
+            consume(client, stream, epoch, booted, stored).await;
+        });
+        Ok(broker)
+    }
+
+    /// Queues an AnyCable payload: its non-transient stream messages are stored (and
+    /// delivered from the store), everything else goes over the core subject.
+    pub fn publish(&self, payload: String) {
+        let Ok(messages) = broadcast::parse(&payload) else {
+            // Checked before it got here; a bad one would be refused by every node.
+            self.core.push(payload);
+            return;
+        };
+        let mut rest = Vec::new();
+        for message in messages {
+            match message {
+                BroadcastMessage::Stream {
+                    stream,
+                    data,
+                    exclude_socket,
+                    transient: false,
+                } => self.stored.push(Stored {
+                    subject: subject_for(&stream),
+                    body: body(&stream, &data, exclude_socket.as_deref()),
+                    id: message_id(),
+                }),
+                other => rest.push(other),
+            }
+        }
+        if !rest.is_empty() {
+            self.core.push(broadcast::to_payload(&rest));
+        }
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Acquire) && self.history.get().is_some()
+    }
+}
+
+/// A random `Nats-Msg-Id`.
+fn message_id() -> String {
+    let mut bytes = [0u8; 12];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// The history stream as this process's settings want it.
+fn stream_config(config: &HistoryConfig) -> stream::Config {
+    stream::Config {
+        name: STREAM.into(),
+        subjects: vec![format!("{SUBJECT_PREFIX}>")],
+        max_messages_per_subject: config.limit.max(1) as i64,
+        max_age: config.ttl,
+        max_bytes: config.max_bytes as i64,
+        discard: stream::DiscardPolicy::Old,
+        storage: stream::StorageType::File,
+        allow_direct: true,
+        ..Default::default()
+    }
+}
+
+/// Finds the history stream (made, or its limits brought to this process's), and its
+/// epoch.
+async fn ensure_stream(
+    js: &jetstream::Context,
+    config: &HistoryConfig,
+) -> Result<(stream::Stream, String), String> {
+    let wanted = stream_config(config);
+    let mut stream = js
+        .get_or_create_stream(wanted.clone())
+        .await
+        .map_err(|e| format!("history stream {STREAM}: {e}"))?;
+    let info = stream
+        .info()
+        .await
+        .map_err(|e| format!("history stream {STREAM}: {e}"))?
+        .clone();
+    let have = &info.config;
+    if have.max_messages_per_subject != wanted.max_messages_per_subject
+        || have.max_age != wanted.max_age
+        || have.max_bytes != wanted.max_bytes
+        || have.subjects != wanted.subjects
+        || !have.allow_direct
+    {
+        log::warn!(
+            "NATS JetStream: history stream {STREAM} had other limits (per stream {}, ttl {:?}, bytes {}); now {}, {:?}, {} (every node should have the same ANYCABLE_HISTORY_* settings)",
+            have.max_messages_per_subject,
+            have.max_age,
+            have.max_bytes,
+            wanted.max_messages_per_subject,
+            wanted.max_age,
+            wanted.max_bytes
+        );
+        let mut update = have.clone();
+        update.max_messages_per_subject = wanted.max_messages_per_subject;
+        update.max_age = wanted.max_age;
+        update.max_bytes = wanted.max_bytes;
+        update.subjects = wanted.subjects.clone();
+        update.allow_direct = true;
+        js.update_stream(update)
+            .await
+            .map_err(|e| format!("updating history stream {STREAM}: {e}"))?;
+    }
+    let created = info.created.unix_timestamp_nanos() as u64;
+    let epoch = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(created.to_be_bytes());
+    Ok((stream, epoch))
+}
+
+/// Stores what `queue` hands over, in order, up to [`IN_FLIGHT`] awaiting their acks;
+/// one that cannot be stored is tried again (same id: stored once) and, after
+/// [`ATTEMPTS`], reported lost.
+async fn publish_loop(
+    js: jetstream::Context,
+    queue: Arc<PublishQueue<Stored>>,
+    link: Arc<AtomicBool>,
+) {
+    type Ack = (Instant, Stored, u32, Result<u64, String>);
+    let mut acks: FuturesUnordered<futures_util::future::BoxFuture<'static, Ack>> =
+        FuturesUnordered::new();
+    loop {
+        tokio::select! {
+            Some((at, item, tries, result)) = acks.next(), if !acks.is_empty() => {
+                if let Err(e) = result {
+                    if tries >= ATTEMPTS || at.elapsed() > crate::pubsub::MAX_QUEUED_AGE {
+                        crate::pubsub::DROPPED_PUBLISHES.fetch_add(1, Ordering::Relaxed);
+                        log::error!("NATS JetStream: a broadcast was not stored after {tries} attempts ({e}); it is lost");
+                    } else {
+                        log::warn!("NATS JetStream: storing a broadcast failed ({e}); trying again");
+                        queue.retry(at, item);
+                    }
+                }
+            }
+            (at, item) = queue.next(), if acks.len() < IN_FLIGHT => {
+                crate::nats::wait_for(&link).await;
+                if at.elapsed() > crate::pubsub::MAX_QUEUED_AGE {
+                    queue.retry(at, item); // expired: next() drops and counts it
+                    continue;
+                }
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert("Nats-Msg-Id", item.id.as_str());
+                let sent = js
+                    .publish_with_headers(item.subject.clone(), headers, item.body.clone().into())
+                    .await;
+                let tries = 1;
+                acks.push(Box::pin(async move {
+                    let result = match sent {
+                        Ok(ack) => ack.await.map(|a| a.sequence).map_err(|e| e.to_string()),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    (at, item, tries, result)
+                }));
+            }
+        }
+    }
+}
+
+/// Delivers every stored broadcast from `start` on, in order, for as long as the
+/// process runs (the ordered consumer follows reconnects; if it ends, a new one goes
+/// on after the last message delivered).
+async fn consume(
+    client: async_nats::Client,
+    stream: stream::Stream,
+    epoch: String,
+    start: time::OffsetDateTime,
+    sink: StoredSink,
+) {
+    let mut last: Option<u64> = None;
+    loop {
+        let deliver_policy = match last {
+            Some(seq) => consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: seq + 1,
+            },
+            None => consumer::DeliverPolicy::ByStartTime { start_time: start },
+        };
+        let config = consumer::push::OrderedConfig {
+            deliver_subject: client.new_inbox(),
+            filter_subject: format!("{SUBJECT_PREFIX}>"),
+            deliver_policy,
+            ..Default::default()
+        };
+        let messages = match stream.create_consumer(config).await {
+            Ok(consumer) => consumer.messages().await,
+            Err(e) => {
+                log::error!("NATS JetStream: cannot read the history stream ({e}); retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let mut messages = match messages {
+            Ok(m) => m,
+            Err(e) => {
+                log::error!("NATS JetStream: cannot read the history stream ({e}); retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        while let Some(message) = messages.next().await {
+            let message = match message {
+                Ok(m) => m,
+                Err(e) => {
+                    log::debug!("NATS JetStream consumer: {e}");
+                    continue;
+                }
+            };
+            let Ok(info) = message.info() else { continue };
+            let seq = info.stream_sequence;
+            if last.is_some_and(|l| seq <= l) {
+                continue;
+            }
+            last = Some(seq);
+            match parse_body(&message.payload) {
+                Some((stream, data, exclude)) => {
+                    sink(&stream, &data, exclude.as_deref(), &epoch, seq)
+                }
+                None => log::warn!(
+                    "NATS JetStream: stored message {seq} is not an AnyCable broadcast; skipped"
+                ),
+            }
+        }
+        log::warn!("NATS JetStream: the history consumer ended; starting another");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_are_valid_and_distinct() {
+        assert_eq!(subject_for("chat_42"), "anycable_history.sY2hhdF80Mg");
+        assert_eq!(subject_for(""), "anycable_history.s");
+        assert_eq!(subject_for("a b.c>*"), "anycable_history.sYSBiLmM-Kg");
+        // The same vectors as spec/unit/jetstream_subject_spec.rb (Ruby names them too).
+        assert_eq!(subject_for("ü/é"), "anycable_history.sw7wvw6k");
+        assert_eq!(subject_for(&"x".repeat(768)).len(), 1042);
+        let long = "x".repeat(2000);
+        let hashed = subject_for(&long);
+        assert_eq!(
+            hashed,
+            "anycable_history.h5c0e0ea421571c300b5df6aec0a118b5c3dc02e0683a546341d5efc689df2f58"
+        );
+        assert_ne!(subject_for(&"x".repeat(2001)), hashed);
+    }
+
+    #[test]
+    fn bodies_round_trip() {
+        let b = body("s", r#"{"a":1}"#, Some("sid1"));
+        assert_eq!(
+            parse_body(b.as_bytes()),
+            Some(("s".into(), r#"{"a":1}"#.into(), Some("sid1".into())))
+        );
+        assert_eq!(parse_body(b"{\"command\":\"x\"}"), None);
+    }
+}
