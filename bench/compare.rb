@@ -30,14 +30,17 @@ OWN = "anycable-rs, own port"
 # anycable-rs with ANYCABLE_BROKER=memory (reliable streams: every broadcast numbered
 # and kept for history): the broadcast scenarios only.
 MEM = "anycable-rs, memory broker"
-ALL_SERVERS = [RS, AC, RAW, CEIL, OWN, MEM].freeze
-SHORT = {"rs" => RS, "ac" => AC, "raw" => RAW, "core" => CEIL, "own" => OWN, "mem" => MEM}.freeze
+# anycable-rs with ANYCABLE_BROKER=nats: each broadcast stored in a local nats-server
+# with JetStream (-js), delivered from it with its offset; broadcast scenarios only.
+NATS = "anycable-rs, NATS broker"
+ALL_SERVERS = [RS, AC, RAW, CEIL, OWN, MEM, NATS].freeze
+SHORT = {"rs" => RS, "ac" => AC, "raw" => RAW, "core" => CEIL, "own" => OWN, "mem" => MEM, "nats" => NATS}.freeze
 PICKED = ENV["SERVERS"]&.split(",")&.map { |s| SHORT.fetch(s.strip) }
 RUN_SERVERS = PICKED ? ALL_SERVERS & PICKED : ALL_SERVERS
 # The report keeps every column; servers not run show "–".
 SERVERS = ALL_SERVERS
 PUMA_SERVERS = [RS, AC].freeze
-AUTHENTICATED = [RS, AC, OWN, MEM].freeze
+AUTHENTICATED = [RS, AC, OWN, MEM, NATS].freeze
 ONLY = ENV["ONLY"]&.split(",")&.map(&:strip)
 
 SCENARIOS = [
@@ -55,6 +58,9 @@ SCENARIOS = [
   [mode, name, args]
 end.select { |mode, name, _| ONLY.nil? || ONLY.include?(mode) || ONLY.include?(name) }
 
+# What to stop with a server (its nats-server), by the server's pid.
+AFTER_STOP = {}
+
 # [server pid, port the clients use, Puma's port (where a client signs in)]
 def start(server)
   case server
@@ -63,6 +69,16 @@ def start(server)
   when RS then Harness.start_puma("ANYCABLE_EMBEDDED" => "true").then { |pid, port| [pid, port, port] }
   when MEM
     Harness.start_puma("ANYCABLE_EMBEDDED" => "true", "ANYCABLE_BROKER" => "memory").then { |pid, port| [pid, port, port] }
+  when NATS
+    store = Dir.mktmpdir("anycable-bench-jetstream")
+    nats_pid, nats_port = Harness.spawn_server("nats-server", "-a", "127.0.0.1", "-p", "PORT", "-js", "-sd", store)
+    pid, port = Harness.start_puma("ANYCABLE_EMBEDDED" => "true", "ANYCABLE_BROKER" => "nats",
+      "ANYCABLE_BROADCAST_ADAPTER" => "nats", "ANYCABLE_NATS_SERVERS" => "nats://127.0.0.1:#{nats_port}")
+    AFTER_STOP[pid] = lambda do
+      Harness.stop(nats_pid)
+      FileUtils.rm_rf(store)
+    end
+    [pid, port, port]
   when OWN
     own = Harness.free_port
     pid, port = Harness.start_puma("ANYCABLE_EMBEDDED" => "true", "ANYCABLE_PORT" => own.to_s)
@@ -78,7 +94,7 @@ results = Hash.new { |h, k| h[k] = {} }
 commands = {}
 SCENARIOS.each do |mode, name, args|
   RUN_SERVERS.each do |server|
-    next if server == MEM && mode != "broadcast"
+    next if [MEM, NATS].include?(server) && mode != "broadcast"
 
     pid, port, puma_port = start(server)
     auth = AUTHENTICATED.include?(server) ? ["--cookie", Harness.login_cookie(puma_port)] : []
@@ -94,6 +110,7 @@ SCENARIOS.each do |mode, name, args|
       summary["cpu_us_per_round_trip"]["total"] = (used.values.sum / summary["round_trips"] * 1e6).round(1)
     end
     Harness.stop(pid)
+    AFTER_STOP.delete(pid)&.call
     results[name][server] = summary
     commands[name] ||= cmd
     warn "#{name} / #{server}: #{summary.to_json}"
@@ -128,7 +145,8 @@ rows = []
 add = lambda do |label, digits, lower, &get|
   vals = SERVERS.map { |s| get.call(s) }
   rows << [label, *vals.map { |v| f(v, digits) }, ratio(vals[0], vals[1], lower: lower),
-    ratio(vals[0], vals[2], lower: lower), ratio(vals[4], vals[1], lower: lower), ratio(vals[5], vals[0], lower: lower)]
+    ratio(vals[0], vals[2], lower: lower), ratio(vals[4], vals[1], lower: lower), ratio(vals[5], vals[0], lower: lower),
+    ratio(vals[6], vals[0], lower: lower)]
 end
 %w[1k 5k 10k].each do |size|
   r = results["connect #{size}"]
@@ -152,7 +170,7 @@ add.call("echo: server CPU per round trip, all threads (µs)", 0, true) { |s| e.
     add.call("broadcast #{size}: until the last subscriber, #{q} (ms)", 2, true) { |s| b.dig(s, "until_last_ms", q) }
   end
   rows << ["broadcast #{size}: missing messages",
-    *SERVERS.map { |s| b.dig(s, "error") ? "run failed: #{b.dig(s, "error")}" : b.dig(s, "missing").to_s }, "", "", "", ""]
+    *SERVERS.map { |s| b.dig(s, "error") ? "run failed: #{b.dig(s, "error")}" : b.dig(s, "missing").to_s }, "", "", "", "", ""]
 end
 c = results["churn 5k"]
 add.call("churn: connect/subscribe/disconnect cycles per second", 0, false) { |s| c.dig(s, "cycles_per_sec") }
@@ -186,6 +204,9 @@ report = +<<~MD
     clients on that port: no Puma request handling, no Rails middleware before the socket.
   - **anycable-rs, memory broker**: anycable-rs with `ANYCABLE_BROKER=memory` (every
     broadcast numbered and kept for `history`); broadcast scenarios only.
+  - **anycable-rs, NATS broker**: anycable-rs with `ANYCABLE_BROKER=nats` and a local
+    `nats-server -js` (every broadcast stored in JetStream, acknowledged, then delivered
+    from it with its offset); broadcast scenarios only.
 
   Each scenario starts a fresh server and warms it with 20 connections. Payload 200 bytes.
   Logging: Rails' production default level (`:info`), written to /dev/null, for both
@@ -194,8 +215,8 @@ report = +<<~MD
 
   Command: `#{QUICK ? "QUICK=1 " : ""}ruby bench/compare.rb`#{QUICK ? " (QUICK sizes: the labels are the full sizes)" : ""}
 
-  | | anycable-rs | Action Cable | raw ceiling | core, no Ruby | anycable-rs, own port | anycable-rs, memory broker | anycable-rs vs Action Cable | anycable-rs vs raw ceiling | own port vs Action Cable | memory broker vs anycable-rs |
-  |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|
+  | | anycable-rs | Action Cable | raw ceiling | core, no Ruby | anycable-rs, own port | anycable-rs, memory broker | anycable-rs, NATS broker | anycable-rs vs Action Cable | anycable-rs vs raw ceiling | own port vs Action Cable | memory broker vs anycable-rs | NATS broker vs anycable-rs |
+  |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|
 MD
 rows.each { |r| report << "| #{r.join(" | ")} |\n" }
 report << "\nRatios: how many times better the first is (above 1× it is better; for latency and memory, lower is better).\n"

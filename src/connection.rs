@@ -138,7 +138,8 @@ impl<C: Controller> Inner<C> {
         // back without the app's `connect`: its connection and channel objects are
         // rebuilt, without `subscribed`, when a command first needs them.
         let restored = if extended {
-            self.restore(&head, &session)
+            session.set_resumable();
+            self.restore(&head, &session).await
         } else {
             None
         };
@@ -194,7 +195,11 @@ impl<C: Controller> Inner<C> {
             }
         };
         match reply {
-            ConnectReply::Accepted => {}
+            ConnectReply::Accepted => {
+                if lazy.is_none() || owes_disconnect {
+                    session.app_connected.store(true, Ordering::Release);
+                }
+            }
             ConnectReply::Rejected(reason) => {
                 if [
                     DisconnectReason::UNAUTHORIZED,
@@ -335,7 +340,10 @@ impl<C: Controller> Inner<C> {
     /// restore.
     async fn connect_lazily(&self, session: SessionRef, connect: ConnectRequest) -> bool {
         match self.controller.connect(connect).await {
-            ConnectReply::Accepted => true,
+            ConnectReply::Accepted => {
+                session.app_connected.store(true, Ordering::Release);
+                true
+            }
             ConnectReply::Rejected(reason) => {
                 session.close(reason);
                 false
@@ -350,10 +358,13 @@ impl<C: Controller> Inner<C> {
 
     /// The cached session the client asks back (`X-AnyCable-Restore-SID`, else
     /// `?sid=`), joined to its streams again; `None` when there is none to restore.
-    fn restore(&self, head: &RequestHead, session: &SessionRef) -> Option<CachedSession> {
-        let cache = self.session_cache.as_ref()?;
+    async fn restore(&self, head: &RequestHead, session: &SessionRef) -> Option<CachedSession> {
         let old = restore_sid(head)?;
-        let cached = cache.take(old)?;
+        let cached = match (&self.session_cache, self.stored_sessions.get()) {
+            (Some(cache), _) => cache.take(old)?,
+            (None, Some(stored)) => stored.take(old).await?,
+            (None, None) => return None,
+        };
         session.restore_from(&cached);
         for sub in &cached.subscriptions {
             for stream in &sub.streams {
@@ -808,6 +819,14 @@ impl<C: Controller> Inner<C> {
             // Before the hub and the app's `unsubscribed` let go of its streams.
             if let Some(entry) = session.to_cache(app_knows || owes_disconnect) {
                 cache.put(&session.sid, entry);
+            }
+        }
+        if let (true, Some(stored)) = (resumable, self.stored_sessions.get()) {
+            // The NATS broker has had it since the welcome: the last word now, or
+            // gone if the server or the app closed it.
+            match session.to_cache(app_knows || owes_disconnect) {
+                Some(entry) => stored.put(&session.sid, &entry).await,
+                None => stored.forget(&session.sid).await,
             }
         }
         self.hub.remove_session(session);

@@ -148,6 +148,7 @@ impl Hub {
         let group = subs.by_identifier.entry(id_key.clone()).or_default();
         if group.insert(session.id, session.clone()).is_none() {
             session.streams.lock().push((stream_key, id_key));
+            session.mark_changed();
         }
     }
 
@@ -159,6 +160,7 @@ impl Hub {
             .streams
             .lock()
             .retain(|(s, i)| !(s.as_ref() == stream && i.as_ref() == identifier));
+        session.mark_changed();
     }
 
     /// Removes every subscription of `session` under `identifier` (channel unsubscribed).
@@ -170,6 +172,7 @@ impl Hub {
             *list = kept;
             gone
         };
+        session.mark_changed();
         let mut streams = self.streams.write();
         for (stream, identifier) in mine {
             Self::remove_locked(&mut streams, session.id, &stream, &identifier);

@@ -200,6 +200,87 @@ impl StoredHistory {
     }
 }
 
+/// The NATS broker's session cache: a JetStream key-value bucket ([`SESSIONS_BUCKET`]),
+/// so a client restores its session on any node, also after the node that served it
+/// died. Entries live `ANYCABLE_SESSIONS_TTL` after they were last written.
+pub struct StoredSessions {
+    kv: jetstream::kv::Store,
+}
+
+/// The key-value bucket of sessions.
+pub const SESSIONS_BUCKET: &str = "anycable_rs_sessions";
+
+impl StoredSessions {
+    pub async fn put(&self, sid: &str, session: &crate::session_cache::CachedSession) {
+        let Ok(json) = serde_json::to_vec(session) else {
+            return;
+        };
+        if let Err(e) = self.kv.put(sid, json.into()).await {
+            log::warn!("NATS KV: a session could not be stored for a restore ({e})");
+        }
+    }
+
+    /// The session stored under `sid`, taken (a sid restores once).
+    pub async fn take(&self, sid: &str) -> Option<crate::session_cache::CachedSession> {
+        let bytes = match self.kv.get(sid).await {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => return None,
+            Err(e) => {
+                log::warn!("NATS KV: a session could not be read for a restore ({e})");
+                return None;
+            }
+        };
+        self.forget(sid).await;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// Makes `sid` unrestorable (the server or the app closed its session).
+    pub async fn forget(&self, sid: &str) {
+        if let Err(e) = self.kv.purge(sid).await {
+            log::warn!("NATS KV: a closed session could not be forgotten ({e})");
+        }
+    }
+}
+
+/// Finds (or makes) the sessions bucket. Made as a plain stream: nats-server 2.9's
+/// account info lacks what async-nats' `create_key_value` reads.
+async fn ensure_sessions(js: &jetstream::Context, ttl: Duration) -> Result<StoredSessions, String> {
+    let wanted = stream::Config {
+        name: format!("KV_{SESSIONS_BUCKET}"),
+        subjects: vec![format!("$KV.{SESSIONS_BUCKET}.>")],
+        max_messages_per_subject: 1,
+        max_age: ttl,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: stream::DiscardPolicy::New,
+        storage: stream::StorageType::File,
+        ..Default::default()
+    };
+    let mut stream = js
+        .get_or_create_stream(wanted.clone())
+        .await
+        .map_err(|e| format!("sessions bucket {SESSIONS_BUCKET}: {e}"))?;
+    let have = stream
+        .info()
+        .await
+        .map_err(|e| format!("sessions bucket {SESSIONS_BUCKET}: {e}"))?
+        .config
+        .clone();
+    if have.max_age != ttl {
+        let mut update = have;
+        update.max_age = ttl;
+        js.update_stream(update)
+            .await
+            .map_err(|e| format!("updating sessions bucket {SESSIONS_BUCKET}: {e}"))?;
+    }
+    let kv = js
+        .get_key_value(SESSIONS_BUCKET)
+        .await
+        .map_err(|e| format!("sessions bucket {SESSIONS_BUCKET}: {e}"))?;
+    Ok(StoredSessions { kv })
+}
+
 /// Where the NATS broker delivers what it reads: (stream, data, exclude_socket,
 /// epoch, offset).
 pub type StoredSink = Arc<dyn Fn(&str, &str, Option<&str>, &str, u64) + Send + Sync>;
@@ -223,9 +304,10 @@ impl NatsBroker {
         servers: &str,
         subject: String,
         config: HistoryConfig,
+        sessions_ttl: Duration,
         core_deliver: impl Fn(&str) + Send + Sync + 'static,
         stored: StoredSink,
-        ready: impl FnOnce(Arc<StoredHistory>) + Send + 'static,
+        ready: impl FnOnce(Arc<StoredHistory>, Option<Arc<StoredSessions>>) + Send + 'static,
     ) -> Result<Self, String> {
         let (addrs, label) = crate::nats::server_addrs(servers)?;
         let connected = Arc::new(AtomicBool::new(false));
@@ -274,8 +356,19 @@ impl NatsBroker {
                 epoch: epoch.clone(),
                 limit: config.limit.max(1),
             });
+            let sessions = if sessions_ttl.is_zero() {
+                None
+            } else {
+                match ensure_sessions(&js, sessions_ttl).await {
+                    Ok(sessions) => Some(Arc::new(sessions)),
+                    Err(e) => {
+                        log::error!("NATS JetStream: {e}; sessions are not kept for a restore");
+                        None
+                    }
+                }
+            };
             let _ = history.set(reader.clone());
-            ready(reader);
+            ready(reader, sessions);
             tokio::spawn(publish_loop(js, stored_queue, connected));
             consume(client, stream, epoch, booted, stored).await;
         });

@@ -29,7 +29,7 @@ use crate::endpoints;
 use crate::handshake::{self, RequestHead};
 use crate::history::History;
 use crate::hub::{Delivery, Hub};
-use crate::jetstream::StoredHistory;
+use crate::jetstream::{StoredHistory, StoredSessions};
 use crate::metrics::{self, MetricsSource, COUNTERS};
 use crate::protocol;
 use crate::session::{DisconnectReason, SessionRef};
@@ -70,6 +70,9 @@ impl std::fmt::Display for BroadcastError {
     }
 }
 
+/// How often the NATS broker's session writer looks for changed sessions.
+const SESSION_WRITE_EVERY: Duration = Duration::from_secs(1);
+
 static REFUSED_CONN_LOG: crate::logging::Throttle = crate::logging::Throttle::new();
 
 pub struct Server<C: Controller> {
@@ -102,6 +105,8 @@ pub(crate) struct Inner<C> {
     pub(crate) history: Option<History>,
     /// The NATS broker's history, once JetStream is reachable (`ANYCABLE_BROKER=nats`).
     pub(crate) stored_history: OnceLock<Arc<StoredHistory>>,
+    /// The NATS broker's session cache (instead of `session_cache`).
+    pub(crate) stored_sessions: OnceLock<Arc<StoredSessions>>,
     /// Closed extended-protocol sessions, for a restore (with a broker and a
     /// non-zero `ANYCABLE_SESSIONS_TTL`).
     pub(crate) session_cache: Option<SessionCache>,
@@ -132,8 +137,9 @@ impl<C: Controller> Server<C> {
             );
         }
         let broker_on = config.history.is_some();
-        let session_cache = (broker_on && !config.sessions_ttl.is_zero())
-            .then(|| SessionCache::new(config.sessions_ttl));
+        let session_cache =
+            (broker_on && config.broker == BrokerKind::Memory && !config.sessions_ttl.is_zero())
+                .then(|| SessionCache::new(config.sessions_ttl));
         if broker_on {
             // The broker keeps presence too (AnyCable's memory broker; per process here).
             hub.enable_presence(config.presence_ttl);
@@ -142,6 +148,7 @@ impl<C: Controller> Server<C> {
             inner: Arc::new(Inner {
                 history,
                 stored_history: OnceLock::new(),
+                stored_sessions: OnceLock::new(),
                 session_cache,
                 relay: RwLock::new(None),
                 health: RwLock::new(None),
@@ -174,6 +181,7 @@ impl<C: Controller> Server<C> {
 
     /// Starts the ping timer. Call once, inside the runtime.
     pub fn start(&self) {
+        self.start_session_writer();
         let inner = self.inner.clone();
         let task = tokio::spawn(async move {
             let mut ticker = tokio::time::interval(inner.config.ping_interval);
@@ -213,6 +221,53 @@ impl<C: Controller> Server<C> {
             });
             self.inner.tasks.lock().push(sweep);
         }
+    }
+
+    /// With the NATS broker, extended-protocol sessions are written to its bucket
+    /// when what a restore gets back changed (at most once a second each), and all
+    /// again every half ttl, so a client restores on any node even after the node
+    /// that served it died.
+    fn start_session_writer(&self) {
+        let ttl = self.inner.config.sessions_ttl;
+        if self.inner.config.broker != BrokerKind::Nats
+            || self.inner.config.history.is_none()
+            || ttl.is_zero()
+        {
+            return;
+        }
+        let inner = self.inner.clone();
+        let task = tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(SESSION_WRITE_EVERY);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut touched = tokio::time::Instant::now();
+            loop {
+                ticker.tick().await;
+                let Some(store) = inner.stored_sessions.get() else {
+                    continue;
+                };
+                let touch = touched.elapsed() >= ttl / 2;
+                if touch {
+                    touched = tokio::time::Instant::now();
+                }
+                let due: Vec<SessionRef> = inner
+                    .sessions
+                    .read()
+                    .values()
+                    .filter(|s| s.is_resumable() && (s.take_changed() || touch))
+                    .cloned()
+                    .collect();
+                for session in due {
+                    if session.is_closing() {
+                        continue; // its close writes (or forgets) it
+                    }
+                    let app = session.app_connected.load(Ordering::Acquire);
+                    if let Some(entry) = session.to_cache(app) {
+                        store.put(&session.sid, &entry).await;
+                    }
+                }
+            }
+        });
+        self.inner.tasks.lock().push(task);
     }
 
     /// Binds `addr` and accepts connections on it until shutdown. Returns the bound
@@ -300,6 +355,11 @@ impl<C: Controller> Server<C> {
     /// (until then they are refused: the client refetches).
     pub fn set_stored_history(&self, history: Arc<StoredHistory>) {
         let _ = self.inner.stored_history.set(history);
+    }
+
+    /// With the NATS broker: sessions are kept in (and restored from) `sessions`.
+    pub fn set_stored_sessions(&self, sessions: Arc<StoredSessions>) {
+        let _ = self.inner.stored_sessions.set(sessions);
     }
 
     /// With the NATS broker: delivers a stored broadcast, at its place in the

@@ -97,6 +97,12 @@ pub struct Session {
     presence_streams: Mutex<Vec<(String, String)>>,
     /// The server or the app closed it: nothing to restore.
     final_close: AtomicBool,
+    /// What a restore would get back changed since the NATS broker last stored it.
+    changed: AtomicBool,
+    /// The app built a connection object for it (disconnect callbacks are owed).
+    pub(crate) app_connected: AtomicBool,
+    /// Extended protocol: kept for a restore when the client goes.
+    resumable: AtomicBool,
 }
 
 type StateMap = HashMap<String, Vec<(String, String)>>;
@@ -160,6 +166,9 @@ impl Session {
             state: Mutex::new(None),
             presence_streams: Mutex::new(Vec::new()),
             final_close: AtomicBool::new(false),
+            changed: AtomicBool::new(true),
+            app_connected: AtomicBool::new(false),
+            resumable: AtomicBool::new(false),
         });
         let outbox = Outbox {
             session: session.clone(),
@@ -259,6 +268,7 @@ impl Session {
 
     /// Subscription `identifier`'s presence set is `stream`'s (an empty `stream`: none).
     pub fn presence_to(&self, identifier: &str, stream: &str) {
+        self.mark_changed();
         let mut streams = self.presence_streams.lock();
         streams.retain(|(i, _)| i != identifier);
         if !stream.is_empty() {
@@ -389,10 +399,30 @@ impl Session {
     /// did not reject).
     pub fn add_subscription(&self, identifier: &str) {
         self.with_subscription(identifier, |sub| sub.confirmed = true);
+        self.mark_changed();
+    }
+
+    /// Something a restore gets back changed (subscriptions, streams, state).
+    pub fn mark_changed(&self) {
+        self.changed.store(true, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_resumable(&self) {
+        self.resumable.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn is_resumable(&self) -> bool {
+        self.resumable.load(Ordering::Acquire)
+    }
+
+    /// Whether it changed since the last call.
+    pub(crate) fn take_changed(&self) -> bool {
+        self.changed.swap(false, Ordering::AcqRel)
     }
 
     /// The app's subscription `identifier` is gone (or was rejected).
     pub fn remove_subscription(&self, identifier: &str) {
+        self.mark_changed();
         self.app_subscriptions
             .lock()
             .retain(|s| s.identifier.as_ref() != identifier);
@@ -404,6 +434,7 @@ impl Session {
     /// Records a `state_attr_accessor` value (JSON text) of subscription `identifier`,
     /// or of the connection for `""`, for a restore to give back.
     pub fn set_state(&self, identifier: &str, name: &str, json: String) {
+        self.mark_changed();
         let mut state = self.state.lock();
         let values = state
             .get_or_insert_with(Default::default)
@@ -641,7 +672,12 @@ mod tests {
         // Live 7 arrives while the replay (5, 6, 7) is read: held, then dropped.
         assert!(s.send_live("id", &stream, Some(7), "live7".into()));
         let replayed: HashMap<Arc<str>, u64> = [(stream.clone(), 7)].into();
-        s.release("id", ["r5".into(), "r6".into(), "r7".into()], &replayed, true);
+        s.release(
+            "id",
+            ["r5".into(), "r6".into(), "r7".into()],
+            &replayed,
+            true,
+        );
         assert_eq!(frames(&mut rx), ["r5", "r6", "r7"]);
         // JetStream's consumer lags: 6 and 7 come live after the replay; then 8.
         assert!(!s.send_live("id", &stream, Some(6), "live6".into()));

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 /// One subscription as a restored session gets it back.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CachedSubscription {
     pub identifier: String,
     /// The streams the hub delivered to it (the app's plain `stream_from`s, or the
@@ -31,8 +31,8 @@ pub struct CachedSubscription {
     pub presence: Option<String>,
 }
 
-/// What a session leaves behind for a restore.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// What a session leaves behind for a restore (JSON in the NATS broker's KV bucket).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CachedSession {
     /// The connection's identifiers as JSON (records as GlobalID params), if it had any.
     pub identifiers: Option<String>,

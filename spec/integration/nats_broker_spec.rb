@@ -7,7 +7,7 @@ require "open3"
 # JetStream. Every broadcast is stored once and gets one offset that both nodes give
 # out; any node replays what a client missed, whichever node it was on.
 RSpec.describe "The NATS broker (JetStream history shared by the nodes)", type: :cable do
-  EXT_PROTOCOL = "actioncable-v1-ext-json"
+  let(:ext_protocol) { "actioncable-v1-ext-json" }
 
   before(:all) do
     @nats = JetStreamServer.new.start
@@ -37,7 +37,7 @@ RSpec.describe "The NATS broker (JetStream history shared by the nodes)", type: 
   let(:echo) { {channel: "EchoChannel"} }
 
   def ext_on(server)
-    c = client(name: "alice", port: server.port, protocols: [EXT_PROTOCOL])
+    c = client(name: "alice", port: server.port, protocols: [ext_protocol])
     c.welcome!
     [c, subscribed(c, echo)]
   end
@@ -86,7 +86,7 @@ RSpec.describe "The NATS broker (JetStream history shared by the nodes)", type: 
     post(@two, 11)
     third_process('AnyCableRs.broadcast("all", {"n" => 12})')
     post(@one, 13)
-    b = client(name: "alice", port: @two.port, protocols: [EXT_PROTOCOL])
+    b = client(name: "alice", port: @two.port, protocols: [ext_protocol])
     b.welcome!
     b.send_json(command: "subscribe", identifier: ida,
       history: {since: 0, streams: {all: {epoch: seen["epoch"], offset: seen["offset"]}}})
@@ -114,7 +114,7 @@ RSpec.describe "The NATS broker (JetStream history shared by the nodes)", type: 
     since = Time.now.to_i
     post(@one, 20)
     a.receive
-    b = client(name: "alice", port: @two.port, protocols: [EXT_PROTOCOL])
+    b = client(name: "alice", port: @two.port, protocols: [ext_protocol])
     b.welcome!
     b.send_json(command: "subscribe", identifier: ida, history: {since: since})
     expect(b.receive).to eq("identifier" => ida, "type" => "confirm_subscription")
@@ -126,6 +126,26 @@ RSpec.describe "The NATS broker (JetStream history shared by the nodes)", type: 
       msgs << m["message"]
     end
     expect(msgs).to include("n" => 20)
+  end
+
+  it "restores a session on the other node from the KV bucket (no connect, no subscribed), once" do
+    a = client(name: "alice", port: @one.port, protocols: [ext_protocol])
+    sid = a.welcome!.fetch("sid")
+    ida = subscribed(a, echo)
+    connects = -> { @one.http(:get, "/events").body.scan('"connect"').size }
+    before = connects.call
+    a.close
+    sleep 0.3 # node one notices the close and writes the session's last word
+    b = client(port: @two.port, protocols: [ext_protocol], path: "/cable?sid=#{sid}")
+    welcome = b.welcome!
+    expect(welcome).to include("type" => "welcome", "restored" => true, "restored_ids" => [ida])
+    expect(welcome["sid"]).not_to eq(sid)
+    post(@one, 30)
+    expect(b.receive).to include("identifier" => ida, "message" => {"n" => 30})
+    expect(connects.call).to eq(before)
+    # A sid restores once.
+    c = client(name: "alice", port: @two.port, protocols: [ext_protocol], path: "/cable?sid=#{sid}")
+    expect(c.welcome!).not_to include("restored")
   end
 
   it "keeps whispers and remote disconnects off the history (core NATS)" do

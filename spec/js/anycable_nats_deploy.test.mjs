@@ -79,6 +79,8 @@ async function deployScenario(signal) {
     logLevel: 'error'
   })
   try {
+    let connects = []
+    c.on('connect', ev => connects.push(ev))
     let channel = c.subscribeTo('EchoChannel')
     let firsts = [] // {n, offset}, the first copy of each offset, in arrival order
     let seen = new Set()
@@ -101,6 +103,7 @@ async function deployScenario(signal) {
     })()
     let jobDone = job(fromJob, 400)
     await waitFor(() => firsts.length >= 8, 10000)
+    await sleep(1200) // the session is in the NATS broker's bucket (written each second)
 
     // Node 1 goes away mid-stream and comes back on its port (a deploy's restart).
     let port = one.port
@@ -119,7 +122,7 @@ async function deployScenario(signal) {
     assert.deepEqual(ns.filter(n => n < 100), fromNodeTwo, 'node 2 broadcasts, each once, in order')
     assert.deepEqual(ns.filter(n => n > 100), fromJob, 'job broadcasts, each once, in order')
     assert.equal(new Set(firsts.map(m => m.offset)).size, expected)
-    return { copies, expected }
+    return { copies, expected, connects }
   } finally {
     c.disconnect()
     await one.stop()
@@ -128,11 +131,17 @@ async function deployScenario(signal) {
 
 test('node 1 stopped as a deploy stops it (SIGTERM) and started again: nothing lost, nothing twice', async () => {
   let { copies, expected } = await deployScenario('SIGTERM')
-  // The client re-subscribes with its positions: the replay and the live stream overlap
-  // in nothing.
+  // Told server_restart, the client drops its sid and re-subscribes with its
+  // positions: the replay and the live stream overlap in nothing.
   assert.equal(copies, expected)
 })
 
-test('node 1 killed (SIGKILL) and started again: nothing lost', async () => {
-  await deployScenario('SIGKILL')
+test('node 1 killed (SIGKILL) and started again: the session restored from NATS, nothing lost', async () => {
+  let { connects } = await deployScenario('SIGKILL')
+  // No disconnect message came: the client kept its sid, and the new process found the
+  // session the dead one had stored.
+  assert.ok(
+    connects.some(ev => ev.restored),
+    `connects: ${JSON.stringify(connects)}`
+  )
 })

@@ -118,14 +118,21 @@ impl Native {
                                     server.deliver_stored(stream, data, exclude, epoch, offset);
                                 });
                             let server = rb_self.server.clone();
+                            let sessions_ttl = server.config().sessions_ttl;
                             Arc::new(
                                 NatsBroker::start(
                                     servers,
                                     subject.clone(),
                                     history,
+                                    sessions_ttl,
                                     deliver,
                                     stored,
-                                    move |reader| server.set_stored_history(reader),
+                                    move |reader, sessions| {
+                                        server.set_stored_history(reader);
+                                        if let Some(sessions) = sessions {
+                                            server.set_stored_sessions(sessions);
+                                        }
+                                    },
                                 )
                                 .map_err(|e| runtime_error(ruby, e))?,
                             )
