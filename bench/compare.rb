@@ -42,6 +42,10 @@ SERVERS = ALL_SERVERS
 PUMA_SERVERS = [RS, AC].freeze
 AUTHENTICATED = [RS, AC, OWN, MEM, NATS].freeze
 ONLY = ENV["ONLY"]&.split(",")&.map(&:strip)
+# PROTOCOL=ext: every client offers AnyCable's extended protocol (actioncable-v1-ext-json),
+# and the broker columns run the connect scenarios too (memory per idle connection with
+# session caching on).
+EXT = ENV["PROTOCOL"] == "ext"
 
 SCENARIOS = [
   ["connect", "connect 1k", %w[--clients 1000 --concurrency 100 --hold 3]],
@@ -94,13 +98,14 @@ results = Hash.new { |h, k| h[k] = {} }
 commands = {}
 SCENARIOS.each do |mode, name, args|
   RUN_SERVERS.each do |server|
-    next if [MEM, NATS].include?(server) && mode != "broadcast"
+    next if [MEM, NATS].include?(server) && mode != "broadcast" && !(EXT && mode == "connect")
 
     pid, port, puma_port = start(server)
     auth = AUTHENTICATED.include?(server) ? ["--cookie", Harness.login_cookie(puma_port)] : []
     Harness.bench("connect", %w[--clients 20 --hold 0] + auth, [Harness.url(port)]) # warm-up: runtime, classes
     cpu_before = Harness.thread_cpu(pid)
-    cmd, summary = Harness.bench(mode, args + auth, [Harness.url(port)], pid: pid)
+    proto = EXT ? ["--protocol", "actioncable-v1-ext-json"] : []
+    cmd, summary = Harness.bench(mode, args + proto + auth, [Harness.url(port)], pid: pid)
     cmd = cmd.sub(auth.last, "COOKIE") unless auth.empty?
     if mode == "echo" && summary["round_trips"].to_i.positive?
       # Server CPU per round trip, by thread: steadier than throughput on a shared box.
@@ -213,7 +218,7 @@ report = +<<~MD
   Puma apps. "floor" is not a WebSocket figure: it is the most connects per second any
   server behind Puma's port could reach here.
 
-  Command: `#{QUICK ? "QUICK=1 " : ""}ruby bench/compare.rb`#{QUICK ? " (QUICK sizes: the labels are the full sizes)" : ""}
+  Command: `#{EXT ? "PROTOCOL=ext " : ""}#{QUICK ? "QUICK=1 " : ""}ruby bench/compare.rb`#{QUICK ? " (QUICK sizes: the labels are the full sizes)" : ""}
 
   | | anycable-rs | Action Cable | raw ceiling | core, no Ruby | anycable-rs, own port | anycable-rs, memory broker | anycable-rs, NATS broker | anycable-rs vs Action Cable | anycable-rs vs raw ceiling | own port vs Action Cable | memory broker vs anycable-rs | NATS broker vs anycable-rs |
   |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|

@@ -52,6 +52,9 @@ struct Opts {
     /// Clients bind to 127.0.0.1 … 127.0.0.N, round robin: N × ~28k ephemeral ports.
     local_addrs: u8,
     cycles: usize,
+    /// The WebSocket subprotocol offered (`actioncable-v1-ext-json`: AnyCable's
+    /// extended protocol, whose sessions a broker keeps for a restore).
+    protocol: String,
 }
 
 fn parse_args() -> Result<Opts, String> {
@@ -76,6 +79,7 @@ fn parse_args() -> Result<Opts, String> {
         hold: 2.0,
         local_addrs: 1,
         cycles: 1000,
+        protocol: "actioncable-v1-json".into(),
     };
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or(format!("{flag} needs a value"));
@@ -99,6 +103,7 @@ fn parse_args() -> Result<Opts, String> {
             "--hold" => o.hold = num(value()?)?,
             "--local-addrs" => o.local_addrs = (num(value()?)? as u8).max(1),
             "--cycles" => o.cycles = num(value()?)? as usize,
+            "--protocol" => o.protocol = value()?,
             _ => return Err(format!("unknown option {flag}")),
         }
     }
@@ -154,7 +159,7 @@ async fn open_client(o: &Opts, index: usize) -> Result<Ws, String> {
     }
     req.headers_mut().insert(
         "Sec-WebSocket-Protocol",
-        "actioncable-v1-json".parse().unwrap(),
+        o.protocol.parse().map_err(|_| "bad --protocol")?,
     );
     let host = req
         .uri()
