@@ -12,7 +12,7 @@ RSpec.describe "The NATS broker (JetStream history shared by the nodes)", type: 
   before(:all) do
     @nats = JetStreamServer.new.start
     @env = {"ANYCABLE_BROKER" => "nats", "ANYCABLE_BROADCAST_ADAPTER" => "nats", "ANYCABLE_NATS_SERVERS" => @nats.url,
-            "ANYCABLE_PING_INTERVAL" => "30"}
+            "ANYCABLE_PING_INTERVAL" => "30", "ANYCABLE_HISTORY_LIMIT" => "5"}
     @one = PumaServer.new(env: @env).start
     @two = PumaServer.new(env: @env.merge("DUMMY_DATABASE" => @one.env["DUMMY_DATABASE"])).start
     wait_for(timeout: 20) { [@one, @two].all? { |s| s.log.include?("NATS broker: JetStream stream anycable_history") } }
@@ -107,6 +107,35 @@ RSpec.describe "The NATS broker (JetStream history shared by the nodes)", type: 
     b.send_json(command: "history", identifier: ida,
       history: {since: 0, streams: {all: {epoch: seen["epoch"], offset: seen["offset"] + 100_000}}})
     expect(b.receive).to eq("type" => "reject_history", "identifier" => ida)
+  end
+
+  it "refuses a position older than the history keeps (HISTORY_LIMIT 5 per stream)" do
+    a, ida = ext_on(@one)
+    post(@one, 40)
+    seen = a.receive
+    6.times { |i| post(@two, 41 + i) }
+    6.times { a.receive }
+    a.send_json(command: "history", identifier: ida,
+      history: {since: 0, streams: {all: {epoch: seen["epoch"], offset: seen["offset"]}}})
+    expect(a.receive).to eq("type" => "reject_history", "identifier" => ida)
+  end
+
+  it "loses nothing while nats-server restarts: broadcasts wait, then come with their offsets" do
+    a, = ext_on(@one)
+    post(@one, 50)
+    before = a.receive.fetch("offset")
+    @nats.stop
+    post(@one, 51) # queued in node one while NATS is away
+    post(@two, 52)
+    sleep 0.5
+    @nats.start
+    got = [a.receive(timeout: 20), a.receive(timeout: 20)]
+    expect(got.map { |m| m["message"]["n"] }).to contain_exactly(51, 52)
+    expect(got.map { |m| m["offset"] }).to all(be > before)
+    expect(got.map { |m| m["offset"] }.uniq.size).to eq(2)
+    post(@two, 53)
+    expect(a.receive(timeout: 10)["message"]).to eq("n" => 53)
+    expect(a.silent_for?(0.5)).to be(true)
   end
 
   it "replays by time (since) on the other node" do
