@@ -44,8 +44,6 @@ pub const SUBJECT_PREFIX: &str = "anycable_history.";
 const MAX_TOKEN: usize = 1024;
 /// Publishes awaiting their ack at once.
 const IN_FLIGHT: usize = 256;
-/// Attempts at storing one broadcast before it is reported lost.
-const ATTEMPTS: u32 = 5;
 
 /// The subject of `stream`'s history: `s` and the name in unpadded base64url, or `h`
 /// and its SHA-256 in hex when that would be long. Ruby computes the same
@@ -478,31 +476,34 @@ async fn ensure_stream(
     Ok((stream, epoch))
 }
 
-/// Stores what `queue` hands over, in order, up to [`IN_FLIGHT`] awaiting their acks;
-/// one that cannot be stored is tried again (same id: stored once) and, after
-/// [`ATTEMPTS`], reported lost.
+/// Stores what `queue` hands over, in order, up to [`IN_FLIGHT`] awaiting their acks.
+/// One JetStream did not acknowledge (the stream's server away, a timeout) goes back to
+/// the front (same id: stored once even if the first try was) and publishing pauses
+/// for a moment; the queue reports what waited past its age limit as lost.
 async fn publish_loop(
     js: jetstream::Context,
     queue: Arc<PublishQueue<Stored>>,
     link: Arc<AtomicBool>,
 ) {
-    type Ack = (Instant, Stored, u32, Result<u64, String>);
+    type Ack = (Instant, Stored, Result<u64, String>);
     let mut acks: FuturesUnordered<futures_util::future::BoxFuture<'static, Ack>> =
         FuturesUnordered::new();
+    let mut paused_until: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
-            Some((at, item, tries, result)) = acks.next(), if !acks.is_empty() => {
+            Some((at, item, result)) = acks.next(), if !acks.is_empty() => {
                 if let Err(e) = result {
-                    if tries >= ATTEMPTS || at.elapsed() > crate::pubsub::MAX_QUEUED_AGE {
-                        crate::pubsub::DROPPED_PUBLISHES.fetch_add(1, Ordering::Relaxed);
-                        log::error!("NATS JetStream: a broadcast was not stored after {tries} attempts ({e}); it is lost");
-                    } else {
-                        log::warn!("NATS JetStream: storing a broadcast failed ({e}); trying again");
-                        queue.retry(at, item);
-                    }
+                    crate::logging::once_a_second(&STORE_FAILED_LOG, |more| {
+                        log::warn!("NATS JetStream: storing a broadcast failed ({e}); it waits and is tried again ({more} more since the last line)");
+                    });
+                    queue.retry(at, item);
+                    paused_until = Some(tokio::time::Instant::now() + RETRY_PAUSE);
                 }
             }
-            (at, item) = queue.next(), if acks.len() < IN_FLIGHT => {
+            _ = tokio::time::sleep_until(paused_until.unwrap_or_else(tokio::time::Instant::now)), if paused_until.is_some() => {
+                paused_until = None;
+            }
+            (at, item) = queue.next(), if acks.len() < IN_FLIGHT && paused_until.is_none() => {
                 crate::nats::wait_for(&link).await;
                 if at.elapsed() > crate::pubsub::MAX_QUEUED_AGE {
                     queue.retry(at, item); // expired: next() drops and counts it
@@ -513,18 +514,22 @@ async fn publish_loop(
                 let sent = js
                     .publish_with_headers(item.subject.clone(), headers, item.body.clone().into())
                     .await;
-                let tries = 1;
                 acks.push(Box::pin(async move {
                     let result = match sent {
                         Ok(ack) => ack.await.map(|a| a.sequence).map_err(|e| e.to_string()),
                         Err(e) => Err(e.to_string()),
                     };
-                    (at, item, tries, result)
+                    (at, item, result)
                 }));
             }
         }
     }
 }
+
+static STORE_FAILED_LOG: crate::logging::Throttle = crate::logging::Throttle::new();
+
+/// How long publishing pauses after JetStream did not acknowledge one.
+const RETRY_PAUSE: Duration = Duration::from_millis(250);
 
 /// Delivers every stored broadcast from `start` on, in order, for as long as the
 /// process runs (the ordered consumer follows reconnects; if it ends, a new one goes
