@@ -296,6 +296,35 @@ RSpec.describe "Embedded NATS under Puma workers without preload_app", type: :ca
   end
 end
 
+RSpec.describe "Embedded NATS with the NATS broker (JetStream)", type: :cable do
+  with_puma(env: {"ANYCABLE_EMBED_NATS" => "true", "ANYCABLE_BROKER" => "nats",
+                  "ANYCABLE_ENATS_ADDR" => "nats://127.0.0.1:#{PumaServer.free_port}"})
+
+  after(:all) do
+    port = URI(puma.env["ANYCABLE_ENATS_ADDR"]).port
+    FileUtils.rm_rf(File.join(AnyCableRs::PrivateDir.base, "jetstream-#{port}"))
+  end
+
+  it "stores broadcasts in the embedded server's JetStream: offsets, and history after a reconnect" do
+    wait_for(timeout: 20) { puma.log.include?("NATS broker: JetStream stream anycable_history") }
+    a = client(name: "alice", protocols: ["actioncable-v1-ext-json"])
+    a.welcome!
+    id = subscribed(a, {channel: "EchoChannel"})
+    broadcast("all", {n: 1})
+    first = a.receive
+    expect(first).to include("message" => {"n" => 1}, "stream_id" => "all", "offset" => Integer)
+    a.close
+    broadcast("all", {n: 2})
+    b = client(name: "alice", protocols: ["actioncable-v1-ext-json"])
+    b.welcome!
+    b.send_json(command: "subscribe", identifier: id,
+      history: {since: 0, streams: {all: {epoch: first["epoch"], offset: first["offset"]}}})
+    expect(b.receive["type"]).to eq("confirm_subscription")
+    expect(b.receive).to include("message" => {"n" => 2}, "epoch" => first["epoch"])
+    expect(b.receive["type"]).to eq("confirm_history")
+  end
+end
+
 # `rails server`: the app boots in the process that becomes Puma's master (workers from
 # WEB_CONCURRENCY), which owns the child. Ctrl-C (SIGINT) makes Puma's master wait for
 # all its children after on_stopped: the nats-server must be stopped by then.
@@ -395,5 +424,18 @@ RSpec.describe AnyCableRs::Config, "with embed_nats" do
     config = described_class.new(embed_nats: true, enats_cluster_routes: "nats://a:5222")
     expect { AnyCableRs::EmbeddedNats.new(config, logger: Logger.new(nil)) }
       .to raise_error(ArgumentError, /ANYCABLE_ENATS_CLUSTER_ROUTES is set but ANYCABLE_ENATS_CLUSTER is not/)
+  end
+
+  it "runs JetStream, its files in ENATS_STORE_DIR, with ANYCABLE_BROKER=nats" do
+    Dir.mktmpdir do |dir|
+      store = File.join(dir, "js")
+      config = described_class.new(embed_nats: true, broker: "nats", broadcast_adapter: "nats", enats_store_dir: store)
+      cmd = AnyCableRs::EmbeddedNats.new(config, logger: Logger.new(nil)).command
+      expect(cmd[6..]).to eq(["-js", "-sd", store, "--server_name", "#{Socket.gethostname}-4222"])
+      expect(File.directory?(store)).to be(true)
+      default = AnyCableRs::EmbeddedNats.new(described_class.new(embed_nats: true, broker: "nats",
+        broadcast_adapter: "nats"), logger: Logger.new(nil)).command
+      expect(default[8]).to eq(File.join(AnyCableRs::PrivateDir.base, "jetstream-4222"))
+    end
   end
 end
