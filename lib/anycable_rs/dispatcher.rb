@@ -160,7 +160,10 @@ module AnyCableRs
         identifier = sub["identifier"]
         params, klass = channel_class(connection, identifier, "; restored subscription dropped")
         unless klass
+          # E.g. a deploy renamed the channel: the client, told it was restored, hears
+          # that it is not (its streams go with it).
           socket.remove_subscription(identifier)
+          reject(connection, identifier)
           next
         end
 

@@ -177,6 +177,56 @@ RSpec.describe "The NATS broker (JetStream history shared by the nodes)", type: 
     expect(c.welcome!).not_to include("restored")
   end
 
+  it "rejects a restored subscription whose channel is gone (a deploy renamed it), and keeps the rest" do
+    a = client(name: "alice", port: @one.port, protocols: [ext_protocol])
+    sid = a.welcome!.fetch("sid")
+    ida = subscribed(a, echo)
+    a.close
+    sleep 0.3
+    # The stored session as a node running older code left it: one more channel.
+    entry = nil
+    wait_for { entry = kv_get(sid) }
+    session = JSON.parse(entry)
+    gone = JSON.generate(channel: "RenamedAwayChannel")
+    session["subscriptions"] << session["subscriptions"].first.merge("identifier" => gone, "streams" => ["gone"])
+    kv_put(sid, JSON.generate(session))
+    b = client(port: @two.port, protocols: [ext_protocol], path: "/cable?sid=#{sid}")
+    expect(b.welcome!).to include("restored" => true, "restored_ids" => contain_exactly(ida, gone))
+    expect(b.receive).to eq("identifier" => gone, "type" => "reject_subscription")
+    post(@two, 60)
+    expect(b.receive).to include("identifier" => ida, "message" => {"n" => 60})
+    expect(b.silent_for?(0.3)).to be(true)
+  end
+
+  # The NATS broker's session bucket, read and written as a NATS client would.
+  def kv_request(line)
+    socket = TCPSocket.new("127.0.0.1", @nats.port)
+    socket.gets # INFO
+    socket.write("CONNECT {\"verbose\":false,\"headers\":true}\r\nSUB _INBOX.kv 1\r\n#{line}PING\r\n")
+    out = nil
+    loop do
+      l = socket.gets or break
+      break if l.start_with?("PONG") && line.start_with?("PUB $KV")
+      next unless l.start_with?("MSG", "HMSG")
+
+      out = socket.read(l.split.last.to_i + 2)[0...-2]
+      break
+    end
+    out
+  ensure
+    socket&.close
+  end
+
+  def kv_get(sid)
+    body = JSON.generate(last_by_subj: "$KV.anycable_rs_sessions.#{sid}")
+    reply = kv_request("PUB $JS.API.DIRECT.GET.KV_anycable_rs_sessions _INBOX.kv #{body.bytesize}\r\n#{body}\r\n")
+    reply && !reply.start_with?("NATS/1.0 404") ? reply[/\r\n\r\n(.*)\z/m, 1] : nil
+  end
+
+  def kv_put(sid, json)
+    kv_request("PUB $KV.anycable_rs_sessions.#{sid} #{json.bytesize}\r\n#{json}\r\n")
+  end
+
   it "keeps whispers and remote disconnects off the history (core NATS)" do
     a, ida = ext_on(@one)
     third_process('AnyCableRs::Broadcasting.deliver(JSON.generate([{stream: "all", data: "{\"t\":1}", meta: {transient: true}}, ' \
