@@ -236,3 +236,35 @@ RSpec.describe "The NATS broker (JetStream history shared by the nodes)", type: 
     expect(got[1]).to include("offset")
   end
 end
+
+# Puma cluster mode: each worker reads the JetStream stream itself, so every client of
+# either worker gets each broadcast once, with the same offset.
+RSpec.describe "The NATS broker under Puma workers", type: :cable do
+  before(:all) do
+    @nats = JetStreamServer.new.start
+    @puma = PumaServer.new(workers: 2, env: {"ANYCABLE_BROKER" => "nats", "ANYCABLE_BROADCAST_ADAPTER" => "nats",
+                                              "ANYCABLE_NATS_SERVERS" => @nats.url}).start
+  end
+
+  after(:all) do
+    @puma&.stop
+    @puma&.cleanup
+    @nats&.stop
+    @nats&.cleanup
+  end
+
+  attr_reader :puma
+
+  it "gives every client of both workers each broadcast once, with one offset" do
+    wait_for(timeout: 30) { puma.log.scan("NATS broker: JetStream stream anycable_history").size >= 2 }
+    clients = Array.new(10) { connected(name: "w", protocols: ["actioncable-v1-ext-json"]) }
+    ids = clients.map { |c| subscribed(c, channel: "EchoChannel") }
+    expect(sessions_per_worker.values).to all(be_positive)
+    3.times do |i|
+      expect(puma.http(:post, "/broadcast", stream: "all", payload: %({"n":#{i}})).code).to eq("201")
+      got = clients.zip(ids).map { |c, id| c.receive.tap { |m| expect(m).to include("identifier" => id, "message" => {"n" => i}) } }
+      expect(got.map { |m| m["offset"] }.uniq.size).to eq(1)
+    end
+    expect(clients.map { |c| c.silent_for?(0.2) }).to all(be(true))
+  end
+end
