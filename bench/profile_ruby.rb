@@ -37,6 +37,12 @@ class NullSocket
   def stream(*) = nil
   def unstream(*) = nil
   def identifiers=(_json); end
+  def add_subscription(*) = nil
+  def remove_subscription(*) = nil
+  def pin_subscription(*) = nil
+  def set_state(*) = nil
+  def presence_to(*) = nil
+  def whisper_to(*) = nil
 end
 
 # Stands for AnyCableRs::Native::Job: the same readers, each answering its field (plain
@@ -54,7 +60,7 @@ end
 
 def connect_job(socket, headers)
   FakeJob.new(:connect, session_id: socket.id, socket: socket, env_token: 0, request_method: "GET",
-    target: "/cable", headers: headers, remote_ip: "127.0.0.1", identifiers: nil)
+    target: "/cable", headers: headers, remote_ip: "127.0.0.1", identifiers: nil, restored: nil)
 end
 
 def command_job(id, command, identifier, data = nil)
