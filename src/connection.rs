@@ -360,10 +360,14 @@ impl<C: Controller> Inner<C> {
     /// `?sid=`), joined to its streams again; `None` when there is none to restore.
     async fn restore(&self, head: &RequestHead, session: &SessionRef) -> Option<CachedSession> {
         let old = restore_sid(head)?;
-        let cached = match (&self.session_cache, self.stored_sessions.get()) {
-            (Some(cache), _) => cache.take(old)?,
-            (None, Some(stored)) => stored.take(old).await?,
-            (None, None) => return None,
+        let cached = match &self.session_cache {
+            Some(cache) => cache.take(old)?,
+            None => {
+                // The NATS broker's bucket; right after boot, once JetStream answered
+                // (set with the history reader).
+                self.stored_history().await?;
+                self.stored_sessions.get()?.take(old).await?
+            }
         };
         session.restore_from(&cached);
         for sub in &cached.subscriptions {

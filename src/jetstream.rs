@@ -128,7 +128,7 @@ impl StoredHistory {
     /// history's worth.
     async fn after(&self, subject: &str, after: u64) -> Result<Vec<Entry>, HistoryError> {
         let mut entries = Vec::new();
-        let mut next = after + 1;
+        let mut next = after.saturating_add(1);
         while entries.len() < self.limit {
             match self
                 .stream
@@ -136,7 +136,7 @@ impl StoredHistory {
                 .await
             {
                 Ok(message) => {
-                    next = message.sequence + 1;
+                    next = message.sequence.saturating_add(1);
                     entries.extend(Self::entry(message));
                 }
                 Err(e) if is_not_found(&e) => break,
