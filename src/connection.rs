@@ -67,9 +67,9 @@ enum Store<'a> {
 }
 
 impl Store<'_> {
-    fn epoch(&self) -> &str {
+    fn epoch(&self) -> String {
         match self {
-            Store::Memory(h) => h.epoch(),
+            Store::Memory(h) => h.epoch().to_owned(),
             Store::Stored(h) => h.epoch(),
         }
     }
@@ -601,6 +601,7 @@ impl<C: Controller> Inner<C> {
             // with JetStream still away: the client refetches.
             (None, None) => return vec![protocol::history_reply(identifier, false).into()],
         };
+        let epoch = store.epoch();
         let mut frames = Vec::new();
         for stream in &streams {
             let (result, from) = match request.position(stream) {
@@ -623,7 +624,7 @@ impl<C: Controller> Inner<C> {
                     &e.data,
                     Some(Position {
                         stream,
-                        epoch: store.epoch(),
+                        epoch: &epoch,
                         offset: e.offset,
                     }),
                 )

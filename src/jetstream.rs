@@ -98,8 +98,20 @@ impl Queued for Stored {
 /// Reads a stream's history from JetStream.
 pub struct StoredHistory {
     stream: stream::Stream,
-    epoch: String,
-    limit: usize,
+    /// Changes if the stream is made anew (deleted, its store lost): see [`consume`].
+    epoch: parking_lot::RwLock<String>,
+}
+
+/// A replay reads at most this many messages of one stream (more than any per-stream
+/// limit a node sets); past it the request is refused rather than cut short.
+const MAX_REPLAY: usize = 10_000;
+
+/// The last sequence this process's consumer delivered (one consumer per process).
+static CONSUMED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Stored broadcasts up to this sequence have been delivered live here.
+pub fn consumed() -> u64 {
+    CONSUMED.load(Ordering::Acquire)
 }
 
 fn unavailable(e: impl std::fmt::Display) -> HistoryError {
@@ -111,8 +123,8 @@ fn is_not_found(e: &stream::DirectGetError) -> bool {
 }
 
 impl StoredHistory {
-    pub fn epoch(&self) -> &str {
-        &self.epoch
+    pub fn epoch(&self) -> String {
+        self.epoch.read().clone()
     }
 
     fn entry(message: jetstream::message::StreamMessage) -> Option<Entry> {
@@ -124,12 +136,17 @@ impl StoredHistory {
         })
     }
 
-    /// The messages of `subject` after sequence `after`, oldest first, at most a
-    /// history's worth.
+    /// The messages of `subject` after sequence `after`, oldest first (every one: the
+    /// per-stream limit is the stream's, which another node may have set higher).
     async fn after(&self, subject: &str, after: u64) -> Result<Vec<Entry>, HistoryError> {
         let mut entries = Vec::new();
         let mut next = after.saturating_add(1);
-        while entries.len() < self.limit {
+        loop {
+            if entries.len() >= MAX_REPLAY {
+                return Err(unavailable(format!(
+                    "more than {MAX_REPLAY} messages to replay"
+                )));
+            }
             match self
                 .stream
                 .direct_get_next_for_subject(subject, Some(next))
@@ -156,7 +173,7 @@ impl StoredHistory {
         epoch: &str,
         offset: u64,
     ) -> Result<Vec<Entry>, HistoryError> {
-        if epoch != self.epoch {
+        if epoch != *self.epoch.read() {
             return Err(HistoryError::EpochMismatch);
         }
         let subject = subject_for(stream);
@@ -351,8 +368,7 @@ impl NatsBroker {
             );
             let reader = Arc::new(StoredHistory {
                 stream: stream.clone(),
-                epoch: epoch.clone(),
-                limit: config.limit.max(1),
+                epoch: parking_lot::RwLock::new(epoch),
             });
             let sessions = if sessions_ttl.is_zero() {
                 None
@@ -366,9 +382,9 @@ impl NatsBroker {
                 }
             };
             let _ = history.set(reader.clone());
-            ready(reader, sessions);
-            tokio::spawn(publish_loop(js, stored_queue, connected));
-            consume(client, stream, epoch, booted, stored).await;
+            ready(reader.clone(), sessions);
+            tokio::spawn(publish_loop(js, config, stored_queue, connected));
+            consume(client, reader, booted, stored).await;
         });
         Ok(broker)
     }
@@ -425,6 +441,8 @@ fn stream_config(config: &HistoryConfig) -> stream::Config {
         discard: stream::DiscardPolicy::Old,
         storage: stream::StorageType::File,
         allow_direct: true,
+        // nats-server refuses a window longer than max_age (its default is 2 min).
+        duplicate_window: config.ttl.min(Duration::from_secs(120)),
         ..Default::default()
     }
 }
@@ -451,6 +469,7 @@ async fn ensure_stream(
         || have.max_bytes != wanted.max_bytes
         || have.subjects != wanted.subjects
         || !have.allow_direct
+        || have.duplicate_window > have.max_age.max(wanted.max_age)
     {
         log::warn!(
             "NATS JetStream: history stream {STREAM} had other limits (per stream {}, ttl {:?}, bytes {}); now {}, {:?}, {} (every node should have the same ANYCABLE_HISTORY_* settings)",
@@ -467,13 +486,18 @@ async fn ensure_stream(
         update.max_bytes = wanted.max_bytes;
         update.subjects = wanted.subjects.clone();
         update.allow_direct = true;
+        update.duplicate_window = wanted.duplicate_window;
         js.update_stream(update)
             .await
             .map_err(|e| format!("updating history stream {STREAM}: {e}"))?;
     }
-    let created = info.created.unix_timestamp_nanos() as u64;
-    let epoch = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(created.to_be_bytes());
-    Ok((stream, epoch))
+    Ok((stream, epoch_of(info.created)))
+}
+
+/// The epoch of a history stream made at `created`.
+fn epoch_of(created: time::OffsetDateTime) -> String {
+    let nanos = created.unix_timestamp_nanos() as u64;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(nanos.to_be_bytes())
 }
 
 /// Stores what `queue` hands over, in order, up to [`IN_FLIGHT`] awaiting their acks.
@@ -482,9 +506,11 @@ async fn ensure_stream(
 /// for a moment; the queue reports what waited past its age limit as lost.
 async fn publish_loop(
     js: jetstream::Context,
+    config: HistoryConfig,
     queue: Arc<PublishQueue<Stored>>,
     link: Arc<AtomicBool>,
 ) {
+    let mut ensured = Instant::now();
     type Ack = (Instant, Stored, Result<u64, String>);
     let mut acks: FuturesUnordered<futures_util::future::BoxFuture<'static, Ack>> =
         FuturesUnordered::new();
@@ -498,6 +524,14 @@ async fn publish_loop(
                     });
                     queue.retry(at, item);
                     paused_until = Some(tokio::time::Instant::now() + RETRY_PAUSE);
+                    // The stream may be gone (deleted, its server's store lost): made
+                    // again (a new epoch, which the consumer notices).
+                    if ensured.elapsed() > ENSURE_EVERY {
+                        ensured = Instant::now();
+                        if let Err(e) = ensure_stream(&js, &config).await {
+                            log::error!("NATS JetStream: {e}");
+                        }
+                    }
                 }
             }
             _ = tokio::time::sleep_until(paused_until.unwrap_or_else(tokio::time::Instant::now)), if paused_until.is_some() => {
@@ -528,21 +562,41 @@ async fn publish_loop(
 
 static STORE_FAILED_LOG: crate::logging::Throttle = crate::logging::Throttle::new();
 
+/// After failed publishes, the history stream is looked for (and made) at most this
+/// often.
+const ENSURE_EVERY: Duration = Duration::from_secs(5);
+
 /// How long publishing pauses after JetStream did not acknowledge one.
 const RETRY_PAUSE: Duration = Duration::from_millis(250);
 
 /// Delivers every stored broadcast from `start` on, in order, for as long as the
-/// process runs (the ordered consumer follows reconnects; if it ends, a new one goes
-/// on after the last message delivered).
+/// process runs. The ordered consumer follows reconnects; when it fails (missed
+/// heartbeats: its server went away under it) or ends, another goes on after the last
+/// message delivered. A stream made anew (another creation time) gets a new epoch,
+/// and its sequences count again from 1.
 async fn consume(
     client: async_nats::Client,
-    stream: stream::Stream,
-    epoch: String,
+    reader: Arc<StoredHistory>,
     start: time::OffsetDateTime,
     sink: StoredSink,
 ) {
+    let mut stream = reader.stream.clone();
+    let mut epoch = reader.epoch();
     let mut last: Option<u64> = None;
     loop {
+        match stream.info().await.map(|i| epoch_of(i.created)) {
+            Ok(now) if now != epoch => {
+                log::error!(
+                    "NATS JetStream: the history stream {STREAM} was made anew (epoch {epoch} -> {now}): positions clients hold are refused, and its sequences start again"
+                );
+                *reader.epoch.write() = now.clone();
+                epoch = now;
+                last = None;
+                CONSUMED.store(0, Ordering::Release);
+            }
+            Ok(_) => {}
+            Err(e) => log::debug!("NATS JetStream: history stream info: {e}"),
+        }
         let deliver_policy = match last {
             Some(seq) => consumer::DeliverPolicy::ByStartSequence {
                 start_sequence: seq + 1,
@@ -556,12 +610,8 @@ async fn consume(
             ..Default::default()
         };
         let messages = match stream.create_consumer(config).await {
-            Ok(consumer) => consumer.messages().await,
-            Err(e) => {
-                log::error!("NATS JetStream: cannot read the history stream ({e}); retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
+            Ok(consumer) => consumer.messages().await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
         };
         let mut messages = match messages {
             Ok(m) => m,
@@ -575,13 +625,15 @@ async fn consume(
             let message = match message {
                 Ok(m) => m,
                 Err(e) => {
-                    log::debug!("NATS JetStream consumer: {e}");
-                    continue;
+                    log::warn!("NATS JetStream: the history consumer failed ({e}); starting another after the last message delivered");
+                    break;
                 }
             };
             let Ok(info) = message.info() else { continue };
             let seq = info.stream_sequence;
-            if last.is_some_and(|l| seq <= l) {
+            // A consumer the client library rebuilt before anything was delivered
+            // starts from the stream's first message: none of that is live here.
+            if last.is_some_and(|l| seq <= l) || info.published < start {
                 continue;
             }
             last = Some(seq);
@@ -593,8 +645,8 @@ async fn consume(
                     "NATS JetStream: stored message {seq} is not an AnyCable broadcast; skipped"
                 ),
             }
+            CONSUMED.store(seq, Ordering::Release);
         }
-        log::warn!("NATS JetStream: the history consumer ended; starting another");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

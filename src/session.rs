@@ -12,7 +12,6 @@ use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 
 use parking_lot::Mutex;
 use tokio::sync::Notify;
@@ -125,16 +124,13 @@ type HeldFrame = (Arc<str>, Option<u64>, Utf8Bytes);
 struct Held {
     /// Live frames for held subscriptions, by identifier: (stream, offset, frame).
     frames: HashMap<String, Vec<HeldFrame>>,
-    /// (identifier, stream, offset, when) a replay from the NATS broker reached: a
-    /// live frame at or below it was in the replay (JetStream's consumer can lag its
-    /// direct reads). The first live frame above it ends the entry (they come in
-    /// offset order); so does [`REPLAY_OVERLAP`].
-    replayed: Vec<(String, Arc<str>, u64, Instant)>,
+    /// (identifier, stream, offset) a replay from the NATS broker reached: a live
+    /// frame at or below it was in the replay (JetStream's consumer can lag its direct
+    /// reads). The first live frame above it ends the entry (they come in offset
+    /// order); so does the consumer's delivering past it
+    /// ([`crate::jetstream::consumed`]).
+    replayed: Vec<(String, Arc<str>, u64)>,
 }
-
-/// How long after a replay a lagging live copy of a replayed message is still
-/// recognised.
-const REPLAY_OVERLAP: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Held {
     fn is_empty(&self) -> bool {
@@ -323,13 +319,13 @@ impl Session {
                 frames.push((stream.clone(), offset, frame));
                 return true;
             }
-            held.replayed
-                .retain(|(_, _, _, at)| at.elapsed() < REPLAY_OVERLAP);
+            let consumed = crate::jetstream::consumed();
+            held.replayed.retain(|(_, _, upto)| *upto > consumed);
             if let (Some(offset), Some(at)) = (
                 offset,
                 held.replayed
                     .iter()
-                    .position(|(i, s, _, _)| i == identifier && s == stream),
+                    .position(|(i, s, _)| i == identifier && s == stream),
             ) {
                 if offset <= held.replayed[at].2 {
                     return false; // sent with the replay
@@ -358,9 +354,10 @@ impl Session {
         for frame in before {
             self.send_frame(frame);
         }
+        let consumed = crate::jetstream::consumed();
         let mut reached: Vec<(Arc<str>, u64)> = replayed
             .iter()
-            .filter(|(_, o)| lagging_live && **o > 0)
+            .filter(|(_, o)| lagging_live && **o > consumed)
             .map(|(s, o)| (s.clone(), *o))
             .collect();
         for (stream, offset, frame) in held.frames.remove(identifier).unwrap_or_default() {
@@ -372,12 +369,11 @@ impl Session {
                 self.send_frame(frame);
             }
         }
-        held.replayed.retain(|(i, _, _, _)| i != identifier);
-        let now = Instant::now();
+        held.replayed.retain(|(i, _, _)| i != identifier);
         held.replayed.extend(
             reached
                 .into_iter()
-                .map(|(stream, o)| (identifier.to_owned(), stream, o, now)),
+                .map(|(stream, o)| (identifier.to_owned(), stream, o)),
         );
         if held.is_empty() {
             self.holding.store(false, Ordering::SeqCst);

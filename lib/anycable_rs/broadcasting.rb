@@ -220,11 +220,14 @@ module AnyCableRs
 
     module_function
 
+    # The name's UTF-8 bytes, as the stored JSON body (and the Rust side) have them.
     def subject_for(stream)
-      encoded = Base64.urlsafe_encode64(stream.to_s.b, padding: false)
+      name = stream.to_s
+      name = name.encode(Encoding::UTF_8) unless name.encoding == Encoding::UTF_8 || name.encoding == Encoding::BINARY
+      encoded = Base64.urlsafe_encode64(name.b, padding: false)
       return "#{PREFIX}s#{encoded}" if encoded.bytesize <= MAX_TOKEN
 
-      "#{PREFIX}h#{Digest::SHA256.hexdigest(stream.to_s.b)}"
+      "#{PREFIX}h#{Digest::SHA256.hexdigest(name.b)}"
     end
 
     # [[subject, body] for each message to store, the rest as a payload or nil]:

@@ -84,11 +84,14 @@ module AnyCableRs
     end
 
     # At boot when something needs the runtime before the first socket: its own
-    # port, the workers' relay, or the NATS broker (JetStream ready before the
-    # clients of a restarted node come back asking for their history).
+    # port, the workers' relay, or, in a web server, the NATS broker (JetStream ready
+    # before the clients of a restarted node come back asking for their history). A
+    # job runner (Sidekiq, `rails runner`) starts nothing: its broadcasts go out from
+    # Ruby, each acknowledged before it returns.
     def start_serving
       config = AnyCableRs.config
-      AnyCableRs.runtime.start! if config.port || config.broker == "nats" || WorkersRelay.needed?
+      nats_broker = config.broker == "nats" && Broadcasting.server_process?
+      AnyCableRs.runtime.start! if config.port || nats_broker || WorkersRelay.needed?
     end
 
     def tool_process?

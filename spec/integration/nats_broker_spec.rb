@@ -78,6 +78,22 @@ RSpec.describe "The NATS broker (JetStream history shared by the nodes)", type: 
     expect(got_a.map { |m| m["offset"] }).to all(be_a(Integer))
   end
 
+  it "a Rails job process (the app booted, no server) starts no runtime and stores each broadcast before returning" do
+    a, = ext_on(@one)
+    out, status = Open3.capture2e(
+      @env.merge("RAILS_ENV" => "test", "ANYCABLE_EMBEDDED" => "true", "DUMMY_DATABASE" => @one.env["DUMMY_DATABASE"],
+        "DUMMY_LOG" => File::NULL),
+      "ruby", "-I", File.expand_path("../../lib", __dir__), "-e", <<~RUBY, chdir: PumaServer::DUMMY
+        require "./config/environment"
+        ActionCable.server.broadcast("all", {"from" => "rails job"})
+        puts "runtime started: \#{AnyCableRs.runtime? && AnyCableRs.runtime.started?}"
+      RUBY
+    )
+    expect(status).to be_success, out
+    expect(out).to include("runtime started: false")
+    expect(a.receive).to include("message" => {"from" => "rails job"}, "offset" => Integer)
+  end
+
   it "replays on node two what a client of node one missed, and refuses a stale epoch" do
     a, ida = ext_on(@one)
     post(@one, 10)
@@ -136,6 +152,27 @@ RSpec.describe "The NATS broker (JetStream history shared by the nodes)", type: 
     post(@two, 53)
     expect(a.receive(timeout: 10)["message"]).to eq("n" => 53)
     expect(a.silent_for?(0.5)).to be(true)
+  end
+
+  it "a node that boots with a shorter HISTORY_TTL and delivered nothing yet survives a NATS restart: no old message comes back live" do
+    post(@one, 70) # history for the new node's consumer not to deliver
+    three = PumaServer.new(env: @env.merge("ANYCABLE_HISTORY_TTL" => "60",
+      "DUMMY_DATABASE" => @one.env["DUMMY_DATABASE"])).start
+    begin
+      # Under 2 minutes: the stream's duplicate window has to shrink with it.
+      wait_for(timeout: 20) { three.log.include?("NATS broker: JetStream stream anycable_history") }
+      c, = ext_on(three)
+      @nats.stop
+      sleep 0.5
+      @nats.start
+      sleep 1.5 # the client library rebuilds its consumer
+      post(@one, 71)
+      expect(c.receive(timeout: 10)["message"]).to eq("n" => 71)
+      expect(c.silent_for?(0.5)).to be(true)
+    ensure
+      three.stop
+      three.cleanup
+    end
   end
 
   it "replays by time (since) on the other node" do

@@ -12,6 +12,7 @@ RSpec.describe AnyCableRs::JetStream do
     expect(described_class.subject_for("")).to eq("anycable_history.s")
     expect(described_class.subject_for("a b.c>*")).to eq("anycable_history.sYSBiLmM-Kg")
     expect(described_class.subject_for("ü/é")).to eq("anycable_history.sw7wvw6k")
+    expect(described_class.subject_for("ü/é".encode("ISO-8859-1"))).to eq("anycable_history.sw7wvw6k")
     expect(described_class.subject_for("x" * 768).size).to eq(1042)
     expect(described_class.subject_for("x" * 2000))
       .to eq("anycable_history.h5c0e0ea421571c300b5df6aec0a118b5c3dc02e0683a546341d5efc689df2f58")
