@@ -13,6 +13,7 @@ import { tmpdir } from 'node:os'
 import { join, dirname } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { createCable } from '@anycable/web'
+import { backoffWithJitter } from '@anycable/core'
 import { startPuma, freePort, BrowserLikeWebSocket, waitFor, broadcast, sleep } from './support.mjs'
 
 const LIB = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'lib')
@@ -76,10 +77,14 @@ async function deployScenario(signal) {
     websocketImplementation: BrowserLikeWebSocket,
     protocol: 'actioncable-v1-ext-json',
     protocolOptions: { pongs: true },
+    // The default backs off from the ping interval (3 s) without a cap: a restart slow
+    // on a loaded machine would leave the next attempt past the test's wait.
+    reconnectStrategy: backoffWithJitter(500, { maxInterval: 2000 }), // ms
     logLevel: 'error'
   })
   try {
     let connects = []
+    let infos = []
     c.on('connect', ev => connects.push(ev))
     let channel = c.subscribeTo('EchoChannel')
     let firsts = [] // {n, offset}, the first copy of each offset, in arrival order
@@ -91,6 +96,7 @@ async function deployScenario(signal) {
       seen.add(meta.offset)
       firsts.push({ n: msg.n, offset: meta.offset })
     })
+    channel.on('info', ev => infos.push(ev.type))
     await channel.ensureSubscribed()
 
     let fromNodeTwo = Array.from({ length: 40 }, (_, i) => i + 1)
@@ -112,7 +118,16 @@ async function deployScenario(signal) {
 
     await Promise.all([flow, jobDone])
     let expected = fromNodeTwo.length + fromJob.length
-    await waitFor(() => firsts.length >= expected, 45000)
+    try {
+      await waitFor(() => firsts.length >= expected, 45000)
+    } catch (e) {
+      let got = new Set(firsts.map(m => m.n))
+      let missing = [...fromNodeTwo, ...fromJob].filter(n => !got.has(n))
+      throw new Error(
+        `${e.message}; missing ${JSON.stringify(missing)}; infos ${JSON.stringify(infos)}; ` +
+          `connects ${JSON.stringify(connects)}\n--- node 1 ---\n${one.log().slice(-3000)}`
+      )
+    }
     await sleep(300)
 
     assert.equal(firsts.length, expected, `got ${JSON.stringify(firsts)}`)
