@@ -285,6 +285,8 @@ async fn ensure_sessions(js: &jetstream::Context, ttl: Duration) -> Result<Store
     if have.max_age != ttl {
         let mut update = have;
         update.max_age = ttl;
+        // nats-server refuses a duplicate window longer than max_age.
+        update.duplicate_window = update.duplicate_window.min(ttl);
         js.update_stream(update)
             .await
             .map_err(|e| format!("updating sessions bucket {SESSIONS_BUCKET}: {e}"))?;

@@ -156,7 +156,7 @@ RSpec.describe "The NATS broker (JetStream history shared by the nodes)", type: 
 
   it "a node that boots with a shorter HISTORY_TTL and delivered nothing yet survives a NATS restart: no old message comes back live" do
     post(@one, 70) # history for the new node's consumer not to deliver
-    three = PumaServer.new(env: @env.merge("ANYCABLE_HISTORY_TTL" => "60",
+    three = PumaServer.new(env: @env.merge("ANYCABLE_HISTORY_TTL" => "60", "ANYCABLE_SESSIONS_TTL" => "60",
       "DUMMY_DATABASE" => @one.env["DUMMY_DATABASE"])).start
     begin
       # Under 2 minutes: the stream's duplicate window has to shrink with it.
@@ -169,6 +169,7 @@ RSpec.describe "The NATS broker (JetStream history shared by the nodes)", type: 
       post(@one, 71)
       expect(c.receive(timeout: 10)["message"]).to eq("n" => 71)
       expect(c.silent_for?(0.5)).to be(true)
+      expect(three.log).not_to include("sessions are not kept") # SESSIONS_TTL 60: the bucket's window shrank too
     ensure
       three.stop
       three.cleanup
