@@ -272,21 +272,12 @@ async fn ensure_sessions(js: &jetstream::Context, ttl: Duration) -> Result<Store
         storage: stream::StorageType::File,
         ..Default::default()
     };
-    let mut stream = js
-        .get_or_create_stream(wanted.clone())
-        .await
-        .map_err(|e| format!("sessions bucket {SESSIONS_BUCKET}: {e}"))?;
-    let have = stream
-        .info()
-        .await
-        .map_err(|e| format!("sessions bucket {SESSIONS_BUCKET}: {e}"))?
-        .config
-        .clone();
-    if have.max_age != ttl {
-        let mut update = have;
+    let what = format!("sessions bucket {SESSIONS_BUCKET}");
+    let (_, info) = get_or_create(js, wanted, &what).await?;
+    if info.config.max_age != ttl {
+        let mut update = info.config;
         update.max_age = ttl;
-        // nats-server refuses a duplicate window longer than max_age.
-        update.duplicate_window = update.duplicate_window.min(ttl);
+        fit_duplicate_window(&mut update);
         js.update_stream(update)
             .await
             .map_err(|e| format!("updating sessions bucket {SESSIONS_BUCKET}: {e}"))?;
@@ -456,15 +447,8 @@ async fn ensure_stream(
     config: &HistoryConfig,
 ) -> Result<(stream::Stream, String), String> {
     let wanted = stream_config(config);
-    let mut stream = js
-        .get_or_create_stream(wanted.clone())
-        .await
-        .map_err(|e| format!("history stream {STREAM}: {e}"))?;
-    let info = stream
-        .info()
-        .await
-        .map_err(|e| format!("history stream {STREAM}: {e}"))?
-        .clone();
+    let (stream, info) =
+        get_or_create(js, wanted.clone(), &format!("history stream {STREAM}")).await?;
     let have = &info.config;
     if have.max_messages_per_subject != wanted.max_messages_per_subject
         || have.max_age != wanted.max_age
@@ -488,12 +472,38 @@ async fn ensure_stream(
         update.max_bytes = wanted.max_bytes;
         update.subjects = wanted.subjects.clone();
         update.allow_direct = true;
-        update.duplicate_window = wanted.duplicate_window;
+        fit_duplicate_window(&mut update);
         js.update_stream(update)
             .await
             .map_err(|e| format!("updating history stream {STREAM}: {e}"))?;
     }
     Ok((stream, epoch_of(info.created)))
+}
+
+/// The JetStream stream `wanted` names (made from `wanted` if missing), and its info.
+async fn get_or_create(
+    js: &jetstream::Context,
+    wanted: stream::Config,
+    what: &str,
+) -> Result<(stream::Stream, stream::Info), String> {
+    let mut stream = js
+        .get_or_create_stream(wanted)
+        .await
+        .map_err(|e| format!("{what}: {e}"))?;
+    let info = stream
+        .info()
+        .await
+        .map_err(|e| format!("{what}: {e}"))?
+        .clone();
+    Ok((stream, info))
+}
+
+/// nats-server refuses a duplicate window longer than `max_age` (a stream made with
+/// the default window of 2 min keeps it when its max_age is lowered).
+fn fit_duplicate_window(config: &mut stream::Config) {
+    if !config.max_age.is_zero() {
+        config.duplicate_window = config.duplicate_window.min(config.max_age);
+    }
 }
 
 /// The epoch of a history stream made at `created`.
