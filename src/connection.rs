@@ -51,6 +51,10 @@ type CommandFuture<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
 /// How long a history request waits for the NATS broker's JetStream after boot.
 const STORED_HISTORY_WAIT: Duration = Duration::from_secs(5);
 
+/// How long a restored subscription's broadcasts wait for the client's `history`
+/// command (sent right after the welcome) before they go out without it.
+const RESTORED_HISTORY_WAIT: Duration = Duration::from_secs(3);
+
 /// What [`Inner::serve_here`] did with a command.
 enum Served<'a> {
     /// Not a command the server answers: the app's.
@@ -370,6 +374,14 @@ impl<C: Controller> Inner<C> {
             }
         };
         session.restore_from(&cached);
+        session.hold_restored(cached.restored_ids());
+        let unclaimed = Arc::downgrade(session);
+        tokio::spawn(async move {
+            tokio::time::sleep(RESTORED_HISTORY_WAIT).await;
+            if let Some(session) = unclaimed.upgrade() {
+                session.release_unclaimed();
+            }
+        });
         for sub in &cached.subscriptions {
             for stream in &sub.streams {
                 self.hub.subscribe(session, stream, &sub.identifier);

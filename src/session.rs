@@ -130,6 +130,9 @@ struct Held {
     /// order); so does the consumer's delivering past it
     /// ([`crate::jetstream::consumed`]).
     replayed: Vec<(String, Arc<str>, u64)>,
+    /// Restored subscriptions held until the client's `history` for them (see
+    /// [`Session::hold_restored`]); a `history` command claims its identifier.
+    unclaimed: Vec<String>,
 }
 
 impl Held {
@@ -292,12 +295,40 @@ impl Session {
     /// [`Session::release`]: a subscribe with history joins its streams before the
     /// replay is read, and what arrives in between must follow the replay, once.
     pub fn hold(&self, identifier: &str) {
-        self.held
-            .lock()
-            .frames
-            .entry(identifier.to_owned())
-            .or_default();
+        let mut held = self.held.lock();
+        held.unclaimed.retain(|i| i != identifier);
+        held.frames.entry(identifier.to_owned()).or_default();
         self.holding.store(true, Ordering::SeqCst);
+    }
+
+    /// Holds restored subscriptions from before they join their streams again: the
+    /// client asks each one's history right after the welcome (`restored_ids`), and
+    /// what is broadcast in between must follow that replay, once and in order (AnyCable
+    /// sends it first). A `history` command takes its subscription over
+    /// ([`Session::hold`]); [`Session::release_unclaimed`] lets the others go.
+    pub fn hold_restored<'a>(&self, identifiers: impl IntoIterator<Item = &'a str>) {
+        let mut held = self.held.lock();
+        for identifier in identifiers {
+            held.frames.entry(identifier.to_owned()).or_default();
+            held.unclaimed.push(identifier.to_owned());
+        }
+        if !held.is_empty() {
+            self.holding.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Sends what restored subscriptions no `history` command claimed kept back (a
+    /// client that asks no history), in arrival order.
+    pub fn release_unclaimed(&self) {
+        let mut held = self.held.lock();
+        for identifier in std::mem::take(&mut held.unclaimed) {
+            for (_, _, frame) in held.frames.remove(&identifier).unwrap_or_default() {
+                self.send_frame(frame);
+            }
+        }
+        if held.is_empty() {
+            self.holding.store(false, Ordering::SeqCst);
+        }
     }
 
     /// Queues a hub frame for subscription `identifier` on `stream`, or keeps it back
@@ -686,6 +717,31 @@ mod tests {
         s.hold("id");
         s.release("id", ["r10".into()], &[(stream.clone(), 10)].into(), false);
         assert!(s.send_live("id", &stream, Some(10), "live10".into()));
+        assert!(!s.holding.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn restored_subscriptions_wait_for_their_history_then_go_without_it() {
+        let (s, mut rx) = Session::new(1, "s".into(), 1 << 20);
+        let stream: Arc<str> = Arc::from("st");
+        s.hold_restored(["a", "b"]);
+        assert!(s.send_live("a", &stream, Some(4), "a4".into()));
+        assert!(s.send_live("b", &stream, Some(4), "b4".into()));
+        assert!(frames(&mut rx).is_empty());
+        // "a"'s history comes: its replay, then what was kept back past it.
+        s.hold("a");
+        s.release_unclaimed(); // the timer firing meanwhile leaves "a" alone
+        assert_eq!(frames(&mut rx), ["b4"]);
+        assert!(s.send_live("a", &stream, Some(5), "a5".into()));
+        s.release(
+            "a",
+            ["r3".into(), "confirm".into()],
+            &[(stream.clone(), 3)].into(),
+            false,
+        );
+        assert_eq!(frames(&mut rx), ["r3", "confirm", "a4", "a5"]);
+        assert!(s.send_live("b", &stream, Some(6), "b6".into()));
+        assert_eq!(frames(&mut rx), ["b6"]);
         assert!(!s.holding.load(Ordering::SeqCst));
     }
 }

@@ -96,6 +96,39 @@ RSpec.describe "Session restore (real Puma, memory broker)", type: :cable do
     end
   end
 
+  it "keeps what is broadcast between the restore and the client's history request behind the replay" do
+    a, welcome = ext(port: puma.port, name: "alice")
+    echo = subscribed(a, channel: "EchoChannel")
+    broadcast("all", {n: 1})
+    first = next_message(a) until first && first["identifier"] == echo
+    a.close
+    wait_for { said("disconnect").include?("alice") }
+    broadcast("all", {n: 2})
+
+    b, restored = ext(port: puma.port, query: "?sid=#{welcome.fetch("sid")}")
+    expect(restored).to include("restored" => true, "restored_ids" => [echo])
+    # Live, before the client's `history` (AnyCable sends it first: out of order).
+    broadcast("all", {n: 3})
+    sleep 0.3
+    b.send_json(command: "history", identifier: echo,
+      history: {streams: {all: {epoch: first.fetch("epoch"), offset: first.fetch("offset")}}})
+    b.send_json(command: "ping")
+    got = []
+    got << next_message(b) until got.last == {"type" => "pong"}
+    # 3 is in the replay (the history has it by then); its live copy is not sent again.
+    expect(got.map { |m| m["type"] || m["message"]["n"] }).to eq([2, 3, "confirm_history", "pong"])
+
+    # A client that asks no history gets them after a few seconds.
+    b.close
+    wait_for { said("disconnect").count("alice") == 2 }
+    c, again = ext(port: puma.port, query: "?sid=#{restored.fetch("sid")}")
+    expect(again).to include("restored" => true)
+    sent = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+    broadcast("all", {n: 4})
+    expect(next_message(c)).to include("identifier" => echo, "message" => {"n" => 4})
+    expect(Process.clock_gettime(Process::CLOCK_MONOTONIC) - sent).to be >= 2.5
+  end
+
   it "gives a restored session its state_attr_accessor values back, records located again" do
     a, welcome = ext(port: puma.port, name: "alice", query: "?locale=fr")
     room = subscribed(a, channel: "RoomChannel", room: "r7")

@@ -13,7 +13,7 @@ import { tmpdir } from 'node:os'
 import { join, dirname } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { createCable } from '@anycable/web'
-import { backoffWithJitter } from '@anycable/core'
+import { backoffWithJitter, BaseLogger } from '@anycable/core'
 import { startPuma, freePort, BrowserLikeWebSocket, waitFor, broadcast, sleep } from './support.mjs'
 
 const LIB = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'lib')
@@ -71,8 +71,23 @@ function job(ns, gap) {
   )
 }
 
+// The client's own log (debug), kept for a failure's message.
+class RecordingLogger extends BaseLogger {
+  constructor() {
+    super('debug')
+    this.started = Date.now()
+    this.lines = []
+  }
+
+  writeLogEntry(level, msg, details) {
+    let extra = details ? ` ${JSON.stringify(details, (k, v) => (v instanceof Error ? String(v) : v))}` : ''
+    this.lines.push(`${Date.now() - this.started}ms ${level} ${msg}${extra}`)
+  }
+}
+
 async function deployScenario(signal) {
   let one = await node()
+  let logger = new RecordingLogger()
   let c = createCable(`${one.url}?user=alice`, {
     websocketImplementation: BrowserLikeWebSocket,
     protocol: 'actioncable-v1-ext-json',
@@ -80,12 +95,14 @@ async function deployScenario(signal) {
     // The default backs off from the ping interval (3 s) without a cap: a restart slow
     // on a loaded machine would leave the next attempt past the test's wait.
     reconnectStrategy: backoffWithJitter(500, { maxInterval: 2000 }), // ms
-    logLevel: 'error'
+    logger
   })
   try {
     let connects = []
     let infos = []
     c.on('connect', ev => connects.push(ev))
+    c.on('disconnect', ev => logger.info('event: disconnect', { reason: ev?.reason }))
+    c.on('close', ev => logger.info('event: close', { reason: ev?.reason }))
     let channel = c.subscribeTo('EchoChannel')
     let firsts = [] // {n, offset}, the first copy of each offset, in arrival order
     let seen = new Set()
@@ -113,8 +130,12 @@ async function deployScenario(signal) {
 
     // Node 1 goes away mid-stream and comes back on its port (a deploy's restart).
     let port = one.port
+    logger.info(`test: ${signal} to node 1`)
     await one.stop(signal)
+    let oldLog = one.log()
+    logger.info('test: node 1 stopped; starting again')
     one = await node({ port })
+    logger.info('test: node 1 is up again')
 
     await Promise.all([flow, jobDone])
     let expected = fromNodeTwo.length + fromJob.length
@@ -125,7 +146,11 @@ async function deployScenario(signal) {
       let missing = [...fromNodeTwo, ...fromJob].filter(n => !got.has(n))
       throw new Error(
         `${e.message}; missing ${JSON.stringify(missing)}; infos ${JSON.stringify(infos)}; ` +
-          `connects ${JSON.stringify(connects)}\n--- node 1 ---\n${one.log().slice(-3000)}`
+          `connects ${JSON.stringify(connects)}; cable ${c.state}\n` +
+          `--- client log ---\n${logger.lines.slice(-80).join('\n')}\n` +
+          `--- node 1 before ---\n${oldLog.slice(-3000)}\n--- node 1 after ---\n${one.log().slice(-3000)}\n` +
+          `--- node 1 after, requests to /cable ---\n` +
+          one.railsLog().split('\n').filter(l => l.includes('/cable')).slice(-20).join('\n')
       )
     }
     await sleep(300)
