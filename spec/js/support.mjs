@@ -11,15 +11,25 @@ const here = dirname(fileURLToPath(import.meta.url))
 export const DUMMY = join(here, '..', 'dummy')
 export const ORIGIN = 'http://allowed.test'
 
-export function freePort() {
-  return new Promise((resolve, reject) => {
-    let srv = createServer()
-    srv.listen(0, '127.0.0.1', () => {
-      let { port } = srv.address()
-      srv.close(() => resolve(port))
+// A port nothing listens on, never one handed out before in this process (the kernel
+// can give one ephemeral port to two binds in a row once the first is closed).
+const handedOut = new Set()
+
+export async function freePort() {
+  for (;;) {
+    let port = await new Promise((resolve, reject) => {
+      let srv = createServer()
+      srv.listen(0, '127.0.0.1', () => {
+        let { port } = srv.address()
+        srv.close(() => resolve(port))
+      })
+      srv.on('error', reject)
     })
-    srv.on('error', reject)
-  })
+    if (!handedOut.has(port)) {
+      handedOut.add(port)
+      return port
+    }
+  }
 }
 
 // `port`: a given one (a node restarted where its clients reconnect).

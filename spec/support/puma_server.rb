@@ -4,6 +4,7 @@ require "net/http"
 require "socket"
 require "tmpdir"
 require "fileutils"
+require "set"
 
 # Runs the dummy Rails app in a real Puma process with the given env, on a free port.
 class PumaServer
@@ -11,12 +12,21 @@ class PumaServer
 
   attr_reader :port, :log_path, :rails_log_path, :env, :pid
 
+  # A port nothing listens on, never one handed out before in this process: the kernel
+  # can give the same ephemeral port to two binds in a row once the first is closed
+  # (two embedded nats-servers were once given one route port).
   def self.free_port
-    server = TCPServer.new("127.0.0.1", 0)
-    server.addr[1]
-  ensure
-    server&.close
+    PORTS_LOCK.synchronize do
+      loop do
+        server = TCPServer.new("127.0.0.1", 0)
+        port = server.addr[1]
+        server.close
+        return port if HANDED_OUT.add?(port)
+      end
+    end
   end
+  HANDED_OUT = Set.new
+  PORTS_LOCK = Mutex.new
 
   def initialize(env: {}, threads: 4, workers: 0, preload: false)
     @port = self.class.free_port
