@@ -225,19 +225,27 @@ pub struct StoredSessions {
 /// The key-value bucket of sessions.
 pub const SESSIONS_BUCKET: &str = "anycable_rs_sessions";
 
+/// A session's key in the bucket: the SHA-256 of its sid, in hex. The sid restores the
+/// session (a credential); whoever can list the bucket, or read the JetStream files,
+/// gets no sid from the keys.
+fn session_key(sid: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, sid.as_bytes());
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
 impl StoredSessions {
     pub async fn put(&self, sid: &str, session: &crate::session_cache::CachedSession) {
         let Ok(json) = serde_json::to_vec(session) else {
             return;
         };
-        if let Err(e) = self.kv.put(sid, json.into()).await {
+        if let Err(e) = self.kv.put(session_key(sid), json.into()).await {
             log::warn!("NATS KV: a session could not be stored for a restore ({e})");
         }
     }
 
     /// The session stored under `sid`, taken (a sid restores once).
     pub async fn take(&self, sid: &str) -> Option<crate::session_cache::CachedSession> {
-        let bytes = match self.kv.get(sid).await {
+        let bytes = match self.kv.get(session_key(sid)).await {
             Ok(Some(bytes)) => bytes,
             Ok(None) => return None,
             Err(e) => {
@@ -251,7 +259,7 @@ impl StoredSessions {
 
     /// Makes `sid` unrestorable (the server or the app closed its session).
     pub async fn forget(&self, sid: &str) {
-        if let Err(e) = self.kv.purge(sid).await {
+        if let Err(e) = self.kv.purge(session_key(sid)).await {
             log::warn!("NATS KV: a closed session could not be forgotten ({e})");
         }
     }

@@ -2,6 +2,7 @@
 
 require "spec_helper"
 require "open3"
+require "digest"
 
 # ANYCABLE_BROKER=nats: two server processes (real Puma) and a real nats-server with
 # JetStream. Every broadcast is stored once and gets one offset that both nodes give
@@ -223,11 +224,13 @@ RSpec.describe "The NATS broker (JetStream history shared by the nodes)", type: 
     sleep 0.3
     # The stored session as a node running older code left it: one more channel.
     entry = nil
-    wait_for { entry = kv_get(sid) }
+    wait_for { entry = kv_get(session_key(sid)) }
+    # Keyed by the sid's SHA-256: listing the bucket gives no sid (a credential).
+    expect(kv_get(sid)).to be_nil
     session = JSON.parse(entry)
     gone = JSON.generate(channel: "RenamedAwayChannel")
     session["subscriptions"] << session["subscriptions"].first.merge("identifier" => gone, "streams" => ["gone"])
-    kv_put(sid, JSON.generate(session))
+    kv_put(session_key(sid), JSON.generate(session))
     b = client(port: @two.port, protocols: [ext_protocol], path: "/cable?sid=#{sid}")
     expect(b.welcome!).to include("restored" => true, "restored_ids" => contain_exactly(ida, gone))
     expect(b.receive).to eq("identifier" => gone, "type" => "reject_subscription")
@@ -255,14 +258,18 @@ RSpec.describe "The NATS broker (JetStream history shared by the nodes)", type: 
     socket&.close
   end
 
-  def kv_get(sid)
-    body = JSON.generate(last_by_subj: "$KV.anycable_rs_sessions.#{sid}")
+  def session_key(sid)
+    Digest::SHA256.hexdigest(sid)
+  end
+
+  def kv_get(key)
+    body = JSON.generate(last_by_subj: "$KV.anycable_rs_sessions.#{key}")
     reply = kv_request("PUB $JS.API.DIRECT.GET.KV_anycable_rs_sessions _INBOX.kv #{body.bytesize}\r\n#{body}\r\n")
     reply && !reply.start_with?("NATS/1.0 404") ? reply[/\r\n\r\n(.*)\z/m, 1] : nil
   end
 
-  def kv_put(sid, json)
-    kv_request("PUB $KV.anycable_rs_sessions.#{sid} #{json.bytesize}\r\n#{json}\r\n")
+  def kv_put(key, json)
+    kv_request("PUB $KV.anycable_rs_sessions.#{key} #{json.bytesize}\r\n#{json}\r\n")
   end
 
   it "keeps whispers and remote disconnects off the history (core NATS)" do
