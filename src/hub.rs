@@ -230,7 +230,8 @@ impl Hub {
     }
 
     /// Delivers `data` (the broadcast payload, JSON) to every subscriber of `stream`,
-    /// except the session whose sid is `exclude_sid`.
+    /// except the session `exclude_sid` names (its sid, or its digest: see
+    /// [`Session::is_excluded_by`]).
     pub fn broadcast(&self, stream: &str, data: &str, exclude_sid: Option<&str>) -> Delivery {
         self.broadcast_at(stream, data, exclude_sid, None)
     }
@@ -255,7 +256,7 @@ impl Hub {
             for (identifier, group) in &subs.by_identifier {
                 let frame = protocol::broadcast_frame_at(identifier, data, at);
                 for session in group.values() {
-                    if exclude_sid == Some(session.sid.as_str()) {
+                    if exclude_sid.is_some_and(|x| session.is_excluded_by(x)) {
                         continue;
                     }
                     if session.send_live(identifier, stream_key, offset, frame.clone()) {
@@ -316,6 +317,12 @@ mod tests {
         assert!(frames(&mut rb).is_empty());
         hub.broadcast("room", "2", None);
         assert_eq!(frames(&mut rb), vec![r#"{"identifier":"B","message":2}"#]);
+        frames(&mut ra);
+        // As the NATS broker stores it: by the sid's digest.
+        let digest = crate::session::sid_digest("b");
+        assert_eq!(hub.broadcast("room", "3", Some(&digest)).sessions, 1);
+        assert!(frames(&mut rb).is_empty());
+        assert_eq!(frames(&mut ra).len(), 1);
     }
 
     #[test]

@@ -58,11 +58,29 @@ pub(crate) enum Outbound {
     Close(Option<DisconnectReason>),
 }
 
+/// Marks an `exclude_socket` that names a session by [`sid_digest`], not by its sid.
+pub const SID_DIGEST_PREFIX: &str = "sha256:";
+
+/// The SHA-256 of a sid, in lowercase hex. A sid restores its session (a credential):
+/// what is stored outside the process (the NATS broker's sessions bucket and history)
+/// names a session by this instead.
+pub fn sid_sha256_hex(sid: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, sid.as_bytes());
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `sha256:<hex>`: an `exclude_socket` as the NATS broker stores it.
+pub fn sid_digest(sid: &str) -> String {
+    format!("{SID_DIGEST_PREFIX}{}", sid_sha256_hex(sid))
+}
+
 pub struct Session {
     /// Process-unique number; maps are keyed by it.
     pub id: u64,
     /// The session id the client sees in its welcome message.
     pub sid: String,
+    /// [`sid_digest`] of `sid`, made the first time a broadcast excludes by digest.
+    sid_digest: std::sync::OnceLock<Box<str>>,
     outbox: Mutex<VecDeque<Outbound>>,
     notify: Notify,
     /// The connection task is gone: nothing will read the outbox again.
@@ -148,6 +166,7 @@ impl Session {
         let session = Arc::new(Session {
             id,
             sid,
+            sid_digest: std::sync::OnceLock::new(),
             outbox: Mutex::new(VecDeque::new()),
             notify: Notify::new(),
             receiver_gone: AtomicBool::new(false),
@@ -188,6 +207,20 @@ impl Session {
     }
 
     /// How log lines name the session: the sid's first 8 characters. The whole sid
+    /// Whether a broadcast's `exclude_socket` names this session: its sid, or (as the
+    /// NATS broker stores it) its [`sid_digest`].
+    pub fn is_excluded_by(&self, exclude_socket: &str) -> bool {
+        if exclude_socket == self.sid {
+            return true;
+        }
+        exclude_socket.starts_with(SID_DIGEST_PREFIX)
+            && self
+                .sid_digest
+                .get_or_init(|| sid_digest(&self.sid).into_boxed_str())
+                .as_ref()
+                == exclude_socket
+    }
+
     /// restores the session (a credential), so it is never logged.
     pub fn log_id(&self) -> &str {
         self.sid.get(..8).unwrap_or(&self.sid)

@@ -217,6 +217,7 @@ module AnyCableRs
     STREAM = "anycable_history"
     PREFIX = "anycable_history."
     MAX_TOKEN = 1024
+    SID_DIGEST_PREFIX = "sha256:"
 
     module_function
 
@@ -230,6 +231,15 @@ module AnyCableRs
       "#{PREFIX}h#{Digest::SHA256.hexdigest(name.b)}"
     end
 
+    # The socket a stored message skips, by its sid's digest (as the Rust side stores
+    # it, anycable_core::session::sid_digest): a sid is a credential, and the stream
+    # keeps messages for HISTORY_TTL.
+    def exclude_digest(sid)
+      return sid if sid.start_with?(SID_DIGEST_PREFIX)
+
+      "#{SID_DIGEST_PREFIX}#{Digest::SHA256.hexdigest(sid)}"
+    end
+
     # [[subject, body] for each message to store, the rest as a payload or nil]:
     # transient messages and commands are not stored.
     def split(payload)
@@ -241,7 +251,7 @@ module AnyCableRs
       bodies = stored.map do |m|
         body = {"stream" => m["stream"].to_s, "data" => m["data"]}
         exclude = m["meta"].is_a?(Hash) && m["meta"]["exclude_socket"]
-        body["meta"] = {"exclude_socket" => exclude} if exclude
+        body["meta"] = {"exclude_socket" => exclude_digest(exclude.to_s)} if exclude
         [subject_for(m["stream"].to_s), JSON.generate(body)]
       end
       rest_payload = if rest.empty? then nil

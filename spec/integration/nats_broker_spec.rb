@@ -79,6 +79,23 @@ RSpec.describe "The NATS broker (JetStream history shared by the nodes)", type: 
     expect(got_a.map { |m| m["offset"] }).to all(be_a(Integer))
   end
 
+  it "skips the to_others socket on whichever node it is, from a controller of the other node and from a job; the sid is not stored" do
+    a = client(name: "alice", port: @one.port, protocols: [ext_protocol])
+    sid_a = a.welcome!.fetch("sid")
+    subscribed(a, echo)
+    b, = ext_on(@two)
+    res = @two.http(:post, "/broadcast", {stream: "all", payload: '{"n":70}', to_others: "1"}, {"X-Socket-ID" => sid_a})
+    expect(res.code).to eq("201")
+    third_process("AnyCableRs.broadcast('all', {'n' => 71}, exclude_socket: #{sid_a.inspect})")
+    post(@one, 72)
+    expect([b.receive, b.receive, b.receive].map { |m| m["message"]["n"] }).to eq([70, 71, 72])
+    expect(a.receive).to include("message" => {"n" => 72})
+    # The stream's files name the skipped socket by its sid's digest only.
+    stored = Dir[File.join(@nats.store_dir, "**", "*.blk")].map { |f| File.binread(f) }.join
+    expect(stored).to include("sha256:#{Digest::SHA256.hexdigest(sid_a)}")
+    expect(stored).not_to include(sid_a)
+  end
+
   it "a Rails job process (the app booted, no server) starts no runtime and stores each broadcast before returning" do
     a, = ext_on(@one)
     out, status = Open3.capture2e(

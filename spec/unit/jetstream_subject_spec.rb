@@ -23,7 +23,11 @@ RSpec.describe AnyCableRs::JetStream do
       {stream: "a", data: "{}", meta: {transient: true}},
       {command: "disconnect", payload: {identifier: "{}"}}])
     stored, rest = described_class.split(payload)
-    expect(stored).to eq([[described_class.subject_for("a"), '{"stream":"a","data":"{}","meta":{"exclude_socket":"s1"}}']])
+    # The skipped socket by its sid's digest (the Rust side's vector, for "sid1").
+    expect(stored).to eq([[described_class.subject_for("a"),
+      %({"stream":"a","data":"{}","meta":{"exclude_socket":"sha256:#{Digest::SHA256.hexdigest("s1")}"}})]])
+    expect(described_class.exclude_digest("sid1"))
+      .to eq("sha256:53453a19cbc7f60351e13709237b6025007b6bf5a6974aabaa03d5e19ea1ada3")
     expect(JSON.parse(rest).size).to eq(2)
     expect(described_class.split('{"stream":"b","data":"1"}')).to eq([[[described_class.subject_for("b"), '{"stream":"b","data":"1"}']], nil])
   end
