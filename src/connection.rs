@@ -231,6 +231,11 @@ impl<C: Controller> Inner<C> {
             Some(cached) => protocol::welcome_restored(&session.sid, &cached.restored_ids()),
             None => protocol::welcome(&session.sid),
         };
+        // Restored subscriptions wait for the client's `history` (sent right after the
+        // welcome) this long while no command runs: frames are not read meanwhile.
+        let mut unclaimed_deadline = restored
+            .is_some()
+            .then(|| tokio::time::Instant::now() + RESTORED_HISTORY_WAIT);
         drop(restored);
         if ws.send(Message::Text(welcome.into())).await.is_err() {
             drop(ws);
@@ -285,6 +290,10 @@ impl<C: Controller> Inner<C> {
                 _ = tokio::time::sleep_until(defer_until.unwrap_or_else(tokio::time::Instant::now)), if defer_until.is_some() => {
                     defer_until = None;
                 }
+                _ = tokio::time::sleep_until(unclaimed_deadline.unwrap_or_else(tokio::time::Instant::now)), if unclaimed_deadline.is_some() && inflight.is_none() => {
+                    unclaimed_deadline = None;
+                    session.release_unclaimed();
+                }
                 out = rx.recv(), if defer_until.is_none() => {
                     let Some(out) = out else { break };
                     if !self.write(&mut ws, &session, &mut rx, out).await {
@@ -294,6 +303,9 @@ impl<C: Controller> Inner<C> {
                 _ = async { inflight.as_mut().expect("guarded").await }, if inflight.is_some() => {
                     inflight = None;
                     defer_until = None;
+                    if unclaimed_deadline.is_some() {
+                        unclaimed_deadline = Some(tokio::time::Instant::now() + RESTORED_HISTORY_WAIT);
+                    }
                     // Frames were not read meanwhile: the client gets a whole window.
                     if let (Some(window), Some(_)) = (pong_window, pong_deadline) {
                         pong_deadline = Some(tokio::time::Instant::now() + window);
@@ -374,14 +386,9 @@ impl<C: Controller> Inner<C> {
             }
         };
         session.restore_from(&cached);
+        // Until the client's `history` for each (`run_session` lets them go after
+        // RESTORED_HISTORY_WAIT without one).
         session.hold_restored(cached.restored_ids());
-        let unclaimed = Arc::downgrade(session);
-        tokio::spawn(async move {
-            tokio::time::sleep(RESTORED_HISTORY_WAIT).await;
-            if let Some(session) = unclaimed.upgrade() {
-                session.release_unclaimed();
-            }
-        });
         for sub in &cached.subscriptions {
             for stream in &sub.streams {
                 self.hub.subscribe(session, stream, &sub.identifier);
@@ -720,6 +727,7 @@ impl<C: Controller> Inner<C> {
                 self.hub.presence_leave(session, id);
                 session.presence_to(id, "");
                 self.hub.unsubscribe_identifier(session, id);
+                session.drop_held(id);
                 Served::Done
             }
             Command::Message => {

@@ -151,11 +151,20 @@ struct Held {
     /// Restored subscriptions held until the client's `history` for them (see
     /// [`Session::hold_restored`]); a `history` command claims its identifier.
     unclaimed: Vec<String>,
+    /// Bytes of `frames`: they count against the session's cap as queued ones do.
+    bytes: usize,
 }
 
 impl Held {
     fn is_empty(&self) -> bool {
         self.frames.is_empty() && self.replayed.is_empty()
+    }
+
+    /// Takes subscription `identifier`'s held frames out.
+    fn take(&mut self, identifier: &str) -> Vec<HeldFrame> {
+        let frames = self.frames.remove(identifier).unwrap_or_default();
+        self.bytes -= frames.iter().map(|(_, _, f)| f.len()).sum::<usize>();
+        frames
     }
 }
 
@@ -206,7 +215,6 @@ impl Session {
         true
     }
 
-    /// How log lines name the session: the sid's first 8 characters. The whole sid
     /// Whether a broadcast's `exclude_socket` names this session: its sid, or (as the
     /// NATS broker stores it) its [`sid_digest`].
     pub fn is_excluded_by(&self, exclude_socket: &str) -> bool {
@@ -221,6 +229,7 @@ impl Session {
                 == exclude_socket
     }
 
+    /// How log lines name the session: the sid's first 8 characters. The whole sid
     /// restores the session (a credential), so it is never logged.
     pub fn log_id(&self) -> &str {
         self.sid.get(..8).unwrap_or(&self.sid)
@@ -351,14 +360,27 @@ impl Session {
     }
 
     /// Sends what restored subscriptions no `history` command claimed kept back (a
-    /// client that asks no history), in arrival order.
+    /// client that asks no history): subscription by subscription, each in arrival
+    /// order.
     pub fn release_unclaimed(&self) {
         let mut held = self.held.lock();
         for identifier in std::mem::take(&mut held.unclaimed) {
-            for (_, _, frame) in held.frames.remove(&identifier).unwrap_or_default() {
+            for (_, _, frame) in held.take(&identifier) {
                 self.send_frame(frame);
             }
         }
+        if held.is_empty() {
+            self.holding.store(false, Ordering::SeqCst);
+        }
+    }
+
+    /// Subscription `identifier` is gone (unsubscribed, rejected): what was held for
+    /// it goes nowhere, and nothing is held for it any more.
+    pub fn drop_held(&self, identifier: &str) {
+        let mut held = self.held.lock();
+        held.take(identifier);
+        held.unclaimed.retain(|i| i != identifier);
+        held.replayed.retain(|(i, _, _)| i != identifier);
         if held.is_empty() {
             self.holding.store(false, Ordering::SeqCst);
         }
@@ -376,11 +398,22 @@ impl Session {
     ) -> bool {
         if self.holding.load(Ordering::Relaxed) {
             let mut held = self.held.lock();
-            if let Some(frames) = held.frames.get_mut(identifier) {
+            if held.frames.contains_key(identifier) {
                 if self.is_closing() {
                     return false;
                 }
-                frames.push((stream.clone(), offset, frame));
+                let waiting = self.pending.load(Ordering::Relaxed) + held.bytes + frame.len();
+                if waiting > self.max_pending {
+                    drop(held);
+                    self.too_slow(format_args!(
+                        "{waiting} bytes waiting to be written (held for a replay)"
+                    ));
+                    return false;
+                }
+                held.bytes += frame.len();
+                if let Some(frames) = held.frames.get_mut(identifier) {
+                    frames.push((stream.clone(), offset, frame));
+                }
                 return true;
             }
             let consumed = crate::jetstream::consumed();
@@ -424,7 +457,7 @@ impl Session {
             .filter(|(_, o)| lagging_live && **o > consumed)
             .map(|(s, o)| (s.clone(), *o))
             .collect();
-        for (stream, offset, frame) in held.frames.remove(identifier).unwrap_or_default() {
+        for (stream, offset, frame) in held.take(identifier) {
             let upto = replayed.get(&stream).copied().unwrap_or(0);
             if offset.is_none_or(|o| o > upto) {
                 if offset.is_some() {
@@ -776,5 +809,24 @@ mod tests {
         assert!(s.send_live("b", &stream, Some(6), "b6".into()));
         assert_eq!(frames(&mut rx), ["b6"]);
         assert!(!s.holding.load(Ordering::SeqCst));
+        // Unsubscribed (or rejected) before its history: what was held goes nowhere.
+        s.hold_restored(["c"]);
+        assert!(s.send_live("c", &stream, Some(7), "c7".into()));
+        s.drop_held("c");
+        s.release_unclaimed();
+        assert!(frames(&mut rx).is_empty());
+        assert!(!s.holding.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn held_frames_count_against_the_cap() {
+        let (s, mut rx) = Session::new(1, "s".into(), 10);
+        let stream: Arc<str> = Arc::from("st");
+        s.hold("id");
+        assert!(s.send_live("id", &stream, Some(1), "12345".into()));
+        assert!(!s.send_live("id", &stream, Some(2), "123456".into()));
+        assert!(s.is_closing());
+        s.release("id", [], &HashMap::new(), false);
+        assert!(frames(&mut rx).is_empty());
     }
 }

@@ -80,7 +80,12 @@ class RecordingLogger extends BaseLogger {
   }
 
   writeLogEntry(level, msg, details) {
-    let extra = details ? ` ${JSON.stringify(details, (k, v) => (v instanceof Error ? String(v) : v))}` : ''
+    let extra = ''
+    try {
+      if (details) extra = ` ${JSON.stringify(details, (k, v) => (v instanceof Error ? String(v) : v))}`
+    } catch {
+      extra = ' (details not serializable)'
+    }
     this.lines.push(`${Date.now() - this.started}ms ${level} ${msg}${extra}`)
   }
 }

@@ -73,6 +73,7 @@ impl Socket {
         self.hub.presence_leave(&self.session, &identifier);
         self.session.presence_to(&identifier, "");
         self.hub.unsubscribe_identifier(&self.session, &identifier);
+        self.session.drop_held(&identifier);
         self.session.whisper_to(&identifier, "");
         self.session.remove_subscription(&identifier);
     }
