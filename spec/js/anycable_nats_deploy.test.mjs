@@ -20,6 +20,7 @@ const LIB = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'lib')
 
 let nats
 let natsDir
+let dbDir
 let env
 let two
 
@@ -42,7 +43,12 @@ async function node(opts) {
 
 before(async () => {
   nats = await startNats()
+  // One database for every node, as in a deploy: a node started again knows alice
+  // before its first request (with a database of its own, a client that reconnected
+  // before the test signed alice in there was refused, unauthorized, for good).
+  dbDir = mkdtempSync(join(tmpdir(), 'anycable-rs-js-deploy-db-'))
   env = {
+    DUMMY_DATABASE: join(dbDir, 'shared.sqlite3'),
     ANYCABLE_BROKER: 'nats',
     ANYCABLE_BROADCAST_ADAPTER: 'nats',
     ANYCABLE_NATS_SERVERS: nats.url,
@@ -53,8 +59,13 @@ before(async () => {
 
 after(async () => {
   await two?.stop()
-  nats?.child.kill('SIGTERM')
+  if (nats && nats.child.exitCode === null) {
+    let exited = new Promise(resolve => nats.child.once('exit', resolve))
+    nats.child.kill('SIGTERM')
+    await exited
+  }
   if (natsDir) rmSync(natsDir, { recursive: true, force: true })
+  if (dbDir) rmSync(dbDir, { recursive: true, force: true })
 })
 
 // A job: broadcasts `ns` from a process that serves no sockets, one every `gap` ms.
