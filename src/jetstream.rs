@@ -53,23 +53,35 @@ pub fn subject_for(stream: &str) -> String {
     if encoded.len() <= MAX_TOKEN {
         return format!("{SUBJECT_PREFIX}s{encoded}");
     }
-    let digest = ring::digest::digest(&ring::digest::SHA256, stream.as_bytes());
-    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-    format!("{SUBJECT_PREFIX}h{hex}")
+    format!("{SUBJECT_PREFIX}h{}", sha256_hex(stream.as_bytes()))
 }
 
-/// The stored body of a broadcast: the AnyCable message, as published, except that
-/// the socket it skips is named by its digest (`sha256:<hex>`): a sid is a credential,
-/// and the stream keeps messages for HISTORY_TTL.
+/// SHA-256 in lowercase hex.
+fn sha256_hex(data: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, data);
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Marks an `exclude_socket` that names a session by [`exclude_digest`], not its sid.
+pub const SID_DIGEST_PREFIX: &str = "sha256:";
+
+/// `sha256:<hex>` of a sid (one already in that form stays as it is): how what is
+/// stored names the socket a broadcast skips. A sid restores its session (a
+/// credential); the stream keeps messages for HISTORY_TTL. Ruby's
+/// `AnyCableRs::JetStream.exclude_digest` makes the same.
+pub fn exclude_digest(sid: &str) -> String {
+    if sid.starts_with(SID_DIGEST_PREFIX) {
+        return sid.to_owned();
+    }
+    format!("{SID_DIGEST_PREFIX}{}", sha256_hex(sid.as_bytes()))
+}
+
+/// The stored body of a broadcast: the AnyCable message, as published, the socket it
+/// skips named by its [`exclude_digest`].
 fn body(stream: &str, data: &str, exclude_socket: Option<&str>) -> String {
     let mut message = serde_json::json!({"stream": stream, "data": data});
     if let Some(sid) = exclude_socket {
-        let named = if sid.starts_with(crate::session::SID_DIGEST_PREFIX) {
-            sid.to_owned()
-        } else {
-            crate::session::sid_digest(sid)
-        };
-        message["meta"] = serde_json::json!({"exclude_socket": named});
+        message["meta"] = serde_json::json!({"exclude_socket": exclude_digest(sid)});
     }
     message.to_string()
 }
@@ -235,7 +247,7 @@ pub const SESSIONS_BUCKET: &str = "anycable_rs_sessions";
 /// A session's key in the bucket: the SHA-256 of its sid, in hex, so whoever can list
 /// the bucket, or read the JetStream files, gets no sid from the keys.
 fn session_key(sid: &str) -> String {
-    crate::session::sid_sha256_hex(sid)
+    sha256_hex(sid.as_bytes())
 }
 
 impl StoredSessions {
@@ -706,6 +718,7 @@ mod tests {
         let (stream, data, exclude) = parse_body(b.as_bytes()).unwrap();
         assert_eq!((stream.as_str(), data.as_str()), ("s", r#"{"a":1}"#));
         assert_eq!(exclude.as_deref(), Some(digest));
+        assert_eq!(exclude_digest(digest), digest);
         let again = body("s", "1", exclude.as_deref());
         assert_eq!(parse_body(again.as_bytes()).unwrap().2, exclude);
         assert_eq!(parse_body(b"{\"command\":\"x\"}"), None);

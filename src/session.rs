@@ -58,28 +58,13 @@ pub(crate) enum Outbound {
     Close(Option<DisconnectReason>),
 }
 
-/// Marks an `exclude_socket` that names a session by [`sid_digest`], not by its sid.
-pub const SID_DIGEST_PREFIX: &str = "sha256:";
-
-/// The SHA-256 of a sid, in lowercase hex. A sid restores its session (a credential):
-/// what is stored outside the process (the NATS broker's sessions bucket and history)
-/// names a session by this instead.
-pub fn sid_sha256_hex(sid: &str) -> String {
-    let digest = ring::digest::digest(&ring::digest::SHA256, sid.as_bytes());
-    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// `sha256:<hex>`: an `exclude_socket` as the NATS broker stores it.
-pub fn sid_digest(sid: &str) -> String {
-    format!("{SID_DIGEST_PREFIX}{}", sid_sha256_hex(sid))
-}
-
 pub struct Session {
     /// Process-unique number; maps are keyed by it.
     pub id: u64,
     /// The session id the client sees in its welcome message.
     pub sid: String,
-    /// [`sid_digest`] of `sid`, made the first time a broadcast excludes by digest.
+    /// [`crate::jetstream::exclude_digest`] of `sid`, made the first time a broadcast
+    /// excludes by digest.
     sid_digest: std::sync::OnceLock<Box<str>>,
     outbox: Mutex<VecDeque<Outbound>>,
     notify: Notify,
@@ -216,15 +201,16 @@ impl Session {
     }
 
     /// Whether a broadcast's `exclude_socket` names this session: its sid, or (as the
-    /// NATS broker stores it) its [`sid_digest`].
+    /// NATS broker stores it) its [`crate::jetstream::exclude_digest`].
     pub fn is_excluded_by(&self, exclude_socket: &str) -> bool {
+        use crate::jetstream::{exclude_digest, SID_DIGEST_PREFIX};
         if exclude_socket == self.sid {
             return true;
         }
         exclude_socket.starts_with(SID_DIGEST_PREFIX)
             && self
                 .sid_digest
-                .get_or_init(|| sid_digest(&self.sid).into_boxed_str())
+                .get_or_init(|| exclude_digest(&self.sid).into_boxed_str())
                 .as_ref()
                 == exclude_socket
     }
@@ -333,6 +319,13 @@ impl Session {
         self.whispers.lock().get(identifier).cloned()
     }
 
+    /// Lets the hub's fast path skip `held` again once nothing is held or remembered.
+    fn settle_holding(&self, held: &Held) {
+        if held.is_empty() {
+            self.holding.store(false, Ordering::SeqCst);
+        }
+    }
+
     /// Keeps live broadcasts to subscription `identifier` back from now until
     /// [`Session::release`]: a subscribe with history joins its streams before the
     /// replay is read, and what arrives in between must follow the replay, once.
@@ -369,9 +362,7 @@ impl Session {
                 self.send_frame(frame);
             }
         }
-        if held.is_empty() {
-            self.holding.store(false, Ordering::SeqCst);
-        }
+        self.settle_holding(&held);
     }
 
     /// Subscription `identifier` is gone (unsubscribed, rejected): what was held for
@@ -381,9 +372,7 @@ impl Session {
         held.take(identifier);
         held.unclaimed.retain(|i| i != identifier);
         held.replayed.retain(|(i, _, _)| i != identifier);
-        if held.is_empty() {
-            self.holding.store(false, Ordering::SeqCst);
-        }
+        self.settle_holding(&held);
     }
 
     /// Queues a hub frame for subscription `identifier` on `stream`, or keeps it back
@@ -397,25 +386,25 @@ impl Session {
         frame: Utf8Bytes,
     ) -> bool {
         if self.holding.load(Ordering::Relaxed) {
-            let mut held = self.held.lock();
-            if held.frames.contains_key(identifier) {
+            let mut guard = self.held.lock();
+            let held = &mut *guard;
+            if let Some(frames) = held.frames.get_mut(identifier) {
                 if self.is_closing() {
                     return false;
                 }
                 let waiting = self.pending.load(Ordering::Relaxed) + held.bytes + frame.len();
-                if waiting > self.max_pending {
-                    drop(held);
-                    self.too_slow(format_args!(
-                        "{waiting} bytes waiting to be written (held for a replay)"
-                    ));
-                    return false;
-                }
-                held.bytes += frame.len();
-                if let Some(frames) = held.frames.get_mut(identifier) {
+                if waiting <= self.max_pending {
+                    held.bytes += frame.len();
                     frames.push((stream.clone(), offset, frame));
+                    return true;
                 }
-                return true;
+                drop(guard);
+                self.too_slow(format_args!(
+                    "{waiting} bytes waiting to be written (held for a replay)"
+                ));
+                return false;
             }
+            let mut held = guard;
             let consumed = crate::jetstream::consumed();
             held.replayed.retain(|(_, _, upto)| *upto > consumed);
             if let (Some(offset), Some(at)) = (
@@ -429,9 +418,7 @@ impl Session {
                 }
                 held.replayed.swap_remove(at);
             }
-            if held.is_empty() {
-                self.holding.store(false, Ordering::SeqCst);
-            }
+            self.settle_holding(&held);
         }
         self.send_frame(frame)
     }
@@ -472,9 +459,7 @@ impl Session {
                 .into_iter()
                 .map(|(stream, o)| (identifier.to_owned(), stream, o)),
         );
-        if held.is_empty() {
-            self.holding.store(false, Ordering::SeqCst);
-        }
+        self.settle_holding(&held);
     }
 
     /// The streams subscription `identifier` receives broadcasts from (server-side ones

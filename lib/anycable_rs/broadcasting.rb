@@ -232,8 +232,8 @@ module AnyCableRs
     end
 
     # The socket a stored message skips, by its sid's digest (as the Rust side stores
-    # it, anycable_core::session::sid_digest): a sid is a credential, and the stream
-    # keeps messages for HISTORY_TTL.
+    # it, anycable_core::jetstream::exclude_digest): a sid is a credential, and the
+    # stream keeps messages for HISTORY_TTL.
     def exclude_digest(sid)
       return sid if sid.start_with?(SID_DIGEST_PREFIX)
 
