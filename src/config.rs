@@ -3,17 +3,17 @@
 
 use std::time::Duration;
 
-use crate::history::HistoryConfig;
-use crate::jwt::JwtConfig;
-use crate::origin::OriginPolicy;
-use crate::streams::StreamsConfig;
+use crate::auth::jwt::JwtConfig;
+use crate::auth::streams::StreamsConfig;
+use crate::broker::history::HistoryConfig;
+use crate::http::origin::OriginPolicy;
 
 /// AnyCable's brokers (`ANYCABLE_BROKER`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BrokerKind {
-    /// This process keeps the history ([`crate::history::History`]).
+    /// This process keeps the history ([`crate::broker::history::History`]).
     Memory,
-    /// NATS JetStream keeps it for every node ([`crate::jetstream`]); the process
+    /// NATS JetStream keeps it for every node ([`crate::broker::jetstream`]); the process
     /// delivers stored broadcasts as the extension hands them over
     /// ([`crate::Server::deliver_stored`]).
     Nats,

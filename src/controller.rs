@@ -11,10 +11,10 @@
 use std::future::Future;
 use std::net::SocketAddr;
 
-use crate::handshake::RequestHead;
+use crate::broker::sessions::CachedSession;
+use crate::http::RequestHead;
 use crate::protocol::ClientCommand;
 use crate::session::{DisconnectReason, SessionRef};
-use crate::session_cache::CachedSession;
 
 pub struct ConnectRequest {
     pub session: SessionRef,

@@ -7,10 +7,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anycable_core::history::HistoryConfig;
+use anycable_core::auth::streams::StreamsConfig;
+use anycable_core::broker::HistoryConfig;
 use anycable_core::protocol::{self, Command};
 use anycable_core::session::SessionRef;
-use anycable_core::streams::StreamsConfig;
 use anycable_core::{
     CommandRequest, ConnectReply, ConnectRequest, Controller, Hub, Server, ServerConfig,
 };
@@ -445,7 +445,7 @@ async fn the_history_command_confirms_or_rejects_per_section_5_3() {
 
     // Positions: 3, 4, 5 are kept (limit 3); a client at 2 gets them, and the other
     // stream's part by `since`.
-    let since = anycable_core::history::unix_now() - 5;
+    let since = anycable_core::broker::unix_now() - 5;
     send(
         &mut a,
         history(json!({"since": since, "streams": {"all": {"epoch": epoch, "offset": 2}}})),

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anycable_core::origin::{OriginPolicy, OriginRule};
+use anycable_core::http::{OriginPolicy, OriginRule};
 use anycable_core::protocol::Command;
 use anycable_core::session::SessionRef;
 use anycable_core::{
@@ -607,7 +607,7 @@ async fn chunked_broadcast_requests_are_read() {
 
 #[tokio::test]
 async fn pubsub_and_turbo_streams_are_served_without_the_controller_and_whispers_skip_the_sender() {
-    use anycable_core::streams::{sign, StreamsConfig};
+    use anycable_core::auth::streams::{sign, StreamsConfig};
     let config = ServerConfig {
         streams: StreamsConfig {
             secret: Some(b"streams-secret".to_vec()),

@@ -1,8 +1,8 @@
 //! `broadcast::parse`: what publishers send (HTTP `POST /_broadcast`, pub/sub), and
 //! `protocol::broadcast_frame`, what subscribers then get.
 
-use anycable_core::broadcast::{self, BroadcastMessage};
 use anycable_core::protocol;
+use anycable_core::protocol::broadcast::{self, BroadcastMessage};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use serde_json::value::RawValue;

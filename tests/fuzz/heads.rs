@@ -1,7 +1,8 @@
-//! `handshake::parse_head` and `check_upgrade`: the request head a client sends on the
+//! `http::parse_head` and `check_upgrade`: the request head a client sends on the
 //! server's own port.
 
-use anycable_core::handshake::{check_upgrade, parse_head, switching_protocols, RequestHead};
+use anycable_core::http::handshake::{check_upgrade, switching_protocols};
+use anycable_core::http::{parse_head, RequestHead};
 use anycable_core::protocol::SUBPROTOCOLS;
 use anycable_core::ServerConfig;
 use proptest::prelude::*;
@@ -185,7 +186,7 @@ fn check_head(buf: &[u8], cut: prop::sample::Index) -> Result<(), TestCaseError>
     );
 
     // The default origin policy allows any Origin.
-    match check_upgrade(&head, &ServerConfig::default()) {
+    match check_upgrade(&head, &ServerConfig::default().origins) {
         Ok(upgrade) => {
             prop_assert_eq!(head.method.as_str(), "GET");
             let key = head.header("sec-websocket-key").unwrap_or("").trim();

@@ -13,10 +13,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anycable_core::handshake::RequestHead;
+use anycable_core::broker::CachedSession;
+use anycable_core::http::RequestHead;
 use anycable_core::protocol::Command;
 use anycable_core::session::SessionRef;
-use anycable_core::session_cache::CachedSession;
 use anycable_core::{CommandRequest, ConnectReply, ConnectRequest, Controller};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use parking_lot::Mutex;

@@ -4,11 +4,11 @@
 
 use std::time::Duration;
 
+use anycable_core::auth::streams::{decode_hex, StreamsConfig};
+use anycable_core::auth::JwtConfig;
+use anycable_core::broker::HistoryConfig;
 use anycable_core::config::BrokerKind;
-use anycable_core::history::HistoryConfig;
-use anycable_core::jwt::JwtConfig;
-use anycable_core::origin::{OriginPolicy, OriginRule, RubyRegexp};
-use anycable_core::streams::{decode_hex, StreamsConfig};
+use anycable_core::http::{OriginPolicy, OriginRule, RubyRegexp};
 use anycable_core::ServerConfig;
 use magnus::{Error, RArray, RHash, Ruby, Symbol};
 

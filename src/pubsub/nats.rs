@@ -12,7 +12,7 @@ use std::sync::Arc;
 use async_nats::{ConnectOptions, Event};
 use futures_util::StreamExt;
 
-use crate::pubsub::PublishQueue;
+use crate::pubsub::{PubSub, PublishQueue};
 
 /// A running NATS link: publish with [`NatsPubSub::publish`]; messages received go to
 /// the `deliver` callback given to [`NatsPubSub::start`].
@@ -42,13 +42,15 @@ impl NatsPubSub {
         });
         Ok(NatsPubSub { queue, connected })
     }
+}
 
+impl PubSub for NatsPubSub {
     /// Queues a payload for publishing (never blocks).
-    pub fn publish(&self, payload: String) {
+    fn publish(&self, payload: String) {
         self.queue.push(payload);
     }
 
-    pub fn is_connected(&self) -> bool {
+    fn is_connected(&self) -> bool {
         self.connected.load(Ordering::Acquire)
     }
 }

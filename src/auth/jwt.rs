@@ -10,7 +10,7 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
-use crate::handshake::RequestHead;
+use crate::http::RequestHead;
 
 pub const SUBPROTOCOL_PREFIX: &str = "anycable-token.";
 

@@ -32,9 +32,9 @@ use base64::Engine;
 use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
 
-use crate::broadcast::{self, BroadcastMessage};
-use crate::history::{Entry, HistoryConfig, HistoryError};
-use crate::pubsub::{PublishQueue, Queued};
+use crate::broker::history::{Entry, HistoryConfig, HistoryError};
+use crate::protocol::broadcast::{self, BroadcastMessage};
+use crate::pubsub::{PubSub, PublishQueue, Queued};
 
 /// The JetStream stream that keeps the history.
 pub const STREAM: &str = "anycable_history";
@@ -251,7 +251,7 @@ fn session_key(sid: &str) -> String {
 }
 
 impl StoredSessions {
-    pub async fn put(&self, sid: &str, session: &crate::session_cache::CachedSession) {
+    pub async fn put(&self, sid: &str, session: &crate::broker::sessions::CachedSession) {
         let Ok(json) = serde_json::to_vec(session) else {
             return;
         };
@@ -261,7 +261,7 @@ impl StoredSessions {
     }
 
     /// The session stored under `sid`, taken (a sid restores once).
-    pub async fn take(&self, sid: &str) -> Option<crate::session_cache::CachedSession> {
+    pub async fn take(&self, sid: &str) -> Option<crate::broker::sessions::CachedSession> {
         let bytes = match self.kv.get(session_key(sid)).await {
             Ok(Some(bytes)) => bytes,
             Ok(None) => return None,
@@ -342,7 +342,7 @@ impl NatsBroker {
         stored: StoredSink,
         ready: impl FnOnce(Arc<StoredHistory>, Option<Arc<StoredSessions>>) + Send + 'static,
     ) -> Result<Self, String> {
-        let (addrs, label) = crate::nats::server_addrs(servers)?;
+        let (addrs, label) = crate::pubsub::nats::server_addrs(servers)?;
         let connected = Arc::new(AtomicBool::new(false));
         let stored_queue = Arc::new(PublishQueue::<Stored>::new("NATS JetStream"));
         let core = Arc::new(PublishQueue::<String>::new("NATS"));
@@ -357,10 +357,11 @@ impl NatsBroker {
         // the setup takes (a second back for clocks that differ a little).
         let booted = time::OffsetDateTime::now_utc() - Duration::from_secs(1);
         tokio::spawn(async move {
-            let Some(client) = crate::nats::connect(addrs, &label, connected.clone()).await else {
+            let Some(client) = crate::pubsub::nats::connect(addrs, &label, connected.clone()).await
+            else {
                 return;
             };
-            tokio::spawn(crate::nats::run_core(
+            tokio::spawn(crate::pubsub::nats::run_core(
                 client.clone(),
                 subject,
                 core,
@@ -406,10 +407,12 @@ impl NatsBroker {
         });
         Ok(broker)
     }
+}
 
+impl PubSub for NatsBroker {
     /// Queues an AnyCable payload: its non-transient stream messages are stored (and
     /// delivered from the store), everything else goes over the core subject.
-    pub fn publish(&self, payload: String) {
+    fn publish(&self, payload: String) {
         let Ok(messages) = broadcast::parse(&payload) else {
             // Checked before it got here; a bad one would be refused by every node.
             self.core.push(payload);
@@ -436,7 +439,7 @@ impl NatsBroker {
         }
     }
 
-    pub fn is_connected(&self) -> bool {
+    fn is_connected(&self) -> bool {
         self.connected.load(Ordering::Acquire) && self.history.get().is_some()
     }
 }
@@ -575,7 +578,7 @@ async fn publish_loop(
                 paused_until = None;
             }
             (at, item) = queue.next(), if acks.len() < IN_FLIGHT && paused_until.is_none() => {
-                crate::nats::wait_for(&link).await;
+                crate::pubsub::nats::wait_for(&link).await;
                 if at.elapsed() > crate::pubsub::MAX_QUEUED_AGE {
                     queue.retry(at, item); // expired: next() drops and counts it
                     continue;

@@ -17,7 +17,7 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::session_cache::{CachedSession, CachedSubscription};
+use crate::broker::sessions::{CachedSession, CachedSubscription};
 
 /// Why the server ends a connection, as sent in `{"type":"disconnect",…}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,7 +63,7 @@ pub struct Session {
     pub id: u64,
     /// The session id the client sees in its welcome message.
     pub sid: String,
-    /// [`crate::jetstream::exclude_digest`] of `sid`, made the first time a broadcast
+    /// [`crate::broker::jetstream::exclude_digest`] of `sid`, made the first time a broadcast
     /// excludes by digest.
     sid_digest: std::sync::OnceLock<Box<str>>,
     outbox: Mutex<VecDeque<Outbound>>,
@@ -131,7 +131,7 @@ struct Held {
     /// frame at or below it was in the replay (JetStream's consumer can lag its direct
     /// reads). The first live frame above it ends the entry (they come in offset
     /// order); so does the consumer's delivering past it
-    /// ([`crate::jetstream::consumed`]).
+    /// ([`crate::broker::jetstream::consumed`]).
     replayed: Vec<(String, Arc<str>, u64)>,
     /// Restored subscriptions held until the client's `history` for them (see
     /// [`Session::hold_restored`]); a `history` command claims its identifier.
@@ -201,9 +201,9 @@ impl Session {
     }
 
     /// Whether a broadcast's `exclude_socket` names this session: its sid, or (as the
-    /// NATS broker stores it) its [`crate::jetstream::exclude_digest`].
+    /// NATS broker stores it) its [`crate::broker::jetstream::exclude_digest`].
     pub fn is_excluded_by(&self, exclude_socket: &str) -> bool {
-        use crate::jetstream::{exclude_digest, SID_DIGEST_PREFIX};
+        use crate::broker::jetstream::{exclude_digest, SID_DIGEST_PREFIX};
         if exclude_socket == self.sid {
             return true;
         }
@@ -405,7 +405,7 @@ impl Session {
                 return false;
             }
             let mut held = guard;
-            let consumed = crate::jetstream::consumed();
+            let consumed = crate::broker::jetstream::consumed();
             held.replayed.retain(|(_, _, upto)| *upto > consumed);
             if let (Some(offset), Some(at)) = (
                 offset,
@@ -438,7 +438,7 @@ impl Session {
         for frame in before {
             self.send_frame(frame);
         }
-        let consumed = crate::jetstream::consumed();
+        let consumed = crate::broker::jetstream::consumed();
         let mut reached: Vec<(Arc<str>, u64)> = replayed
             .iter()
             .filter(|(_, o)| lagging_live && **o > consumed)

@@ -1,59 +1,8 @@
-//! What the pub/sub adapters ([`crate::nats`], [`crate::redis`]) have in common: a server
-//! process publishes every broadcast and delivers only what comes back, so each node
-//! delivers each broadcast exactly once; and a bounded queue for the publishes that
-//! wait for the pub/sub server.
+//! The bounded queue of publishes waiting for the pub/sub server (or JetStream).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-
-pub trait PubSub: Send + Sync {
-    /// Queues an AnyCable payload for publishing (never blocks).
-    fn publish(&self, payload: String);
-    /// Whether the link to the pub/sub server is up (for `/health`).
-    fn is_connected(&self) -> bool;
-    /// At shutdown: stop taking publishes from others.
-    fn close(&self) {}
-}
-
-impl PubSub for crate::siblings::SiblingPubSub {
-    fn publish(&self, payload: String) {
-        crate::siblings::SiblingPubSub::publish(self, payload)
-    }
-    fn is_connected(&self) -> bool {
-        true
-    }
-    fn close(&self) {
-        crate::siblings::SiblingPubSub::close(self)
-    }
-}
-
-impl PubSub for crate::nats::NatsPubSub {
-    fn publish(&self, payload: String) {
-        crate::nats::NatsPubSub::publish(self, payload)
-    }
-    fn is_connected(&self) -> bool {
-        crate::nats::NatsPubSub::is_connected(self)
-    }
-}
-
-impl PubSub for crate::jetstream::NatsBroker {
-    fn publish(&self, payload: String) {
-        crate::jetstream::NatsBroker::publish(self, payload)
-    }
-    fn is_connected(&self) -> bool {
-        crate::jetstream::NatsBroker::is_connected(self)
-    }
-}
-
-impl PubSub for crate::redis::RedisPubSub {
-    fn publish(&self, payload: String) {
-        crate::redis::RedisPubSub::publish(self, payload)
-    }
-    fn is_connected(&self) -> bool {
-        crate::redis::RedisPubSub::is_connected(self)
-    }
-}
 
 /// Publishes waiting for the pub/sub server, bounded: while it is unreachable they
 /// queue here (not without end: +50 MiB for 500 × 100 KiB before), at most

@@ -1,92 +1,14 @@
-//! The HTTP side of a connection: parse a request head, answer `/health`, check an
-//! upgrade request (method, headers, Origin, subprotocol) and write the `101` reply.
+//! The WebSocket upgrade: check a request (method, headers, Origin, subprotocol) and
+//! write the `101` reply, or the plain response that refuses it.
 //!
-//! Both entry points share it: sockets accepted on the server's own port, whose head we
-//! read here, and sockets handed over by Rack hijack, whose head Puma already parsed.
+//! Both entry points share it: sockets accepted on the server's own port, whose head the
+//! server reads, and sockets handed over by Rack hijack, whose head Puma already parsed.
 
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
-use crate::config::ServerConfig;
+use super::head::RequestHead;
+use super::origin::OriginPolicy;
 use crate::protocol::SUBPROTOCOLS;
-
-/// A parsed HTTP request head. Header names are lower-case.
-#[derive(Debug, Clone, Default)]
-pub struct RequestHead {
-    pub method: String,
-    /// Path with query string, as sent.
-    pub target: String,
-    pub headers: Vec<(String, String)>,
-    /// The connection itself came over TLS (Puma's `HTTPS`/`rack.url_scheme`).
-    pub tls: bool,
-}
-
-impl RequestHead {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    pub fn path(&self) -> &str {
-        self.target.split('?').next().unwrap_or("")
-    }
-
-    /// Rack's `Request#ssl?`: TLS on this connection, else what a proxy says
-    /// (`X-Forwarded-Ssl: on`, `X-Forwarded-Scheme`, the first `X-Forwarded-Proto`).
-    pub fn https(&self) -> bool {
-        if self.tls || self.header("x-forwarded-ssl") == Some("on") {
-            return true;
-        }
-        let allowed = |s: &str| ["https", "http", "wss", "ws"].contains(&s);
-        let scheme = self
-            .header("x-forwarded-scheme")
-            .filter(|s| allowed(s))
-            .or_else(|| {
-                self.header("x-forwarded-proto")
-                    .map(|p| p.split(',').next().unwrap_or(""))
-                    .filter(|s| allowed(s))
-            });
-        matches!(scheme, Some("https" | "wss"))
-    }
-
-    fn header_has_token(&self, name: &str, token: &str) -> bool {
-        self.headers
-            .iter()
-            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
-            .flat_map(|(_, v)| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case(token))
-    }
-}
-
-/// Parses a request head from `buf`: `Ok(None)` while incomplete, else the head and
-/// how many bytes it took.
-pub fn parse_head(buf: &[u8]) -> Result<Option<(RequestHead, usize)>, String> {
-    let mut headers = [httparse::EMPTY_HEADER; 64];
-    let mut req = httparse::Request::new(&mut headers);
-    match req.parse(buf) {
-        Ok(httparse::Status::Partial) => Ok(None),
-        Ok(httparse::Status::Complete(len)) => {
-            let head = RequestHead {
-                method: req.method.unwrap_or("").to_string(),
-                target: req.path.unwrap_or("").to_string(),
-                headers: req
-                    .headers
-                    .iter()
-                    .map(|h| {
-                        (
-                            h.name.to_ascii_lowercase(),
-                            String::from_utf8_lossy(h.value).into_owned(),
-                        )
-                    })
-                    .collect(),
-                tls: false,
-            };
-            Ok(Some((head, len)))
-        }
-        Err(e) => Err(e.to_string()),
-    }
-}
 
 /// An accepted upgrade: what goes into the `101` reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,7 +34,7 @@ impl Refusal {
 }
 
 /// Checks a WebSocket upgrade request against RFC 6455 and the origin policy.
-pub fn check_upgrade(head: &RequestHead, config: &ServerConfig) -> Result<Upgrade, Refusal> {
+pub fn check_upgrade(head: &RequestHead, origins: &OriginPolicy) -> Result<Upgrade, Refusal> {
     if head.method != "GET" {
         return Err(Refusal::new(405, "WebSocket upgrade needs GET"));
     }
@@ -127,10 +49,7 @@ pub fn check_upgrade(head: &RequestHead, config: &ServerConfig) -> Result<Upgrad
         .map(str::trim)
         .filter(|k| !k.is_empty())
         .ok_or_else(|| Refusal::new(400, "missing Sec-WebSocket-Key"))?;
-    if !config
-        .origins
-        .allows(head.header("origin"), head.header("host"), head.https())
-    {
+    if !origins.allows(head.header("origin"), head.header("host"), head.https()) {
         return Err(Refusal::new(
             403,
             format!(
@@ -214,24 +133,13 @@ mod tests {
     }
 
     #[test]
-    fn parses_a_head_in_pieces() {
-        let raw = b"GET /cable?x=1 HTTP/1.1\r\nHost: a\r\nX-Request-ID: r1\r\n\r\nrest";
-        assert_eq!(parse_head(&raw[..10]).unwrap().map(|h| h.1), None);
-        let (h, len) = parse_head(raw).unwrap().unwrap();
-        assert_eq!(len, raw.len() - 4);
-        assert_eq!(h.path(), "/cable");
-        assert_eq!(h.header("X-Request-Id"), Some("r1"));
-        assert!(parse_head(b"\x00\x01 nonsense\r\n\r\n").is_err());
-    }
-
-    #[test]
     fn accepts_upgrade_with_rfc_accept_key_and_protocol() {
         let up = check_upgrade(
             &head(&[(
                 "sec-websocket-protocol",
                 "actioncable-v1-json, actioncable-unsupported",
             )]),
-            &ServerConfig::default(),
+            &OriginPolicy::any(),
         )
         .unwrap();
         assert_eq!(up.accept_key, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
@@ -239,7 +147,7 @@ mod tests {
         let protocol = |offer: &str| {
             check_upgrade(
                 &head(&[("sec-websocket-protocol", offer)]),
-                &ServerConfig::default(),
+                &OriginPolicy::any(),
             )
             .unwrap()
             .protocol
@@ -258,7 +166,7 @@ mod tests {
             Some("actioncable-v1-json")
         );
         assert_eq!(
-            check_upgrade(&head(&[]), &ServerConfig::default())
+            check_upgrade(&head(&[]), &OriginPolicy::any())
                 .unwrap()
                 .protocol,
             None
@@ -267,7 +175,7 @@ mod tests {
 
     #[test]
     fn refuses_bad_requests() {
-        let config = ServerConfig::default();
+        let config = OriginPolicy::any();
         let mut h = head(&[]);
         h.method = "POST".into();
         assert_eq!(check_upgrade(&h, &config).unwrap_err().status, 405);
@@ -278,13 +186,10 @@ mod tests {
 
     #[test]
     fn refuses_a_disallowed_origin_with_403() {
-        use crate::origin::{OriginPolicy, OriginRule};
-        let config = ServerConfig {
-            origins: OriginPolicy {
-                same_as_host: true,
-                rules: vec![OriginRule::Exact("https://good.test".into())],
-                ..Default::default()
-            },
+        use crate::http::origin::OriginRule;
+        let config = OriginPolicy {
+            same_as_host: true,
+            rules: vec![OriginRule::Exact("https://good.test".into())],
             ..Default::default()
         };
         let refused =

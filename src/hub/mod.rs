@@ -6,12 +6,14 @@
 //! coder) are registered as callbacks: the hub hands the payload to the [`CallbackSink`]
 //! given at construction, and never encodes a frame for them.
 
+pub mod presence;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use parking_lot::RwLock;
 
-use crate::presence::{Presence, PresenceEvent};
+use crate::hub::presence::{Presence, PresenceEvent};
 use crate::protocol;
 use crate::session::SessionRef;
 
@@ -231,7 +233,7 @@ impl Hub {
 
     /// Delivers `data` (the broadcast payload, JSON) to every subscriber of `stream`,
     /// except the session `exclude_sid` names (its sid, or its digest: see
-    /// [`Session::is_excluded_by`]).
+    /// [`crate::Session::is_excluded_by`]).
     pub fn broadcast(&self, stream: &str, data: &str, exclude_sid: Option<&str>) -> Delivery {
         self.broadcast_at(stream, data, exclude_sid, None)
     }
@@ -319,7 +321,7 @@ mod tests {
         assert_eq!(frames(&mut rb), vec![r#"{"identifier":"B","message":2}"#]);
         frames(&mut ra);
         // As the NATS broker stores it: by the sid's digest.
-        let digest = crate::jetstream::exclude_digest("b");
+        let digest = crate::broker::jetstream::exclude_digest("b");
         assert_eq!(hub.broadcast("room", "3", Some(&digest)).sessions, 1);
         assert!(frames(&mut rb).is_empty());
         assert_eq!(frames(&mut ra).len(), 1);

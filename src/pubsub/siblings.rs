@@ -19,7 +19,7 @@ use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 
-use crate::pubsub::PublishQueue;
+use crate::pubsub::{PubSub, PublishQueue};
 
 /// Frames past this are refused (a broadcast is bounded by the clients' pending-bytes
 /// cap long before).
@@ -86,21 +86,27 @@ impl SiblingPubSub {
         Ok(SiblingPubSub { shared })
     }
 
+    /// How many other workers this one sends to.
+    pub fn peer_count(&self) -> usize {
+        self.shared.peer_queues().len()
+    }
+}
+
+impl PubSub for SiblingPubSub {
     /// Delivers here, and queues the payload for every other worker (never blocks).
-    pub fn publish(&self, payload: String) {
+    fn publish(&self, payload: String) {
         (self.shared.deliver)(&payload);
         for queue in self.shared.peer_queues() {
             queue.push(payload.clone());
         }
     }
 
-    /// How many other workers this one sends to.
-    pub fn peer_count(&self) -> usize {
-        self.shared.peer_queues().len()
+    fn is_connected(&self) -> bool {
+        true
     }
 
     /// Removes this worker's socket, so the others stop sending at once.
-    pub fn close(&self) {
+    fn close(&self) {
         let _ = std::fs::remove_file(&self.shared.own);
     }
 }

@@ -5,16 +5,25 @@
 //! (`AnyCableRs::BroadcastEndpoint`) because Puma owns that port's HTTP.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::broadcast;
-use crate::controller::Controller;
-use crate::handshake::{self, RequestHead};
+use super::handshake;
+use super::head::RequestHead;
 use crate::metrics::COUNTERS;
-use crate::server::{BroadcastError, Inner};
+use crate::protocol::broadcast::BroadcastError;
+
+/// What the endpoints ask of the server, and nothing more.
+pub(crate) trait EndpointHandle {
+    /// Why `/health` should answer 503 (shutting down, the pub/sub away), if it should.
+    fn unhealthy(&self) -> Option<String>;
+    /// The bearer token `/_broadcast` requires, if one is set.
+    fn broadcast_key(&self) -> Option<&str>;
+    /// Takes a broadcast payload: checks it, then publishes it to every node (or
+    /// applies it here without a pub/sub). Returns how many messages it held.
+    fn take_broadcast(&self, payload: String) -> Result<usize, BroadcastError>;
+}
 
 /// Largest broadcast request body accepted.
 pub const MAX_BROADCAST_BODY: usize = 1024 * 1024;
@@ -26,21 +35,17 @@ async fn reply(stream: &mut TcpStream, status: u16, text: &str) {
 }
 
 /// 200, or 503 while shutting down or while the health probe reports a reason.
-pub(crate) async fn serve_health<C: Controller>(inner: &Inner<C>, stream: &mut TcpStream) {
-    let degraded = inner.health.read().as_ref().and_then(|probe| probe());
-    if inner.shutting_down.load(Ordering::Acquire) {
-        reply(stream, 503, "Shutting down").await;
-    } else if let Some(reason) = degraded {
-        reply(stream, 503, &reason).await;
-    } else {
-        reply(stream, 200, "Success").await;
+pub(crate) async fn serve_health(server: &impl EndpointHandle, stream: &mut TcpStream) {
+    match server.unhealthy() {
+        Some(reason) => reply(stream, 503, &reason).await,
+        None => reply(stream, 200, "Success").await,
     }
 }
 
 /// `POST /_broadcast`: 201, 401 (bad key; or no key configured and the request is not
 /// from this machine), 413 (too large), 422 (bad payload).
-pub(crate) async fn serve_broadcast<C: Controller>(
-    inner: &Inner<C>,
+pub(crate) async fn serve_broadcast(
+    server: &impl EndpointHandle,
     stream: &mut TcpStream,
     head: &RequestHead,
     body_start: Vec<u8>,
@@ -49,7 +54,7 @@ pub(crate) async fn serve_broadcast<C: Controller>(
     if head.method != "POST" {
         return reply(stream, 405, "POST only").await;
     }
-    match &inner.config.broadcast_key {
+    match server.broadcast_key() {
         Some(key) => {
             let given = head
                 .header("authorization")
@@ -82,16 +87,10 @@ pub(crate) async fn serve_broadcast<C: Controller>(
             return reply(stream, status, text).await;
         }
     };
-    let text = String::from_utf8_lossy(&body);
-    let relay = inner.relay.read().clone();
-    let result = match relay {
-        Some(relay) => broadcast::parse(&text)
-            .map_err(BroadcastError::Malformed)
-            .and_then(|messages| inner.check_sizes(&messages).map(|_| messages.len()))
-            .inspect(|_| relay(text.into_owned())),
-        None => inner.apply_broadcast(&text),
-    }
-    .map(|n| COUNTERS.publications.inc_by(n as u64));
+    let text = String::from_utf8_lossy(&body).into_owned();
+    let result = server
+        .take_broadcast(text)
+        .map(|n| COUNTERS.publications.inc_by(n as u64));
     match result {
         Ok(()) => reply(stream, 201, "").await,
         Err(e) => {

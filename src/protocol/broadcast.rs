@@ -151,6 +151,39 @@ fn parse_one(text: &str) -> Result<BroadcastMessage, String> {
     })
 }
 
+/// Why a broadcast was refused where it entered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BroadcastError {
+    /// Not an AnyCable payload; says what is wrong.
+    Malformed(String),
+    /// Its data could never be delivered: every subscriber would be disconnected as
+    /// `too_slow` instead (the frame is over `max_pending_bytes`).
+    TooLarge { size: usize, limit: usize },
+}
+
+impl BroadcastError {
+    /// The HTTP status for it.
+    pub fn status(&self) -> u16 {
+        match self {
+            BroadcastError::Malformed(_) => 422,
+            BroadcastError::TooLarge { .. } => 413,
+        }
+    }
+}
+
+impl std::fmt::Display for BroadcastError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BroadcastError::Malformed(e) => f.write_str(e),
+            BroadcastError::TooLarge { size, limit } => write!(
+                f,
+                "broadcast data of {size} bytes is over the {limit}-byte limit \
+                 (ANYCABLE_MAX_PENDING_BYTES less 4 KiB): no client could receive it"
+            ),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

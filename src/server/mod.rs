@@ -1,10 +1,11 @@
 //! The WebSocket server: its lifecycle (start, listen, shutdown), accepting sockets
 //! (on its own port, or handed over by Rack hijack) and upgrading them, and applying
-//! broadcasts. Each upgraded socket gets a task of its own ([`crate::connection`]).
+//! broadcasts. Each upgraded socket gets a task of its own (`connection.rs`).
 //!
-//! Not here: the wire format ([`crate::protocol`]), HTTP parsing
-//! ([`crate::handshake`]), the plain HTTP endpoints ([`crate::endpoints`]), who
-//! listens to what ([`crate::hub`]).
+//! Not here: the wire format ([`crate::protocol`]), HTTP parsing and the plain
+//! endpoints ([`crate::http`]), who listens to what ([`crate::hub`]).
+
+mod connection;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -21,54 +22,22 @@ use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 
-use crate::broadcast::{self, BroadcastMessage};
+use crate::broker::history::History;
+use crate::broker::jetstream::{StoredHistory, StoredSessions};
+use crate::broker::sessions::SessionCache;
 use crate::config::BrokerKind;
 use crate::config::ServerConfig;
 use crate::controller::Controller;
-use crate::endpoints;
-use crate::handshake::{self, RequestHead};
-use crate::history::History;
+use crate::http::endpoints::{self, EndpointHandle};
+use crate::http::handshake;
+use crate::http::RequestHead;
 use crate::hub::{Delivery, Hub};
-use crate::jetstream::{StoredHistory, StoredSessions};
 use crate::metrics::{self, MetricsSource, COUNTERS};
 use crate::protocol;
+use crate::protocol::broadcast::{self, BroadcastError, BroadcastMessage};
 use crate::session::{DisconnectReason, SessionRef};
-use crate::session_cache::SessionCache;
 
 const MAX_HEAD_BYTES: usize = 16 * 1024;
-
-/// Why a broadcast was refused where it entered.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BroadcastError {
-    /// Not an AnyCable payload; says what is wrong.
-    Malformed(String),
-    /// Its data could never be delivered: every subscriber would be disconnected as
-    /// `too_slow` instead (the frame is over `max_pending_bytes`).
-    TooLarge { size: usize, limit: usize },
-}
-
-impl BroadcastError {
-    /// The HTTP status for it.
-    pub fn status(&self) -> u16 {
-        match self {
-            BroadcastError::Malformed(_) => 422,
-            BroadcastError::TooLarge { .. } => 413,
-        }
-    }
-}
-
-impl std::fmt::Display for BroadcastError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            BroadcastError::Malformed(e) => f.write_str(e),
-            BroadcastError::TooLarge { size, limit } => write!(
-                f,
-                "broadcast data of {size} bytes is over the {limit}-byte limit \
-                 (ANYCABLE_MAX_PENDING_BYTES less 4 KiB): no client could receive it"
-            ),
-        }
-    }
-}
 
 /// How often the NATS broker's session writer looks for changed sessions.
 const SESSION_WRITE_EVERY: Duration = Duration::from_secs(1);
@@ -583,7 +552,7 @@ impl<C: Controller> Inner<C> {
             };
         let path = head.path();
         if path == self.config.health_path {
-            return endpoints::serve_health(&self, &mut stream).await;
+            return endpoints::serve_health(&*self, &mut stream).await;
         }
         if self.config.metrics_path.as_deref() == Some(path) {
             let _ = stream
@@ -594,7 +563,7 @@ impl<C: Controller> Inner<C> {
         if self.config.broadcast_path.as_deref() == Some(path) {
             let _ = timeout(
                 self.config.handshake_timeout,
-                endpoints::serve_broadcast(&self, &mut stream, &head, rest, peer),
+                endpoints::serve_broadcast(&*self, &mut stream, &head, rest, peer),
             )
             .await;
             return;
@@ -616,7 +585,7 @@ impl<C: Controller> Inner<C> {
         env_token: u64,
     ) {
         let _ = stream.set_nodelay(true);
-        let upgrade = match handshake::check_upgrade(&head, &self.config) {
+        let upgrade = match handshake::check_upgrade(&head, &self.config.origins) {
             Ok(u) => u,
             Err(refusal) => {
                 crate::logging::refused(format_args!(
@@ -673,6 +642,32 @@ impl<C: Controller> Inner<C> {
     }
 }
 
+impl<C: Controller> EndpointHandle for Inner<C> {
+    fn unhealthy(&self) -> Option<String> {
+        if self.shutting_down.load(Ordering::Acquire) {
+            return Some("Shutting down".into());
+        }
+        self.health.read().as_ref().and_then(|probe| probe())
+    }
+
+    fn broadcast_key(&self) -> Option<&str> {
+        self.config.broadcast_key.as_deref()
+    }
+
+    fn take_broadcast(&self, payload: String) -> Result<usize, BroadcastError> {
+        let relay = self.relay.read().clone();
+        match relay {
+            Some(relay) => {
+                let messages = broadcast::parse(&payload).map_err(BroadcastError::Malformed)?;
+                self.check_sizes(&messages)?;
+                relay(payload);
+                Ok(messages.len())
+            }
+            None => self.apply_broadcast(&payload),
+        }
+    }
+}
+
 /// Reads a request head; returns it with whatever bytes followed it (a body's start).
 async fn read_head(stream: &mut TcpStream) -> Result<(RequestHead, Vec<u8>), u16> {
     // Read into a heap buffer: an array here would sit in every connection's future.
@@ -685,7 +680,7 @@ async fn read_head(stream: &mut TcpStream) -> Result<(RequestHead, Vec<u8>), u16
         if n == 0 {
             return Err(400);
         }
-        match handshake::parse_head(&buf) {
+        match crate::http::parse_head(&buf) {
             Ok(Some((head, len))) => return Ok((head, buf.split_off(len))),
             Ok(None) if buf.len() < MAX_HEAD_BYTES => continue,
             Ok(None) => return Err(431),

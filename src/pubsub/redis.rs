@@ -1,5 +1,5 @@
 //! The Redis broadcast adapter: SUBSCRIBE on one channel, PUBLISH to it — the same
-//! exactly-once scheme as [`crate::nats`]. Only these two commands (plus AUTH) are
+//! exactly-once scheme as [`crate::pubsub::nats`]. Only these two commands (plus AUTH) are
 //! spoken, over RESP, so a full Redis client would be dead weight here.
 //!
 //! The subscriber reconnects with backoff (100 ms doubling to 2 s) and logs each state
@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-use crate::pubsub::PublishQueue;
+use crate::pubsub::{PubSub, PublishQueue};
 
 /// Where to connect: `redis://[[user]:password@]host[:port][/db]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -263,12 +263,14 @@ impl RedisPubSub {
         });
         Ok(RedisPubSub { queue, connected })
     }
+}
 
-    pub fn publish(&self, payload: String) {
+impl PubSub for RedisPubSub {
+    fn publish(&self, payload: String) {
         self.queue.push(payload);
     }
 
-    pub fn is_connected(&self) -> bool {
+    fn is_connected(&self) -> bool {
         self.connected.load(Ordering::Acquire)
     }
 }

@@ -22,12 +22,14 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
+use crate::auth::jwt::JwtError;
+use crate::auth::streams::Resolution;
+use crate::broker::history::{Entry, History, HistoryError};
+use crate::broker::jetstream::StoredHistory;
+use crate::broker::sessions::CachedSession;
 use crate::config::BrokerKind;
 use crate::controller::{CommandRequest, ConnectReply, ConnectRequest, Controller};
-use crate::handshake::RequestHead;
-use crate::history::{Entry, History, HistoryError};
-use crate::jetstream::StoredHistory;
-use crate::jwt::JwtError;
+use crate::http::RequestHead;
 use crate::logging::BadInputLog;
 use crate::metrics::COUNTERS;
 use crate::protocol;
@@ -36,8 +38,6 @@ use crate::protocol::{
 };
 use crate::server::Inner;
 use crate::session::{DisconnectReason, Outbound, Outbox, Session, SessionRef};
-use crate::session_cache::CachedSession;
-use crate::streams::Resolution;
 
 /// How long frames queued while a command runs may wait for its end before they are
 /// written anyway (a slow action's transmits and broadcasts go out meanwhile).

@@ -1,0 +1,15 @@
+//! HTTP around the WebSocket: the request head (read on the server's own port or handed
+//! over by Puma), the upgrade and its refusals, the Origin policy, and the plain
+//! endpoints of the own port (`/health`, `POST /_broadcast`).
+//!
+//! Not here: reading a head off a socket and routing it by path ([`crate::server`]),
+//! identifying the client ([`crate::auth`]). Nothing here knows the server: the
+//! endpoints ask it through `endpoints::EndpointHandle`.
+
+pub(crate) mod endpoints;
+pub mod handshake;
+pub mod head;
+pub mod origin;
+
+pub use head::{parse_head, RequestHead};
+pub use origin::{OriginPolicy, OriginRule, RubyRegexp};
