@@ -5,19 +5,10 @@ use std::time::Duration;
 
 use crate::auth::jwt::JwtConfig;
 use crate::auth::streams::StreamsConfig;
-use crate::broker::history::HistoryConfig;
+pub use crate::broker::BrokerKind;
+use crate::broker::HistoryConfig;
 use crate::http::origin::OriginPolicy;
-
-/// AnyCable's brokers (`ANYCABLE_BROKER`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BrokerKind {
-    /// This process keeps the history ([`crate::broker::history::History`]).
-    Memory,
-    /// NATS JetStream keeps it for every node ([`crate::broker::jetstream`]); the process
-    /// delivers stored broadcasts as the extension hands them over
-    /// ([`crate::Server::deliver_stored`]).
-    Nats,
-}
+use crate::pubsub::PubSubConfig;
 
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -71,6 +62,9 @@ pub struct ServerConfig {
     pub jwt: Option<JwtConfig>,
     /// `$pubsub` and Turbo Streams subscriptions verified and served without Ruby.
     pub streams: StreamsConfig,
+    /// The pub/sub between server processes (`ANYCABLE_BROADCAST_ADAPTER`), if any. With
+    /// the NATS broker it must be NATS: the broker's link is built on it.
+    pub pubsub: Option<PubSubConfig>,
     /// Bearer token the broadcast endpoint requires; `None` accepts any request (for
     /// development, as AnyCable does without a key).
     pub broadcast_key: Option<String>,
@@ -101,11 +95,23 @@ impl Default for ServerConfig {
             max_conn_age: Duration::ZERO,
             streams: StreamsConfig::default(),
             jwt: None,
+            pubsub: None,
         }
     }
 }
 
 impl ServerConfig {
+    /// Refuses settings that cannot work together.
+    pub fn check(&self) -> Result<(), String> {
+        if self.broker == BrokerKind::Nats
+            && self.history.is_some()
+            && !matches!(self.pubsub, Some(PubSubConfig::Nats { .. }))
+        {
+            return Err("broker nats keeps the history in NATS JetStream: it needs broadcast_adapter nats (ANYCABLE_BROADCAST_ADAPTER=nats, or ANYCABLE_EMBEDDED_NATS=true)".into());
+        }
+        Ok(())
+    }
+
     /// Frames past this size end the connection (close code 1009): reading them to the
     /// end only to drop them would let a client make us buffer without bound.
     pub fn hard_message_limit(&self) -> usize {

@@ -129,7 +129,7 @@ async fn start_counting(config: ServerConfig) -> ((Server<App>, SocketAddr), Arc
         calls: calls.clone(),
     };
     let server = Server::new(config, app, hub);
-    server.start();
+    server.start().expect("no pub/sub to start");
     let addr = server.listen("127.0.0.1:0".parse().unwrap()).await.unwrap();
     ((server, addr), calls)
 }

@@ -93,7 +93,7 @@ async fn start(config: ServerConfig) -> (Server<TestController>, SocketAddr, Tes
     let hub = Arc::new(Hub::new(None));
     *controller.hub.lock() = Some(hub.clone());
     let server = Server::new(config, controller.clone(), hub);
-    server.start();
+    server.start().expect("no pub/sub to start");
     let addr = server.listen("127.0.0.1:0".parse().unwrap()).await.unwrap();
     (server, addr, controller)
 }

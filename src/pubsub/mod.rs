@@ -29,3 +29,59 @@ pub trait PubSub: Send + Sync {
     /// At shutdown: stop taking publishes from others.
     fn close(&self) {}
 }
+
+/// What a server process subscribes to and publishes through
+/// (`ANYCABLE_BROADCAST_ADAPTER` and its settings, as Ruby passes them).
+#[derive(Clone)]
+pub enum PubSubConfig {
+    Nats {
+        servers: String,
+        subject: String,
+    },
+    Redis {
+        url: String,
+        channel: String,
+    },
+    /// `local`/`http` with several Puma workers: the workers relay among themselves.
+    Siblings {
+        dir: String,
+    },
+}
+
+impl PubSubConfig {
+    pub fn label(&self) -> &'static str {
+        match self {
+            PubSubConfig::Nats { .. } => "nats",
+            PubSubConfig::Redis { .. } => "redis",
+            PubSubConfig::Siblings { .. } => "workers relay",
+        }
+    }
+}
+
+/// Only the adapter: its URLs may hold a password.
+impl std::fmt::Debug for PubSubConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PubSubConfig({})", self.label())
+    }
+}
+
+/// Starts the adapter `config` names; what comes back from it goes to `deliver`. Call
+/// inside the runtime.
+pub fn start(
+    config: &PubSubConfig,
+    deliver: impl Fn(&str) + Send + Sync + 'static,
+) -> Result<std::sync::Arc<dyn PubSub>, String> {
+    use std::sync::Arc;
+    Ok(match config {
+        PubSubConfig::Nats { servers, subject } => {
+            Arc::new(NatsPubSub::start(servers, subject.clone(), deliver)?)
+        }
+        PubSubConfig::Redis { url, channel } => {
+            Arc::new(RedisPubSub::start(url, channel.clone(), deliver)?)
+        }
+        PubSubConfig::Siblings { dir } => Arc::new(
+            SiblingPubSub::start(std::path::Path::new(dir), deliver)
+                .map_err(|e| format!("workers relay in {dir}: {e}"))?,
+        ),
+    })
+}

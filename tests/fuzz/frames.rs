@@ -579,7 +579,7 @@ fn raw_frames_do_not_hurt_the_server() {
     };
     let (server, addr, witness) = rt.block_on(async {
         let server = Server::new(server_config, controller.clone(), Arc::new(Hub::new(None)));
-        server.start();
+        server.start().expect("no pub/sub to start");
         let addr = server.listen("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let witness = client(addr).await.unwrap();
         (server, addr, witness)

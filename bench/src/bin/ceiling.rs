@@ -61,7 +61,7 @@ fn main() {
     rt.block_on(async {
         let hub = Arc::new(Hub::new(None));
         let server = Server::new(ServerConfig::default(), Benchmark { hub: hub.clone() }, hub);
-        server.start();
+        server.start().expect("no pub/sub to start");
         let bound = server.listen(addr.parse().expect("address")).await.unwrap();
         println!("ceiling server on {bound}");
         std::future::pending::<()>().await;

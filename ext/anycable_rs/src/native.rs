@@ -11,16 +11,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anycable_core::broker::jetstream::{NatsBroker, StoredSink};
-use anycable_core::broker::HistoryConfig;
-use anycable_core::config::BrokerKind;
 use anycable_core::http::RequestHead;
 use anycable_core::hub::CallbackSink;
 use anycable_core::metrics::COUNTERS;
-use anycable_core::pubsub::NatsPubSub;
-use anycable_core::pubsub::PubSub;
-use anycable_core::pubsub::RedisPubSub;
-use anycable_core::pubsub::SiblingPubSub;
 use anycable_core::{Hub, Server};
 use magnus::value::ReprValue;
 use magnus::{Error, IntoValue, RHash, Ruby, TryConvert, Value};
@@ -32,21 +25,19 @@ use crate::bridge::{Job, JobQueue, Pop, RubyController};
 use crate::handles::Socket;
 use crate::job::RubyJob;
 use crate::nogvl::without_gvl;
-use crate::settings::{check_origins, PubSubConfig, Settings};
+use crate::settings::{check_origins, Settings};
 
 #[magnus::wrap(class = "AnyCableRs::Native", free_immediately, size)]
 pub struct Native {
     server: Server<RubyController>,
     queue: JobQueue,
     worker_threads: usize,
-    pubsub: Option<PubSubConfig>,
     state: Mutex<State>,
 }
 
 #[derive(Default)]
 struct State {
     runtime: Option<Runtime>,
-    link: Option<Arc<dyn PubSub>>,
     timers: HashMap<u64, JoinHandle<()>>,
 }
 
@@ -72,7 +63,6 @@ impl Native {
         Ok(Native {
             server,
             queue,
-            pubsub: settings.pubsub,
             worker_threads: settings.worker_threads,
             state: Mutex::new(State::default()),
         })
@@ -95,70 +85,8 @@ impl Native {
                 .build()
                 .map_err(|e| runtime_error(ruby, format!("tokio runtime: {e}")))?;
             let _guard = runtime.enter();
-            rb_self.server.start();
+            rb_self.server.start().map_err(|e| runtime_error(ruby, e))?;
             tokio::spawn(rb_self.queue.clone().watch());
-            if let Some(pubsub) = &rb_self.pubsub {
-                let server = rb_self.server.clone();
-                let deliver = move |payload: &str| {
-                    if let Err(e) = server.apply_broadcast(payload) {
-                        log::error!("broadcast from the pub/sub dropped: {e}");
-                    }
-                };
-                let link: Arc<dyn PubSub> = match pubsub {
-                    PubSubConfig::Redis { url, channel } => Arc::new(
-                        RedisPubSub::start(url, channel.clone(), deliver)
-                            .map_err(|e| runtime_error(ruby, e))?,
-                    ),
-                    PubSubConfig::Nats { servers, subject } => match rb_self.nats_broker() {
-                        // The NATS broker: stored broadcasts come from JetStream.
-                        Some(history) => {
-                            let server = rb_self.server.clone();
-                            let stored: StoredSink =
-                                Arc::new(move |stream, data, exclude, epoch, offset| {
-                                    server.deliver_stored(stream, data, exclude, epoch, offset);
-                                });
-                            let server = rb_self.server.clone();
-                            let sessions_ttl = server.config().sessions_ttl;
-                            Arc::new(
-                                NatsBroker::start(
-                                    servers,
-                                    subject.clone(),
-                                    history,
-                                    sessions_ttl,
-                                    deliver,
-                                    stored,
-                                    move |reader, sessions| {
-                                        server.set_stored_history(reader);
-                                        if let Some(sessions) = sessions {
-                                            server.set_stored_sessions(sessions);
-                                        }
-                                    },
-                                )
-                                .map_err(|e| runtime_error(ruby, e))?,
-                            )
-                        }
-                        None => Arc::new(
-                            NatsPubSub::start(servers, subject.clone(), deliver)
-                                .map_err(|e| runtime_error(ruby, e))?,
-                        ),
-                    },
-                    PubSubConfig::Siblings { dir } => Arc::new(
-                        SiblingPubSub::start(std::path::Path::new(dir), deliver).map_err(|e| {
-                            runtime_error(ruby, format!("workers relay in {dir}: {e}"))
-                        })?,
-                    ),
-                };
-                let probe = link.clone();
-                let label = pubsub.label();
-                rb_self.server.set_health_probe(Arc::new(move || {
-                    (!probe.is_connected()).then(|| format!("{label} pub/sub disconnected"))
-                }));
-                let relay = link.clone();
-                rb_self
-                    .server
-                    .set_broadcast_relay(Arc::new(move |payload| relay.publish(payload)));
-                state.link = Some(link);
-            }
             drop(_guard);
             state.runtime = Some(runtime);
         }
@@ -175,14 +103,6 @@ impl Native {
             .map_err(|p| runtime_error(ruby, p))?
             .map_err(|e| runtime_error(ruby, format!("cannot listen on {addr}: {e}")))?;
         Ok(Some(bound.port()))
-    }
-
-    /// The history limits, with `ANYCABLE_BROKER=nats`.
-    fn nats_broker(&self) -> Option<HistoryConfig> {
-        let config = self.server.config();
-        (config.broker == BrokerKind::Nats)
-            .then(|| config.history.clone())
-            .flatten()
     }
 
     pub fn is_started(&self) -> bool {
@@ -354,11 +274,7 @@ impl Native {
     }
 
     fn publish_unchecked(&self, payload: String) -> bool {
-        let Some(link) = self.state.lock().link.clone() else {
-            return false;
-        };
-        link.publish(payload);
-        true
+        self.server.publish(payload)
     }
 
     /// Publishes a raw AnyCable payload (checked first) through the pub/sub.
@@ -428,9 +344,6 @@ impl Native {
             let mut state = rb_self.state.lock();
             for (_, task) in state.timers.drain() {
                 task.abort();
-            }
-            if let Some(link) = &state.link {
-                link.close();
             }
             state.runtime.take()
         };

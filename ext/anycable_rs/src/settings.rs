@@ -9,34 +9,9 @@ use anycable_core::auth::JwtConfig;
 use anycable_core::broker::HistoryConfig;
 use anycable_core::config::BrokerKind;
 use anycable_core::http::{OriginPolicy, OriginRule, RubyRegexp};
+use anycable_core::pubsub::PubSubConfig;
 use anycable_core::ServerConfig;
 use magnus::{Error, RArray, RHash, Ruby, Symbol};
-
-/// What a server process subscribes to, and publishes through.
-pub enum PubSubConfig {
-    Nats {
-        servers: String,
-        subject: String,
-    },
-    Redis {
-        url: String,
-        channel: String,
-    },
-    /// `local`/`http` with several Puma workers: the workers relay among themselves.
-    Siblings {
-        dir: String,
-    },
-}
-
-impl PubSubConfig {
-    pub fn label(&self) -> &'static str {
-        match self {
-            PubSubConfig::Nats { .. } => "nats",
-            PubSubConfig::Redis { .. } => "redis",
-            PubSubConfig::Siblings { .. } => "workers relay",
-        }
-    }
-}
 
 pub struct Settings {
     pub server: ServerConfig,
@@ -45,7 +20,6 @@ pub struct Settings {
     pub worker_threads: usize,
     /// Ruby threads that run jobs (for the metrics).
     pub rpc_pool_size: usize,
-    pub pubsub: Option<PubSubConfig>,
 }
 
 const KEYS: &[&str] = &[
@@ -123,7 +97,7 @@ impl Settings {
                 }),
             }
         };
-        let server = ServerConfig {
+        let mut server = ServerConfig {
             path: opt(ruby, opts, "path")?.unwrap_or(defaults.path),
             health_path: opt(ruby, opts, "health_path")?.unwrap_or(defaults.health_path),
             ping_interval: secs("ping_interval", defaults.ping_interval)?,
@@ -171,6 +145,7 @@ impl Settings {
                 Some(h) => streams_config(ruby, h)?,
                 None => StreamsConfig::default(),
             },
+            pubsub: None,
         };
         let pubsub = match opt::<String>(ruby, opts, "broadcast_adapter")?.as_deref() {
             Some("nats") => Some(PubSubConfig::Nats {
@@ -187,22 +162,14 @@ impl Settings {
                 opt::<String>(ruby, opts, "siblings_dir")?.map(|dir| PubSubConfig::Siblings { dir })
             }
         };
-        if server.broker == BrokerKind::Nats
-            && server.history.is_some()
-            && !matches!(pubsub, Some(PubSubConfig::Nats { .. }))
-        {
-            return Err(arg_error(
-                ruby,
-                "broker nats keeps the history in NATS JetStream: it needs broadcast_adapter nats (ANYCABLE_BROADCAST_ADAPTER=nats, or ANYCABLE_EMBEDDED_NATS=true)",
-            ));
-        }
+        server.pubsub = pubsub;
+        server.check().map_err(|e| arg_error(ruby, e))?;
         Ok(Settings {
             server,
             log_level: opt(ruby, opts, "log_level")?.unwrap_or_else(|| "info".into()),
             queue_size: opt(ruby, opts, "queue_size")?.unwrap_or(1024),
             worker_threads: opt(ruby, opts, "worker_threads")?.unwrap_or(2usize).max(1),
             rpc_pool_size: opt(ruby, opts, "rpc_pool_size")?.unwrap_or(0),
-            pubsub,
         })
     }
 }

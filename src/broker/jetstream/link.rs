@@ -1,0 +1,326 @@
+//! The NATS broker's link: broadcasts stored in JetStream (then delivered from there,
+//! in offset order, by one ordered consumer per process), everything else over the core
+//! NATS subject as with the NATS pub/sub.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer};
+use base64::Engine;
+use futures_util::stream::FuturesUnordered;
+use futures_util::StreamExt;
+
+use super::history::{ensure_stream, CONSUMED};
+use super::sessions::ensure_sessions;
+use super::{
+    body, epoch_of, parse_body, subject_for, StoredHistory, StoredSessions, STREAM, SUBJECT_PREFIX,
+};
+use crate::broker::history::HistoryConfig;
+use crate::protocol::broadcast::{self, BroadcastMessage};
+use crate::pubsub::{PubSub, PublishQueue, Queued};
+
+/// Publishes awaiting their ack at once.
+const IN_FLIGHT: usize = 256;
+
+/// One broadcast waiting to be stored.
+pub struct Stored {
+    subject: String,
+    body: String,
+    /// `Nats-Msg-Id`: a retried publish is stored once.
+    id: String,
+}
+
+impl Queued for Stored {
+    fn size(&self) -> usize {
+        self.subject.len() + self.body.len()
+    }
+}
+
+/// Where the NATS broker delivers what it reads: (stream, data, exclude_socket,
+/// epoch, offset).
+pub type StoredSink = Arc<dyn Fn(&str, &str, Option<&str>, &str, u64) + Send + Sync>;
+
+/// The NATS broker's link: stores broadcasts in JetStream and delivers what is
+/// stored; transient messages and commands go over the core subject.
+pub struct JetStreamLink {
+    stored: Arc<PublishQueue<Stored>>,
+    core: Arc<PublishQueue<String>>,
+    connected: Arc<AtomicBool>,
+    history: Arc<OnceLock<Arc<StoredHistory>>>,
+}
+
+impl JetStreamLink {
+    /// Connects in the background (a NATS server that is down at boot does not stop
+    /// the WebSocket server), makes or updates the JetStream stream, and starts
+    /// delivering. `core_deliver` gets what arrives on the core subject; `stored`
+    /// every stored broadcast; `ready` the history reader once it works. Call inside
+    /// the runtime.
+    pub fn start(
+        servers: &str,
+        subject: String,
+        config: HistoryConfig,
+        sessions_ttl: Duration,
+        core_deliver: impl Fn(&str) + Send + Sync + 'static,
+        stored: StoredSink,
+        ready: impl FnOnce(Arc<StoredHistory>, Option<Arc<StoredSessions>>) + Send + 'static,
+    ) -> Result<Self, String> {
+        let (addrs, label) = crate::pubsub::nats::server_addrs(servers)?;
+        let connected = Arc::new(AtomicBool::new(false));
+        let stored_queue = Arc::new(PublishQueue::<Stored>::new("NATS JetStream"));
+        let core = Arc::new(PublishQueue::<String>::new("NATS"));
+        let history = Arc::new(OnceLock::new());
+        let broker = JetStreamLink {
+            stored: stored_queue.clone(),
+            core: core.clone(),
+            connected: connected.clone(),
+            history: history.clone(),
+        };
+        // Stored broadcasts from now on reach this process's subscribers, however long
+        // the setup takes (a second back for clocks that differ a little).
+        let booted = time::OffsetDateTime::now_utc() - Duration::from_secs(1);
+        tokio::spawn(async move {
+            let Some(client) = crate::pubsub::nats::connect(addrs, &label, connected.clone()).await
+            else {
+                return;
+            };
+            tokio::spawn(crate::pubsub::nats::run_core(
+                client.clone(),
+                subject,
+                core,
+                connected.clone(),
+                core_deliver,
+            ));
+            let js = jetstream::new(client.clone());
+            let (stream, epoch) = loop {
+                match ensure_stream(&js, &config).await {
+                    Ok(found) => break found,
+                    Err(e) => {
+                        log::error!(
+                            "NATS JetStream: {e}; retrying (history and stored broadcasts wait)"
+                        );
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                    }
+                }
+            };
+            log::info!(
+                "NATS broker: JetStream stream {STREAM}, epoch {epoch}, history limit {}, ttl {:?}",
+                config.limit,
+                config.ttl
+            );
+            let reader = Arc::new(StoredHistory {
+                stream: stream.clone(),
+                epoch: parking_lot::RwLock::new(epoch),
+            });
+            let sessions = if sessions_ttl.is_zero() {
+                None
+            } else {
+                match ensure_sessions(&js, sessions_ttl).await {
+                    Ok(sessions) => Some(Arc::new(sessions)),
+                    Err(e) => {
+                        log::error!("NATS JetStream: {e}; sessions are not kept for a restore");
+                        None
+                    }
+                }
+            };
+            let _ = history.set(reader.clone());
+            ready(reader.clone(), sessions);
+            tokio::spawn(publish_loop(js, config, stored_queue, connected));
+            consume(client, reader, booted, stored).await;
+        });
+        Ok(broker)
+    }
+}
+
+impl PubSub for JetStreamLink {
+    /// Queues an AnyCable payload: its non-transient stream messages are stored (and
+    /// delivered from the store), everything else goes over the core subject.
+    fn publish(&self, payload: String) {
+        let Ok(messages) = broadcast::parse(&payload) else {
+            // Checked before it got here; a bad one would be refused by every node.
+            self.core.push(payload);
+            return;
+        };
+        let mut rest = Vec::new();
+        for message in messages {
+            match message {
+                BroadcastMessage::Stream {
+                    stream,
+                    data,
+                    exclude_socket,
+                    transient: false,
+                } => self.stored.push(Stored {
+                    subject: subject_for(&stream),
+                    body: body(&stream, &data, exclude_socket.as_deref()),
+                    id: message_id(),
+                }),
+                other => rest.push(other),
+            }
+        }
+        if !rest.is_empty() {
+            self.core.push(broadcast::to_payload(&rest));
+        }
+    }
+
+    fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Acquire) && self.history.get().is_some()
+    }
+}
+
+/// A random `Nats-Msg-Id`.
+fn message_id() -> String {
+    let mut bytes = [0u8; 12];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Stores what `queue` hands over, in order, up to [`IN_FLIGHT`] awaiting their acks.
+/// One JetStream did not acknowledge (the stream's server away, a timeout) goes back to
+/// the front (same id: stored once even if the first try was) and publishing pauses
+/// for a moment; the queue reports what waited past its age limit as lost.
+async fn publish_loop(
+    js: jetstream::Context,
+    config: HistoryConfig,
+    queue: Arc<PublishQueue<Stored>>,
+    link: Arc<AtomicBool>,
+) {
+    let mut ensured = Instant::now();
+    type Ack = (Instant, Stored, Result<u64, String>);
+    let mut acks: FuturesUnordered<futures_util::future::BoxFuture<'static, Ack>> =
+        FuturesUnordered::new();
+    let mut paused_until: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::select! {
+            Some((at, item, result)) = acks.next(), if !acks.is_empty() => {
+                if let Err(e) = result {
+                    crate::logging::once_a_second(&STORE_FAILED_LOG, |more| {
+                        log::warn!("NATS JetStream: storing a broadcast failed ({e}); it waits and is tried again ({more} more since the last line)");
+                    });
+                    queue.retry(at, item);
+                    paused_until = Some(tokio::time::Instant::now() + RETRY_PAUSE);
+                    // The stream may be gone (deleted, its server's store lost): made
+                    // again (a new epoch, which the consumer notices).
+                    if ensured.elapsed() > ENSURE_EVERY {
+                        ensured = Instant::now();
+                        if let Err(e) = ensure_stream(&js, &config).await {
+                            log::error!("NATS JetStream: {e}");
+                        }
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(paused_until.unwrap_or_else(tokio::time::Instant::now)), if paused_until.is_some() => {
+                paused_until = None;
+            }
+            (at, item) = queue.next(), if acks.len() < IN_FLIGHT && paused_until.is_none() => {
+                crate::pubsub::nats::wait_for(&link).await;
+                if at.elapsed() > crate::pubsub::MAX_QUEUED_AGE {
+                    queue.retry(at, item); // expired: next() drops and counts it
+                    continue;
+                }
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert("Nats-Msg-Id", item.id.as_str());
+                let sent = js
+                    .publish_with_headers(item.subject.clone(), headers, item.body.clone().into())
+                    .await;
+                acks.push(Box::pin(async move {
+                    let result = match sent {
+                        Ok(ack) => ack.await.map(|a| a.sequence).map_err(|e| e.to_string()),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    (at, item, result)
+                }));
+            }
+        }
+    }
+}
+
+static STORE_FAILED_LOG: crate::logging::Throttle = crate::logging::Throttle::new();
+
+/// After failed publishes, the history stream is looked for (and made) at most this
+/// often.
+const ENSURE_EVERY: Duration = Duration::from_secs(5);
+
+/// How long publishing pauses after JetStream did not acknowledge one.
+const RETRY_PAUSE: Duration = Duration::from_millis(250);
+
+/// Delivers every stored broadcast from `start` on, in order, for as long as the
+/// process runs. The ordered consumer follows reconnects; when it fails (missed
+/// heartbeats: its server went away under it) or ends, another goes on after the last
+/// message delivered. A stream made anew (another creation time) gets a new epoch,
+/// and its sequences count again from 1.
+async fn consume(
+    client: async_nats::Client,
+    reader: Arc<StoredHistory>,
+    start: time::OffsetDateTime,
+    sink: StoredSink,
+) {
+    let mut stream = reader.stream.clone();
+    let mut epoch = reader.epoch();
+    let mut last: Option<u64> = None;
+    loop {
+        match stream.info().await.map(|i| epoch_of(i.created)) {
+            Ok(now) if now != epoch => {
+                log::error!(
+                    "NATS JetStream: the history stream {STREAM} was made anew (epoch {epoch} -> {now}): positions clients hold are refused, and its sequences start again"
+                );
+                *reader.epoch.write() = now.clone();
+                epoch = now;
+                last = None;
+                CONSUMED.store(0, Ordering::Release);
+            }
+            Ok(_) => {}
+            Err(e) => log::debug!("NATS JetStream: history stream info: {e}"),
+        }
+        let deliver_policy = match last {
+            Some(seq) => consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: seq + 1,
+            },
+            None => consumer::DeliverPolicy::ByStartTime { start_time: start },
+        };
+        let config = consumer::push::OrderedConfig {
+            deliver_subject: client.new_inbox(),
+            filter_subject: format!("{SUBJECT_PREFIX}>"),
+            deliver_policy,
+            ..Default::default()
+        };
+        let messages = match stream.create_consumer(config).await {
+            Ok(consumer) => consumer.messages().await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        let mut messages = match messages {
+            Ok(m) => m,
+            Err(e) => {
+                log::error!("NATS JetStream: cannot read the history stream ({e}); retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        while let Some(message) = messages.next().await {
+            let message = match message {
+                Ok(m) => m,
+                Err(e) => {
+                    log::warn!("NATS JetStream: the history consumer failed ({e}); starting another after the last message delivered");
+                    break;
+                }
+            };
+            let Ok(info) = message.info() else { continue };
+            let seq = info.stream_sequence;
+            // A consumer the client library rebuilt before anything was delivered
+            // starts from the stream's first message: none of that is live here.
+            if last.is_some_and(|l| seq <= l) || info.published < start {
+                continue;
+            }
+            last = Some(seq);
+            match parse_body(&message.payload) {
+                Some((stream, data, exclude)) => {
+                    sink(&stream, &data, exclude.as_deref(), &epoch, seq)
+                }
+                None => log::warn!(
+                    "NATS JetStream: stored message {seq} is not an AnyCable broadcast; skipped"
+                ),
+            }
+            CONSUMED.store(seq, Ordering::Release);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -1,0 +1,250 @@
+//! Sockets in: the own port's accept loop (its request head read here and routed by
+//! path: `/health`, `/metrics`, `/_broadcast`, the WebSocket path) and sockets handed
+//! over by Rack hijack; both upgraded the same way, then served by
+//! [`Inner::run_session`] (`connection.rs`).
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::time::timeout;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::WebSocketStream;
+
+use super::Inner;
+use crate::controller::Controller;
+use crate::http::endpoints::{self, EndpointHandle};
+use crate::http::{handshake, RequestHead};
+use crate::metrics::COUNTERS;
+use crate::protocol;
+use crate::protocol::broadcast::BroadcastError;
+
+const MAX_HEAD_BYTES: usize = 16 * 1024;
+
+static REFUSED_CONN_LOG: crate::logging::Throttle = crate::logging::Throttle::new();
+
+impl<C: Controller> Inner<C> {
+    /// Binds `addr` and accepts connections on it until shutdown. Returns the bound
+    /// address (useful with port 0). Other processes may bind the same port.
+    pub(super) fn listen(self: &Arc<Self>, addr: SocketAddr) -> std::io::Result<SocketAddr> {
+        // SO_REUSEPORT: every Puma worker listens on the same port and the kernel
+        // spreads connections over them (each worker serves its own sockets).
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.set_reuseport(true)?;
+        socket.bind(addr)?;
+        let listener = socket.listen(1024)?;
+        let local = listener.local_addr()?;
+        let inner = self.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                match listener.accept().await {
+                    Ok((stream, peer)) => {
+                        let inner = inner.clone();
+                        tokio::spawn(async move { inner.serve_tcp(stream, peer).await });
+                    }
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        log::error!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        });
+        self.tasks.lock().push(task);
+        log::info!("WebSocket server listening on {local}");
+        Ok(local)
+    }
+
+    /// Takes over a socket whose request head was already read (Rack hijack) and
+    /// upgrades it. Call inside the runtime.
+    pub(super) fn handoff(
+        self: &Arc<Self>,
+        stream: std::net::TcpStream,
+        head: RequestHead,
+        env_token: u64,
+    ) {
+        let inner = self.clone();
+        tokio::spawn(async move {
+            let peer = stream.peer_addr().ok();
+            let stream = match stream
+                .set_nonblocking(true)
+                .and_then(|_| TcpStream::from_std(stream))
+            {
+                Ok(s) => s,
+                Err(e) => {
+                    log::error!("could not take over hijacked socket: {e}");
+                    inner.controller.handoff_abandoned(env_token);
+                    return;
+                }
+            };
+            inner.upgrade(stream, head, peer, env_token).await;
+        });
+    }
+
+    fn ws_config(&self) -> WebSocketConfig {
+        let limit = self.config.hard_message_limit();
+        WebSocketConfig::default()
+            .read_buffer_size(self.config.read_buffer_size)
+            .write_buffer_size(0)
+            .max_write_buffer_size(self.config.max_pending_bytes * 2)
+            .max_message_size(Some(limit))
+            .max_frame_size(Some(limit))
+    }
+
+    async fn serve_tcp(self: Arc<Self>, mut stream: TcpStream, peer: SocketAddr) {
+        let _ = stream.set_nodelay(true);
+        let (head, rest) =
+            match timeout(self.config.handshake_timeout, read_head(&mut stream)).await {
+                Ok(Ok(read)) => read,
+                Ok(Err(status)) => {
+                    let _ = stream
+                        .write_all(handshake::plain_response(status, "Bad request").as_bytes())
+                        .await;
+                    return;
+                }
+                Err(_) => return,
+            };
+        let path = head.path();
+        if path == self.config.health_path {
+            return endpoints::serve_health(&*self, &mut stream).await;
+        }
+        if self.config.metrics_path.as_deref() == Some(path) {
+            let _ = stream
+                .write_all(handshake::plain_response(200, &self.metrics_text()).as_bytes())
+                .await;
+            return;
+        }
+        if self.config.broadcast_path.as_deref() == Some(path) {
+            let _ = timeout(
+                self.config.handshake_timeout,
+                endpoints::serve_broadcast(&*self, &mut stream, &head, rest, peer),
+            )
+            .await;
+            return;
+        }
+        if path != self.config.path {
+            let _ = stream
+                .write_all(handshake::plain_response(404, "Not found").as_bytes())
+                .await;
+            return;
+        }
+        self.upgrade(stream, head, Some(peer), 0).await;
+    }
+
+    async fn upgrade(
+        self: Arc<Self>,
+        mut stream: TcpStream,
+        head: RequestHead,
+        peer: Option<SocketAddr>,
+        env_token: u64,
+    ) {
+        let _ = stream.set_nodelay(true);
+        let upgrade = match handshake::check_upgrade(&head, &self.config.origins) {
+            Ok(u) => u,
+            Err(refusal) => {
+                crate::logging::refused(format_args!(
+                    "refused WebSocket request {} from {}: {} ({})",
+                    head.path(),
+                    peer.map(|p| p.to_string()).unwrap_or_default(),
+                    refusal.reason,
+                    refusal.status
+                ));
+                let _ = stream
+                    .write_all(
+                        handshake::plain_response(refusal.status, &refusal.reason).as_bytes(),
+                    )
+                    .await;
+                self.controller.handoff_abandoned(env_token);
+                return;
+            }
+        };
+        if self.shutting_down.load(Ordering::Acquire) {
+            let _ = stream
+                .write_all(handshake::plain_response(503, "Shutting down").as_bytes())
+                .await;
+            self.controller.handoff_abandoned(env_token);
+            return;
+        }
+        let open = self.pending_callbacks.load(Ordering::Acquire);
+        if self.config.max_conn > 0 && open >= self.config.max_conn {
+            COUNTERS.refused_conn.inc();
+            crate::logging::once_a_second(&REFUSED_CONN_LOG, |unlogged| {
+                log::warn!(
+                    "refused a WebSocket connection: {open} are open, ANYCABLE_MAX_CONN is {} \
+                     ({unlogged} more refused since the last line)",
+                    self.config.max_conn
+                )
+            });
+            let _ = stream
+                .write_all(handshake::plain_response(503, "Too many connections").as_bytes())
+                .await;
+            self.controller.handoff_abandoned(env_token);
+            return;
+        }
+        if stream
+            .write_all(handshake::switching_protocols(&upgrade).as_bytes())
+            .await
+            .is_err()
+        {
+            self.controller.handoff_abandoned(env_token);
+            return;
+        }
+        let ws =
+            WebSocketStream::from_raw_socket(stream, Role::Server, Some(self.ws_config())).await;
+        let extended = upgrade.protocol == Some(protocol::EXTENDED_PROTOCOL);
+        self.run_session(ws, head, peer, env_token, extended).await;
+    }
+}
+
+impl<C: Controller> EndpointHandle for Inner<C> {
+    fn unhealthy(&self) -> Option<String> {
+        if self.shutting_down.load(Ordering::Acquire) {
+            return Some("Shutting down".into());
+        }
+        self.link_trouble()
+    }
+
+    fn broadcast_key(&self) -> Option<&str> {
+        self.config.broadcast_key.as_deref()
+    }
+
+    fn take_broadcast(&self, payload: String) -> Result<usize, BroadcastError> {
+        match self.link.get() {
+            Some(link) => {
+                let n = self.check_broadcast(&payload)?;
+                link.pubsub.publish(payload);
+                Ok(n)
+            }
+            None => self.apply_broadcast(&payload),
+        }
+    }
+}
+
+/// Reads a request head; returns it with whatever bytes followed it (a body's start).
+async fn read_head(stream: &mut TcpStream) -> Result<(RequestHead, Vec<u8>), u16> {
+    // Read into a heap buffer: an array here would sit in every connection's future.
+    let mut buf = Vec::with_capacity(1024);
+    loop {
+        if buf.capacity() - buf.len() < 512 {
+            buf.reserve(1024);
+        }
+        let n = stream.read_buf(&mut buf).await.map_err(|_| 400u16)?;
+        if n == 0 {
+            return Err(400);
+        }
+        match crate::http::parse_head(&buf) {
+            Ok(Some((head, len))) => return Ok((head, buf.split_off(len))),
+            Ok(None) if buf.len() < MAX_HEAD_BYTES => continue,
+            Ok(None) => return Err(431),
+            Err(_) => return Err(400),
+        }
+    }
+}

@@ -1,0 +1,264 @@
+//! A client frame, routed: the commands the server answers itself (ping, presence,
+//! history, `$pubsub` and Turbo Streams subscriptions, whispers) are served here
+//! without Ruby; the others go to the app through the [`Controller`], its connection
+//! object built first when it was left for later (JWT, restore).
+
+use super::connection::CommandFuture;
+use super::Inner;
+use crate::auth::Resolution;
+use crate::controller::{CommandRequest, ConnectRequest, Controller};
+use crate::logging::BadInputLog;
+use crate::metrics::COUNTERS;
+use crate::protocol;
+use crate::protocol::{ClientCommand, ClientFrame, Command, HistoryRequest, PresenceJoin};
+use crate::session::{Session, SessionRef};
+
+/// What [`Inner::serve_here`] did with a command.
+enum Served<'a> {
+    /// Not a command the server answers: the app's.
+    No,
+    Done,
+    /// Answered; what is left runs as the command in flight.
+    Then(CommandFuture<'a>),
+}
+
+impl<C: Controller> Inner<C> {
+    /// Handles one text frame; returns what is left to run when it is a command that
+    /// waits (the app's, a history replay).
+    pub(super) fn handle_text<'a>(
+        &'a self,
+        session: &SessionRef,
+        text: &str,
+        bad_input: &mut BadInputLog,
+        lazy: &mut Option<ConnectRequest>,
+    ) -> Option<CommandFuture<'a>> {
+        COUNTERS.data_rcvd.inc_by(text.len() as u64);
+        if text.len() > self.config.max_message_size {
+            COUNTERS.failed_client_msg.inc();
+            bad_input.warn(
+                session.log_id(),
+                format_args!(
+                    "message of {} bytes is over the {}-byte limit; ignored",
+                    text.len(),
+                    self.config.max_message_size
+                ),
+            );
+            return None;
+        }
+        let frame = protocol::parse_frame(text);
+        if frame.is_ok() {
+            COUNTERS.client_msg.inc();
+        }
+        let (command, mut history, mut presence) = match frame {
+            Ok(ClientFrame::Command {
+                command,
+                history,
+                presence,
+            }) => (command, history, presence),
+            Ok(ClientFrame::Join {
+                identifier,
+                presence,
+            }) => {
+                self.hub
+                    .presence_join(session, &identifier, &presence.id, presence.info);
+                return None;
+            }
+            Ok(ClientFrame::Leave { identifier }) => {
+                self.hub.presence_leave(session, &identifier);
+                return None;
+            }
+            Ok(ClientFrame::PresenceInfo {
+                identifier,
+                return_records,
+            }) => {
+                self.hub.presence_info(session, &identifier, return_records);
+                return None;
+            }
+            Ok(ClientFrame::Ping) => {
+                session.send_frame(protocol::pong());
+                return None;
+            }
+            Ok(ClientFrame::Pong) => {
+                return None;
+            }
+            Ok(ClientFrame::History {
+                identifier,
+                history,
+            }) => {
+                let session = session.clone();
+                return Some(Box::pin(async move {
+                    self.send_history(&session, &identifier, &history).await;
+                }));
+            }
+            Err(e) => {
+                COUNTERS.failed_client_msg.inc();
+                bad_input.warn(session.log_id(), format_args!("{e}; ignored"));
+                return None;
+            }
+        };
+        match self.serve_here(session, &command, &mut history, &mut presence, bad_input) {
+            Served::No => {}
+            Served::Done => return None,
+            Served::Then(next) => return Some(next),
+        }
+        if history.is_some() {
+            // Before the app's subscribe joins the streams: see `send_history`.
+            session.hold(&command.identifier);
+        }
+        // For what runs after the app's subscribe; most commands need no copy.
+        let after_id =
+            (history.is_some() || presence.is_some()).then(|| command.identifier.clone());
+        let request = CommandRequest {
+            session: session.clone(),
+            command,
+        };
+        let run: CommandFuture<'a> = match lazy.take() {
+            None => Box::pin(self.controller.command(request)),
+            // The first command for the app's code: its connection object first.
+            Some(connect) => {
+                let connected = self.connect_lazily(session.clone(), connect);
+                Box::pin(async move {
+                    if connected.await {
+                        self.controller.command(request).await;
+                    }
+                })
+            }
+        };
+        let Some(id) = after_id else {
+            return Some(run);
+        };
+        // `history` and `presence` on a subscribe run after the app's subscribe, when
+        // it confirmed the subscription.
+        let session = session.clone();
+        Some(Box::pin(async move {
+            run.await;
+            if let Some(history) = history {
+                self.send_history(&session, &id, &history).await;
+            }
+            if let Some(p) = presence {
+                if session.has_subscription(&id) {
+                    self.hub.presence_join(&session, &id, &p.id, p.info);
+                }
+            }
+        }))
+    }
+
+    /// Commands the server answers itself, without Ruby: subscribing to `$pubsub` and
+    /// Turbo Streams (verified names), unsubscribing from those, and whispers. True
+    /// when handled here.
+    fn serve_here<'a>(
+        &'a self,
+        session: &SessionRef,
+        command: &ClientCommand,
+        history: &mut Option<HistoryRequest>,
+        presence: &mut Option<PresenceJoin>,
+        bad_input: &mut BadInputLog,
+    ) -> Served<'a> {
+        let id = &command.identifier;
+        match command.command {
+            Command::Subscribe => match self.config.streams.resolve(id) {
+                Resolution::App => Served::No,
+                Resolution::Stream {
+                    stream,
+                    whisper,
+                    presence: presence_on,
+                } => {
+                    {
+                        let mut subs = session.server_subscriptions.lock();
+                        if subs.contains_key(id) {
+                            drop(subs);
+                            bad_input.warn(
+                                session.log_id(),
+                                format_args!("already subscribed; ignored"),
+                            );
+                            return Served::Done;
+                        }
+                        subs.insert(id.clone(), whisper.then(|| stream.clone()));
+                    }
+                    if history.is_some() {
+                        session.hold(id);
+                    }
+                    if presence_on {
+                        session.presence_to(id, &stream);
+                    }
+                    self.hub.subscribe(session, &stream, id);
+                    session.transmit(protocol::subscription_reply(id, true));
+                    let (history, presence) = (history.take(), presence.take());
+                    if history.is_none() && presence.is_none() {
+                        return Served::Done;
+                    }
+                    // The replay (a JetStream read with the NATS broker) first, then
+                    // the presence join, as after an app's subscribe.
+                    let (session, id) = (session.clone(), id.clone());
+                    Served::Then(Box::pin(async move {
+                        if let Some(history) = history {
+                            self.send_history(&session, &id, &history).await;
+                        }
+                        if let Some(p) = presence {
+                            self.hub.presence_join(&session, &id, &p.id, p.info);
+                        }
+                    }))
+                }
+                Resolution::Reject { why } => {
+                    // The name itself is not logged: it may be a stream a user should
+                    // not learn of from a shared log.
+                    bad_input.warn(
+                        session.log_id(),
+                        format_args!("subscription rejected: {why}"),
+                    );
+                    session.transmit(protocol::subscription_reply(id, false));
+                    Served::Done
+                }
+            },
+            Command::Unsubscribe => {
+                if session.server_subscriptions.lock().remove(id).is_none() {
+                    return Served::No;
+                }
+                self.hub.presence_leave(session, id);
+                session.presence_to(id, "");
+                self.hub.unsubscribe_identifier(session, id);
+                session.drop_held(id);
+                Served::Done
+            }
+            Command::Message => {
+                if !session.server_subscriptions.lock().contains_key(id) {
+                    return Served::No;
+                }
+                bad_input.warn(
+                    session.log_id(),
+                    format_args!("a message to a server-side stream subscription has no action to run; ignored"),
+                );
+                Served::Done
+            }
+            Command::Whisper => {
+                match (session.whisper_stream(id), command.data.as_deref()) {
+                    (Some(stream), Some(data)) => self.whisper(session, &stream, data),
+                    _ => log::debug!(
+                        "session {}: whisper on a subscription without a whisper stream ignored",
+                        session.log_id()
+                    ),
+                }
+                Served::Done
+            }
+        }
+    }
+
+    /// To the stream's other subscribers, on every node (through the pub/sub when
+    /// there is one), never back to the sender's session.
+    fn whisper(&self, session: &Session, stream: &str, data: &str) {
+        match self.link.get() {
+            Some(link) => link.pubsub.publish(
+                serde_json::json!({
+                    "stream": stream,
+                    "data": data,
+                    "meta": {"exclude_socket": session.sid, "transient": true}
+                })
+                .to_string(),
+            ),
+            None => {
+                COUNTERS.broadcast_msg.inc();
+                self.hub.broadcast(stream, data, Some(&session.sid));
+            }
+        }
+    }
+}

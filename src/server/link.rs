@@ -1,0 +1,71 @@
+//! The pub/sub link to other server processes, built here from the config: the NATS
+//! broker's JetStream link with `ANYCABLE_BROKER=nats`, else the adapter
+//! `ANYCABLE_BROADCAST_ADAPTER` names. What comes back from it is applied here; what
+//! enters over HTTP or as a whisper goes out through it, so every node gets it once.
+
+use std::sync::{Arc, Weak};
+
+use super::Inner;
+use crate::broker::jetstream::{JetStreamLink, StoredSink};
+use crate::controller::Controller;
+use crate::pubsub::{self, PubSub, PubSubConfig};
+
+/// A started link and what `/health` calls it.
+pub(super) struct Link {
+    pub(super) pubsub: Arc<dyn PubSub>,
+    pub(super) label: &'static str,
+}
+
+impl<C: Controller> Inner<C> {
+    /// Starts the link the config names (none: this process is alone). The link's
+    /// callbacks hold the server weakly: it owns the link.
+    pub(super) fn start_link(self: &Arc<Self>) -> Result<(), String> {
+        let Some(config) = &self.config.pubsub else {
+            return Ok(());
+        };
+        let weak = Arc::downgrade(self);
+        let deliver = move |payload: &str| {
+            if let Some(inner) = weak.upgrade() {
+                if let Err(e) = inner.apply_broadcast(payload) {
+                    log::error!("broadcast from the pub/sub dropped: {e}");
+                }
+            }
+        };
+        let pubsub: Arc<dyn PubSub> = match (config, self.config.history.as_ref()) {
+            (PubSubConfig::Nats { servers, subject }, Some(history)) if self.broker.is_nats() => {
+                let weak: Weak<Self> = Arc::downgrade(self);
+                let stored: StoredSink = Arc::new(move |stream, data, exclude, epoch, offset| {
+                    if let Some(inner) = weak.upgrade() {
+                        inner.deliver_stored(stream, data, exclude, epoch, offset);
+                    }
+                });
+                let weak: Weak<Self> = Arc::downgrade(self);
+                Arc::new(JetStreamLink::start(
+                    servers,
+                    subject.clone(),
+                    history.clone(),
+                    self.config.sessions_ttl,
+                    deliver,
+                    stored,
+                    move |reader, sessions| {
+                        if let Some(inner) = weak.upgrade() {
+                            inner.broker.nats_ready(reader, sessions);
+                        }
+                    },
+                )?)
+            }
+            (config, _) => pubsub::start(config, deliver)?,
+        };
+        let _ = self.link.set(Link {
+            pubsub,
+            label: config.label(),
+        });
+        Ok(())
+    }
+
+    /// Why the link makes this server unhealthy, if it does.
+    pub(super) fn link_trouble(&self) -> Option<String> {
+        let link = self.link.get()?;
+        (!link.pubsub.is_connected()).then(|| format!("{} pub/sub disconnected", link.label))
+    }
+}
