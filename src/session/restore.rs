@@ -1,0 +1,110 @@
+//! The session as a restore gets it back ([`CachedSession`]), and taking that back
+//! into a new session; what changed since the NATS broker last stored it.
+
+use std::sync::atomic::Ordering;
+
+use super::Session;
+use crate::broker::sessions::{CachedSession, CachedSubscription};
+
+impl Session {
+    /// Something a restore gets back changed (subscriptions, streams, state).
+    pub fn mark_changed(&self) {
+        self.changed.store(true, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_resumable(&self) {
+        self.resumable.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn is_resumable(&self) -> bool {
+        self.resumable.load(Ordering::Acquire)
+    }
+
+    /// Whether it changed since the last call.
+    pub(crate) fn take_changed(&self) -> bool {
+        self.changed.swap(false, Ordering::AcqRel)
+    }
+
+    /// The session as a restore gets it back; `None` when it must not be restored
+    /// (the server or the app closed it).
+    pub fn to_cache(&self, app_connected: bool) -> Option<CachedSession> {
+        if self.final_close.load(Ordering::Acquire) {
+            return None;
+        }
+        let whispers = self.whispers.lock();
+        let mut subscriptions: Vec<CachedSubscription> = self
+            .server_subscriptions
+            .lock()
+            .iter()
+            .map(|(identifier, whisper)| CachedSubscription {
+                identifier: identifier.clone(),
+                streams: Vec::new(),
+                whisper: whisper.clone(),
+                server_side: true,
+                state: Vec::new(),
+                presence: self.presence_stream(identifier),
+            })
+            .collect();
+        subscriptions.extend(
+            self.app_subscriptions
+                .lock()
+                .iter()
+                .filter(|s| s.confirmed && !s.pinned)
+                .map(|s| CachedSubscription {
+                    identifier: s.identifier.to_string(),
+                    streams: Vec::new(),
+                    whisper: whispers.get(s.identifier.as_ref()).cloned(),
+                    server_side: false,
+                    state: self.state_of(&s.identifier),
+                    presence: self.presence_stream(&s.identifier),
+                }),
+        );
+        for (stream, identifier) in self.streams.lock().iter() {
+            if let Some(sub) = subscriptions
+                .iter_mut()
+                .find(|s| s.identifier == identifier.as_ref())
+            {
+                sub.streams.push(stream.to_string());
+            }
+        }
+        Some(CachedSession {
+            identifiers: self.identifiers().map(|v| v.to_string()),
+            subscriptions,
+            state: self.state_of(""),
+            app_connected,
+        })
+    }
+
+    /// Takes back what a cached session had, without the hub (the caller joins the
+    /// streams): subscriptions, whisper streams, identifiers.
+    pub(crate) fn restore_from(&self, cached: &CachedSession) {
+        if let Some(ids) = cached
+            .identifiers
+            .as_deref()
+            .and_then(|ids| serde_json::from_str(ids).ok())
+        {
+            self.set_identifiers(ids);
+        }
+        for sub in &cached.subscriptions {
+            if let Some(stream) = &sub.presence {
+                self.presence_to(&sub.identifier, stream);
+            }
+            if sub.server_side {
+                self.server_subscriptions
+                    .lock()
+                    .insert(sub.identifier.clone(), sub.whisper.clone());
+            } else {
+                self.add_subscription(&sub.identifier);
+                if let Some(stream) = &sub.whisper {
+                    self.whisper_to(&sub.identifier, stream);
+                }
+                for (name, json) in &sub.state {
+                    self.set_state(&sub.identifier, name, json.clone());
+                }
+            }
+        }
+        for (name, json) in &cached.state {
+            self.set_state("", name, json.clone());
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! What a session subscribes to: the app's channel subscriptions (confirmed, or
+//! pinned to Ruby), the server's own (`$pubsub`, Turbo Streams), the whisper and
+//! presence streams of each, and `state_attr_accessor` values.
+
+use std::sync::Arc;
+
+use super::Session;
+
+/// One of the app's channel subscriptions, as the server knows it.
+pub(super) struct AppSubscription {
+    pub(super) identifier: Arc<str>,
+    /// The app confirmed it (its `subscribed` ran and did not reject).
+    pub(super) confirmed: bool,
+    /// It streams through a Ruby block or coder, which the hub does not know: a
+    /// restore leaves it out and the client subscribes again. Set during `subscribed`,
+    /// so possibly before it is confirmed.
+    pub(super) pinned: bool,
+}
+
+impl Session {
+    /// Whispers on subscription `identifier` go to `stream` from now on; an empty
+    /// `stream` stops them (AnyCable's channel-state rule).
+    pub fn whisper_to(&self, identifier: &str, stream: &str) {
+        let mut whispers = self.whispers.lock();
+        if stream.is_empty() {
+            whispers.remove(identifier);
+        } else {
+            whispers.insert(identifier.to_string(), stream.to_string());
+        }
+    }
+
+    /// Stops whispers to `stream` on `identifier` (the stream was stopped).
+    pub fn stop_whisper(&self, identifier: &str, stream: &str) {
+        let mut whispers = self.whispers.lock();
+        if whispers.get(identifier).is_some_and(|s| s == stream) {
+            whispers.remove(identifier);
+        }
+    }
+
+    /// Subscription `identifier`'s presence set is `stream`'s (an empty `stream`: none).
+    pub fn presence_to(&self, identifier: &str, stream: &str) {
+        self.mark_changed();
+        let mut streams = self.presence_streams.lock();
+        streams.retain(|(i, _)| i != identifier);
+        if !stream.is_empty() {
+            streams.push((identifier.to_owned(), stream.to_owned()));
+        }
+    }
+
+    pub fn presence_stream(&self, identifier: &str) -> Option<String> {
+        self.presence_streams
+            .lock()
+            .iter()
+            .find(|(i, _)| i == identifier)
+            .map(|(_, s)| s.clone())
+    }
+
+    /// The stream a whisper on `identifier` goes to, if any.
+    pub fn whisper_stream(&self, identifier: &str) -> Option<String> {
+        if let Some(server_side) = self.server_subscriptions.lock().get(identifier) {
+            return server_side.clone();
+        }
+        self.whispers.lock().get(identifier).cloned()
+    }
+
+    /// The streams subscription `identifier` receives broadcasts from (server-side ones
+    /// and the app's plain `stream_from`), in the order they were added.
+    pub fn streams_of(&self, identifier: &str) -> Vec<Arc<str>> {
+        self.streams
+            .lock()
+            .iter()
+            .filter(|(_, i)| i.as_ref() == identifier)
+            .map(|(s, _)| s.clone())
+            .collect()
+    }
+
+    /// The app confirmed subscription `identifier` (its channel's `subscribed` ran and
+    /// did not reject).
+    pub fn add_subscription(&self, identifier: &str) {
+        self.with_subscription(identifier, |sub| sub.confirmed = true);
+        self.mark_changed();
+    }
+
+    /// The app's subscription `identifier` is gone (or was rejected).
+    pub fn remove_subscription(&self, identifier: &str) {
+        self.mark_changed();
+        self.app_subscriptions
+            .lock()
+            .retain(|s| s.identifier.as_ref() != identifier);
+        if let Some(state) = self.state.lock().as_mut() {
+            state.remove(identifier);
+        }
+    }
+
+    /// Records a `state_attr_accessor` value (JSON text) of subscription `identifier`,
+    /// or of the connection for `""`, for a restore to give back.
+    pub fn set_state(&self, identifier: &str, name: &str, json: String) {
+        self.mark_changed();
+        let mut state = self.state.lock();
+        let values = state
+            .get_or_insert_with(Default::default)
+            .entry(identifier.to_owned())
+            .or_default();
+        match values.iter_mut().find(|(n, _)| n == name) {
+            Some(slot) => slot.1 = json,
+            None => values.push((name.to_owned(), json)),
+        }
+    }
+
+    pub(super) fn state_of(&self, identifier: &str) -> Vec<(String, String)> {
+        self.state
+            .lock()
+            .as_ref()
+            .and_then(|s| s.get(identifier).cloned())
+            .unwrap_or_default()
+    }
+
+    /// Subscription `identifier` streams through Ruby: a restore leaves it out.
+    pub fn pin_subscription(&self, identifier: &str) {
+        self.with_subscription(identifier, |sub| sub.pinned = true);
+    }
+
+    fn with_subscription(&self, identifier: &str, f: impl FnOnce(&mut AppSubscription)) {
+        let mut subs = self.app_subscriptions.lock();
+        let i = match subs
+            .iter()
+            .position(|s| s.identifier.as_ref() == identifier)
+        {
+            Some(i) => i,
+            None => {
+                subs.push(AppSubscription {
+                    identifier: identifier.into(),
+                    confirmed: false,
+                    pinned: false,
+                });
+                subs.len() - 1
+            }
+        };
+        f(&mut subs[i]);
+    }
+
+    /// A subscription this session has: the app's confirmed ones or the server's own.
+    pub fn has_subscription(&self, identifier: &str) -> bool {
+        self.server_subscriptions.lock().contains_key(identifier)
+            || self
+                .app_subscriptions
+                .lock()
+                .iter()
+                .any(|s| s.confirmed && s.identifier.as_ref() == identifier)
+    }
+}
