@@ -1,5 +1,8 @@
 //! Settings of the WebSocket server. Reading them from env and `config/anycable.yml`
-//! is the Ruby side's job (one place, `AnyCableRs::Config`); this struct only holds them.
+//! is the Ruby side's job (one place, `AnyCableRs::Config`, which owns every name and
+//! default); this struct only holds them. The defaults below are for the core's own
+//! use (`cargo test`, the bench ceiling) and the internal sizes that are no setting;
+//! the extension fills in every setting from Ruby.
 
 use std::time::Duration;
 
@@ -68,6 +71,17 @@ pub struct ServerConfig {
     /// Bearer token the broadcast endpoint requires; `None` accepts any request (for
     /// development, as AnyCable does without a key).
     pub broadcast_key: Option<String>,
+}
+
+/// The defaults of `ANYCABLE_HISTORY_LIMIT`, `_TTL` and `_MAX_BYTES`, as Ruby's.
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        HistoryConfig {
+            limit: 100,
+            ttl: Duration::from_secs(300),
+            max_bytes: 64 * 1024 * 1024,
+        }
+    }
 }
 
 impl Default for ServerConfig {

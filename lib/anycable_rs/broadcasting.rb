@@ -72,13 +72,11 @@ module AnyCableRs
 
     # A broadcast whose frame would not fit in a client's pending-bytes cap can reach
     # no one (every subscriber would be dropped as too_slow): refused where it enters,
-    # in every process. The Rust side holds servers to the same limit.
+    # in every process, by the server's own rule.
     def check_size!(data, config)
-      limit = config.max_pending_bytes - 4096
-      return if data.bytesize <= limit
-
-      raise ArgumentError, "anycable-rs: broadcast data of #{data.bytesize} bytes is over the #{limit}-byte limit " \
-        "(ANYCABLE_MAX_PENDING_BYTES less 4 KiB): no client could receive it"
+      Native.check_broadcast_size(data.bytesize, config.max_pending_bytes)
+    rescue ArgumentError => e
+      raise ArgumentError, "anycable-rs: #{e.message}"
     end
 
     def serving?
@@ -302,36 +300,24 @@ module AnyCableRs
       @app = app
     end
 
+    # AnyCable's POST /_broadcast on Puma's port. The rules (the key, methods, sizes,
+    # statuses) are the server's, one implementation for both ports
+    # (anycable-core's http::endpoints): this only hands it the request. Without a key
+    # it is not served, and the app answers (404).
     def call(env)
       Broadcasting.web_process!
       config = AnyCableRs.config
       return @app.call(env) unless config.embedded && env["PATH_INFO"] == config.broadcast_path
 
-      # Secure by default: without a key (ANYCABLE_BROADCAST_KEY or ANYCABLE_SECRET)
-      # anyone reaching the app could broadcast, so the endpoint is not there (the boot
-      # log says how to turn it on).
-      key = config.effective_broadcast_key
-      return @app.call(env) unless key
-      return text(405, "POST only") unless env["REQUEST_METHOD"] == "POST"
+      native = AnyCableRs.runtime.native
+      return @app.call(env) unless native.serves_broadcasts?
 
-      unless Rack::Utils.secure_compare(env["HTTP_AUTHORIZATION"].to_s, "Bearer #{key}")
-        AnyCableRs.logger.warn "anycable-rs: broadcast request refused: bad or missing key"
-        return text(401, "Unauthorized")
-      end
-      body = env["rack.input"].read(1024 * 1024 + 1).to_s
-      return text(413, "Payload too large") if body.bytesize > 1024 * 1024
-
-      Broadcasting.deliver(body)
-      text(201, "")
-    rescue ArgumentError => e
-      AnyCableRs.logger.warn "anycable-rs: broadcast request refused: #{e.message}"
-      text(422, e.message)
-    end
-
-    private
-
-    def text(status, body)
-      [status, {"Content-Type" => "text/plain"}, [body]]
+      # Taken through the pub/sub when there is one: the server must run here.
+      AnyCableRs.runtime.start!
+      body = env["rack.input"].read(Native::MAX_BROADCAST_BODY + 1).to_s
+      status, text = native.broadcast_request(env["REQUEST_METHOD"], env["HTTP_AUTHORIZATION"], body,
+        env["REMOTE_ADDR"].to_s)
+      [status, {"Content-Type" => "text/plain"}, [text]]
     end
   end
 end

@@ -132,13 +132,13 @@ module AnyCableRs
       end
     end
 
-    # POST /_broadcast is served on Puma's port only with a key: say so once at boot, in
-    # the web server (not in consoles, job runners or scripts).
+    # POST /_broadcast is served only with a key: say so once at boot, in the web server
+    # (not in consoles, job runners or scripts).
     def announce_broadcast_endpoint
       config = AnyCableRs.config
       return if config.effective_broadcast_key
 
-      own = config.port ? " (on its own port #{config.port} the server still takes it from loopback only)" : ""
+      own = config.port ? " nor on the own port #{config.port}" : ""
       AnyCableRs.logger.warn "anycable-rs: POST #{config.broadcast_path} (AnyCable's HTTP broadcast) is not served " \
         "on the app's port#{own}: no ANYCABLE_BROADCAST_KEY or ANYCABLE_SECRET is set. To take HTTP broadcasts, " \
         "set one; publishers then send `Authorization: Bearer <key>` (the key defaults to " \

@@ -26,6 +26,20 @@ RSpec.describe "Broadcasting in AnyCable's format (real Puma)", type: :cable do
     expect(message_for(c, id)).to eq(2)
   end
 
+  it "answers the same on both ports: one implementation (405, 413, 422)" do
+    own = Integer(puma.env["ANYCABLE_PORT"])
+    auth = {"Authorization" => "Bearer #{key}"}
+    big = JSON.generate(stream: "all", data: "x" * (1024 * 1024 + 1))
+    [puma.port, own].each do |port|
+      http = Net::HTTP.new("127.0.0.1", port)
+      expect(http.request(Net::HTTP::Get.new("/_broadcast", auth)).code).to eq("405"), "port #{port}"
+      res = http.request(Net::HTTP::Post.new("/_broadcast", auth), big)
+      expect(res.code).to eq("413"), "port #{port}"
+      res = http.request(Net::HTTP::Post.new("/_broadcast", auth), JSON.generate(stream: "all"))
+      expect([res.code, res.body]).to match(["422", /data/]), "port #{port}"
+    end
+  end
+
   it "delivers batches and honours meta.exclude_socket" do
     a = client(name: "alice")
     sid_a = a.welcome!["sid"]

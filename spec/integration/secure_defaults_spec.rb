@@ -40,6 +40,23 @@ RSpec.describe "Secure defaults: no broadcast key (real Puma)", type: :cable do
   end
 end
 
+RSpec.describe "Secure defaults: no broadcast key, with the own port (real Puma)", type: :cable do
+  with_puma(env: {"ANYCABLE_PORT" => PumaServer.free_port.to_s})
+
+  it "serves POST /_broadcast on neither port, not even to loopback, and says so at boot" do
+    c = connected
+    id = subscribed(c, channel: "EchoChannel")
+    own = Integer(puma.env["ANYCABLE_PORT"])
+    body = JSON.generate(stream: "all", data: JSON.generate(n: 1))
+    expect(post_json("/_broadcast", body).code).to eq("404")
+    expect(post_json("/_broadcast", body, port: own).code).to eq("404")
+    expect(c.silent_for?(0.3)).to be(true)
+    warning = log_lines("is not served on the app's port nor on the own port #{own}")
+    expect(warning.size).to eq(1)
+    expect(id).to include("EchoChannel")
+  end
+end
+
 RSpec.describe "POST /_broadcast with ANYCABLE_BROADCAST_KEY (real Puma)", type: :cable do
   with_puma(env: {"ANYCABLE_BROADCAST_KEY" => "the-key"})
 

@@ -35,16 +35,6 @@ pub struct HistoryConfig {
     pub max_bytes: usize,
 }
 
-impl Default for HistoryConfig {
-    fn default() -> Self {
-        HistoryConfig {
-            limit: 100,
-            ttl: Duration::from_secs(300),
-            max_bytes: 64 * 1024 * 1024,
-        }
-    }
-}
-
 /// What a stored message costs besides its payload (entry, deque slots, order).
 const ENTRY_OVERHEAD: usize = 96;
 

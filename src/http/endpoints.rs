@@ -1,8 +1,8 @@
-//! The plain HTTP endpoints of the server's own port, beside the WebSocket path:
-//! `/health`, AnyCable's `POST /_broadcast` (and `/metrics`, rendered by the server).
-//!
-//! Not here: the same broadcast endpoint on Puma's port, which is a Rack middleware
-//! (`AnyCableRs::BroadcastEndpoint`) because Puma owns that port's HTTP.
+//! The plain HTTP endpoints beside the WebSocket path: `/health` (own port) and
+//! AnyCable's `POST /_broadcast` — on the own port, and on Puma's port through the
+//! Rack middleware (`AnyCableRs::BroadcastEndpoint`, which reads the body Puma parsed
+//! and hands it to [`answer_broadcast`]): one implementation, one rule for each case.
+//! (`/metrics` is rendered by the server.)
 
 use std::net::SocketAddr;
 
@@ -15,7 +15,7 @@ use crate::metrics::COUNTERS;
 use crate::protocol::broadcast::BroadcastError;
 
 /// What the endpoints ask of the server, and nothing more.
-pub(crate) trait EndpointHandle {
+pub trait EndpointHandle {
     /// Why `/health` should answer 503 (shutting down, the pub/sub away), if it should.
     fn unhealthy(&self) -> Option<String>;
     /// The bearer token `/_broadcast` requires, if one is set.
@@ -42,8 +42,68 @@ pub(crate) async fn serve_health(server: &impl EndpointHandle, stream: &mut TcpS
     }
 }
 
-/// `POST /_broadcast`: 201, 401 (bad key; or no key configured and the request is not
-/// from this machine), 413 (too large), 422 (bad payload).
+/// Whether a broadcast request may go on: a `POST` with the key. Without a key the
+/// endpoint is not served at all (the caller answers 404 or lets the app answer): an
+/// open endpoint would let anyone who reaches the port write to any stream, and
+/// "loopback only" still admits every client of a proxy on the same host.
+fn admit(
+    server: &impl EndpointHandle,
+    method: &str,
+    authorization: Option<&str>,
+    peer: &str,
+) -> Result<(), (u16, &'static str)> {
+    let Some(key) = server.broadcast_key() else {
+        return Err((404, "Not found"));
+    };
+    if method != "POST" {
+        return Err((405, "POST only"));
+    }
+    let given = authorization
+        .and_then(|v| v.trim().strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !constant_time_eq(given.trim().as_bytes(), key.as_bytes()) {
+        log::warn!("broadcast request from {peer} refused: bad or missing key");
+        return Err((401, "Unauthorized"));
+    }
+    Ok(())
+}
+
+/// Takes an admitted request's body: 201, 413 (too large), 422 (bad payload).
+fn take(server: &impl EndpointHandle, body: &[u8], peer: &str) -> (u16, String) {
+    if body.len() > MAX_BROADCAST_BODY {
+        return (413, "Payload too large".into());
+    }
+    let text = String::from_utf8_lossy(body).into_owned();
+    match server.take_broadcast(text) {
+        Ok(n) => {
+            COUNTERS.publications.inc_by(n as u64);
+            (201, String::new())
+        }
+        Err(e) => {
+            log::warn!("broadcast request from {peer} refused: {e}");
+            (e.status(), e.to_string())
+        }
+    }
+}
+
+/// AnyCable's `POST /_broadcast` whose body was read already (Puma's port, through
+/// the Rack middleware): (status, text). 201, 401 (bad key), 404 (no key: not
+/// served), 405, 413 (too large), 422 (bad payload).
+pub fn answer_broadcast(
+    server: &impl EndpointHandle,
+    method: &str,
+    authorization: Option<&str>,
+    body: &[u8],
+    peer: &str,
+) -> (u16, String) {
+    match admit(server, method, authorization, peer) {
+        Ok(()) => take(server, body, peer),
+        Err((status, text)) => (status, text.into()),
+    }
+}
+
+/// `POST /_broadcast` on the own port: the body is read only once the request is
+/// admitted. Statuses as [`answer_broadcast`]'s.
 pub(crate) async fn serve_broadcast(
     server: &impl EndpointHandle,
     stream: &mut TcpStream,
@@ -51,30 +111,9 @@ pub(crate) async fn serve_broadcast(
     body_start: Vec<u8>,
     peer: SocketAddr,
 ) {
-    if head.method != "POST" {
-        return reply(stream, 405, "POST only").await;
-    }
-    match server.broadcast_key() {
-        Some(key) => {
-            let given = head
-                .header("authorization")
-                .and_then(|v| v.trim().strip_prefix("Bearer "))
-                .unwrap_or("");
-            if !constant_time_eq(given.trim().as_bytes(), key.as_bytes()) {
-                log::warn!("broadcast request from {peer} refused: bad or missing key");
-                return reply(stream, 401, "Unauthorized").await;
-            }
-        }
-        // Without a key only this machine may broadcast: the port may listen on every
-        // interface (Fly), and an open endpoint would let anyone write to any stream.
-        None if !peer.ip().is_loopback() => {
-            log::warn!(
-                "broadcast request from {peer} refused: no broadcast key is set \
-                 (ANYCABLE_SECRET or ANYCABLE_BROADCAST_KEY), so only loopback may broadcast"
-            );
-            return reply(stream, 401, "Unauthorized: set a broadcast key").await;
-        }
-        None => {}
+    let peer = peer.to_string();
+    if let Err((status, text)) = admit(server, &head.method, head.header("authorization"), &peer) {
+        return reply(stream, status, text).await;
     }
     let body = match read_body(stream, head, body_start).await {
         Ok(body) => body,
@@ -87,17 +126,8 @@ pub(crate) async fn serve_broadcast(
             return reply(stream, status, text).await;
         }
     };
-    let text = String::from_utf8_lossy(&body).into_owned();
-    let result = server
-        .take_broadcast(text)
-        .map(|n| COUNTERS.publications.inc_by(n as u64));
-    match result {
-        Ok(()) => reply(stream, 201, "").await,
-        Err(e) => {
-            log::warn!("broadcast request from {peer} refused: {e}");
-            reply(stream, e.status(), &e.to_string()).await;
-        }
-    }
+    let (status, text) = take(server, &body, &peer);
+    reply(stream, status, &text).await;
 }
 
 /// The request body, by Content-Length or chunked; at most [`MAX_BROADCAST_BODY`].

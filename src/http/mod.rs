@@ -4,9 +4,9 @@
 //!
 //! Not here: reading a head off a socket and routing it by path ([`crate::server`]),
 //! identifying the client ([`crate::auth`]). Nothing here knows the server: the
-//! endpoints ask it through `endpoints::EndpointHandle`.
+//! endpoints ask it through [`endpoints::EndpointHandle`].
 
-pub(crate) mod endpoints;
+pub mod endpoints;
 pub mod handshake;
 pub mod head;
 pub mod origin;

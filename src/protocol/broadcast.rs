@@ -151,6 +151,18 @@ fn parse_one(text: &str) -> Result<BroadcastMessage, String> {
     })
 }
 
+/// Refuses broadcast data no client could receive: its frame (data plus identifier and
+/// wrapper, allowed 4 KiB) must fit in a client's `max_pending_bytes`, or every
+/// subscriber would be disconnected as `too_slow` instead. Every process checks with
+/// this (Ruby publishers through the extension).
+pub fn check_size(len: usize, max_pending_bytes: usize) -> Result<(), BroadcastError> {
+    let limit = max_pending_bytes.saturating_sub(4096);
+    if len > limit {
+        return Err(BroadcastError::TooLarge { size: len, limit });
+    }
+    Ok(())
+}
+
 /// Why a broadcast was refused where it entered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BroadcastError {

@@ -12,21 +12,8 @@ use crate::protocol::broadcast::{self, BroadcastError, BroadcastMessage};
 use crate::session::DisconnectReason;
 
 impl<C: Controller> Inner<C> {
-    /// Largest broadcast data a client can receive: its frame (data plus identifier
-    /// and wrapper, allowed 4 KiB) must fit in `max_pending_bytes`.
-    fn max_broadcast_size(&self) -> usize {
-        self.config.max_pending_bytes.saturating_sub(4096)
-    }
-
     pub(super) fn check_size(&self, data: &str) -> Result<(), BroadcastError> {
-        let limit = self.max_broadcast_size();
-        if data.len() > limit {
-            return Err(BroadcastError::TooLarge {
-                size: data.len(),
-                limit,
-            });
-        }
-        Ok(())
+        broadcast::check_size(data.len(), self.config.max_pending_bytes)
     }
 
     fn check_sizes(&self, messages: &[BroadcastMessage]) -> Result<(), BroadcastError> {

@@ -40,7 +40,7 @@ use tokio::time::timeout;
 use crate::broker::{Broker, History};
 use crate::config::ServerConfig;
 use crate::controller::Controller;
-use crate::http::RequestHead;
+use crate::http::{endpoints, RequestHead};
 use crate::hub::{Delivery, Hub};
 use crate::metrics::{self, MetricsSource, COUNTERS};
 use crate::protocol::broadcast::BroadcastError;
@@ -183,6 +183,26 @@ impl<C: Controller> Server<C> {
             }
             None => false,
         }
+    }
+
+    /// AnyCable's `POST /_broadcast` as Puma's port takes it (the own port serves it
+    /// itself): (status, text), or `None` when it is not served (no broadcast key) and
+    /// the request goes on to the app.
+    pub fn broadcast_request(
+        &self,
+        method: &str,
+        authorization: Option<&str>,
+        body: &[u8],
+        peer: &str,
+    ) -> Option<(u16, String)> {
+        self.inner.config.broadcast_key.as_ref()?;
+        Some(endpoints::answer_broadcast(
+            &*self.inner,
+            method,
+            authorization,
+            body,
+            peer,
+        ))
     }
 
     /// More metrics to render with the server's (the Ruby side's).

@@ -11,12 +11,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use anycable_core::http::endpoints::MAX_BROADCAST_BODY;
 use anycable_core::http::RequestHead;
 use anycable_core::hub::CallbackSink;
 use anycable_core::metrics::COUNTERS;
+use anycable_core::protocol::broadcast;
 use anycable_core::{Hub, Server};
 use magnus::value::ReprValue;
-use magnus::{Error, IntoValue, RHash, Ruby, TryConvert, Value};
+use magnus::{Error, IntoValue, RHash, RString, Ruby, TryConvert, Value};
 use parking_lot::Mutex;
 use tokio::runtime::Runtime;
 use tokio::task::JoinHandle;
@@ -240,6 +242,40 @@ impl Native {
             .map_err(|panic| runtime_error(ruby, format!("broadcast failed: {panic}")))
     }
 
+    /// `POST /_broadcast` on Puma's port (`AnyCableRs::BroadcastEndpoint`): `[status,
+    /// text]`, or nil when it is not served (no broadcast key) and the app answers.
+    pub fn broadcast_request(
+        ruby: &Ruby,
+        rb_self: &Self,
+        method: String,
+        authorization: Option<String>,
+        body: RString,
+        peer: String,
+    ) -> Result<Option<(u16, String)>, Error> {
+        // SAFETY: copied before anything else runs Ruby code.
+        let body = unsafe { body.as_slice() }.to_vec();
+        let server = &rb_self.server;
+        rb_self.off_gvl_with_history(ruby, || {
+            server.broadcast_request(&method, authorization.as_deref(), &body, &peer)
+        })
+    }
+
+    /// Whether `POST /_broadcast` is served (a broadcast key is set).
+    pub fn serves_broadcasts(&self) -> bool {
+        self.server.config().broadcast_key.is_some()
+    }
+
+    /// `AnyCableRs::Native.check_broadcast_size(bytesize, max_pending_bytes)`: raises
+    /// ArgumentError for data no client could receive, in any process.
+    pub fn check_broadcast_size(
+        ruby: &Ruby,
+        bytesize: usize,
+        max_pending_bytes: usize,
+    ) -> Result<(), Error> {
+        broadcast::check_size(bytesize, max_pending_bytes)
+            .map_err(|e| Error::new(ruby.exception_arg_error(), e.to_string()))
+    }
+
     /// Applies an AnyCable broadcast payload here; ArgumentError says what is wrong.
     pub fn apply_broadcast(ruby: &Ruby, rb_self: &Self, payload: String) -> Result<usize, Error> {
         let server = &rb_self.server;
@@ -379,6 +415,13 @@ pub fn init(ruby: &Ruby, module: magnus::RModule) -> Result<(), Error> {
     let class = module.define_class("Native", ruby.class_object())?;
     class.define_singleton_method("new", function!(Native::new, 1))?;
     class.define_singleton_method("check_origins", function!(check_origins, 1))?;
+    class.define_singleton_method(
+        "check_broadcast_size",
+        function!(Native::check_broadcast_size, 2),
+    )?;
+    class.const_set("MAX_BROADCAST_BODY", MAX_BROADCAST_BODY)?;
+    class.define_method("broadcast_request", method!(Native::broadcast_request, 4))?;
+    class.define_method("serves_broadcasts?", method!(Native::serves_broadcasts, 0))?;
     class.define_method("start", method!(Native::start, 2))?;
     class.define_method("started?", method!(Native::is_started, 0))?;
     class.define_method("handoff", method!(Native::handoff, 2))?;

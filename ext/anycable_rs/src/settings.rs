@@ -1,7 +1,11 @@
 //! Reading `AnyCableRs::Native.new`'s options. Ruby (`AnyCableRs::Config`) owns the
-//! settings and their defaults; this only converts them, and refuses a key it does not
-//! know (a misspelt or stale setting must not be ignored without a word).
+//! settings, their names and their defaults, and passes every one; this only converts
+//! them. A key nothing here reads is refused (a misspelt or stale setting must not be
+//! ignored without a word), and so is a missing one (there is no default here to fall
+//! back on).
 
+use std::cell::RefCell;
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use anycable_core::auth::streams::{decode_hex, StreamsConfig};
@@ -22,41 +26,6 @@ pub struct Settings {
     pub rpc_pool_size: usize,
 }
 
-const KEYS: &[&str] = &[
-    "path",
-    "health_path",
-    "ping_interval",
-    "max_message_size",
-    "write_timeout",
-    "max_pending_bytes",
-    "origins",
-    "queue_size",
-    "worker_threads",
-    "log_level",
-    "broadcast_path",
-    "broadcast_key",
-    "broadcast_adapter",
-    "nats_servers",
-    "nats_channel",
-    "redis_url",
-    "redis_channel",
-    "siblings_dir",
-    "metrics_path",
-    "metrics_tags",
-    "max_conn",
-    "max_conn_age",
-    "rpc_pool_size",
-    "streams",
-    "jwt",
-    "pong_timeout",
-    "broker",
-    "history_limit",
-    "history_ttl",
-    "history_max_bytes",
-    "sessions_ttl",
-    "presence_ttl",
-];
-
 fn arg_error(ruby: &Ruby, msg: impl Into<String>) -> Error {
     Error::new(ruby.exception_arg_error(), msg.into())
 }
@@ -65,148 +34,212 @@ fn opt<T: magnus::TryConvert>(ruby: &Ruby, opts: RHash, key: &str) -> Result<Opt
     opts.lookup::<_, Option<T>>(ruby.to_symbol(key))
 }
 
-impl Settings {
-    pub fn from_ruby(ruby: &Ruby, opts: RHash) -> Result<Self, Error> {
-        let mut unknown = Vec::new();
-        opts.foreach(|key: Symbol, _: magnus::Value| {
-            let name = key.name()?.into_owned();
-            if !KEYS.contains(&name.as_str()) {
-                unknown.push(name);
-            }
+/// The options hash as it is read: every key Ruby passes must be read (a key nothing
+/// reads is a misspelt or stale setting), and every key read without a fallback must
+/// be there (Ruby owns the defaults: this side has none to fill in).
+struct Opts<'r> {
+    ruby: &'r Ruby,
+    hash: RHash,
+    what: &'static str,
+    unread: RefCell<BTreeSet<String>>,
+    missing: RefCell<Vec<&'static str>>,
+}
+
+impl<'r> Opts<'r> {
+    fn new(ruby: &'r Ruby, hash: RHash, what: &'static str) -> Result<Self, Error> {
+        let mut keys = BTreeSet::new();
+        hash.foreach(|key: Symbol, _: magnus::Value| {
+            keys.insert(key.name()?.into_owned());
             Ok(magnus::r_hash::ForEach::Continue)
         })?;
+        Ok(Opts {
+            ruby,
+            hash,
+            what,
+            unread: RefCell::new(keys),
+            missing: RefCell::new(Vec::new()),
+        })
+    }
+
+    /// A setting whose `nil` means "none".
+    fn opt<T: magnus::TryConvert>(&self, key: &'static str) -> Result<Option<T>, Error> {
+        self.unread.borrow_mut().remove(key);
+        opt(self.ruby, self.hash, key)
+    }
+
+    /// A setting Ruby always passes. Missing, it is reported by [`Opts::finish`].
+    fn get<T: magnus::TryConvert + Default>(&self, key: &'static str) -> Result<T, Error> {
+        match self.opt(key)? {
+            Some(v) => Ok(v),
+            None => {
+                self.missing.borrow_mut().push(key);
+                Ok(T::default())
+            }
+        }
+    }
+
+    /// Seconds, as a Duration: negative, NaN or huge values are the caller's error,
+    /// not a panic.
+    fn secs(&self, key: &'static str) -> Result<Duration, Error> {
+        let v: f64 = self.get(key)?;
+        Duration::try_from_secs_f64(v).map_err(|_| {
+            arg_error(
+                self.ruby,
+                format!("{key} must be a number of seconds >= 0, got {v}"),
+            )
+        })
+    }
+
+    /// Refuses keys nothing read, then keys that were needed and not given.
+    fn finish(self) -> Result<(), Error> {
+        let unknown = self.unread.into_inner();
         if !unknown.is_empty() {
+            let list: Vec<String> = unknown.into_iter().collect();
             return Err(arg_error(
-                ruby,
+                self.ruby,
+                format!("unknown {} settings: {}", self.what, list.join(", ")),
+            ));
+        }
+        let missing = self.missing.into_inner();
+        if !missing.is_empty() {
+            return Err(arg_error(
+                self.ruby,
                 format!(
-                    "unknown AnyCableRs::Native settings: {}",
-                    unknown.join(", ")
+                    "{} settings missing: {} (AnyCableRs::Config passes every one)",
+                    self.what,
+                    missing.join(", ")
                 ),
             ));
         }
-        let defaults = ServerConfig::default();
-        // Negative, NaN or huge values are the caller's error, not a panic.
-        let secs = |key: &str, d: Duration| -> Result<Duration, Error> {
-            match opt::<f64>(ruby, opts, key)? {
-                None => Ok(d),
-                Some(v) => Duration::try_from_secs_f64(v).map_err(|_| {
-                    arg_error(
-                        ruby,
-                        format!("{key} must be a number of seconds >= 0, got {v}"),
-                    )
-                }),
-            }
+        Ok(())
+    }
+}
+
+impl Settings {
+    pub fn from_ruby(ruby: &Ruby, opts: RHash) -> Result<Self, Error> {
+        let o = Opts::new(ruby, opts, "AnyCableRs::Native")?;
+        // Internal sizes that are no settings keep the core's values.
+        let internal = ServerConfig::default();
+        let broker: String = o.get("broker")?;
+        let history = history_config(&o, &broker)?;
+        let jwt = match o.opt::<RHash>("jwt")? {
+            Some(h) => Some(jwt_config(ruby, h)?),
+            None => None,
+        };
+        let streams = match o.opt::<RHash>("streams")? {
+            Some(h) => streams_config(ruby, h)?,
+            None => StreamsConfig::default(),
         };
         let mut server = ServerConfig {
-            path: opt(ruby, opts, "path")?.unwrap_or(defaults.path),
-            health_path: opt(ruby, opts, "health_path")?.unwrap_or(defaults.health_path),
-            ping_interval: secs("ping_interval", defaults.ping_interval)?,
-            pong_timeout: secs("pong_timeout", defaults.pong_timeout)?,
-            history: history_config(ruby, opts)?,
-            broker: match opt::<String>(ruby, opts, "broker")?.as_deref() {
-                Some("nats") => BrokerKind::Nats,
+            path: o.get("path")?,
+            health_path: o.get("health_path")?,
+            ping_interval: o.secs("ping_interval")?,
+            pong_timeout: o.secs("pong_timeout")?,
+            history,
+            broker: match broker.as_str() {
+                "nats" => BrokerKind::Nats,
                 _ => BrokerKind::Memory,
             },
-            sessions_ttl: secs("sessions_ttl", defaults.sessions_ttl)?,
-            presence_ttl: secs("presence_ttl", defaults.presence_ttl)?,
-            max_message_size: opt(ruby, opts, "max_message_size")?
-                .unwrap_or(defaults.max_message_size),
-            write_timeout: secs("write_timeout", defaults.write_timeout)?,
-            max_pending_bytes: opt(ruby, opts, "max_pending_bytes")?
-                .unwrap_or(defaults.max_pending_bytes),
-            origins: match opt::<RHash>(ruby, opts, "origins")? {
+            sessions_ttl: o.secs("sessions_ttl")?,
+            presence_ttl: o.secs("presence_ttl")?,
+            max_message_size: o.get("max_message_size")?,
+            write_timeout: o.secs("write_timeout")?,
+            max_pending_bytes: o.get("max_pending_bytes")?,
+            origins: match o.opt::<RHash>("origins")? {
                 Some(policy) => origin_policy(ruby, policy)?,
-                None => defaults.origins,
+                None => internal.origins,
             },
-            read_buffer_size: defaults.read_buffer_size,
-            handshake_timeout: defaults.handshake_timeout,
-            broadcast_path: opt(ruby, opts, "broadcast_path")?.or(defaults.broadcast_path),
-            broadcast_key: opt(ruby, opts, "broadcast_key")?,
-            metrics_path: opt(ruby, opts, "metrics_path")?,
-            metrics_tags: match opt::<String>(ruby, opts, "metrics_tags")? {
+            read_buffer_size: internal.read_buffer_size,
+            handshake_timeout: internal.handshake_timeout,
+            broadcast_path: o.opt("broadcast_path")?,
+            broadcast_key: o.opt("broadcast_key")?,
+            metrics_path: o.opt("metrics_path")?,
+            metrics_tags: match o.opt::<String>("metrics_tags")? {
                 Some(tags) => anycable_core::metrics::parse_tags(&tags)
                     .map_err(|e| arg_error(ruby, format!("ANYCABLE_METRICS_TAGS: {e}")))?,
                 None => Vec::new(),
             },
-            max_conn: opt(ruby, opts, "max_conn")?.unwrap_or(0),
-            max_conn_age: secs("max_conn_age", Duration::ZERO)?,
-            jwt: match opt::<RHash>(ruby, opts, "jwt")? {
-                Some(h) => Some(JwtConfig {
-                    key: opt::<String>(ruby, h, "secret_hex")?
-                        .as_deref()
-                        .and_then(decode_hex)
-                        .ok_or_else(|| arg_error(ruby, "jwt: secret_hex is missing or not hex"))?,
-                    param: opt(ruby, h, "param")?.unwrap_or_else(|| "jid".into()),
-                    enforce: opt(ruby, h, "enforce")?.unwrap_or(false),
-                }),
-                None => None,
-            },
-            streams: match opt::<RHash>(ruby, opts, "streams")? {
-                Some(h) => streams_config(ruby, h)?,
-                None => StreamsConfig::default(),
-            },
+            max_conn: o.get("max_conn")?,
+            max_conn_age: o.secs("max_conn_age")?,
+            jwt,
+            streams,
             pubsub: None,
         };
-        let pubsub = match opt::<String>(ruby, opts, "broadcast_adapter")?.as_deref() {
-            Some("nats") => Some(PubSubConfig::Nats {
-                servers: opt(ruby, opts, "nats_servers")?
-                    .unwrap_or_else(|| "nats://localhost:4222".into()),
-                subject: opt(ruby, opts, "nats_channel")?.unwrap_or_else(|| "__anycable__".into()),
+        let adapter: String = o.get("broadcast_adapter")?;
+        let (nats_servers, nats_channel): (String, String) =
+            (o.get("nats_servers")?, o.get("nats_channel")?);
+        let (redis_url, redis_channel): (String, String) =
+            (o.get("redis_url")?, o.get("redis_channel")?);
+        let siblings_dir: Option<String> = o.opt("siblings_dir")?;
+        server.pubsub = match adapter.as_str() {
+            "nats" => Some(PubSubConfig::Nats {
+                servers: nats_servers,
+                subject: nats_channel,
             }),
-            Some("redis") => Some(PubSubConfig::Redis {
-                url: opt(ruby, opts, "redis_url")?
-                    .unwrap_or_else(|| "redis://localhost:6379".into()),
-                channel: opt(ruby, opts, "redis_channel")?.unwrap_or_else(|| "__anycable__".into()),
+            "redis" => Some(PubSubConfig::Redis {
+                url: redis_url,
+                channel: redis_channel,
             }),
-            _ => {
-                opt::<String>(ruby, opts, "siblings_dir")?.map(|dir| PubSubConfig::Siblings { dir })
-            }
+            _ => siblings_dir.map(|dir| PubSubConfig::Siblings { dir }),
         };
-        server.pubsub = pubsub;
-        server.check().map_err(|e| arg_error(ruby, e))?;
-        Ok(Settings {
+        let settings = Settings {
             server,
-            log_level: opt(ruby, opts, "log_level")?.unwrap_or_else(|| "info".into()),
-            queue_size: opt(ruby, opts, "queue_size")?.unwrap_or(1024),
-            worker_threads: opt(ruby, opts, "worker_threads")?.unwrap_or(2usize).max(1),
-            rpc_pool_size: opt(ruby, opts, "rpc_pool_size")?.unwrap_or(0),
-        })
+            log_level: o.get("log_level")?,
+            queue_size: o.get("queue_size")?,
+            worker_threads: o.get::<usize>("worker_threads")?.max(1),
+            rpc_pool_size: o.get("rpc_pool_size")?,
+        };
+        o.finish()?;
+        settings.server.check().map_err(|e| arg_error(ruby, e))?;
+        Ok(settings)
     }
 }
 
-/// `broker:` "none" (or unset), "memory" or "nats", with `history_limit:` and
-/// `history_ttl:` (seconds). Anything else is refused: a broker that is not there must
-/// not look as if it were.
-fn history_config(ruby: &Ruby, opts: RHash) -> Result<Option<HistoryConfig>, Error> {
-    match opt::<String>(ruby, opts, "broker")?.as_deref() {
-        None | Some("none") => Ok(None),
-        Some("memory" | "nats") => {
-            let defaults = HistoryConfig::default();
-            let limit: usize = opt(ruby, opts, "history_limit")?.unwrap_or(defaults.limit);
-            let ttl: f64 = opt(ruby, opts, "history_ttl")?.unwrap_or(defaults.ttl.as_secs_f64());
+/// `broker:` "none", "memory" or "nats", with `history_limit:`, `history_ttl:`
+/// (seconds) and `history_max_bytes:` (read whatever the broker: Ruby passes them).
+/// Anything else is refused: a broker that is not there must not look as if it were.
+fn history_config(o: &Opts<'_>, broker: &str) -> Result<Option<HistoryConfig>, Error> {
+    let limit: usize = o.get("history_limit")?;
+    let ttl: f64 = o.get("history_ttl")?;
+    let max_bytes: usize = o.get("history_max_bytes")?;
+    match broker {
+        // "": not given (finish() reports it).
+        "none" | "" => Ok(None),
+        "memory" | "nats" => {
             if limit == 0 || !(ttl.is_finite() && ttl >= 1.0) {
                 return Err(arg_error(
-                    ruby,
+                    o.ruby,
                     "history_limit must be at least 1 and history_ttl at least 1 second",
                 ));
             }
-            let max_bytes: usize =
-                opt(ruby, opts, "history_max_bytes")?.unwrap_or(defaults.max_bytes);
             if max_bytes < 1024 {
-                return Err(arg_error(ruby, "history_max_bytes must be at least 1024"));
+                return Err(arg_error(o.ruby, "history_max_bytes must be at least 1024"));
             }
             Ok(Some(HistoryConfig {
                 limit,
                 ttl: Duration::try_from_secs_f64(ttl)
-                    .map_err(|_| arg_error(ruby, format!("history_ttl too large: {ttl}")))?,
+                    .map_err(|_| arg_error(o.ruby, format!("history_ttl too large: {ttl}")))?,
                 max_bytes,
             }))
         }
-        Some(other) => Err(arg_error(
-            ruby,
+        other => Err(arg_error(
+            o.ruby,
             format!("broker {other:?} is not supported here (none, memory or nats)"),
         )),
     }
+}
+
+/// `{secret_hex:, param:, enforce:}`, as `AnyCableRs::Config#jwt_options` builds it.
+fn jwt_config(ruby: &Ruby, h: RHash) -> Result<JwtConfig, Error> {
+    let o = Opts::new(ruby, h, "jwt")?;
+    let secret: String = o.get("secret_hex")?;
+    let config = JwtConfig {
+        key: decode_hex(&secret).ok_or_else(|| arg_error(ruby, "jwt: secret_hex is not hex"))?,
+        param: o.get("param")?,
+        enforce: o.get("enforce")?,
+    };
+    o.finish()?;
+    Ok(config)
 }
 
 /// `{any:, same_as_host:, exact: [String], patterns: [{source:, ignore_case:, extended:,
@@ -243,23 +276,27 @@ pub fn origin_policy(ruby: &Ruby, h: RHash) -> Result<OriginPolicy, Error> {
     })
 }
 
-/// `{secret_hex:, public:, whisper:, presence:, turbo_key_hex:}`, as `AnyCableRs::Config` builds it.
+/// `{secret_hex:, public:, whisper:, presence:, turbo_key_hex:}`, as `AnyCableRs::Config`
+/// builds it (the keys as hex: they may be binary; `nil`: none).
 fn streams_config(ruby: &Ruby, h: RHash) -> Result<StreamsConfig, Error> {
-    let key = |name: &str| -> Result<Option<Vec<u8>>, Error> {
-        match opt::<String>(ruby, h, name)? {
+    let o = Opts::new(ruby, h, "streams")?;
+    let key = |name: &'static str| -> Result<Option<Vec<u8>>, Error> {
+        match o.opt::<String>(name)? {
             None => Ok(None),
             Some(hex) => decode_hex(&hex)
                 .map(Some)
                 .ok_or_else(|| arg_error(ruby, format!("streams: {name} is not hex"))),
         }
     };
-    Ok(StreamsConfig {
+    let config = StreamsConfig {
         secret: key("secret_hex")?,
-        public: opt(ruby, h, "public")?.unwrap_or(false),
-        whisper: opt(ruby, h, "whisper")?.unwrap_or(false),
-        presence: opt(ruby, h, "presence")?.unwrap_or(false),
         turbo_key: key("turbo_key_hex")?,
-    })
+        public: o.get("public")?,
+        whisper: o.get("whisper")?,
+        presence: o.get("presence")?,
+    };
+    o.finish()?;
+    Ok(config)
 }
 
 /// `AnyCableRs::Native.check_origins(policy)`: raises what `new` would, so a pattern

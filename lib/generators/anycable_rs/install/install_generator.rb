@@ -71,7 +71,7 @@ module AnyCableRs
         [:http_broadcast_url, nil, "Where processes that serve no sockets POST broadcasts with the http adapter."],
         [:broadcast_path, nil, "AnyCable's HTTP broadcast endpoint, on the app's port only when a key is set (AnyCable-Go: http_broadcast_path)."],
         [:secret, "a-long-random-string", "Base secret; the broadcast key defaults to hex HMAC-SHA256(secret, \"broadcast-cable\"). Prefer the env var (fly secrets set)."],
-        [:broadcast_key, nil, "Bearer key POST /_broadcast requires. Without it (or a secret) the endpoint is not served on the app's port, and on the own port only from loopback."],
+        [:broadcast_key, nil, "Bearer key POST /_broadcast requires. Without it (or a secret) the endpoint is not served, on either port."],
         ["Embedded NATS", nil, nil],
         [:embed_nats, nil, "Run a nats-server (Debian's nats-server package) on this machine, one per machine, clustered with the app's other machines; broadcasts then go through it."],
         [:enats_addr, nil, "The embedded nats-server's client URL."],
