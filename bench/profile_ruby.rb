@@ -20,8 +20,8 @@ Dir.chdir(File.join(__dir__, "app"))
 Rack::Builder.parse_file("config.ru")
 Rails.logger.level = ENV.fetch("LOG_LEVEL", "info").to_sym
 
-# Stands in for AnyCableRs::Native::Socket.
-class NullSocket
+# Stands in for AnyCableRs::Native::Session.
+class NullSession
   attr_reader :id, :sent
 
   def initialize(id)
@@ -55,11 +55,13 @@ class FakeJob
 
   attr_reader :kind
 
-  def resolve(*) = nil
+  def ok = nil
+  def reject(*) = nil
+  def fail(*) = nil
 end
 
-def connect_job(socket, headers)
-  FakeJob.new(:connect, session_id: socket.id, socket: socket, env_token: 0, request_method: "GET",
+def connect_job(session, headers)
+  FakeJob.new(:connect, session_id: session.id, session: session, env_token: 0, request_method: "GET",
     target: "/cable", headers: headers, remote_ip: "127.0.0.1", identifiers: nil, restored: nil)
 end
 
@@ -94,7 +96,7 @@ data = JSON.generate("action" => "echo", "payload" => "x" * 200)
 ids = (1..).each
 connect = lambda do
   id = ids.next
-  d.dispatch(connect_job(NullSocket.new(id), headers))
+  d.dispatch(connect_job(NullSession.new(id), headers))
   d.dispatch(command_job(id, :subscribe, ident))
   id
 end

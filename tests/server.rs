@@ -408,6 +408,17 @@ async fn shutdown_tells_clients_server_restart() {
     assert_eq!(controller.disconnected.lock().len(), 1);
 }
 
+/// The broadcast key of the tests that post broadcasts: without one, `/_broadcast` is
+/// not served.
+const KEY: &str = "test-broadcast-key";
+
+fn with_broadcast_key() -> ServerConfig {
+    ServerConfig {
+        broadcast_key: Some(KEY.into()),
+        ..Default::default()
+    }
+}
+
 async fn post_broadcast(addr: SocketAddr, body: &str, key: Option<&str>) -> String {
     let mut tcp = TcpStream::connect(addr).await.unwrap();
     let auth = key
@@ -487,14 +498,16 @@ async fn http_broadcasts_with_batches_exclusion_keys_and_remote_disconnect() {
 
 #[tokio::test]
 async fn a_server_side_close_waits_for_the_command_in_flight_before_disconnect() {
-    let (_server, addr, controller) = start(ServerConfig::default()).await;
+    let (_server, addr, controller) = start(with_broadcast_key()).await;
     let (mut ws, _) = connect(addr, "?user=u9", &[]).await;
     next_json(&mut ws).await;
     send(&mut ws, message("x", r#""slow""#)).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     let disconnect =
         r#"{"command":"disconnect","payload":{"identifier":"{\"user\":\"u9\"}","reconnect":true}}"#;
-    assert!(post_broadcast(addr, disconnect, None).await.contains("201"));
+    assert!(post_broadcast(addr, disconnect, Some(KEY))
+        .await
+        .contains("201"));
     for _ in 0..100 {
         if controller.calls.lock().contains(&"disconnect") {
             break;
@@ -562,7 +575,7 @@ async fn protocol_violations_close_with_rfc_6455_codes() {
 async fn broadcasts_too_large_to_deliver_are_refused_where_they_enter() {
     let config = ServerConfig {
         max_pending_bytes: 64 * 1024,
-        ..Default::default()
+        ..with_broadcast_key()
     };
     let (server, addr, _) = start(config).await;
     let (mut ws, _) = connect(addr, "", &[]).await;
@@ -574,15 +587,35 @@ async fn broadcasts_too_large_to_deliver_are_refused_where_they_enter() {
     assert_eq!(err.status(), 413);
     assert!(err.to_string().contains("over the"), "{err}");
     let body = serde_json::json!({"stream":"all","data":big}).to_string();
-    assert!(post_broadcast(addr, &body, None).await.contains("413"));
+    assert!(post_broadcast(addr, &body, Some(KEY)).await.contains("413"));
     // The subscriber is still there and gets what fits.
     server.broadcast("all", "\"small\"", None).unwrap();
     assert_eq!(next_json(&mut ws).await["message"], "small");
 }
 
 #[tokio::test]
-async fn chunked_broadcast_requests_are_read() {
+async fn without_a_broadcast_key_the_endpoint_is_not_served_even_to_loopback() {
     let (_server, addr, _) = start(ServerConfig::default()).await;
+    let (mut ws, _) = connect(addr, "", &[]).await;
+    next_json(&mut ws).await;
+    send(&mut ws, subscribe("s")).await;
+    next_json(&mut ws).await;
+    let body = r#"{"stream":"all","data":"1"}"#;
+    assert!(post_broadcast(addr, body, None).await.contains("404"));
+    assert!(post_broadcast(addr, body, Some("any"))
+        .await
+        .contains("404"));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), ws.next())
+            .await
+            .is_err(),
+        "a broadcast got through"
+    );
+}
+
+#[tokio::test]
+async fn chunked_broadcast_requests_are_read() {
+    let (_server, addr, _) = start(with_broadcast_key()).await;
     let (mut ws, _) = connect(addr, "", &[]).await;
     next_json(&mut ws).await;
     send(&mut ws, subscribe("s")).await;
@@ -591,7 +624,7 @@ async fn chunked_broadcast_requests_are_read() {
     let (a, b) = body.split_at(10);
     let mut tcp = TcpStream::connect(addr).await.unwrap();
     let req = format!(
-        "POST /_broadcast HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{a}\r\n{:x}\r\n{b}\r\n0\r\n\r\n",
+        "POST /_broadcast HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{a}\r\n{:x}\r\n{b}\r\n0\r\n\r\n",
         a.len(),
         b.len()
     );

@@ -1,7 +1,7 @@
 # frozen_string_literal: true
 
 require "action_cable"
-require "anycable_rs/action_cable/socket"
+require "anycable_rs/action_cable/websocket"
 require "anycable_rs/action_cable/pubsub"
 require "anycable_rs/action_cable/server"
 require "anycable_rs/action_cable/coder"
@@ -10,15 +10,17 @@ require "anycable_rs/action_cable/connection_env"
 require "anycable_rs/state"
 
 module AnyCableRs
-  # Runs bridge jobs on a Ruby thread: connect, commands and disconnect of a socket,
-  # stream callbacks and timer ticks, each against the app's own Action Cable
-  # connection and channel objects, which live as long as the socket does.
+  # Runs bridge jobs on a Ruby thread: connect, commands and disconnect of a session
+  # (the server's client connection, AnyCableRs::Native::Session), stream callbacks and
+  # timer ticks, each against the app's own Action Cable connection and channel
+  # objects, which live as long as the session does.
   #
   # Every job is answered, and no exception leaves `dispatch`: app errors are logged
   # once, with their backtrace, and the client gets AnyCable's answer.
   class Dispatcher
-    # sid: the socket's, read once (every command sets it for `to_others`).
-    Session = Struct.new(:socket, :connection, :sid)
+    # A connected session and the app's connection object for it. sid: the session's,
+    # read once (every command sets it for `to_others`).
+    Entry = Struct.new(:session, :connection, :sid)
     # The Rust server's choice (protocol::SUBPROTOCOLS): the first one offered.
     SUBPROTOCOLS = ["actioncable-v1-json", State::RESTORABLE_PROTOCOL].freeze
 
@@ -62,7 +64,7 @@ module AnyCableRs
     end
 
     def close_all(reason = "server_restart", reconnect: true)
-      @lock.synchronize { @sessions.values }.each { |s| s.socket.close(reason, reconnect) }
+      @lock.synchronize { @sessions.values }.each { |entry| entry.session.close(reason, reconnect) }
     end
 
     # --- registries shared with the pub/sub adapter and the event loop ---
@@ -108,10 +110,10 @@ module AnyCableRs
       env = @runtime.take_env(job.env_token)
       headers = job.headers
       env ||= RackEnv.railsify(RackEnv.build(job.request_method, job.target, headers, job.remote_ip))
-      socket = job.socket
+      session = job.session
       jwt_identifiers = job.identifiers
       restored = job.restored
-      connection = build_connection(env, socket, headers)
+      connection = build_connection(env, session, headers)
       connection.logger.info request_message("Started GET", env)
       worker.work(connection) do
         if jwt_identifiers
@@ -122,19 +124,19 @@ module AnyCableRs
           connection.connect
         end
         ActionCable::Compat.subscribe_to_internal_channel(connection)
-        restore(connection, socket, JSON.parse(restored)) if restored
+        restore(connection, session, JSON.parse(restored)) if restored
       end
-      socket.identifiers = identifiers_json(connection) unless jwt_identifiers
+      session.identifiers = identifiers_json(connection) unless jwt_identifiers
       ActionCable::ConnectionEnv.compact(connection) unless @runtime.config.retain_env
-      @lock.synchronize { @sessions[socket.id] = Session.new(socket, connection, socket.sid.to_s.freeze) }
-      job.resolve("ok", nil)
+      @lock.synchronize { @sessions[session.id] = Entry.new(session, connection, session.sid.to_s.freeze) }
+      job.ok
     rescue ActionCable::Compat.unauthorized_error
       connection&.logger&.info "An unauthorized connection attempt was rejected"
-      job.resolve("unauthorized", nil)
+      job.reject(:unauthorized)
     rescue Exception => e # rubocop:disable Lint/RescueException
       log_exception(e, "#{connection&.class || "connection"}#connect")
       abandon(connection) if connection
-      job.resolve("error", "#{e.class}: #{e.message}")
+      job.fail("#{e.class}: #{e.message}")
     end
 
     # Stops what a connection started (streams, timers, the internal channel) without
@@ -154,7 +156,7 @@ module AnyCableRs
     # runs no callback on a restore): instance variables set in `subscribed` are not
     # there, `state_attr_accessor` values are (State). A class that is gone drops its
     # subscription.
-    def restore(connection, socket, restored)
+    def restore(connection, session, restored)
       State.restore(connection, restored["state"])
       restored["subscriptions"].each do |sub|
         identifier = sub["identifier"]
@@ -162,7 +164,7 @@ module AnyCableRs
         unless klass
           # E.g. a deploy renamed the channel: the client, told it was restored, hears
           # that it is not (its streams go with it).
-          socket.remove_subscription(identifier)
+          session.remove_subscription(identifier)
           reject(connection, identifier)
           next
         end
@@ -173,9 +175,9 @@ module AnyCableRs
       end
     end
 
-    def build_connection(env, socket, headers)
+    def build_connection(env, session, headers)
       klass = ::ActionCable.server.config.connection_class.call
-      websocket = ActionCable::Socket.new(socket, offered_protocol(headers))
+      websocket = ActionCable::WebSocket.new(session, offered_protocol(headers))
       ActionCable::Compat.build_connection(klass, @cable_server, env, websocket, coder: ActionCable::Coder)
     end
 
@@ -207,18 +209,18 @@ module AnyCableRs
     end
 
     def command(job)
-      session = @lock.synchronize { @sessions[job.session_id] }
-      return unless session
+      entry = @lock.synchronize { @sessions[job.session_id] }
+      return unless entry
 
-      connection = session.connection
+      connection = entry.connection
       identifier = job.identifier
       # `to_others: true` in a channel action skips this very connection.
-      SocketId.with(session.sid) do
+      SocketId.with(entry.sid) do
         run_command(job, connection, identifier)
       end
     ensure
       ActionCable::ConnectionEnv.release(connection) if connection
-      job.resolve("ok", nil)
+      job.ok
     end
 
     def run_command(job, connection, identifier)
@@ -244,23 +246,23 @@ module AnyCableRs
       _, klass = channel_class(connection, identifier)
       return reject(connection, identifier) unless klass
 
-      native = ActionCable::Compat.websocket(connection)&.native
+      session = ActionCable::Compat.websocket(connection)&.session
       begin
         subscriptions.add("identifier" => identifier)
         # Confirmed (a rejected channel has removed itself): restorable, and known to
         # `history`.
         if (channel = ActionCable::Compat.channels(connection)[identifier])
-          native&.add_subscription(identifier)
+          session&.add_subscription(identifier)
           channel.anycable_rs_after_confirm
         else
-          native&.remove_subscription(identifier)
+          session&.remove_subscription(identifier)
         end
       rescue Exception => e # rubocop:disable Lint/RescueException
         connection.rescue_with_handler(e)
         log_exception(e, "#{klass}#subscribed")
         failed = ActionCable::Compat.channels(connection).delete(identifier)
         safely("#{klass} stop_all_streams") { failed&.stop_all_streams }
-        native&.remove_subscription(identifier)
+        session&.remove_subscription(identifier)
         reject(connection, identifier)
       end
     end
@@ -273,7 +275,7 @@ module AnyCableRs
       safely("unsubscribe #{identifier}", connection) do
         connection.subscriptions.remove("identifier" => identifier)
       end
-      ActionCable::Compat.websocket(connection)&.native&.remove_subscription(identifier)
+      ActionCable::Compat.websocket(connection)&.session&.remove_subscription(identifier)
     end
 
     # What Subscriptions#perform_action does, with the coder's faster decode.
@@ -311,13 +313,13 @@ module AnyCableRs
     end
 
     def disconnect(job)
-      session = @lock.synchronize do
+      entry = @lock.synchronize do
         @disconnecting += 1
         @sessions.delete(job.session_id)
       end
-      return unless session
+      return unless entry
 
-      connection = session.connection
+      connection = entry.connection
       return forget(connection) if @runtime.config.disable_disconnect
 
       worker.work(connection) do
@@ -337,7 +339,7 @@ module AnyCableRs
       end
     ensure
       @lock.synchronize { @disconnecting -= 1 }
-      job.resolve("ok", nil)
+      job.ok
     end
 
     # ANYCABLE_DISABLE_DISCONNECT: no unsubscribed, no disconnect, as AnyCable skips

@@ -107,11 +107,11 @@ module AnyCableRs
     # can be restored); elsewhere the attribute is all there is.
     def record(owner, name, json)
       connection = owner.is_a?(::ActionCable::Channel::Base) ? owner.connection : owner
-      socket = ActionCable::Compat.websocket(connection)
-      return unless socket && socket.protocol == RESTORABLE_PROTOCOL
+      websocket = ActionCable::Compat.websocket(connection)
+      return unless websocket && websocket.protocol == RESTORABLE_PROTOCOL
 
       scope = owner.equal?(connection) ? "" : owner.identifier
-      socket.native.set_state(scope, name, json)
+      websocket.session.set_state(scope, name, json)
     end
 
     # What a restore gave back for `owner`: name => JSON text.

@@ -33,7 +33,7 @@ RSpec.describe AnyCableRs::Dispatcher, "commands and connection command callback
   end
 
   stub_job = Struct.new(:kind, :session_id, :command, :identifier, :data, :answers) do
-    def resolve(*answer) = answers << answer
+    def ok = answers << :ok
   end
 
   let(:job_class) { stub_job }
@@ -79,17 +79,17 @@ RSpec.describe AnyCableRs::Dispatcher, "commands and connection command callback
   def open_session(klass)
     env = Rack::MockRequest.env_for("/cable")
     ac = AnyCableRs::ActionCable
-    socket = ac::Socket.new(native, "actioncable-v1-json")
-    connection = ac::Compat.build_connection(klass, dispatcher.cable_server, env, socket, coder: ac::Coder)
-    # As the dispatcher registers it: the native socket (Native::Socket) and the connection.
-    dispatcher.instance_variable_get(:@sessions)[7] = described_class::Session.new(native, connection)
+    websocket = ac::WebSocket.new(native, "actioncable-v1-json")
+    connection = ac::Compat.build_connection(klass, dispatcher.cable_server, env, websocket, coder: ac::Coder)
+    # As the dispatcher registers it: the server's session (Native::Session) and the connection.
+    dispatcher.instance_variable_get(:@sessions)[7] = described_class::Entry.new(native, connection)
     connection
   end
 
   def run(command, data = nil)
     job = job_class.new(:command, 7, command, identifier, data, [])
     dispatcher.dispatch(job)
-    expect(job.answers).to eq([["ok", nil]])
+    expect(job.answers).to eq([:ok])
   end
 
   it "runs subscribe, message and unsubscribe each inside the :command callbacks" do

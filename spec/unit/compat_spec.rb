@@ -6,7 +6,7 @@ require "stringio"
 require "rack/mock"
 require "action_cable"
 require "anycable_rs"
-require "anycable_rs/action_cable/socket"
+require "anycable_rs/action_cable/websocket"
 require "anycable_rs/action_cable/server"
 require "anycable_rs/action_cable/patches"
 require "anycable_rs/action_cable/coder"
@@ -31,7 +31,7 @@ RSpec.describe AnyCableRs::ActionCable::Compat do
   # What the Railtie does in an app.
   ::ActionCable::Channel::Base.prepend(ac::ChannelPatch) unless ::ActionCable::Channel::Base <= ac::ChannelPatch
 
-  # The Rust socket, as Ruby sees it.
+  # The server's session (Native::Session), as Ruby sees it.
   native_class = Class.new do
     attr_reader :sent, :streams
 
@@ -86,7 +86,7 @@ RSpec.describe AnyCableRs::ActionCable::Compat do
   let(:runtime) { Object.new }
   let(:server) { ac::CableServer.new(runtime, pubsub) }
   let(:native) { native_class.new }
-  let(:socket) { ac::Socket.new(native, "actioncable-v1-json") }
+  let(:socket) { ac::WebSocket.new(native, "actioncable-v1-json") }
   let(:env) do
     Rack::MockRequest.env_for("/cable?x=1",
       "HTTP_UPGRADE" => "websocket", "HTTP_CONNECTION" => "Upgrade",

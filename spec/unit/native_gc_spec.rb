@@ -21,18 +21,18 @@ RSpec.describe "the Native seam under GC.stress" do
       values = [job.session_id, job.env_token, job.request_method, job.target, job.headers, job.remote_ip]
       raise "bad connect job #{values.inspect}" unless values[2] == "GET" && values[4].is_a?(Array)
 
-      socket = job.socket
-      socket.identifiers = JSON.generate(user: "u#{socket.id}")
-      socket.stream("gc_stream", '{"channel":"GcChannel"}')
-      job.resolve("ok", nil)
+      session = job.session
+      session.identifiers = JSON.generate(user: "u#{session.id}")
+      session.stream("gc_stream", '{"channel":"GcChannel"}')
+      job.ok
     when :command
       values = [job.session_id, job.command, job.identifier, job.data]
       raise "bad command job #{values.inspect}" unless values[1].is_a?(Symbol) && values[2].is_a?(String)
 
-      job.resolve("ok", nil)
+      job.ok
     when :disconnect
       job.session_id
-      job.resolve("ok", nil)
+      job.ok
     when :callback
       raise "bad callback job" unless job.target_id == 7 && job.payload.start_with?("{")
     when :timer
@@ -42,7 +42,7 @@ RSpec.describe "the Native seam under GC.stress" do
     end
   rescue => e
     errors << "#{e.class}: #{e.message}"
-    job.resolve("error", e.message) rescue nil # rubocop:disable Style/RescueModifier
+    job.fail(e.message) rescue nil # rubocop:disable Style/RescueModifier
   end
 
   it "takes and answers every job kind while the GC runs at every allocation" do

@@ -2,7 +2,7 @@
 //! readers, not a positional array.
 //!
 //! Why an object: converting a job eagerly meant building several Ruby values (the
-//! reply, the socket, strings) and keeping them in a heap `Vec` until the array held
+//! reply, the session, strings) and keeping them in a heap `Vec` until the array held
 //! them. The GC cannot see a Rust heap, so a collection triggered by the next
 //! allocation could free the earlier values, and Ruby later called a method on a
 //! freed object (a segfault in `next_jobs`). Here a job becomes exactly one Ruby
@@ -13,12 +13,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use anycable_core::{ConnectReply, DisconnectReason, Hub};
-use magnus::{Error, Ruby, StaticSymbol};
+use magnus::{Error, Ruby, StaticSymbol, Symbol};
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
 use crate::bridge::Job;
-use crate::handles::Socket;
+use crate::session::RbSession;
 
 /// The reply slot of a request job. Dropping it unanswered (an exception in the
 /// dispatcher, a thread killed, the job object collected) wakes the waiting task with
@@ -83,14 +83,14 @@ impl RubyJob {
         }
     }
 
-    /// A connect's socket: a new `Native::Socket` on each call.
-    pub fn socket(ruby: &Ruby, rb_self: &Self) -> Result<Socket, Error> {
+    /// A connect's session: a new `Native::Session` on each call.
+    pub fn session(ruby: &Ruby, rb_self: &Self) -> Result<RbSession, Error> {
         match &rb_self.job {
-            Job::Connect { session, .. } => Ok(Socket {
+            Job::Connect { session, .. } => Ok(RbSession {
                 session: session.clone(),
                 hub: rb_self.hub.clone(),
             }),
-            _ => Err(wrong_kind(ruby, rb_self, "socket")),
+            _ => Err(wrong_kind(ruby, rb_self, "session")),
         }
     }
 
@@ -210,36 +210,42 @@ impl RubyJob {
         }
     }
 
-    /// Answers a request job. `status`: "ok", "unauthorized", "invalid_request" or
-    /// "error" (with `message`) for a connect; anything for a command or disconnect.
-    /// Only the first call counts; jobs that wait for no answer return false.
-    pub fn resolve(
-        ruby: &Ruby,
-        rb_self: &Self,
-        status: String,
-        message: Option<String>,
-    ) -> Result<bool, Error> {
-        let Some(pending) = rb_self.reply.lock().take() else {
-            return Ok(false);
-        };
-        match pending {
-            Pending::Done(tx) => Ok(tx.send(()).is_ok()),
-            Pending::Connect(tx) => {
-                let reply = match status.as_str() {
-                    "ok" => ConnectReply::Accepted,
-                    "unauthorized" => ConnectReply::Rejected(DisconnectReason::UNAUTHORIZED),
-                    "invalid_request" => ConnectReply::Rejected(DisconnectReason::INVALID_REQUEST),
-                    "error" => ConnectReply::Failed(message.unwrap_or_default()),
-                    other => {
-                        let _ = tx.send(ConnectReply::Failed(format!("bad status {other:?}")));
-                        return Err(Error::new(
-                            ruby.exception_arg_error(),
-                            format!("unknown connect status {other:?}"),
-                        ));
-                    }
-                };
-                Ok(tx.send(reply).is_ok())
+    /// The app did what the job asked: a connect accepted the client; a command or
+    /// disconnect ran. Only the first answer counts; jobs that wait for none return
+    /// false.
+    pub fn ok(&self) -> bool {
+        self.answer(ConnectReply::Accepted)
+    }
+
+    /// A connect refused the client: `reason` is `:unauthorized` (Action Cable's
+    /// `reject_unauthorized_connection`) or `:invalid_request`. For other jobs, as
+    /// [`RubyJob::ok`].
+    pub fn reject(ruby: &Ruby, rb_self: &Self, reason: Symbol) -> Result<bool, Error> {
+        let reason = match reason.name()?.as_ref() {
+            "unauthorized" => DisconnectReason::UNAUTHORIZED,
+            "invalid_request" => DisconnectReason::INVALID_REQUEST,
+            other => {
+                rb_self.answer(ConnectReply::Failed(format!("bad rejection {other:?}")));
+                return Err(Error::new(
+                    ruby.exception_arg_error(),
+                    format!("unknown rejection :{other} (:unauthorized or :invalid_request)"),
+                ));
             }
+        };
+        Ok(rb_self.answer(ConnectReply::Rejected(reason)))
+    }
+
+    /// A connect raised: the client gets `server_error`, and `message` is logged. For
+    /// other jobs, as [`RubyJob::ok`].
+    pub fn fail(&self, message: String) -> bool {
+        self.answer(ConnectReply::Failed(message))
+    }
+
+    fn answer(&self, reply: ConnectReply) -> bool {
+        match self.reply.lock().take() {
+            None => false,
+            Some(Pending::Done(tx)) => tx.send(()).is_ok(),
+            Some(Pending::Connect(tx)) => tx.send(reply).is_ok(),
         }
     }
 }
@@ -249,7 +255,7 @@ pub fn init(ruby: &Ruby, native: magnus::RClass) -> Result<(), Error> {
     let class = native.define_class("Job", ruby.class_object())?;
     class.define_method("kind", method!(RubyJob::kind, 0))?;
     class.define_method("session_id", method!(RubyJob::session_id, 0))?;
-    class.define_method("socket", method!(RubyJob::socket, 0))?;
+    class.define_method("session", method!(RubyJob::session, 0))?;
     class.define_method("env_token", method!(RubyJob::env_token, 0))?;
     class.define_method("request_method", method!(RubyJob::request_method, 0))?;
     class.define_method("target", method!(RubyJob::target, 0))?;
@@ -262,6 +268,8 @@ pub fn init(ruby: &Ruby, native: magnus::RClass) -> Result<(), Error> {
     class.define_method("data", method!(RubyJob::data, 0))?;
     class.define_method("target_id", method!(RubyJob::target_id, 0))?;
     class.define_method("payload", method!(RubyJob::payload, 0))?;
-    class.define_method("resolve", method!(RubyJob::resolve, 2))?;
+    class.define_method("ok", method!(RubyJob::ok, 0))?;
+    class.define_method("reject", method!(RubyJob::reject, 1))?;
+    class.define_method("fail", method!(RubyJob::fail, 1))?;
     Ok(())
 }

@@ -3,16 +3,16 @@
 //! - [`native`]: `AnyCableRs::Native`, the embedded server driven from Ruby;
 //! - [`bridge`]: the queue through which tokio tasks get Ruby code run;
 //! - [`job`]: a bridge job as a Ruby object, with its reply;
-//! - [`handles`]: the Ruby wrapper of a connection;
+//! - [`session`]: `AnyCableRs::Native::Session`, a client connection as Ruby holds it;
 //! - [`nogvl`]: releasing the GVL around blocking waits;
 //! - [`settings`]: `Native.new`'s options, read and checked.
 
 mod bridge;
-mod handles;
 mod job;
 mod logger;
 mod native;
 mod nogvl;
+mod session;
 mod settings;
 
 use magnus::{Error, Ruby};

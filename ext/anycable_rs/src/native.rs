@@ -24,7 +24,6 @@ use tokio::runtime::Runtime;
 use tokio::task::JoinHandle;
 
 use crate::bridge::{Job, JobQueue, Pop, RubyController};
-use crate::handles::Socket;
 use crate::job::RubyJob;
 use crate::nogvl::without_gvl;
 use crate::settings::{check_origins, Settings};
@@ -442,27 +441,6 @@ pub fn init(ruby: &Ruby, module: magnus::RModule) -> Result<(), Error> {
     class.define_method("shutdown", method!(Native::shutdown, 1))?;
     class.define_method("abandon", method!(Native::abandon, 0))?;
 
-    let socket = class.define_class("Socket", ruby.class_object())?;
-    socket.define_method("id", method!(Socket::id, 0))?;
-    socket.define_method("sid", method!(Socket::sid, 0))?;
-    socket.define_method("transmit", method!(Socket::transmit, 1))?;
-    socket.define_method("close", method!(Socket::close, 2))?;
-    socket.define_method("close_quietly", method!(Socket::close_quietly, 0))?;
-    socket.define_method("closed?", method!(Socket::is_closed, 0))?;
-    socket.define_method("stream", method!(Socket::stream, 2))?;
-    socket.define_method("unstream", method!(Socket::unstream, 2))?;
-    socket.define_method("whisper_to", method!(Socket::whisper_to, 2))?;
-    socket.define_method("add_subscription", method!(Socket::add_subscription, 1))?;
-    socket.define_method(
-        "remove_subscription",
-        method!(Socket::remove_subscription, 1),
-    )?;
-    socket.define_method("pin_subscription", method!(Socket::pin_subscription, 1))?;
-    socket.define_method("set_state", method!(Socket::set_state, 3))?;
-    socket.define_method("presence_to", method!(Socket::presence_to, 2))?;
-    socket.define_method("presence_join", method!(Socket::presence_join, 3))?;
-    socket.define_method("presence_leave", method!(Socket::presence_leave, 1))?;
-    socket.define_method("identifiers=", method!(Socket::set_identifiers, 1))?;
-
+    crate::session::init(ruby, class)?;
     crate::job::init(ruby, class)
 }

@@ -69,7 +69,7 @@ module AnyCableRs
           params.count { |type, _| type == :req } == 2
       end
 
-      # A connection of `klass` over the anycable-rs socket `websocket` (Socket),
+      # A connection of `klass` over our `websocket` (a WebSocket),
       # logging through a LoggerProxy.
       def build_connection(klass, server, env, websocket, coder:)
         if socket_owned_connections?
@@ -101,12 +101,12 @@ module AnyCableRs
         LoggerProxy.new(server.logger, tags: tags)
       end
 
-      # The anycable-rs Socket under a connection, or nil for any other connection
-      # (a plain Action Cable one, a test stub).
+      # Our WebSocket under a connection, or nil for any other connection (a plain
+      # Action Cable one, a test stub).
       # checked: 6.1–8.1 `@websocket`; main `@socket` (our ServerSocket).
       def websocket(connection)
-        socket = connection.instance_variable_get(:@websocket)
-        return socket if socket.is_a?(Socket)
+        websocket = connection.instance_variable_get(:@websocket)
+        return websocket if websocket.is_a?(WebSocket)
 
         holder = connection.instance_variable_get(:@socket)
         holder.websocket if holder.is_a?(ServerSocket)
@@ -241,8 +241,8 @@ module AnyCableRs
       def restore_channel(connection, klass, identifier, params, streams:, whisper:)
         channel = klass.new(connection, identifier, params.with_indifferent_access)
         channel.instance_variable_set(:@subscription_confirmation_sent, true)
-        native = websocket(connection).native
-        streams.each { |stream| self.streams(channel)[stream] = DirectStream.new(native, identifier) }
+        session = websocket(connection).session
+        streams.each { |stream| self.streams(channel)[stream] = DirectStream.new(session, identifier) }
         channel.instance_variable_set(:@_anycable_whisper, whisper) if whisper
         channel.__send__(:start_periodic_timers)
         channels(connection)[identifier] = channel

@@ -116,20 +116,20 @@ module AnyCableRs
       # `presence: true`: clients join this stream's presence set (`channel.presence`
       # in @anycable/web), one per subscription.
       def stream_from(broadcasting, callback = nil, coder: nil, whisper: false, presence: false, &block)
-        socket = Compat.websocket(connection)
-        if callback.nil? && block.nil? && coder.nil? && socket
+        websocket = Compat.websocket(connection)
+        if callback.nil? && block.nil? && coder.nil? && websocket
           # As Rails does where it has the guard: a channel that has been unsubscribed
           # starts no new stream.
           return if Compat.unsubscribed?(self)
 
           broadcasting = String(broadcasting)
-          token = DirectStream.new(socket.native, identifier)
+          token = DirectStream.new(websocket.session, identifier)
           Compat.streams(self)[broadcasting] = token
           pubsub.subscribe(broadcasting, token)
           logger.info "#{self.class.name} is streaming from #{broadcasting}"
         else
           # A stream the hub does not know: a restore cannot bring this one back.
-          socket&.native&.pin_subscription(identifier)
+          websocket&.session&.pin_subscription(identifier)
           super(broadcasting, callback, coder: coder, &block)
         end
         whispers_to(broadcasting) if whisper
@@ -140,19 +140,19 @@ module AnyCableRs
         stream_from(broadcasting_for(model), callback || block, coder: coder, whisper: whisper, presence: presence)
       end
 
-      # AnyCable's: this socket joins the subscription's presence set (the stream given,
+      # AnyCable's: this session joins the subscription's presence set (the stream given,
       # else the one `stream_from …, presence: true` named), as `id` (default: the
       # connection's identifier) with `info` (anything JSON can hold). Every
       # subscriber of the stream, this one included, gets `join` when the id is new
       # there. From `subscribed`, the join follows the confirmation (as AnyCable's).
       # False when there is no presence here (no broker, plain Action Cable).
       def join_presence(stream = nil, id: nil, info: nil)
-        native = anycable_native
-        return false unless native
+        session = anycable_session
+        return false unless session
 
         presence_on(stream) if stream
         join = [(id || connection.connection_identifier).to_s, info.nil? ? nil : ActiveSupport::JSON.encode(info)]
-        return native.presence_join(identifier, *join) if Compat.confirmation_sent?(self)
+        return session.presence_join(identifier, *join) if Compat.confirmation_sent?(self)
 
         @_anycable_presence_join = join
         true
@@ -163,22 +163,22 @@ module AnyCableRs
       def anycable_rs_after_confirm
         join = @_anycable_presence_join or return
         @_anycable_presence_join = nil
-        anycable_native&.presence_join(identifier, *join)
+        anycable_session&.presence_join(identifier, *join)
       end
 
       # Leaves it (`leave` to the subscribers when this was the id's last socket).
       def leave_presence
-        anycable_native&.presence_leave(identifier)
+        anycable_session&.presence_leave(identifier)
       end
 
 
       # AnyCable's name for turning whisper on for a stream this channel streams from.
       def whispers_to(broadcasting)
-        socket = Compat.websocket(connection)
-        return unless socket
+        session = anycable_session
+        return unless session
 
         @_anycable_whisper = String(broadcasting)
-        socket.native.whisper_to(@_anycable_whisper, identifier)
+        session.whisper_to(@_anycable_whisper, identifier)
       end
 
       def stop_stream_from(broadcasting)
@@ -193,13 +193,13 @@ module AnyCableRs
 
       private
 
-      # The anycable-rs socket (Native::Socket) under this channel's connection, or nil.
-      def anycable_native
-        Compat.websocket(connection)&.native
+      # The server's session (Native::Session) under this channel's connection, or nil.
+      def anycable_session
+        Compat.websocket(connection)&.session
       end
 
       def presence_on(broadcasting)
-        anycable_native&.presence_to(String(broadcasting), identifier)
+        anycable_session&.presence_to(String(broadcasting), identifier)
       end
 
       # Action Cable defines a singleton method per connection identifier on every
@@ -215,7 +215,7 @@ module AnyCableRs
 
       def stop_whisper
         @_anycable_whisper = nil
-        anycable_native&.whisper_to("", identifier)
+        anycable_session&.whisper_to("", identifier)
       end
 
       # Action Cable before 7.1 builds `data.inspect` for a debug line on every

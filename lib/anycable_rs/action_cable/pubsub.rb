@@ -30,7 +30,7 @@ module AnyCableRs
       def subscribe(channel, callback, success_callback = nil)
         channel = channel.to_s
         if callback.is_a?(DirectStream)
-          callback.socket.stream(channel, callback.identifier)
+          callback.session.stream(channel, callback.identifier)
         else
           id = @runtime.dispatcher.register_callback(callback)
           @lock.synchronize { @ids[[channel, callback]] = id }
@@ -42,7 +42,7 @@ module AnyCableRs
       def unsubscribe(channel, callback)
         channel = channel.to_s
         if callback.is_a?(DirectStream)
-          callback.socket.unstream(channel, callback.identifier)
+          callback.session.unstream(channel, callback.identifier)
         else
           id = @lock.synchronize { @ids.delete([channel, callback]) }
           return unless id

@@ -4,12 +4,12 @@ module AnyCableRs
   module ActionCable
     # Stands where Action Cable's `ActionCable::Connection::WebSocket` would: the
     # connection object transmits and closes through it, and the bytes go out through
-    # the Rust server.
-    class Socket
-      attr_reader :native, :protocol
+    # the Rust server's session (an AnyCableRs::Native::Session).
+    class WebSocket
+      attr_reader :session, :protocol
 
-      def initialize(native, protocol)
-        @native = native
+      def initialize(session, protocol)
+        @session = session
         @protocol = protocol
       end
 
@@ -18,16 +18,16 @@ module AnyCableRs
       end
 
       def alive?
-        !native.closed?
+        !session.closed?
       end
 
       def transmit(data)
-        native.transmit(data.to_s)
+        session.transmit(data.to_s)
       end
 
       # Connection#close has already transmitted its disconnect message.
       def close(*)
-        native.close_quietly
+        session.close_quietly
       end
 
       def rack_response
@@ -79,7 +79,7 @@ module AnyCableRs
     end
 
     # The "callback" a plain `stream_from` registers: tells the pub/sub adapter to let
-    # the Rust hub deliver that stream to this socket without entering Ruby.
-    DirectStream = Struct.new(:socket, :identifier)
+    # the Rust hub deliver that stream to this session without entering Ruby.
+    DirectStream = Struct.new(:session, :identifier)
   end
 end

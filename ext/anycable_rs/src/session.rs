@@ -1,4 +1,7 @@
-//! `AnyCableRs::Native::Socket`: one client connection, as Ruby holds it.
+//! `AnyCableRs::Native::Session`: one client connection as Ruby holds it — the core's
+//! [`anycable_core::Session`], the name used on both sides of the seam (Action Cable's
+//! `WebSocket` is the transport the app's `Connection` writes through; ours,
+//! `AnyCableRs::ActionCable::WebSocket`, writes through this).
 
 use std::sync::Arc;
 
@@ -8,13 +11,13 @@ use magnus::{Error, RString, Ruby};
 
 /// A client connection as Ruby sees it. Every method is non-blocking and safe to call
 /// from any Ruby thread.
-#[magnus::wrap(class = "AnyCableRs::Native::Socket", free_immediately, size)]
-pub struct Socket {
+#[magnus::wrap(class = "AnyCableRs::Native::Session", free_immediately, size)]
+pub struct RbSession {
     pub session: SessionRef,
     pub hub: Arc<Hub>,
 }
 
-impl Socket {
+impl RbSession {
     pub fn id(&self) -> u64 {
         self.session.id
     }
@@ -23,7 +26,7 @@ impl Socket {
         self.session.sid.clone()
     }
 
-    /// Queues an already-encoded frame. False when the socket is closing.
+    /// Queues an already-encoded frame. False when the session is closing.
     pub fn transmit(&self, frame: RString) -> Result<bool, Error> {
         Ok(self.session.transmit(frame.to_string()?))
     }
@@ -96,7 +99,7 @@ impl Socket {
         self.session.presence_to(&identifier, &stream);
     }
 
-    /// `join_presence` from a channel: this socket joins subscription `identifier`'s
+    /// `join_presence` from a channel: this session joins subscription `identifier`'s
     /// presence set as `id` (`info`: JSON text). False when it cannot (no presence
     /// stream, no broker, another id); the client is told `error` then.
     pub fn presence_join(&self, identifier: String, id: String, info: Option<String>) -> bool {
@@ -114,4 +117,30 @@ impl Socket {
     pub fn whisper_to(&self, stream: String, identifier: String) {
         self.session.whisper_to(&identifier, &stream);
     }
+}
+
+pub fn init(ruby: &Ruby, native: magnus::RClass) -> Result<(), Error> {
+    use magnus::{method, Module};
+    let class = native.define_class("Session", ruby.class_object())?;
+    class.define_method("id", method!(RbSession::id, 0))?;
+    class.define_method("sid", method!(RbSession::sid, 0))?;
+    class.define_method("transmit", method!(RbSession::transmit, 1))?;
+    class.define_method("close", method!(RbSession::close, 2))?;
+    class.define_method("close_quietly", method!(RbSession::close_quietly, 0))?;
+    class.define_method("closed?", method!(RbSession::is_closed, 0))?;
+    class.define_method("stream", method!(RbSession::stream, 2))?;
+    class.define_method("unstream", method!(RbSession::unstream, 2))?;
+    class.define_method("whisper_to", method!(RbSession::whisper_to, 2))?;
+    class.define_method("add_subscription", method!(RbSession::add_subscription, 1))?;
+    class.define_method(
+        "remove_subscription",
+        method!(RbSession::remove_subscription, 1),
+    )?;
+    class.define_method("pin_subscription", method!(RbSession::pin_subscription, 1))?;
+    class.define_method("set_state", method!(RbSession::set_state, 3))?;
+    class.define_method("presence_to", method!(RbSession::presence_to, 2))?;
+    class.define_method("presence_join", method!(RbSession::presence_join, 3))?;
+    class.define_method("presence_leave", method!(RbSession::presence_leave, 1))?;
+    class.define_method("identifiers=", method!(RbSession::set_identifiers, 1))?;
+    Ok(())
 }
