@@ -2,10 +2,10 @@
 # frozen_string_literal: true
 
 # Before/after for a hot-path change: anycable-rs embedded in Puma from two checkouts,
-# taking turns (so drift on this shared machine hits both), echo at 50 clients and
-# connect + subscribe of 3k clients each round. Prints every round and the medians,
-# with the server's CPU time per echo (all its threads, from /proc), which varies far
-# less than throughput does here.
+# taking turns (so drift on this shared machine hits both), echo at 50 clients,
+# connect + subscribe of 3k clients, and a broadcast to 1k subscribers each round.
+# Prints every round and the medians, with the server's CPU time per echo (all its
+# threads, from /proc), which varies far less than throughput does here.
 #
 #   git worktree add /tmp/before <commit> && (cd /tmp/before && rake compile)
 #   cp bench/app/config.ru /tmp/before/bench/app/   # the same app on both sides
@@ -48,11 +48,17 @@ rounds.times do |round|
     pid, port, auth = start(dir)
     _, conn = Harness.bench("connect", %w[--clients 3000 --concurrency 100 --hold 0] + auth, [Harness.url(port)], pid: pid)
     Harness.stop(pid)
+    pid, port, auth = start(dir)
+    _, bcast = Harness.bench("broadcast", %w[--clients 1000 --messages 30 --interval-ms 100 --payload 200] + auth,
+      [Harness.url(port)])
+    Harness.stop(pid)
+    results["#{label}: broadcast 1k p95 until the last (ms)"] << bcast.dig("until_last_ms", "p95").to_f.round(1)
+    results["#{label}: broadcast 1k missing"] << bcast.fetch("missing")
     results["#{label}: echo round trips/s"] << echo.fetch("per_sec").round
     results["#{label}: server CPU µs per echo"] << cpu_us.round
     results["#{label}: connect + subscribe/s"] << conn.fetch("connects_per_sec").round
     puts "round #{round + 1} #{label}: echo #{echo["per_sec"].round}/s, #{cpu_us.round} µs CPU/echo, " \
-         "connect #{conn["connects_per_sec"].round}/s"
+         "connect #{conn["connects_per_sec"].round}/s, broadcast 1k p95 #{bcast.dig("until_last_ms", "p95").to_f.round(1)} ms"
   end
 end
 puts

@@ -309,15 +309,27 @@ module AnyCableRs
       config = AnyCableRs.config
       return @app.call(env) unless config.embedded && env["PATH_INFO"] == config.broadcast_path
 
-      native = AnyCableRs.runtime.native
-      return @app.call(env) unless native.serves_broadcasts?
+      runtime = AnyCableRs.runtime
+      return @app.call(env) unless runtime.native.serves_broadcasts?
 
-      # Taken through the pub/sub when there is one: the server must run here.
-      AnyCableRs.runtime.start!
+      peer = env["REMOTE_ADDR"].to_s
+      refusal = runtime.native.admit_broadcast(env["REQUEST_METHOD"], env["HTTP_AUTHORIZATION"], peer)
+      return text(*refusal) if refusal
+
+      # Published through the pub/sub when there is one: the server runs here from now.
+      begin
+        runtime.start!
+      rescue RuntimeError => e
+        return text(503, "Not serving: #{e.message}")
+      end
       body = env["rack.input"].read(Native::MAX_BROADCAST_BODY + 1).to_s
-      status, text = native.broadcast_request(env["REQUEST_METHOD"], env["HTTP_AUTHORIZATION"], body,
-        env["REMOTE_ADDR"].to_s)
-      [status, {"Content-Type" => "text/plain"}, [text]]
+      text(*runtime.native.take_broadcast(body, peer))
+    end
+
+    private
+
+    def text(status, body)
+      [status, {"Content-Type" => "text/plain"}, [body]]
     end
   end
 end

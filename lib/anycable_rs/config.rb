@@ -292,7 +292,9 @@ module AnyCableRs
       unknown = values.keys - DEFAULTS.keys
       raise ArgumentError, "unknown anycable-rs settings: #{unknown.join(", ")}" if unknown.any?
 
-      DEFAULTS.merge(values).each do |key, value|
+      # A setting given as nil (a blank in config/anycable.yml, e.g. an ERB variable
+      # that is unset) has its default: this is the one place defaults live.
+      DEFAULTS.merge(values.compact).each do |key, value|
         instance_variable_set(:"@#{key}", coerce(key, value))
       end
       @rpc_pool_size ||= default_pool_size

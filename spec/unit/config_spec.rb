@@ -13,6 +13,12 @@ RSpec.describe AnyCableRs::Config do
     end
   end
 
+  it "takes a blank setting in config/anycable.yml as its default, and the native side takes the result" do
+    c = config_from({}, yaml: "production:\n  redis_url: <%= ENV['NO_SUCH_VAR_X'] %>\n  path:\n  broker:\n  log_level:\n")
+    expect([c.redis_url, c.path, c.broker, c.log_level]).to eq(["redis://localhost:6379", "/cable", "none", "info"])
+    expect(AnyCableRs::Native.new(c.native_options)).to be_a(AnyCableRs::Native)
+  end
+
   it "has AnyCable's defaults" do
     c = config_from
     expect([c.embedded, c.port, c.path, c.health_path, c.ping_interval]).to eq([false, nil, "/cable", "/health", 3.0])

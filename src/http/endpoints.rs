@@ -1,7 +1,7 @@
 //! The plain HTTP endpoints beside the WebSocket path: `/health` (own port) and
 //! AnyCable's `POST /_broadcast` — on the own port, and on Puma's port through the
-//! Rack middleware (`AnyCableRs::BroadcastEndpoint`, which reads the body Puma parsed
-//! and hands it to [`answer_broadcast`]): one implementation, one rule for each case.
+//! Rack middleware (`AnyCableRs::BroadcastEndpoint`, which hands [`admit`] the request
+//! and [`take`] the body Puma read): one implementation, one rule for each case.
 //! (`/metrics` is rendered by the server.)
 
 use std::net::SocketAddr;
@@ -46,7 +46,7 @@ pub(crate) async fn serve_health(server: &impl EndpointHandle, stream: &mut TcpS
 /// endpoint is not served at all (the caller answers 404 or lets the app answer): an
 /// open endpoint would let anyone who reaches the port write to any stream, and
 /// "loopback only" still admits every client of a proxy on the same host.
-fn admit(
+pub fn admit(
     server: &impl EndpointHandle,
     method: &str,
     authorization: Option<&str>,
@@ -69,7 +69,7 @@ fn admit(
 }
 
 /// Takes an admitted request's body: 201, 413 (too large), 422 (bad payload).
-fn take(server: &impl EndpointHandle, body: &[u8], peer: &str) -> (u16, String) {
+pub fn take(server: &impl EndpointHandle, body: &[u8], peer: &str) -> (u16, String) {
     if body.len() > MAX_BROADCAST_BODY {
         return (413, "Payload too large".into());
     }
@@ -86,24 +86,9 @@ fn take(server: &impl EndpointHandle, body: &[u8], peer: &str) -> (u16, String) 
     }
 }
 
-/// AnyCable's `POST /_broadcast` whose body was read already (Puma's port, through
-/// the Rack middleware): (status, text). 201, 401 (bad key), 404 (no key: not
-/// served), 405, 413 (too large), 422 (bad payload).
-pub fn answer_broadcast(
-    server: &impl EndpointHandle,
-    method: &str,
-    authorization: Option<&str>,
-    body: &[u8],
-    peer: &str,
-) -> (u16, String) {
-    match admit(server, method, authorization, peer) {
-        Ok(()) => take(server, body, peer),
-        Err((status, text)) => (status, text.into()),
-    }
-}
-
 /// `POST /_broadcast` on the own port: the body is read only once the request is
-/// admitted. Statuses as [`answer_broadcast`]'s.
+/// admitted. 201, 401 (bad key), 404 (no key: not served), 405, 413 (too large), 422
+/// (bad payload).
 pub(crate) async fn serve_broadcast(
     server: &impl EndpointHandle,
     stream: &mut TcpStream,

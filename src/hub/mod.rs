@@ -149,8 +149,7 @@ impl Hub {
         };
         let group = subs.by_identifier.entry(id_key.clone()).or_default();
         if group.insert(session.id, session.clone()).is_none() {
-            session.streams.lock().push((stream_key, id_key));
-            session.mark_changed();
+            session.joined(stream_key, id_key);
         }
     }
 
@@ -158,22 +157,12 @@ impl Hub {
     pub fn unsubscribe(&self, session: &SessionRef, stream: &str, identifier: &str) {
         let mut streams = self.streams.write();
         Self::remove_locked(&mut streams, session.id, stream, identifier);
-        session
-            .streams
-            .lock()
-            .retain(|(s, i)| !(s.as_ref() == stream && i.as_ref() == identifier));
-        session.mark_changed();
+        session.left(stream, identifier);
     }
 
     /// Removes every subscription of `session` under `identifier` (channel unsubscribed).
     pub fn unsubscribe_identifier(&self, session: &SessionRef, identifier: &str) {
-        let mine: Vec<_> = {
-            let mut list = session.streams.lock();
-            let (gone, kept): (Vec<_>, Vec<_>) =
-                list.drain(..).partition(|(_, i)| i.as_ref() == identifier);
-            *list = kept;
-            gone
-        };
+        let mine = session.take_streams(Some(identifier));
         session.mark_changed();
         let mut streams = self.streams.write();
         for (stream, identifier) in mine {
@@ -183,7 +172,7 @@ impl Hub {
 
     /// Drops everything `session` subscribed to; called when it disconnects.
     pub fn remove_session(&self, session: &SessionRef) {
-        let mine = std::mem::take(&mut *session.streams.lock());
+        let mine = session.take_streams(None);
         if mine.is_empty() {
             return;
         }

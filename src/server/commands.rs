@@ -163,17 +163,12 @@ impl<C: Controller> Inner<C> {
                     whisper,
                     presence: presence_on,
                 } => {
-                    {
-                        let mut subs = session.server_subscriptions.lock();
-                        if subs.contains_key(id) {
-                            drop(subs);
-                            bad_input.warn(
-                                session.log_id(),
-                                format_args!("already subscribed; ignored"),
-                            );
-                            return Served::Done;
-                        }
-                        subs.insert(id.clone(), whisper.then(|| stream.clone()));
+                    if !session.add_server_subscription(id, whisper.then(|| stream.clone())) {
+                        bad_input.warn(
+                            session.log_id(),
+                            format_args!("already subscribed; ignored"),
+                        );
+                        return Served::Done;
                     }
                     if history.is_some() {
                         session.hold(id);
@@ -211,7 +206,7 @@ impl<C: Controller> Inner<C> {
                 }
             },
             Command::Unsubscribe => {
-                if session.server_subscriptions.lock().remove(id).is_none() {
+                if !session.remove_server_subscription(id) {
                     return Served::No;
                 }
                 self.hub.presence_leave(session, id);
@@ -221,7 +216,7 @@ impl<C: Controller> Inner<C> {
                 Served::Done
             }
             Command::Message => {
-                if !session.server_subscriptions.lock().contains_key(id) {
+                if !session.has_server_subscription(id) {
                     return Served::No;
                 }
                 bad_input.warn(

@@ -121,7 +121,7 @@ impl<C: Controller> Inner<C> {
         let refusal = match reply {
             ConnectReply::Accepted => {
                 if opened.lazy.is_none() || opened.owes_disconnect {
-                    session.app_connected.store(true, Ordering::Release);
+                    session.set_app_connected();
                 }
                 return Some((opened, outbox));
             }
@@ -159,7 +159,7 @@ impl<C: Controller> Inner<C> {
     ) -> bool {
         match self.controller.connect(connect).await {
             ConnectReply::Accepted => {
-                session.app_connected.store(true, Ordering::Release);
+                session.set_app_connected();
                 true
             }
             ConnectReply::Rejected(reason) => {

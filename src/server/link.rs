@@ -23,6 +23,9 @@ impl<C: Controller> Inner<C> {
         let Some(config) = &self.config.pubsub else {
             return Ok(());
         };
+        if self.link.get().is_some() {
+            return Ok(());
+        }
         let weak = Arc::downgrade(self);
         let deliver = move |payload: &str| {
             if let Some(inner) = weak.upgrade() {

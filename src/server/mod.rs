@@ -121,6 +121,9 @@ impl<C: Controller> Server<C> {
     /// Starts the timers and the pub/sub link the config names. Call once, inside the
     /// runtime. Fails when the link's settings are unusable (a bad URL).
     pub fn start(&self) -> Result<(), String> {
+        if self.inner.shutting_down.load(Ordering::Acquire) {
+            return Err("the server was shut down".into());
+        }
         self.inner.start_link()?;
         self.inner.start_tasks();
         Ok(())
@@ -186,23 +189,23 @@ impl<C: Controller> Server<C> {
     }
 
     /// AnyCable's `POST /_broadcast` as Puma's port takes it (the own port serves it
-    /// itself): (status, text), or `None` when it is not served (no broadcast key) and
-    /// the request goes on to the app.
-    pub fn broadcast_request(
+    /// itself), first step: `None` when the request may go on to
+    /// [`Server::take_broadcast_request`], else the (status, text) refusing it.
+    pub fn admit_broadcast(
         &self,
         method: &str,
         authorization: Option<&str>,
-        body: &[u8],
         peer: &str,
     ) -> Option<(u16, String)> {
-        self.inner.config.broadcast_key.as_ref()?;
-        Some(endpoints::answer_broadcast(
-            &*self.inner,
-            method,
-            authorization,
-            body,
-            peer,
-        ))
+        endpoints::admit(&*self.inner, method, authorization, peer)
+            .err()
+            .map(|(status, text)| (status, text.to_owned()))
+    }
+
+    /// An admitted `POST /_broadcast`'s body: checked, then published (or applied
+    /// here without a pub/sub). (status, text).
+    pub fn take_broadcast_request(&self, body: &[u8], peer: &str) -> (u16, String) {
+        endpoints::take(&*self.inner, body, peer)
     }
 
     /// More metrics to render with the server's (the Ruby side's).

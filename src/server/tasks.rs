@@ -1,7 +1,6 @@
 //! The server's timers: pings to every client, the broker's and presence's sweeps, and
 //! the NATS broker's writer of open sessions. Each runs until shutdown.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -86,7 +85,7 @@ impl<C: Controller> Inner<C> {
                     if session.is_closing() {
                         continue; // its close writes (or forgets) it
                     }
-                    let app = session.app_connected.load(Ordering::Acquire);
+                    let app = session.app_connected();
                     if let Some(entry) = session.to_cache(app) {
                         store.put(&session.sid, &entry).await;
                     }

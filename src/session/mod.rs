@@ -81,12 +81,12 @@ pub struct Session {
     closing: AtomicBool,
     too_slow_logged: AtomicBool,
     /// (stream, identifier) pairs this session is subscribed to in the hub.
-    pub(crate) streams: Mutex<Vec<(Arc<str>, Arc<str>)>>,
+    streams: Mutex<Vec<(Arc<str>, Arc<str>)>>,
     /// The connection's identifiers (`identified_by`), as JSON, for remote disconnects.
     identifiers: std::sync::OnceLock<serde_json::Value>,
     /// Subscriptions the server made itself (`$pubsub`, Turbo Streams), by identifier,
     /// with the stream whispers on it go to, if any. Only the connection task uses it.
-    pub(crate) server_subscriptions: Mutex<HashMap<String, Option<String>>>,
+    server_subscriptions: Mutex<HashMap<String, Option<String>>>,
     /// Whisper streams of the app's channel subscriptions (`stream_from …, whisper:
     /// true`), by identifier: one per subscription, as AnyCable's.
     whispers: Mutex<HashMap<String, String>>,
@@ -108,7 +108,7 @@ pub struct Session {
     /// What a restore would get back changed since the NATS broker last stored it.
     changed: AtomicBool,
     /// The app built a connection object for it (disconnect callbacks are owed).
-    pub(crate) app_connected: AtomicBool,
+    app_connected: AtomicBool,
     /// Extended protocol: kept for a restore when the client goes.
     resumable: AtomicBool,
 }
@@ -216,6 +216,15 @@ impl Session {
 
     pub fn is_closing(&self) -> bool {
         self.closing.load(Ordering::Acquire) || self.receiver_gone.load(Ordering::Acquire)
+    }
+
+    /// The app built a connection object for it: its disconnect callbacks are owed.
+    pub(crate) fn set_app_connected(&self) {
+        self.app_connected.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn app_connected(&self) -> bool {
+        self.app_connected.load(Ordering::Acquire)
     }
 
     pub(crate) fn mark_closing(&self) {

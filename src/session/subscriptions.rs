@@ -148,4 +148,58 @@ impl Session {
                 .iter()
                 .any(|s| s.confirmed && s.identifier.as_ref() == identifier)
     }
+
+    /// The hub joined it to (`stream`, `identifier`).
+    pub(crate) fn joined(&self, stream: Arc<str>, identifier: Arc<str>) {
+        self.streams.lock().push((stream, identifier));
+        self.mark_changed();
+    }
+
+    /// The hub let go of (`stream`, `identifier`).
+    pub(crate) fn left(&self, stream: &str, identifier: &str) {
+        self.streams
+            .lock()
+            .retain(|(s, i)| !(s.as_ref() == stream && i.as_ref() == identifier));
+        self.mark_changed();
+    }
+
+    /// Takes the (stream, identifier) pairs of subscription `identifier` out, or of
+    /// every subscription with `None`.
+    pub(crate) fn take_streams(&self, identifier: Option<&str>) -> Vec<(Arc<str>, Arc<str>)> {
+        let mut list = self.streams.lock();
+        let Some(identifier) = identifier else {
+            return std::mem::take(&mut *list);
+        };
+        let (gone, kept): (Vec<_>, Vec<_>) =
+            list.drain(..).partition(|(_, i)| i.as_ref() == identifier);
+        *list = kept;
+        gone
+    }
+
+    /// A subscription the server makes itself (`$pubsub`, Turbo Streams), with the
+    /// stream whispers on it go to, if any. False when it has one by that identifier.
+    pub(crate) fn add_server_subscription(
+        &self,
+        identifier: &str,
+        whisper: Option<String>,
+    ) -> bool {
+        let mut subs = self.server_subscriptions.lock();
+        if subs.contains_key(identifier) {
+            return false;
+        }
+        subs.insert(identifier.to_owned(), whisper);
+        true
+    }
+
+    /// Whether the server's own subscription `identifier` was there (and is gone now).
+    pub(crate) fn remove_server_subscription(&self, identifier: &str) -> bool {
+        self.server_subscriptions
+            .lock()
+            .remove(identifier)
+            .is_some()
+    }
+
+    pub(crate) fn has_server_subscription(&self, identifier: &str) -> bool {
+        self.server_subscriptions.lock().contains_key(identifier)
+    }
 }

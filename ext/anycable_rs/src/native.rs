@@ -241,22 +241,29 @@ impl Native {
             .map_err(|panic| runtime_error(ruby, format!("broadcast failed: {panic}")))
     }
 
-    /// `POST /_broadcast` on Puma's port (`AnyCableRs::BroadcastEndpoint`): `[status,
-    /// text]`, or nil when it is not served (no broadcast key) and the app answers.
-    pub fn broadcast_request(
-        ruby: &Ruby,
-        rb_self: &Self,
+    /// `POST /_broadcast` on Puma's port (`AnyCableRs::BroadcastEndpoint`), first
+    /// step: nil when the request may go on, else `[status, text]` refusing it.
+    pub fn admit_broadcast(
+        &self,
         method: String,
         authorization: Option<String>,
+        peer: String,
+    ) -> Option<(u16, String)> {
+        self.server
+            .admit_broadcast(&method, authorization.as_deref(), &peer)
+    }
+
+    /// An admitted `POST /_broadcast`'s body: `[status, text]`.
+    pub fn take_broadcast(
+        ruby: &Ruby,
+        rb_self: &Self,
         body: RString,
         peer: String,
-    ) -> Result<Option<(u16, String)>, Error> {
+    ) -> Result<(u16, String), Error> {
         // SAFETY: copied before anything else runs Ruby code.
         let body = unsafe { body.as_slice() }.to_vec();
         let server = &rb_self.server;
-        rb_self.off_gvl_with_history(ruby, || {
-            server.broadcast_request(&method, authorization.as_deref(), &body, &peer)
-        })
+        rb_self.off_gvl_with_history(ruby, || server.take_broadcast_request(&body, &peer))
     }
 
     /// Whether `POST /_broadcast` is served (a broadcast key is set).
@@ -419,7 +426,8 @@ pub fn init(ruby: &Ruby, module: magnus::RModule) -> Result<(), Error> {
         function!(Native::check_broadcast_size, 2),
     )?;
     class.const_set("MAX_BROADCAST_BODY", MAX_BROADCAST_BODY)?;
-    class.define_method("broadcast_request", method!(Native::broadcast_request, 4))?;
+    class.define_method("admit_broadcast", method!(Native::admit_broadcast, 3))?;
+    class.define_method("take_broadcast", method!(Native::take_broadcast, 2))?;
     class.define_method("serves_broadcasts?", method!(Native::serves_broadcasts, 0))?;
     class.define_method("start", method!(Native::start, 2))?;
     class.define_method("started?", method!(Native::is_started, 0))?;
