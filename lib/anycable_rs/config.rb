@@ -125,6 +125,13 @@ module AnyCableRs
     }.freeze
 
     attr_reader(*DEFAULTS.keys)
+    # SECRET_KEYS given empty, and so unset.
+    attr_reader :blank_secrets
+
+    # Keys and secrets: one given but empty (`secret: ""`, a quoted ERB variable that is
+    # unset) is unset, and boot says so. Taken as a key it would be public: the HMAC of
+    # "" is anyone's to compute, and an empty broadcast key matches a missing header.
+    SECRET_KEYS = %i[secret broadcast_key jwt_secret streams_secret turbo_streams_secret].freeze
 
     # AnyCable-Go's names for the same settings (env `ANYCABLE_<ALIAS>`, or the alias as a
     # key in config/anycable.yml). Ours win when both are set.
@@ -297,6 +304,8 @@ module AnyCableRs
       DEFAULTS.merge(values.compact).each do |key, value|
         instance_variable_set(:"@#{key}", coerce(key, value))
       end
+      @blank_secrets = SECRET_KEYS.select { |key| (v = public_send(key)).is_a?(String) && v.strip.empty? }
+      @blank_secrets.each { |key| instance_variable_set(:"@#{key}", nil) }
       @rpc_pool_size ||= default_pool_size
       if broker == "nats" && broadcast_adapter != "nats"
         raise ArgumentError, "anycable-rs: ANYCABLE_BROKER=nats keeps stream history in NATS JetStream and needs " \

@@ -46,9 +46,15 @@ module AnyCableRs
       end
 
       claims = JSON.parse(unb64(body))
-      now = Time.now.to_i
-      raise Expired, "expired" if claims["exp"].is_a?(Numeric) && now >= claims["exp"]
-      raise Invalid, "not yet valid" if claims["nbf"].is_a?(Numeric) && now < claims["nbf"]
+      raise Invalid, "claims are not an object" unless claims.is_a?(Hash)
+
+      now = Time.now.to_f
+      # NumericDates: a number, or the claim is refused (a string exp would never expire).
+      %w[exp nbf].each do |name|
+        raise Invalid, "#{name} is not a number" if claims.key?(name) && !claims[name].is_a?(Numeric)
+      end
+      raise Expired, "expired" if claims.key?("exp") && now >= claims["exp"]
+      raise Invalid, "not yet valid" if claims.key?("nbf") && now < claims["nbf"]
       raise Invalid, "no ext" unless claims["ext"].is_a?(String)
       raise Invalid, "ext is not a JSON object" unless JSON.parse(claims["ext"]).is_a?(Hash)
 

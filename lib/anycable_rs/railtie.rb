@@ -25,10 +25,17 @@ module AnyCableRs
       end
     end
 
-    # A restore sid (`/cable?sid=…`) restores a session without `connect`: request log
-    # lines (Rails' and ours) show it filtered, as a password.
+    # A restore sid (`/cable?sid=…`) restores a session without `connect`, and a JWT
+    # (`/cable?jid=…`, ANYCABLE_JWT_PARAM) identifies one: request log lines (Rails' and
+    # ours) show both filtered, as passwords.
     initializer "anycable_rs.filter_sid" do |app|
       app.config.filter_parameters << /\Asid\z/
+      param = begin
+        AnyCableRs.config.jwt_param
+      rescue ArgumentError
+        Config::DEFAULTS[:jwt_param] # the config is refused later, with its message
+      end
+      app.config.filter_parameters << /\A#{Regexp.escape(param.to_s)}\z/
     end
 
     initializer "anycable_rs.helpers" do
@@ -136,6 +143,11 @@ module AnyCableRs
     # (not in consoles, job runners or scripts).
     def announce_broadcast_endpoint
       config = AnyCableRs.config
+      unless config.blank_secrets.empty?
+        names = config.blank_secrets.map { |key| "ANYCABLE_#{key.upcase}" }.join(", ")
+        AnyCableRs.logger.warn "anycable-rs: #{names} set but empty: treated as unset " \
+          "(an empty key would be public)"
+      end
       return if config.effective_broadcast_key
 
       own = config.port ? " nor on the own port #{config.port}" : ""

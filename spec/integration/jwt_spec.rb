@@ -46,6 +46,9 @@ RSpec.describe "JWT identification (real Puma)", type: :cable do
     c.perform(state, "whoami")
     expect(message_for(c, state)).to eq("user" => "jill", "tab" => "jwt")
     expect(events.map(&:first)).not_to include("connect")
+    # The token is a credential: the request log shows it filtered (Rails' line and ours).
+    wait_for { puma.rails_log.include?("jid=[FILTERED]") }
+    expect(puma.rails_log).not_to include(t)
   end
 
   it "takes the token from the anycable-token subprotocol and the X-JID header too" do

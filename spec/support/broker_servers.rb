@@ -2,6 +2,7 @@
 
 require "fileutils"
 require "tmpdir"
+require "erb"
 
 # A real pub/sub server (Debian's package) on a free loopback port.
 class BrokerServer
@@ -49,6 +50,34 @@ class NatsServer < BrokerServer
 
   def command
     ["nats-server", "-a", "127.0.0.1", "-p", port.to_s]
+  end
+end
+
+# nats-server that requires a user and password (`url` carries them, percent-encoded as
+# RFC 3986 has it: a space is %20).
+class AuthNatsServer < NatsServer
+  USER = "any@cable"
+  PASSWORD = "p@ss w0rd:/%"
+
+  def url
+    "nats://#{ERB::Util.url_encode(USER)}:#{ERB::Util.url_encode(PASSWORD)}@127.0.0.1:#{port}"
+  end
+
+  def command
+    super + ["--user", USER, "--pass", PASSWORD] + (@jetstream ? ["-js", "-sd", store_dir] : [])
+  end
+
+  def with_jetstream
+    @jetstream = true
+    self
+  end
+
+  def store_dir
+    @store_dir ||= Dir.mktmpdir("anycable-rs-jetstream")
+  end
+
+  def cleanup
+    FileUtils.rm_rf(@store_dir) if @store_dir
   end
 end
 

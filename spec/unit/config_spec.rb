@@ -19,6 +19,17 @@ RSpec.describe AnyCableRs::Config do
     expect(AnyCableRs::Native.new(c.native_options)).to be_a(AnyCableRs::Native)
   end
 
+  it "takes an empty key or secret as unset, and the native side agrees (an empty key would be public)" do
+    c = config_from({}, yaml: "production:\n  secret: \"\"\n  broadcast_key: \" \"\n  streams_secret: \"\"\n")
+    expect([c.secret, c.broadcast_key, c.streams_secret]).to eq([nil, nil, nil])
+    expect(c.blank_secrets).to eq(%i[secret broadcast_key streams_secret])
+    expect([c.effective_broadcast_key, c.effective_streams_secret, c.jwt_options]).to eq([nil, nil, nil])
+    expect(AnyCableRs::Native.new(c.native_options).serves_broadcasts?).to be(false)
+    # Past Ruby too: the extension takes an empty key or streams secret as none.
+    native = AnyCableRs::Native.new(c.native_options.merge(broadcast_key: "", streams: c.streams_options.merge(secret_hex: "")))
+    expect(native.serves_broadcasts?).to be(false)
+  end
+
   it "has AnyCable's defaults" do
     c = config_from
     expect([c.embedded, c.port, c.path, c.health_path, c.ping_interval]).to eq([false, nil, "/cable", "/health", 3.0])

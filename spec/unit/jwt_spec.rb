@@ -36,6 +36,22 @@ RSpec.describe "AnyCableRs::JWT.decode" do
     expect { jwt.decode("a.b.c.d", secret: "k") }.to raise_error(jwt::Invalid)
   end
 
+  def signed(claims, secret: "k")
+    head = jwt.b64('{"alg":"HS256"}')
+    body = jwt.b64(JSON.generate(claims))
+    "#{head}.#{body}.#{jwt.b64(OpenSSL::HMAC.digest("SHA256", secret, "#{head}.#{body}"))}"
+  end
+
+  it "refuses exp and nbf that are not numbers (a string exp never expired), and counts fractions" do
+    ext = JSON.generate(user: "u1")
+    expect { jwt.decode(signed({ext: ext, exp: "1"}), secret: "k") }.to raise_error(jwt::Invalid, /exp is not a number/)
+    expect { jwt.decode(signed({ext: ext, exp: nil}), secret: "k") }.to raise_error(jwt::Invalid)
+    expect { jwt.decode(signed({ext: ext, nbf: "9999999999"}), secret: "k") }.to raise_error(jwt::Invalid, /nbf/)
+    expect { jwt.decode(signed({ext: ext, exp: Time.now.to_f - 10.5}), secret: "k") }.to raise_error(jwt::Expired)
+    expect(jwt.decode(signed({ext: ext, exp: Time.now.to_f + 60.5}), secret: "k")).to eq(ext)
+    expect { jwt.decode(signed({ext: ext, nbf: Time.now.to_f + 60.5}), secret: "k") }.to raise_error(jwt::Invalid)
+  end
+
   it "agrees with the Rust server on the documented token: expired" do
     token = "eyJhbGciOiJIUzI1NiJ9.eyJleHQiOiJ7XCJ1c2VyXCI6XCJaMmxrT2k4dmJYbGhjSEF2VlhObGNpODBNZ1wifSIsImV4cCI6MTc2NzIyNTYwMH0.HMRAMFbPToMVTuPT7fCR6aX_d8aMJASA_snGTa7b3rE"
     expect { jwt.decode(token, secret: "s3cr3t") }.to raise_error(jwt::Expired)

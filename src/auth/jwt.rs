@@ -8,7 +8,6 @@
 
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use serde::Deserialize;
 
 use crate::http::RequestHead;
 
@@ -42,9 +41,15 @@ pub enum JwtError {
     Invalid(String),
 }
 
-#[derive(Deserialize)]
-struct Claims {
-    ext: Option<serde_json::Value>,
+/// A NumericDate claim (`exp`, `nbf`): seconds since the epoch, a JSON number (RFC 7519
+/// allows fractions). jsonwebtoken skips a claim it cannot read as an integer, so a
+/// string `exp` would never expire: anything but a number is refused here.
+fn numeric_date(name: &str, claim: Option<&serde_json::Value>) -> Result<Option<f64>, JwtError> {
+    match claim {
+        None => Ok(None),
+        Some(serde_json::Value::Number(n)) => Ok(n.as_f64()),
+        Some(_) => Err(JwtError::Invalid(format!("{name} is not a number"))),
+    }
 }
 
 impl JwtConfig {
@@ -86,7 +91,7 @@ impl JwtConfig {
         validation.validate_nbf = true;
         validation.validate_aud = false;
         validation.required_spec_claims.clear();
-        let data = jsonwebtoken::decode::<Claims>(
+        let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
             token,
             &DecodingKey::from_secret(&self.key),
             &validation,
@@ -95,13 +100,23 @@ impl JwtConfig {
             ErrorKind::ExpiredSignature => JwtError::Expired,
             other => JwtError::Invalid(format!("{other:?}")),
         })?;
-        match data.claims.ext {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        if numeric_date("exp", data.claims.get("exp"))?.is_some_and(|exp| now >= exp) {
+            return Err(JwtError::Expired);
+        }
+        if numeric_date("nbf", data.claims.get("nbf"))?.is_some_and(|nbf| now < nbf) {
+            return Err(JwtError::Invalid("not yet valid".into()));
+        }
+        match data.claims.get("ext") {
             // The identifiers, keyed by `identified_by` name: a JSON object.
             Some(serde_json::Value::String(ext))
-                if serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&ext)
+                if serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(ext)
                     .is_ok() =>
             {
-                Ok(ext)
+                Ok(ext.clone())
             }
             Some(serde_json::Value::String(_)) => {
                 Err(JwtError::Invalid("ext is not a JSON object".into()))
@@ -224,5 +239,31 @@ mod tests {
         let both = [proto[0], ("x-jid", "h")];
         assert_eq!(c.token(&head(&both, "/cable?jid=q")), Some("h"));
         assert_eq!(c.token(&head(&[], "/cable")), None);
+    }
+
+    #[test]
+    fn exp_and_nbf_must_be_numbers_and_fractions_count() {
+        let c = config();
+        let ext = r#"{"user":"u1"}"#;
+        let signed = |claims| token(Algorithm::HS256, claims, b"s3cr3t");
+        // A string exp never expired before: jsonwebtoken skips what it cannot parse.
+        let t = signed(serde_json::json!({"ext": ext, "exp": "1"}));
+        let got = c.verify(&t);
+        assert!(
+            matches!(&got, Err(JwtError::Invalid(why)) if why.contains("exp")),
+            "{got:?}"
+        );
+        let t = signed(serde_json::json!({"ext": ext, "exp": null}));
+        assert!(matches!(c.verify(&t), Err(JwtError::Invalid(_))));
+        let t = signed(serde_json::json!({"ext": ext, "nbf": "9999999999"}));
+        assert!(matches!(c.verify(&t), Err(JwtError::Invalid(why)) if why.contains("nbf")));
+        // A fraction is a NumericDate too: in the past, expired; in the future, fine.
+        let past = now() as f64 - 10.5;
+        let t = signed(serde_json::json!({"ext": ext, "exp": past}));
+        assert!(matches!(c.verify(&t), Err(JwtError::Expired)));
+        let t = signed(serde_json::json!({"ext": ext, "exp": now() as f64 + 60.5}));
+        assert_eq!(c.verify(&t).unwrap(), ext);
+        let t = signed(serde_json::json!({"ext": ext, "nbf": now() as f64 + 60.5}));
+        assert!(matches!(c.verify(&t), Err(JwtError::Invalid(_))));
     }
 }

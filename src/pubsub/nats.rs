@@ -29,13 +29,13 @@ impl NatsPubSub {
         subject: String,
         deliver: impl Fn(&str) + Send + Sync + 'static,
     ) -> Result<Self, String> {
-        let (addrs, label) = server_addrs(servers)?;
+        let servers = NatsServers::parse(servers)?;
         let connected = Arc::new(AtomicBool::new(false));
         let queue = Arc::new(PublishQueue::<String>::new("NATS"));
         let core = queue.clone();
         let link = connected.clone();
         tokio::spawn(async move {
-            let Some(client) = connect(addrs, &label, link.clone()).await else {
+            let Some(client) = connect(servers, link.clone()).await else {
                 return;
             };
             run_core(client, subject, core, link, deliver).await;
@@ -55,35 +55,95 @@ impl PubSub for NatsPubSub {
     }
 }
 
-/// Parses `ANYCABLE_NATS_SERVERS` (comma-separated URLs); also returns them joined, for
-/// log lines.
-pub(crate) fn server_addrs(servers: &str) -> Result<(Vec<async_nats::ServerAddr>, String), String> {
-    let servers: Vec<String> = servers
-        .split(',')
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .collect();
-    if servers.is_empty() {
-        return Err("no NATS servers configured".into());
-    }
-    let addrs = servers
-        .iter()
-        .map(|s| {
-            s.parse::<async_nats::ServerAddr>()
-                .map_err(|e| format!("bad NATS address {s}: {e}"))
+/// `ANYCABLE_NATS_SERVERS`, parsed: the addresses, how log lines name them (without
+/// credentials), and the credentials the URLs carry (`nats://user:password@host`, or
+/// `nats://token@host`, percent-encoded as in any URL), used for every server.
+pub(crate) struct NatsServers {
+    pub(crate) addrs: Vec<async_nats::ServerAddr>,
+    pub(crate) label: String,
+    auth: Option<(String, Option<String>)>,
+}
+
+impl NatsServers {
+    /// Comma-separated URLs.
+    pub(crate) fn parse(servers: &str) -> Result<Self, String> {
+        let servers: Vec<&str> = servers
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect();
+        if servers.is_empty() {
+            return Err("no NATS servers configured".into());
+        }
+        let mut addrs = Vec::new();
+        let mut labels = Vec::new();
+        let mut auth = None;
+        for s in servers {
+            let label = redact(s);
+            let addr = s
+                .parse::<async_nats::ServerAddr>()
+                .map_err(|e| format!("bad NATS address {label}: {}", redact(&e.to_string())))?;
+            if auth.is_none() && addr.has_user_pass() {
+                let user = percent_decode(addr.username().unwrap_or_default());
+                let pass = addr.password().map(percent_decode);
+                auth = Some((user, pass));
+            }
+            addrs.push(addr);
+            labels.push(label);
+        }
+        Ok(NatsServers {
+            addrs,
+            label: labels.join(","),
+            auth,
         })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok((addrs, servers.join(",")))
+    }
+}
+
+/// A URL with its credentials, if any, replaced by `***` (for log lines).
+fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.rsplit_once('@') {
+        Some((_, host)) => format!("{scheme}://***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+/// `%XX` escapes decoded (a URL's user info); bytes that do not form UTF-8 stay as given.
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
+            (b'%', Some(&h), Some(&l)) if hex(h).is_some() && hex(l).is_some() => {
+                out.push((hex(h).unwrap() * 16 + hex(l).unwrap()) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).unwrap_or_else(|_| text.to_owned())
 }
 
 /// Connects (retrying until the server is there), keeping `connected` up to date and
 /// logging each change once. `None` (logged) when the client cannot be built.
 pub(crate) async fn connect(
-    addrs: Vec<async_nats::ServerAddr>,
-    label: &str,
+    servers: NatsServers,
     connected: Arc<AtomicBool>,
 ) -> Option<async_nats::Client> {
-    let options = ConnectOptions::new()
+    let NatsServers { addrs, label, auth } = servers;
+    let options = match auth {
+        Some((user, Some(pass))) => ConnectOptions::with_user_and_password(user, pass),
+        Some((token, None)) => ConnectOptions::with_token(token),
+        None => ConnectOptions::new(),
+    };
+    let options = options
         .retry_on_initial_connect()
         .event_callback(move |event| {
             let state = connected.clone();
@@ -155,5 +215,31 @@ pub(crate) async fn run_core(
 pub(crate) async fn wait_for(link: &AtomicBool) {
     while !link.load(Ordering::Acquire) {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_come_from_the_urls_and_stay_out_of_the_label() {
+        let s =
+            NatsServers::parse("nats://any%40cable:p%40ss%20w0rd@127.0.0.1:4222, nats://h2:4222")
+                .unwrap();
+        assert_eq!(s.addrs.len(), 2);
+        assert_eq!(s.label, "nats://***@127.0.0.1:4222,nats://h2:4222");
+        assert_eq!(
+            s.auth,
+            Some(("any@cable".to_string(), Some("p@ss w0rd".to_string())))
+        );
+        let token = NatsServers::parse("nats://s3cr3t-token@127.0.0.1:4222").unwrap();
+        assert_eq!(token.auth, Some(("s3cr3t-token".to_string(), None)));
+        assert_eq!(NatsServers::parse("nats://127.0.0.1").unwrap().auth, None);
+        let bad = NatsServers::parse("nats://u:pw@[::1")
+            .err()
+            .unwrap_or_default();
+        assert!(!bad.contains("pw"), "{bad}");
+        assert!(NatsServers::parse(" , ").is_err());
     }
 }

@@ -152,7 +152,8 @@ impl Settings {
             read_buffer_size: internal.read_buffer_size,
             handshake_timeout: internal.handshake_timeout,
             broadcast_path: o.opt("broadcast_path")?,
-            broadcast_key: o.opt("broadcast_key")?,
+            // Empty is unset (Ruby says so at boot): "" would match a missing header.
+            broadcast_key: o.opt::<String>("broadcast_key")?.filter(|k| !k.is_empty()),
             metrics_path: o.opt("metrics_path")?,
             metrics_tags: match o.opt::<String>("metrics_tags")? {
                 Some(tags) => anycable_core::metrics::parse_tags(&tags)
@@ -283,6 +284,8 @@ fn streams_config(ruby: &Ruby, h: RHash) -> Result<StreamsConfig, Error> {
     let key = |name: &'static str| -> Result<Option<Vec<u8>>, Error> {
         match o.opt::<String>(name)? {
             None => Ok(None),
+            // Empty is unset: an HMAC with an empty key is anyone's to make.
+            Some(hex) if hex.is_empty() => Ok(None),
             Some(hex) => decode_hex(&hex)
                 .map(Some)
                 .ok_or_else(|| arg_error(ruby, format!("streams: {name} is not hex"))),

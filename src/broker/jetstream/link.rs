@@ -65,7 +65,7 @@ impl JetStreamLink {
         stored: StoredSink,
         ready: impl FnOnce(Arc<StoredHistory>, Option<Arc<StoredSessions>>) + Send + 'static,
     ) -> Result<Self, String> {
-        let (addrs, label) = crate::pubsub::nats::server_addrs(servers)?;
+        let servers = crate::pubsub::nats::NatsServers::parse(servers)?;
         let connected = Arc::new(AtomicBool::new(false));
         let stored_queue = Arc::new(PublishQueue::<Stored>::new("NATS JetStream"));
         let core = Arc::new(PublishQueue::<String>::new("NATS"));
@@ -80,7 +80,7 @@ impl JetStreamLink {
         // the setup takes (a second back for clocks that differ a little).
         let booted = time::OffsetDateTime::now_utc() - Duration::from_secs(1);
         tokio::spawn(async move {
-            let Some(client) = crate::pubsub::nats::connect(addrs, &label, connected.clone()).await
+            let Some(client) = crate::pubsub::nats::connect(servers, connected.clone()).await
             else {
                 return;
             };
