@@ -30,9 +30,11 @@ module AnyCableRs
     # ours) show both filtered, as passwords.
     initializer "anycable_rs.filter_sid" do |app|
       app.config.filter_parameters << /\Asid\z/
+      # A reading of its own: AnyCableRs.config is read once, after the app's
+      # initializers set its paths (config/cable.yml's among them), not here.
       param = begin
-        AnyCableRs.config.jwt_param
-      rescue ArgumentError
+        Config.load.jwt_param
+      rescue StandardError
         Config::DEFAULTS[:jwt_param] # the config is refused later, with its message
       end
       app.config.filter_parameters << /\A#{Regexp.escape(param.to_s)}\z/
