@@ -141,7 +141,7 @@ module AnyCableRs
     # JetStream, acknowledged before this returns (ANYCABLE_BROKER=nats).
     def publish(servers, subject, payload, stored: [], timeout: 5)
       uri = URI(servers.split(",").first.to_s.strip)
-      raise Error, "NATS over TLS needs a server process's client: #{uri}" if uri.scheme == "tls"
+      raise Error, "NATS over TLS needs a server process's client: #{uri.host}:#{uri.port}" if uri.scheme == "tls"
 
       socket = Socket.tcp(uri.host, uri.port || 4222, connect_timeout: timeout)
       read_line(socket, timeout) # INFO

@@ -236,11 +236,15 @@ module AnyCableRs
         preset[:nats_servers] = "nats://#{internal}:4222"
         preset[:http_broadcast_url] = "http://#{internal}:8080/_broadcast"
       end
-      # Embedded NATS (AnyCable's Fly preset): client and route ports on the private
-      # network, routes to this app's machines in the region (internal DNS).
-      cluster = explicit[:enats_cluster] || "nats://0.0.0.0:5222"
+      # Embedded NATS (AnyCable's Fly preset): client and route ports on the machine's
+      # private (6PN) address, FLY_PRIVATE_IP, so only the organisation's private network
+      # reaches them (every interface on machines without it); routes to this app's
+      # machines in the region (internal DNS).
+      private_ip = env["FLY_PRIVATE_IP"].to_s.strip
+      bind = private_ip.empty? ? "0.0.0.0" : (private_ip.include?(":") ? "[#{private_ip}]" : private_ip)
+      cluster = explicit[:enats_cluster] || "nats://#{bind}:5222"
       cluster_port = (URI(cluster.to_s).port rescue nil) || 5222 # rubocop:disable Style/RescueModifier
-      preset[:enats_addr] = "nats://0.0.0.0:4222"
+      preset[:enats_addr] = "nats://#{bind}:4222"
       preset[:enats_cluster] = cluster
       preset[:enats_cluster_routes] = "nats://#{env["FLY_REGION"]}.#{env["FLY_APP_NAME"]}.internal:#{cluster_port}"
       preset
@@ -255,7 +259,8 @@ module AnyCableRs
       return {} unless on == true || %w[1 true yes on].include?(on.to_s.strip.downcase)
 
       addr = explicit[:enats_addr] || presets(env, explicit)[:enats_addr] || DEFAULTS[:enats_addr]
-      {broadcast_adapter: "nats", nats_servers: EmbeddedNats.client_url(addr)}
+      password = EmbeddedNats.password(explicit[:secret], addr)
+      {broadcast_adapter: "nats", nats_servers: EmbeddedNats.client_url(addr, password: password)}
     end
 
     def self.from_yaml(path, rails_env)

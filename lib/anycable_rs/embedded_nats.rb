@@ -1,6 +1,8 @@
 # frozen_string_literal: true
 
 require "fileutils"
+require "openssl"
+require "securerandom"
 require "socket"
 require "uri"
 require "anycable_rs/private_dir"
@@ -30,6 +32,13 @@ module AnyCableRs
   # --pdeathsig TERM` (util-linux) from the supervisor thread, which lives as long as
   # the owner. It is stopped (TERM, then KILL after 5 s) on Puma's shutdown and at exit.
   # Its output goes to the app's logger, each line prefixed "[nats-server]".
+  #
+  # Authenticated on both ports: clients log in as USER, and routes between machines
+  # too, with a password derived from ANYCABLE_SECRET (the same on every machine of a
+  # cluster, which therefore needs the secret), or without a secret (one machine) a
+  # random one this user's processes share in the private directory. The password is in
+  # nats-server's config file (mode 0600 there), never on its command line; clients get
+  # it in their ANYCABLE_NATS_SERVERS URL (Config#nats_servers), which no log line shows.
   class EmbeddedNats
     PACKAGE = "nats-server"
     # AnyCable's default cluster name. One for every machine, so that routes given by
@@ -42,6 +51,8 @@ module AnyCableRs
     STABLE_AFTER = 10.0
     STOP_TIMEOUT = 5.0
     READY_TIMEOUT = 5.0
+    # The user clients and routes log in as.
+    USER = "anycable"
 
     class << self
       # Set by the standalone `anycable-rs` before it loads the app: it serves sockets.
@@ -77,11 +88,35 @@ module AnyCableRs
       end
 
       # The URL a NATS client on this machine uses for ANYCABLE_ENATS_ADDR: the
-      # unspecified address (0.0.0.0, ::) becomes loopback.
-      def client_url(enats_addr)
+      # unspecified address (0.0.0.0, ::) becomes loopback; with `password`, it carries
+      # the credentials.
+      def client_url(enats_addr, password: nil)
         uri = parse_url(enats_addr, "enats_addr")
         host = %w[0.0.0.0 ::].include?(uri.hostname) ? "127.0.0.1" : uri.hostname
-        "nats://#{host.include?(":") ? "[#{host}]" : host}:#{uri.port || 4222}"
+        login = password ? "#{USER}:#{password}@" : ""
+        "nats://#{login}#{host.include?(":") ? "[#{host}]" : host}:#{uri.port || 4222}"
+      end
+
+      # The embedded NATS's password (hex): HMAC-SHA256 of ANYCABLE_SECRET, or without
+      # a secret a random one, made once per machine, user and client port (file mode
+      # 0600 in the private directory).
+      def password(secret, enats_addr)
+        secret = secret.to_s
+        return OpenSSL::HMAC.hexdigest("SHA256", secret, "anycable-rs embedded NATS") unless secret.strip.empty?
+
+        path = File.join(PrivateDir.base, "enats-#{parse_url(enats_addr, "enats_addr").port || 4222}.password")
+        begin
+          File.open(path, File::WRONLY | File::CREAT | File::EXCL, 0o600) { |f| f.write(SecureRandom.hex(32)) }
+        rescue Errno::EEXIST
+          nil
+        end
+        5.times do
+          pw = File.read(path).strip
+          return pw unless pw.empty?
+
+          sleep 0.01 # its maker is still writing it
+        end
+        raise Error, "anycable-rs: #{path} is empty: remove it"
       end
 
       # The nats-server program: ANYCABLE_NATS_SERVER_BIN (a path, or a name looked up
@@ -174,6 +209,7 @@ module AnyCableRs
       @port = listen.port || 4222
       @client_url = self.class.client_url(config.enats_addr)
       @connect_host = URI(@client_url).hostname
+      @password = self.class.password(config.secret, config.enats_addr)
       @args = arguments(config)
       @stopping = false
       @owner = false
@@ -221,9 +257,44 @@ module AnyCableRs
       [@lock, @reader].each { |io| io&.close rescue nil } # rubocop:disable Style/RescueModifier
     end
 
-    # The nats-server command line (without the setpriv wrapper).
+    # The nats-server command line (without the setpriv wrapper). Credentials are in
+    # its config file (#config_text), not here: every local user can read a command line.
     def command
-      [@bin, *@args]
+      [@bin, "-c", config_path, *@args]
+    end
+
+    # nats-server's config file: the client login, and the cluster with its routes'
+    # logins. Written (mode 0600) before each start.
+    def config_text
+      lines = ["authorization {", "  user: #{USER.inspect}", "  password: #{@password.inspect}", "}"]
+      return lines.join("\n") + "\n" unless @cluster
+
+      listen = self.class.parse_url(@cluster, "enats_cluster")
+      routes = @routes.map do |r|
+        uri = self.class.parse_url(r, "enats_cluster_routes")
+        host = uri.hostname.include?(":") ? "[#{uri.hostname}]" : uri.hostname
+        "nats-route://#{USER}:#{@password}@#{host}:#{uri.port || 5222}".inspect
+      end
+      listen_host = listen.hostname.include?(":") ? "[#{listen.hostname}]" : listen.hostname
+      lines += [
+        "cluster {",
+        "  name: #{CLUSTER_NAME.inspect}",
+        "  listen: #{"#{listen_host}:#{listen.port || 5222}".inspect}",
+        # Clients keep to this machine's server (the cluster carries the rest) instead
+        # of being told of the other machines' client URLs.
+        "  no_advertise: true",
+        "  authorization {",
+        "    user: #{USER.inspect}",
+        "    password: #{@password.inspect}",
+        "  }",
+        "  routes: [#{routes.join(", ")}]",
+        "}"
+      ]
+      lines.join("\n") + "\n"
+    end
+
+    def config_path
+      File.join(PrivateDir.base, "enats-#{@port}.conf")
     end
 
     private
@@ -232,21 +303,23 @@ module AnyCableRs
       args = ["-a", @host, "-p", @port.to_s, "--logtime=false"]
       args += jetstream_arguments(config) if config.broker == "nats"
       cluster = config.enats_cluster.to_s.strip
-      routes = config.enats_cluster_routes.to_s.split(",").map(&:strip).reject(&:empty?)
+      @routes = config.enats_cluster_routes.to_s.split(",").map(&:strip).reject(&:empty?)
       if cluster.empty?
-        unless routes.empty?
+        unless @routes.empty?
           raise ArgumentError, "anycable-rs: ANYCABLE_ENATS_CLUSTER_ROUTES is set but ANYCABLE_ENATS_CLUSTER is not: " \
             "set it to the URL this machine's nats-server listens on for routes (e.g. nats://0.0.0.0:5222)"
         end
         return args
       end
+      if config.secret.to_s.strip.empty?
+        raise ArgumentError, "anycable-rs: the embedded NATS cluster (ANYCABLE_ENATS_CLUSTER) needs ANYCABLE_SECRET: " \
+          "every machine derives the NATS password from it, and a cluster without one would let anyone who " \
+          "reaches its ports in"
+      end
 
       self.class.parse_url(cluster, "enats_cluster")
-      routes.each { |r| self.class.parse_url(r, "enats_cluster_routes") }
-      # no_advertise: clients keep to this machine's server (the cluster carries the
-      # rest) instead of being told of the other machines' client URLs.
-      args += ["--cluster", cluster, "--cluster_name", CLUSTER_NAME, "--no_advertise=true"]
-      args += ["--routes", routes.join(",")] unless routes.empty?
+      @routes.each { |r| self.class.parse_url(r, "enats_cluster_routes") }
+      @cluster = cluster
       args
     end
 
@@ -330,6 +403,10 @@ module AnyCableRs
     end
 
     def spawn_child
+      File.open(config_path, File::WRONLY | File::CREAT | File::TRUNC, 0o600) do |f|
+        f.chmod(0o600)
+        f.write(config_text)
+      end
       reader, writer = IO.pipe
       wrapper = self.class.setpriv
       cmd = wrapper ? [wrapper, "--pdeathsig", "TERM", "--", *command] : command

@@ -10,9 +10,21 @@ require "anycable_rs"
 # Debian's nats-server as a supervised child, and the nodes' servers form a cluster on
 # loopback, each with its own client and route ports, routes listing the others.
 module EnatsHelpers
+  # The app's secret, the same on every node: they derive the NATS password from it.
+  SECRET = "enats-test-secret"
+
+  # What nats-server answers a CONNECT (+ PING) on `port`.
+  def nats_answer(port, connect)
+    TCPSocket.open("127.0.0.1", port) do |s|
+      s.gets # INFO
+      s.write("CONNECT #{JSON.generate({verbose: false}.merge(connect))}\r\nPING\r\n")
+      s.gets.to_s.strip
+    end
+  end
   Node = Struct.new(:name, :client_port, :route_port, :workers, :preload, :puma, :settings, keyword_init: true) do
     def env(routes)
       {"ANYCABLE_EMBED_NATS" => "true", "ANYCABLE_ENATS_ADDR" => "nats://127.0.0.1:#{client_port}",
+       "ANYCABLE_SECRET" => SECRET,
        "ANYCABLE_ENATS_CLUSTER" => "nats://127.0.0.1:#{route_port}",
        "ANYCABLE_ENATS_CLUSTER_ROUTES" => routes.map { |p| "nats://127.0.0.1:#{p}" }.join(",")}
     end
@@ -200,10 +212,26 @@ RSpec.describe "Embedded NATS across nodes on loopback" do
     # A process that serves no sockets (console, job runner, script) publishes to the
     # machine's nats-server: ANYCABLE_NATS_SERVERS defaults to ANYCABLE_ENATS_ADDR.
     script = 'require "anycable_rs"; AnyCableRs.broadcast("all", {"from" => "script"})'
-    out, status = Open3.capture2e({"ANYCABLE_EMBED_NATS" => "true", "ANYCABLE_ENATS_ADDR" => "nats://127.0.0.1:#{@nodes[:c].client_port}"},
+    out, status = Open3.capture2e({"ANYCABLE_EMBED_NATS" => "true", "ANYCABLE_ENATS_ADDR" => "nats://127.0.0.1:#{@nodes[:c].client_port}",
+      "ANYCABLE_SECRET" => EnatsHelpers::SECRET},
       "ruby", "-I", File.expand_path("../../lib", __dir__), "-e", script)
     expect(status).to be_success, out
     everyone.each { |c, id| expect(message_for(c, id)).to eq("from" => "script") }
+  end
+
+  it "asks every client for the password on its client port, which no command line shows" do
+    a = @nodes[:a]
+    expect(nats_answer(a.client_port, {})).to match(/-ERR 'Authorization Violation'/)
+    expect(nats_answer(a.client_port, user: "anycable", pass: "guess")).to match(/-ERR 'Authorization Violation'/)
+    password = AnyCableRs::EmbeddedNats.password(EnatsHelpers::SECRET, "nats://127.0.0.1:#{a.client_port}")
+    expect(nats_answer(a.client_port, user: "anycable", pass: password)).to eq("PONG")
+    child = nats_children(a.puma.pid).first
+    cmdline = File.read("/proc/#{child}/cmdline").split("\0")
+    expect(cmdline.join(" ")).not_to include(password)
+    conf = cmdline[cmdline.index("-c") + 1]
+    expect(File.stat(conf).mode & 0o777).to eq(0o600)
+    expect(File.read(conf)).to include(password)
+    [a.puma.log, a.puma.rails_log].each { |log| expect(log).not_to include(password) }
   end
 
   it "a node killed with SIGKILL takes its nats-server along; the others keep delivering; restarted, it rejoins" do
@@ -389,12 +417,18 @@ RSpec.describe AnyCableRs::Config, "with embed_nats" do
     end
   end
 
+  # What Config points NATS clients at: the embedded server, with its password.
+  def enats_url(port, secret: nil)
+    addr = "nats://127.0.0.1:#{port}"
+    AnyCableRs::EmbeddedNats.client_url(addr, password: AnyCableRs::EmbeddedNats.password(secret, addr))
+  end
+
   it "broadcasts over NATS through the embedded server unless told otherwise" do
     c = config_from({"ANYCABLE_EMBED_NATS" => "true"}, cable: "production:\n  adapter: async\n")
-    expect([c.embed_nats, c.broadcast_adapter, c.nats_servers]).to eq([true, "nats", "nats://127.0.0.1:4222"])
+    expect([c.embed_nats, c.broadcast_adapter, c.nats_servers]).to eq([true, "nats", enats_url(4222)])
     c = config_from({"ANYCABLE_EMBED_NATS" => "1", "ANYCABLE_ENATS_ADDR" => "nats://0.0.0.0:4333"},
       cable: "production:\n  adapter: postgresql\n")
-    expect([c.broadcast_adapter, c.nats_servers]).to eq(["nats", "nats://127.0.0.1:4333"])
+    expect([c.broadcast_adapter, c.nats_servers]).to eq(["nats", enats_url(4333)])
     c = config_from({"ANYCABLE_EMBED_NATS" => "true", "ANYCABLE_BROADCAST_ADAPTER" => "redis",
       "ANYCABLE_NATS_SERVERS" => "nats://elsewhere:4222"})
     expect([c.broadcast_adapter, c.nats_servers]).to eq(["redis", "nats://elsewhere:4222"])
@@ -404,26 +438,47 @@ RSpec.describe AnyCableRs::Config, "with embed_nats" do
   it "on Fly.io, clusters with the app's machines in the region" do
     c = config_from(fly.merge("ANYCABLE_EMBED_NATS" => "true"))
     expect([c.enats_addr, c.enats_cluster, c.enats_cluster_routes, c.nats_servers]).to eq(
-      ["nats://0.0.0.0:4222", "nats://0.0.0.0:5222", "nats://ams.my-app.internal:5222", "nats://127.0.0.1:4222"]
+      ["nats://0.0.0.0:4222", "nats://0.0.0.0:5222", "nats://ams.my-app.internal:5222", enats_url(4222)]
     )
+    # On a machine with its private address (Fly sets FLY_PRIVATE_IP), NATS listens there
+    # only: the organisation's private network reaches it, nothing else on the machine's
+    # other interfaces; clients on the machine use that address.
+    ip = "fdaa:0:1:a7b:1::2"
+    c = config_from(fly.merge("ANYCABLE_EMBED_NATS" => "true", "FLY_PRIVATE_IP" => ip))
+    addr = "nats://[#{ip}]:4222"
+    expect([c.enats_addr, c.enats_cluster, c.nats_servers]).to eq(
+      [addr, "nats://[#{ip}]:5222",
+        AnyCableRs::EmbeddedNats.client_url(addr, password: AnyCableRs::EmbeddedNats.password(nil, addr))]
+    )
+    expect(URI(c.nats_servers).hostname).to eq(ip)
     c = config_from(fly.merge("ANYCABLE_EMBED_NATS" => "true", "ANYCABLE_FLY_WS_APP_NAME" => "my-cable",
       "ANYCABLE_ENATS_CLUSTER" => "nats://0.0.0.0:6222"))
-    expect([c.enats_cluster_routes, c.nats_servers]).to eq(["nats://ams.my-app.internal:6222", "nats://127.0.0.1:4222"])
+    expect([c.enats_cluster_routes, c.nats_servers]).to eq(["nats://ams.my-app.internal:6222", enats_url(4222)])
     c = config_from(fly.merge("ANYCABLE_EMBED_NATS" => "true", "ANYCABLE_ENATS_CLUSTER_ROUTES" => "nats://my-app.internal:5222"))
     expect(c.enats_cluster_routes).to eq("nats://my-app.internal:5222")
     expect(config_from(fly.merge("ANYCABLE_PRESETS" => "none")).enats_cluster_routes).to be_nil
   end
 
-  it "builds nats-server's command line from the settings" do
-    config = described_class.new(embed_nats: true, enats_addr: "nats://0.0.0.0:4222",
+  it "builds nats-server's command line and config file from the settings; a cluster needs the secret" do
+    config = described_class.new(embed_nats: true, enats_addr: "nats://0.0.0.0:4222", secret: "s",
       enats_cluster: "nats://0.0.0.0:5222", enats_cluster_routes: "nats://a:5222, nats://b:5222")
-    cmd = AnyCableRs::EmbeddedNats.new(config, logger: Logger.new(nil)).command
-    expect(cmd).to eq([AnyCableRs::EmbeddedNats.binary(config), "-a", "0.0.0.0", "-p", "4222", "--logtime=false",
-      "--cluster", "nats://0.0.0.0:5222", "--cluster_name", "anycable-cluster", "--no_advertise=true",
-      "--routes", "nats://a:5222,nats://b:5222"])
+    enats = AnyCableRs::EmbeddedNats.new(config, logger: Logger.new(nil))
+    conf = File.join(AnyCableRs::PrivateDir.base, "enats-4222.conf")
+    expect(enats.command).to eq([AnyCableRs::EmbeddedNats.binary(config), "-c", conf, "-a", "0.0.0.0", "-p", "4222",
+      "--logtime=false"])
+    password = AnyCableRs::EmbeddedNats.password("s", "nats://0.0.0.0:4222")
+    expect(password).to eq(OpenSSL::HMAC.hexdigest("SHA256", "s", "anycable-rs embedded NATS"))
+    text = enats.config_text
+    expect(text).to include(%(listen: "0.0.0.0:5222"), %(name: "anycable-cluster"), "no_advertise: true")
+    expect(text).to include(%(routes: ["nats-route://anycable:#{password}@a:5222", "nats-route://anycable:#{password}@b:5222"]))
+    expect(text.scan(%(password: "#{password}")).size).to eq(2) # clients and routes
+    expect(config.nats_servers).to eq("nats://localhost:4222") # Config.load sets it (with the password)
     config = described_class.new(embed_nats: true, enats_cluster_routes: "nats://a:5222")
     expect { AnyCableRs::EmbeddedNats.new(config, logger: Logger.new(nil)) }
       .to raise_error(ArgumentError, /ANYCABLE_ENATS_CLUSTER_ROUTES is set but ANYCABLE_ENATS_CLUSTER is not/)
+    config = described_class.new(embed_nats: true, enats_cluster: "nats://0.0.0.0:5222")
+    expect { AnyCableRs::EmbeddedNats.new(config, logger: Logger.new(nil)) }
+      .to raise_error(ArgumentError, /embedded NATS cluster \(ANYCABLE_ENATS_CLUSTER\) needs ANYCABLE_SECRET/)
   end
 
   it "runs JetStream, its files in ENATS_STORE_DIR, with ANYCABLE_BROKER=nats" do
@@ -431,11 +486,11 @@ RSpec.describe AnyCableRs::Config, "with embed_nats" do
       store = File.join(dir, "js")
       config = described_class.new(embed_nats: true, broker: "nats", broadcast_adapter: "nats", enats_store_dir: store)
       cmd = AnyCableRs::EmbeddedNats.new(config, logger: Logger.new(nil)).command
-      expect(cmd[6..]).to eq(["-js", "-sd", store, "--server_name", "#{Socket.gethostname}-4222"])
+      expect(cmd[8..]).to eq(["-js", "-sd", store, "--server_name", "#{Socket.gethostname}-4222"])
       expect(File.directory?(store)).to be(true)
       default = AnyCableRs::EmbeddedNats.new(described_class.new(embed_nats: true, broker: "nats",
         broadcast_adapter: "nats"), logger: Logger.new(nil)).command
-      expect(default[8]).to eq(File.join(AnyCableRs::PrivateDir.base, "jetstream-4222"))
+      expect(default[10]).to eq(File.join(AnyCableRs::PrivateDir.base, "jetstream-4222"))
     end
   end
 end
