@@ -497,6 +497,46 @@ async fn the_history_command_confirms_or_rejects_per_section_5_3() {
 }
 
 #[tokio::test]
+async fn a_replay_over_the_clients_pending_bytes_is_rejected_and_the_client_stays() {
+    let config = ServerConfig {
+        max_pending_bytes: 64 * 1024,
+        ..with_history(100)
+    };
+    let (server, addr) = start(config).await;
+    let epoch = server.history().unwrap().epoch().to_string();
+    let id = r#"{"channel":"ChatChannel"}"#;
+    let mut a = ext(addr).await;
+    subscribed(&mut a, id).await;
+    // 20 messages of ~10 KB: each fits, the replay of all of them (200 KB) does not.
+    let big = format!(r#""{}""#, "x".repeat(10_000));
+    for _ in 0..20 {
+        server.broadcast("all", &big, None).unwrap();
+        next(&mut a).await;
+    }
+    let history = json!({"command": "history", "identifier": id,
+        "history": {"streams": {"all": {"epoch": epoch, "offset": 0}}}});
+    send(&mut a, history).await;
+    // Before: 5 or 6 frames, then {"type":"disconnect","reason":"too_slow"} on every try.
+    assert_eq!(
+        next(&mut a).await,
+        json!({"type": "reject_history", "identifier": id})
+    );
+    server.broadcast("all", r#"{"n":"after"}"#, None).unwrap();
+    assert_eq!(next(&mut a).await["message"], json!({"n": "after"}));
+    // What fits is still replayed.
+    let history = json!({"command": "history", "identifier": id,
+        "history": {"streams": {"all": {"epoch": epoch, "offset": 18}}}});
+    send(&mut a, history).await;
+    for _ in 0..3 {
+        assert_eq!(next(&mut a).await["stream_id"], "all");
+    }
+    assert_eq!(
+        next(&mut a).await,
+        json!({"type": "confirm_history", "identifier": id})
+    );
+}
+
+#[tokio::test]
 async fn whispers_and_transient_broadcasts_get_no_offset_and_server_streams_have_history() {
     let (server, addr) = start(with_history(100)).await;
     let epoch = server.history().unwrap().epoch().to_string();

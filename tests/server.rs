@@ -594,6 +594,34 @@ async fn broadcasts_too_large_to_deliver_are_refused_where_they_enter() {
 }
 
 #[tokio::test]
+async fn sockets_that_never_send_their_request_count_for_max_conn() {
+    let config = ServerConfig {
+        max_conn: 5,
+        ..Default::default()
+    };
+    let (_server, addr, _) = start(config).await;
+    // Five sockets that send nothing hold the five places (until the handshake timeout)…
+    let mut idle = Vec::new();
+    for _ in 0..5 {
+        idle.push(TcpStream::connect(addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // …so a sixth is told 503 at once, and so is a WebSocket client.
+    let mut extra = TcpStream::connect(addr).await.unwrap();
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(2), extra.read_to_string(&mut out))
+        .await
+        .expect("answered at once")
+        .unwrap();
+    assert!(out.starts_with("HTTP/1.1 503"), "{out}");
+    // When they go, their places are free again.
+    drop(idle);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (mut ws, _) = connect(addr, "", &[]).await;
+    assert_eq!(next_json(&mut ws).await["type"], "welcome");
+}
+
+#[tokio::test]
 async fn without_a_broadcast_key_the_endpoint_is_not_served_even_to_loopback() {
     let (_server, addr, _) = start(ServerConfig::default()).await;
     let (mut ws, _) = connect(addr, "", &[]).await;

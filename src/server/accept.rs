@@ -4,7 +4,7 @@
 //! [`Inner::run_session`] (`connection.rs`).
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -101,6 +101,13 @@ impl<C: Controller> Inner<C> {
 
     async fn serve_tcp(self: Arc<Self>, mut stream: TcpStream, peer: SocketAddr) {
         let _ = stream.set_nodelay(true);
+        // ANYCABLE_MAX_CONN counts sockets still sending their request head too: else
+        // sockets that never finish one (held until the handshake timeout) are not
+        // limited at all.
+        let Some(handshake) = Handshake::enter(&self) else {
+            self.refuse_over_max_conn(&mut stream, false).await;
+            return;
+        };
         let (head, rest) =
             match timeout(self.config.handshake_timeout, read_head(&mut stream)).await {
                 Ok(Ok(read)) => read,
@@ -136,6 +143,7 @@ impl<C: Controller> Inner<C> {
                 .await;
             return;
         }
+        drop(handshake); // from here on it counts as a connection
         self.upgrade(stream, head, Some(peer), 0).await;
     }
 
@@ -175,17 +183,7 @@ impl<C: Controller> Inner<C> {
         }
         let open = self.pending_callbacks.load(Ordering::Acquire);
         if self.config.max_conn > 0 && open >= self.config.max_conn {
-            COUNTERS.refused_conn.inc();
-            crate::logging::once_a_second(&REFUSED_CONN_LOG, |unlogged| {
-                log::warn!(
-                    "refused a WebSocket connection: {open} are open, ANYCABLE_MAX_CONN is {} \
-                     ({unlogged} more refused since the last line)",
-                    self.config.max_conn
-                )
-            });
-            let _ = stream
-                .write_all(handshake::plain_response(503, "Too many connections").as_bytes())
-                .await;
+            self.refuse_over_max_conn(&mut stream, true).await;
             self.controller.handoff_abandoned(env_token);
             return;
         }
@@ -201,6 +199,57 @@ impl<C: Controller> Inner<C> {
             WebSocketStream::from_raw_socket(stream, Role::Server, Some(self.ws_config())).await;
         let extended = upgrade.protocol == Some(protocol::EXTENDED_PROTOCOL);
         self.run_session(ws, head, peer, env_token, extended).await;
+    }
+}
+
+impl<C: Controller> Inner<C> {
+    /// 503 for a socket over ANYCABLE_MAX_CONN: an upgrade (`head_sent`), or one that
+    /// has not sent its request yet.
+    async fn refuse_over_max_conn(&self, stream: &mut TcpStream, head_sent: bool) {
+        COUNTERS.refused_conn.inc();
+        let open = self.pending_callbacks.load(Ordering::Acquire);
+        let max = self.config.max_conn;
+        crate::logging::once_a_second(&REFUSED_CONN_LOG, |unlogged| {
+            if head_sent {
+                log::warn!(
+                    "refused a WebSocket connection: {open} are open, ANYCABLE_MAX_CONN is {max} \
+                     ({unlogged} more refused since the last line)"
+                )
+            } else {
+                log::warn!(
+                    "refused a connection before its request: {open} are open and {} sending \
+                     theirs, ANYCABLE_MAX_CONN is {max} ({unlogged} more refused since the last line)",
+                    self.handshakes.load(Ordering::Acquire)
+                )
+            }
+        });
+        let _ = stream
+            .write_all(handshake::plain_response(503, "Too many connections").as_bytes())
+            .await;
+    }
+}
+
+/// One socket of the own port still sending its request head, counted in
+/// `Inner::handshakes` until it drops.
+struct Handshake<'a>(&'a AtomicUsize);
+
+impl<'a> Handshake<'a> {
+    /// `None` when ANYCABLE_MAX_CONN is reached by open connections and heads in flight.
+    fn enter<C>(inner: &'a Inner<C>) -> Option<Self> {
+        let count = &inner.handshakes;
+        let before = count.fetch_add(1, Ordering::AcqRel);
+        let open = inner.pending_callbacks.load(Ordering::Acquire);
+        if inner.config.max_conn > 0 && before + open >= inner.config.max_conn {
+            count.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Handshake(count))
+    }
+}
+
+impl Drop for Handshake<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -77,6 +77,8 @@ struct Inner<C> {
     /// leaves that map before its disconnect callback runs).
     pending_callbacks: AtomicUsize,
     callbacks_done: Notify,
+    /// Own-port sockets still sending their request head (they count for MAX_CONN).
+    handshakes: AtomicUsize,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -100,6 +102,7 @@ impl<C: Controller> Server<C> {
                 shutting_down: AtomicBool::new(false),
                 pending_callbacks: AtomicUsize::new(0),
                 callbacks_done: Notify::new(),
+                handshakes: AtomicUsize::new(0),
                 tasks: Mutex::new(Vec::new()),
             }),
         }

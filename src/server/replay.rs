@@ -35,9 +35,24 @@ impl<C: Controller> Inner<C> {
         // `history` command: live frames wait until the replay is queued.
         session.hold(identifier);
         let mut replayed: HashMap<Arc<str>, u64> = HashMap::new();
-        let frames = self
+        let mut frames = self
             .history_frames(session, identifier, request, &mut replayed)
             .await;
+        // A replay the client could not take (queued with what already waits, it would
+        // pass ANYCABLE_MAX_PENDING_BYTES) is refused, not sent and cut short with
+        // `too_slow`: the client would reconnect and ask for the same, for ever. After
+        // `reject_history` it refetches instead.
+        let size: usize = frames.iter().map(|f| f.len()).sum();
+        let room = session.room_for_replay();
+        if size > room {
+            log::info!(
+                "session {}: a history replay of {size} bytes is over the {room} the client \
+                 may still have waiting (ANYCABLE_MAX_PENDING_BYTES); reject_history",
+                session.log_id()
+            );
+            frames = vec![protocol::history_reply(identifier, false).into()];
+            replayed.clear();
+        }
         let lagging_live = self.broker.live_may_lag_replays();
         session.release(identifier, frames, &replayed, lagging_live);
     }

@@ -149,6 +149,15 @@ impl Session {
         self.send_frame(frame)
     }
 
+    /// Bytes a replay may queue now: the pending-bytes cap less what waits to be written
+    /// and what is held (which follows the replay).
+    pub(crate) fn room_for_replay(&self) -> usize {
+        let held = self.held.lock().bytes;
+        self.max_pending
+            .saturating_sub(self.pending.load(Ordering::Relaxed))
+            .saturating_sub(held)
+    }
+
     /// Ends [`Session::hold`]: queues `before` (the replay and its reply), then the
     /// frames kept back whose offset is above what `replayed` says the replay reached
     /// for their stream (frames without an offset all go), all before any later live
