@@ -233,6 +233,30 @@ RSpec.describe "The NATS broker (JetStream history shared by the nodes)", type: 
     expect(c.welcome!).not_to include("restored")
   end
 
+  it "restores a sid once when several clients race for it, on both nodes" do
+    # A race: three rounds, so a get-then-purge take (which let most through) is caught.
+    3.times do
+      a = client(name: "alice", port: @one.port, protocols: [ext_protocol])
+      sid = a.welcome!.fetch("sid")
+      subscribed(a, echo)
+      a.close
+      sleep 0.3 # node one writes the session's last word
+      # No login (a restore needs none): the ten requests leave together.
+      go = Queue.new
+      threads = Array.new(10) do |i|
+        Thread.new do
+          go.pop
+          # The first frame: a restored welcome, or (no cookie: the app's connect) unauthorized.
+          client(port: [@one, @two][i % 2].port, protocols: [ext_protocol], path: "/cable?sid=#{sid}").receive
+        end
+      end
+      sleep 0.1
+      10.times { go << true }
+      firsts = threads.map(&:value)
+      expect(firsts.count { |m| m["type"] == "welcome" && m["restored"] }).to eq(1), firsts.inspect
+    end
+  end
+
   it "rejects a restored subscription whose channel is gone (a deploy renamed it), and keeps the rest" do
     a = client(name: "alice", port: @one.port, protocols: [ext_protocol])
     sid = a.welcome!.fetch("sid")

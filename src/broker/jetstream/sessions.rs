@@ -33,18 +33,29 @@ impl StoredSessions {
         }
     }
 
-    /// The session stored under `sid`, taken (a sid restores once).
+    /// The session stored under `sid`, taken: a sid restores once. Of restores racing
+    /// for one sid (on any nodes) only the one whose purge finds the entry unchanged
+    /// gets it (compare-and-delete on the key's revision); a get then a purge let 5 of
+    /// 6 concurrent restores through.
     pub async fn take(&self, sid: &str) -> Option<CachedSession> {
-        let bytes = match self.kv.get(session_key(sid)).await {
-            Ok(Some(bytes)) => bytes,
-            Ok(None) => return None,
+        let key = session_key(sid);
+        let entry = match self.kv.entry(key.clone()).await {
+            Ok(Some(entry)) if entry.operation == jetstream::kv::Operation::Put => entry,
+            Ok(_) => return None,
             Err(e) => {
                 log::warn!("NATS KV: a session could not be read for a restore ({e})");
                 return None;
             }
         };
-        self.forget(sid).await;
-        serde_json::from_slice(&bytes).ok()
+        if let Err(e) = self
+            .kv
+            .purge_expect_revision(&key, Some(entry.revision))
+            .await
+        {
+            log::debug!("NATS KV: a session went to another restore ({e})");
+            return None;
+        }
+        serde_json::from_slice(&entry.value).ok()
     }
 
     /// Makes `sid` unrestorable (the server or the app closed its session).
