@@ -757,6 +757,52 @@ async fn restore_needs_the_extended_protocol_a_live_ttl_and_a_reconnectable_clos
 /// callbacks (its objects rebuilt first), as AnyCable's Disconnect call for a restored
 /// session; and is itself cached again for the next restore.
 #[tokio::test]
+async fn a_restore_past_the_tokens_expiry_is_refused_as_token_expired() {
+    use anycable_core::auth::JwtConfig;
+    use jsonwebtoken::{encode, EncodingKey, Header};
+    let config = ServerConfig {
+        jwt: Some(JwtConfig {
+            key: b"jwt-key".to_vec(),
+            param: "jid".into(),
+            enforce: false,
+        }),
+        ..with_history(100)
+    };
+    let ((_server, addr), calls) = start_counting(config).await;
+    let id = r#"{"channel":"ChatChannel"}"#;
+    let ext_json = "actioncable-v1-ext-json";
+    let exp = anycable_core::broker::unix_now() + 2;
+    let claims = json!({"ext": r#"{"user":"u1"}"#, "exp": exp});
+    let token = encode(
+        &Header::default(),
+        &claims,
+        &EncodingKey::from_secret(b"jwt-key"),
+    )
+    .unwrap();
+    let disconnects = || calls.disconnects.load(Ordering::SeqCst);
+    let (mut a, _, welcome) =
+        connect_with(addr, &format!("/cable?jid={token}"), ext_json, None).await;
+    assert_eq!(welcome["type"], "welcome", "{welcome}");
+    subscribed(&mut a, id).await;
+    drop(a);
+    wait_for(|| disconnects() == 1).await;
+    // Within the token's life the session restores, and the restored one keeps the expiry.
+    let (b, welcome) = reconnect(addr, welcome["sid"].as_str().unwrap(), ext_json).await;
+    assert_eq!(welcome["restored"], true, "{welcome}");
+    drop(b);
+    wait_for(|| disconnects() == 2).await;
+    // Past it: token_expired, as the token itself gets (restores chained on after expiry).
+    while anycable_core::broker::unix_now() < exp {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_c, refused) = reconnect(addr, welcome["sid"].as_str().unwrap(), ext_json).await;
+    assert_eq!(
+        refused,
+        json!({"type": "disconnect", "reason": "token_expired", "reconnect": false})
+    );
+}
+
+#[tokio::test]
 async fn a_restored_session_is_owed_disconnect_and_restores_again() {
     let ((_server, addr), calls) = start_counting(with_history(100)).await;
     let id = r#"{"channel":"ChatChannel"}"#;

@@ -85,6 +85,12 @@ impl JwtConfig {
 
     /// The identifiers JSON (`ext`, verbatim) of a valid token.
     pub fn verify(&self, token: &str) -> Result<String, JwtError> {
+        self.verify_with_expiry(token).map(|(ext, _)| ext)
+    }
+
+    /// [`JwtConfig::verify`], and the token's `exp` (unix seconds, rounded down) if it
+    /// has one.
+    pub fn verify_with_expiry(&self, token: &str) -> Result<(String, Option<u64>), JwtError> {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.algorithms = vec![Algorithm::HS256, Algorithm::HS384, Algorithm::HS512];
         validation.leeway = 0;
@@ -104,9 +110,11 @@ impl JwtConfig {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs_f64())
             .unwrap_or(0.0);
-        if numeric_date("exp", data.claims.get("exp"))?.is_some_and(|exp| now >= exp) {
+        let exp = numeric_date("exp", data.claims.get("exp"))?;
+        if exp.is_some_and(|exp| now >= exp) {
             return Err(JwtError::Expired);
         }
+        let exp = exp.map(|e| e.max(0.0) as u64);
         if numeric_date("nbf", data.claims.get("nbf"))?.is_some_and(|nbf| now < nbf) {
             return Err(JwtError::Invalid("not yet valid".into()));
         }
@@ -116,7 +124,7 @@ impl JwtConfig {
                 if serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(ext)
                     .is_ok() =>
             {
-                Ok(ext.clone())
+                Ok((ext.clone(), exp))
             }
             Some(serde_json::Value::String(_)) => {
                 Err(JwtError::Invalid("ext is not a JSON object".into()))

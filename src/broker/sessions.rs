@@ -42,6 +42,11 @@ pub struct CachedSession {
     /// The app built a connection object for it (so disconnect callbacks are owed for
     /// the restored session too); false for a JWT session that never reached Ruby.
     pub app_connected: bool,
+    /// When the credential that opened the session expires (the JWT's `exp`, unix
+    /// seconds): a restore past it is refused as `token_expired`, so restores cannot
+    /// outlive the token. Absent in entries written before it was kept.
+    #[serde(default)]
+    pub expires_at: Option<u64>,
 }
 
 impl CachedSession {
@@ -170,6 +175,7 @@ mod tests {
                 state: vec![("room".into(), "\"r1\"".into())],
                 presence: None,
             }],
+            expires_at: None,
             state: Vec::new(),
             app_connected: true,
         }

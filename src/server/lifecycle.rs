@@ -53,15 +53,23 @@ impl<C: Controller> Inner<C> {
         // client's, and `exclude_socket` would then skip both.
         let sid = generate_sid(id);
         let (session, outbox) = Session::new(id, sid, self.config.max_pending_bytes);
+        let mut refused = None;
         let restored = if extended {
             session.set_resumable();
-            self.restore(&head, &session).await
+            match self.restore(&head, &session).await {
+                Ok(restored) => restored,
+                Err(reason) => {
+                    refused = Some(reason);
+                    None
+                }
+            }
         } else {
             None
         };
-        let identified = match &restored {
-            Some(cached) => Some(Ok(cached.identifiers.clone())),
-            None => self.identify_by_jwt(&head, &session).map(|r| r.map(Some)),
+        let identified = match (&restored, refused) {
+            (_, Some(reason)) => Some(Err(reason)),
+            (Some(cached), None) => Some(Ok(cached.identifiers.clone())),
+            (None, None) => self.identify_by_jwt(&head, &session).map(|r| r.map(Some)),
         };
         let mut opened = Opened {
             session: session.clone(),
@@ -176,9 +184,29 @@ impl<C: Controller> Inner<C> {
 
     /// The cached session the client asks back (`X-AnyCable-Restore-SID`, else
     /// `?sid=`), joined to its streams again; `None` when there is none to restore.
-    async fn restore(&self, head: &RequestHead, session: &SessionRef) -> Option<CachedSession> {
-        let old = restore_sid(head)?;
-        let cached = self.broker.take_session(old).await?;
+    /// `Err` when the session's credential has expired (`token_expired`): a session
+    /// keeps the expiry of the token that opened it, so restores cannot outlive it.
+    async fn restore(
+        &self,
+        head: &RequestHead,
+        session: &SessionRef,
+    ) -> Result<Option<CachedSession>, DisconnectReason> {
+        let Some(old) = restore_sid(head) else {
+            return Ok(None);
+        };
+        let Some(cached) = self.broker.take_session(old).await else {
+            return Ok(None);
+        };
+        if cached
+            .expires_at
+            .is_some_and(|at| crate::broker::unix_now() >= at)
+        {
+            log::debug!(
+                "session {}: the restored session's token has expired; token_expired",
+                session.log_id()
+            );
+            return Err(DisconnectReason::TOKEN_EXPIRED);
+        }
         session.restore_from(&cached);
         // Until the client's `history` for each (`run_session` lets them go after
         // RESTORED_HISTORY_WAIT without one).
@@ -193,7 +221,7 @@ impl<C: Controller> Inner<C> {
             "session {}: restored from an earlier session",
             session.log_id()
         );
-        Some(cached)
+        Ok(Some(cached))
     }
 
     /// `None` when JWT is off or not used here; else the token's identifiers, or the
@@ -207,10 +235,13 @@ impl<C: Controller> Inner<C> {
         let Some(token) = jwt.token(head) else {
             return jwt.enforce.then_some(Err(DisconnectReason::UNAUTHORIZED));
         };
-        Some(match jwt.verify(token) {
-            Ok(identifiers) => {
+        Some(match jwt.verify_with_expiry(token) {
+            Ok((identifiers, expires_at)) => {
                 if let Ok(json) = serde_json::from_str(&identifiers) {
                     session.set_identifiers(json);
+                }
+                if let Some(at) = expires_at {
+                    session.set_expires_at(at);
                 }
                 Ok(identifiers)
             }

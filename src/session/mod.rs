@@ -84,6 +84,9 @@ pub struct Session {
     streams: Mutex<Vec<(Arc<str>, Arc<str>)>>,
     /// The connection's identifiers (`identified_by`), as JSON, for remote disconnects.
     identifiers: std::sync::OnceLock<serde_json::Value>,
+    /// When the credential that opened it expires (a JWT's `exp`, unix seconds); a
+    /// restored session keeps its first one's.
+    expires_at: std::sync::OnceLock<u64>,
     /// Subscriptions the server made itself (`$pubsub`, Turbo Streams), by identifier,
     /// with the stream whispers on it go to, if any. Only the connection task uses it.
     server_subscriptions: Mutex<HashMap<String, Option<String>>>,
@@ -132,6 +135,7 @@ impl Session {
             too_slow_logged: AtomicBool::new(false),
             streams: Mutex::new(Vec::new()),
             identifiers: std::sync::OnceLock::new(),
+            expires_at: std::sync::OnceLock::new(),
             server_subscriptions: Mutex::new(HashMap::new()),
             whispers: Mutex::new(HashMap::new()),
             holding: AtomicBool::new(false),
@@ -208,6 +212,15 @@ impl Session {
     /// Records the connection's identifiers (once; later calls are ignored).
     pub fn set_identifiers(&self, identifiers: serde_json::Value) {
         let _ = self.identifiers.set(identifiers);
+    }
+
+    /// The credential that opened the session expires then (unix seconds; once).
+    pub fn set_expires_at(&self, unix_seconds: u64) {
+        let _ = self.expires_at.set(unix_seconds);
+    }
+
+    pub fn expires_at(&self) -> Option<u64> {
+        self.expires_at.get().copied()
     }
 
     pub fn identifiers(&self) -> Option<&serde_json::Value> {

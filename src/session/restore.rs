@@ -72,12 +72,16 @@ impl Session {
             subscriptions,
             state: self.state_of(""),
             app_connected,
+            expires_at: self.expires_at(),
         })
     }
 
     /// Takes back what a cached session had, without the hub (the caller joins the
     /// streams): subscriptions, whisper streams, identifiers.
     pub(crate) fn restore_from(&self, cached: &CachedSession) {
+        if let Some(at) = cached.expires_at {
+            self.set_expires_at(at);
+        }
         if let Some(ids) = cached
             .identifiers
             .as_deref()
