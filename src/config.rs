@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crate::auth::jwt::JwtConfig;
 use crate::auth::streams::StreamsConfig;
+use crate::broker::seal::SealKey;
 pub use crate::broker::BrokerKind;
 use crate::broker::HistoryConfig;
 use crate::http::origin::OriginPolicy;
@@ -71,6 +72,10 @@ pub struct ServerConfig {
     /// Bearer token the broadcast endpoint requires; `None` accepts any request (for
     /// development, as AnyCable does without a key).
     pub broadcast_key: Option<String>,
+    /// What the NATS broker seals the sessions it stores with (derived by the Ruby side
+    /// from `ANYCABLE_SECRET`, else the app's `secret_key_base`). Required when it
+    /// keeps sessions.
+    pub sessions_key: Option<SealKey>,
 }
 
 /// The defaults of `ANYCABLE_HISTORY_LIMIT`, `_TTL` and `_MAX_BYTES`, as Ruby's.
@@ -110,6 +115,7 @@ impl Default for ServerConfig {
             streams: StreamsConfig::default(),
             jwt: None,
             pubsub: None,
+            sessions_key: None,
         }
     }
 }
@@ -122,6 +128,13 @@ impl ServerConfig {
             && !matches!(self.pubsub, Some(PubSubConfig::Nats { .. }))
         {
             return Err("broker nats keeps the history in NATS JetStream: it needs broadcast_adapter nats (ANYCABLE_BROADCAST_ADAPTER=nats, or ANYCABLE_EMBEDDED_NATS=true)".into());
+        }
+        if self.broker == BrokerKind::Nats
+            && self.history.is_some()
+            && !self.sessions_ttl.is_zero()
+            && self.sessions_key.is_none()
+        {
+            return Err("broker nats stores sessions sealed with a key from the app's secret: it needs ANYCABLE_SECRET or a secret_key_base (or ANYCABLE_SESSIONS_TTL=0)".into());
         }
         Ok(())
     }

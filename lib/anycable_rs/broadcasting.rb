@@ -22,9 +22,12 @@ module AnyCableRs
   module Broadcasting
     module_function
 
+    SID_DIGEST_PREFIX = "sha256:"
+
     # data: a JSON string (what ActionCable.server.broadcast passes) or any object.
     def broadcast(stream, data, exclude_socket: nil)
       data = JSON.generate(data) unless data.is_a?(String)
+      exclude_socket = exclude_digest(exclude_socket.to_s) if exclude_socket
       config = AnyCableRs.config
       check_size!(data, config)
       if serving? && AnyCableRs.runtime.publishes?
@@ -47,11 +50,13 @@ module AnyCableRs
       when "nats"
         return AnyCableRs.runtime.native.publish_payload(payload) if serving?
 
+        payload = digest_excludes(payload)
         stored, rest = config.broker == "nats" ? JetStream.split(payload) : [[], payload]
         NatsPublisher.publish(config.nats_servers, config.nats_channel, rest, stored: stored)
       when "redis"
         return AnyCableRs.runtime.native.publish_payload(payload) if serving?
 
+        payload = digest_excludes(payload)
         RedisPublisher.publish(config.redis_url, config.redis_channel, payload)
       when "http"
         return apply_here(payload) if serving?
@@ -61,6 +66,35 @@ module AnyCableRs
         into_the_void!(nil) unless serving?
         apply_here(payload)
       end
+    end
+
+    # How a broadcast names the socket it skips when it leaves the process: by its
+    # sid's digest (anycable_core's protocol::broadcast::exclude_digest makes the same).
+    # A sid restores its session (a credential): it never travels on a pub/sub subject
+    # nor is stored. Receivers match a raw sid or its digest.
+    def exclude_digest(sid)
+      return sid if sid.start_with?(SID_DIGEST_PREFIX)
+
+      "#{SID_DIGEST_PREFIX}#{Digest::SHA256.hexdigest(sid)}"
+    end
+
+    # A raw payload with each exclude_socket as its digest (unchanged when it has none).
+    def digest_excludes(payload)
+      return payload unless payload.include?("exclude_socket")
+
+      parsed = JSON.parse(payload)
+      changed = false
+      (parsed.is_a?(Array) ? parsed : [parsed]).each do |m|
+        meta = m.is_a?(Hash) && m["meta"]
+        next unless meta.is_a?(Hash) && meta["exclude_socket"].is_a?(String)
+
+        digest = exclude_digest(meta["exclude_socket"])
+        changed ||= digest != meta["exclude_socket"]
+        meta["exclude_socket"] = digest
+      end
+      changed ? JSON.generate(parsed) : payload
+    rescue JSON::ParserError
+      payload
     end
 
     # In a server process: to this process's clients, and with Puma workers to the
@@ -215,7 +249,6 @@ module AnyCableRs
     STREAM = "anycable_history"
     PREFIX = "anycable_history."
     MAX_TOKEN = 1024
-    SID_DIGEST_PREFIX = "sha256:"
 
     module_function
 
@@ -229,15 +262,6 @@ module AnyCableRs
       "#{PREFIX}h#{Digest::SHA256.hexdigest(name.b)}"
     end
 
-    # The socket a stored message skips, by its sid's digest (as the Rust side stores
-    # it, anycable_core::jetstream::exclude_digest): a sid is a credential, and the
-    # stream keeps messages for HISTORY_TTL.
-    def exclude_digest(sid)
-      return sid if sid.start_with?(SID_DIGEST_PREFIX)
-
-      "#{SID_DIGEST_PREFIX}#{Digest::SHA256.hexdigest(sid)}"
-    end
-
     # [[subject, body] for each message to store, the rest as a payload or nil]:
     # transient messages and commands are not stored.
     def split(payload)
@@ -249,7 +273,7 @@ module AnyCableRs
       bodies = stored.map do |m|
         body = {"stream" => m["stream"].to_s, "data" => m["data"]}
         exclude = m["meta"].is_a?(Hash) && m["meta"]["exclude_socket"]
-        body["meta"] = {"exclude_socket" => exclude_digest(exclude.to_s)} if exclude
+        body["meta"] = {"exclude_socket" => Broadcasting.exclude_digest(exclude.to_s)} if exclude
         [subject_for(m["stream"].to_s), JSON.generate(body)]
       end
       rest_payload = if rest.empty? then nil

@@ -333,8 +333,31 @@ module AnyCableRs
         streams: streams_options, jwt: jwt_options,
         pong_timeout: pong_timeout.to_f, broker: broker, history_limit: history_limit, history_ttl: history_ttl.to_f,
         history_max_bytes: history_max_bytes,
-        sessions_ttl: sessions_ttl.to_f, presence_ttl: presence_ttl.to_f
+        sessions_ttl: sessions_ttl.to_f, presence_ttl: presence_ttl.to_f,
+        sessions_key_hex: broker == "nats" ? sessions_key&.unpack1("H*") : nil
       }
+    end
+
+    SESSIONS_KEY_INFO = "anycable-rs sessions"
+
+    # What the NATS broker seals the sessions it stores in NATS with (AES-256-GCM):
+    # HMAC-SHA256 of ANYCABLE_SECRET, else of the app's secret_key_base (the same on
+    # every machine of a deployment), so whoever reaches NATS can neither read a
+    # session nor forge one. Nil without either (then the broker refuses to keep
+    # sessions, and says what to set).
+    def sessions_key
+      base = secret || self.class.app_secret_key_base
+      return nil if base.nil? || base.to_s.empty?
+
+      require "openssl"
+      OpenSSL::HMAC.digest("SHA256", base.to_s, SESSIONS_KEY_INFO)
+    end
+
+    def self.app_secret_key_base
+      app = defined?(::Rails) && ::Rails.respond_to?(:application) && ::Rails.application
+      app&.secret_key_base
+    rescue ArgumentError # Rails: "Missing secret_key_base"
+      nil
     end
 
     def effective_jwt_secret

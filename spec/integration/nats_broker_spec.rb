@@ -3,6 +3,7 @@
 require "spec_helper"
 require "open3"
 require "digest"
+require "openssl"
 
 # ANYCABLE_BROKER=nats: two server processes (real Puma) and a real nats-server with
 # JetStream. Every broadcast is stored once and gets one offset that both nodes give
@@ -268,10 +269,10 @@ RSpec.describe "The NATS broker (JetStream history shared by the nodes)", type: 
     wait_for { entry = kv_get(session_key(sid)) }
     # Keyed by the sid's SHA-256: listing the bucket gives no sid (a credential).
     expect(kv_get(sid)).to be_nil
-    session = JSON.parse(entry)
+    session = JSON.parse(unseal(session_key(sid), entry))
     gone = JSON.generate(channel: "RenamedAwayChannel")
     session["subscriptions"] << session["subscriptions"].first.merge("identifier" => gone, "streams" => ["gone"])
-    kv_put(session_key(sid), JSON.generate(session))
+    kv_put(session_key(sid), seal(session_key(sid), JSON.generate(session)))
     b = client(port: @two.port, protocols: [ext_protocol], path: "/cable?sid=#{sid}")
     expect(b.welcome!).to include("restored" => true, "restored_ids" => contain_exactly(ida, gone))
     expect(b.receive).to eq("identifier" => gone, "type" => "reject_subscription")
@@ -303,6 +304,34 @@ RSpec.describe "The NATS broker (JetStream history shared by the nodes)", type: 
     Digest::SHA256.hexdigest(sid)
   end
 
+  # The app's sessions key, as AnyCableRs::Config#sessions_key derives it (the dummy
+  # app has no ANYCABLE_SECRET: its secret_key_base).
+  def sessions_key(base = "dummy-secret-key-base-for-tests-only-0123456789abcdef")
+    OpenSSL::HMAC.digest("SHA256", base, "anycable-rs sessions")
+  end
+
+  # A stored session's format (anycable_core::broker::seal): 1, nonce, ciphertext, tag;
+  # the bucket key is the additional data.
+  def seal(key, json, secret: sessions_key)
+    c = OpenSSL::Cipher.new("aes-256-gcm").encrypt
+    c.key = secret
+    nonce = c.random_iv
+    c.auth_data = key
+    body = c.update(json) + c.final
+    "\x01".b + nonce + body + c.auth_tag
+  end
+
+  def unseal(key, sealed)
+    sealed = sealed.b
+    expect(sealed.getbyte(0)).to eq(1)
+    c = OpenSSL::Cipher.new("aes-256-gcm").decrypt
+    c.key = sessions_key
+    c.iv = sealed[1, 12]
+    c.auth_tag = sealed[-16..]
+    c.auth_data = key
+    c.update(sealed[13...-16]) + c.final
+  end
+
   def kv_get(key)
     body = JSON.generate(last_by_subj: "$KV.anycable_rs_sessions.#{key}")
     reply = kv_request("PUB $JS.API.DIRECT.GET.KV_anycable_rs_sessions _INBOX.kv #{body.bytesize}\r\n#{body}\r\n")
@@ -311,6 +340,75 @@ RSpec.describe "The NATS broker (JetStream history shared by the nodes)", type: 
 
   def kv_put(key, json)
     kv_request("PUB $KV.anycable_rs_sessions.#{key} #{json.bytesize}\r\n#{json}\r\n")
+  end
+
+  # Whoever reaches NATS (someone on the private network): the bucket tells them no
+  # one's identifiers, and an entry they write does not restore.
+  it "seals stored sessions: unreadable in the bucket, and a forged, moved or foreign-key entry restores no one" do
+    a = client(name: "alice", port: @one.port, protocols: [ext_protocol])
+    sid = a.welcome!.fetch("sid")
+    subscribed(a, echo)
+    a.close
+    entry = nil
+    wait_for { entry = kv_get(session_key(sid)) }
+    plain = unseal(session_key(sid), entry)
+    user_gid = JSON.parse(JSON.parse(plain)["identifiers"])["current_user"]
+    expect(user_gid).to be_a(String)
+    expect(entry.b).not_to include(user_gid.b)
+    expect(entry.b).not_to include("EchoChannel".b)
+    forged = {
+      # plain JSON, as the stored format was; alice's own entry moved under the
+      # attacker's sid; sealed with another secret.
+      "made-up-sid-1" => plain,
+      "made-up-sid-2" => entry,
+      "made-up-sid-3" => seal(session_key("made-up-sid-3"), plain, secret: sessions_key("another-app"))
+    }
+    forged.each { |forged_sid, value| kv_put(session_key(forged_sid), value) }
+    forged.each_key do |forged_sid|
+      c = client(port: @two.port, protocols: [ext_protocol], path: "/cable?sid=#{forged_sid}")
+      welcome = c.receive
+      # Refused like an unknown sid: the app's connect ran (no cookie: rejected).
+      expect(welcome).not_to include("restored" => true)
+      expect(welcome["type"]).to eq("disconnect"), welcome.inspect
+    end
+    expect(@two.log).to include("did not open with this app's key")
+    # Alice's own sid still restores (her entry was only copied).
+    b = client(port: @two.port, protocols: [ext_protocol], path: "/cable?sid=#{sid}")
+    expect(b.welcome!).to include("restored" => true)
+  end
+
+  # Someone on the private network who reads NATS: whispers and to_others broadcasts
+  # name the sender by its sid's digest, never by the sid that would restore its session.
+  it "puts no sid on a NATS subject: whispers and to_others carry its digest" do
+    sniffer = TCPSocket.new("127.0.0.1", @nats.port)
+    sniffer.gets
+    sniffer.write("CONNECT {\"verbose\":false}\r\nSUB > 1\r\nPING\r\n")
+    seen = +""
+    seen << sniffer.readpartial(4096) until seen.include?("PONG")
+    reader = Thread.new { loop { seen << sniffer.readpartial(65_536) } rescue nil } # rubocop:disable Style/RescueModifier
+    room = {channel: "WhisperChannel", room: "sniffed"}
+    a = client(name: "alice", port: @one.port, protocols: [ext_protocol])
+    sid_a = a.welcome!.fetch("sid")
+    ia = subscribed(a, room)
+    b = client(name: "bob", port: @two.port, protocols: [ext_protocol])
+    b.welcome!
+    subscribed(b, room)
+    a.send_json(command: "whisper", identifier: ia, data: {typing: true})
+    expect(b.receive).to include("message" => {"typing" => true})
+    a.send_json(command: "message", identifier: ia, data: JSON.generate(action: "shout", text: "hi"))
+    expect(b.receive).to include("message" => {"shout" => "hi"})
+    res = @two.http(:post, "/broadcast", {stream: "whisper:sniffed", payload: '{"n":1}', to_others: "1"}, {"X-Socket-ID" => sid_a})
+    expect(res.code).to eq("201")
+    expect(b.receive).to include("message" => {"n" => 1})
+    third_process("AnyCableRs.broadcast('whisper:sniffed', {'n' => 2}, exclude_socket: #{sid_a.inspect})")
+    expect(b.receive).to include("message" => {"n" => 2})
+    expect(a.silent_for?(0.3)).to be(true)
+    sleep 0.2
+    expect(seen).to include("sha256:#{Digest::SHA256.hexdigest(sid_a)}")
+    expect(seen).not_to include(sid_a)
+  ensure
+    reader&.kill
+    sniffer&.close
   end
 
   it "keeps whispers and remote disconnects off the history (core NATS)" do

@@ -26,9 +26,19 @@ RSpec.describe AnyCableRs::JetStream do
     # The skipped socket by its sid's digest (the Rust side's vector, for "sid1").
     expect(stored).to eq([[described_class.subject_for("a"),
       %({"stream":"a","data":"{}","meta":{"exclude_socket":"sha256:#{Digest::SHA256.hexdigest("s1")}"}})]])
-    expect(described_class.exclude_digest("sid1"))
+    expect(AnyCableRs::Broadcasting.exclude_digest("sid1"))
       .to eq("sha256:53453a19cbc7f60351e13709237b6025007b6bf5a6974aabaa03d5e19ea1ada3")
     expect(JSON.parse(rest).size).to eq(2)
     expect(described_class.split('{"stream":"b","data":"1"}')).to eq([[[described_class.subject_for("b"), '{"stream":"b","data":"1"}']], nil])
+  end
+
+  it "names a skipped socket by its sid's digest on every payload that leaves the process" do
+    digest = AnyCableRs::Broadcasting.exclude_digest("sid1")
+    out = AnyCableRs::Broadcasting.digest_excludes(JSON.generate([{stream: "a", data: "1", meta: {exclude_socket: "sid1", transient: true}},
+      {stream: "b", data: "2", meta: {exclude_socket: digest}}, {stream: "c", data: "3"}]))
+    expect(JSON.parse(out).map { |m| m.dig("meta", "exclude_socket") }).to eq([digest, digest, nil])
+    expect(out).not_to include('"sid1"')
+    plain = '{"stream":"a","data":"1"}'
+    expect(AnyCableRs::Broadcasting.digest_excludes(plain)).to equal(plain)
   end
 end

@@ -14,6 +14,7 @@
 
 pub mod history;
 pub mod jetstream;
+pub mod seal;
 pub mod sessions;
 
 use std::sync::{Arc, OnceLock};

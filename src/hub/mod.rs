@@ -310,7 +310,7 @@ mod tests {
         assert_eq!(frames(&mut rb), vec![r#"{"identifier":"B","message":2}"#]);
         frames(&mut ra);
         // As the NATS broker stores it: by the sid's digest.
-        let digest = crate::broker::jetstream::exclude_digest("b");
+        let digest = crate::protocol::broadcast::exclude_digest("b");
         assert_eq!(hub.broadcast("room", "3", Some(&digest)).sessions, 1);
         assert!(frames(&mut rb).is_empty());
         assert_eq!(frames(&mut ra).len(), 1);

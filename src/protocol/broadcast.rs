@@ -151,6 +151,57 @@ fn parse_one(text: &str) -> Result<BroadcastMessage, String> {
     })
 }
 
+/// SHA-256 in lowercase hex.
+pub fn sha256_hex(data: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, data);
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Marks an `exclude_socket` that names a session by [`exclude_digest`], not its sid.
+pub const SID_DIGEST_PREFIX: &str = "sha256:";
+
+/// `sha256:<hex>` of a sid (one already in that form stays as it is): how a broadcast
+/// this server publishes names the socket it skips. A sid restores its session (a
+/// credential), so it never travels on a pub/sub subject nor is stored; receivers match
+/// a raw sid (AnyCable's publishers send those) or its digest. Ruby's
+/// `AnyCableRs::JetStream.exclude_digest` makes the same.
+pub fn exclude_digest(sid: &str) -> String {
+    if sid.starts_with(SID_DIGEST_PREFIX) {
+        return sid.to_owned();
+    }
+    format!("{SID_DIGEST_PREFIX}{}", sha256_hex(sid.as_bytes()))
+}
+
+/// `payload` with every `exclude_socket` as its [`exclude_digest`]: what goes out on a
+/// pub/sub. A payload with none (the usual broadcast) is returned as it is, unparsed;
+/// one that does not parse too (it was checked where it entered).
+pub fn digest_excludes(payload: String) -> String {
+    if !payload.contains("exclude_socket") {
+        return payload;
+    }
+    let Ok(mut messages) = parse(&payload) else {
+        return payload;
+    };
+    let mut changed = false;
+    for message in &mut messages {
+        if let BroadcastMessage::Stream {
+            exclude_socket: Some(sid),
+            ..
+        } = message
+        {
+            if !sid.starts_with(SID_DIGEST_PREFIX) {
+                *sid = exclude_digest(sid);
+                changed = true;
+            }
+        }
+    }
+    if changed {
+        to_payload(&messages)
+    } else {
+        payload
+    }
+}
+
 /// Refuses broadcast data no client could receive: its frame (data plus identifier and
 /// wrapper, allowed 4 KiB) must fit in a client's `max_pending_bytes`, or every
 /// subscriber would be disconnected as `too_slow` instead. Every process checks with
@@ -198,6 +249,35 @@ impl std::fmt::Display for BroadcastError {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn digests_the_sids_a_payload_excludes() {
+        let digest = exclude_digest("sid1");
+        assert_eq!(
+            digest,
+            "sha256:53453a19cbc7f60351e13709237b6025007b6bf5a6974aabaa03d5e19ea1ada3"
+        );
+        let out = digest_excludes(
+            r#"[{"stream":"a","data":"1","meta":{"exclude_socket":"sid1","transient":true}},{"stream":"b","data":"2"}]"#.into(),
+        );
+        assert!(!out.contains("\"sid1\""), "{out}");
+        match &parse(&out).unwrap()[..] {
+            [BroadcastMessage::Stream {
+                exclude_socket: Some(x),
+                transient: true,
+                ..
+            }, BroadcastMessage::Stream {
+                exclude_socket: None,
+                ..
+            }] => assert_eq!(x, &digest),
+            other => panic!("{other:?}"),
+        }
+        let plain = r#"{"stream":"a","data":"1"}"#.to_string();
+        assert_eq!(digest_excludes(plain.clone()), plain);
+        let digested =
+            format!(r#"{{"stream":"a","data":"1","meta":{{"exclude_socket":"{digest}"}}}}"#);
+        assert_eq!(digest_excludes(digested.clone()), digested);
+    }
+
     use super::*;
 
     #[test]

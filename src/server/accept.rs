@@ -20,7 +20,7 @@ use crate::http::endpoints::{self, EndpointHandle};
 use crate::http::{handshake, RequestHead};
 use crate::metrics::COUNTERS;
 use crate::protocol;
-use crate::protocol::broadcast::BroadcastError;
+use crate::protocol::broadcast::{self, BroadcastError};
 
 const MAX_HEAD_BYTES: usize = 16 * 1024;
 
@@ -269,7 +269,7 @@ impl<C: Controller> EndpointHandle for Inner<C> {
         match self.link.get() {
             Some(link) => {
                 let n = self.check_broadcast(&payload)?;
-                link.pubsub.publish(payload);
+                link.pubsub.publish(broadcast::digest_excludes(payload));
                 Ok(n)
             }
             None => self.apply_broadcast(&payload),

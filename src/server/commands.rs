@@ -246,7 +246,7 @@ impl<C: Controller> Inner<C> {
                 serde_json::json!({
                     "stream": stream,
                     "data": data,
-                    "meta": {"exclude_socket": session.sid, "transient": true}
+                    "meta": {"exclude_socket": session.sid_digest(), "transient": true}
                 })
                 .to_string(),
             ),

@@ -43,11 +43,20 @@ impl<C: Controller> Inner<C> {
                     }
                 });
                 let weak: Weak<Self> = Arc::downgrade(self);
+                let sessions = match &self.config.sessions_key {
+                    _ if self.config.sessions_ttl.is_zero() => None,
+                    Some(key) => Some((self.config.sessions_ttl, key.clone())),
+                    None => {
+                        return Err(
+                            "the NATS broker keeps sessions only sealed: no sessions key".into(),
+                        )
+                    }
+                };
                 Arc::new(JetStreamLink::start(
                     servers,
                     subject.clone(),
                     history.clone(),
-                    self.config.sessions_ttl,
+                    sessions,
                     deliver,
                     stored,
                     move |reader, sessions| {

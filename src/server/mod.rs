@@ -43,7 +43,7 @@ use crate::controller::Controller;
 use crate::http::{endpoints, RequestHead};
 use crate::hub::{Delivery, Hub};
 use crate::metrics::{self, MetricsSource, COUNTERS};
-use crate::protocol::broadcast::BroadcastError;
+use crate::protocol::broadcast::{self, BroadcastError};
 use crate::session::{DisconnectReason, SessionRef};
 
 pub struct Server<C: Controller> {
@@ -181,10 +181,11 @@ impl<C: Controller> Server<C> {
 
     /// Publishes a checked AnyCable payload through the pub/sub link: every node, this
     /// one included, delivers it when it comes back. False when there is no link.
+    /// Sids it excludes go out as their digests.
     pub fn publish(&self, payload: String) -> bool {
         match self.inner.link.get() {
             Some(link) => {
-                link.pubsub.publish(payload);
+                link.pubsub.publish(broadcast::digest_excludes(payload));
                 true
             }
             None => false,

@@ -27,6 +27,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
+use crate::protocol::broadcast::{exclude_digest, SID_DIGEST_PREFIX};
 use hold::Held;
 pub(crate) use outbox::{Outbound, Outbox};
 use subscriptions::AppSubscription;
@@ -69,8 +70,7 @@ pub struct Session {
     pub id: u64,
     /// The session id the client sees in its welcome message.
     pub sid: String,
-    /// [`crate::broker::jetstream::exclude_digest`] of `sid`, made the first time a broadcast
-    /// excludes by digest.
+    /// [`exclude_digest`] of `sid`, made the first time it is needed.
     sid_digest: std::sync::OnceLock<Box<str>>,
     outbox: Mutex<VecDeque<Outbound>>,
     notify: Notify,
@@ -154,19 +154,19 @@ impl Session {
         (session, outbox)
     }
 
-    /// Whether a broadcast's `exclude_socket` names this session: its sid, or (as the
-    /// NATS broker stores it) its [`crate::broker::jetstream::exclude_digest`].
+    /// Whether a broadcast's `exclude_socket` names this session: its sid, or its
+    /// [`Session::sid_digest`] (what this server publishes).
     pub fn is_excluded_by(&self, exclude_socket: &str) -> bool {
-        use crate::broker::jetstream::{exclude_digest, SID_DIGEST_PREFIX};
-        if exclude_socket == self.sid {
-            return true;
-        }
-        exclude_socket.starts_with(SID_DIGEST_PREFIX)
-            && self
-                .sid_digest
-                .get_or_init(|| exclude_digest(&self.sid).into_boxed_str())
-                .as_ref()
-                == exclude_socket
+        exclude_socket == self.sid
+            || (exclude_socket.starts_with(SID_DIGEST_PREFIX)
+                && self.sid_digest() == exclude_socket)
+    }
+
+    /// The sid's [`exclude_digest`]: how a broadcast this server publishes names the
+    /// session it skips (the sid itself never leaves the process).
+    pub fn sid_digest(&self) -> &str {
+        self.sid_digest
+            .get_or_init(|| exclude_digest(&self.sid).into_boxed_str())
     }
 
     /// How log lines name the session: the sid's first 8 characters. The whole sid

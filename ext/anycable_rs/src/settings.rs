@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anycable_core::auth::streams::{decode_hex, StreamsConfig};
 use anycable_core::auth::JwtConfig;
+use anycable_core::broker::seal::SealKey;
 use anycable_core::broker::HistoryConfig;
 use anycable_core::config::BrokerKind;
 use anycable_core::http::{OriginPolicy, OriginRule, RubyRegexp};
@@ -165,6 +166,16 @@ impl Settings {
             jwt,
             streams,
             pubsub: None,
+            sessions_key: match o.opt::<String>("sessions_key_hex")? {
+                None => None,
+                Some(hex) => Some(
+                    decode_hex(&hex)
+                        .and_then(|bytes| SealKey::new(&bytes).ok())
+                        .ok_or_else(|| {
+                            arg_error(ruby, "sessions_key_hex is not 32 bytes in hex")
+                        })?,
+                ),
+            },
         };
         let adapter: String = o.get("broadcast_adapter")?;
         let (nats_servers, nats_channel): (String, String) =

@@ -17,6 +17,7 @@ use super::{
     body, epoch_of, parse_body, subject_for, StoredHistory, StoredSessions, STREAM, SUBJECT_PREFIX,
 };
 use crate::broker::history::HistoryConfig;
+use crate::broker::seal::{Seal, SealKey};
 use crate::protocol::broadcast::{self, BroadcastMessage};
 use crate::pubsub::{PubSub, PublishQueue, Queued};
 
@@ -60,7 +61,7 @@ impl JetStreamLink {
         servers: &str,
         subject: String,
         config: HistoryConfig,
-        sessions_ttl: Duration,
+        sessions: Option<(Duration, SealKey)>,
         core_deliver: impl Fn(&str) + Send + Sync + 'static,
         stored: StoredSink,
         ready: impl FnOnce(Arc<StoredHistory>, Option<Arc<StoredSessions>>) + Send + 'static,
@@ -112,16 +113,15 @@ impl JetStreamLink {
                 stream: stream.clone(),
                 epoch: parking_lot::RwLock::new(epoch),
             });
-            let sessions = if sessions_ttl.is_zero() {
-                None
-            } else {
-                match ensure_sessions(&js, sessions_ttl).await {
+            let sessions = match sessions {
+                None => None,
+                Some((ttl, key)) => match ensure_sessions(&js, ttl, Seal::new(&key)).await {
                     Ok(sessions) => Some(Arc::new(sessions)),
                     Err(e) => {
                         log::error!("NATS JetStream: {e}; sessions are not kept for a restore");
                         None
                     }
-                }
+                },
             };
             let _ = history.set(reader.clone());
             ready(reader.clone(), sessions);

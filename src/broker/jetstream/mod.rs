@@ -34,7 +34,7 @@ pub use sessions::{StoredSessions, SESSIONS_BUCKET};
 use async_nats::jetstream::{self, stream};
 use base64::Engine;
 
-use crate::protocol::broadcast::{self, BroadcastMessage};
+use crate::protocol::broadcast::{self, exclude_digest, sha256_hex, BroadcastMessage};
 
 /// The JetStream stream that keeps the history.
 pub const STREAM: &str = "anycable_history";
@@ -51,26 +51,6 @@ pub fn subject_for(stream: &str) -> String {
         return format!("{SUBJECT_PREFIX}s{encoded}");
     }
     format!("{SUBJECT_PREFIX}h{}", sha256_hex(stream.as_bytes()))
-}
-
-/// SHA-256 in lowercase hex.
-pub(crate) fn sha256_hex(data: &[u8]) -> String {
-    let digest = ring::digest::digest(&ring::digest::SHA256, data);
-    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Marks an `exclude_socket` that names a session by [`exclude_digest`], not its sid.
-pub const SID_DIGEST_PREFIX: &str = "sha256:";
-
-/// `sha256:<hex>` of a sid (one already in that form stays as it is): how what is
-/// stored names the socket a broadcast skips. A sid restores its session (a
-/// credential); the stream keeps messages for HISTORY_TTL. Ruby's
-/// `AnyCableRs::JetStream.exclude_digest` makes the same.
-pub fn exclude_digest(sid: &str) -> String {
-    if sid.starts_with(SID_DIGEST_PREFIX) {
-        return sid.to_owned();
-    }
-    format!("{SID_DIGEST_PREFIX}{}", sha256_hex(sid.as_bytes()))
 }
 
 /// The stored body of a broadcast: the AnyCable message, as published, the socket it

@@ -4,14 +4,18 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
 
-use super::{fit_duplicate_window, get_or_create, sha256_hex};
+use super::{fit_duplicate_window, get_or_create};
+use crate::broker::seal::Seal;
 use crate::broker::sessions::CachedSession;
+use crate::protocol::broadcast::sha256_hex;
 
 /// The NATS broker's session cache: a JetStream key-value bucket ([`SESSIONS_BUCKET`]),
 /// so a client restores its session on any node, also after the node that served it
-/// died. Entries live `ANYCABLE_SESSIONS_TTL` after they were last written.
+/// died. Entries live `ANYCABLE_SESSIONS_TTL` after they were last written. Each is
+/// sealed ([`Seal`]): whoever reaches NATS can neither read one nor forge one.
 pub struct StoredSessions {
     kv: jetstream::kv::Store,
+    seal: Seal,
 }
 
 /// The key-value bucket of sessions.
@@ -28,7 +32,12 @@ impl StoredSessions {
         let Ok(json) = serde_json::to_vec(session) else {
             return;
         };
-        if let Err(e) = self.kv.put(session_key(sid), json.into()).await {
+        let key = session_key(sid);
+        let Some(sealed) = self.seal.seal(key.as_bytes(), &json) else {
+            log::warn!("NATS KV: a session could not be sealed for a restore (no randomness)");
+            return;
+        };
+        if let Err(e) = self.kv.put(key, sealed.into()).await {
             log::warn!("NATS KV: a session could not be stored for a restore ({e})");
         }
     }
@@ -55,7 +64,18 @@ impl StoredSessions {
             log::debug!("NATS KV: a session went to another restore ({e})");
             return None;
         }
-        serde_json::from_slice(&entry.value).ok()
+        let Some(json) = self.seal.open(key.as_bytes(), &entry.value) else {
+            static FORGED_LOG: crate::logging::Throttle = crate::logging::Throttle::new();
+            crate::logging::once_a_second(&FORGED_LOG, |more| {
+                log::warn!(
+                    "NATS KV: a stored session did not open with this app's key (forged, \
+                     altered, or sealed with another secret): refused like an unknown sid \
+                     ({more} more since the last line)"
+                )
+            });
+            return None;
+        };
+        serde_json::from_slice(&json).ok()
     }
 
     /// Makes `sid` unrestorable (the server or the app closed its session).
@@ -71,6 +91,7 @@ impl StoredSessions {
 pub(super) async fn ensure_sessions(
     js: &jetstream::Context,
     ttl: Duration,
+    seal: Seal,
 ) -> Result<StoredSessions, String> {
     let wanted = stream::Config {
         name: format!("KV_{SESSIONS_BUCKET}"),
@@ -98,5 +119,5 @@ pub(super) async fn ensure_sessions(
         .get_key_value(SESSIONS_BUCKET)
         .await
         .map_err(|e| format!("sessions bucket {SESSIONS_BUCKET}: {e}"))?;
-    Ok(StoredSessions { kv })
+    Ok(StoredSessions { kv, seal })
 }
