@@ -68,6 +68,17 @@ module AnyCableRs
       Broadcasting.broadcast(stream, data, exclude_socket: exclude_socket)
     end
 
+    PUBLIC_STREAM_PREFIX = "$public:"
+
+    # The stream a public `$pubsub` subscription to `name` listens to (with
+    # ANYCABLE_PUBLIC_STREAMS): public names live apart from the app's streams, so a
+    # client can never subscribe to another user's stream_for or Action Cable's own
+    # channels by naming them. Broadcast to it:
+    #   ActionCable.server.broadcast(AnyCableRs.public_stream("lobby"), data)
+    def public_stream(name)
+      "#{PUBLIC_STREAM_PREFIX}#{name}"
+    end
+
     private
 
     def runtime_lock

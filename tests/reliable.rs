@@ -143,11 +143,14 @@ fn with_history(limit: usize) -> ServerConfig {
         }),
         streams: StreamsConfig {
             public: true,
+            secret: Some(STREAMS_SECRET.to_vec()),
             ..Default::default()
         },
         ..Default::default()
     }
 }
+
+const STREAMS_SECRET: &[u8] = b"streams-secret";
 
 type Client = WebSocketStream<TcpStream>;
 
@@ -341,7 +344,7 @@ async fn replay_and_live_broadcasts_do_not_interleave_on_subscribe() {
     }
     let identifiers = [
         r#"{"channel":"ChatChannel","slow":true}"#.to_string(),
-        json!({"channel": "$pubsub", "stream_name": "all"}).to_string(),
+        json!({"channel": "$pubsub", "signed_stream_name": anycable_core::auth::streams::sign("all", STREAMS_SECRET)}).to_string(),
     ];
     for round in 0..10 {
         let id = &identifiers[round % 2];
@@ -536,6 +539,58 @@ async fn a_replay_over_the_clients_pending_bytes_is_rejected_and_the_client_stay
     );
 }
 
+/// Issue #24 (3): a public `$pubsub` name lives in its own namespace (no app stream,
+/// no `action_cable/<id>`), and a whisper reaches only subscriptions that take
+/// whispers on its stream: not the app's plain `stream_from` on the same stream.
+#[tokio::test]
+async fn public_names_reach_no_app_stream_and_whispers_only_opted_in_subscriptions() {
+    let mut config = with_history(100);
+    config.streams.whisper = true;
+    let (server, addr) = start(config).await;
+    let app = r#"{"channel":"ChatChannel"}"#;
+    let public_all = json!({"channel": "$pubsub", "stream_name": "all"}).to_string();
+    let signed_all = json!({"channel": "$pubsub", "signed_stream_name": anycable_core::auth::streams::sign("all", STREAMS_SECRET)}).to_string();
+    let mut victim = ext(addr).await;
+    subscribed(&mut victim, app).await;
+    let mut attacker = ext(addr).await;
+    subscribed(&mut attacker, &public_all).await;
+    let mut signed = ext(addr).await;
+    subscribed(&mut signed, &signed_all).await;
+    let mut listener = ext(addr).await;
+    subscribed(&mut listener, &signed_all).await;
+
+    // The app's stream "all" is not the public "all".
+    server.broadcast("all", r#"{"n":1}"#, None).unwrap();
+    assert_eq!(next(&mut victim).await["message"], json!({"n": 1}));
+    assert_eq!(next(&mut signed).await["message"], json!({"n": 1}));
+    assert_eq!(next(&mut listener).await["message"], json!({"n": 1}));
+    assert_quiet(&mut attacker).await;
+    send(
+        &mut attacker,
+        json!({"command": "whisper", "identifier": public_all, "data": {"type": "disconnect"}}),
+    )
+    .await;
+    assert_quiet(&mut victim).await;
+    assert_quiet(&mut signed).await;
+    // The public stream is the app's to broadcast to, by its own name.
+    server.broadcast("$public:all", r#"{"p":1}"#, None).unwrap();
+    assert_eq!(next(&mut attacker).await["message"], json!({"p": 1}));
+
+    // A whisper on the signed stream: the other signed subscriber takes it; the app's
+    // ChatChannel on the same stream (no whisper: true) does not, nor the sender.
+    send(
+        &mut signed,
+        json!({"command": "whisper", "identifier": signed_all, "data": {"typing": true}}),
+    )
+    .await;
+    assert_eq!(
+        next(&mut listener).await,
+        json!({"identifier": signed_all, "message": {"typing": true}})
+    );
+    assert_quiet(&mut victim).await;
+    assert_quiet(&mut signed).await;
+}
+
 #[tokio::test]
 async fn whispers_and_transient_broadcasts_get_no_offset_and_server_streams_have_history() {
     let (server, addr) = start(with_history(100)).await;
@@ -556,26 +611,28 @@ async fn whispers_and_transient_broadcasts_get_no_offset_and_server_streams_have
         json!({"identifier": public, "message": {"typing": true}})
     );
     server
-        .apply_broadcast(r#"{"stream":"lobby","data":"{\"t\":1}","meta":{"transient":true}}"#)
+        .apply_broadcast(
+            r#"{"stream":"$public:lobby","data":"{\"t\":1}","meta":{"transient":true}}"#,
+        )
         .unwrap();
     assert_eq!(
         next(&mut b).await,
         json!({"identifier": public, "message": {"t": 1}})
     );
     server
-        .apply_broadcast(r#"{"stream":"lobby","data":"{\"n\":1}"}"#)
+        .apply_broadcast(r#"{"stream":"$public:lobby","data":"{\"n\":1}"}"#)
         .unwrap();
-    assert_eq!(next(&mut b).await, msg(&public, 1, &epoch, "lobby"));
+    assert_eq!(next(&mut b).await, msg(&public, 1, &epoch, "$public:lobby"));
 
     // A $pubsub subscribe with history: replayed after the confirmation.
     let mut c = ext(addr).await;
     send(
         &mut c,
-        json!({"command": "subscribe", "identifier": public, "history": {"streams": {"lobby": {"epoch": epoch, "offset": 0}}}}),
+        json!({"command": "subscribe", "identifier": public, "history": {"streams": {"$public:lobby": {"epoch": epoch, "offset": 0}}}}),
     )
     .await;
     assert_eq!(next(&mut c).await["type"], "confirm_subscription");
-    assert_eq!(next(&mut c).await, msg(&public, 1, &epoch, "lobby"));
+    assert_eq!(next(&mut c).await, msg(&public, 1, &epoch, "$public:lobby"));
     assert_eq!(next(&mut c).await["type"], "confirm_history");
 }
 
@@ -670,9 +727,9 @@ async fn a_session_is_restored_by_sid_without_connect_or_subscribe() {
     );
     // The server-side subscription too.
     server
-        .apply_broadcast(r#"{"stream":"lobby","data":"{\"n\":1}"}"#)
+        .apply_broadcast(r#"{"stream":"$public:lobby","data":"{\"n\":1}"}"#)
         .unwrap();
-    assert_eq!(next(&mut b).await, msg(&public, 1, &epoch, "lobby"));
+    assert_eq!(next(&mut b).await, msg(&public, 1, &epoch, "$public:lobby"));
     assert_eq!(calls.connects.load(Ordering::SeqCst), 1);
     // The two app subscriptions ($pubsub is the server's own).
     assert_eq!(calls.subscribes.load(Ordering::SeqCst), 2);

@@ -1,6 +1,7 @@
 # frozen_string_literal: true
 
 require "spec_helper"
+require "base64"
 require "active_support"
 require "active_support/message_verifier"
 
@@ -45,6 +46,8 @@ RSpec.describe "Signed, public and Turbo streams, and whisper (real Puma)", type
 
     expect(puma.http(:post, "/broadcast", stream: "chat_42", payload: '{"text":"hi"}').code).to eq("201")
     expect(c.receive).to eq("identifier" => good, "message" => {"text" => "hi"})
+    expect(puma.http(:post, "/broadcast", stream: "$public:lobby", payload: '{"text":"all"}').code).to eq("201")
+    expect(c.receive).to eq("identifier" => lobby, "message" => {"text" => "all"})
     html = %(<turbo-stream action="append" target="messages"><template>hi</template></turbo-stream>)
     expect(puma.http(:post, "/broadcast", stream: "gid://dummy/Room/1", payload: JSON.generate(html)).code).to eq("201")
     expect(c.receive).to eq("identifier" => turbo, "message" => html)
@@ -53,6 +56,29 @@ RSpec.describe "Signed, public and Turbo streams, and whisper (real Puma)", type
     # The app's own channels still go to Ruby.
     subscribed(c, channel: "EchoChannel")
     expect(ruby_commands - commands_before).to eq(1)
+  end
+
+  # Issue #24 (3): before, a public name was the app's stream name: bob read alice's
+  # stream_for broadcasts and whispered a disconnect into her Action Cable internal
+  # channel, which closed her socket.
+  it "keeps public names out of the app's streams: no stream_for, no action_cable/<id>, no whisper into them" do
+    alice_id = Integer(puma.http(:get, "/login?name=alice").body)
+    gid = Base64.urlsafe_encode64("gid://dummy/User/#{alice_id}", padding: false)
+    a = connected(name: "alice")
+    ia = subscribed(a, channel: "ScopedChannel")
+    bob = connected(name: "bob")
+    theirs = {channel: "$pubsub", stream_name: "scoped:#{gid}"}
+    internal = {channel: "$pubsub", stream_name: "action_cable/#{[gid, "main"].sort.join(":")}"}
+    [theirs, internal].each { |id| expect(reply(bob, bob.subscribe(id))).to eq("confirm_subscription") }
+    bob.send_json(command: "whisper", identifier: JSON.generate(internal), data: {type: "disconnect", reconnect: false})
+    bob.send_json(command: "whisper", identifier: JSON.generate(theirs), data: {forged: true})
+    expect(puma.http(:post, "/broadcast", user_id: alice_id, payload: '{"secret":1}').code).to eq("201")
+    expect(message_for(a, ia)).to eq("secret" => 1)
+    expect(a.silent_for?(0.3)).to be(true)
+    expect(bob.silent_for?(0.3)).to be(true)
+    # The app reaches a public stream by its own name (AnyCableRs.public_stream).
+    expect(puma.http(:post, "/broadcast", stream: "$public:scoped:#{gid}", payload: '{"p":1}').code).to eq("201")
+    expect(bob.receive).to eq("identifier" => JSON.generate(theirs), "message" => {"p" => 1})
   end
 
   it "delivers a whisper to the stream's other subscribers, never back to the sender" do

@@ -13,6 +13,12 @@ use serde::Deserialize;
 pub const PUBSUB_CHANNEL: &str = "$pubsub";
 pub const TURBO_CHANNEL: &str = "Turbo::StreamsChannel";
 
+/// Where public `$pubsub` names live: a client's `stream_name: "lobby"` is the stream
+/// `$public:lobby`, so a public name never reaches one of the app's streams (another
+/// user's `stream_for`, Action Cable's `action_cable/<id>`). The app broadcasts to it
+/// by that name (`AnyCableRs.public_stream("lobby")`). AnyCable shares the app's names.
+pub const PUBLIC_STREAM_PREFIX: &str = "$public:";
+
 /// What the server verifies itself (all off by default: every subscription goes to
 /// the app's channels).
 #[derive(Debug, Clone, Default)]
@@ -88,8 +94,8 @@ impl StreamsConfig {
                     };
                 }
                 match id.stream_name.filter(|s| !s.is_empty()) {
-                    Some(stream) if self.public => Resolution::Stream {
-                        stream,
+                    Some(name) if self.public => Resolution::Stream {
+                        stream: format!("{PUBLIC_STREAM_PREFIX}{name}"),
                         whisper: true,
                         presence: true,
                     },
@@ -262,7 +268,7 @@ mod tests {
         assert_eq!(
             public.resolve(&id("$pubsub", "stream_name", "lobby")),
             Resolution::Stream {
-                stream: "lobby".into(),
+                stream: "$public:lobby".into(),
                 whisper: true,
                 presence: true
             }

@@ -271,6 +271,34 @@ impl Hub {
         delivery
     }
 
+    /// A client's whisper on `stream`: to the subscriptions that take whispers there
+    /// (`whispers_to`, `stream_from … whisper: true`, `$pubsub` streams with whispers
+    /// on), except the sender's session. Never to the app's callbacks (a whisper costs
+    /// no Ruby job) nor to subscriptions that only listen to the stream.
+    pub fn whisper(&self, stream: &str, data: &str, exclude_sid: Option<&str>) -> Delivery {
+        let mut delivery = Delivery::default();
+        let streams = self.streams.read();
+        let Some((stream_key, subs)) = streams.get_key_value(stream) else {
+            return delivery;
+        };
+        for (identifier, group) in &subs.by_identifier {
+            let mut frame = None;
+            for session in group.values() {
+                if exclude_sid.is_some_and(|x| session.is_excluded_by(x))
+                    || !session.takes_whispers(identifier, stream)
+                {
+                    continue;
+                }
+                let frame = frame
+                    .get_or_insert_with(|| protocol::broadcast_frame_at(identifier, data, None));
+                if session.send_live(identifier, stream_key, None, frame.clone()) {
+                    delivery.sessions += 1;
+                }
+            }
+        }
+        delivery
+    }
+
     /// Number of streams with at least one subscriber.
     pub fn stream_count(&self) -> usize {
         self.streams.read().len()

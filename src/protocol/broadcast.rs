@@ -20,6 +20,10 @@ pub enum BroadcastMessage {
         /// `meta.transient` (whispers, AnyCable's transient broadcasts): delivered,
         /// never stored in the history nor given an offset.
         transient: bool,
+        /// `meta.whisper` (ours; implies `transient`): a client's whisper, delivered
+        /// only to subscriptions that take whispers on the stream, never to the app's
+        /// `stream_from` blocks.
+        whisper: bool,
     },
     /// Close the connections whose identifiers equal `identifiers` (compared as JSON).
     Disconnect { identifiers: Value, reconnect: bool },
@@ -56,6 +60,7 @@ fn object<'a, T: Deserialize<'a>>(
 struct Meta {
     exclude_socket: Option<String>,
     transient: Option<bool>,
+    whisper: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -72,15 +77,19 @@ pub fn to_payload(messages: &[BroadcastMessage]) -> String {
             data,
             exclude_socket,
             transient,
+            whisper,
         } => {
             let mut v = serde_json::json!({"stream": stream, "data": data});
-            if exclude_socket.is_some() || *transient {
+            if exclude_socket.is_some() || *transient || *whisper {
                 let mut meta = serde_json::Map::new();
                 if let Some(sid) = exclude_socket {
                     meta.insert("exclude_socket".into(), sid.clone().into());
                 }
-                if *transient {
+                if *transient || *whisper {
                     meta.insert("transient".into(), true.into());
+                }
+                if *whisper {
+                    meta.insert("whisper".into(), true.into());
                 }
                 v["meta"] = meta.into();
             }
@@ -142,12 +151,14 @@ fn parse_one(text: &str) -> Result<BroadcastMessage, String> {
         Err(_) => data.get().to_string(),
     };
     let meta = object::<Meta>(raw.meta, "meta")?;
-    let transient = meta.as_ref().and_then(|m| m.transient).unwrap_or(false);
+    let whisper = meta.as_ref().and_then(|m| m.whisper).unwrap_or(false);
+    let transient = whisper || meta.as_ref().and_then(|m| m.transient).unwrap_or(false);
     Ok(BroadcastMessage::Stream {
         stream,
         data,
         exclude_socket: meta.and_then(|m| m.exclude_socket),
         transient,
+        whisper,
     })
 }
 
@@ -288,6 +299,14 @@ mod tests {
                 data: r#"{"a":1}"#.into(),
                 exclude_socket: Some("sid".into()),
                 transient: true,
+                whisper: false,
+            },
+            BroadcastMessage::Stream {
+                stream: "w".into(),
+                data: "1".into(),
+                exclude_socket: None,
+                transient: true,
+                whisper: true,
             },
             BroadcastMessage::Disconnect {
                 identifiers: serde_json::json!({"user": "u1"}),
@@ -315,7 +334,8 @@ mod tests {
                 stream: "s".into(),
                 data: r#"{"a":1}"#.into(),
                 exclude_socket: None,
-                transient: false
+                transient: false,
+                whisper: false
             }]
         );
         let batch = parse(
@@ -329,13 +349,15 @@ mod tests {
                     stream: "a".into(),
                     data: "1".into(),
                     exclude_socket: Some("sid1".into()),
-                    transient: false
+                    transient: false,
+                    whisper: false
                 },
                 BroadcastMessage::Stream {
                     stream: "b".into(),
                     data: r#"{"x":2}"#.into(),
                     exclude_socket: None,
-                    transient: false
+                    transient: false,
+                    whisper: false
                 }
             ]
         );
@@ -347,6 +369,18 @@ mod tests {
                 reconnect: false
             }]
         );
+    }
+
+    #[test]
+    fn a_whisper_is_transient() {
+        assert!(matches!(
+            parse(r#"{"stream":"s","data":"1","meta":{"whisper":true}}"#).unwrap()[0],
+            BroadcastMessage::Stream {
+                transient: true,
+                whisper: true,
+                ..
+            }
+        ));
     }
 
     #[test]

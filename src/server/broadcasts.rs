@@ -75,7 +75,17 @@ impl<C: Controller> Inner<C> {
                     stream,
                     data,
                     exclude_socket,
+                    whisper: true,
+                    ..
+                } => {
+                    self.hub.whisper(stream, data, exclude_socket.as_deref());
+                }
+                BroadcastMessage::Stream {
+                    stream,
+                    data,
+                    exclude_socket,
                     transient,
+                    whisper: false,
                 } => {
                     self.deliver(stream, data, exclude_socket.as_deref(), *transient);
                 }

@@ -238,21 +238,23 @@ impl<C: Controller> Inner<C> {
         }
     }
 
-    /// To the stream's other subscribers, on every node (through the pub/sub when
-    /// there is one), never back to the sender's session.
+    /// To the stream's other subscribers that take whispers there
+    /// ([`crate::hub::Hub::whisper`]),
+    /// on every node (through the pub/sub when there is one), never back to the
+    /// sender's session.
     fn whisper(&self, session: &Session, stream: &str, data: &str) {
         match self.link.get() {
             Some(link) => link.pubsub.publish(
                 serde_json::json!({
                     "stream": stream,
                     "data": data,
-                    "meta": {"exclude_socket": session.sid_digest(), "transient": true}
+                    "meta": {"exclude_socket": session.sid_digest(), "transient": true, "whisper": true}
                 })
                 .to_string(),
             ),
             None => {
                 COUNTERS.broadcast_msg.inc();
-                self.hub.broadcast(stream, data, Some(&session.sid));
+                self.hub.whisper(stream, data, Some(&session.sid));
             }
         }
     }

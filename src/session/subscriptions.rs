@@ -63,6 +63,18 @@ impl Session {
         self.whispers.lock().get(identifier).cloned()
     }
 
+    /// Whether subscription `identifier` takes whispers on `stream` (its whisper stream
+    /// is that one): a whisper reaches only such subscriptions.
+    pub fn takes_whispers(&self, identifier: &str, stream: &str) -> bool {
+        if let Some(server_side) = self.server_subscriptions.lock().get(identifier) {
+            return server_side.as_deref() == Some(stream);
+        }
+        self.whispers
+            .lock()
+            .get(identifier)
+            .is_some_and(|s| s == stream)
+    }
+
     /// The streams subscription `identifier` receives broadcasts from (server-side ones
     /// and the app's plain `stream_from`), in the order they were added.
     pub fn streams_of(&self, identifier: &str) -> Vec<Arc<str>> {

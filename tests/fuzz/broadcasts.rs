@@ -27,6 +27,10 @@ pub(super) fn near_valid() -> impl Strategy<Value = Fields> {
             key("exclude_socket"),
             any::<String>().prop_map(|s| json_string(&s)).boxed(),
         )]),
+        2 => object(vec![
+            (key("transient"), any::<bool>().prop_map(|b| b.to_string()).boxed()),
+            (key("whisper"), any::<bool>().prop_map(|b| b.to_string()).boxed()),
+        ]),
         1 => fragment(),
     ];
     let stream = edited(
@@ -69,7 +73,13 @@ pub(super) fn near_valid() -> impl Strategy<Value = Fields> {
 
 /// A nested object (`meta`, `payload`) from a template, edited, as JSON text.
 fn object(template: Vec<(BoxedStrategy<String>, BoxedStrategy<String>)>) -> BoxedStrategy<String> {
-    const NESTED_KEYS: &[&str] = &["exclude_socket", "identifier", "reconnect"];
+    const NESTED_KEYS: &[&str] = &[
+        "exclude_socket",
+        "transient",
+        "whisper",
+        "identifier",
+        "reconnect",
+    ];
     edited(template, (other_key(NESTED_KEYS), fragment()), true, 0..2)
         .prop_map(|entries| Fields(entries).render(false))
         .boxed()
@@ -118,15 +128,17 @@ fn expected(
         }));
     }
     let stream = stream.filter(|s| !s.is_empty()).ok_or(())?;
-    let (exclude_socket, transient) = match present(map, "meta") {
-        None => (None, false),
+    let flag = |meta: &Map<String, Value>, key: &str| match present(meta, key) {
+        None => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(_) => Err(()),
+    };
+    let (exclude_socket, transient, whisper) = match present(map, "meta") {
+        None => (None, false, false),
         Some(Value::Object(meta)) => (
             opt_str(meta, "exclude_socket")?,
-            match present(meta, "transient") {
-                None => false,
-                Some(Value::Bool(b)) => *b,
-                Some(_) => return Err(()),
-            },
+            flag(meta, "transient")?,
+            flag(meta, "whisper")?,
         ),
         Some(_) => return Err(()),
     };
@@ -138,7 +150,9 @@ fn expected(
         stream,
         data,
         exclude_socket,
-        transient,
+        // A whisper is never stored.
+        transient: transient || whisper,
+        whisper,
     }))
 }
 

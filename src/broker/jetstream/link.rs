@@ -149,6 +149,7 @@ impl PubSub for JetStreamLink {
                     data,
                     exclude_socket,
                     transient: false,
+                    whisper: false,
                 } => self.stored.push(Stored {
                     subject: subject_for(&stream),
                     body: body(&stream, &data, exclude_socket.as_deref()),
