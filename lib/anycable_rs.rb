@@ -68,6 +68,21 @@ module AnyCableRs
       Broadcasting.broadcast(stream, data, exclude_socket: exclude_socket)
     end
 
+    # A session restored by its sid (ANYCABLE_SESSIONS_TTL) does not run `connect`
+    # again: a `connect` that checks a credential which expires (the app's own token)
+    # says until when, and a restore past it gets token_expired (reconnect: false), as
+    # one opened by an AnyCable JWT does. False where there is no session to restore
+    # (plain Action Cable).
+    def restorable_until(connection, time)
+      return false unless defined?(AnyCableRs::ActionCable::Compat)
+
+      session = AnyCableRs::ActionCable::Compat.websocket(connection)&.session
+      return false unless session
+
+      session.set_expires_at(time.to_i)
+      true
+    end
+
     PUBLIC_STREAM_PREFIX = "$public:"
 
     # The stream a public `$pubsub` subscription to `name` listens to (with

@@ -34,9 +34,22 @@ pub struct ServerConfig {
     /// `ANYCABLE_SESSIONS_TTL`: with a broker, an extended-protocol session is kept
     /// this long after its socket closed, for a restore. Zero: no restores.
     pub sessions_ttl: Duration,
+    /// `ANYCABLE_SESSIONS_MAX_BYTES`: what the closed sessions kept for a restore may
+    /// cost together (the memory broker's cache; the NATS broker's bucket); past it
+    /// the oldest go first.
+    pub sessions_max_bytes: usize,
     /// `ANYCABLE_PRESENCE_TTL`: with a broker, a presence record outlives its closed
     /// socket this long.
     pub presence_ttl: Duration,
+    /// `ANYCABLE_MAX_SUBSCRIPTIONS`: subscriptions one connection may hold (the app's
+    /// and the server's own); more are rejected. 0: no limit.
+    pub max_subscriptions: usize,
+    /// `ANYCABLE_MAX_IDENTIFIER_SIZE`: the longest channel identifier (bytes) a command
+    /// may carry; a longer one is refused (a subscribe gets `reject_subscription`).
+    pub max_identifier_size: usize,
+    /// `ANYCABLE_WHISPERS_PER_SECOND`: whispers one connection may send each second;
+    /// more are dropped, with a log line. 0: no limit.
+    pub whispers_per_second: u32,
     /// Largest client message handled; bigger ones are logged and dropped.
     pub max_message_size: usize,
     /// A client that cannot take a frame within this time is disconnected as `too_slow`.
@@ -56,6 +69,9 @@ pub struct ServerConfig {
     pub broadcast_path: Option<String>,
     /// Prometheus text at this path on the own port (`ANYCABLE_METRICS_HTTP`).
     pub metrics_path: Option<String>,
+    /// `ANYCABLE_METRICS_TOKEN`: the metrics answer only `Authorization: Bearer
+    /// <token>` (401 otherwise), on either port. `None`: anyone who reaches them.
+    pub metrics_token: Option<String>,
     /// Labels on every sample (`ANYCABLE_METRICS_TAGS`).
     pub metrics_tags: Vec<(String, String)>,
     /// Connections open at once; more are refused before the upgrade (503). 0: no limit.
@@ -100,6 +116,10 @@ impl Default for ServerConfig {
             broker: BrokerKind::Memory,
             sessions_ttl: Duration::from_secs(300),
             presence_ttl: Duration::from_secs(15),
+            sessions_max_bytes: 64 * 1024 * 1024,
+            max_subscriptions: 256,
+            max_identifier_size: 4096,
+            whispers_per_second: 30,
             max_message_size: 64 * 1024,
             write_timeout: Duration::from_secs(2),
             max_pending_bytes: 1024 * 1024,
@@ -110,6 +130,7 @@ impl Default for ServerConfig {
             broadcast_key: None,
             metrics_path: None,
             metrics_tags: Vec::new(),
+            metrics_token: None,
             max_conn: 0,
             max_conn_age: Duration::ZERO,
             streams: StreamsConfig::default(),

@@ -43,12 +43,27 @@ impl Budget {
 
 static OVERALL: Budget = Budget::new();
 
+/// The longest piece of client-made text a log line carries.
+pub const MAX_LINE_TEXT: usize = 512;
+
+/// `text` cut to at most `max` bytes (on a character boundary), saying how long it was.
+pub fn clip(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return text.into();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &text[..end], text.len()).into()
+}
+
 /// A line about a request refused before the upgrade (a bad Origin, a broken
 /// handshake): each comes on a new connection, so only the overall budget bounds them.
 pub fn refused(what: fmt::Arguments<'_>) {
     BAD_INPUT_TOTAL.fetch_add(1, Ordering::Relaxed);
     if OVERALL.allows(Instant::now()) {
-        log::error!("{what}");
+        log::error!("{}", clip(&what.to_string(), MAX_LINE_TEXT));
     } else {
         BAD_INPUT_UNLOGGED.fetch_add(1, Ordering::Relaxed);
     }
@@ -102,6 +117,8 @@ impl BadInputLog {
             .last
             .is_none_or(|last| now.duration_since(last) >= PER_CONNECTION);
         if due && OVERALL.allows(now) {
+            let what = what.to_string();
+            let what = clip(&what, MAX_LINE_TEXT);
             if self.unlogged > 0 {
                 log::warn!(
                     "session {sid}: {what} (and {} more bad messages since the last line)",
@@ -132,6 +149,13 @@ impl BadInputLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clips_long_text_on_a_character_boundary() {
+        assert_eq!(clip("short", 10), "short");
+        assert_eq!(clip("ééé", 3), "é… (6 bytes)");
+        assert!(clip(&"x".repeat(70_000), MAX_LINE_TEXT).len() < MAX_LINE_TEXT + 20);
+    }
 
     #[test]
     fn one_line_per_interval_per_connection_the_rest_counted() {

@@ -745,3 +745,88 @@ async fn pubsub_and_turbo_streams_are_served_without_the_controller_and_whispers
     // "all", and nobody is on "all".
     assert_eq!(server.hub().broadcast("all", "1", None).sessions, 0);
 }
+
+/// Issue #24 (8, 17): one socket opened 1 200 subscriptions with 64 KB identifiers
+/// (RSS +195 MiB) and whispered without bound. Now: at most `max_subscriptions`, no
+/// identifier over `max_identifier_size`, at most `whispers_per_second`.
+#[tokio::test]
+async fn one_connection_holds_bounded_subscriptions_and_whispers_at_a_bounded_rate() {
+    use anycable_core::auth::streams::StreamsConfig;
+    let config = ServerConfig {
+        streams: StreamsConfig {
+            public: true,
+            ..Default::default()
+        },
+        max_subscriptions: 3,
+        max_identifier_size: 100,
+        whispers_per_second: 5,
+        ..Default::default()
+    };
+    let (_server, addr, _controller) = start(config).await;
+    let room = |n: usize| {
+        serde_json::json!({"channel": "$pubsub", "stream_name": format!("r{n}")}).to_string()
+    };
+    let (mut a, _) = connect(addr, "", &[]).await;
+    let (mut b, _) = connect(addr, "", &[]).await;
+    next_json(&mut a).await;
+    next_json(&mut b).await;
+    for n in 0..4 {
+        send(&mut a, subscribe(&room(n))).await;
+        let kind = if n < 3 {
+            "confirm_subscription"
+        } else {
+            "reject_subscription"
+        };
+        assert_eq!(
+            next_json(&mut a).await,
+            serde_json::json!({"identifier": room(n), "type": kind})
+        );
+    }
+    // One of its own again is not a new one (the app's duplicate rule answers), and
+    // a place freed by an unsubscribe is taken again.
+    send(
+        &mut a,
+        serde_json::json!({"command": "unsubscribe", "identifier": room(2)}),
+    )
+    .await;
+    send(&mut a, subscribe(&room(3))).await;
+    assert_eq!(next_json(&mut a).await["type"], "confirm_subscription");
+    // An app channel counts too.
+    send(&mut a, subscribe(r#"{"channel":"A"}"#)).await;
+    assert_eq!(next_json(&mut a).await["type"], "reject_subscription");
+
+    let long =
+        serde_json::json!({"channel": "$pubsub", "stream_name": "x".repeat(100)}).to_string();
+    send(&mut b, subscribe(&long)).await;
+    assert_eq!(
+        next_json(&mut b).await,
+        serde_json::json!({"identifier": long, "type": "reject_subscription"})
+    );
+
+    send(&mut b, subscribe(&room(0))).await;
+    assert_eq!(next_json(&mut b).await["type"], "confirm_subscription");
+    for n in 0..10 {
+        send(
+            &mut a,
+            serde_json::json!({"command": "whisper", "identifier": room(0), "data": {"n": n}}),
+        )
+        .await;
+    }
+    for n in 0..5 {
+        assert_eq!(
+            next_json(&mut b).await["message"],
+            serde_json::json!({"n": n})
+        );
+    }
+    // The rest were dropped: the next thing b hears is the one after the window.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    send(
+        &mut a,
+        serde_json::json!({"command": "whisper", "identifier": room(0), "data": {"n": "later"}}),
+    )
+    .await;
+    assert_eq!(
+        next_json(&mut b).await["message"],
+        serde_json::json!({"n": "later"})
+    );
+}

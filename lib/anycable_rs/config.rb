@@ -41,6 +41,9 @@ module AnyCableRs
       # socket closed: a client that comes back with its sid in time gets its
       # identifiers and subscriptions back without `connect` or `subscribed`. 0: off.
       sessions_ttl: 300,
+      # What the closed sessions kept for a restore may cost together (the memory
+      # broker's cache; the NATS broker's bucket); past it the oldest go first.
+      sessions_max_bytes: 64 * 1024 * 1024,
       # With a broker, clients may join a subscription's presence set (AnyCable's
       # presence); a record outlives its closed socket this many seconds.
       presence_ttl: 15,
@@ -49,6 +52,13 @@ module AnyCableRs
       # tokio worker threads.
       worker_threads: 2,
       max_message_size: 65_536,
+      # What one connection may hold: subscriptions (the app's and $pubsub/Turbo ones;
+      # more are rejected, 0: no limit), the longest channel identifier in bytes (a
+      # command with a longer one is refused), and whispers per second (more are
+      # dropped with a log line; 0: no limit).
+      max_subscriptions: 256,
+      max_identifier_size: 4096,
+      whispers_per_second: 30,
       write_timeout: 2.0,
       max_pending_bytes: 1_048_576,
       queue_size: 1024,
@@ -66,7 +76,9 @@ module AnyCableRs
       public_streams: false,
       streams_whisper: false,
       # Presence on signed $pubsub streams (public ones always allow it), with a broker.
-      streams_presence: true,
+      # Unset: as streams_whisper (a join sends client-made JSON to every subscriber,
+      # as a whisper does; AnyCable has it on by default).
+      streams_presence: nil,
       turbo_streams: false,
       # Unset: turbo-rails' own key (Turbo.signed_stream_verifier_key) when it is
       # loaded, else the streams secret.
@@ -90,6 +102,9 @@ module AnyCableRs
       metrics_on_puma_port: false,
       # Labels on every sample: "k:v,k2:v2".
       metrics_tags: nil,
+      # The metrics answer only `Authorization: Bearer <token>` (401 otherwise), on
+      # either port. Unset: anyone who reaches them.
+      metrics_token: nil,
       # Embedded NATS (AnyCable's names): run a nats-server child on this machine.
       embed_nats: false,
       enats_addr: "nats://127.0.0.1:4222",
@@ -131,7 +146,7 @@ module AnyCableRs
     # Keys and secrets: one given but empty (`secret: ""`, a quoted ERB variable that is
     # unset) is unset, and boot says so. Taken as a key it would be public: the HMAC of
     # "" is anyone's to compute, and an empty broadcast key matches a missing header.
-    SECRET_KEYS = %i[secret broadcast_key jwt_secret streams_secret turbo_streams_secret].freeze
+    SECRET_KEYS = %i[secret broadcast_key jwt_secret streams_secret turbo_streams_secret metrics_token].freeze
 
     # AnyCable-Go's names for the same settings (env `ANYCABLE_<ALIAS>`, or the alias as a
     # key in config/anycable.yml). Ours win when both are set.
@@ -328,12 +343,14 @@ module AnyCableRs
         broadcast_path: broadcast_path, broadcast_key: effective_broadcast_key,
         broadcast_adapter: broadcast_adapter, nats_servers: nats_servers, nats_channel: nats_channel,
         redis_url: redis_url, redis_channel: redis_channel,
-        metrics_path: metrics_http, metrics_tags: metrics_tags, max_conn: max_conn,
+        metrics_path: metrics_http, metrics_tags: metrics_tags, metrics_token: metrics_token, max_conn: max_conn,
         max_conn_age: max_conn_age.to_f, rpc_pool_size: rpc_pool_size,
         streams: streams_options, jwt: jwt_options,
         pong_timeout: pong_timeout.to_f, broker: broker, history_limit: history_limit, history_ttl: history_ttl.to_f,
         history_max_bytes: history_max_bytes,
-        sessions_ttl: sessions_ttl.to_f, presence_ttl: presence_ttl.to_f,
+        sessions_ttl: sessions_ttl.to_f, presence_ttl: presence_ttl.to_f, sessions_max_bytes: sessions_max_bytes,
+        max_subscriptions: max_subscriptions, max_identifier_size: max_identifier_size,
+        whispers_per_second: whispers_per_second,
         sessions_key_hex: broker == "nats" ? sessions_key&.unpack1("H*") : nil
       }
     end
@@ -403,7 +420,7 @@ module AnyCableRs
       turbo = turbo_streams_key
       {
         secret_hex: secret && secret.to_s.unpack1("H*"), public: public_streams, whisper: streams_whisper,
-        presence: streams_presence,
+        presence: streams_presence.nil? ? streams_whisper : streams_presence,
         turbo_key_hex: turbo&.unpack1("H*")
       }
     end
@@ -432,7 +449,8 @@ module AnyCableRs
         :streams_whisper, :streams_presence, :turbo_streams, :enforce_jwt
         value.is_a?(String) ? %w[1 true yes on].include?(value.strip.downcase) : !!value
       when :port, :rpc_pool_size, :worker_threads, :max_message_size, :max_pending_bytes, :queue_size, :max_conn,
-        :jwt_ttl, :history_limit, :history_max_bytes
+        :jwt_ttl, :history_limit, :history_max_bytes, :sessions_max_bytes, :max_subscriptions, :max_identifier_size,
+        :whispers_per_second
         integer(key, value)
       when :ping_interval, :write_timeout, :shutdown_timeout, :max_conn_age, :pong_timeout, :history_ttl, :sessions_ttl,
         :presence_ttl
@@ -483,9 +501,13 @@ module AnyCableRs
     end
 
     def integer(key, value)
-      Integer(value.is_a?(String) ? value.strip : value)
+      n = Integer(value.is_a?(String) ? value.strip : value)
     rescue ArgumentError, TypeError
       raise ArgumentError, "anycable-rs: #{key} must be an integer, got #{value.inspect}"
+    else
+      raise ArgumentError, "anycable-rs: #{key} must not be negative, got #{value.inspect}" if n.negative?
+
+      n
     end
 
     def default_pool_size

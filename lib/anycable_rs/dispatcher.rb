@@ -8,6 +8,7 @@ require "anycable_rs/action_cable/coder"
 require "anycable_rs/action_cable/compat"
 require "anycable_rs/action_cable/connection_env"
 require "anycable_rs/state"
+require "anycable_rs/bounded_log"
 
 module AnyCableRs
   # Runs bridge jobs on a Ruby thread: connect, commands and disconnect of a session
@@ -240,7 +241,7 @@ module AnyCableRs
     def subscribe(connection, identifier)
       subscriptions = connection.subscriptions
       if subscriptions.identifiers.include?(identifier)
-        return connection.logger.error("Already subscribed to #{identifier}; subscribe ignored")
+        return BoundedLog.error(connection.logger, :already_subscribed) { "Already subscribed to #{BoundedLog.clip(identifier)}; subscribe ignored" }
       end
 
       _, klass = channel_class(connection, identifier)
@@ -269,7 +270,9 @@ module AnyCableRs
 
     def unsubscribe(connection, identifier)
       unless connection.subscriptions.identifiers.include?(identifier)
-        return connection.logger.error("Unable to find subscription with identifier: #{identifier}; unsubscribe ignored")
+        return BoundedLog.error(connection.logger, :unsubscribe_unknown) do
+          "Unable to find subscription with identifier: #{BoundedLog.clip(identifier)}; unsubscribe ignored"
+        end
       end
 
       safely("unsubscribe #{identifier}", connection) do
@@ -282,11 +285,23 @@ module AnyCableRs
     def perform(connection, identifier, data)
       channel = ActionCable::Compat.channels(connection)[identifier]
       unless channel
-        return connection.logger.error("Unable to find subscription with identifier: #{identifier}; message ignored")
+        return BoundedLog.error(connection.logger, :message_unknown) do
+          "Unable to find subscription with identifier: #{BoundedLog.clip(identifier)}; message ignored"
+        end
       end
 
       safely("perform on", connection, identifier) do
-        channel.perform_action(ActionCable::Coder.decode(data))
+        decoded = ActionCable::Coder.decode(data)
+        # Action Cable's own line for an unknown action carries the whole message
+        # (up to ANYCABLE_MAX_MESSAGE_SIZE) each time: bounded here instead.
+        action = (decoded.is_a?(Hash) && decoded["action"].presence || "receive").to_s
+        unless channel.class.action_methods.include?(action)
+          next BoundedLog.error(connection.logger, :unknown_action) do
+            "Unable to process #{channel.class.name}##{BoundedLog.clip(action)}: no such action; ignored"
+          end
+        end
+
+        channel.perform_action(decoded)
       end
     end
 
@@ -297,7 +312,9 @@ module AnyCableRs
       klass = params && params["channel"].to_s.safe_constantize
       return [params, klass] if ActionCable::Compat.channel_class?(klass)
 
-      connection.logger.error "Subscription class not found: #{params ? params["channel"].inspect : identifier.inspect}#{consequence}"
+      BoundedLog.error(connection.logger, :class_not_found) do
+        "Subscription class not found: #{BoundedLog.clip(params ? params["channel"].inspect : identifier.inspect)}#{consequence}"
+      end
       [params, nil]
     end
 
@@ -369,8 +386,14 @@ module AnyCableRs
       log_exception(e, detail ? "#{what} #{detail}" : what)
     end
 
+    # Once a second per (what, exception class): a client can set an exception off
+    # in a loop. The backtrace is the app's; the message and `what` may hold client
+    # text, and are cut.
     def log_exception(error, what)
-      logger.error "#{what} raised #{error.class}: #{error.message}\n#{Array(error.backtrace).join("\n")}"
+      kind = [:exception, what.to_s[/\A[^{"]*/].to_s[0, 100], error.class.name]
+      BoundedLog.error(logger, kind) do
+        "#{BoundedLog.clip(what)} raised #{error.class}: #{BoundedLog.clip(error.message)}\n#{Array(error.backtrace).join("\n")}"
+      end
     end
   end
 end

@@ -33,6 +33,11 @@ module AnyCableRs
     # The identifiers JSON (`ext`) of a valid token; raises Expired or Invalid. The
     # same rules as the Rust server's (HS256/384/512, exp and nbf, ext a string).
     def decode(token, secret: AnyCableRs.config.effective_jwt_secret)
+      decode_with_expiry(token, secret: secret).first
+    end
+
+    # [identifiers JSON, exp (unix seconds) or nil] of a valid token.
+    def decode_with_expiry(token, secret: AnyCableRs.config.effective_jwt_secret)
       raise Invalid, "no secret" if secret.to_s.empty?
 
       head, body, signature = token.to_s.split(".", -1)
@@ -58,7 +63,7 @@ module AnyCableRs
       raise Invalid, "no ext" unless claims["ext"].is_a?(String)
       raise Invalid, "ext is not a JSON object" unless JSON.parse(claims["ext"]).is_a?(Hash)
 
-      claims["ext"]
+      [claims["ext"], claims["exp"]&.to_i]
     rescue JSON::ParserError, ArgumentError => e
       raise Invalid, e.message
     end
@@ -78,8 +83,12 @@ module AnyCableRs
         !anycable_jwt_token.to_s.empty?
       end
 
+      # A session restored by its sid keeps the token's expiry: a restore past it gets
+      # token_expired, as with the server's own JWT check.
       def identify_from_anycable_jwt!
-        AnyCableRs::JWT.identify!(self, AnyCableRs::JWT.decode(anycable_jwt_token))
+        identifiers, exp = AnyCableRs::JWT.decode_with_expiry(anycable_jwt_token)
+        AnyCableRs::JWT.identify!(self, identifiers)
+        AnyCableRs.restorable_until(self, exp) if exp
       rescue AnyCableRs::JWT::Expired
         close(reason: "token_expired", reconnect: false) if respond_to?(:close)
         reject_unauthorized_connection

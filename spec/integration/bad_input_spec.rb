@@ -133,3 +133,33 @@ RSpec.describe "Bad input on the embedded server (real Puma)", type: :cable do
     wait_for { JSON.parse(puma.http(:get, "/stats").body)["sessions"] <= 1 }
   end
 end
+
+# Issue #24 (9): 2 000 messages to a 32 KB unknown identifier wrote 62.7 MiB of Rails
+# log in 1.4 s from one socket. Lines a client can cause from the Ruby side are now one
+# a second per kind, client text cut (AnyCableRs::BoundedLog).
+RSpec.describe "Bad input on the Ruby side, in a loop (real Puma)", type: :cable do
+  with_puma
+
+  it "keeps the Rails log bounded: one line a second per kind, client text cut, the count told" do
+    c = connected
+    id = subscribed(c, channel: "EchoChannel")
+    unknown = JSON.generate(channel: "EchoChannel", pad: "x" * 3000)
+    before = puma.rails_log.bytesize
+    300.times { c.perform(unknown, "echo", {}) }
+    300.times { c.perform(id, "no_such_action", {"pad" => "y" * 30_000}) }
+    300.times { c.send_json(command: "subscribe", identifier: id) }
+    # Commands of one socket run in order: when this is answered, all of them ran.
+    c.perform(id, "echo", {"x" => 3})
+    expect(message_for(c, id)).to eq("x" => 3, "action" => "echo")
+    grown = puma.rails_log.bytesize - before
+    # Before: over 10 MB; each kind's line is at most ~1 KB now.
+    expect(grown).to be < 60_000
+    expect(log_lines("Unable to find subscription with identifier").size).to be_between(1, 3)
+    expect(log_lines("Unable to process EchoChannel#no_such_action").size).to be_between(1, 3)
+    expect(log_lines("Already subscribed to").size).to be_between(1, 3)
+    expect(puma.rails_log).not_to include("x" * 600)
+    sleep 1.1
+    c.perform(unknown, "echo", {})
+    wait_for { log_lines("more such lines dropped since the last").any? }
+  end
+end

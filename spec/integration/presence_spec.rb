@@ -67,3 +67,65 @@ RSpec.describe "Presence (real Puma, memory broker)", type: :cable do
     expect(presence_of(bob)).to eq("type" => "info", "total" => 0)
   end
 end
+
+# Issue #24 (6, 7): another user joined as "alice" and replaced her info, "alice"
+# stayed listed after her socket closed, made-up ids were announced on channels that
+# join their users themselves, and big infos made every `presence` reply too large.
+RSpec.describe "Presence, tried as an attacker would (real Puma, memory broker)", type: :cable do
+  with_puma(env: {"ANYCABLE_BROKER" => "memory", "ANYCABLE_PRESENCE_TTL" => "1"})
+
+  def ext_client(name)
+    c = client(name: name, protocols: ["actioncable-v1-ext-json"])
+    c.welcome!
+    c
+  end
+
+  def presence_of(c)
+    msg = c.receive
+    expect(msg["type"]).to eq("presence"), msg.inspect
+    msg["message"]
+  end
+
+  let(:error) { {"type" => "error", "total" => 0} }
+
+  it "keeps an id its first joiner's, refuses client joins where the channel joins its users, and bounds info" do
+    alice = ext_client("alice")
+    a_lobby = subscribed(alice, channel: "LobbyChannel", room: "att")
+    alice.send_json(command: "join", identifier: a_lobby, presence: {id: "alice", info: {name: "Alice"}})
+    expect(presence_of(alice)).to eq("type" => "join", "id" => "alice", "info" => {"name" => "Alice"})
+
+    bob = ext_client("bob")
+    b_lobby = subscribed(bob, channel: "LobbyChannel", room: "att")
+    bob.send_json(command: "join", identifier: b_lobby, presence: {id: "alice", info: {name: "Bob was here"}})
+    expect(presence_of(bob)).to eq(error)
+    bob.send_json(command: "join", identifier: b_lobby, presence: {id: "bob", info: {pad: "x" * 5000}})
+    expect(presence_of(bob)).to eq(error)
+    bob.send_json(command: "presence", identifier: b_lobby)
+    expect(presence_of(bob)).to eq("type" => "info", "total" => 1, "records" => [{"id" => "alice", "info" => {"name" => "Alice"}}])
+    expect(alice.silent_for?(0.2)).to be(true)
+
+    # Her own second tab shares the id (same connection identifiers).
+    tab = ext_client("alice")
+    t_lobby = subscribed(tab, channel: "LobbyChannel", room: "att")
+    tab.send_json(command: "join", identifier: t_lobby, presence: {id: "alice", info: {name: "Alice 2"}})
+    tab.send_json(command: "presence", identifier: t_lobby)
+    expect(presence_of(tab)).to include("total" => 1)
+
+    # Gone when her last socket is (after PRESENCE_TTL), whatever bob tried.
+    alice.close
+    tab.close
+    expect(presence_of(bob)).to eq("type" => "leave", "id" => "alice")
+
+    # Where the channel joins its users itself (presence: true), a client join is refused.
+    carol = ext_client("carol")
+    staff = subscribed(carol, channel: "LobbyChannel", room: "staff", app_only: true)
+    carol.send_json(command: "join", identifier: staff, presence: {id: "ceo", info: {}})
+    expect(presence_of(carol)).to eq(error)
+    dave = ext_client("dave")
+    d_staff = dave.subscribe(channel: "LobbyChannel", room: "staff", app_only: true, auto_join: true)
+    expect(dave.receive).to include("type" => "confirm_subscription")
+    expect(presence_of(dave)).to eq("type" => "join", "id" => "dave", "info" => {"name" => "dave"})
+    expect(presence_of(carol)).to eq("type" => "join", "id" => "dave", "info" => {"name" => "dave"})
+    expect(d_staff).to include("staff")
+  end
+end

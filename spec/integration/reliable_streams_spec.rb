@@ -120,6 +120,14 @@ RSpec.describe "ANYCABLE_BROKER" do
     expect { AnyCableRs::Native.new(base.merge(broker: "nats")) }.to raise_error(ArgumentError, /needs broadcast_adapter nats/)
     expect { AnyCableRs::Native.new(base.merge(broker: "memory", history_limit: 0)) }.to raise_error(ArgumentError)
     expect(AnyCableRs::Native.new(base.merge(broker: "memory"))).to be_a(AnyCableRs::Native)
-    expect(AnyCableRs::Native.new(base.merge(broker: "nats", broadcast_adapter: "nats"))).to be_a(AnyCableRs::Native)
+    # The NATS broker keeps sessions only sealed: no key (no secret, no secret_key_base),
+    # no start; with one, or keeping no sessions, it starts.
+    nats = base.merge(broker: "nats", broadcast_adapter: "nats")
+    expect { AnyCableRs::Native.new(nats) }.to raise_error(ArgumentError, /sealed .*ANYCABLE_SECRET or a secret_key_base/)
+    expect(AnyCableRs::Native.new(nats.merge(sessions_key_hex: "ab" * 32))).to be_a(AnyCableRs::Native)
+    expect(AnyCableRs::Native.new(nats.merge(sessions_ttl: 0.0))).to be_a(AnyCableRs::Native)
+    expect { AnyCableRs::Native.new(nats.merge(sessions_key_hex: "ab" * 16)) }.to raise_error(ArgumentError, /32 bytes/)
+    expect(AnyCableRs::Config.new(broker: "nats", broadcast_adapter: "nats", secret: "s").native_options[:sessions_key_hex])
+      .to eq(OpenSSL::HMAC.hexdigest("SHA256", "s", "anycable-rs sessions"))
   end
 end

@@ -71,6 +71,34 @@ RSpec.describe "POST /_broadcast with ANYCABLE_BROADCAST_KEY (real Puma)", type:
   end
 end
 
+# Issue #24 (15): /metrics answered anyone on the own port (0.0.0.0 under the Fly
+# preset). With ANYCABLE_METRICS_TOKEN, only a scraper that carries it.
+RSpec.describe "ANYCABLE_METRICS_TOKEN on both ports (real Puma)", type: :cable do
+  with_puma(env: {"ANYCABLE_PORT" => PumaServer.free_port.to_s, "ANYCABLE_METRICS_HTTP" => "/metrics",
+                  "ANYCABLE_METRICS_ON_PUMA_PORT" => "true", "ANYCABLE_METRICS_TOKEN" => "scrape-t0ken"})
+
+  def get(path, port, headers = {})
+    uri = URI("http://127.0.0.1:#{port}#{path}")
+    Net::HTTP.start(uri.host, uri.port, read_timeout: 10) do |h|
+      req = Net::HTTP::Get.new(uri)
+      headers.each { |k, v| req[k] = v }
+      h.request(req)
+    end
+  end
+
+  it "answers 401 without the token or with another, and the metrics with it" do
+    connected
+    [puma.port, Integer(puma.env["ANYCABLE_PORT"])].each do |port|
+      expect(get("/metrics", port).code).to eq("401")
+      expect(get("/metrics", port, "Authorization" => "Bearer scrape-t0keN").code).to eq("401")
+      expect(get("/metrics", port, "Authorization" => "scrape-t0ken").code).to eq("401")
+      ok = get("/metrics", port, "Authorization" => "Bearer scrape-t0ken")
+      expect(ok.code).to eq("200")
+      expect(ok.body).to include("anycable_go_clients_num")
+    end
+  end
+end
+
 RSpec.describe "Broadcasting into the void" do
   def run_app_script(script, env = {})
     Dir.mktmpdir do |dir|

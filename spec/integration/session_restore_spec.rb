@@ -188,6 +188,19 @@ RSpec.describe "Session restore (real Puma, memory broker)", type: :cable do
     expect(c.receive).to eq("type" => "disconnect", "reason" => "unauthorized", "reconnect" => false)
   end
 
+  # Issue #24 (4), for a credential the app checks in Ruby: a restore skips `connect`,
+  # so without this it would outlive the token.
+  it "refuses a restore past the expiry the app's connect gave (AnyCableRs.restorable_until)" do
+    valid_until = Time.now.to_i + 2
+    a, welcome = ext(port: puma.port, name: "alice", query: "?valid_until=#{valid_until}")
+    subscribed(a, channel: "EchoChannel")
+    a.close
+    wait_for { said("disconnect").include?("alice") }
+    sleep 0.1 until Time.now.to_i >= valid_until
+    b = client(protocols: [EXT_PROTOCOL], path: "/cable?sid=#{welcome.fetch("sid")}")
+    expect(b.receive).to eq("type" => "disconnect", "reason" => "token_expired", "reconnect" => false)
+  end
+
   it "restores once, only over the extended protocol, and never a session the app closed for good" do
     old = closed_session
 

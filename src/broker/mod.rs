@@ -97,8 +97,15 @@ impl HistoryReader<'_> {
 }
 
 impl Broker {
-    /// `kind` with the history limits (`None`: no broker) and `ANYCABLE_SESSIONS_TTL`.
-    pub fn new(kind: BrokerKind, history: Option<&HistoryConfig>, sessions_ttl: Duration) -> Self {
+    /// `kind` with the history limits (`None`: no broker), `ANYCABLE_SESSIONS_TTL` and
+    /// `ANYCABLE_SESSIONS_MAX_BYTES` (the memory broker's; the NATS bucket's is set
+    /// where it is made).
+    pub fn new(
+        kind: BrokerKind,
+        history: Option<&HistoryConfig>,
+        sessions_ttl: Duration,
+        sessions_max_bytes: usize,
+    ) -> Self {
         let keeps_sessions = history.is_some() && !sessions_ttl.is_zero();
         let store = match (kind, history) {
             (_, None) => Store::Off,
@@ -112,7 +119,8 @@ impl Broker {
                 );
                 Store::Memory(Box::new(MemoryStore {
                     history,
-                    sessions: keeps_sessions.then(|| SessionCache::new(sessions_ttl)),
+                    sessions: keeps_sessions
+                        .then(|| SessionCache::new(sessions_ttl, sessions_max_bytes)),
                 }))
             }
             (BrokerKind::Nats, Some(_)) => Store::Nats {

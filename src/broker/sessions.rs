@@ -29,6 +29,9 @@ pub struct CachedSubscription {
     pub state: Vec<(String, String)>,
     /// Its presence stream, if it has one (the client joins again after a restore).
     pub presence: Option<String>,
+    /// Its clients may join that presence set with ids of their own.
+    #[serde(default)]
+    pub presence_clients: bool,
 }
 
 /// What a session leaves behind for a restore (JSON in the NATS broker's KV bucket).
@@ -57,6 +60,25 @@ impl CachedSession {
             .map(|s| s.identifier.as_str())
             .collect()
     }
+
+    /// About what the entry costs in memory: its text plus a little per string.
+    pub fn approx_bytes(&self) -> usize {
+        let pairs =
+            |v: &[(String, String)]| v.iter().map(|(k, x)| k.len() + x.len() + 48).sum::<usize>();
+        let subscriptions: usize = self
+            .subscriptions
+            .iter()
+            .map(|s| {
+                s.identifier.len()
+                    + s.streams.iter().map(|x| x.len() + 24).sum::<usize>()
+                    + s.whisper.as_ref().map_or(0, String::len)
+                    + s.presence.as_ref().map_or(0, String::len)
+                    + pairs(&s.state)
+                    + 128
+            })
+            .sum();
+        128 + self.identifiers.as_ref().map_or(0, String::len) + subscriptions + pairs(&self.state)
+    }
 }
 
 /// Sessions kept at once (a few hundred bytes each): reached only by a churn of
@@ -66,28 +88,41 @@ pub const MAX_ENTRIES: usize = 100_000;
 pub struct SessionCache {
     ttl: Duration,
     max: usize,
+    /// `ANYCABLE_SESSIONS_MAX_BYTES`: what all entries may cost together
+    /// ([`CachedSession::approx_bytes`]); past it the oldest go first.
+    max_bytes: usize,
     entries: Mutex<Entries>,
 }
 
 #[derive(Default)]
 struct Entries {
-    by_sid: HashMap<String, (CachedSession, Instant)>,
+    by_sid: HashMap<String, (CachedSession, Instant, usize)>,
     /// Sids in the order they were put (so by expiry: one ttl for all); a taken one
     /// stays here until it reaches the front.
     order: VecDeque<(String, Instant)>,
+    bytes: usize,
+}
+
+impl Entries {
+    fn remove(&mut self, sid: &str) -> Option<(CachedSession, Instant)> {
+        let (session, expires, bytes) = self.by_sid.remove(sid)?;
+        self.bytes -= bytes;
+        Some((session, expires))
+    }
 }
 
 static EVICTED_LOG: crate::logging::Throttle = crate::logging::Throttle::new();
 
 impl SessionCache {
-    pub fn new(ttl: Duration) -> Self {
-        Self::with_max(ttl, MAX_ENTRIES)
+    pub fn new(ttl: Duration, max_bytes: usize) -> Self {
+        Self::with_max(ttl, MAX_ENTRIES, max_bytes)
     }
 
-    pub fn with_max(ttl: Duration, max: usize) -> Self {
+    pub fn with_max(ttl: Duration, max: usize, max_bytes: usize) -> Self {
         SessionCache {
             ttl,
             max,
+            max_bytes,
             entries: Mutex::new(Entries::default()),
         }
     }
@@ -102,28 +137,55 @@ impl SessionCache {
 
     pub fn put_at(&self, sid: &str, session: CachedSession, now: Instant) {
         let expires = now + self.ttl;
+        let bytes = session.approx_bytes();
         let mut entries = self.entries.lock();
-        entries.by_sid.insert(sid.to_owned(), (session, expires));
+        entries.remove(sid);
+        if bytes > self.max_bytes {
+            drop(entries);
+            crate::logging::once_a_second(&EVICTED_LOG, |more| {
+                log::warn!(
+                    "a closed session of ~{bytes} bytes is over ANYCABLE_SESSIONS_MAX_BYTES \
+                     ({}): it cannot be restored ({more} more such lines since the last)",
+                    self.max_bytes
+                );
+            });
+            return;
+        }
+        entries
+            .by_sid
+            .insert(sid.to_owned(), (session, expires, bytes));
+        entries.bytes += bytes;
         entries.order.push_back((sid.to_owned(), expires));
         let mut evicted = 0;
-        while entries.by_sid.len() > self.max {
+        while entries.by_sid.len() > self.max || entries.bytes > self.max_bytes {
             let Some((oldest, at)) = entries.order.pop_front() else {
                 break;
             };
-            if entries.by_sid.get(&oldest).is_some_and(|(_, e)| *e == at) {
-                entries.by_sid.remove(&oldest);
+            if entries
+                .by_sid
+                .get(&oldest)
+                .is_some_and(|(_, e, _)| *e == at)
+            {
+                entries.remove(&oldest);
                 evicted += 1;
             }
         }
         if evicted > 0 {
             crate::logging::once_a_second(&EVICTED_LOG, |more| {
                 log::warn!(
-                    "session cache full ({} sessions): the oldest closed sessions can no longer be restored ({} more since the last line)",
+                    "session cache full ({} sessions, ANYCABLE_SESSIONS_MAX_BYTES {}): the \
+                     oldest closed sessions can no longer be restored ({more} more such lines \
+                     since the last)",
                     self.max,
-                    more
+                    self.max_bytes,
                 );
             });
         }
+    }
+
+    /// Bytes the kept entries cost ([`CachedSession::approx_bytes`]).
+    pub fn bytes(&self) -> usize {
+        self.entries.lock().bytes
     }
 
     /// The entry for `sid`, removed: a sid restores once.
@@ -132,7 +194,7 @@ impl SessionCache {
     }
 
     pub fn take_at(&self, sid: &str, now: Instant) -> Option<CachedSession> {
-        let (session, expires) = self.entries.lock().by_sid.remove(sid)?;
+        let (session, expires) = self.entries.lock().remove(sid)?;
         (now < expires).then_some(session)
     }
 
@@ -145,8 +207,8 @@ impl SessionCache {
         let mut entries = self.entries.lock();
         while entries.order.front().is_some_and(|(_, at)| *at <= now) {
             let (sid, at) = entries.order.pop_front().expect("checked");
-            if entries.by_sid.get(&sid).is_some_and(|(_, e)| *e == at) {
-                entries.by_sid.remove(&sid);
+            if entries.by_sid.get(&sid).is_some_and(|(_, e, _)| *e == at) {
+                entries.remove(&sid);
             }
         }
     }
@@ -174,6 +236,7 @@ mod tests {
                 server_side: false,
                 state: vec![("room".into(), "\"r1\"".into())],
                 presence: None,
+                presence_clients: false,
             }],
             expires_at: None,
             state: Vec::new(),
@@ -183,7 +246,7 @@ mod tests {
 
     #[test]
     fn takes_once_within_ttl() {
-        let cache = SessionCache::new(Duration::from_secs(10));
+        let cache = SessionCache::new(Duration::from_secs(10), 1 << 20);
         let t0 = Instant::now();
         cache.put_at("a", entry("1"), t0);
         assert_eq!(
@@ -199,7 +262,7 @@ mod tests {
 
     #[test]
     fn keeps_at_most_max_entries_oldest_out_first() {
-        let cache = SessionCache::with_max(Duration::from_secs(10), 2);
+        let cache = SessionCache::with_max(Duration::from_secs(10), 2, 1 << 20);
         let t0 = Instant::now();
         cache.put_at("a", entry("1"), t0);
         cache.put_at("b", entry("2"), t0 + Duration::from_secs(1));
@@ -218,9 +281,33 @@ mod tests {
         );
     }
 
+    /// Issue #24 (8): before, only entries were counted, and 70 MiB of one client's
+    /// identifiers stayed after it closed.
+    #[test]
+    fn keeps_at_most_max_bytes_oldest_out_first() {
+        let one = entry("1").approx_bytes();
+        let cache = SessionCache::with_max(Duration::from_secs(10), 100, one * 2 + one / 2);
+        let t0 = Instant::now();
+        for (i, sid) in ["a", "b", "c"].iter().enumerate() {
+            cache.put_at(sid, entry("1"), t0 + Duration::from_secs(i as u64));
+        }
+        assert_eq!(cache.len(), 2);
+        assert_eq!(cache.bytes(), one * 2);
+        assert!(cache.take_at("a", t0).is_none());
+        assert!(cache.take_at("c", t0).is_some());
+        assert_eq!(cache.bytes(), one);
+        // One bigger than the whole budget is not kept (and evicts nothing).
+        let mut huge = entry("1");
+        huge.identifiers = Some("x".repeat(one * 3));
+        cache.put_at("h", huge, t0);
+        assert!(cache.take_at("h", t0).is_none());
+        assert!(cache.take_at("b", t0).is_some());
+        assert_eq!(cache.bytes(), 0);
+    }
+
     #[test]
     fn expires_after_ttl_and_sweeps() {
-        let cache = SessionCache::new(Duration::from_secs(10));
+        let cache = SessionCache::new(Duration::from_secs(10), 1 << 20);
         let t0 = Instant::now();
         cache.put_at("a", entry("1"), t0);
         cache.put_at("b", entry("2"), t0 + Duration::from_secs(5));

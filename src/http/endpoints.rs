@@ -58,14 +58,26 @@ pub fn admit(
     if method != "POST" {
         return Err((405, "POST only"));
     }
-    let given = authorization
-        .and_then(|v| v.trim().strip_prefix("Bearer "))
-        .unwrap_or("");
-    if !constant_time_eq(given.trim().as_bytes(), key.as_bytes()) {
-        log::warn!("broadcast request from {peer} refused: bad or missing key");
+    if !bearer_matches(authorization, key) {
+        static REFUSED_LOG: crate::logging::Throttle = crate::logging::Throttle::new();
+        crate::logging::once_a_second(&REFUSED_LOG, |more| {
+            log::warn!(
+                "broadcast request from {peer} refused: bad or missing key ({more} more \
+                 refused since the last line)"
+            )
+        });
         return Err((401, "Unauthorized"));
     }
     Ok(())
+}
+
+/// Whether an `Authorization` header is `Bearer <key>` (compared in constant time):
+/// the broadcast key, the metrics token.
+pub fn bearer_matches(authorization: Option<&str>, key: &str) -> bool {
+    let given = authorization
+        .and_then(|v| v.trim().strip_prefix("Bearer "))
+        .unwrap_or("");
+    constant_time_eq(given.trim().as_bytes(), key.as_bytes())
 }
 
 /// Takes an admitted request's body: 201, 413 (too large), 422 (bad payload).
@@ -80,7 +92,14 @@ pub fn take(server: &impl EndpointHandle, body: &[u8], peer: &str) -> (u16, Stri
             (201, String::new())
         }
         Err(e) => {
-            log::warn!("broadcast request from {peer} refused: {e}");
+            static BAD_LOG: crate::logging::Throttle = crate::logging::Throttle::new();
+            crate::logging::once_a_second(&BAD_LOG, |more| {
+                log::warn!(
+                    "broadcast request from {peer} refused: {} ({more} more refused since \
+                     the last line)",
+                    crate::logging::clip(&e.to_string(), crate::logging::MAX_LINE_TEXT)
+                )
+            });
             (e.status(), e.to_string())
         }
     }

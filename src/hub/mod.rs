@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 
-use crate::hub::presence::{Presence, PresenceEvent};
+use crate::hub::presence::{Joiner, Presence, PresenceEvent};
 use crate::protocol;
 use crate::session::SessionRef;
 
@@ -70,22 +70,40 @@ impl Hub {
 
     /// Session `session` joins the presence set of subscription `identifier` (its
     /// presence stream) as `id`; the stream's subscribers, `session` included, hear
-    /// of an id new there. False (and the requester told `error`) when the
-    /// subscription has no presence stream, presence is off, or the session is there
-    /// under another id.
+    /// of an id new there. A client's join (`from_app` false) is taken only where the
+    /// subscription lets clients join (`$pubsub` streams, `stream_from …, presence:
+    /// :clients`), and only for an id new there or its own. False (and the requester
+    /// told `error`) when refused: no presence stream, presence off, another id from
+    /// this session, or a bound passed.
     pub fn presence_join(
         &self,
         session: &SessionRef,
         identifier: &str,
         id: &str,
         info: Option<String>,
+        from_app: bool,
     ) -> bool {
         let (Some(presence), Some(stream)) = (self.presence(), session.presence_stream(identifier))
         else {
             session.send_frame(protocol::presence_frame(identifier, PRESENCE_ERROR));
             return false;
         };
-        match presence.join(&stream, session.id, id, info) {
+        let owner;
+        let joiner = if from_app {
+            Joiner::App
+        } else if session.clients_join_presence(identifier) {
+            owner = session.presence_owner();
+            Joiner::Client { owner: &owner }
+        } else {
+            log::debug!(
+                "session {}: presence join refused: the channel joins its clients itself \
+                 (stream_from …, presence: :clients lets them)",
+                session.log_id()
+            );
+            session.send_frame(protocol::presence_frame(identifier, PRESENCE_ERROR));
+            return false;
+        };
+        match presence.join(&stream, session.id, id, info, joiner) {
             Ok(event) => {
                 if let Some(event) = event {
                     self.presence_event(&stream, &event);

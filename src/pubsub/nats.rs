@@ -7,7 +7,7 @@
 //! change once and expose it for `/health`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use async_nats::{ConnectOptions, Event};
 use futures_util::StreamExt;
@@ -35,10 +35,10 @@ impl NatsPubSub {
         let core = queue.clone();
         let link = connected.clone();
         tokio::spawn(async move {
-            let Some(client) = connect(servers, link.clone()).await else {
+            let Some(nats) = connect(servers, link.clone()).await else {
                 return;
             };
-            run_core(client, subject, core, link, deliver).await;
+            run_core(nats, subject, core, link, deliver).await;
         });
         Ok(NatsPubSub { queue, connected })
     }
@@ -122,22 +122,43 @@ fn percent_decode(text: &str) -> String {
 pub(crate) async fn connect(
     servers: NatsServers,
     connected: Arc<AtomicBool>,
-) -> Option<async_nats::Client> {
+) -> Option<NatsClient> {
     let NatsServers { addrs, label, auth } = servers;
+    // Holding credentials, a server that asks for no login is not the one they are
+    // for (someone squatting the embedded NATS port, a misrouted address): it is not
+    // used (issue #24: never adopt an unauthenticated server).
+    let needs_login = auth.is_some();
     let options = match auth {
         Some((user, Some(pass))) => ConnectOptions::with_user_and_password(user, pass),
         Some((token, None)) => ConnectOptions::with_token(token),
         None => ConnectOptions::new(),
     };
+    let cell: Arc<OnceLock<async_nats::Client>> = Arc::new(OnceLock::new());
+    let untrusted = Arc::new(AtomicBool::new(false));
+    let (event_cell, event_untrusted, event_label) =
+        (cell.clone(), untrusted.clone(), label.clone());
+    let after_connect = connected.clone();
     let options = options
         .retry_on_initial_connect()
         .event_callback(move |event| {
             let state = connected.clone();
+            let (cell, untrusted, label) = (
+                event_cell.clone(),
+                event_untrusted.clone(),
+                event_label.clone(),
+            );
             async move {
                 match event {
                     Event::Connected => {
-                        if !state.swap(true, Ordering::AcqRel) {
-                            log::info!("NATS connected");
+                        let trusted = !needs_login
+                            || cell.get().is_none_or(|c| c.server_info().auth_required);
+                        if !trusted {
+                            refuse(&untrusted, &state, &label);
+                        } else {
+                            untrusted.store(false, Ordering::Release);
+                            if !state.swap(true, Ordering::AcqRel) {
+                                log::info!("NATS connected");
+                            }
                         }
                     }
                     Event::Disconnected => {
@@ -150,7 +171,14 @@ pub(crate) async fn connect(
             }
         });
     match options.connect(addrs).await {
-        Ok(client) => Some(client),
+        Ok(client) => {
+            let _ = cell.set(client.clone());
+            // The first Connected event may have come before the client was known.
+            if needs_login && !client.server_info().auth_required {
+                refuse(&untrusted, &after_connect, &label);
+            }
+            Some(NatsClient { client, untrusted })
+        }
         Err(e) => {
             log::error!("NATS ({label}): {e}");
             None
@@ -158,16 +186,34 @@ pub(crate) async fn connect(
     }
 }
 
+/// A connected NATS client, and whether the server it reached is one it must not use
+/// (it asked for no login though credentials were given): then nothing is published
+/// to it and what it sends is dropped, until a reconnect reaches a server that asks.
+pub(crate) struct NatsClient {
+    pub(crate) client: async_nats::Client,
+    pub(crate) untrusted: Arc<AtomicBool>,
+}
+
+fn refuse(untrusted: &AtomicBool, connected: &AtomicBool, label: &str) {
+    untrusted.store(true, Ordering::Release);
+    connected.store(false, Ordering::Release);
+    log::error!(
+        "NATS ({label}) asks for no login, though credentials are set: not used (something \
+         else listens on the embedded NATS port?); broadcasts wait"
+    );
+}
+
 /// The core pub/sub on `subject`: publishes, in order, what `queue` hands over (while
 /// NATS is down payloads wait in the queue, not in the client's own buffer), and
 /// delivers what arrives.
 pub(crate) async fn run_core(
-    client: async_nats::Client,
+    nats: NatsClient,
     subject: String,
     queue: Arc<PublishQueue<String>>,
     link: Arc<AtomicBool>,
     deliver: impl Fn(&str) + Send + Sync + 'static,
 ) {
+    let NatsClient { client, untrusted } = nats;
     let mut subscriber = match client.subscribe(subject.clone()).await {
         Ok(s) => s,
         Err(e) => {
@@ -190,6 +236,9 @@ pub(crate) async fn run_core(
         }
     });
     while let Some(message) = subscriber.next().await {
+        if untrusted.load(Ordering::Acquire) {
+            continue;
+        }
         match std::str::from_utf8(&message.payload) {
             Ok(text) => deliver(text),
             Err(_) => log::warn!("NATS message on {subject} is not UTF-8; dropped"),
@@ -207,6 +256,64 @@ pub(crate) async fn wait_for(link: &AtomicBool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A fake NATS server on loopback: says `INFO` (asking for a login or not),
+    /// answers `PING`, accepts any `CONNECT`, and hands over each `PUB` payload.
+    async fn fake_nats(
+        auth_required: bool,
+    ) -> (
+        std::net::SocketAddr,
+        tokio::sync::mpsc::UnboundedReceiver<String>,
+    ) {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let (read, mut write) = socket.into_split();
+                    let info = serde_json::json!({"server_id": "FAKE", "server_name": "fake",
+                        "version": "2.10.0", "go": "go1", "host": "127.0.0.1", "port": addr.port(),
+                        "headers": true, "max_payload": 1048576, "proto": 1,
+                        "auth_required": auth_required});
+                    let _ = write.write_all(format!("INFO {info}\r\n").as_bytes()).await;
+                    let mut lines = BufReader::new(read).lines();
+                    let mut publishing = false;
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        if publishing {
+                            let _ = tx.send(line);
+                            publishing = false;
+                        } else if line.starts_with("PING") {
+                            let _ = write.write_all(b"PONG\r\n").await;
+                        } else if line.starts_with("PUB ") || line.starts_with("HPUB ") {
+                            publishing = true;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, rx)
+    }
+
+    /// Issue #24 (17): the embedded NATS was used whatever answered on its port. Now,
+    /// holding credentials, the client publishes nothing to a server that asks for no
+    /// login (and is not "connected"); to one that asks, it does.
+    #[tokio::test]
+    async fn holding_credentials_it_uses_no_server_that_asks_for_no_login() {
+        for auth_required in [false, true] {
+            let (addr, mut published) = fake_nats(auth_required).await;
+            let pubsub =
+                NatsPubSub::start(&format!("nats://u:pw@{addr}"), "s".into(), |_| {}).unwrap();
+            pubsub.publish("hello".into());
+            let got =
+                tokio::time::timeout(std::time::Duration::from_millis(1500), published.recv())
+                    .await;
+            assert_eq!(got.is_ok(), auth_required, "auth_required {auth_required}");
+            assert_eq!(pubsub.is_connected(), auth_required);
+        }
+    }
 
     #[test]
     fn credentials_come_from_the_urls_and_stay_out_of_the_label() {

@@ -124,9 +124,13 @@ impl<C: Controller> Inner<C> {
             return endpoints::serve_health(&*self, &mut stream).await;
         }
         if self.config.metrics_path.as_deref() == Some(path) {
-            let _ = stream
-                .write_all(handshake::plain_response(200, &self.metrics_text()).as_bytes())
-                .await;
+            let response = match &self.config.metrics_token {
+                Some(token) if !endpoints::bearer_matches(head.header("authorization"), token) => {
+                    handshake::plain_response(401, "Unauthorized")
+                }
+                _ => handshake::plain_response(200, &self.metrics_text()),
+            };
+            let _ = stream.write_all(response.as_bytes()).await;
             return;
         }
         if self.config.broadcast_path.as_deref() == Some(path) {

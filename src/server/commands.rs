@@ -60,7 +60,7 @@ impl<C: Controller> Inner<C> {
                 presence,
             }) => {
                 self.hub
-                    .presence_join(session, &identifier, &presence.id, presence.info);
+                    .presence_join(session, &identifier, &presence.id, presence.info, false);
                 return None;
             }
             Ok(ClientFrame::Leave { identifier }) => {
@@ -96,6 +96,9 @@ impl<C: Controller> Inner<C> {
                 return None;
             }
         };
+        if self.over_limits(session, &command, bad_input) {
+            return None;
+        }
         match self.serve_here(session, &command, &mut history, &mut presence, bad_input) {
             Served::No => {}
             Served::Done => return None,
@@ -137,10 +140,52 @@ impl<C: Controller> Inner<C> {
             }
             if let Some(p) = presence {
                 if session.has_subscription(&id) {
-                    self.hub.presence_join(&session, &id, &p.id, p.info);
+                    self.hub.presence_join(&session, &id, &p.id, p.info, false);
                 }
             }
         }))
+    }
+
+    /// What one connection may hold (`ANYCABLE_MAX_IDENTIFIER_SIZE`,
+    /// `ANYCABLE_MAX_SUBSCRIPTIONS`): a command past them is refused here, a subscribe
+    /// with `reject_subscription`. True when refused.
+    fn over_limits(
+        &self,
+        session: &Session,
+        command: &ClientCommand,
+        bad_input: &mut BadInputLog,
+    ) -> bool {
+        let id = &command.identifier;
+        let subscribe = command.command == Command::Subscribe;
+        let max_id = self.config.max_identifier_size;
+        let max_subs = self.config.max_subscriptions;
+        if id.len() > max_id {
+            COUNTERS.failed_client_msg.inc();
+            bad_input.warn(
+                session.log_id(),
+                format_args!(
+                    "an identifier of {} bytes is over ANYCABLE_MAX_IDENTIFIER_SIZE ({max_id}); refused",
+                    id.len()
+                ),
+            );
+        } else if subscribe
+            && max_subs > 0
+            && session.subscription_count() >= max_subs
+            && !session.has_subscription(id)
+        {
+            bad_input.warn(
+                session.log_id(),
+                format_args!(
+                    "a subscription past ANYCABLE_MAX_SUBSCRIPTIONS ({max_subs}) on one connection; rejected"
+                ),
+            );
+        } else {
+            return false;
+        }
+        if subscribe {
+            session.transmit(protocol::subscription_reply(id, false));
+        }
+        true
     }
 
     /// Commands the server answers itself, without Ruby: subscribing to `$pubsub` and
@@ -174,7 +219,7 @@ impl<C: Controller> Inner<C> {
                         session.hold(id);
                     }
                     if presence_on {
-                        session.presence_to(id, &stream);
+                        session.presence_to(id, &stream, true);
                     }
                     self.hub.subscribe(session, &stream, id);
                     session.transmit(protocol::subscription_reply(id, true));
@@ -190,7 +235,7 @@ impl<C: Controller> Inner<C> {
                             self.send_history(&session, &id, &history).await;
                         }
                         if let Some(p) = presence {
-                            self.hub.presence_join(&session, &id, &p.id, p.info);
+                            self.hub.presence_join(&session, &id, &p.id, p.info, false);
                         }
                     }))
                 }
@@ -210,7 +255,7 @@ impl<C: Controller> Inner<C> {
                     return Served::No;
                 }
                 self.hub.presence_leave(session, id);
-                session.presence_to(id, "");
+                session.presence_to(id, "", false);
                 self.hub.unsubscribe_identifier(session, id);
                 session.drop_held(id);
                 Served::Done
@@ -227,6 +272,17 @@ impl<C: Controller> Inner<C> {
             }
             Command::Whisper => {
                 match (session.whisper_stream(id), command.data.as_deref()) {
+                    (Some(_), Some(_))
+                        if !session.allow_whisper(self.config.whispers_per_second) =>
+                    {
+                        bad_input.warn(
+                            session.log_id(),
+                            format_args!(
+                                "whispers past ANYCABLE_WHISPERS_PER_SECOND ({}); dropped",
+                                self.config.whispers_per_second
+                            ),
+                        )
+                    }
                     (Some(stream), Some(data)) => self.whisper(session, &stream, data),
                     _ => log::debug!(
                         "session {}: whisper on a subscription without a whisper stream ignored",

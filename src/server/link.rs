@@ -6,7 +6,7 @@
 use std::sync::{Arc, Weak};
 
 use super::Inner;
-use crate::broker::jetstream::{JetStreamLink, StoredSink};
+use crate::broker::jetstream::{JetStreamLink, SessionsSettings, StoredSink};
 use crate::controller::Controller;
 use crate::pubsub::{self, PubSub, PubSubConfig};
 
@@ -45,7 +45,11 @@ impl<C: Controller> Inner<C> {
                 let weak: Weak<Self> = Arc::downgrade(self);
                 let sessions = match &self.config.sessions_key {
                     _ if self.config.sessions_ttl.is_zero() => None,
-                    Some(key) => Some((self.config.sessions_ttl, key.clone())),
+                    Some(key) => Some(SessionsSettings {
+                        ttl: self.config.sessions_ttl,
+                        max_bytes: self.config.sessions_max_bytes,
+                        key: key.clone(),
+                    }),
                     None => {
                         return Err(
                             "the NATS broker keeps sessions only sealed: no sessions key".into(),

@@ -84,7 +84,12 @@ struct Inner<C> {
 
 impl<C: Controller> Server<C> {
     pub fn new(config: ServerConfig, controller: C, hub: Arc<Hub>) -> Self {
-        let broker = Broker::new(config.broker, config.history.as_ref(), config.sessions_ttl);
+        let broker = Broker::new(
+            config.broker,
+            config.history.as_ref(),
+            config.sessions_ttl,
+            config.sessions_max_bytes,
+        );
         if broker.is_on() {
             // The broker keeps presence too (AnyCable's memory broker; per process here).
             hub.enable_presence(config.presence_ttl);
@@ -264,18 +269,19 @@ impl<C: Controller> Server<C> {
 
 impl<C: Controller> Inner<C> {
     fn metrics_text(&self) -> String {
-        let snapshot = {
-            let sessions = self.sessions.read();
-            let uniq: std::collections::HashSet<String> = sessions
-                .values()
-                .map(|s| s.identifiers().map(|i| i.to_string()).unwrap_or_default())
-                .collect();
-            metrics::Snapshot {
-                clients: sessions.len() as i64,
-                clients_uniq: uniq.len() as i64,
-                streams: self.hub.stream_count() as i64,
-            }
+        // The sessions lock only while their handles are copied: connects and closes
+        // need it, and a scrape walks every session.
+        let sessions: Vec<SessionRef> = self.sessions.read().values().cloned().collect();
+        let uniq: std::collections::HashSet<String> = sessions
+            .iter()
+            .map(|s| s.identifiers().map(|i| i.to_string()).unwrap_or_default())
+            .collect();
+        let snapshot = metrics::Snapshot {
+            clients: sessions.len() as i64,
+            clients_uniq: uniq.len() as i64,
+            streams: self.hub.stream_count() as i64,
         };
+        drop(sessions);
         let extra = self
             .metrics_source
             .read()

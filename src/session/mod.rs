@@ -30,7 +30,7 @@ use tokio::sync::Notify;
 use crate::protocol::broadcast::{exclude_digest, SID_DIGEST_PREFIX};
 use hold::Held;
 pub(crate) use outbox::{Outbound, Outbox};
-use subscriptions::AppSubscription;
+use subscriptions::{AppSubscription, PresenceSet};
 
 /// Why the server ends a connection, as sent in `{"type":"disconnect",…}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,6 +93,8 @@ pub struct Session {
     /// Whisper streams of the app's channel subscriptions (`stream_from …, whisper:
     /// true`), by identifier: one per subscription, as AnyCable's.
     whispers: Mutex<HashMap<String, String>>,
+    /// This second's whispers: (when it began, how many) (`ANYCABLE_WHISPERS_PER_SECOND`).
+    whisper_window: Mutex<(Option<std::time::Instant>, u32)>,
     /// Set while some subscription's history is being replayed (see [`Session::hold`]):
     /// the hub checks this flag before it looks at `held`, so sessions with nothing
     /// held pay one relaxed load per broadcast.
@@ -104,8 +106,8 @@ pub struct Session {
     /// `state_attr_accessor` values, by subscription identifier ("" for the
     /// connection's own): name → JSON text. Boxed: most sessions have none.
     state: Mutex<Option<Box<StateMap>>>,
-    /// Presence streams, by subscription identifier (AnyCable's `$p`).
-    presence_streams: Mutex<Vec<(String, String)>>,
+    /// Presence sets, by subscription identifier (AnyCable's `$p`).
+    presence_streams: Mutex<Vec<PresenceSet>>,
     /// The server or the app closed it: nothing to restore.
     final_close: AtomicBool,
     /// What a restore would get back changed since the NATS broker last stored it.
@@ -138,6 +140,7 @@ impl Session {
             expires_at: std::sync::OnceLock::new(),
             server_subscriptions: Mutex::new(HashMap::new()),
             whispers: Mutex::new(HashMap::new()),
+            whisper_window: Mutex::new((None, 0)),
             holding: AtomicBool::new(false),
             held: Mutex::new(Held::default()),
             app_subscriptions: Mutex::new(Vec::new()),

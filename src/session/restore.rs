@@ -43,6 +43,7 @@ impl Session {
                 server_side: true,
                 state: Vec::new(),
                 presence: self.presence_stream(identifier),
+                presence_clients: true,
             })
             .collect();
         subscriptions.extend(
@@ -57,6 +58,7 @@ impl Session {
                     server_side: false,
                     state: self.state_of(&s.identifier),
                     presence: self.presence_stream(&s.identifier),
+                    presence_clients: self.clients_join_presence(&s.identifier),
                 }),
         );
         for (stream, identifier) in self.streams.lock().iter() {
@@ -91,7 +93,11 @@ impl Session {
         }
         for sub in &cached.subscriptions {
             if let Some(stream) = &sub.presence {
-                self.presence_to(&sub.identifier, stream);
+                self.presence_to(
+                    &sub.identifier,
+                    stream,
+                    sub.presence_clients || sub.server_side,
+                );
             }
             if sub.server_side {
                 self.server_subscriptions

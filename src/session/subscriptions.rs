@@ -6,6 +6,14 @@ use std::sync::Arc;
 
 use super::Session;
 
+/// A subscription's presence set (AnyCable's `$p`).
+pub(super) struct PresenceSet {
+    pub(super) identifier: String,
+    pub(super) stream: String,
+    /// Its clients may join with ids of their own.
+    pub(super) clients_join: bool,
+}
+
 /// One of the app's channel subscriptions, as the server knows it.
 pub(super) struct AppSubscription {
     pub(super) identifier: Arc<str>,
@@ -37,13 +45,19 @@ impl Session {
         }
     }
 
-    /// Subscription `identifier`'s presence set is `stream`'s (an empty `stream`: none).
-    pub fn presence_to(&self, identifier: &str, stream: &str) {
+    /// Subscription `identifier`'s presence set is `stream`'s (an empty `stream`: none);
+    /// `clients_join`: its clients may join it with ids of their own (else only the
+    /// app joins them, from Ruby).
+    pub fn presence_to(&self, identifier: &str, stream: &str, clients_join: bool) {
         self.mark_changed();
         let mut streams = self.presence_streams.lock();
-        streams.retain(|(i, _)| i != identifier);
+        streams.retain(|p| p.identifier != identifier);
         if !stream.is_empty() {
-            streams.push((identifier.to_owned(), stream.to_owned()));
+            streams.push(PresenceSet {
+                identifier: identifier.to_owned(),
+                stream: stream.to_owned(),
+                clients_join,
+            });
         }
     }
 
@@ -51,8 +65,25 @@ impl Session {
         self.presence_streams
             .lock()
             .iter()
-            .find(|(i, _)| i == identifier)
-            .map(|(_, s)| s.clone())
+            .find(|p| p.identifier == identifier)
+            .map(|p| p.stream.clone())
+    }
+
+    /// Whether clients may join subscription `identifier`'s presence set themselves.
+    pub fn clients_join_presence(&self, identifier: &str) -> bool {
+        self.presence_streams
+            .lock()
+            .iter()
+            .any(|p| p.identifier == identifier && p.clients_join)
+    }
+
+    /// Who a presence id this session's client chooses belongs to: its connection's
+    /// identifiers (every tab of one user), else the session itself.
+    pub fn presence_owner(&self) -> String {
+        match self.identifiers() {
+            Some(ids) => ids.to_string(),
+            None => format!("session:{}", self.id),
+        }
     }
 
     /// The stream a whisper on `identifier` goes to, if any.
@@ -61,6 +92,32 @@ impl Session {
             return server_side.clone();
         }
         self.whispers.lock().get(identifier).cloned()
+    }
+
+    /// Subscriptions it holds: the app's (confirmed, or being subscribed) and the
+    /// server's own.
+    pub fn subscription_count(&self) -> usize {
+        self.server_subscriptions.lock().len() + self.app_subscriptions.lock().len()
+    }
+
+    /// Counts a whisper against `per_second` (a fixed one-second window); false when
+    /// the window is full. 0: no limit.
+    pub fn allow_whisper(&self, per_second: u32) -> bool {
+        if per_second == 0 {
+            return true;
+        }
+        let now = std::time::Instant::now();
+        let mut window = self.whisper_window.lock();
+        match window.0 {
+            Some(start) if now.duration_since(start) < std::time::Duration::from_secs(1) => {
+                if window.1 >= per_second {
+                    return false;
+                }
+                window.1 += 1;
+            }
+            _ => *window = (Some(now), 1),
+        }
+        true
     }
 
     /// Whether subscription `identifier` takes whispers on `stream` (its whisper stream

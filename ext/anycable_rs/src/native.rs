@@ -208,6 +208,17 @@ impl Native {
         self.server.metrics_text()
     }
 
+    /// Whether a request with this `Authorization` header may read the metrics
+    /// (`ANYCABLE_METRICS_TOKEN`; always, without one): the own port's rule.
+    pub fn metrics_authorized(&self, authorization: Option<String>) -> bool {
+        match &self.server.config().metrics_token {
+            Some(token) => {
+                anycable_core::http::endpoints::bearer_matches(authorization.as_deref(), token)
+            }
+            None => true,
+        }
+    }
+
     /// Delivers to this process's subscribers; returns how many sessions got it.
     /// ArgumentError when the data is too large for any client to receive.
     pub fn broadcast(
@@ -435,6 +446,10 @@ pub fn init(ruby: &Ruby, module: magnus::RModule) -> Result<(), Error> {
     class.define_method("next_job", method!(Native::next_job, 1))?;
     class.define_method("stats", method!(Native::stats, 0))?;
     class.define_method("metrics_text", method!(Native::metrics_text, 0))?;
+    class.define_method(
+        "metrics_authorized?",
+        method!(Native::metrics_authorized, 1),
+    )?;
     class.define_method("broadcast", method!(Native::broadcast, 3))?;
     class.define_method("apply_broadcast", method!(Native::apply_broadcast, 1))?;
     class.define_method("publish", method!(Native::publish, 3))?;

@@ -74,7 +74,7 @@ impl RbSession {
     /// restored channel's Ruby object does not know the streams it was given back).
     pub fn remove_subscription(&self, identifier: String) {
         self.hub.presence_leave(&self.session, &identifier);
-        self.session.presence_to(&identifier, "");
+        self.session.presence_to(&identifier, "", false);
         self.hub.unsubscribe_identifier(&self.session, &identifier);
         self.session.drop_held(&identifier);
         self.session.whisper_to(&identifier, "");
@@ -95,8 +95,8 @@ impl RbSession {
 
     /// `stream_from …, presence: true`: subscription `identifier`'s presence set is
     /// `stream`'s (clients join it with `join`; an empty `stream`: none).
-    pub fn presence_to(&self, stream: String, identifier: String) {
-        self.session.presence_to(&identifier, &stream);
+    pub fn presence_to(&self, stream: String, identifier: String, clients_join: bool) {
+        self.session.presence_to(&identifier, &stream, clients_join);
     }
 
     /// `join_presence` from a channel: this session joins subscription `identifier`'s
@@ -104,12 +104,18 @@ impl RbSession {
     /// stream, no broker, another id); the client is told `error` then.
     pub fn presence_join(&self, identifier: String, id: String, info: Option<String>) -> bool {
         self.hub
-            .presence_join(&self.session, &identifier, &id, info)
+            .presence_join(&self.session, &identifier, &id, info, true)
     }
 
     /// `leave_presence` from a channel.
     pub fn presence_leave(&self, identifier: String) {
         self.hub.presence_leave(&self.session, &identifier);
+    }
+
+    /// The credential that opened it expires at `unix_seconds` (a JWT checked in Ruby):
+    /// a restore past it gets `token_expired`. The first one set stays.
+    pub fn set_expires_at(&self, unix_seconds: u64) {
+        self.session.set_expires_at(unix_seconds);
     }
 
     /// `stream_from …, whisper: true`: the client's whispers on this subscription go
@@ -138,9 +144,10 @@ pub fn init(ruby: &Ruby, native: magnus::RClass) -> Result<(), Error> {
     )?;
     class.define_method("pin_subscription", method!(RbSession::pin_subscription, 1))?;
     class.define_method("set_state", method!(RbSession::set_state, 3))?;
-    class.define_method("presence_to", method!(RbSession::presence_to, 2))?;
+    class.define_method("presence_to", method!(RbSession::presence_to, 3))?;
     class.define_method("presence_join", method!(RbSession::presence_join, 3))?;
     class.define_method("presence_leave", method!(RbSession::presence_leave, 1))?;
+    class.define_method("set_expires_at", method!(RbSession::set_expires_at, 1))?;
     class.define_method("identifiers=", method!(RbSession::set_identifiers, 1))?;
     Ok(())
 }

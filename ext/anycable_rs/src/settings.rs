@@ -143,6 +143,10 @@ impl Settings {
             },
             sessions_ttl: o.secs("sessions_ttl")?,
             presence_ttl: o.secs("presence_ttl")?,
+            sessions_max_bytes: o.get("sessions_max_bytes")?,
+            max_subscriptions: o.get("max_subscriptions")?,
+            max_identifier_size: o.get("max_identifier_size")?,
+            whispers_per_second: o.get("whispers_per_second")?,
             max_message_size: o.get("max_message_size")?,
             write_timeout: o.secs("write_timeout")?,
             max_pending_bytes: o.get("max_pending_bytes")?,
@@ -156,6 +160,7 @@ impl Settings {
             // Empty is unset (Ruby says so at boot): "" would match a missing header.
             broadcast_key: o.opt::<String>("broadcast_key")?.filter(|k| !k.is_empty()),
             metrics_path: o.opt("metrics_path")?,
+            metrics_token: o.opt::<String>("metrics_token")?.filter(|k| !k.is_empty()),
             metrics_tags: match o.opt::<String>("metrics_tags")? {
                 Some(tags) => anycable_core::metrics::parse_tags(&tags)
                     .map_err(|e| arg_error(ruby, format!("ANYCABLE_METRICS_TAGS: {e}")))?,

@@ -113,8 +113,11 @@ module AnyCableRs
     module ChannelPatch
       # AnyCable's `whisper: true`: the client's whispers on this subscription go to
       # the stream's other subscribers (one whisper stream per subscription).
-      # `presence: true`: clients join this stream's presence set (`channel.presence`
-      # in @anycable/web), one per subscription.
+      # `presence: true`: the subscription has this stream's presence set, one per
+      # subscription; the channel joins its clients to it (`join_presence`).
+      # `presence: :clients`: clients may also join it themselves, with ids and info
+      # of their own (`channel.presence.join(id, info)` in @anycable/web, as AnyCable
+      # lets them); an id stays its first joiner's (their connection's identifiers).
       def stream_from(broadcasting, callback = nil, coder: nil, whisper: false, presence: false, &block)
         websocket = Compat.websocket(connection)
         if callback.nil? && block.nil? && coder.nil? && websocket
@@ -133,7 +136,7 @@ module AnyCableRs
           super(broadcasting, callback, coder: coder, &block)
         end
         whispers_to(broadcasting) if whisper
-        presence_on(broadcasting) if presence
+        presence_on(broadcasting, presence == :clients) if presence
       end
 
       def stream_for(model, callback = nil, coder: nil, whisper: false, presence: false, &block)
@@ -198,8 +201,8 @@ module AnyCableRs
         Compat.websocket(connection)&.session
       end
 
-      def presence_on(broadcasting)
-        anycable_session&.presence_to(String(broadcasting), identifier)
+      def presence_on(broadcasting, clients_join = false)
+        anycable_session&.presence_to(String(broadcasting), identifier, clients_join)
       end
 
       # Action Cable defines a singleton method per connection identifier on every

@@ -12,12 +12,11 @@ use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
 
 use super::history::{ensure_stream, CONSUMED};
-use super::sessions::ensure_sessions;
+use super::sessions::{ensure_sessions, SessionsSettings};
 use super::{
     body, epoch_of, parse_body, subject_for, StoredHistory, StoredSessions, STREAM, SUBJECT_PREFIX,
 };
 use crate::broker::history::HistoryConfig;
-use crate::broker::seal::{Seal, SealKey};
 use crate::protocol::broadcast::{self, BroadcastMessage};
 use crate::pubsub::{PubSub, PublishQueue, Queued};
 
@@ -61,7 +60,7 @@ impl JetStreamLink {
         servers: &str,
         subject: String,
         config: HistoryConfig,
-        sessions: Option<(Duration, SealKey)>,
+        sessions: Option<SessionsSettings>,
         core_deliver: impl Fn(&str) + Send + Sync + 'static,
         stored: StoredSink,
         ready: impl FnOnce(Arc<StoredHistory>, Option<Arc<StoredSessions>>) + Send + 'static,
@@ -81,12 +80,12 @@ impl JetStreamLink {
         // the setup takes (a second back for clocks that differ a little).
         let booted = time::OffsetDateTime::now_utc() - Duration::from_secs(1);
         tokio::spawn(async move {
-            let Some(client) = crate::pubsub::nats::connect(servers, connected.clone()).await
-            else {
+            let Some(nats) = crate::pubsub::nats::connect(servers, connected.clone()).await else {
                 return;
             };
+            let client = nats.client.clone();
             tokio::spawn(crate::pubsub::nats::run_core(
-                client.clone(),
+                nats,
                 subject,
                 core,
                 connected.clone(),
@@ -115,7 +114,7 @@ impl JetStreamLink {
             });
             let sessions = match sessions {
                 None => None,
-                Some((ttl, key)) => match ensure_sessions(&js, ttl, Seal::new(&key)).await {
+                Some(settings) => match ensure_sessions(&js, &settings).await {
                     Ok(sessions) => Some(Arc::new(sessions)),
                     Err(e) => {
                         log::error!("NATS JetStream: {e}; sessions are not kept for a restore");

@@ -29,7 +29,7 @@ mod sessions;
 
 pub use history::{consumed, StoredHistory};
 pub use link::{JetStreamLink, StoredSink};
-pub use sessions::{StoredSessions, SESSIONS_BUCKET};
+pub use sessions::{SessionsSettings, StoredSessions, SESSIONS_BUCKET};
 
 use async_nats::jetstream::{self, stream};
 use base64::Engine;

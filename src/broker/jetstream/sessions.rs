@@ -18,6 +18,16 @@ pub struct StoredSessions {
     seal: Seal,
 }
 
+/// How the NATS broker keeps sessions: for `ttl` after they were last written, at most
+/// `max_bytes` in all (`ANYCABLE_SESSIONS_MAX_BYTES`; past it a new one is not stored,
+/// with a warning, until old ones expire), sealed with `key`.
+#[derive(Debug, Clone)]
+pub struct SessionsSettings {
+    pub ttl: Duration,
+    pub max_bytes: usize,
+    pub key: crate::broker::seal::SealKey,
+}
+
 /// The key-value bucket of sessions.
 pub const SESSIONS_BUCKET: &str = "anycable_rs_sessions";
 
@@ -38,7 +48,13 @@ impl StoredSessions {
             return;
         };
         if let Err(e) = self.kv.put(key, sealed.into()).await {
-            log::warn!("NATS KV: a session could not be stored for a restore ({e})");
+            static PUT_LOG: crate::logging::Throttle = crate::logging::Throttle::new();
+            crate::logging::once_a_second(&PUT_LOG, |more| {
+                log::warn!(
+                    "NATS KV: a session could not be stored for a restore ({e}; full at \
+                     ANYCABLE_SESSIONS_MAX_BYTES?) ({more} more since the last line)"
+                )
+            });
         }
     }
 
@@ -90,14 +106,16 @@ impl StoredSessions {
 /// account info lacks what async-nats' `create_key_value` reads.
 pub(super) async fn ensure_sessions(
     js: &jetstream::Context,
-    ttl: Duration,
-    seal: Seal,
+    settings: &SessionsSettings,
 ) -> Result<StoredSessions, String> {
+    let ttl = settings.ttl;
+    let max_bytes = i64::try_from(settings.max_bytes).unwrap_or(i64::MAX);
     let wanted = stream::Config {
         name: format!("KV_{SESSIONS_BUCKET}"),
         subjects: vec![format!("$KV.{SESSIONS_BUCKET}.>")],
         max_messages_per_subject: 1,
         max_age: ttl,
+        max_bytes,
         allow_rollup: true,
         deny_delete: true,
         allow_direct: true,
@@ -107,9 +125,10 @@ pub(super) async fn ensure_sessions(
     };
     let what = format!("sessions bucket {SESSIONS_BUCKET}");
     let (_, info) = get_or_create(js, wanted, &what).await?;
-    if info.config.max_age != ttl {
+    if info.config.max_age != ttl || info.config.max_bytes != max_bytes {
         let mut update = info.config;
         update.max_age = ttl;
+        update.max_bytes = max_bytes;
         fit_duplicate_window(&mut update);
         js.update_stream(update)
             .await
@@ -119,5 +138,8 @@ pub(super) async fn ensure_sessions(
         .get_key_value(SESSIONS_BUCKET)
         .await
         .map_err(|e| format!("sessions bucket {SESSIONS_BUCKET}: {e}"))?;
-    Ok(StoredSessions { kv, seal })
+    Ok(StoredSessions {
+        kv,
+        seal: Seal::new(&settings.key),
+    })
 }

@@ -21,6 +21,8 @@ module ApplicationCable
         User.find_by(name: request.params[:user]) ||
         reject_unauthorized_connection
       self.tab = request.params[:tab] || "main"
+      # As an app whose own token expires: a restore past it gets token_expired.
+      AnyCableRs.restorable_until(self, Integer(request.params[:valid_until])) if request.params[:valid_until]
       self.locale = request.params[:locale] || "en"
       @request_facts = {
         "secret" => cookies.encrypted[:secret],
