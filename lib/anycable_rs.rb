@@ -9,6 +9,9 @@ require "anycable_rs/embedded_nats"
 # The server itself is Rust (AnyCableRs::Native); this module decides per process
 # whether and when it runs, and connects it to Action Cable.
 module AnyCableRs
+  # Where public `$pubsub` names live (anycable_core's auth::streams::PUBLIC_STREAM_PREFIX).
+  PUBLIC_STREAM_PREFIX = "$public:"
+
   class Error < StandardError; end
 
   class << self
@@ -82,8 +85,6 @@ module AnyCableRs
       session.set_expires_at(time.to_i)
       true
     end
-
-    PUBLIC_STREAM_PREFIX = "$public:"
 
     # The stream a public `$pubsub` subscription to `name` listens to (with
     # ANYCABLE_PUBLIC_STREAMS): public names live apart from the app's streams, so a

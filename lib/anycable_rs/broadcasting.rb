@@ -61,7 +61,7 @@ module AnyCableRs
       when "http"
         return apply_here(payload) if serving?
 
-        post(config, payload)
+        post(config, digest_excludes(payload))
       else
         into_the_void!(nil) unless serving?
         apply_here(payload)
@@ -167,21 +167,29 @@ module AnyCableRs
   end
 
   # Publishes to NATS from a process that runs no NATS client: connect, PUB, PING,
-  # wait for PONG (so the server has it), close. Plain TCP, no thread.
+  # wait for PONG (so the server has it), close. Plain TCP (or TLS), no thread.
   module NatsPublisher
     module_function
 
     # `payload` (or nil) goes to the core subject; each [subject, body] of `stored` to
-    # JetStream, acknowledged before this returns (ANYCABLE_BROKER=nats).
+    # JetStream, acknowledged before this returns (ANYCABLE_BROKER=nats). `tls://`
+    # (or a server that requires TLS) upgrades after its INFO, as NATS clients do, and
+    # checks the certificate against the system's roots (SSL_CERT_FILE, as the Rust
+    # client) and the host name.
     def publish(servers, subject, payload, stored: [], timeout: 5)
       uri = URI(servers.split(",").first.to_s.strip)
-      raise Error, "NATS over TLS needs a server process's client: #{uri.host}:#{uri.port}" if uri.scheme == "tls"
-
-      socket = Socket.tcp(uri.host, uri.port || 4222, connect_timeout: timeout)
-      read_line(socket, timeout) # INFO
+      raw = Socket.tcp(uri.host, uri.port || 4222, connect_timeout: timeout)
+      socket = Reader.new(raw, timeout)
+      info = JSON.parse(socket.line[/\AINFO (.*)/, 1] || "{}")
+      # Holding credentials, a server that asks for no login is not the one they are
+      # for (someone squatting the port): neither the password nor the broadcast go.
+      if uri.user && !info["auth_required"]
+        raise Error, "NATS at #{uri.host}:#{uri.port} asks for no login, though credentials are set: not used"
+      end
+      socket = Reader.new(tls(raw, uri.host, timeout), timeout) if uri.scheme == "tls" || info["tls_required"]
       options = {verbose: false, pedantic: false, lang: "ruby", version: AnyCableRs::VERSION, protocol: 1,
-                 headers: true, no_responders: true}
-      options.merge!(user: URI.decode_www_form_component(uri.user), pass: URI.decode_www_form_component(uri.password.to_s)) if uri.user
+                 headers: true, no_responders: true, tls_required: socket.tls?}
+      options.merge!(credentials(uri))
       out = +"CONNECT #{JSON.generate(options)}\r\n"
       inbox = "_INBOX.#{SecureRandom.hex(12)}"
       out << "SUB #{inbox}.* 1\r\n" unless stored.empty?
@@ -191,55 +199,124 @@ module AnyCableRs
       out << "PUB #{subject} #{payload.bytesize}\r\n#{payload}\r\n" if payload
       out << "PING\r\n"
       socket.write(out)
-      await_acks(socket, stored.size, timeout)
+      await_acks(socket, stored.size)
       true
     ensure
       socket&.close
+      raw&.close
+    end
+
+    # A URL's user and password (nats://user:password@host), or token (nats://token@host),
+    # percent-decoded.
+    def credentials(uri)
+      return {} unless uri.user
+
+      user = URI::DEFAULT_PARSER.unescape(uri.user)
+      uri.password ? {user: user, pass: URI::DEFAULT_PARSER.unescape(uri.password)} : {auth_token: user}
+    end
+
+    def tls(raw, host, timeout)
+      require "openssl"
+      context = OpenSSL::SSL::SSLContext.new
+      context.set_params(verify_mode: OpenSSL::SSL::VERIFY_PEER, verify_hostname: true)
+      ssl = OpenSSL::SSL::SSLSocket.new(raw, context)
+      ssl.hostname = host
+      ssl.sync_close = true
+      deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + timeout
+      loop do
+        state = ssl.connect_nonblock(exception: false)
+        break unless %i[wait_readable wait_writable].include?(state)
+
+        left = deadline - Process.clock_gettime(Process::CLOCK_MONOTONIC)
+        ready = left.positive? && (state == :wait_readable ? raw.wait_readable(left) : raw.wait_writable(left))
+        raise Error, "NATS TLS handshake timed out" unless ready
+      end
+      ssl
+    rescue OpenSSL::SSL::SSLError => e
+      raise Error, "NATS TLS: #{e.message}"
     end
 
     # Reads until the PONG and one JetStream ack per stored message have come.
-    def await_acks(socket, expected, timeout)
+    def await_acks(socket, expected)
       acks = 0
       pong = false
       until pong && acks == expected
-        line = read_line(socket, timeout)
+        line = socket.line
         case line
         when /\APONG/ then pong = true
         when /\APING/ then socket.write("PONG\r\n")
         when /\A-ERR/ then raise Error, "NATS refused the broadcast: #{line.strip}"
         when /\AMSG /
           # MSG <subject> <sid> [reply-to] <bytes> (the server may leave two spaces)
-          ack = JSON.parse(read_bytes(socket, line.split.last.to_i, timeout))
+          ack = JSON.parse(socket.bytes(line.split.last.to_i))
           raise Error, "NATS JetStream did not store the broadcast: #{ack["error"]}" if ack["error"]
 
           acks += 1
         when /\AHMSG /
           # HMSG <subject> <sid> [reply-to] <header bytes> <total bytes>: a status
-          status = read_bytes(socket, line.split.last.to_i, timeout)[%r{\ANATS/1\.0 (\d+)}, 1]
+          status = socket.bytes(line.split.last.to_i)[%r{\ANATS/1\.0 (\d+)}, 1]
           raise Error, "NATS JetStream did not store the broadcast (status #{status}): is the history stream " \
             "#{JetStream::STREAM} there? A server with ANYCABLE_BROKER=nats makes it when it starts."
         end
       end
     end
 
-    def read_bytes(socket, count, timeout)
-      data = +""
-      while data.bytesize < count + 2
-        raise Error, "NATS did not answer within #{timeout}s" unless socket.wait_readable(timeout)
+    # Lines and counted bytes from a plain or TLS socket, each read bounded by the
+    # timeout. Its own buffer: a TLS socket may hold decrypted bytes the raw socket's
+    # readiness does not show.
+    class Reader
+      MAX_LINE = 64 * 1024
 
-        chunk = socket.read_nonblock(count + 2 - data.bytesize, exception: false)
-        raise Error, "NATS closed the connection" if chunk.nil?
-        next if chunk == :wait_readable
-
-        data << chunk
+      def initialize(socket, timeout)
+        @socket = socket
+        @timeout = timeout
+        @buffer = +""
       end
-      data.byteslice(0, count)
-    end
 
-    def read_line(socket, timeout)
-      raise Error, "NATS did not answer within #{timeout}s" unless socket.wait_readable(timeout)
+      def tls?
+        defined?(OpenSSL::SSL::SSLSocket) ? @socket.is_a?(OpenSSL::SSL::SSLSocket) : false
+      end
 
-      socket.gets || raise(Error, "NATS closed the connection")
+      def write(data)
+        @socket.write(data)
+      end
+
+      def close
+        @socket.close
+      end
+
+      def line
+        until (i = @buffer.index("\r\n"))
+          raise Error, "NATS sent a line over #{MAX_LINE} bytes" if @buffer.bytesize > MAX_LINE
+
+          fill
+        end
+        @buffer.slice!(0, i + 2)
+      end
+
+      # `count` bytes and the CRLF after them (the CRLF dropped).
+      def bytes(count)
+        fill while @buffer.bytesize < count + 2
+        @buffer.slice!(0, count + 2).byteslice(0, count)
+      end
+
+      private
+
+      def fill
+        chunk = @socket.read_nonblock(65_536, exception: false)
+        case chunk
+        when nil then raise Error, "NATS closed the connection"
+        when :wait_readable
+          raise Error, "NATS did not answer within #{@timeout}s" unless io.wait_readable(@timeout)
+        when :wait_writable
+          raise Error, "NATS did not answer within #{@timeout}s" unless io.wait_writable(@timeout)
+        else @buffer << chunk
+        end
+      end
+
+      def io
+        @socket.respond_to?(:to_io) ? @socket.to_io : @socket
+      end
     end
   end
 

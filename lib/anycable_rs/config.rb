@@ -506,6 +506,7 @@ module AnyCableRs
       raise ArgumentError, "anycable-rs: #{key} must be an integer, got #{value.inspect}"
     else
       raise ArgumentError, "anycable-rs: #{key} must not be negative, got #{value.inspect}" if n.negative?
+      raise ArgumentError, "anycable-rs: #{key} must be positive, got #{value.inspect}" if n.zero? && key == :sessions_max_bytes
 
       n
     end

@@ -275,7 +275,7 @@ module AnyCableRs
         end
       end
 
-      safely("unsubscribe #{identifier}", connection) do
+      safely("unsubscribe", connection, identifier) do
         connection.subscriptions.remove("identifier" => identifier)
       end
       ActionCable::Compat.websocket(connection)&.session&.remove_subscription(identifier)
@@ -383,16 +383,17 @@ module AnyCableRs
       yield
     rescue Exception => e # rubocop:disable Lint/RescueException
       connection&.rescue_with_handler(e)
-      log_exception(e, detail ? "#{what} #{detail}" : what)
+      log_exception(e, what, detail)
     end
 
     # Once a second per (what, exception class): a client can set an exception off
-    # in a loop. The backtrace is the app's; the message and `what` may hold client
-    # text, and are cut.
-    def log_exception(error, what)
-      kind = [:exception, what.to_s[/\A[^{"]*/].to_s[0, 100], error.class.name]
-      BoundedLog.error(logger, kind) do
-        "#{BoundedLog.clip(what)} raised #{error.class}: #{BoundedLog.clip(error.message)}\n#{Array(error.backtrace).join("\n")}"
+    # in a loop. `what` is the code's own words (a fixed set: the kind of line);
+    # `detail` (an identifier) and the message may hold client text, and are cut. The
+    # backtrace is the app's.
+    def log_exception(error, what, detail = nil)
+      BoundedLog.error(logger, [:exception, what, error.class.name]) do
+        where = detail ? "#{what} #{BoundedLog.clip(detail)}" : what
+        "#{where} raised #{error.class}: #{BoundedLog.clip(error.message)}\n#{Array(error.backtrace).join("\n")}"
       end
     end
   end

@@ -148,6 +148,9 @@ RSpec.describe "Bad input on the Ruby side, in a loop (real Puma)", type: :cable
     300.times { c.perform(unknown, "echo", {}) }
     300.times { c.perform(id, "no_such_action", {"pad" => "y" * 30_000}) }
     300.times { c.send_json(command: "subscribe", identifier: id) }
+    # Action Cable's own line for a valid action carries its arguments: cut too.
+    c.perform(id, "echo", {"pad" => "z" * 30_000})
+    expect(message_for(c, id)).to include("action" => "echo")
     # Commands of one socket run in order: when this is answered, all of them ran.
     c.perform(id, "echo", {"x" => 3})
     expect(message_for(c, id)).to eq("x" => 3, "action" => "echo")
@@ -158,6 +161,8 @@ RSpec.describe "Bad input on the Ruby side, in a loop (real Puma)", type: :cable
     expect(log_lines("Unable to process EchoChannel#no_such_action").size).to be_between(1, 3)
     expect(log_lines("Already subscribed to").size).to be_between(1, 3)
     expect(puma.rails_log).not_to include("x" * 600)
+    expect(puma.rails_log).not_to include("z" * 600)
+    expect(log_lines("EchoChannel#echo(").size).to eq(2)
     sleep 1.1
     c.perform(unknown, "echo", {})
     wait_for { log_lines("more such lines dropped since the last").any? }

@@ -70,3 +70,97 @@ RSpec.describe "Credentials for #{what} (real nats-server with --user/--pass, re
   end
 end
 end
+
+# tls:// NATS (issue #24: "External NATS: credentials and tls:// URLs, as AnyCable
+# accepts them"): Debian's nats-server with a certificate for localhost that the test
+# signs. The machine trusts it through SSL_CERT_FILE (the Rust client and Ruby's
+# OpenSSL both read it); someone answering for the NATS with a certificate the
+# machine does not trust gets nothing.
+RSpec.describe "NATS over TLS (tls://, real nats-server --tls, real Puma)", type: :cable do
+  before(:all) do
+    @nats = TlsNatsServer.new.start
+    @env = {"ANYCABLE_BROADCAST_ADAPTER" => "nats", "ANYCABLE_NATS_SERVERS" => @nats.url,
+            "SSL_CERT_FILE" => @nats.ca_file}
+    @puma = PumaServer.new(env: @env).start
+  end
+
+  after(:all) do
+    @puma&.stop && @puma&.cleanup
+    @nats&.stop
+    @nats&.cleanup
+  end
+
+  attr_reader :puma
+
+  def outside(env, script)
+    Open3.capture2e(env, "ruby", "-I", File.expand_path("../../lib", __dir__), "-e", "require 'anycable_rs'; #{script}")
+  end
+
+  it "delivers through a tls:// NATS the machine trusts, from the server process and a process that serves no sockets" do
+    c = connected
+    id = subscribed(c, channel: "EchoChannel")
+    wait_for(timeout: 15) { puma.log.include?("NATS connected") }
+    expect(puma.http(:post, "/broadcast", stream: "all", payload: '{"n":1}').code).to eq("201")
+    expect(message_for(c, id)).to eq("n" => 1)
+    out, status = outside(@env, 'AnyCableRs.broadcast("all", {"n" => 2})')
+    expect(status).to be_success, out
+    expect(message_for(c, id)).to eq("n" => 2)
+  end
+
+  it "refuses a NATS whose certificate the machine does not trust: no link, and a publisher's clear error" do
+    untrusting = @env.merge("SSL_CERT_FILE" => @nats.other_ca_file)
+    other = PumaServer.new(env: untrusting.merge("DUMMY_DATABASE" => puma.env["DUMMY_DATABASE"])).start
+    c = connected(port: other.port)
+    subscribed(c, channel: "EchoChannel")
+    sleep 2
+    expect(other.log).not_to include("NATS connected")
+    out, status = outside(untrusting, 'AnyCableRs.broadcast("all", {"n" => 3})')
+    expect(status).not_to be_success
+    expect(out).to match(/NATS TLS: .*certificate verify failed/)
+    expect(c.silent_for?(0.5)).to be(true)
+  ensure
+    other&.stop && other&.cleanup
+  end
+end
+
+# Review of #24 (17): holding credentials, neither client uses a NATS that asks for no
+# login (someone squatting the embedded NATS port on a machine): the server process
+# publishes nothing to it and says why; a Ruby publisher refuses before it sends the
+# password.
+RSpec.describe "A NATS that asks for no login, with credentials set (real nats-server, real Puma)", type: :cable do
+  before(:all) do
+    @squatter = NatsServer.new.start
+    @env = {"ANYCABLE_BROADCAST_ADAPTER" => "nats",
+            "ANYCABLE_NATS_SERVERS" => "nats://anycable:s3cret-pass@127.0.0.1:#{@squatter.port}"}
+    @puma = PumaServer.new(env: @env).start
+  end
+
+  after(:all) do
+    @puma&.stop && @puma&.cleanup
+    @squatter&.stop
+  end
+
+  attr_reader :puma
+
+  it "is not used: no broadcast reaches it, the log says why, and a Ruby publisher refuses" do
+    sniffer = TCPSocket.new("127.0.0.1", @squatter.port)
+    sniffer.gets
+    sniffer.write("CONNECT {\"verbose\":false}\r\nSUB > 1\r\nPING\r\n")
+    seen = +""
+    seen << sniffer.readpartial(4096) until seen.include?("PONG")
+    c = connected
+    subscribed(c, channel: "EchoChannel")
+    expect(puma.http(:post, "/broadcast", stream: "all", payload: '{"n":1}').code).to eq("201")
+    wait_for(timeout: 10) { puma.log.include?("asks for no login, though credentials are set") }
+    out, status = Open3.capture2e(@env, "ruby", "-I", File.expand_path("../../lib", __dir__), "-e",
+      'require "anycable_rs"; AnyCableRs.broadcast("all", {"n" => 2})')
+    expect(status).not_to be_success
+    expect(out).to include("asks for no login, though credentials are set: not used")
+    sleep 0.5
+    seen << (sniffer.read_nonblock(65_536, exception: false).then { |x| x.is_a?(String) ? x : "" })
+    expect(seen).not_to include('{"n":')
+    expect(c.silent_for?(0.3)).to be(true)
+  ensure
+    sniffer&.close
+  end
+end

@@ -50,6 +50,10 @@ pub struct CachedSession {
     /// outlive the token. Absent in entries written before it was kept.
     #[serde(default)]
     pub expires_at: Option<u64>,
+    /// Whose presence ids its client chose when it has no identifiers (so the restored
+    /// session rejoins as the same owner).
+    #[serde(default)]
+    pub presence_owner: Option<String>,
 }
 
 impl CachedSession {
@@ -77,7 +81,10 @@ impl CachedSession {
                     + 128
             })
             .sum();
-        128 + self.identifiers.as_ref().map_or(0, String::len) + subscriptions + pairs(&self.state)
+        128 + self.identifiers.as_ref().map_or(0, String::len)
+            + self.presence_owner.as_ref().map_or(0, String::len)
+            + subscriptions
+            + pairs(&self.state)
     }
 }
 
@@ -239,6 +246,7 @@ mod tests {
                 presence_clients: false,
             }],
             expires_at: None,
+            presence_owner: None,
             state: Vec::new(),
             app_connected: true,
         }

@@ -337,6 +337,19 @@ mod tests {
         out
     }
 
+    /// Review of #24 (6): guests (no identifiers, or only nil ones) must not share one
+    /// owner, or any guest could take another's presence id.
+    #[test]
+    fn unidentified_sessions_own_their_presence_ids_apart() {
+        let (a, _ra) = Session::new(1, "a".into(), 1 << 20);
+        let (b, _rb) = Session::new(2, "b".into(), 1 << 20);
+        a.set_identifiers(serde_json::json!({"current_user": null}));
+        assert_ne!(a.presence_owner(), b.presence_owner());
+        assert!(a.presence_owner().starts_with("anonymous:sha256:"));
+        b.set_identifiers(serde_json::json!({"user": "u1"}));
+        assert_eq!(b.presence_owner(), r#"{"user":"u1"}"#);
+    }
+
     #[test]
     fn fans_out_once_per_identifier_and_excludes() {
         let hub = Hub::new(None);

@@ -7,7 +7,7 @@
 //! change once and expose it for `/health`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use async_nats::{ConnectOptions, Event};
 use futures_util::StreamExt;
@@ -19,6 +19,8 @@ use crate::pubsub::{PubSub, PublishQueue};
 pub struct NatsPubSub {
     queue: Arc<PublishQueue>,
     connected: Arc<AtomicBool>,
+    /// Set once connected: whether the server reached may be used.
+    client: Arc<std::sync::OnceLock<NatsClient>>,
 }
 
 impl NatsPubSub {
@@ -34,13 +36,20 @@ impl NatsPubSub {
         let queue = Arc::new(PublishQueue::<String>::new("NATS"));
         let core = queue.clone();
         let link = connected.clone();
+        let client = Arc::new(std::sync::OnceLock::new());
+        let cell = client.clone();
         tokio::spawn(async move {
             let Some(nats) = connect(servers, link.clone()).await else {
                 return;
             };
+            let _ = cell.set(nats.clone());
             run_core(nats, subject, core, link, deliver).await;
         });
-        Ok(NatsPubSub { queue, connected })
+        Ok(NatsPubSub {
+            queue,
+            connected,
+            client,
+        })
     }
 }
 
@@ -51,7 +60,7 @@ impl PubSub for NatsPubSub {
     }
 
     fn is_connected(&self) -> bool {
-        self.connected.load(Ordering::Acquire)
+        self.connected.load(Ordering::Acquire) && self.client.get().is_some_and(|c| c.trusted())
     }
 }
 
@@ -124,41 +133,21 @@ pub(crate) async fn connect(
     connected: Arc<AtomicBool>,
 ) -> Option<NatsClient> {
     let NatsServers { addrs, label, auth } = servers;
-    // Holding credentials, a server that asks for no login is not the one they are
-    // for (someone squatting the embedded NATS port, a misrouted address): it is not
-    // used (issue #24: never adopt an unauthenticated server).
     let needs_login = auth.is_some();
     let options = match auth {
         Some((user, Some(pass))) => ConnectOptions::with_user_and_password(user, pass),
         Some((token, None)) => ConnectOptions::with_token(token),
         None => ConnectOptions::new(),
     };
-    let cell: Arc<OnceLock<async_nats::Client>> = Arc::new(OnceLock::new());
-    let untrusted = Arc::new(AtomicBool::new(false));
-    let (event_cell, event_untrusted, event_label) =
-        (cell.clone(), untrusted.clone(), label.clone());
-    let after_connect = connected.clone();
     let options = options
         .retry_on_initial_connect()
         .event_callback(move |event| {
             let state = connected.clone();
-            let (cell, untrusted, label) = (
-                event_cell.clone(),
-                event_untrusted.clone(),
-                event_label.clone(),
-            );
             async move {
                 match event {
                     Event::Connected => {
-                        let trusted = !needs_login
-                            || cell.get().is_none_or(|c| c.server_info().auth_required);
-                        if !trusted {
-                            refuse(&untrusted, &state, &label);
-                        } else {
-                            untrusted.store(false, Ordering::Release);
-                            if !state.swap(true, Ordering::AcqRel) {
-                                log::info!("NATS connected");
-                            }
+                        if !state.swap(true, Ordering::AcqRel) {
+                            log::info!("NATS connected");
                         }
                     }
                     Event::Disconnected => {
@@ -171,14 +160,11 @@ pub(crate) async fn connect(
             }
         });
     match options.connect(addrs).await {
-        Ok(client) => {
-            let _ = cell.set(client.clone());
-            // The first Connected event may have come before the client was known.
-            if needs_login && !client.server_info().auth_required {
-                refuse(&untrusted, &after_connect, &label);
-            }
-            Some(NatsClient { client, untrusted })
-        }
+        Ok(client) => Some(NatsClient {
+            client,
+            needs_login,
+            label,
+        }),
         Err(e) => {
             log::error!("NATS ({label}): {e}");
             None
@@ -186,21 +172,50 @@ pub(crate) async fn connect(
     }
 }
 
-/// A connected NATS client, and whether the server it reached is one it must not use
-/// (it asked for no login though credentials were given): then nothing is published
-/// to it and what it sends is dropped, until a reconnect reaches a server that asks.
+/// A NATS client, and whether it holds credentials. Holding them, a server that asks
+/// for no login is not the one they are for (someone squatting the embedded NATS
+/// port, a misrouted address): nothing is published to it and what it sends is
+/// dropped (issue #24: never adopt an unauthenticated server). Checked where a
+/// message goes out or comes in, against the server info of the connection it uses
+/// (a reconnect may reach another server).
+#[derive(Clone)]
 pub(crate) struct NatsClient {
     pub(crate) client: async_nats::Client,
-    pub(crate) untrusted: Arc<AtomicBool>,
+    needs_login: bool,
+    label: String,
 }
 
-fn refuse(untrusted: &AtomicBool, connected: &AtomicBool, label: &str) {
-    untrusted.store(true, Ordering::Release);
-    connected.store(false, Ordering::Release);
-    log::error!(
-        "NATS ({label}) asks for no login, though credentials are set: not used (something \
-         else listens on the embedded NATS port?); broadcasts wait"
-    );
+static UNTRUSTED_LOG: crate::logging::Throttle = crate::logging::Throttle::new();
+
+impl NatsClient {
+    /// The server now reached may be used.
+    pub(crate) fn trusted(&self) -> bool {
+        !self.needs_login || self.client.server_info().auth_required
+    }
+
+    /// Returns once [`NatsClient::trusted`]; says so (once a second at most) while it
+    /// is not, past a short grace for the server's first INFO.
+    pub(crate) async fn wait_trusted(&self) {
+        let mut waited = 0u32;
+        while !self.trusted() {
+            waited += 1;
+            if waited > 10 {
+                self.refused();
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
+    pub(crate) fn refused(&self) {
+        crate::logging::once_a_second(&UNTRUSTED_LOG, |more| {
+            log::error!(
+                "NATS ({}) asks for no login, though credentials are set: not used (something \
+                 else listens on the embedded NATS port?); broadcasts wait ({more} more such \
+                 lines since the last)",
+                self.label
+            )
+        });
+    }
 }
 
 /// The core pub/sub on `subject`: publishes, in order, what `queue` hands over (while
@@ -213,7 +228,7 @@ pub(crate) async fn run_core(
     link: Arc<AtomicBool>,
     deliver: impl Fn(&str) + Send + Sync + 'static,
 ) {
-    let NatsClient { client, untrusted } = nats;
+    let client = nats.client.clone();
     let mut subscriber = match client.subscribe(subject.clone()).await {
         Ok(s) => s,
         Err(e) => {
@@ -222,10 +237,12 @@ pub(crate) async fn run_core(
         }
     };
     let subject_out = subject.clone();
+    let out = nats.clone();
     tokio::spawn(async move {
         loop {
             let (at, payload) = queue.next().await;
             wait_for(&link).await;
+            out.wait_trusted().await;
             if at.elapsed() > crate::pubsub::MAX_QUEUED_AGE {
                 queue.retry(at, payload); // expired: next() drops and counts it
                 continue;
@@ -236,7 +253,8 @@ pub(crate) async fn run_core(
         }
     });
     while let Some(message) = subscriber.next().await {
-        if untrusted.load(Ordering::Acquire) {
+        if !nats.trusted() {
+            nats.refused();
             continue;
         }
         match std::str::from_utf8(&message.payload) {

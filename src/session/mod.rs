@@ -106,6 +106,8 @@ pub struct Session {
     /// `state_attr_accessor` values, by subscription identifier ("" for the
     /// connection's own): name → JSON text. Boxed: most sessions have none.
     state: Mutex<Option<Box<StateMap>>>,
+    /// Whose presence ids an unidentified session's client chose (kept by a restore).
+    anonymous_owner: std::sync::OnceLock<Box<str>>,
     /// Presence sets, by subscription identifier (AnyCable's `$p`).
     presence_streams: Mutex<Vec<PresenceSet>>,
     /// The server or the app closed it: nothing to restore.
@@ -145,6 +147,7 @@ impl Session {
             held: Mutex::new(Held::default()),
             app_subscriptions: Mutex::new(Vec::new()),
             state: Mutex::new(None),
+            anonymous_owner: std::sync::OnceLock::new(),
             presence_streams: Mutex::new(Vec::new()),
             final_close: AtomicBool::new(false),
             changed: AtomicBool::new(true),

@@ -75,6 +75,7 @@ impl Session {
             state: self.state_of(""),
             app_connected,
             expires_at: self.expires_at(),
+            presence_owner: self.anonymous_owner.get().map(|o| o.to_string()),
         })
     }
 
@@ -83,6 +84,9 @@ impl Session {
     pub(crate) fn restore_from(&self, cached: &CachedSession) {
         if let Some(at) = cached.expires_at {
             self.set_expires_at(at);
+        }
+        if let Some(owner) = &cached.presence_owner {
+            let _ = self.anonymous_owner.set(owner.as_str().into());
         }
         if let Some(ids) = cached
             .identifiers

@@ -78,12 +78,26 @@ impl Session {
     }
 
     /// Who a presence id this session's client chooses belongs to: its connection's
-    /// identifiers (every tab of one user), else the session itself.
+    /// identifiers (every tab of one user), else — no identifiers, or only empty ones
+    /// (a guest) — the session itself, by its first sid's digest, which a restore
+    /// keeps.
     pub fn presence_owner(&self) -> String {
+        let identified = match self.identifiers() {
+            Some(serde_json::Value::Object(ids)) => ids.values().any(|v| !v.is_null()),
+            Some(other) => !other.is_null(),
+            None => false,
+        };
         match self.identifiers() {
-            Some(ids) => ids.to_string(),
-            None => format!("session:{}", self.id),
+            Some(ids) if identified => ids.to_string(),
+            _ => self.anonymous_owner().to_owned(),
         }
+    }
+
+    /// The owner of ids an unidentified session's client chooses (see
+    /// [`Session::presence_owner`]).
+    pub(crate) fn anonymous_owner(&self) -> &str {
+        self.anonymous_owner
+            .get_or_init(|| format!("anonymous:{}", self.sid_digest()).into_boxed_str())
     }
 
     /// The stream a whisper on `identifier` goes to, if any.

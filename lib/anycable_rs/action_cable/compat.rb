@@ -255,6 +255,14 @@ module AnyCableRs
         channel.__send__(:stop_periodic_timers)
       end
 
+      # Channel::Base#action_signature(action, data) (private): the String Action Cable
+      # logs for each action, arguments included; ChannelPatch cuts it to a bounded
+      # size. checked: 6.1.7.10 (read here); other versions by this feature test
+      # (without the method, Rails' own line runs uncut).
+      def action_signature?
+        ::ActionCable::Channel::Base.private_method_defined?(:action_signature)
+      end
+
       # Has the subscription's confirmation gone out? checked: 6.1–8.1, main (private
       # Channel::Base#subscription_confirmation_sent?).
       def confirmation_sent?(channel)

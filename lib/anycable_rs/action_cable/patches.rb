@@ -4,6 +4,7 @@ require "anycable_rs/action_cable/compat"
 require "anycable_rs/action_cable/pubsub"
 require "anycable_rs/action_cable/connection_env"
 require "anycable_rs/state"
+require "anycable_rs/bounded_log"
 
 module AnyCableRs
   module ActionCable
@@ -137,6 +138,15 @@ module AnyCableRs
         end
         whispers_to(broadcasting) if whisper
         presence_on(broadcasting, presence == :clients) if presence
+      end
+
+      # Action Cable logs every action with its arguments (`Channel#speak({...})`, up to
+      # a whole client message): cut to BoundedLog::MAX_TEXT bytes.
+      if Compat.action_signature?
+        def action_signature(action, data)
+          BoundedLog.clip(super)
+        end
+        private :action_signature
       end
 
       def stream_for(model, callback = nil, coder: nil, whisper: false, presence: false, &block)

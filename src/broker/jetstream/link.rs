@@ -18,6 +18,7 @@ use super::{
 };
 use crate::broker::history::HistoryConfig;
 use crate::protocol::broadcast::{self, BroadcastMessage};
+use crate::pubsub::nats::NatsClient;
 use crate::pubsub::{PubSub, PublishQueue, Queued};
 
 /// Publishes awaiting their ack at once.
@@ -84,8 +85,11 @@ impl JetStreamLink {
                 return;
             };
             let client = nats.client.clone();
+            // Nothing JetStream (streams made, sessions kept) with a server that is not
+            // the one the credentials are for.
+            nats.wait_trusted().await;
             tokio::spawn(crate::pubsub::nats::run_core(
-                nats,
+                nats.clone(),
                 subject,
                 core,
                 connected.clone(),
@@ -124,8 +128,14 @@ impl JetStreamLink {
             };
             let _ = history.set(reader.clone());
             ready(reader.clone(), sessions);
-            tokio::spawn(publish_loop(js, config, stored_queue, connected));
-            consume(client, reader, booted, stored).await;
+            tokio::spawn(publish_loop(
+                js,
+                config,
+                stored_queue,
+                connected,
+                nats.clone(),
+            ));
+            consume(client, nats, reader, booted, stored).await;
         });
         Ok(broker)
     }
@@ -183,6 +193,7 @@ async fn publish_loop(
     config: HistoryConfig,
     queue: Arc<PublishQueue<Stored>>,
     link: Arc<AtomicBool>,
+    nats: NatsClient,
 ) {
     let mut ensured = Instant::now();
     type Ack = (Instant, Stored, Result<u64, String>);
@@ -213,6 +224,7 @@ async fn publish_loop(
             }
             (at, item) = queue.next(), if acks.len() < IN_FLIGHT && paused_until.is_none() => {
                 crate::pubsub::nats::wait_for(&link).await;
+                nats.wait_trusted().await;
                 if at.elapsed() > crate::pubsub::MAX_QUEUED_AGE {
                     queue.retry(at, item); // expired: next() drops and counts it
                     continue;
@@ -250,6 +262,7 @@ const RETRY_PAUSE: Duration = Duration::from_millis(250);
 /// and its sequences count again from 1.
 async fn consume(
     client: async_nats::Client,
+    nats: NatsClient,
     reader: Arc<StoredHistory>,
     start: time::OffsetDateTime,
     sink: StoredSink,
@@ -303,6 +316,10 @@ async fn consume(
                     break;
                 }
             };
+            if !nats.trusted() {
+                nats.refused();
+                continue;
+            }
             let Ok(info) = message.info() else { continue };
             let seq = info.stream_sequence;
             // A consumer the client library rebuilt before anything was delivered
