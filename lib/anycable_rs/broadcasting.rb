@@ -8,6 +8,7 @@ require "socket"
 require "io/wait"
 require "net/http"
 require "uri"
+require "anycable_rs/bounded_log"
 
 module AnyCableRs
   # Broadcasting in AnyCable's payload format, by adapter:
@@ -215,7 +216,7 @@ module AnyCableRs
       uri.password ? {user: user, pass: URI::DEFAULT_PARSER.unescape(uri.password)} : {auth_token: user}
     end
 
-    def tls(raw, host, timeout)
+    def tls(raw, host, timeout, what = "NATS")
       require "openssl"
       context = OpenSSL::SSL::SSLContext.new
       context.set_params(verify_mode: OpenSSL::SSL::VERIFY_PEER, verify_hostname: true)
@@ -229,11 +230,11 @@ module AnyCableRs
 
         left = deadline - Process.clock_gettime(Process::CLOCK_MONOTONIC)
         ready = left.positive? && (state == :wait_readable ? raw.wait_readable(left) : raw.wait_writable(left))
-        raise Error, "NATS TLS handshake timed out" unless ready
+        raise Error, "#{what} TLS handshake timed out" unless ready
       end
       ssl
     rescue OpenSSL::SSL::SSLError => e
-      raise Error, "NATS TLS: #{e.message}"
+      raise Error, "#{what} TLS: #{e.message}"
     end
 
     # Reads until the PONG and one JetStream ack per stored message have come.
@@ -267,9 +268,10 @@ module AnyCableRs
     class Reader
       MAX_LINE = 64 * 1024
 
-      def initialize(socket, timeout)
+      def initialize(socket, timeout, what = "NATS")
         @socket = socket
         @timeout = timeout
+        @what = what
         @buffer = +""
       end
 
@@ -287,7 +289,7 @@ module AnyCableRs
 
       def line
         until (i = @buffer.index("\r\n"))
-          raise Error, "NATS sent a line over #{MAX_LINE} bytes" if @buffer.bytesize > MAX_LINE
+          raise Error, "#{@what} sent a line over #{MAX_LINE} bytes" if @buffer.bytesize > MAX_LINE
 
           fill
         end
@@ -305,11 +307,11 @@ module AnyCableRs
       def fill
         chunk = @socket.read_nonblock(65_536, exception: false)
         case chunk
-        when nil then raise Error, "NATS closed the connection"
+        when nil then raise Error, "#{@what} closed the connection"
         when :wait_readable
-          raise Error, "NATS did not answer within #{@timeout}s" unless io.wait_readable(@timeout)
+          raise Error, "#{@what} did not answer within #{@timeout}s" unless io.wait_readable(@timeout)
         when :wait_writable
-          raise Error, "NATS did not answer within #{@timeout}s" unless io.wait_writable(@timeout)
+          raise Error, "#{@what} did not answer within #{@timeout}s" unless io.wait_writable(@timeout)
         else @buffer << chunk
         end
       end
@@ -365,29 +367,32 @@ module AnyCableRs
   module RedisPublisher
     module_function
 
+    # PUBLISH over one short connection: redis:// or rediss:// (TLS, the certificate
+    # checked against the system's roots and the host name, as the Rust client does),
+    # AUTH with the URL's user and password (percent-decoded); replies read bounded.
     def publish(url, channel, payload, timeout: 5)
       uri = URI(url)
-      raise Error, "Redis over TLS needs a server process's client: #{url}" if uri.scheme == "rediss"
-
-      socket = Socket.tcp(uri.host, uri.port || 6379, connect_timeout: timeout)
+      raw = Socket.tcp(uri.host, uri.port || 6379, connect_timeout: timeout)
+      io = uri.scheme == "rediss" ? NatsPublisher.tls(raw, uri.host, timeout, "Redis") : raw
+      socket = NatsPublisher::Reader.new(io, timeout, "Redis")
       if uri.password
-        args = uri.user.to_s.empty? ? ["AUTH", uri.password] : ["AUTH", uri.user, uri.password]
-        call(socket, args.map { |a| URI.decode_www_form_component(a) }, timeout)
+        password = URI::DEFAULT_PARSER.unescape(uri.password)
+        user = URI::DEFAULT_PARSER.unescape(uri.user.to_s)
+        call(socket, user.empty? ? ["AUTH", password] : ["AUTH", user, password])
       end
-      reply = call(socket, ["PUBLISH", channel, payload], timeout)
+      reply = call(socket, ["PUBLISH", channel, payload])
       raise Error, "Redis refused the broadcast: #{reply}" unless reply.start_with?(":")
 
       true
     ensure
       socket&.close
+      raw&.close
     end
 
-    def call(socket, args, timeout)
+    def call(socket, args)
       socket.write("*#{args.size}\r\n" + args.map { |a| "$#{a.bytesize}\r\n#{a}\r\n" }.join)
-      raise Error, "Redis did not answer within #{timeout}s" unless socket.wait_readable(timeout)
-
-      line = socket.gets || raise(Error, "Redis closed the connection")
-      raise Error, "Redis: #{line.strip}" if line.start_with?("-")
+      line = socket.line
+      raise Error, "Redis: #{BoundedLog.clip(line.strip)}" if line.start_with?("-")
 
       line.strip
     end

@@ -81,44 +81,14 @@ class AuthNatsServer < NatsServer
   end
 end
 
-# nats-server that requires TLS (`url` is tls://localhost:<port>) with a certificate for
-# localhost signed by a CA this test makes (`ca_file`: what SSL_CERT_FILE points at to
-# trust it); `other_ca_file`, a CA that did not sign it.
-class TlsNatsServer < NatsServer
-  def url
-    "tls://localhost:#{port}"
-  end
+# A CA this test makes, a certificate for localhost (and 127.0.0.1) it signs, and
+# another CA that signed nothing, as PEM files in a temporary directory.
+class TestCertificates
+  attr_reader :dir
 
-  def command
-    super + ["--tls", "--tlscert", file("server.pem"), "--tlskey", file("server.key")]
-  end
-
-  def ca_file
-    file("ca.pem")
-  end
-
-  def other_ca_file
-    file("other-ca.pem")
-  end
-
-  def start
-    make_certificates
-    super
-  end
-
-  def cleanup
-    FileUtils.rm_rf(@dir) if @dir
-  end
-
-  private
-
-  def file(name)
-    @dir ||= Dir.mktmpdir("anycable-rs-nats-tls")
-    File.join(@dir, name)
-  end
-
-  def make_certificates
+  def initialize
     require "openssl"
+    @dir = Dir.mktmpdir("anycable-rs-tls")
     ca_key, ca = authority("anycable-rs test CA")
     _, other = authority("another CA")
     key = OpenSSL::PKey::RSA.new(2048)
@@ -126,11 +96,22 @@ class TlsNatsServer < NatsServer
       [ext.create_extension("subjectAltName", "DNS:localhost,IP:127.0.0.1"),
         ext.create_extension("extendedKeyUsage", "serverAuth")]
     end
-    File.write(file("ca.pem"), ca.to_pem)
-    File.write(file("other-ca.pem"), other.to_pem)
-    File.write(file("server.pem"), cert.to_pem)
-    File.write(file("server.key"), key.to_pem)
+    File.write(ca_file, ca.to_pem)
+    File.write(other_ca_file, other.to_pem)
+    File.write(cert_file, cert.to_pem)
+    File.write(key_file, key.to_pem)
   end
+
+  def ca_file = File.join(@dir, "ca.pem")
+  def other_ca_file = File.join(@dir, "other-ca.pem")
+  def cert_file = File.join(@dir, "server.pem")
+  def key_file = File.join(@dir, "server.key")
+
+  def cleanup
+    FileUtils.rm_rf(@dir)
+  end
+
+  private
 
   def authority(name)
     key = OpenSSL::PKey::RSA.new(2048)
@@ -159,6 +140,29 @@ class TlsNatsServer < NatsServer
   end
 end
 
+# nats-server that requires TLS (`url` is tls://localhost:<port>) with TestCertificates
+# (`certs.ca_file`: what SSL_CERT_FILE points at to trust it).
+class TlsNatsServer < NatsServer
+  def certs
+    @certs ||= TestCertificates.new
+  end
+
+  def url
+    "tls://localhost:#{port}"
+  end
+
+  def command
+    super + ["--tls", "--tlscert", certs.cert_file, "--tlskey", certs.key_file]
+  end
+
+  def ca_file = certs.ca_file
+  def other_ca_file = certs.other_ca_file
+
+  def cleanup
+    @certs&.cleanup
+  end
+end
+
 # nats-server with JetStream (ANYCABLE_BROKER=nats); its store survives a restart.
 class JetStreamServer < NatsServer
   def store_dir
@@ -171,6 +175,32 @@ class JetStreamServer < NatsServer
 
   def cleanup
     FileUtils.rm_rf(@store_dir) if @store_dir
+  end
+end
+
+# redis-server (Debian's is built with TLS) that speaks only TLS, with TestCertificates,
+# and an ACL user: `url` is rediss://anycable:<password>@localhost:<port>.
+class TlsRedisServer < BrokerServer
+  USER = "anycable"
+  PASSWORD = "s3cret p@ss"
+
+  def certs
+    @certs ||= TestCertificates.new
+  end
+
+  def url(password: PASSWORD)
+    "rediss://#{USER}:#{ERB::Util.url_encode(password)}@localhost:#{port}"
+  end
+
+  def command
+    ["redis-server", "--bind", "127.0.0.1", "--port", "0", "--tls-port", port.to_s,
+      "--tls-cert-file", certs.cert_file, "--tls-key-file", certs.key_file, "--tls-ca-cert-file", certs.ca_file,
+      "--tls-auth-clients", "no", "--user", "default", "off", "--user", USER, "on", ">#{PASSWORD}", "~*", "&*", "+@all",
+      "--save", "", "--appendonly", "no", "--dir", Dir.tmpdir]
+  end
+
+  def cleanup
+    @certs&.cleanup
   end
 end
 
