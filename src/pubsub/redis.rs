@@ -204,10 +204,8 @@ fn tls_config() -> Result<Arc<rustls::ClientConfig>, String> {
             let certs = rustls_native_certs::load_native_certs()
                 .map_err(|e| format!("the system's certificate roots: {e}"))?;
             roots.add_parsable_certificates(certs);
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
-            let config = rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .map_err(|e| e.to_string())?
+            // The process's provider: ring, the only one built (as for async-nats).
+            let config = rustls::ClientConfig::builder()
                 .with_root_certificates(roots)
                 .with_no_client_auth();
             Ok(Arc::new(config))
