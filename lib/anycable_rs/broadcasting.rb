@@ -53,7 +53,8 @@ module AnyCableRs
 
         payload = digest_excludes(payload)
         stored, rest = config.broker == "nats" ? JetStream.split(payload) : [[], payload]
-        NatsPublisher.publish(config.nats_servers, config.nats_channel, rest, stored: stored)
+        NatsPublisher.publish(config.nats_servers, config.nats_channel, rest, stored: stored,
+          nkey_seed: config.nats_nkey_seed)
       when "redis"
         return AnyCableRs.runtime.native.publish_payload(payload) if serving?
 
@@ -177,20 +178,20 @@ module AnyCableRs
     # (or a server that requires TLS) upgrades after its INFO, as NATS clients do, and
     # checks the certificate against the system's roots (SSL_CERT_FILE, as the Rust
     # client) and the host name.
-    def publish(servers, subject, payload, stored: [], timeout: 5)
+    def publish(servers, subject, payload, stored: [], timeout: 5, nkey_seed: nil)
       uri = URI(servers.split(",").first.to_s.strip)
       raw = Socket.tcp(uri.host, uri.port || 4222, connect_timeout: timeout)
       socket = Reader.new(raw, timeout)
       info = JSON.parse(socket.line[/\AINFO (.*)/, 1] || "{}")
       # Holding credentials, a server that asks for no login is not the one they are
       # for (someone squatting the port): neither the password nor the broadcast go.
-      if uri.user && !info["auth_required"]
+      if (uri.user || nkey_seed) && !info["auth_required"]
         raise Error, "NATS at #{uri.host}:#{uri.port} asks for no login, though credentials are set: not used"
       end
       socket = Reader.new(tls(raw, uri.host, timeout), timeout) if uri.scheme == "tls" || info["tls_required"]
       options = {verbose: false, pedantic: false, lang: "ruby", version: AnyCableRs::VERSION, protocol: 1,
                  headers: true, no_responders: true, tls_required: socket.tls?}
-      options.merge!(credentials(uri))
+      options.merge!(nkey_seed ? nkey_login(nkey_seed, info["nonce"]) : credentials(uri))
       out = +"CONNECT #{JSON.generate(options)}\r\n"
       inbox = "_INBOX.#{SecureRandom.hex(12)}"
       out << "SUB #{inbox}.* 1\r\n" unless stored.empty?
@@ -214,6 +215,15 @@ module AnyCableRs
 
       user = URI::DEFAULT_PARSER.unescape(uri.user)
       uri.password ? {user: user, pass: URI::DEFAULT_PARSER.unescape(uri.password)} : {auth_token: user}
+    end
+
+    # CONNECT's nkey login: the public key, and the server's nonce signed with the seed
+    # (the seed itself never leaves the process).
+    def nkey_login(seed, nonce)
+      raise Error, "NATS sent no nonce to sign (does it take nkey logins?)" if nonce.to_s.empty?
+
+      public_key = Native.nkey_public(seed)
+      {nkey: public_key, sig: Native.nkey_sign(seed, nonce.to_s)}
     end
 
     def tls(raw, host, timeout, what = "NATS")

@@ -123,6 +123,9 @@ module AnyCableRs
       broadcast_adapter: "local",
       nats_servers: "nats://localhost:4222",
       nats_channel: "__anycable__",
+      # An nkey user seed (SU…) to log in to NATS with instead of URL credentials: the
+      # server never learns a secret from us (it gets a signature of its nonce).
+      nats_nkey_seed: nil,
       # ANYCABLE_REDIS_URL, else config/cable.yml's url (redis adapter), else REDIS_URL.
       redis_url: "redis://localhost:6379",
       # Unset: "<channel_prefix>:__anycable__" when config/cable.yml sets a prefix.
@@ -146,7 +149,7 @@ module AnyCableRs
     # Keys and secrets: one given but empty (`secret: ""`, a quoted ERB variable that is
     # unset) is unset, and boot says so. Taken as a key it would be public: the HMAC of
     # "" is anyone's to compute, and an empty broadcast key matches a missing header.
-    SECRET_KEYS = %i[secret broadcast_key jwt_secret streams_secret turbo_streams_secret metrics_token].freeze
+    SECRET_KEYS = %i[secret broadcast_key jwt_secret streams_secret turbo_streams_secret metrics_token nats_nkey_seed].freeze
 
     # AnyCable-Go's names for the same settings (env `ANYCABLE_<ALIAS>`, or the alias as a
     # key in config/anycable.yml). Ours win when both are set.
@@ -342,6 +345,7 @@ module AnyCableRs
         queue_size: queue_size, worker_threads: worker_threads, log_level: log_level,
         broadcast_path: broadcast_path, broadcast_key: effective_broadcast_key,
         broadcast_adapter: broadcast_adapter, nats_servers: nats_servers, nats_channel: nats_channel,
+        nats_nkey_seed: nats_nkey_seed,
         redis_url: redis_url, redis_channel: redis_channel,
         metrics_path: metrics_http, metrics_tags: metrics_tags, metrics_token: metrics_token, max_conn: max_conn,
         max_conn_age: max_conn_age.to_f, rpc_pool_size: rpc_pool_size,

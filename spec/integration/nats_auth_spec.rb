@@ -164,3 +164,47 @@ RSpec.describe "A NATS that asks for no login, with credentials set (real nats-s
     sniffer&.close
   end
 end
+
+# An nkey user (issue #24: "External NATS: credentials (user/password, token, nkey…)"):
+# ANYCABLE_NATS_NKEY_SEED logs the server processes and a plain Ruby publisher in with a
+# signature of the server's nonce; the seed is in no log line and never sent.
+RSpec.describe "An nkey login to NATS (real nats-server with an nkey user, real Puma)", type: :cable do
+  before(:all) do
+    require "anycable_rs"
+    @nats = NkeyNatsServer.new.start
+    @env = {"ANYCABLE_BROADCAST_ADAPTER" => "nats", "ANYCABLE_NATS_SERVERS" => @nats.url,
+            "ANYCABLE_NATS_NKEY_SEED" => @nats.seed}
+    @puma = PumaServer.new(env: @env).start
+  end
+
+  after(:all) do
+    @puma&.stop && @puma&.cleanup
+    @nats&.stop
+    @nats&.cleanup
+  end
+
+  attr_reader :puma
+
+  def outside(env, script)
+    Open3.capture2e(env, "ruby", "-I", File.expand_path("../../lib", __dir__), "-e", "require 'anycable_rs'; #{script}")
+  end
+
+  it "delivers from the server process and a Ruby publisher; another seed is refused; the seed is in no log" do
+    c = connected
+    id = subscribed(c, channel: "EchoChannel")
+    wait_for(timeout: 15) { puma.log.include?("NATS connected") }
+    expect(puma.http(:post, "/broadcast", stream: "all", payload: '{"n":1}').code).to eq("201")
+    expect(message_for(c, id)).to eq("n" => 1)
+    out, status = outside(@env, 'AnyCableRs.broadcast("all", {"n" => 2})')
+    expect(status).to be_success, out
+    expect(message_for(c, id)).to eq("n" => 2)
+    other_seed, = AnyCableRs::Native.nkey_user(SecureRandom.hex(32))
+    out, status = outside(@env.merge("ANYCABLE_NATS_NKEY_SEED" => other_seed), 'AnyCableRs.broadcast("all", {"n" => 3})')
+    expect(status).not_to be_success
+    expect(out).to match(/Authorization Violation/i)
+    expect(c.silent_for?(0.3)).to be(true)
+    logs = [puma.log, puma.rails_log, out].join("\n")
+    expect(logs).not_to include(@nats.seed)
+    expect(logs).not_to include(other_seed)
+  end
+end

@@ -163,6 +163,28 @@ class TlsNatsServer < NatsServer
   end
 end
 
+# nats-server whose one user logs in with an nkey (`seed`, made at random by the
+# extension as a user would with `nk -gen user`); `url` carries no credentials.
+class NkeyNatsServer < NatsServer
+  attr_reader :seed, :public_key
+
+  def initialize
+    super
+    require "securerandom"
+    @seed, @public_key = AnyCableRs::Native.nkey_user(SecureRandom.hex(32))
+    @conf = File.join(Dir.tmpdir, "anycable-rs-nkey-nats-#{port}.conf")
+    File.write(@conf, "authorization { users = [ { nkey: \"#{@public_key}\" } ] }\n")
+  end
+
+  def command
+    super + ["-c", @conf]
+  end
+
+  def cleanup
+    FileUtils.rm_f(@conf)
+  end
+end
+
 # nats-server with JetStream (ANYCABLE_BROKER=nats); its store survives a restart.
 class JetStreamServer < NatsServer
   def store_dir

@@ -37,6 +37,8 @@ pub enum PubSubConfig {
     Nats {
         servers: String,
         subject: String,
+        /// `ANYCABLE_NATS_NKEY_SEED`: log in as this nkey user.
+        nkey_seed: Option<String>,
     },
     Redis {
         url: String,
@@ -73,9 +75,16 @@ pub fn start(
 ) -> Result<std::sync::Arc<dyn PubSub>, String> {
     use std::sync::Arc;
     Ok(match config {
-        PubSubConfig::Nats { servers, subject } => {
-            Arc::new(NatsPubSub::start(servers, subject.clone(), deliver)?)
-        }
+        PubSubConfig::Nats {
+            servers,
+            subject,
+            nkey_seed,
+        } => Arc::new(NatsPubSub::start(
+            servers,
+            nkey_seed.as_deref(),
+            subject.clone(),
+            deliver,
+        )?),
         PubSubConfig::Redis { url, channel } => {
             Arc::new(RedisPubSub::start(url, channel.clone(), deliver)?)
         }

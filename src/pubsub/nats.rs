@@ -28,10 +28,11 @@ impl NatsPubSub {
     /// not stop the WebSocket server) and subscribing. Call inside the runtime.
     pub fn start(
         servers: &str,
+        nkey_seed: Option<&str>,
         subject: String,
         deliver: impl Fn(&str) + Send + Sync + 'static,
     ) -> Result<Self, String> {
-        let servers = NatsServers::parse(servers)?;
+        let servers = NatsServers::parse_with(servers, nkey_seed)?;
         let connected = Arc::new(AtomicBool::new(false));
         let queue = Arc::new(PublishQueue::<String>::new("NATS"));
         let core = queue.clone();
@@ -71,6 +72,9 @@ pub(crate) struct NatsServers {
     pub(crate) addrs: Vec<async_nats::ServerAddr>,
     pub(crate) label: String,
     auth: Option<(String, Option<String>)>,
+    /// `ANYCABLE_NATS_NKEY_SEED`: log in with this nkey user (it wins over URL
+    /// credentials).
+    nkey_seed: Option<String>,
 }
 
 impl NatsServers {
@@ -104,8 +108,44 @@ impl NatsServers {
             addrs,
             label: labels.join(","),
             auth,
+            nkey_seed: None,
         })
     }
+
+    /// [`NatsServers::parse`], logging in with an nkey user seed when one is given.
+    pub(crate) fn parse_with(servers: &str, nkey_seed: Option<&str>) -> Result<Self, String> {
+        let mut parsed = Self::parse(servers)?;
+        if let Some(seed) = nkey_seed.filter(|s| !s.is_empty()) {
+            nkeys::KeyPair::from_seed(seed)
+                .map_err(|_| "ANYCABLE_NATS_NKEY_SEED is not an nkey seed (SU…)".to_string())?;
+            parsed.nkey_seed = Some(seed.to_owned());
+        }
+        Ok(parsed)
+    }
+}
+
+/// An nkey user from 32 bytes (the embedded NATS derives them from the app's secret;
+/// tests make them at random): (seed `SU…`, public key `U…`).
+pub fn nkey_user(bytes: [u8; 32]) -> Result<(String, String), String> {
+    let pair =
+        nkeys::KeyPair::new_from_raw(nkeys::KeyPairType::User, bytes).map_err(|e| e.to_string())?;
+    Ok((pair.seed().map_err(|e| e.to_string())?, pair.public_key()))
+}
+
+/// The public key (`U…`) of an nkey user `seed`.
+pub fn nkey_public(seed: &str) -> Result<String, String> {
+    nkeys::KeyPair::from_seed(seed)
+        .map(|pair| pair.public_key())
+        .map_err(|_| "not an nkey seed".to_string())
+}
+
+/// A server's `nonce` signed with an nkey user `seed`, as CONNECT's `sig` carries it
+/// (unpadded base64url): what the Ruby publisher sends.
+pub fn nkey_sign(seed: &str, nonce: &str) -> Result<String, String> {
+    use base64::Engine;
+    let pair = nkeys::KeyPair::from_seed(seed).map_err(|_| "not an nkey seed".to_string())?;
+    let signature = pair.sign(nonce.as_bytes()).map_err(|e| e.to_string())?;
+    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(signature))
 }
 
 /// A URL with its credentials, if any, replaced by `***` (for log lines).
@@ -132,12 +172,18 @@ pub(crate) async fn connect(
     servers: NatsServers,
     connected: Arc<AtomicBool>,
 ) -> Option<NatsClient> {
-    let NatsServers { addrs, label, auth } = servers;
-    let needs_login = auth.is_some();
-    let options = match auth {
-        Some((user, Some(pass))) => ConnectOptions::with_user_and_password(user, pass),
-        Some((token, None)) => ConnectOptions::with_token(token),
-        None => ConnectOptions::new(),
+    let NatsServers {
+        addrs,
+        label,
+        auth,
+        nkey_seed,
+    } = servers;
+    let needs_login = auth.is_some() || nkey_seed.is_some();
+    let options = match (nkey_seed, auth) {
+        (Some(seed), _) => ConnectOptions::with_nkey(seed),
+        (None, Some((user, Some(pass)))) => ConnectOptions::with_user_and_password(user, pass),
+        (None, Some((token, None))) => ConnectOptions::with_token(token),
+        (None, None) => ConnectOptions::new(),
     };
     let options = options
         .retry_on_initial_connect()
@@ -275,6 +321,30 @@ pub(crate) async fn wait_for(link: &AtomicBool) {
 mod tests {
     use super::*;
 
+    #[test]
+    fn nkey_users_sign_nonces_the_public_key_verifies() {
+        let (seed, public) = nkey_user([7; 32]).unwrap();
+        assert!(
+            seed.starts_with("SU") && public.starts_with('U'),
+            "{seed} {public}"
+        );
+        assert_eq!(nkey_user([7; 32]).unwrap(), (seed.clone(), public.clone()));
+        assert_eq!(nkey_public(&seed).unwrap(), public);
+        let sig = nkey_sign(&seed, "nonce-1").unwrap();
+        use base64::Engine;
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(&sig)
+            .unwrap();
+        let verifier = nkeys::KeyPair::from_public_key(&public).unwrap();
+        assert!(verifier.verify(b"nonce-1", &raw).is_ok());
+        assert!(verifier.verify(b"nonce-2", &raw).is_err());
+        assert!(nkey_sign("SUnot-a-seed", "n").is_err());
+        let bad = NatsServers::parse_with("nats://h:4222", Some("SUnope"))
+            .err()
+            .unwrap();
+        assert!(!bad.contains("SUnope"), "{bad}");
+    }
+
     /// A fake NATS server on loopback: says `INFO` (asking for a login or not),
     /// answers `PING`, accepts any `CONNECT`, and hands over each `PUB` payload.
     async fn fake_nats(
@@ -323,7 +393,8 @@ mod tests {
         for auth_required in [false, true] {
             let (addr, mut published) = fake_nats(auth_required).await;
             let pubsub =
-                NatsPubSub::start(&format!("nats://u:pw@{addr}"), "s".into(), |_| {}).unwrap();
+                NatsPubSub::start(&format!("nats://u:pw@{addr}"), None, "s".into(), |_| {})
+                    .unwrap();
             pubsub.publish("hello".into());
             let got =
                 tokio::time::timeout(std::time::Duration::from_millis(1500), published.recv())

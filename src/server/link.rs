@@ -8,6 +8,7 @@ use std::sync::{Arc, Weak};
 use super::Inner;
 use crate::broker::jetstream::{JetStreamLink, SessionsSettings, StoredSink};
 use crate::controller::Controller;
+use crate::pubsub::nats::NatsServers;
 use crate::pubsub::{self, PubSub, PubSubConfig};
 
 /// A started link and what `/health` calls it.
@@ -35,7 +36,14 @@ impl<C: Controller> Inner<C> {
             }
         };
         let pubsub: Arc<dyn PubSub> = match (config, self.config.history.as_ref()) {
-            (PubSubConfig::Nats { servers, subject }, Some(history)) if self.broker.is_nats() => {
+            (
+                PubSubConfig::Nats {
+                    servers,
+                    subject,
+                    nkey_seed,
+                },
+                Some(history),
+            ) if self.broker.is_nats() => {
                 let weak: Weak<Self> = Arc::downgrade(self);
                 let stored: StoredSink = Arc::new(move |stream, data, exclude, epoch, offset| {
                     if let Some(inner) = weak.upgrade() {
@@ -57,7 +65,7 @@ impl<C: Controller> Inner<C> {
                     }
                 };
                 Arc::new(JetStreamLink::start(
-                    servers,
+                    NatsServers::parse_with(servers, nkey_seed.as_deref())?,
                     subject.clone(),
                     history.clone(),
                     sessions,

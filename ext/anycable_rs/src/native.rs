@@ -293,6 +293,29 @@ impl Native {
             .map_err(|e| Error::new(ruby.exception_arg_error(), e.to_string()))
     }
 
+    /// `AnyCableRs::Native.nkey_user(hex)`: the nkey user (seed `SU…`, public key `U…`)
+    /// of 32 bytes given as hex.
+    pub fn nkey_user(ruby: &Ruby, hex: String) -> Result<(String, String), Error> {
+        let bytes: [u8; 32] = anycable_core::auth::streams::decode_hex(&hex)
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| Error::new(ruby.exception_arg_error(), "32 bytes as hex"))?;
+        anycable_core::pubsub::nats::nkey_user(bytes)
+            .map_err(|e| Error::new(ruby.exception_arg_error(), e))
+    }
+
+    /// `AnyCableRs::Native.nkey_public(seed)`: the public key (`U…`) of an nkey seed.
+    pub fn nkey_public(ruby: &Ruby, seed: String) -> Result<String, Error> {
+        anycable_core::pubsub::nats::nkey_public(&seed)
+            .map_err(|e| Error::new(ruby.exception_arg_error(), e))
+    }
+
+    /// `AnyCableRs::Native.nkey_sign(seed, nonce)`: a NATS server's nonce signed as
+    /// CONNECT's `sig` carries it (the Ruby publisher's nkey login).
+    pub fn nkey_sign(ruby: &Ruby, seed: String, nonce: String) -> Result<String, Error> {
+        anycable_core::pubsub::nats::nkey_sign(&seed, &nonce)
+            .map_err(|e| Error::new(ruby.exception_arg_error(), e))
+    }
+
     /// Applies an AnyCable broadcast payload here; ArgumentError says what is wrong.
     pub fn apply_broadcast(ruby: &Ruby, rb_self: &Self, payload: String) -> Result<usize, Error> {
         let server = &rb_self.server;
@@ -436,6 +459,9 @@ pub fn init(ruby: &Ruby, module: magnus::RModule) -> Result<(), Error> {
         "check_broadcast_size",
         function!(Native::check_broadcast_size, 2),
     )?;
+    class.define_singleton_method("nkey_user", function!(Native::nkey_user, 1))?;
+    class.define_singleton_method("nkey_sign", function!(Native::nkey_sign, 2))?;
+    class.define_singleton_method("nkey_public", function!(Native::nkey_public, 1))?;
     class.const_set("MAX_BROADCAST_BODY", MAX_BROADCAST_BODY)?;
     class.define_method("admit_broadcast", method!(Native::admit_broadcast, 3))?;
     class.define_method("take_broadcast", method!(Native::take_broadcast, 2))?;

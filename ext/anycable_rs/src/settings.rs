@@ -185,6 +185,8 @@ impl Settings {
         let adapter: String = o.get("broadcast_adapter")?;
         let (nats_servers, nats_channel): (String, String) =
             (o.get("nats_servers")?, o.get("nats_channel")?);
+        // Empty is unset (Ruby says so at boot).
+        let nats_nkey_seed = o.opt::<String>("nats_nkey_seed")?.filter(|s| !s.is_empty());
         let (redis_url, redis_channel): (String, String) =
             (o.get("redis_url")?, o.get("redis_channel")?);
         let siblings_dir: Option<String> = o.opt("siblings_dir")?;
@@ -192,6 +194,7 @@ impl Settings {
             "nats" => Some(PubSubConfig::Nats {
                 servers: nats_servers,
                 subject: nats_channel,
+                nkey_seed: nats_nkey_seed,
             }),
             "redis" => Some(PubSubConfig::Redis {
                 url: redis_url,

@@ -57,8 +57,8 @@ impl JetStreamLink {
     /// delivering. `core_deliver` gets what arrives on the core subject; `stored`
     /// every stored broadcast; `ready` the history reader once it works. Call inside
     /// the runtime.
-    pub fn start(
-        servers: &str,
+    pub(crate) fn start(
+        servers: crate::pubsub::nats::NatsServers,
         subject: String,
         config: HistoryConfig,
         sessions: Option<SessionsSettings>,
@@ -66,7 +66,6 @@ impl JetStreamLink {
         stored: StoredSink,
         ready: impl FnOnce(Arc<StoredHistory>, Option<Arc<StoredSessions>>) + Send + 'static,
     ) -> Result<Self, String> {
-        let servers = crate::pubsub::nats::NatsServers::parse(servers)?;
         let connected = Arc::new(AtomicBool::new(false));
         let stored_queue = Arc::new(PublishQueue::<Stored>::new("NATS JetStream"));
         let core = Arc::new(PublishQueue::<String>::new("NATS"));
