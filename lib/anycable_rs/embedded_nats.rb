@@ -119,6 +119,20 @@ module AnyCableRs
         raise Error, "anycable-rs: #{path} is empty: remove it"
       end
 
+      NKEY_INFO = "anycable-rs embedded NATS nkey"
+
+      # With a secret, the nkey user clients log in to the client port with: [seed,
+      # public key], from HMAC-SHA256(secret, NKEY_INFO). A client proves it holds the
+      # seed by signing the server's nonce, so whatever answers on the port (something
+      # squatting it before ours starts) learns no secret. Nil without a secret (then a
+      # random password: one machine, no cluster).
+      def nkey(secret)
+        secret = secret.to_s
+        return nil if secret.strip.empty?
+
+        Native.nkey_user(OpenSSL::HMAC.hexdigest("SHA256", secret, NKEY_INFO))
+      end
+
       # The nats-server program: ANYCABLE_NATS_SERVER_BIN (a path, or a name looked up
       # on PATH), else `nats-server` on PATH. Missing: an error naming the package.
       def binary(config, path: ENV["PATH"])
@@ -210,6 +224,7 @@ module AnyCableRs
       @client_url = self.class.client_url(config.enats_addr)
       @connect_host = URI(@client_url).hostname
       @password = self.class.password(config.secret, config.enats_addr)
+      @nkey_public = self.class.nkey(config.secret)&.last
       @args = arguments(config)
       @stopping = false
       @owner = false
@@ -263,10 +278,15 @@ module AnyCableRs
       [@bin, "-c", config_path, *@args]
     end
 
-    # nats-server's config file: the client login, and the cluster with its routes'
-    # logins. Written (mode 0600) before each start.
+    # nats-server's config file: the client login (the nkey user with a secret, else
+    # the password), and the cluster with its routes' logins (the password: routes take
+    # no nkeys). Written (mode 0600) before each start.
     def config_text
-      lines = ["authorization {", "  user: #{USER.inspect}", "  password: #{@password.inspect}", "}"]
+      lines = if @nkey_public
+        ["authorization {", "  users = [ { nkey: #{@nkey_public.inspect} } ]", "}"]
+      else
+        ["authorization {", "  user: #{USER.inspect}", "  password: #{@password.inspect}", "}"]
+      end
       return lines.join("\n") + "\n" unless @cluster
 
       listen = self.class.parse_url(@cluster, "enats_cluster")

@@ -13,10 +13,15 @@ module EnatsHelpers
   # The app's secret, the same on every node: they derive the NATS password from it.
   SECRET = "enats-test-secret"
 
-  # What nats-server answers a CONNECT (+ PING) on `port`.
-  def nats_answer(port, connect)
+  # What nats-server answers a CONNECT (+ PING) on `port`; `nkey_seed`: an nkey login
+  # (the server's nonce signed).
+  def nats_answer(port, connect, nkey_seed = nil)
     TCPSocket.open("127.0.0.1", port) do |s|
-      s.gets # INFO
+      info = JSON.parse(s.gets.to_s[/\AINFO (.*)/, 1] || "{}")
+      if nkey_seed
+        connect = connect.merge(nkey: AnyCableRs::Native.nkey_public(nkey_seed),
+          sig: AnyCableRs::Native.nkey_sign(nkey_seed, info.fetch("nonce")))
+      end
       s.write("CONNECT #{JSON.generate({verbose: false}.merge(connect))}\r\nPING\r\n")
       s.gets.to_s.strip
     end
@@ -219,19 +224,26 @@ RSpec.describe "Embedded NATS across nodes on loopback" do
     everyone.each { |c, id| expect(message_for(c, id)).to eq("from" => "script") }
   end
 
-  it "asks every client for the password on its client port, which no command line shows" do
+  # Clients log in with the secret's nkey (a signature of the server's nonce: whatever
+  # answers on the port learns no secret); the routes with the secret's password,
+  # which no client sends and no command line shows.
+  it "asks every client for the secret's nkey on its client port; no password there, none on a command line" do
     a = @nodes[:a]
     expect(nats_answer(a.client_port, {})).to match(/-ERR 'Authorization Violation'/)
-    expect(nats_answer(a.client_port, user: "anycable", pass: "guess")).to match(/-ERR 'Authorization Violation'/)
     password = AnyCableRs::EmbeddedNats.password(EnatsHelpers::SECRET, "nats://127.0.0.1:#{a.client_port}")
-    expect(nats_answer(a.client_port, user: "anycable", pass: password)).to eq("PONG")
+    expect(nats_answer(a.client_port, user: "anycable", pass: password)).to match(/-ERR 'Authorization Violation'/)
+    other_seed, = AnyCableRs::Native.nkey_user("ab" * 32)
+    expect(nats_answer(a.client_port, {}, other_seed)).to match(/-ERR 'Authorization Violation'/)
+    seed, public_key = AnyCableRs::EmbeddedNats.nkey(EnatsHelpers::SECRET)
+    expect(nats_answer(a.client_port, {}, seed)).to eq("PONG")
     child = nats_children(a.puma.pid).first
     cmdline = File.read("/proc/#{child}/cmdline").split("\0")
     expect(cmdline.join(" ")).not_to include(password)
     conf = cmdline[cmdline.index("-c") + 1]
     expect(File.stat(conf).mode & 0o777).to eq(0o600)
-    expect(File.read(conf)).to include(password)
-    [a.puma.log, a.puma.rails_log].each { |log| expect(log).not_to include(password) }
+    expect(File.read(conf)).to include(public_key, password)
+    expect(File.read(conf)).not_to include(seed)
+    [a.puma.log, a.puma.rails_log].each { |log| expect(log).not_to include(password, seed) }
   end
 
   it "a node killed with SIGKILL takes its nats-server along; the others keep delivering; restarted, it rejoins" do
@@ -433,6 +445,9 @@ RSpec.describe AnyCableRs::Config, "with embed_nats" do
       "ANYCABLE_NATS_SERVERS" => "nats://elsewhere:4222"})
     expect([c.broadcast_adapter, c.nats_servers]).to eq(["redis", "nats://elsewhere:4222"])
     expect(config_from({"ANYCABLE_EMBED_NATS" => "false"}).broadcast_adapter).to eq("local")
+    # With the secret: the nkey it derives, no password in the URL.
+    c = config_from({"ANYCABLE_EMBED_NATS" => "true", "ANYCABLE_SECRET" => "s"})
+    expect([c.nats_servers, c.nats_nkey_seed]).to eq(["nats://127.0.0.1:4222", AnyCableRs::EmbeddedNats.nkey("s").first])
   end
 
   it "on Fly.io, clusters with the app's machines in the region" do
@@ -471,7 +486,11 @@ RSpec.describe AnyCableRs::Config, "with embed_nats" do
     text = enats.config_text
     expect(text).to include(%(listen: "0.0.0.0:5222"), %(name: "anycable-cluster"), "no_advertise: true")
     expect(text).to include(%(routes: ["nats-route://anycable:#{password}@a:5222", "nats-route://anycable:#{password}@b:5222"]))
-    expect(text.scan(%(password: "#{password}")).size).to eq(2) # clients and routes
+    expect(text.scan(%(password: "#{password}")).size).to eq(1) # routes; clients log in with the nkey
+    seed, public_key = AnyCableRs::EmbeddedNats.nkey("s")
+    expect(text).to include(%(users = [ { nkey: "#{public_key}" } ]))
+    expect(text).not_to include(seed)
+    expect(AnyCableRs::Native.nkey_public(seed)).to eq(public_key)
     expect(config.nats_servers).to eq("nats://localhost:4222") # Config.load sets it (with the password)
     config = described_class.new(embed_nats: true, enats_cluster_routes: "nats://a:5222")
     expect { AnyCableRs::EmbeddedNats.new(config, logger: Logger.new(nil)) }
