@@ -596,6 +596,9 @@ fn raw_frames_do_not_hurt_the_server() {
         let disconnects = controller.disconnects.load(Ordering::SeqCst);
         let sessions = server.session_count();
         let panics = SERVER_PANICS.load(Ordering::SeqCst);
+        // Where a case that hangs was (a 10 s hang seen once in a full run, 2026-12-06,
+        // not reproduced since: the next one says where).
+        let stage = std::cell::Cell::new("the hostile client");
         let case = async {
             // Upgrades the hostile client got.
             let upgraded = match &opening {
@@ -618,11 +621,15 @@ fn raw_frames_do_not_hurt_the_server() {
                 }
             };
             // A new client and the one connected all along are both served.
+            stage.set("a fresh client's echo");
             let mut fresh = client(addr).await?;
             echo(&mut fresh, connects).await?;
+            stage.set("the witness's echo");
             echo(&mut *witness.lock().await, connects).await?;
+            stage.set("the fresh client's close");
             let _ = fresh.close(None).await;
             while fresh.next().await.is_some() {}
+            stage.set("connects and disconnects to add up");
             // Every upgraded socket (the fresh one, and the hostile one if it got a 101)
             // reached `connect`, is gone, and got exactly one `disconnect`.
             let upgrades = upgraded + 1;
@@ -646,7 +653,16 @@ fn raw_frames_do_not_hurt_the_server() {
         match outcome {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(TestCaseError::fail(e)),
-            Err(_) => return Err(TestCaseError::fail("case took over 10 s")),
+            Err(_) => {
+                return Err(TestCaseError::fail(format!(
+                    "case took over 10 s, waiting for {} ({} sessions, {} connects, {} \
+                     disconnects since it began)",
+                    stage.get(),
+                    server.session_count(),
+                    controller.connects.load(Ordering::SeqCst) - connects,
+                    controller.disconnects.load(Ordering::SeqCst) - disconnects,
+                )))
+            }
         }
         prop_assert_eq!(
             SERVER_PANICS.load(Ordering::SeqCst),
