@@ -92,17 +92,13 @@ RSpec.describe "NATS over TLS (tls://, real nats-server --tls, real Puma)", type
 
   attr_reader :puma
 
-  def outside(env, script)
-    Open3.capture2e(env, "ruby", "-I", File.expand_path("../../lib", __dir__), "-e", "require 'anycable_rs'; #{script}")
-  end
-
   it "delivers through a tls:// NATS the machine trusts, from the server process and a process that serves no sockets" do
     c = connected
     id = subscribed(c, channel: "EchoChannel")
     wait_for(timeout: 15) { puma.log.include?("NATS connected") }
     expect(puma.http(:post, "/broadcast", stream: "all", payload: '{"n":1}').code).to eq("201")
     expect(message_for(c, id)).to eq("n" => 1)
-    out, status = outside(@env, 'AnyCableRs.broadcast("all", {"n" => 2})')
+    out, status = ruby_with_gem(@env, 'AnyCableRs.broadcast("all", {"n" => 2})')
     expect(status).to be_success, out
     expect(message_for(c, id)).to eq("n" => 2)
   end
@@ -114,7 +110,7 @@ RSpec.describe "NATS over TLS (tls://, real nats-server --tls, real Puma)", type
     subscribed(c, channel: "EchoChannel")
     sleep 2
     expect(other.log).not_to include("NATS connected")
-    out, status = outside(untrusting, 'AnyCableRs.broadcast("all", {"n" => 3})')
+    out, status = ruby_with_gem(untrusting, 'AnyCableRs.broadcast("all", {"n" => 3})')
     expect(status).not_to be_success
     expect(out).to match(/NATS TLS: .*certificate verify failed/)
     expect(c.silent_for?(0.5)).to be(true)
@@ -143,17 +139,12 @@ RSpec.describe "A NATS that asks for no login, with credentials set (real nats-s
   attr_reader :puma
 
   it "is not used: no broadcast reaches it, the log says why, and a Ruby publisher refuses" do
-    sniffer = TCPSocket.new("127.0.0.1", @squatter.port)
-    sniffer.gets
-    sniffer.write("CONNECT {\"verbose\":false}\r\nSUB > 1\r\nPING\r\n")
-    seen = +""
-    seen << sniffer.readpartial(4096) until seen.include?("PONG")
+    sniffer, seen = nats_sniffer(@squatter.port)
     c = connected
     subscribed(c, channel: "EchoChannel")
     expect(puma.http(:post, "/broadcast", stream: "all", payload: '{"n":1}').code).to eq("201")
     wait_for(timeout: 10) { puma.log.include?("asks for no login, though credentials are set") }
-    out, status = Open3.capture2e(@env, "ruby", "-I", File.expand_path("../../lib", __dir__), "-e",
-      'require "anycable_rs"; AnyCableRs.broadcast("all", {"n" => 2})')
+    out, status = ruby_with_gem(@env, 'AnyCableRs.broadcast("all", {"n" => 2})')
     expect(status).not_to be_success
     expect(out).to include("asks for no login, though credentials are set: not used")
     sleep 0.5
@@ -185,21 +176,17 @@ RSpec.describe "An nkey login to NATS (real nats-server with an nkey user, real 
 
   attr_reader :puma
 
-  def outside(env, script)
-    Open3.capture2e(env, "ruby", "-I", File.expand_path("../../lib", __dir__), "-e", "require 'anycable_rs'; #{script}")
-  end
-
   it "delivers from the server process and a Ruby publisher; another seed is refused; the seed is in no log" do
     c = connected
     id = subscribed(c, channel: "EchoChannel")
     wait_for(timeout: 15) { puma.log.include?("NATS connected") }
     expect(puma.http(:post, "/broadcast", stream: "all", payload: '{"n":1}').code).to eq("201")
     expect(message_for(c, id)).to eq("n" => 1)
-    out, status = outside(@env, 'AnyCableRs.broadcast("all", {"n" => 2})')
+    out, status = ruby_with_gem(@env, 'AnyCableRs.broadcast("all", {"n" => 2})')
     expect(status).to be_success, out
     expect(message_for(c, id)).to eq("n" => 2)
     other_seed, = AnyCableRs::Native.nkey_user(SecureRandom.hex(32))
-    out, status = outside(@env.merge("ANYCABLE_NATS_NKEY_SEED" => other_seed), 'AnyCableRs.broadcast("all", {"n" => 3})')
+    out, status = ruby_with_gem(@env.merge("ANYCABLE_NATS_NKEY_SEED" => other_seed), 'AnyCableRs.broadcast("all", {"n" => 3})')
     expect(status).not_to be_success
     expect(out).to match(/Authorization Violation/i)
     expect(c.silent_for?(0.3)).to be(true)

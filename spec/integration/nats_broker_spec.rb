@@ -380,11 +380,7 @@ RSpec.describe "The NATS broker (JetStream history shared by the nodes)", type: 
   # Someone on the private network who reads NATS: whispers and to_others broadcasts
   # name the sender by its sid's digest, never by the sid that would restore its session.
   it "puts no sid on a NATS subject: whispers and to_others carry its digest" do
-    sniffer = TCPSocket.new("127.0.0.1", @nats.port)
-    sniffer.gets
-    sniffer.write("CONNECT {\"verbose\":false}\r\nSUB > 1\r\nPING\r\n")
-    seen = +""
-    seen << sniffer.readpartial(4096) until seen.include?("PONG")
+    sniffer, seen = nats_sniffer(@nats.port)
     reader = Thread.new { loop { seen << sniffer.readpartial(65_536) } rescue nil } # rubocop:disable Style/RescueModifier
     room = {channel: "WhisperChannel", room: "sniffed"}
     a = client(name: "alice", port: @one.port, protocols: [ext_protocol])

@@ -3,11 +3,8 @@
 require "spec_helper"
 require "anycable_rs"
 
-# AnyCable's presence (memory broker) on an app's channel, from Ruby (join_presence,
-# leave_presence) and from clients (join, leave, presence), on real Puma.
-RSpec.describe "Presence (real Puma, memory broker)", type: :cable do
-  with_puma(env: {"ANYCABLE_BROKER" => "memory", "ANYCABLE_PRESENCE_TTL" => "1"})
-
+# An extended-protocol client, and the next presence message it gets.
+module PresenceHelpers
   def ext_client(name)
     c = client(name: name, protocols: ["actioncable-v1-ext-json"])
     c.welcome!
@@ -19,6 +16,13 @@ RSpec.describe "Presence (real Puma, memory broker)", type: :cable do
     expect(msg["type"]).to eq("presence"), msg.inspect
     msg["message"]
   end
+end
+
+# AnyCable's presence (memory broker) on an app's channel, from Ruby (join_presence,
+# leave_presence) and from clients (join, leave, presence), on real Puma.
+RSpec.describe "Presence (real Puma, memory broker)", type: :cable do
+  with_puma(env: {"ANYCABLE_BROKER" => "memory", "ANYCABLE_PRESENCE_TTL" => "1"})
+  include PresenceHelpers
 
   it "joins from Ruby and from clients, tells every subscriber once, answers who is there, and expires" do
     alice = ext_client("alice")
@@ -73,18 +77,7 @@ end
 # join their users themselves, and big infos made every `presence` reply too large.
 RSpec.describe "Presence, tried as an attacker would (real Puma, memory broker)", type: :cable do
   with_puma(env: {"ANYCABLE_BROKER" => "memory", "ANYCABLE_PRESENCE_TTL" => "1"})
-
-  def ext_client(name)
-    c = client(name: name, protocols: ["actioncable-v1-ext-json"])
-    c.welcome!
-    c
-  end
-
-  def presence_of(c)
-    msg = c.receive
-    expect(msg["type"]).to eq("presence"), msg.inspect
-    msg["message"]
-  end
+  include PresenceHelpers
 
   let(:error) { {"type" => "error", "total" => 0} }
 

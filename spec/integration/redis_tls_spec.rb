@@ -25,17 +25,13 @@ RSpec.describe "Redis over TLS with an ACL user (rediss://, real redis-server --
 
   attr_reader :puma
 
-  def outside(env, script)
-    Open3.capture2e(env, "ruby", "-I", File.expand_path("../../lib", __dir__), "-e", "require 'anycable_rs'; #{script}")
-  end
-
   it "delivers from the server process and from a process that serves no sockets; no password in a log line" do
     c = connected
     id = subscribed(c, channel: "EchoChannel")
     wait_for(timeout: 15) { puma.log.include?("Redis connected") }
     expect(puma.http(:post, "/broadcast", stream: "all", payload: '{"n":1}').code).to eq("201")
     expect(message_for(c, id)).to eq("n" => 1)
-    out, status = outside(@env, 'AnyCableRs.broadcast("all", {"n" => 2})')
+    out, status = ruby_with_gem(@env, 'AnyCableRs.broadcast("all", {"n" => 2})')
     expect(status).to be_success, out
     expect(message_for(c, id)).to eq("n" => 2)
     logs = [puma.log, puma.rails_log].join("\n")
@@ -52,11 +48,11 @@ RSpec.describe "Redis over TLS with an ACL user (rediss://, real redis-server --
     wait_for(timeout: 10) { other.log.include?("Redis connect failed") }
     expect(other.log).to match(/Redis connect failed \(TLS: .*(certificate|Unknown|issuer)/i)
     expect(other.log).not_to include("Redis connected")
-    out, status = outside(untrusting, 'AnyCableRs.broadcast("all", {"n" => 3})')
+    out, status = ruby_with_gem(untrusting, 'AnyCableRs.broadcast("all", {"n" => 3})')
     expect(status).not_to be_success
     expect(out).to match(/Redis TLS: .*certificate verify failed/)
     wrong = @env.merge("ANYCABLE_REDIS_URL" => @redis.url(password: "guess"))
-    out, status = outside(wrong, 'AnyCableRs.broadcast("all", {"n" => 4})')
+    out, status = ruby_with_gem(wrong, 'AnyCableRs.broadcast("all", {"n" => 4})')
     expect(status).not_to be_success
     expect(out).to match(/Redis: -?WRONGPASS/)
     expect(out).not_to include("guess")

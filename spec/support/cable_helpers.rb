@@ -64,6 +64,23 @@ module CableHelpers
     JSON.parse(puma.http(:get, "/events").body)
   end
 
+  # A plain Ruby process with the gem loaded (a job runner, a console): [output, status].
+  def ruby_with_gem(env, script)
+    require "open3"
+    Open3.capture2e(env, "ruby", "-I", File.expand_path("../../lib", __dir__), "-e", "require 'anycable_rs'; #{script}")
+  end
+
+  # Someone on the network reading every NATS subject on `port`: a socket subscribed to
+  # `>`, and what it read so far. `nats_sniffed` reads what came since.
+  def nats_sniffer(port)
+    sniffer = TCPSocket.new("127.0.0.1", port)
+    sniffer.gets
+    sniffer.write("CONNECT {\"verbose\":false}\r\nSUB > 1\r\nPING\r\n")
+    seen = +""
+    seen << sniffer.readpartial(4096) until seen.include?("PONG")
+    [sniffer, seen]
+  end
+
   def wait_for(timeout: 5)
     deadline = Time.now + timeout
     loop do

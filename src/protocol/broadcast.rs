@@ -187,7 +187,17 @@ pub fn exclude_digest(sid: &str) -> String {
 /// pub/sub. A payload with none (the usual broadcast) is returned as it is, unparsed;
 /// one that does not parse too (it was checked where it entered).
 pub fn digest_excludes(payload: String) -> String {
-    if !payload.contains("exclude_socket") {
+    // Most payloads name no socket, and Ruby's publishers send digests already: only
+    // a raw sid is worth a parse.
+    let raw_sid = payload
+        .match_indices(r#""exclude_socket""#)
+        .any(|(at, key)| {
+            !payload[at + key.len()..]
+                .trim_start()
+                .strip_prefix(':')
+                .is_some_and(|value| value.trim_start().starts_with(r#""sha256:"#))
+        });
+    if !raw_sid {
         return payload;
     }
     let Ok(mut messages) = parse(&payload) else {
