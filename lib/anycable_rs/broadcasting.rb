@@ -54,7 +54,7 @@ module AnyCableRs
         payload = digest_excludes(payload)
         stored, rest = config.broker == "nats" ? JetStream.split(payload) : [[], payload]
         NatsPublisher.publish(config.nats_servers, config.nats_channel, rest, stored: stored,
-          nkey_seed: config.nats_nkey_seed)
+          nkey_seed: config.nats_nkey_seed, credentials: config.nats_credentials)
       when "redis"
         return AnyCableRs.runtime.native.publish_payload(payload) if serving?
 
@@ -178,8 +178,13 @@ module AnyCableRs
     # (or a server that requires TLS) upgrades after its INFO, as NATS clients do, and
     # checks the certificate against the system's roots (SSL_CERT_FILE, as the Rust
     # client) and the host name.
-    def publish(servers, subject, payload, stored: [], timeout: 5, nkey_seed: nil)
+    def publish(servers, subject, payload, stored: [], timeout: 5, nkey_seed: nil, credentials: nil)
       uri = URI(servers.split(",").first.to_s.strip)
+      nkey_seed = nil if nkey_seed.to_s.empty?
+      credentials = nil if credentials.to_s.empty?
+      raise Error, "both ANYCABLE_NATS_NKEY_SEED and ANYCABLE_NATS_CREDENTIALS are set: give one" if nkey_seed && credentials
+
+      jwt, nkey_seed = read_credentials(credentials) if credentials
       raw = Socket.tcp(uri.host, uri.port || 4222, connect_timeout: timeout)
       socket = Reader.new(raw, timeout)
       info = JSON.parse(socket.line[/\AINFO (.*)/, 1] || "{}")
@@ -191,7 +196,7 @@ module AnyCableRs
       socket = Reader.new(tls(raw, uri.host, timeout), timeout) if uri.scheme == "tls" || info["tls_required"]
       options = {verbose: false, pedantic: false, lang: "ruby", version: AnyCableRs::VERSION, protocol: 1,
                  headers: true, no_responders: true, tls_required: socket.tls?}
-      options.merge!(nkey_seed ? nkey_login(nkey_seed, info["nonce"]) : credentials(uri))
+      options.merge!(nkey_seed ? nkey_login(nkey_seed, info["nonce"], jwt) : url_login(uri))
       out = +"CONNECT #{JSON.generate(options)}\r\n"
       inbox = "_INBOX.#{SecureRandom.hex(12)}"
       out << "SUB #{inbox}.* 1\r\n" unless stored.empty?
@@ -210,20 +215,35 @@ module AnyCableRs
 
     # A URL's user and password (nats://user:password@host), or token (nats://token@host),
     # percent-decoded.
-    def credentials(uri)
+    def url_login(uri)
       return {} unless uri.user
 
       user = URI::DEFAULT_PARSER.unescape(uri.user)
       uri.password ? {user: user, pass: URI::DEFAULT_PARSER.unescape(uri.password)} : {auth_token: user}
     end
 
-    # CONNECT's nkey login: the public key, and the server's nonce signed with the seed
-    # (the seed itself never leaves the process).
-    def nkey_login(seed, nonce)
+    # CONNECT's nkey login: the public key (or, from a credentials file, the user JWT
+    # that names it), and the server's nonce signed with the seed (the seed itself
+    # never leaves the process).
+    def nkey_login(seed, nonce, jwt = nil)
       raise Error, "NATS sent no nonce to sign (does it take nkey logins?)" if nonce.to_s.empty?
 
-      public_key = Native.nkey_public(seed)
-      {nkey: public_key, sig: Native.nkey_sign(seed, nonce.to_s)}
+      signature = Native.nkey_sign(seed, nonce.to_s)
+      jwt ? {jwt: jwt, sig: signature} : {nkey: Native.nkey_public(seed), sig: signature}
+    end
+
+    # A NATS credentials file's user JWT and seed (the format `nsc` writes: each in a
+    # dashed BEGIN/END block). Neither is quoted in an error.
+    def read_credentials(path)
+      text = File.read(path)
+      blocks = text.scan(/-{3,}[^\n]*-{3,}\r?\n([\w\-.=]+)\r?\n-{3,}[^\n]*-{3,}/).flatten
+      jwt = blocks.find { |b| b.count(".") == 2 }
+      seed = blocks.find { |b| b.start_with?("SU") }
+      raise Error, "ANYCABLE_NATS_CREDENTIALS (#{path}) holds no user JWT and seed" unless jwt && seed
+
+      [jwt, seed]
+    rescue SystemCallError => e
+      raise Error, "ANYCABLE_NATS_CREDENTIALS (#{path}): #{e.message}"
     end
 
     def tls(raw, host, timeout, what = "NATS")

@@ -126,6 +126,9 @@ module AnyCableRs
       # An nkey user seed (SU…) to log in to NATS with instead of URL credentials: the
       # server never learns a secret from us (it gets a signature of its nonce).
       nats_nkey_seed: nil,
+      # The path of a NATS credentials file (a user JWT and its seed, as `nsc` writes
+      # them) for a NATS in operator (decentralized JWT) mode, such as Synadia Cloud.
+      nats_credentials: nil,
       # ANYCABLE_REDIS_URL, else config/cable.yml's url (redis adapter), else REDIS_URL.
       redis_url: "redis://localhost:6379",
       # Unset: "<channel_prefix>:__anycable__" when config/cable.yml sets a prefix.
@@ -349,7 +352,7 @@ module AnyCableRs
         queue_size: queue_size, worker_threads: worker_threads, log_level: log_level,
         broadcast_path: broadcast_path, broadcast_key: effective_broadcast_key,
         broadcast_adapter: broadcast_adapter, nats_servers: nats_servers, nats_channel: nats_channel,
-        nats_nkey_seed: nats_nkey_seed,
+        nats_nkey_seed: nats_nkey_seed, nats_credentials: nats_credentials,
         redis_url: redis_url, redis_channel: redis_channel,
         metrics_path: metrics_http, metrics_tags: metrics_tags, metrics_token: metrics_token, max_conn: max_conn,
         max_conn_age: max_conn_age.to_f, rpc_pool_size: rpc_pool_size,

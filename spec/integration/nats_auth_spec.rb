@@ -195,3 +195,48 @@ RSpec.describe "An nkey login to NATS (real nats-server with an nkey user, real 
     expect(logs).not_to include(other_seed)
   end
 end
+
+# A credentials file (issue #24: "External NATS: credentials (… nkey or creds file)"):
+# a NATS in operator mode (decentralized JWT auth: Synadia Cloud, `nsc` set-ups) takes
+# ANYCABLE_NATS_CREDENTIALS — the user JWT and a signature of its nonce — from the
+# server processes (core subject, and JetStream for the broker) and a plain Ruby
+# publisher; a user of an account it does not know is refused; the seed is in no log.
+[["the NATS pub/sub", {}], ["the NATS broker (JetStream)", {"ANYCABLE_BROKER" => "nats"}]].each do |what, extra|
+RSpec.describe "A NATS credentials file for #{what} (real nats-server in operator mode, real Puma)", type: :cable do # rubocop:disable Layout/IndentationConsistency
+  before(:all) do
+    require "anycable_rs"
+    @nats = OperatorNatsServer.new(jetstream: extra.key?("ANYCABLE_BROKER")).start
+    @creds, @seed = @nats.creds_file("rails")
+    @env = {"ANYCABLE_BROADCAST_ADAPTER" => "nats", "ANYCABLE_NATS_SERVERS" => @nats.url,
+            "ANYCABLE_NATS_CREDENTIALS" => @creds}.merge(extra)
+    @puma = PumaServer.new(env: @env).start
+  end
+
+  after(:all) do
+    @puma&.stop && @puma&.cleanup
+    @nats&.stop
+    @nats&.cleanup
+  end
+
+  attr_reader :puma
+
+  it "delivers from the server process and a Ruby publisher; a stranger's file is refused; no seed in a log" do
+    c = connected
+    id = subscribed(c, channel: "EchoChannel")
+    wait_for(timeout: 15) { puma.log.include?("NATS connected") }
+    expect(puma.http(:post, "/broadcast", stream: "all", payload: '{"n":1}').code).to eq("201")
+    expect(message_for(c, id)).to eq("n" => 1)
+    out, status = ruby_with_gem(@env, 'AnyCableRs.broadcast("all", {"n" => 2})')
+    expect(status).to be_success, out
+    expect(message_for(c, id)).to eq("n" => 2)
+    stranger, stranger_seed = @nats.creds_file("stranger", signed_by: :other_account)
+    out, status = ruby_with_gem(@env.merge("ANYCABLE_NATS_CREDENTIALS" => stranger), 'AnyCableRs.broadcast("all", {"n" => 3})')
+    expect(status).not_to be_success
+    expect(out).to match(/Authorization Violation/i)
+    expect(c.silent_for?(0.3)).to be(true)
+    logs = [puma.log, puma.rails_log, out].join("\n")
+    expect(logs).not_to include(@seed)
+    expect(logs).not_to include(stranger_seed)
+  end
+end
+end

@@ -185,6 +185,121 @@ class NkeyNatsServer < NatsServer
   end
 end
 
+# nats-server in operator mode (decentralized JWT auth, as Synadia Cloud and `nsc`
+# set-ups run it): an operator, an account it signs (preloaded, JetStream allowed; a
+# system account beside it, which JetStream needs) and
+# users that account signs, made here as `nsc` would (nkeys from the extension, JWTs
+# signed with them). `creds_file(name)` writes a user's credentials file; a user signed
+# by `other_account` is one the server does not know.
+class OperatorNatsServer < NatsServer
+  HEADER = {typ: "JWT", alg: "ed25519-nkey"}.freeze
+  UNLIMITED = {subs: -1, data: -1, payload: -1, imports: -1, exports: -1, wildcards: true, conn: -1,
+               leaf: -1, mem_storage: -1, disk_storage: -1, streams: -1, consumer: -1}.freeze
+
+  attr_reader :files
+
+  def initialize(jetstream: false)
+    super()
+    require "securerandom"
+    require "base64"
+    @jetstream = jetstream
+    @operator = self.class.pair(:operator)
+    @account = self.class.pair(:account)
+    @other_account = self.class.pair(:account)
+    system = self.class.pair(:account)
+    @files = []
+    operator_jwt = jwt(@operator, @operator, "test-operator", type: "operator", version: 2)
+    account_jwt = jwt(@operator, @account, "app",
+      type: "account", version: 2, limits: UNLIMITED, default_permissions: {pub: {}, sub: {}})
+    # JetStream needs a system account in operator mode.
+    system_jwt = jwt(@operator, system, "SYS", type: "account", version: 2,
+      limits: UNLIMITED.merge(mem_storage: 0, disk_storage: 0, streams: 0, consumer: 0))
+    @conf = write("conf", <<~CONF)
+      operator: "#{operator_jwt}"
+      system_account: #{system.last}
+      resolver: MEMORY
+      resolver_preload: { #{@account.last}: "#{account_jwt}", #{system.last}: "#{system_jwt}" }
+    CONF
+  end
+
+  # A user's credentials file (path), as `nsc generate creds` writes it; `signed_by:
+  # :other_account` makes one from an account this server does not know.
+  def creds_file(name, signed_by: :account)
+    user = self.class.pair(:user)
+    issuer = signed_by == :account ? @account : @other_account
+    claims = {pub: {}, sub: {}, subs: -1, data: -1, payload: -1, type: "user", version: 2}
+    path = write("#{name}.creds", <<~CREDS)
+      -----BEGIN NATS USER JWT-----
+      #{jwt(issuer, user, name, **claims)}
+      ------END NATS USER JWT------
+
+      ************************* IMPORTANT *************************
+      NKEY Seed printed below can be used to sign and prove identity.
+      NKEYs are sensitive and should be treated as secrets.
+
+      -----BEGIN USER NKEY SEED-----
+      #{user.first}
+      ------END USER NKEY SEED------
+    CREDS
+    [path, user.first]
+  end
+
+  def command
+    super + ["-c", @conf] + (@jetstream ? ["-js", "-sd", store_dir] : [])
+  end
+
+  def store_dir
+    @store_dir ||= Dir.mktmpdir("anycable-rs-operator-js")
+  end
+
+  def cleanup
+    FileUtils.rm_f(@files)
+    FileUtils.rm_rf(@store_dir) if @store_dir
+  end
+
+  # [seed, public key] of a new nkey of `kind`: a seed is base32 of the seed prefix
+  # and kind (two bytes), 32 random bytes and their CRC-16 (XMODEM, little-endian).
+  def self.pair(kind)
+    type = {operator: 14 << 3, account: 0, user: 20 << 3}.fetch(kind)
+    raw = [(18 << 3) | (type >> 5), (type & 31) << 3].pack("C2") + SecureRandom.bytes(32)
+    seed = base32(raw + [crc16(raw)].pack("v"))
+    [seed, AnyCableRs::Native.nkey_public(seed)]
+  end
+
+  def self.crc16(bytes)
+    bytes.each_byte.reduce(0) do |crc, byte|
+      crc ^= byte << 8
+      8.times { crc = (crc & 0x8000).zero? ? (crc << 1) & 0xFFFF : ((crc << 1) ^ 0x1021) & 0xFFFF }
+      crc
+    end
+  end
+
+  def self.base32(bytes)
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
+    bits = bytes.unpack1("B*")
+    bits += "0" * ((5 - bits.size % 5) % 5)
+    bits.scan(/.{5}/).map { |chunk| alphabet[chunk.to_i(2)] }.join
+  end
+
+  private
+
+  # A NATS JWT: `issuer` ([seed, public]) signs claims about `subject`.
+  def jwt(issuer, subject, name, **nats)
+    claims = {jti: SecureRandom.hex(16).upcase, iat: Time.now.to_i, iss: issuer.last, name: name,
+              sub: subject.last, nats: nats}
+    input = [HEADER, claims].map { |part| Base64.urlsafe_encode64(JSON.generate(part), padding: false) }.join(".")
+    "#{input}.#{AnyCableRs::Native.nkey_sign(issuer.first, input)}"
+  end
+
+  def write(name, text)
+    path = File.join(Dir.tmpdir, "anycable-rs-operator-nats-#{port}-#{name}")
+    File.write(path, text)
+    File.chmod(0o600, path)
+    @files << path
+    path
+  end
+end
+
 # nats-server with JetStream (ANYCABLE_BROKER=nats); its store survives a restart.
 class JetStreamServer < NatsServer
   def store_dir

@@ -13,7 +13,7 @@ mod queue;
 pub mod redis;
 pub mod siblings;
 
-pub use nats::NatsPubSub;
+pub use nats::{NatsLogin, NatsPubSub};
 pub use queue::{
     PublishQueue, Queued, BACKLOG_AGE, DROPPED_PUBLISHES, DROP_REPORT_EVERY, MAX_QUEUED_AGE,
     MAX_QUEUED_BYTES, REPLAY_BYTES_PER_TICK, REPLAY_TICK,
@@ -37,8 +37,8 @@ pub enum PubSubConfig {
     Nats {
         servers: String,
         subject: String,
-        /// `ANYCABLE_NATS_NKEY_SEED`: log in as this nkey user.
-        nkey_seed: Option<String>,
+        /// An nkey seed or a credentials file to log in with.
+        login: NatsLogin,
     },
     Redis {
         url: String,
@@ -78,13 +78,8 @@ pub fn start(
         PubSubConfig::Nats {
             servers,
             subject,
-            nkey_seed,
-        } => Arc::new(NatsPubSub::start(
-            servers,
-            nkey_seed.as_deref(),
-            subject.clone(),
-            deliver,
-        )?),
+            login,
+        } => Arc::new(NatsPubSub::start(servers, login, subject.clone(), deliver)?),
         PubSubConfig::Redis { url, channel } => {
             Arc::new(RedisPubSub::start(url, channel.clone(), deliver)?)
         }

@@ -28,11 +28,11 @@ impl NatsPubSub {
     /// not stop the WebSocket server) and subscribing. Call inside the runtime.
     pub fn start(
         servers: &str,
-        nkey_seed: Option<&str>,
+        login: &NatsLogin,
         subject: String,
         deliver: impl Fn(&str) + Send + Sync + 'static,
     ) -> Result<Self, String> {
-        let servers = NatsServers::parse_with(servers, nkey_seed)?;
+        let servers = NatsServers::parse_with(servers, login)?;
         let connected = Arc::new(AtomicBool::new(false));
         let queue = Arc::new(PublishQueue::<String>::new("NATS"));
         let core = queue.clone();
@@ -65,6 +65,17 @@ impl PubSub for NatsPubSub {
     }
 }
 
+/// How the server processes log in to NATS besides credentials in the URLs (at most
+/// one of these; either wins over URL credentials).
+#[derive(Clone, Default)]
+pub struct NatsLogin {
+    /// `ANYCABLE_NATS_NKEY_SEED`: an nkey user seed (`SU…`).
+    pub nkey_seed: Option<String>,
+    /// `ANYCABLE_NATS_CREDENTIALS`: the path of a `.creds` file (a user JWT and its
+    /// seed, as `nsc` writes them) for servers in operator (decentralized JWT) mode.
+    pub credentials_file: Option<String>,
+}
+
 /// `ANYCABLE_NATS_SERVERS`, parsed: the addresses, how log lines name them (without
 /// credentials), and the credentials the URLs carry (`nats://user:password@host`, or
 /// `nats://token@host`, percent-encoded as in any URL), used for every server.
@@ -75,6 +86,9 @@ pub(crate) struct NatsServers {
     /// `ANYCABLE_NATS_NKEY_SEED`: log in with this nkey user (it wins over URL
     /// credentials).
     nkey_seed: Option<String>,
+    /// The contents of `ANYCABLE_NATS_CREDENTIALS` (read once, at start, so a missing
+    /// or malformed file is a boot error).
+    credentials: Option<String>,
 }
 
 impl NatsServers {
@@ -109,16 +123,34 @@ impl NatsServers {
             label: labels.join(","),
             auth,
             nkey_seed: None,
+            credentials: None,
         })
     }
 
-    /// [`NatsServers::parse`], logging in with an nkey user seed when one is given.
-    pub(crate) fn parse_with(servers: &str, nkey_seed: Option<&str>) -> Result<Self, String> {
+    /// [`NatsServers::parse`], logging in as `login` says when it says anything.
+    pub(crate) fn parse_with(servers: &str, login: &NatsLogin) -> Result<Self, String> {
         let mut parsed = Self::parse(servers)?;
-        if let Some(seed) = nkey_seed.filter(|s| !s.is_empty()) {
+        let seed = login.nkey_seed.as_deref().filter(|s| !s.is_empty());
+        let file = login.credentials_file.as_deref().filter(|s| !s.is_empty());
+        if seed.is_some() && file.is_some() {
+            return Err(
+                "both ANYCABLE_NATS_NKEY_SEED and ANYCABLE_NATS_CREDENTIALS are set: give one"
+                    .into(),
+            );
+        }
+        if let Some(seed) = seed {
             nkeys::KeyPair::from_seed(seed)
                 .map_err(|_| "ANYCABLE_NATS_NKEY_SEED is not an nkey seed (SU…)".to_string())?;
             parsed.nkey_seed = Some(seed.to_owned());
+        }
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("ANYCABLE_NATS_CREDENTIALS ({path}): {e}"))?;
+            // Parsed here too, so a file without a JWT and a seed fails the boot;
+            // the error names neither (async-nats' messages do not quote the file).
+            ConnectOptions::with_credentials(&text)
+                .map_err(|e| format!("ANYCABLE_NATS_CREDENTIALS ({path}): {e}"))?;
+            parsed.credentials = Some(text);
         }
         Ok(parsed)
     }
@@ -177,13 +209,18 @@ pub(crate) async fn connect(
         label,
         auth,
         nkey_seed,
+        credentials,
     } = servers;
-    let needs_login = auth.is_some() || nkey_seed.is_some();
-    let options = match (nkey_seed, auth) {
-        (Some(seed), _) => ConnectOptions::with_nkey(seed),
-        (None, Some((user, Some(pass)))) => ConnectOptions::with_user_and_password(user, pass),
-        (None, Some((token, None))) => ConnectOptions::with_token(token),
-        (None, None) => ConnectOptions::new(),
+    let needs_login = auth.is_some() || nkey_seed.is_some() || credentials.is_some();
+    let options = match (credentials, nkey_seed, auth) {
+        // Checked by `parse_with`.
+        (Some(text), _, _) => ConnectOptions::with_credentials(&text).ok()?,
+        (None, Some(seed), _) => ConnectOptions::with_nkey(seed),
+        (None, None, Some((user, Some(pass)))) => {
+            ConnectOptions::with_user_and_password(user, pass)
+        }
+        (None, None, Some((token, None))) => ConnectOptions::with_token(token),
+        (None, None, None) => ConnectOptions::new(),
     };
     let options = options
         .retry_on_initial_connect()
@@ -339,10 +376,59 @@ mod tests {
         assert!(verifier.verify(b"nonce-1", &raw).is_ok());
         assert!(verifier.verify(b"nonce-2", &raw).is_err());
         assert!(nkey_sign("SUnot-a-seed", "n").is_err());
-        let bad = NatsServers::parse_with("nats://h:4222", Some("SUnope"))
+        let login = |seed: &str| NatsLogin {
+            nkey_seed: Some(seed.into()),
+            credentials_file: None,
+        };
+        let bad = NatsServers::parse_with("nats://h:4222", &login("SUnope"))
             .err()
             .unwrap();
         assert!(!bad.contains("SUnope"), "{bad}");
+    }
+
+    /// ANYCABLE_NATS_CREDENTIALS is read and parsed at start: a missing or malformed
+    /// file, or one given with an nkey seed too, is a boot error that quotes nothing
+    /// from the file.
+    #[test]
+    fn a_credentials_file_is_checked_at_start() {
+        let dir = std::env::temp_dir().join(format!("anycable-creds-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (seed, _) = nkey_user([9; 32]).unwrap();
+        let good = dir.join("good.creds");
+        std::fs::write(
+            &good,
+            format!(
+                "-----BEGIN NATS USER JWT-----\neyJ0eXAiOiJKV1QifQ.e30.c2ln\n------END NATS USER JWT------\n\n\
+                 -----BEGIN USER NKEY SEED-----\n{seed}\n------END USER NKEY SEED------\n"
+            ),
+        )
+        .unwrap();
+        let bad = dir.join("bad.creds");
+        std::fs::write(&bad, format!("just the seed {seed}\n")).unwrap();
+        let file = |path: &std::path::Path| NatsLogin {
+            nkey_seed: None,
+            credentials_file: Some(path.display().to_string()),
+        };
+        let parsed = NatsServers::parse_with("nats://h:4222", &file(&good)).unwrap();
+        assert!(parsed.credentials.is_some());
+        for (login, says) in [
+            (file(&bad), "bad.creds"),
+            (file(&dir.join("missing.creds")), "missing.creds"),
+            (
+                NatsLogin {
+                    nkey_seed: Some(seed.clone()),
+                    ..file(&good)
+                },
+                "give one",
+            ),
+        ] {
+            let error = NatsServers::parse_with("nats://h:4222", &login)
+                .err()
+                .unwrap();
+            assert!(error.contains(says), "{error}");
+            assert!(!error.contains(&seed), "{error}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// A fake NATS server on loopback: says `INFO` (asking for a login or not),
@@ -392,9 +478,13 @@ mod tests {
     async fn holding_credentials_it_uses_no_server_that_asks_for_no_login() {
         for auth_required in [false, true] {
             let (addr, mut published) = fake_nats(auth_required).await;
-            let pubsub =
-                NatsPubSub::start(&format!("nats://u:pw@{addr}"), None, "s".into(), |_| {})
-                    .unwrap();
+            let pubsub = NatsPubSub::start(
+                &format!("nats://u:pw@{addr}"),
+                &NatsLogin::default(),
+                "s".into(),
+                |_| {},
+            )
+            .unwrap();
             pubsub.publish("hello".into());
             let got =
                 tokio::time::timeout(std::time::Duration::from_millis(1500), published.recv())

@@ -40,7 +40,7 @@ impl<C: Controller> Inner<C> {
                 PubSubConfig::Nats {
                     servers,
                     subject,
-                    nkey_seed,
+                    login,
                 },
                 Some(history),
             ) if self.broker.is_nats() => {
@@ -65,7 +65,7 @@ impl<C: Controller> Inner<C> {
                     }
                 };
                 Arc::new(JetStreamLink::start(
-                    NatsServers::parse_with(servers, nkey_seed.as_deref())?,
+                    NatsServers::parse_with(servers, login)?,
                     subject.clone(),
                     history.clone(),
                     sessions,

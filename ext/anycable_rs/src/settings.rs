@@ -14,7 +14,7 @@ use anycable_core::broker::seal::SealKey;
 use anycable_core::broker::HistoryConfig;
 use anycable_core::config::BrokerKind;
 use anycable_core::http::{OriginPolicy, OriginRule, RubyRegexp};
-use anycable_core::pubsub::PubSubConfig;
+use anycable_core::pubsub::{NatsLogin, PubSubConfig};
 use anycable_core::ServerConfig;
 use magnus::{Error, RArray, RHash, Ruby, Symbol};
 
@@ -186,7 +186,12 @@ impl Settings {
         let (nats_servers, nats_channel): (String, String) =
             (o.get("nats_servers")?, o.get("nats_channel")?);
         // Empty is unset (Ruby says so at boot).
-        let nats_nkey_seed = o.opt::<String>("nats_nkey_seed")?.filter(|s| !s.is_empty());
+        let nats_login = NatsLogin {
+            nkey_seed: o.opt::<String>("nats_nkey_seed")?.filter(|s| !s.is_empty()),
+            credentials_file: o
+                .opt::<String>("nats_credentials")?
+                .filter(|s| !s.is_empty()),
+        };
         let (redis_url, redis_channel): (String, String) =
             (o.get("redis_url")?, o.get("redis_channel")?);
         let siblings_dir: Option<String> = o.opt("siblings_dir")?;
@@ -194,7 +199,7 @@ impl Settings {
             "nats" => Some(PubSubConfig::Nats {
                 servers: nats_servers,
                 subject: nats_channel,
-                nkey_seed: nats_nkey_seed,
+                login: nats_login,
             }),
             "redis" => Some(PubSubConfig::Redis {
                 url: redis_url,

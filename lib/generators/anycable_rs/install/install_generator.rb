@@ -74,6 +74,7 @@ module AnyCableRs
         [:nats_servers, nil, "NATS servers for the nats adapter (comma-separated)."],
         [:nats_channel, nil, "NATS subject."],
         [:nats_nkey_seed, nil, "An nkey user seed (SU...) to log in to NATS with, instead of credentials in the URL. Prefer the env var (fly secrets set)."],
+        [:nats_credentials, nil, "The path of a NATS credentials file (.creds: user JWT and seed) for a NATS on JWT auth (operator mode, Synadia Cloud)."],
         [:http_broadcast_url, nil, "Where processes that serve no sockets POST broadcasts with the http adapter."],
         [:broadcast_path, nil, "AnyCable's HTTP broadcast endpoint, on the app's port only when a key is set (AnyCable-Go: http_broadcast_path)."],
         [:secret, "a-long-random-string", "Base secret; the broadcast key defaults to hex HMAC-SHA256(secret, \"broadcast-cable\"). Prefer the env var (fly secrets set)."],
