@@ -280,12 +280,8 @@ module AnyCableRs
       return {} unless on == true || %w[1 true yes on].include?(on.to_s.strip.downcase)
 
       addr = explicit[:enats_addr] || presets(env, explicit)[:enats_addr] || DEFAULTS[:enats_addr]
-      if (nkey = EmbeddedNats.nkey(explicit[:secret]))
-        return {broadcast_adapter: "nats", nats_servers: EmbeddedNats.client_url(addr), nats_nkey_seed: nkey.first}
-      end
-
-      password = EmbeddedNats.password(explicit[:secret], addr)
-      {broadcast_adapter: "nats", nats_servers: EmbeddedNats.client_url(addr, password: password)}
+      {broadcast_adapter: "nats", nats_servers: EmbeddedNats.client_url(addr),
+       nats_nkey_seed: EmbeddedNats.nkey(explicit[:secret], addr).first}
     end
 
     def self.from_yaml(path, rails_env)

@@ -33,12 +33,14 @@ module AnyCableRs
   # the owner. It is stopped (TERM, then KILL after 5 s) on Puma's shutdown and at exit.
   # Its output goes to the app's logger, each line prefixed "[nats-server]".
   #
-  # Authenticated on both ports: clients log in as USER, and routes between machines
-  # too, with a password derived from ANYCABLE_SECRET (the same on every machine of a
-  # cluster, which therefore needs the secret), or without a secret (one machine) a
-  # random one this user's processes share in the private directory. The password is in
-  # nats-server's config file (mode 0600 there), never on its command line; clients get
-  # it in their ANYCABLE_NATS_SERVERS URL (Config#nats_servers), which no log line shows.
+  # Authenticated on both ports. Clients log in with an nkey user (#nkey): derived
+  # from ANYCABLE_SECRET, or without a secret (one machine) a random one this user's
+  # processes share in the private directory; a client proves it holds the seed by
+  # signing the server's nonce, so whatever answers on the port learns no secret, and
+  # nats-server's config holds only the public key. Routes between machines (which
+  # take no nkeys) log in as ROUTE_USER with a password derived from the secret (the
+  # same on every machine of a cluster, which therefore needs the secret), in the
+  # config file (mode 0600 in the private directory), never on a command line.
   class EmbeddedNats
     PACKAGE = "nats-server"
     # AnyCable's default cluster name. One for every machine, so that routes given by
@@ -51,8 +53,8 @@ module AnyCableRs
     STABLE_AFTER = 10.0
     STOP_TIMEOUT = 5.0
     READY_TIMEOUT = 5.0
-    # The user clients and routes log in as.
-    USER = "anycable"
+    # The user routes log in as.
+    ROUTE_USER = "anycable"
 
     class << self
       # Set by the standalone `anycable-rs` before it loads the app: it serves sockets.
@@ -88,49 +90,43 @@ module AnyCableRs
       end
 
       # The URL a NATS client on this machine uses for ANYCABLE_ENATS_ADDR: the
-      # unspecified address (0.0.0.0, ::) becomes loopback; with `password`, it carries
-      # the credentials.
-      def client_url(enats_addr, password: nil)
+      # unspecified address (0.0.0.0, ::) becomes loopback. No credentials: clients
+      # log in with #nkey.
+      def client_url(enats_addr)
         uri = parse_url(enats_addr, "enats_addr")
         host = %w[0.0.0.0 ::].include?(uri.hostname) ? "127.0.0.1" : uri.hostname
-        login = password ? "#{USER}:#{password}@" : ""
-        "nats://#{login}#{host.include?(":") ? "[#{host}]" : host}:#{uri.port || 4222}"
+        "nats://#{host.include?(":") ? "[#{host}]" : host}:#{uri.port || 4222}"
       end
 
-      # The embedded NATS's password (hex): HMAC-SHA256 of ANYCABLE_SECRET, or without
-      # a secret a random one, made once per machine, user and client port (file mode
-      # 0600 in the private directory).
-      def password(secret, enats_addr)
-        secret = secret.to_s
-        return OpenSSL::HMAC.hexdigest("SHA256", secret, "anycable-rs embedded NATS") unless secret.strip.empty?
+      # The routes' password (hex): HMAC-SHA256 of ANYCABLE_SECRET (a cluster needs
+      # the secret).
+      def route_password(secret)
+        OpenSSL::HMAC.hexdigest("SHA256", secret.to_s, "anycable-rs embedded NATS")
+      end
 
-        path = File.join(PrivateDir.base, "enats-#{parse_url(enats_addr, "enats_addr").port || 4222}.password")
+      NKEY_INFO = "anycable-rs embedded NATS nkey"
+
+      # The nkey user clients log in to the client port with: [seed, public key]. With
+      # a secret, from HMAC-SHA256(secret, NKEY_INFO) (the same on every machine);
+      # without, 32 random bytes made once per machine, user and client port (file
+      # mode 0600 in the private directory), which this user's processes share.
+      def nkey(secret, enats_addr = Config::DEFAULTS[:enats_addr])
+        secret = secret.to_s
+        return Native.nkey_user(OpenSSL::HMAC.hexdigest("SHA256", secret, NKEY_INFO)) unless secret.strip.empty?
+
+        path = File.join(PrivateDir.base, "enats-#{parse_url(enats_addr, "enats_addr").port || 4222}.nkey")
         begin
           File.open(path, File::WRONLY | File::CREAT | File::EXCL, 0o600) { |f| f.write(SecureRandom.hex(32)) }
         rescue Errno::EEXIST
           nil
         end
         5.times do
-          pw = File.read(path).strip
-          return pw unless pw.empty?
+          bytes = File.read(path).strip
+          return Native.nkey_user(bytes) if bytes.size == 64
 
           sleep 0.01 # its maker is still writing it
         end
-        raise Error, "anycable-rs: #{path} is empty: remove it"
-      end
-
-      NKEY_INFO = "anycable-rs embedded NATS nkey"
-
-      # With a secret, the nkey user clients log in to the client port with: [seed,
-      # public key], from HMAC-SHA256(secret, NKEY_INFO). A client proves it holds the
-      # seed by signing the server's nonce, so whatever answers on the port (something
-      # squatting it before ours starts) learns no secret. Nil without a secret (then a
-      # random password: one machine, no cluster).
-      def nkey(secret)
-        secret = secret.to_s
-        return nil if secret.strip.empty?
-
-        Native.nkey_user(OpenSSL::HMAC.hexdigest("SHA256", secret, NKEY_INFO))
+        raise Error, "anycable-rs: #{path} is not 32 bytes in hex: remove it"
       end
 
       # The nats-server program: ANYCABLE_NATS_SERVER_BIN (a path, or a name looked up
@@ -223,8 +219,8 @@ module AnyCableRs
       @port = listen.port || 4222
       @client_url = self.class.client_url(config.enats_addr)
       @connect_host = URI(@client_url).hostname
-      @password = self.class.password(config.secret, config.enats_addr)
-      @nkey_public = self.class.nkey(config.secret)&.last
+      @nkey_public = self.class.nkey(config.secret, config.enats_addr).last
+      @route_password = self.class.route_password(config.secret)
       @args = arguments(config)
       @stopping = false
       @owner = false
@@ -278,22 +274,18 @@ module AnyCableRs
       [@bin, "-c", config_path, *@args]
     end
 
-    # nats-server's config file: the client login (the nkey user with a secret, else
-    # the password), and the cluster with its routes' logins (the password: routes take
-    # no nkeys). Written (mode 0600) before each start.
+    # nats-server's config file: the client login (the nkey user's public key), and
+    # the cluster with its routes' logins (the password: routes take no nkeys).
+    # Written (mode 0600) before each start.
     def config_text
-      lines = if @nkey_public
-        ["authorization {", "  users = [ { nkey: #{@nkey_public.inspect} } ]", "}"]
-      else
-        ["authorization {", "  user: #{USER.inspect}", "  password: #{@password.inspect}", "}"]
-      end
+      lines = ["authorization {", "  users = [ { nkey: #{@nkey_public.inspect} } ]", "}"]
       return lines.join("\n") + "\n" unless @cluster
 
       listen = self.class.parse_url(@cluster, "enats_cluster")
       routes = @routes.map do |r|
         uri = self.class.parse_url(r, "enats_cluster_routes")
         host = uri.hostname.include?(":") ? "[#{uri.hostname}]" : uri.hostname
-        "nats-route://#{USER}:#{@password}@#{host}:#{uri.port || 5222}".inspect
+        "nats-route://#{ROUTE_USER}:#{@route_password}@#{host}:#{uri.port || 5222}".inspect
       end
       listen_host = listen.hostname.include?(":") ? "[#{listen.hostname}]" : listen.hostname
       lines += [
@@ -304,8 +296,8 @@ module AnyCableRs
         # of being told of the other machines' client URLs.
         "  no_advertise: true",
         "  authorization {",
-        "    user: #{USER.inspect}",
-        "    password: #{@password.inspect}",
+        "    user: #{ROUTE_USER.inspect}",
+        "    password: #{@route_password.inspect}",
         "  }",
         "  routes: [#{routes.join(", ")}]",
         "}"

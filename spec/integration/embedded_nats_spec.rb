@@ -10,7 +10,7 @@ require "anycable_rs"
 # Debian's nats-server as a supervised child, and the nodes' servers form a cluster on
 # loopback, each with its own client and route ports, routes listing the others.
 module EnatsHelpers
-  # The app's secret, the same on every node: they derive the NATS password from it.
+  # The app's secret, the same on every node: they derive the NATS logins from it.
   SECRET = "enats-test-secret"
 
   # What nats-server answers a CONNECT (+ PING) on `port`; `nkey_seed`: an nkey login
@@ -230,11 +230,11 @@ RSpec.describe "Embedded NATS across nodes on loopback" do
   it "asks every client for the secret's nkey on its client port; no password there, none on a command line" do
     a = @nodes[:a]
     expect(nats_answer(a.client_port, {})).to match(/-ERR 'Authorization Violation'/)
-    password = AnyCableRs::EmbeddedNats.password(EnatsHelpers::SECRET, "nats://127.0.0.1:#{a.client_port}")
+    password = AnyCableRs::EmbeddedNats.route_password(EnatsHelpers::SECRET)
     expect(nats_answer(a.client_port, user: "anycable", pass: password)).to match(/-ERR 'Authorization Violation'/)
     other_seed, = AnyCableRs::Native.nkey_user("ab" * 32)
     expect(nats_answer(a.client_port, {}, other_seed)).to match(/-ERR 'Authorization Violation'/)
-    seed, public_key = AnyCableRs::EmbeddedNats.nkey(EnatsHelpers::SECRET)
+    seed, public_key = AnyCableRs::EmbeddedNats.nkey(EnatsHelpers::SECRET, "nats://127.0.0.1:#{a.client_port}")
     expect(nats_answer(a.client_port, {}, seed)).to eq("PONG")
     child = nats_children(a.puma.pid).first
     cmdline = File.read("/proc/#{child}/cmdline").split("\0")
@@ -318,6 +318,11 @@ RSpec.describe "Embedded NATS under Puma workers without preload_app", type: :ca
     wait_for(timeout: 20) { puma.log.scan(/Worker \d+ \(PID: \d+\) booted/).size >= 2 }
     expect(nats_children(puma.pid)).to eq([])
     expect(owners.size).to eq(1)
+    # No secret (one machine): clients still log in with an nkey — this machine's
+    # random one — so no plaintext password is anywhere (nats-server warned of one).
+    expect(nats_answer(@client_port, {})).to match(/-ERR 'Authorization Violation'/)
+    expect(nats_answer(@client_port, {}, AnyCableRs::EmbeddedNats.nkey(nil, "nats://127.0.0.1:#{@client_port}").first)).to eq("PONG")
+    expect(puma.rails_log).not_to include("Plaintext passwords")
     owner = owners.first
     child = nats_children(owner).first
     clients = on_every_worker(puma, 6)
@@ -429,10 +434,10 @@ RSpec.describe AnyCableRs::Config, "with embed_nats" do
     end
   end
 
-  # What Config points NATS clients at: the embedded server, with its password.
-  def enats_url(port, secret: nil)
-    addr = "nats://127.0.0.1:#{port}"
-    AnyCableRs::EmbeddedNats.client_url(addr, password: AnyCableRs::EmbeddedNats.password(secret, addr))
+  # What Config points NATS clients at: the embedded server (no credentials in the URL:
+  # clients log in with its nkey).
+  def enats_url(port)
+    "nats://127.0.0.1:#{port}"
   end
 
   it "broadcasts over NATS through the embedded server unless told otherwise" do
@@ -445,9 +450,13 @@ RSpec.describe AnyCableRs::Config, "with embed_nats" do
       "ANYCABLE_NATS_SERVERS" => "nats://elsewhere:4222"})
     expect([c.broadcast_adapter, c.nats_servers]).to eq(["redis", "nats://elsewhere:4222"])
     expect(config_from({"ANYCABLE_EMBED_NATS" => "false"}).broadcast_adapter).to eq("local")
-    # With the secret: the nkey it derives, no password in the URL.
+    # With the secret: the nkey it derives; without, this machine's random one.
     c = config_from({"ANYCABLE_EMBED_NATS" => "true", "ANYCABLE_SECRET" => "s"})
-    expect([c.nats_servers, c.nats_nkey_seed]).to eq(["nats://127.0.0.1:4222", AnyCableRs::EmbeddedNats.nkey("s").first])
+    expect([c.nats_servers, c.nats_nkey_seed]).to eq(["nats://127.0.0.1:4222", AnyCableRs::EmbeddedNats.nkey("s", "nats://0.0.0.0:4222").first])
+    local = config_from({"ANYCABLE_EMBED_NATS" => "true"})
+    expect(local.nats_nkey_seed).to eq(AnyCableRs::EmbeddedNats.nkey(nil, "nats://127.0.0.1:4222").first)
+    expect(local.nats_nkey_seed).not_to eq(c.nats_nkey_seed)
+    expect(File.stat(File.join(AnyCableRs::PrivateDir.base, "enats-4222.nkey")).mode & 0o777).to eq(0o600)
   end
 
   it "on Fly.io, clusters with the app's machines in the region" do
@@ -462,8 +471,7 @@ RSpec.describe AnyCableRs::Config, "with embed_nats" do
     c = config_from(fly.merge("ANYCABLE_EMBED_NATS" => "true", "FLY_PRIVATE_IP" => ip))
     addr = "nats://[#{ip}]:4222"
     expect([c.enats_addr, c.enats_cluster, c.nats_servers]).to eq(
-      [addr, "nats://[#{ip}]:5222",
-        AnyCableRs::EmbeddedNats.client_url(addr, password: AnyCableRs::EmbeddedNats.password(nil, addr))]
+      [addr, "nats://[#{ip}]:5222", AnyCableRs::EmbeddedNats.client_url(addr)]
     )
     expect(URI(c.nats_servers).hostname).to eq(ip)
     c = config_from(fly.merge("ANYCABLE_EMBED_NATS" => "true", "ANYCABLE_FLY_WS_APP_NAME" => "my-cable",
@@ -481,17 +489,17 @@ RSpec.describe AnyCableRs::Config, "with embed_nats" do
     conf = File.join(AnyCableRs::PrivateDir.base, "enats-4222.conf")
     expect(enats.command).to eq([AnyCableRs::EmbeddedNats.binary(config), "-c", conf, "-a", "0.0.0.0", "-p", "4222",
       "--logtime=false"])
-    password = AnyCableRs::EmbeddedNats.password("s", "nats://0.0.0.0:4222")
+    password = AnyCableRs::EmbeddedNats.route_password("s")
     expect(password).to eq(OpenSSL::HMAC.hexdigest("SHA256", "s", "anycable-rs embedded NATS"))
     text = enats.config_text
     expect(text).to include(%(listen: "0.0.0.0:5222"), %(name: "anycable-cluster"), "no_advertise: true")
     expect(text).to include(%(routes: ["nats-route://anycable:#{password}@a:5222", "nats-route://anycable:#{password}@b:5222"]))
     expect(text.scan(%(password: "#{password}")).size).to eq(1) # routes; clients log in with the nkey
-    seed, public_key = AnyCableRs::EmbeddedNats.nkey("s")
+    seed, public_key = AnyCableRs::EmbeddedNats.nkey("s", "nats://0.0.0.0:4222")
     expect(text).to include(%(users = [ { nkey: "#{public_key}" } ]))
     expect(text).not_to include(seed)
     expect(AnyCableRs::Native.nkey_public(seed)).to eq(public_key)
-    expect(config.nats_servers).to eq("nats://localhost:4222") # Config.load sets it (with the password)
+    expect(config.nats_servers).to eq("nats://localhost:4222") # Config.load sets it
     config = described_class.new(embed_nats: true, enats_cluster_routes: "nats://a:5222")
     expect { AnyCableRs::EmbeddedNats.new(config, logger: Logger.new(nil)) }
       .to raise_error(ArgumentError, /ANYCABLE_ENATS_CLUSTER_ROUTES is set but ANYCABLE_ENATS_CLUSTER is not/)
