@@ -68,7 +68,7 @@ impl Controller for TestController {
                     data
                 ));
             }
-            Command::Whisper => {}
+            Command::Whisper | Command::Join => {}
             Command::Unsubscribe => {
                 self.hub
                     .lock()

@@ -233,6 +233,7 @@ module AnyCableRs
           when :subscribe then subscribe(connection, identifier)
           when :unsubscribe then unsubscribe(connection, identifier)
           when :message then perform(connection, identifier, job.data)
+          when :join then presence_requested(connection, identifier, job.data)
           end
         end
       end
@@ -295,7 +296,7 @@ module AnyCableRs
         # Action Cable's own line for an unknown action carries the whole message
         # (up to ANYCABLE_MAX_MESSAGE_SIZE) each time: bounded here instead.
         action = (decoded.is_a?(Hash) && decoded["action"].presence || "receive").to_s
-        unless channel.class.action_methods.include?(action)
+        if !channel.class.action_methods.include?(action) || ActionCable::ChannelPatch::HOOKS.include?(action)
           next BoundedLog.error(connection.logger, :unknown_action) do
             "Unable to process #{channel.class.name}##{BoundedLog.clip(action)}: no such action; ignored"
           end
@@ -303,6 +304,21 @@ module AnyCableRs
 
         channel.perform_action(decoded)
       end
+    end
+
+    # A client's presence join where the channel decides (`presence: :ask`): its
+    # `presence_join_requested(id, info)` runs; when it joined nobody, the client
+    # hears `error`.
+    def presence_requested(connection, identifier, data)
+      channel = ActionCable::Compat.channels(connection)[identifier]
+      return unless channel
+
+      joined = false
+      safely("presence join on", connection, identifier) do
+        request = JSON.parse(data)
+        joined = channel.anycable_rs_presence_requested(request["id"], request["info"])
+      end
+      ActionCable::Compat.websocket(connection)&.session&.presence_refused(identifier) unless joined
     end
 
     # [params, channel class] for an identifier, the class nil (and an error logged)

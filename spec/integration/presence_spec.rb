@@ -122,3 +122,42 @@ RSpec.describe "Presence, tried as an attacker would (real Puma, memory broker)"
     expect(d_staff).to include("staff")
   end
 end
+
+# Issue #24: "the app decides who may join with which id/info on its channels (a
+# hook)". With `stream_from …, presence: :ask`, a client's join (alone or on its
+# subscribe) reaches the channel's presence_join_requested: the dummy's joins each
+# user under their own name with one info field it takes, and refuses mallory. The
+# hook is no action a client can perform.
+RSpec.describe "Presence joins the channel decides (presence: :ask; real Puma, memory broker)", type: :cable do
+  with_puma(env: {"ANYCABLE_BROKER" => "memory", "ANYCABLE_PRESENCE_TTL" => "1"})
+  include PresenceHelpers
+
+  it "joins a client as the channel says, refuses whom it refuses, and never runs the hook as an action" do
+    alice = ext_client("alice")
+    a_lobby = subscribed(alice, channel: "LobbyChannel", room: "ask", ask: true)
+    alice.send_json(command: "join", identifier: a_lobby, presence: {id: "ceo", info: {status: "here", admin: true}})
+    expect(presence_of(alice)).to eq("type" => "join", "id" => "alice", "info" => {"name" => "alice", "status" => "here"})
+
+    mallory = ext_client("mallory")
+    m_lobby = subscribed(mallory, channel: "LobbyChannel", room: "ask", ask: true)
+    mallory.send_json(command: "join", identifier: m_lobby, presence: {id: "alice", info: {status: "pwned"}})
+    expect(presence_of(mallory)).to eq("type" => "error", "total" => 0)
+    # As an action, the hook does not run (Action Cable would list a channel's public
+    # method as one).
+    mallory.perform(m_lobby, "presence_join_requested", id: "alice")
+    expect(mallory.silent_for?(0.3)).to be(true)
+    expect(alice.silent_for?(0.2)).to be(true)
+    expect(puma.rails_log).to include("Unable to process LobbyChannel#presence_join_requested")
+
+    # A join on the subscribe command goes the same way, after the confirmation.
+    bob = ext_client("bob")
+    bob.send_json(command: "subscribe", identifier: JSON.generate(channel: "LobbyChannel", room: "ask", ask: true),
+      presence: {id: "bobby", info: {status: "away"}})
+    expect(bob.receive).to include("type" => "confirm_subscription")
+    joined = {"type" => "join", "id" => "bob", "info" => {"name" => "bob", "status" => "away"}}
+    expect(presence_of(bob)).to eq(joined)
+    expect(presence_of(alice)).to eq(joined)
+    alice.send_json(command: "presence", identifier: a_lobby)
+    expect(presence_of(alice)).to include("total" => 2)
+  end
+end

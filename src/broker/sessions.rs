@@ -32,6 +32,9 @@ pub struct CachedSubscription {
     /// Its clients may join that presence set with ids of their own.
     #[serde(default)]
     pub presence_clients: bool,
+    /// Its clients' joins go to the channel (`presence: :ask`).
+    #[serde(default)]
+    pub presence_asks: bool,
 }
 
 /// What a session leaves behind for a restore (JSON in the NATS broker's KV bucket).
@@ -244,6 +247,7 @@ mod tests {
                 state: vec![("room".into(), "\"r1\"".into())],
                 presence: None,
                 presence_clients: false,
+                presence_asks: false,
             }],
             expires_at: None,
             presence_owner: None,

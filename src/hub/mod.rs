@@ -15,7 +15,7 @@ use parking_lot::RwLock;
 
 use crate::hub::presence::{Joiner, Presence, PresenceEvent};
 use crate::protocol;
-use crate::session::SessionRef;
+use crate::session::{PresenceJoins, SessionRef};
 
 /// The presence reply to a request presence cannot serve (AnyCable's).
 const PRESENCE_ERROR: &str = r#"{"type":"error","total":0}"#;
@@ -91,13 +91,13 @@ impl Hub {
         let owner;
         let joiner = if from_app {
             Joiner::App
-        } else if session.clients_join_presence(identifier) {
+        } else if session.presence_joins(identifier) == Some(PresenceJoins::Clients) {
             owner = session.presence_owner();
             Joiner::Client { owner: &owner }
         } else {
             log::debug!(
                 "session {}: presence join refused: the channel joins its clients itself \
-                 (stream_from …, presence: :clients lets them)",
+                 (stream_from …, presence: :clients or :ask lets them ask)",
                 session.log_id()
             );
             session.send_frame(protocol::presence_frame(identifier, PRESENCE_ERROR));
@@ -116,6 +116,12 @@ impl Hub {
                 false
             }
         }
+    }
+
+    /// Tells the requester its join was refused (the channel's
+    /// `presence_join_requested` joined nobody).
+    pub fn presence_refused(&self, session: &SessionRef, identifier: &str) {
+        session.send_frame(protocol::presence_frame(identifier, PRESENCE_ERROR));
     }
 
     /// Session `session` leaves the presence set of subscription `identifier`.

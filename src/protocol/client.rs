@@ -22,6 +22,10 @@ pub enum Command {
     /// AnyCable's: `data` goes to the other subscribers of the subscription's whisper
     /// stream. Handled by the server, never by the app.
     Whisper,
+    /// A client's presence `join` on a subscription whose channel decides who joins
+    /// (`presence: :ask`): `data` is `{"id":…,"info":…}`. Never parsed from a client's
+    /// `command` (its frame is `join`); made by the server for the app.
+    Join,
 }
 
 impl Command {
@@ -31,6 +35,7 @@ impl Command {
             Command::Unsubscribe => "unsubscribe",
             Command::Message => "message",
             Command::Whisper => "whisper",
+            Command::Join => "join",
         }
     }
 }

@@ -11,7 +11,7 @@ use crate::logging::BadInputLog;
 use crate::metrics::COUNTERS;
 use crate::protocol;
 use crate::protocol::{ClientCommand, ClientFrame, Command, HistoryRequest, PresenceJoin};
-use crate::session::{Session, SessionRef};
+use crate::session::{PresenceJoins, Session, SessionRef};
 
 /// What [`Inner::serve_here`] did with a command.
 enum Served<'a> {
@@ -59,9 +59,7 @@ impl<C: Controller> Inner<C> {
                 identifier,
                 presence,
             }) => {
-                self.hub
-                    .presence_join(session, &identifier, &presence.id, presence.info, false);
-                return None;
+                return self.client_join(session, identifier, presence, lazy);
             }
             Ok(ClientFrame::Leave { identifier }) => {
                 self.hub.presence_leave(session, &identifier);
@@ -140,10 +138,52 @@ impl<C: Controller> Inner<C> {
             }
             if let Some(p) = presence {
                 if session.has_subscription(&id) {
-                    self.hub.presence_join(&session, &id, &p.id, p.info, false);
+                    if let Some(ask) = self.client_join(&session, id, p, &mut None) {
+                        ask.await;
+                    }
                 }
             }
         }))
+    }
+
+    /// A client's presence join on subscription `identifier`: taken by the hub, or —
+    /// where the channel decides (`presence: :ask`) — handed to the app as a `join`
+    /// command, whose `presence_join_requested` joins it as it sees fit (or not).
+    fn client_join<'a>(
+        &'a self,
+        session: &SessionRef,
+        identifier: String,
+        presence: PresenceJoin,
+        lazy: &mut Option<ConnectRequest>,
+    ) -> Option<CommandFuture<'a>> {
+        if session.presence_joins(&identifier) != Some(PresenceJoins::Ask) {
+            self.hub
+                .presence_join(session, &identifier, &presence.id, presence.info, false);
+            return None;
+        }
+        let info = presence.info.as_deref().unwrap_or("null");
+        let request = CommandRequest {
+            session: session.clone(),
+            command: ClientCommand {
+                command: Command::Join,
+                identifier,
+                data: Some(format!(
+                    r#"{{"id":{},"info":{info}}}"#,
+                    serde_json::Value::from(presence.id)
+                )),
+            },
+        };
+        Some(match lazy.take() {
+            None => Box::pin(self.controller.command(request)),
+            Some(connect) => {
+                let connected = self.connect_lazily(session.clone(), connect);
+                Box::pin(async move {
+                    if connected.await {
+                        self.controller.command(request).await;
+                    }
+                })
+            }
+        })
     }
 
     /// What one connection may hold (`ANYCABLE_MAX_IDENTIFIER_SIZE`,
@@ -219,7 +259,7 @@ impl<C: Controller> Inner<C> {
                         session.hold(id);
                     }
                     if presence_on {
-                        session.presence_to(id, &stream, true);
+                        session.presence_to(id, &stream, PresenceJoins::Clients);
                     }
                     self.hub.subscribe(session, &stream, id);
                     session.transmit(protocol::subscription_reply(id, true));
@@ -255,7 +295,7 @@ impl<C: Controller> Inner<C> {
                     return Served::No;
                 }
                 self.hub.presence_leave(session, id);
-                session.presence_to(id, "", false);
+                session.presence_to(id, "", PresenceJoins::App);
                 self.hub.unsubscribe_identifier(session, id);
                 session.drop_held(id);
                 Served::Done
@@ -291,6 +331,8 @@ impl<C: Controller> Inner<C> {
                 }
                 Served::Done
             }
+            // Made by `client_join`, never parsed from a client's frame.
+            Command::Join => Served::No,
         }
     }
 

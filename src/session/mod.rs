@@ -30,6 +30,7 @@ use tokio::sync::Notify;
 use crate::protocol::broadcast::{exclude_digest, SID_DIGEST_PREFIX};
 use hold::Held;
 pub(crate) use outbox::{Outbound, Outbox};
+pub use subscriptions::PresenceJoins;
 use subscriptions::{AppSubscription, PresenceSet};
 
 /// Why the server ends a connection, as sent in `{"type":"disconnect",…}`.

@@ -3,7 +3,7 @@
 
 use std::sync::atomic::Ordering;
 
-use super::Session;
+use super::{PresenceJoins, Session};
 use crate::broker::sessions::{CachedSession, CachedSubscription};
 
 impl Session {
@@ -44,6 +44,7 @@ impl Session {
                 state: Vec::new(),
                 presence: self.presence_stream(identifier),
                 presence_clients: true,
+                presence_asks: false,
             })
             .collect();
         subscriptions.extend(
@@ -58,7 +59,9 @@ impl Session {
                     server_side: false,
                     state: self.state_of(&s.identifier),
                     presence: self.presence_stream(&s.identifier),
-                    presence_clients: self.clients_join_presence(&s.identifier),
+                    presence_clients: self.presence_joins(&s.identifier)
+                        == Some(PresenceJoins::Clients),
+                    presence_asks: self.presence_joins(&s.identifier) == Some(PresenceJoins::Ask),
                 }),
         );
         for (stream, identifier) in self.streams.lock().iter() {
@@ -97,11 +100,14 @@ impl Session {
         }
         for sub in &cached.subscriptions {
             if let Some(stream) = &sub.presence {
-                self.presence_to(
-                    &sub.identifier,
-                    stream,
-                    sub.presence_clients || sub.server_side,
-                );
+                let joins = if sub.presence_clients || sub.server_side {
+                    PresenceJoins::Clients
+                } else if sub.presence_asks {
+                    PresenceJoins::Ask
+                } else {
+                    PresenceJoins::App
+                };
+                self.presence_to(&sub.identifier, stream, joins);
             }
             if sub.server_side {
                 self.server_subscriptions
@@ -119,6 +125,36 @@ impl Session {
         }
         for (name, json) in &cached.state {
             self.set_state("", name, json.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Who may join each presence set survives a restore: a `presence: :ask` set
+    /// must not come back as one clients join freely (nor as app-only).
+    #[test]
+    fn presence_join_policies_survive_a_restore() {
+        let (before, _rx) = Session::new(1, "a".into(), 1 << 20);
+        for (id, joins) in [
+            ("app", PresenceJoins::App),
+            ("clients", PresenceJoins::Clients),
+            ("ask", PresenceJoins::Ask),
+        ] {
+            before.add_subscription(id);
+            before.presence_to(id, &format!("lobby:{id}"), joins);
+        }
+        let cached = before.to_cache(true).unwrap();
+        let (after, _rx) = Session::new(2, "b".into(), 1 << 20);
+        after.restore_from(&cached);
+        for (id, joins) in [
+            ("app", PresenceJoins::App),
+            ("clients", PresenceJoins::Clients),
+            ("ask", PresenceJoins::Ask),
+        ] {
+            assert_eq!(after.presence_joins(id), Some(joins), "{id}");
         }
     }
 }

@@ -10,8 +10,32 @@ use super::Session;
 pub(super) struct PresenceSet {
     pub(super) identifier: String,
     pub(super) stream: String,
-    /// Its clients may join with ids of their own.
-    pub(super) clients_join: bool,
+    pub(super) joins: PresenceJoins,
+}
+
+/// Who may join a subscription's presence set, and how a client's `join` is taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PresenceJoins {
+    /// Only the app, from Ruby (`stream_from …, presence: true`); a client's join is
+    /// refused.
+    App,
+    /// Clients too, with ids of their own (`$pubsub` streams, `presence: :clients`).
+    Clients,
+    /// A client's join goes to the channel, which decides who joins as what
+    /// (`presence: :ask`: its `presence_join_requested(id, info)`).
+    Ask,
+}
+
+impl PresenceJoins {
+    /// The name Ruby passes.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "app" => Some(PresenceJoins::App),
+            "clients" => Some(PresenceJoins::Clients),
+            "ask" => Some(PresenceJoins::Ask),
+            _ => None,
+        }
+    }
 }
 
 /// One of the app's channel subscriptions, as the server knows it.
@@ -46,9 +70,8 @@ impl Session {
     }
 
     /// Subscription `identifier`'s presence set is `stream`'s (an empty `stream`: none);
-    /// `clients_join`: its clients may join it with ids of their own (else only the
-    /// app joins them, from Ruby).
-    pub fn presence_to(&self, identifier: &str, stream: &str, clients_join: bool) {
+    /// `joins`: who may join it.
+    pub fn presence_to(&self, identifier: &str, stream: &str, joins: PresenceJoins) {
         self.mark_changed();
         let mut streams = self.presence_streams.lock();
         streams.retain(|p| p.identifier != identifier);
@@ -56,7 +79,7 @@ impl Session {
             streams.push(PresenceSet {
                 identifier: identifier.to_owned(),
                 stream: stream.to_owned(),
-                clients_join,
+                joins,
             });
         }
     }
@@ -69,12 +92,13 @@ impl Session {
             .map(|p| p.stream.clone())
     }
 
-    /// Whether clients may join subscription `identifier`'s presence set themselves.
-    pub fn clients_join_presence(&self, identifier: &str) -> bool {
+    /// Who may join subscription `identifier`'s presence set (None: it has none).
+    pub fn presence_joins(&self, identifier: &str) -> Option<PresenceJoins> {
         self.presence_streams
             .lock()
             .iter()
-            .any(|p| p.identifier == identifier && p.clients_join)
+            .find(|p| p.identifier == identifier)
+            .map(|p| p.joins)
     }
 
     /// Who a presence id this session's client chooses belongs to: its connection's

@@ -186,7 +186,8 @@ impl RubyJob {
         }
     }
 
-    /// A message command's data (a JSON string), `nil` for others.
+    /// A message command's data (a JSON string), a `join`'s `{"id":…,"info":…}`, `nil`
+    /// for others.
     pub fn data(ruby: &Ruby, rb_self: &Self) -> Result<Option<String>, Error> {
         match &rb_self.job {
             Job::Command { data, .. } => Ok(data.clone()),

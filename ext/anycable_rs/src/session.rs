@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use anycable_core::session::SessionRef;
+use anycable_core::session::{PresenceJoins, SessionRef};
 use anycable_core::{DisconnectReason, Hub};
 use magnus::{Error, RString, Ruby};
 
@@ -74,7 +74,8 @@ impl RbSession {
     /// restored channel's Ruby object does not know the streams it was given back).
     pub fn remove_subscription(&self, identifier: String) {
         self.hub.presence_leave(&self.session, &identifier);
-        self.session.presence_to(&identifier, "", false);
+        self.session
+            .presence_to(&identifier, "", PresenceJoins::App);
         self.hub.unsubscribe_identifier(&self.session, &identifier);
         self.session.drop_held(&identifier);
         self.session.whisper_to(&identifier, "");
@@ -93,10 +94,24 @@ impl RbSession {
         self.session.set_state(&identifier, &name, json);
     }
 
-    /// `stream_from …, presence: true`: subscription `identifier`'s presence set is
-    /// `stream`'s (clients join it with `join`; an empty `stream`: none).
-    pub fn presence_to(&self, stream: String, identifier: String, clients_join: bool) {
-        self.session.presence_to(&identifier, &stream, clients_join);
+    /// `stream_from …, presence: true | :clients | :ask`: subscription `identifier`'s
+    /// presence set is `stream`'s (an empty `stream`: none); `joins` ("app",
+    /// "clients", "ask") says who may join it.
+    pub fn presence_to(
+        ruby: &Ruby,
+        rb_self: &Self,
+        stream: String,
+        identifier: String,
+        joins: String,
+    ) -> Result<(), Error> {
+        let joins = PresenceJoins::parse(&joins).ok_or_else(|| {
+            Error::new(
+                ruby.exception_arg_error(),
+                format!("presence joins must be app, clients or ask, not {joins:?}"),
+            )
+        })?;
+        rb_self.session.presence_to(&identifier, &stream, joins);
+        Ok(())
     }
 
     /// `join_presence` from a channel: this session joins subscription `identifier`'s
@@ -120,6 +135,11 @@ impl RbSession {
 
     /// `stream_from …, whisper: true`: the client's whispers on this subscription go
     /// to the stream's other subscribers (the server delivers them; no Ruby runs).
+    /// The channel's `presence_join_requested` joined nobody: the client hears `error`.
+    pub fn presence_refused(&self, identifier: String) {
+        self.hub.presence_refused(&self.session, &identifier);
+    }
+
     pub fn whisper_to(&self, stream: String, identifier: String) {
         self.session.whisper_to(&identifier, &stream);
     }
@@ -137,6 +157,7 @@ pub fn init(ruby: &Ruby, native: magnus::RClass) -> Result<(), Error> {
     class.define_method("stream", method!(RbSession::stream, 2))?;
     class.define_method("unstream", method!(RbSession::unstream, 2))?;
     class.define_method("whisper_to", method!(RbSession::whisper_to, 2))?;
+    class.define_method("presence_refused", method!(RbSession::presence_refused, 1))?;
     class.define_method("add_subscription", method!(RbSession::add_subscription, 1))?;
     class.define_method(
         "remove_subscription",

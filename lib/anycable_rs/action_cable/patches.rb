@@ -112,6 +112,11 @@ module AnyCableRs
     # Prepended to ActionCable::Channel::Base: a plain `stream_from` (no block, no
     # coder) is delivered by Rust without entering Ruby.
     module ChannelPatch
+      # `stream_from`'s `presence:` values, as the server names them.
+      PRESENCE_JOINS = {true => "app", clients: "clients", ask: "ask"}.freeze
+      # Hooks the server calls, never actions a client may `perform`.
+      HOOKS = %w[presence_join_requested].freeze
+
       # AnyCable's `whisper: true`: the client's whispers on this subscription go to
       # the stream's other subscribers (one whisper stream per subscription).
       # `presence: true`: the subscription has this stream's presence set, one per
@@ -119,6 +124,10 @@ module AnyCableRs
       # `presence: :clients`: clients may also join it themselves, with ids and info
       # of their own (`channel.presence.join(id, info)` in @anycable/web, as AnyCable
       # lets them); an id stays its first joiner's (their connection's identifiers).
+      # `presence: :ask`: a client's join goes to the channel's
+      # `presence_join_requested(id, info)`, which joins it as the app sees fit
+      # (`join_presence(id: current_user.id, info: …)`) or not at all (the client then
+      # hears `error`).
       def stream_from(broadcasting, callback = nil, coder: nil, whisper: false, presence: false, &block)
         websocket = Compat.websocket(connection)
         if callback.nil? && block.nil? && coder.nil? && websocket
@@ -137,7 +146,7 @@ module AnyCableRs
           super(broadcasting, callback, coder: coder, &block)
         end
         whispers_to(broadcasting) if whisper
-        presence_on(broadcasting, presence == :clients) if presence
+        presence_on(broadcasting, PRESENCE_JOINS.fetch(presence) { raise ArgumentError, "presence: must be true, :clients or :ask, not #{presence.inspect}" }) if presence
       end
 
       # Action Cable logs every action with its arguments (`Channel#speak({...})`, up to
@@ -165,7 +174,7 @@ module AnyCableRs
 
         presence_on(stream) if stream
         join = [(id || connection.connection_identifier).to_s, info.nil? ? nil : ActiveSupport::JSON.encode(info)]
-        return session.presence_join(identifier, *join) if Compat.confirmation_sent?(self)
+        return @_anycable_presence_joined = session.presence_join(identifier, *join) if Compat.confirmation_sent?(self)
 
         @_anycable_presence_join = join
         true
@@ -177,6 +186,21 @@ module AnyCableRs
         join = @_anycable_presence_join or return
         @_anycable_presence_join = nil
         anycable_session&.presence_join(identifier, *join)
+      end
+
+      # The hook of `stream_from …, presence: :ask`: a client asked to join this
+      # subscription's presence set as `id` with `info` (what it sent, unchecked).
+      # Join it — as whom the app decides — with `join_presence`, or do nothing to
+      # refuse. By default nobody joins. Never an action a client may `perform` (HOOKS).
+      def presence_join_requested(id, info)
+        nil
+      end
+
+      # The dispatcher's `join`: whether the hook joined anyone.
+      def anycable_rs_presence_requested(id, info)
+        @_anycable_presence_joined = false
+        presence_join_requested(id, info)
+        @_anycable_presence_joined
       end
 
       # Leaves it (`leave` to the subscribers when this was the id's last socket).
@@ -211,8 +235,8 @@ module AnyCableRs
         Compat.websocket(connection)&.session
       end
 
-      def presence_on(broadcasting, clients_join = false)
-        anycable_session&.presence_to(String(broadcasting), identifier, clients_join)
+      def presence_on(broadcasting, joins = "app")
+        anycable_session&.presence_to(String(broadcasting), identifier, joins)
       end
 
       # Action Cable defines a singleton method per connection identifier on every
