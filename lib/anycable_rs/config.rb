@@ -62,6 +62,10 @@ module AnyCableRs
       write_timeout: 2.0,
       max_pending_bytes: 1_048_576,
       queue_size: 1024,
+      # Broadcasts queued for the app's stream_from blocks and coders (one job per
+      # block a broadcast reaches); past it they are dropped, counted and logged
+      # (0: no limit).
+      max_callback_jobs: 100_000,
       shutdown_timeout: 5.0,
       # AnyCable's JWT identification: on whenever a secret resolves (jwt_secret, else
       # secret); the token in X-JID, the anycable-token.<t> subprotocol or ?jid=.
@@ -345,7 +349,7 @@ module AnyCableRs
         path: path, health_path: health_path, ping_interval: ping_interval.to_f,
         max_message_size: max_message_size, write_timeout: write_timeout.to_f,
         max_pending_bytes: max_pending_bytes, origins: OriginPolicy.build(allowed_origins),
-        queue_size: queue_size, worker_threads: worker_threads, log_level: log_level,
+        queue_size: queue_size, max_callback_jobs: max_callback_jobs, worker_threads: worker_threads, log_level: log_level,
         broadcast_path: broadcast_path, broadcast_key: effective_broadcast_key,
         broadcast_adapter: broadcast_adapter, nats_servers: nats_servers, nats_channel: nats_channel,
         nats_nkey_seed: nats_nkey_seed, nats_credentials: nats_credentials,
@@ -457,7 +461,7 @@ module AnyCableRs
         value.is_a?(String) ? %w[1 true yes on].include?(value.strip.downcase) : !!value
       when :port, :rpc_pool_size, :worker_threads, :max_message_size, :max_pending_bytes, :queue_size, :max_conn,
         :jwt_ttl, :history_limit, :history_max_bytes, :sessions_max_bytes, :max_subscriptions, :max_identifier_size,
-        :whispers_per_second
+        :whispers_per_second, :max_callback_jobs
         integer(key, value)
       when :ping_interval, :write_timeout, :shutdown_timeout, :max_conn_age, :pong_timeout, :history_ttl, :sessions_ttl,
         :presence_ttl

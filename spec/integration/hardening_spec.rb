@@ -144,3 +144,34 @@ RSpec.describe "Puma hot restart (SIGUSR2) in single mode", type: :cable do
     expect(connected(name: "after")).to be_a(WsClient)
   end
 end
+
+# Issue #24 (17, Limits): broadcasts for the app's stream_from blocks and coders went
+# on the Ruby queue without bound (one job per block a broadcast reaches). Past
+# ANYCABLE_MAX_CALLBACK_JOBS they are dropped, counted and told; the process stays up
+# and delivers again once the queue drains.
+RSpec.describe "A bound on broadcasts queued for stream_from blocks (real Puma)", type: :cable do
+  with_puma(env: {"ANYCABLE_RPC_POOL_SIZE" => "1", "ANYCABLE_MAX_CALLBACK_JOBS" => "5",
+                  "ANYCABLE_METRICS_HTTP" => "/metrics"})
+
+  it "queues at most MAX_CALLBACK_JOBS, drops and counts the rest, and delivers again after" do
+    puma.http(:delete, "/events")
+    sleeper = connected(name: "sleeper")
+    slow = subscribed(sleeper, channel: "SlowChannel")
+    c = connected
+    id = subscribed(c, channel: "TransformChannel")
+    # The one Ruby thread naps: callback jobs queue behind it.
+    sleeper.perform(slow, "nap", "seconds" => 2, "tag" => "hold")
+    wait_for { events.include?(["nap.start", "hold"]) }
+    20.times { |i| broadcast("shout", "n#{i}") }
+    expect(sleeper.receive(timeout: 10)).to eq("identifier" => slow, "message" => {"napped" => "hold"})
+    got = []
+    while (m = (c.receive(timeout: 1) rescue nil)) # rubocop:disable Style/RescueModifier
+      got << m.dig("message", "shouted")
+    end
+    expect(got).to eq((0..4).map { |i| "\"N#{i}\"" })
+    expect(puma.log).to match(/stream_from block or coder dropped: ANYCABLE_MAX_CALLBACK_JOBS \(5\)/)
+    expect(puma.http(:get, "/metrics").body).to match(/^anycable_rs_callback_jobs_dropped_total 15$/)
+    broadcast("shout", "after")
+    expect(message_for(c, id)).to eq("shouted" => "\"AFTER\"")
+  end
+end

@@ -5,7 +5,9 @@
 //! GVL released, run the app's code and send the reply. Requests from connections
 //! (connect, commands, disconnect) are bounded by a semaphore, so a flood of commands
 //! makes tokio wait rather than queue without end; hub callbacks and timer ticks,
-//! which start on threads that cannot wait, go on the queue directly.
+//! which start on threads that cannot wait, go on the queue directly — callbacks up
+//! to `ANYCABLE_MAX_CALLBACK_JOBS` queued, past which they are dropped, counted and
+//! told (a timer has at most one tick queued).
 
 use std::cell::Cell;
 use std::collections::VecDeque;
@@ -82,6 +84,8 @@ impl Job {
 }
 
 const SPIN: Duration = Duration::from_micros(50);
+static CALLBACKS_DROPPED_LOG: anycable_core::logging::Throttle =
+    anycable_core::logging::Throttle::new();
 /// A job that waits longer than this for a Ruby thread is worth a warning.
 pub const SLOW_QUEUE: Duration = Duration::from_secs(1);
 const SLOW_QUEUE_LOG_EVERY: Duration = Duration::from_secs(10);
@@ -102,6 +106,9 @@ struct Load {
     waiting_for_room: AtomicUsize,
     /// Ruby threads between taking a job and asking for the next one.
     busy: AtomicUsize,
+    /// Callback jobs queued, and those dropped because the queue held the most.
+    callbacks: AtomicUsize,
+    callbacks_dropped: prometheus::IntCounter,
     /// Jobs run, and seconds spent running them in Ruby, by kind.
     jobs: prometheus::IntCounterVec,
     job_seconds: prometheus::CounterVec,
@@ -113,6 +120,13 @@ impl Default for Load {
             queued_at: Mutex::default(),
             waiting_for_room: AtomicUsize::default(),
             busy: AtomicUsize::default(),
+            callbacks: AtomicUsize::default(),
+            callbacks_dropped: prometheus::IntCounter::new(
+                "anycable_rs_callback_jobs_dropped_total",
+                "Broadcasts for Ruby stream_from blocks/coders dropped: \
+                 ANYCABLE_MAX_CALLBACK_JOBS were queued",
+            )
+            .expect("valid metric"),
             jobs: prometheus::IntCounterVec::new(
                 prometheus::Opts::new(
                     "anycable_rs_jobs_total",
@@ -153,18 +167,26 @@ pub struct JobQueue {
     tx: Sender<Job>,
     rx: Receiver<Job>,
     permits: Arc<Semaphore>,
+    /// `ANYCABLE_MAX_CALLBACK_JOBS`.
+    max_callbacks: usize,
     closed: Arc<AtomicBool>,
     spinning: Arc<AtomicBool>,
     load: Arc<Load>,
 }
 
 impl JobQueue {
-    pub fn new(capacity: usize) -> Self {
+    pub fn new(capacity: usize, max_callbacks: usize) -> Self {
         let (tx, rx) = crossbeam_channel::unbounded();
         JobQueue {
             tx,
             rx,
             permits: Arc::new(Semaphore::new(capacity.max(1))),
+            // 0: no limit.
+            max_callbacks: if max_callbacks == 0 {
+                usize::MAX
+            } else {
+                max_callbacks
+            },
             closed: Arc::new(AtomicBool::new(false)),
             spinning: Arc::new(AtomicBool::new(false)),
             load: Arc::new(Load::default()),
@@ -185,6 +207,8 @@ impl JobQueue {
     fn took(&self, job: Job) -> Job {
         if job.is_request() {
             self.permits.add_permits(1);
+        } else if matches!(job, Job::Callback { .. }) {
+            self.load.callbacks.fetch_sub(1, Ordering::AcqRel);
         }
         self.load.queued_at.lock().pop_front();
         let kind = job.kind();
@@ -241,6 +265,7 @@ impl JobQueue {
             "Ruby threads that run jobs (ANYCABLE_RPC_POOL_SIZE)",
             pool_size as f64,
         ));
+        out.extend(self.load.callbacks_dropped.collect());
         out.extend(self.load.jobs.collect());
         out.extend(self.load.job_seconds.collect());
         out
@@ -278,6 +303,32 @@ impl JobQueue {
     pub fn push(&self, job: Job) {
         if !self.closed.load(Ordering::Acquire) {
             self.send(job);
+        }
+    }
+
+    /// Queues a broadcast for a Ruby callback without waiting, unless
+    /// `ANYCABLE_MAX_CALLBACK_JOBS` are queued already: then it is dropped, counted
+    /// (`anycable_rs_callback_jobs_dropped_total`) and told, once a second at most.
+    /// Waiting is not an option (the hub delivers on the pub/sub's task), and without
+    /// a bound a flood of broadcasts to streams with blocks grows the queue without end.
+    pub fn push_callback(&self, id: u64, payload: Arc<str>) {
+        let queued = self.load.callbacks.fetch_add(1, Ordering::AcqRel);
+        if queued >= self.max_callbacks {
+            self.load.callbacks.fetch_sub(1, Ordering::AcqRel);
+            self.load.callbacks_dropped.inc();
+            let max = self.max_callbacks;
+            anycable_core::logging::once_a_second(&CALLBACKS_DROPPED_LOG, |more| {
+                log::error!(
+                    "a broadcast for a Ruby stream_from block or coder dropped: \
+                     ANYCABLE_MAX_CALLBACK_JOBS ({max}) are queued for the Ruby threads \
+                     ({more} more dropped since the last such line; slow blocks, or too \
+                     few threads: ANYCABLE_RPC_POOL_SIZE)"
+                )
+            });
+            return;
+        }
+        if self.closed.load(Ordering::Acquire) || !self.send(Job::Callback { id, payload }) {
+            self.load.callbacks.fetch_sub(1, Ordering::AcqRel);
         }
     }
 

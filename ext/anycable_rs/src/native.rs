@@ -51,11 +51,9 @@ impl Native {
     pub fn new(ruby: &Ruby, opts: RHash) -> Result<Self, Error> {
         let settings = Settings::from_ruby(ruby, opts)?;
         crate::logger::init(&settings.log_level);
-        let queue = JobQueue::new(settings.queue_size);
+        let queue = JobQueue::new(settings.queue_size, settings.max_callback_jobs);
         let sink_queue = queue.clone();
-        let sink: CallbackSink = Arc::new(move |id, payload| {
-            sink_queue.push(Job::Callback { id, payload });
-        });
+        let sink: CallbackSink = Arc::new(move |id, payload| sink_queue.push_callback(id, payload));
         let hub = Arc::new(Hub::new(Some(sink)));
         let server = Server::new(settings.server, RubyController::new(queue.clone()), hub);
         let source = queue.clone();

@@ -22,6 +22,8 @@ pub struct Settings {
     pub server: ServerConfig,
     pub log_level: String,
     pub queue_size: usize,
+    /// `ANYCABLE_MAX_CALLBACK_JOBS`.
+    pub max_callback_jobs: usize,
     pub worker_threads: usize,
     /// Ruby threads that run jobs (for the metrics).
     pub rpc_pool_size: usize,
@@ -211,6 +213,7 @@ impl Settings {
             server,
             log_level: o.get("log_level")?,
             queue_size: o.get("queue_size")?,
+            max_callback_jobs: o.get("max_callback_jobs")?,
             worker_threads: o.get::<usize>("worker_threads")?.max(1),
             rpc_pool_size: o.get("rpc_pool_size")?,
         };

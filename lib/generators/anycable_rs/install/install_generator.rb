@@ -27,6 +27,7 @@ module AnyCableRs
         [:rpc_pool_size, 5, "Ruby threads that run connection and channel code. Unset: Puma's max threads (else RAILS_MAX_THREADS, else 5)."],
         [:worker_threads, nil, "tokio threads of the embedded server."],
         [:queue_size, nil, "Calls into Ruby (connects, commands) queued for the Ruby threads at once; more wait, without blocking the server, for room."],
+        [:max_callback_jobs, nil, "Broadcasts queued for stream_from blocks and coders; past it they are dropped, counted and logged."],
         ["Clients", nil, nil],
         [:ping_interval, nil, "Seconds between pings to clients."],
         [:pong_timeout, 6, "Seconds an extended-protocol (actioncable-v1-ext-json) client may stay silent after a ping interval before it is disconnected as no_pong. Unset or 0: off."],
