@@ -119,6 +119,46 @@ RSpec.describe "NATS over TLS (tls://, real nats-server --tls, real Puma)", type
   end
 end
 
+# TLS and a login together (a managed NATS): the password goes only inside TLS (the
+# server takes no plaintext), both clients deliver, a wrong password is refused, and
+# the password is in no log line.
+RSpec.describe "NATS over TLS with a login (tls://user:password@, real nats-server, real Puma)", type: :cable do
+  before(:all) do
+    @nats = TlsNatsServer.new(user: "cable", password: "tls p@ss").start
+    @env = {"ANYCABLE_BROADCAST_ADAPTER" => "nats", "ANYCABLE_NATS_SERVERS" => @nats.url,
+            "SSL_CERT_FILE" => @nats.ca_file}
+    @puma = PumaServer.new(env: @env).start
+  end
+
+  after(:all) do
+    @puma&.stop && @puma&.cleanup
+    @nats&.stop
+    @nats&.cleanup
+  end
+
+  attr_reader :puma
+
+  it "delivers from the server process and a Ruby publisher; a wrong password is refused; no password in a log" do
+    c = connected
+    id = subscribed(c, channel: "EchoChannel")
+    wait_for(timeout: 15) { puma.log.include?("NATS connected") }
+    expect(puma.http(:post, "/broadcast", stream: "all", payload: '{"n":1}').code).to eq("201")
+    expect(message_for(c, id)).to eq("n" => 1)
+    out, status = ruby_with_gem(@env, 'AnyCableRs.broadcast("all", {"n" => 2})')
+    expect(status).to be_success, out
+    expect(message_for(c, id)).to eq("n" => 2)
+    wrong = @env.merge("ANYCABLE_NATS_SERVERS" => @nats.url.sub("tls%20p%40ss", "guess"))
+    expect(wrong["ANYCABLE_NATS_SERVERS"]).not_to eq(@nats.url)
+    out, status = ruby_with_gem(wrong, 'AnyCableRs.broadcast("all", {"n" => 3})')
+    expect(status).not_to be_success
+    expect(out).to match(/Authorization Violation/i)
+    expect(c.silent_for?(0.3)).to be(true)
+    logs = [puma.log, puma.rails_log, out].join("\n")
+    expect(logs).not_to include("tls p@ss")
+    expect(logs).not_to include("tls%20p%40ss")
+  end
+end
+
 # Review of #24 (17): holding credentials, neither client uses a NATS that asks for no
 # login (someone squatting the embedded NATS port on a machine): the server process
 # publishes nothing to it and says why; a Ruby publisher refuses before it sends the

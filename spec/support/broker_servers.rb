@@ -143,16 +143,25 @@ end
 # nats-server that requires TLS (`url` is tls://localhost:<port>) with TestCertificates
 # (`certs.ca_file`: what SSL_CERT_FILE points at to trust it).
 class TlsNatsServer < NatsServer
+  # `user`/`password`: it asks for them too (the URL carries them, percent-encoded).
+  def initialize(user: nil, password: nil)
+    super()
+    @user = user
+    @password = password
+  end
+
   def certs
     @certs ||= TestCertificates.new
   end
 
   def url
-    "tls://localhost:#{port}"
+    login = @user ? "#{ERB::Util.url_encode(@user)}:#{ERB::Util.url_encode(@password)}@" : ""
+    "tls://#{login}localhost:#{port}"
   end
 
   def command
-    super + ["--tls", "--tlscert", certs.cert_file, "--tlskey", certs.key_file]
+    super + ["--tls", "--tlscert", certs.cert_file, "--tlskey", certs.key_file] +
+      (@user ? ["--user", @user, "--pass", @password] : [])
   end
 
   def ca_file = certs.ca_file

@@ -432,21 +432,39 @@ mod tests {
     }
 
     /// A fake NATS server on loopback: says `INFO` (asking for a login or not),
-    /// answers `PING`, accepts any `CONNECT`, and hands over each `PUB` payload.
+    /// answers `PING`, accepts any `CONNECT` (handing over `"CONNECT"`), and hands
+    /// over each `PUB` payload.
     async fn fake_nats(
         auth_required: bool,
     ) -> (
         std::net::SocketAddr,
         tokio::sync::mpsc::UnboundedReceiver<String>,
     ) {
+        let (addr, rx, _server) = fake_nats_on(0, auth_required).await;
+        (addr, rx)
+    }
+
+    /// [`fake_nats`] on `port` (0: any); aborting the handle closes the server and
+    /// every connection it holds.
+    async fn fake_nats_on(
+        port: u16,
+        auth_required: bool,
+    ) -> (
+        std::net::SocketAddr,
+        tokio::sync::mpsc::UnboundedReceiver<String>,
+        tokio::task::JoinHandle<()>,
+    ) {
         use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(async move {
+        let server = tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
             while let Ok((socket, _)) = listener.accept().await {
                 let tx = tx.clone();
-                tokio::spawn(async move {
+                connections.spawn(async move {
                     let (read, mut write) = socket.into_split();
                     let info = serde_json::json!({"server_id": "FAKE", "server_name": "fake",
                         "version": "2.10.0", "go": "go1", "host": "127.0.0.1", "port": addr.port(),
@@ -459,6 +477,8 @@ mod tests {
                         if publishing {
                             let _ = tx.send(line);
                             publishing = false;
+                        } else if line.starts_with("CONNECT") {
+                            let _ = tx.send("CONNECT".into());
                         } else if line.starts_with("PING") {
                             let _ = write.write_all(b"PONG\r\n").await;
                         } else if line.starts_with("PUB ") || line.starts_with("HPUB ") {
@@ -468,7 +488,59 @@ mod tests {
                 });
             }
         });
-        (addr, rx)
+        (addr, rx, server)
+    }
+
+    /// The next payload a fake NATS was sent within `ms` (its CONNECTs skipped).
+    async fn next_publish(
+        rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+        ms: u64,
+    ) -> Option<String> {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(ms);
+        loop {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(line)) if line == "CONNECT" => continue,
+                Ok(line) => return line,
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Issue #24 (17), across a reconnect: the trusted server goes, something that
+    /// asks for no login takes its port, and the client — reconnecting to it — sends
+    /// it nothing and stops calling itself connected.
+    #[tokio::test]
+    async fn a_squatter_reached_by_a_reconnect_gets_nothing() {
+        let (addr, mut first, server) = fake_nats_on(0, true).await;
+        let pubsub = NatsPubSub::start(
+            &format!("nats://u:pw@{addr}"),
+            &NatsLogin::default(),
+            "s".into(),
+            |_| {},
+        )
+        .unwrap();
+        pubsub.publish("one".into());
+        let wait = std::time::Duration::from_secs(5);
+        loop {
+            let line = tokio::time::timeout(wait, first.recv()).await.unwrap();
+            if line.as_deref() == Some("one") {
+                break;
+            }
+        }
+        assert!(pubsub.is_connected());
+        server.abort();
+        let _ = server.await;
+        let (_, mut squatter, _squatting) = fake_nats_on(addr.port(), false).await;
+        let reconnected = tokio::time::timeout(std::time::Duration::from_secs(10), squatter.recv())
+            .await
+            .unwrap();
+        assert_eq!(reconnected.as_deref(), Some("CONNECT"));
+        for n in 0..10 {
+            pubsub.publish(format!("two-{n}"));
+        }
+        let sent = next_publish(&mut squatter, 1500).await;
+        assert!(sent.is_none(), "the squatter got {sent:?}");
+        assert!(!pubsub.is_connected());
     }
 
     /// Issue #24 (17): the embedded NATS was used whatever answered on its port. Now,
@@ -486,10 +558,12 @@ mod tests {
             )
             .unwrap();
             pubsub.publish("hello".into());
-            let got =
-                tokio::time::timeout(std::time::Duration::from_millis(1500), published.recv())
-                    .await;
-            assert_eq!(got.is_ok(), auth_required, "auth_required {auth_required}");
+            let got = next_publish(&mut published, 1500).await;
+            assert_eq!(
+                got.is_some(),
+                auth_required,
+                "auth_required {auth_required}"
+            );
             assert_eq!(pubsub.is_connected(), auth_required);
         }
     }
