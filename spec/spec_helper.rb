@@ -8,6 +8,7 @@ require_relative "support/puma_server"
 require_relative "support/cable_helpers"
 require_relative "support/broker_servers"
 require_relative "support/prometheus_text"
+require_relative "support/running_versions"
 
 RSpec.configure do |config|
   config.expect_with(:rspec) { |c| c.syntax = :expect }

@@ -538,7 +538,8 @@ module AnyCableRs
     end
 
     def describe(status)
-      return "reaped elsewhere" unless status
+      # Puma 6's cluster master reaps every child and logs the status itself.
+      return "reaped elsewhere: Puma's master logs its status as a reaped unknown child" unless status
       return "signal #{Signal.signame(status.termsig)}" if status.signaled?
 
       "status #{status.exitstatus}"

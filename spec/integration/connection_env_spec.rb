@@ -6,8 +6,9 @@ require "spec_helper"
 # env (ANYCABLE_RETAIN_ENV keeps the env); a channel that reads the request later gets it
 # rebuilt: cookies (signed, encrypted, plain), the session, params, headers, env.
 RSpec.describe "A connection's request after connect (real Puma)", type: :cable do
-  # Puma's port reaches the app's mounted /cable (SCRIPT_NAME "/cable", PATH_INFO "/").
-  def expected(name, tab, middleware:, path: "/cable/", original: "/cable?tab=#{tab}")
+  # Puma's port reaches the app's mounted /cable (SCRIPT_NAME "/cable"; PATH_INFO "/"
+  # before Rails 7.1, "" since).
+  def expected(name, tab, middleware:, path: RunningVersions.cable_path_on_puma, original: "/cable?tab=#{tab}")
     {
       "secret" => "s3cret-#{name}", "signed_user_id" => a_kind_of(Integer), "plain" => "plain-#{name}",
       "session_user" => name, "header" => "custom-#{name}", "env_header" => "custom-#{name}",
@@ -45,7 +46,8 @@ RSpec.describe "A connection's request after connect (real Puma)", type: :cable 
       c = connected(name: "alice", path: "/cable?tab=closing")
       subscribed(c, channel: "StateChannel", room: "closing")
       c.close
-      expect(wait_for { log_lines(%(Finished "/cable/?tab=closing" [WebSocket])).any? }).to be(true)
+      path = RunningVersions.cable_path_on_puma
+      expect(wait_for { log_lines(%(Finished "#{path}?tab=closing" [WebSocket])).any? }).to be(true)
     end
 
     it "gives Action Cable's connection statistics, request id included" do

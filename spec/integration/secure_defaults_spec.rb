@@ -21,8 +21,8 @@ RSpec.describe "Secure defaults: no broadcast key (real Puma)", type: :cable do
   it "logs the WebSocket request path through the app's parameter filter" do
     c = connected(path: "/cable?token=tok-s3cr3t-42&room=lobby")
     c.close
-    # The mounted path, as Action Cable logs it: "/cable/?…" through Puma's port.
-    path = %r{"/cable/?\?token=\[FILTERED\]&room=lobby" \[WebSocket\]}
+    # The mounted path, as Action Cable logs it through Puma's port.
+    path = /"#{Regexp.escape(RunningVersions.cable_path_on_puma)}\?token=\[FILTERED\]&room=lobby" \[WebSocket\]/
     wait_for { puma.rails_log.lines.grep(/Finished #{path}/).any? }
     expect(puma.rails_log.lines.grep(/Started GET #{path}/).size).to eq(1)
     expect(puma.rails_log.lines.grep(/Finished #{path}/).size).to eq(1)
