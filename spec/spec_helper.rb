@@ -16,8 +16,8 @@ RSpec.configure do |config|
   config.order = :defined
   # A spec that cannot run here must fail, never pass quietly.
   config.fail_if_no_examples = true
-  # No example may hang the suite.
+  # No example may hang the suite (`timeout:` metadata for one that loops on purpose).
   config.around do |example|
-    Timeout.timeout(90) { example.run }
+    Timeout.timeout(example.metadata.fetch(:timeout, 90)) { example.run }
   end
 end

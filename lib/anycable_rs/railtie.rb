@@ -179,6 +179,9 @@ module AnyCableRs
       return if ::Puma::Launcher.ancestors.include?(LauncherHook)
 
       ::Puma::Launcher.prepend(LauncherHook)
+      # Booted by a running Puma (its traps are set): move its USR2 handler now;
+      # booted before Puma sets them (`rails server`), LauncherHook#setup_signals does.
+      off_the_trap("SIGUSR2")
     end
 
     module LauncherHook
@@ -188,6 +191,33 @@ module AnyCableRs
         AnyCableRs.shutdown
         super
       end
+
+      # Puma's USR2 handler asks for the restart from the trap itself: a write to the
+      # server's wake-up pipe that can race the server thread closing that pipe. On
+      # Ruby 3.3/3.4 the close then waits forever for a waiter the trap could not
+      # unregister (it cannot take the mutex that does it; ruby/ruby#13684, fixed in
+      # Ruby 4.0): the restart hung in ~1 of 10 runs under load (issue #21). The same
+      # handler runs on a thread of its own instead, outside trap context.
+      def setup_signals
+        super
+        PumaRestart.off_the_trap("SIGUSR2")
+      end
     end
+
+    # Re-installs `signal`'s handler, when it is a Proc (Puma's), so that it runs on a
+    # new thread; leaves any other (the default, or ours already) as it is.
+    def off_the_trap(signal)
+      handler = Signal.trap(signal, "IGNORE")
+      if handler.respond_to?(:call) && !OURS.include?(handler)
+        ours = proc { |signo| Thread.new { handler.call(signo) } }
+        OURS << ours
+        Signal.trap(signal, &ours)
+      else
+        Signal.trap(signal, handler || "DEFAULT")
+      end
+    rescue ArgumentError # no such signal here
+      nil
+    end
+    OURS = [] # rubocop:disable Style/MutableConstant
   end
 end

@@ -175,3 +175,33 @@ RSpec.describe "A bound on broadcasts queued for stream_from blocks (real Puma)"
     expect(message_for(c, id)).to eq("shouted" => "\"AFTER\"")
   end
 end
+
+# Issue #21: Puma's hot restart hung for good in ~1 of 10 runs on Ruby 3.3/Puma 6.6
+# with sockets open and slow unsubscribe callbacks (Puma's server thread stuck closing
+# its wake-up pipe). Restarted RESTARTS times in a row, each must come back.
+RSpec.describe "Puma hot restarts in a row (SIGUSR2, single mode, slow callbacks)", type: :cable do
+  restarts = Integer(ENV.fetch("HOT_RESTARTS", "30"))
+  with_puma(threads: 1, env: {"ANYCABLE_SHUTDOWN_TIMEOUT" => "0.3"})
+
+  def serving?
+    puma.http(:get, "/events").code == "200"
+  rescue SystemCallError, Net::ReadTimeout, EOFError
+    false
+  end
+
+  it "comes back #{restarts} times out of #{restarts}", timeout: 60 + restarts * 25 do
+    restarts.times do |n|
+      clients = Array.new(20) { |i| connected(name: "r#{n}x#{i}") }
+      clients.each { |c| subscribed(c, channel: "SlowChannel", linger: 0.2) }
+      before = puma.log.scan("Restarting...").size
+      Process.kill("USR2", puma.pid)
+      back = begin
+        wait_for(timeout: 20) { puma.log.scan("Restarting...").size > before && serving? }
+      rescue RuntimeError
+        false
+      end
+      expect(back).to be(true), "restart #{n + 1} of #{restarts} did not come back within 20 s:\n#{puma.log.lines.last(15).join}"
+      clients.each(&:close)
+    end
+  end
+end
