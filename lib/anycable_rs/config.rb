@@ -382,7 +382,8 @@ module AnyCableRs
     end
 
     def self.app_secret_key_base
-      app = defined?(::Rails) && ::Rails.respond_to?(:application) && ::Rails.application
+      # (Rails without an application, say only rails/railtie loaded: nil, not false.)
+      app = ::Rails.application if defined?(::Rails) && ::Rails.respond_to?(:application)
       app&.secret_key_base
     rescue ArgumentError # Rails: "Missing secret_key_base"
       nil

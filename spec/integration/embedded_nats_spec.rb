@@ -398,7 +398,12 @@ RSpec.describe "Embedded NATS under `rails server` with workers", type: :cable d
     wait_for(timeout: 60) { File.read(log).scan(/Worker \d \(PID: \d+\) booted/).size == 2 }
     child = wait_for { nats_children(pid).first }
     Process.kill("INT", pid)
-    Timeout.timeout(15) { Process.wait(pid) }
+    begin
+      Timeout.timeout(15) { Process.wait(pid) }
+    rescue Timeout::Error
+      tree = `ps -e -o pid,ppid,stat,wchan:24,args 2>&1`.lines.grep(/ruby|puma|nats|PID/).join
+      raise "rails server did not stop within 15 s of SIGINT:\n#{tree}\n#{File.read(log).lines.last(20).join}"
+    end
     pid = nil
     wait_for { gone?(child) }
     expect(File.read(File.join(dir, "rails.log"))).to include("[nats-server]").and include("Server Exiting")
