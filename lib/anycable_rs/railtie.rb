@@ -170,7 +170,8 @@ module AnyCableRs
   # Puma's hot restart (SIGUSR2, `pumactl restart`) in single mode re-executes the
   # process: at_exit hooks never run, so without this clients would get a bare 1006
   # instead of `server_restart`, and no disconnect callback would run. Phased restarts
-  # in cluster mode stop workers normally and need nothing.
+  # in cluster mode stop workers normally and need nothing. Puma's USR2 handler runs
+  # off the trap (off_the_trap).
   module PumaRestart
     module_function
 
