@@ -170,12 +170,21 @@ module AnyCableRs
   # Puma's hot restart (SIGUSR2, `pumactl restart`) in single mode re-executes the
   # process: at_exit hooks never run, so without this clients would get a bare 1006
   # instead of `server_restart`, and no disconnect callback would run. Phased restarts
-  # in cluster mode stop workers normally and need nothing. Puma's USR2 handler runs
-  # off the trap (off_the_trap).
+  # in cluster mode stop workers normally and need nothing. Puma's handlers that stop
+  # or restart a server (USR2; a cluster worker's TERM) run off the trap (off_the_trap).
   module PumaRestart
     module_function
 
     def install
+      # `rails server` boots the app before it loads Puma.
+      if defined?(::Rails::Server) && !defined?(::Puma::Launcher)
+        begin
+          require "puma"
+          require "puma/cli"
+        rescue LoadError # another server
+          nil
+        end
+      end
       return unless defined?(::Puma::Launcher)
       return if ::Puma::Launcher.ancestors.include?(LauncherHook)
 
@@ -183,6 +192,25 @@ module AnyCableRs
       # Booted by a running Puma (its traps are set): move its USR2 handler now;
       # booted before Puma sets them (`rails server`), LauncherHook#setup_signals does.
       off_the_trap("SIGUSR2")
+      # A cluster worker's SIGTERM handler stops its server from the trap the same way
+      # (Puma issue #3677: the worker never exits); Puma sets it just before the
+      # worker runs its server.
+      require "puma/server"
+      ::Puma::Server.prepend(WorkerServerHook)
+      master = Process.pid
+      ::ActiveSupport::ForkTracker.after_fork { @worker = Process.ppid == master } if defined?(::ActiveSupport::ForkTracker)
+    end
+
+    # This process is a worker the booting process forked (Puma's cluster mode).
+    def worker?
+      @worker == true
+    end
+
+    module WorkerServerHook
+      def run(*, **)
+        PumaRestart.off_the_trap("SIGTERM") if PumaRestart.worker?
+        super
+      end
     end
 
     module LauncherHook

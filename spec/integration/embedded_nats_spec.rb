@@ -379,11 +379,16 @@ end
 # `rails server`: the app boots in the process that becomes Puma's master (workers from
 # WEB_CONCURRENCY), which owns the child. Ctrl-C (SIGINT) makes Puma's master wait for
 # all its children after on_stopped: the nats-server must be stopped by then.
+# Also the workers' SIGTERM (issue #21): on Puma 6.6/Ruby 3.3 a cluster worker stopped
+# from Puma's trap never exited in ~1 of 7 runs (its server thread stuck closing the
+# wake-up pipe: Puma issue #3677); the gem runs that handler off the trap. ROUNDS
+# servers in a row (SIGINT_ROUNDS to change).
 RSpec.describe "Embedded NATS under `rails server` with workers", type: :cable do
   include EnatsHelpers
 
-  it "runs the nats-server in the master and stops it on SIGINT" do
-    dir = Dir.mktmpdir("anycable-rs-rails-s")
+  rounds = Integer(ENV.fetch("SIGINT_ROUNDS", "8"))
+
+  def rails_server(dir)
     port = PumaServer.free_port
     log = File.join(dir, "out.log")
     script = 'APP_PATH = File.expand_path("config/application", Dir.pwd); require "rails/commands"'
@@ -395,24 +400,35 @@ RSpec.describe "Embedded NATS under `rails server` with workers", type: :cable d
       "-P", File.join(dir, "server.pid"),
       chdir: PumaServer::DUMMY, out: log, err: [:child, :out], pgroup: true
     )
-    wait_for(timeout: 60) { File.read(log).scan(/Worker \d \(PID: \d+\) booted/).size == 2 }
-    child = wait_for { nats_children(pid).first }
-    Process.kill("INT", pid)
-    begin
-      Timeout.timeout(15) { Process.wait(pid) }
-    rescue Timeout::Error
-      tree = `ps -e -o pid,ppid,stat,wchan:24,args 2>&1`.lines.grep(/ruby|puma|nats|PID/).join
-      raise "rails server did not stop within 15 s of SIGINT:\n#{tree}\n#{File.read(log).lines.last(20).join}"
+    [pid, log]
+  end
+
+  it "runs the nats-server in the master and stops it on SIGINT, #{rounds} times out of #{rounds}", timeout: 30 + rounds * 30 do
+    rounds.times do |n|
+      dir = Dir.mktmpdir("anycable-rs-rails-s")
+      pid, log = rails_server(dir)
+      wait_for(timeout: 60) { File.read(log).scan(/Worker \d \(PID: \d+\) booted/).size == 2 }
+      child = wait_for { nats_children(pid).first }
+      Process.kill("INT", pid)
+      begin
+        Timeout.timeout(15) { Process.wait(pid) }
+      rescue Timeout::Error
+        tree = `ps -e -o pid,ppid,stat,wchan:24,args 2>&1`.lines.grep(/ruby|puma|nats|PID/).join
+        # What the processes left are doing (spec/dummy's SIGURG thread dump).
+        `ps -o pid= --ppid #{pid}`.split.map(&:to_i).push(pid).each { |p| Process.kill("URG", p) rescue nil } # rubocop:disable Style/RescueModifier
+        sleep 1
+        raise "round #{n + 1}: rails server did not stop within 15 s of SIGINT:\n#{tree}\n#{File.read(log).lines.last(200).join}"
+      end
+      pid = nil
+      wait_for { gone?(child) }
+      expect(File.read(File.join(dir, "rails.log"))).to include("[nats-server]").and include("Server Exiting")
+    ensure
+      if pid
+        Process.kill("KILL", -pid)
+        Process.wait(pid)
+      end
+      FileUtils.rm_rf(dir) if dir
     end
-    pid = nil
-    wait_for { gone?(child) }
-    expect(File.read(File.join(dir, "rails.log"))).to include("[nats-server]").and include("Server Exiting")
-  ensure
-    if pid
-      Process.kill("KILL", -pid)
-      Process.wait(pid)
-    end
-    FileUtils.rm_rf(dir) if dir
   end
 end
 
