@@ -225,7 +225,7 @@ module AnyCableRs
       # server's wake-up pipe that can race the server thread closing that pipe. On
       # Ruby 3.3/3.4 the close then waits forever for a waiter the trap could not
       # unregister (it cannot take the mutex that does it; ruby/ruby#13684, fixed in
-      # Ruby 4.0): the restart hung in ~1 of 10 runs under load (issue #21). The same
+      # Ruby 4.0): the restart hung in ~1 of 80 under load (issue #21). The same
       # handler runs on a thread of its own instead, outside trap context.
       def setup_signals
         super
@@ -237,9 +237,9 @@ module AnyCableRs
     # new thread; leaves any other (the default, or ours already) as it is.
     def off_the_trap(signal)
       handler = Signal.trap(signal, "IGNORE")
-      if handler.respond_to?(:call) && !OURS.include?(handler)
+      if handler.respond_to?(:call) && !handler.instance_variable_defined?(:@anycable_rs_off_the_trap)
         ours = proc { |signo| Thread.new { handler.call(signo) } }
-        OURS << ours
+        ours.instance_variable_set(:@anycable_rs_off_the_trap, true)
         Signal.trap(signal, &ours)
       else
         Signal.trap(signal, handler || "DEFAULT")
@@ -247,6 +247,5 @@ module AnyCableRs
     rescue ArgumentError # no such signal here
       nil
     end
-    OURS = [] # rubocop:disable Style/MutableConstant
   end
 end

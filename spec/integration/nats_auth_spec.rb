@@ -3,6 +3,49 @@
 require "spec_helper"
 require "open3"
 
+
+# A NATS that asks for a login and one Puma using it, for a describe group: the block
+# starts the NATS and gives [nats, env]; `puma` and @env are the group's.
+module NatsWithPuma
+  def nats_and_puma(&start)
+    before(:all) do
+      require "anycable_rs"
+      @nats, @env = instance_exec(&start)
+      @puma = PumaServer.new(env: @env).start
+    end
+    after(:all) do
+      @puma&.stop && @puma&.cleanup
+      @nats&.stop
+      @nats&.cleanup
+    end
+    attr_reader :puma
+  end
+end
+
+# What every login spec checks first: a broadcast from the server process and one from
+# a plain Ruby publisher (a process that serves no sockets) both arrive. [client, id].
+module NatsLoginHelpers
+  def delivers_from_both
+    c = connected
+    id = subscribed(c, channel: "EchoChannel")
+    wait_for(timeout: 15) { puma.log.include?("NATS connected") }
+    expect(puma.http(:post, "/broadcast", stream: "all", payload: '{"n":1}').code).to eq("201")
+    expect(message_for(c, id)).to eq("n" => 1)
+    out, status = ruby_with_gem(@env, 'AnyCableRs.broadcast("all", {"n" => 2})')
+    expect(status).to be_success, out
+    expect(message_for(c, id)).to eq("n" => 2)
+    [c, id]
+  end
+
+  # A Ruby publisher with `env` is refused as `refusal` says; its output.
+  def publisher_refused(env, refusal)
+    out, status = ruby_with_gem(env, 'AnyCableRs.broadcast("all", {"n" => 3})')
+    expect(status).not_to be_success
+    expect(out).to match(refusal)
+    out
+  end
+end
+
 # A NATS that requires credentials, given in ANYCABLE_NATS_SERVERS as AnyCable takes
 # them (nats://user:password@host, percent-encoded): the server processes' Rust client
 # and a plain Ruby publisher both authenticate, over the core subject and JetStream,
@@ -77,30 +120,16 @@ end
 # OpenSSL both read it); someone answering for the NATS with a certificate the
 # machine does not trust gets nothing.
 RSpec.describe "NATS over TLS (tls://, real nats-server --tls, real Puma)", type: :cable do
-  before(:all) do
-    @nats = TlsNatsServer.new.start
-    @env = {"ANYCABLE_BROADCAST_ADAPTER" => "nats", "ANYCABLE_NATS_SERVERS" => @nats.url,
-            "SSL_CERT_FILE" => @nats.ca_file}
-    @puma = PumaServer.new(env: @env).start
-  end
+  extend NatsWithPuma
+  include NatsLoginHelpers
 
-  after(:all) do
-    @puma&.stop && @puma&.cleanup
-    @nats&.stop
-    @nats&.cleanup
+  nats_and_puma do
+    nats = TlsNatsServer.new.start
+    [nats, {"ANYCABLE_BROADCAST_ADAPTER" => "nats", "ANYCABLE_NATS_SERVERS" => nats.url, "SSL_CERT_FILE" => nats.ca_file}]
   end
-
-  attr_reader :puma
 
   it "delivers through a tls:// NATS the machine trusts, from the server process and a process that serves no sockets" do
-    c = connected
-    id = subscribed(c, channel: "EchoChannel")
-    wait_for(timeout: 15) { puma.log.include?("NATS connected") }
-    expect(puma.http(:post, "/broadcast", stream: "all", payload: '{"n":1}').code).to eq("201")
-    expect(message_for(c, id)).to eq("n" => 1)
-    out, status = ruby_with_gem(@env, 'AnyCableRs.broadcast("all", {"n" => 2})')
-    expect(status).to be_success, out
-    expect(message_for(c, id)).to eq("n" => 2)
+    delivers_from_both
   end
 
   it "refuses a NATS whose certificate the machine does not trust: no link, and a publisher's clear error" do
@@ -110,9 +139,7 @@ RSpec.describe "NATS over TLS (tls://, real nats-server --tls, real Puma)", type
     subscribed(c, channel: "EchoChannel")
     sleep 2
     expect(other.log).not_to include("NATS connected")
-    out, status = ruby_with_gem(untrusting, 'AnyCableRs.broadcast("all", {"n" => 3})')
-    expect(status).not_to be_success
-    expect(out).to match(/NATS TLS: .*certificate verify failed/)
+    publisher_refused(untrusting, /NATS TLS: .*certificate verify failed/)
     expect(c.silent_for?(0.5)).to be(true)
   ensure
     other&.stop && other&.cleanup
@@ -123,35 +150,19 @@ end
 # server takes no plaintext), both clients deliver, a wrong password is refused, and
 # the password is in no log line.
 RSpec.describe "NATS over TLS with a login (tls://user:password@, real nats-server, real Puma)", type: :cable do
-  before(:all) do
-    @nats = TlsNatsServer.new(user: "cable", password: "tls p@ss").start
-    @env = {"ANYCABLE_BROADCAST_ADAPTER" => "nats", "ANYCABLE_NATS_SERVERS" => @nats.url,
-            "SSL_CERT_FILE" => @nats.ca_file}
-    @puma = PumaServer.new(env: @env).start
-  end
+  extend NatsWithPuma
+  include NatsLoginHelpers
 
-  after(:all) do
-    @puma&.stop && @puma&.cleanup
-    @nats&.stop
-    @nats&.cleanup
+  nats_and_puma do
+    nats = TlsNatsServer.new(user: "cable", password: "tls p@ss").start
+    [nats, {"ANYCABLE_BROADCAST_ADAPTER" => "nats", "ANYCABLE_NATS_SERVERS" => nats.url, "SSL_CERT_FILE" => nats.ca_file}]
   end
-
-  attr_reader :puma
 
   it "delivers from the server process and a Ruby publisher; a wrong password is refused; no password in a log" do
-    c = connected
-    id = subscribed(c, channel: "EchoChannel")
-    wait_for(timeout: 15) { puma.log.include?("NATS connected") }
-    expect(puma.http(:post, "/broadcast", stream: "all", payload: '{"n":1}').code).to eq("201")
-    expect(message_for(c, id)).to eq("n" => 1)
-    out, status = ruby_with_gem(@env, 'AnyCableRs.broadcast("all", {"n" => 2})')
-    expect(status).to be_success, out
-    expect(message_for(c, id)).to eq("n" => 2)
+    c, = delivers_from_both
     wrong = @env.merge("ANYCABLE_NATS_SERVERS" => @nats.url.sub("tls%20p%40ss", "guess"))
     expect(wrong["ANYCABLE_NATS_SERVERS"]).not_to eq(@nats.url)
-    out, status = ruby_with_gem(wrong, 'AnyCableRs.broadcast("all", {"n" => 3})')
-    expect(status).not_to be_success
-    expect(out).to match(/Authorization Violation/i)
+    out = publisher_refused(wrong, /Authorization Violation/i)
     expect(c.silent_for?(0.3)).to be(true)
     logs = [puma.log, puma.rails_log, out].join("\n")
     expect(logs).not_to include("tls p@ss")
@@ -200,35 +211,19 @@ end
 # ANYCABLE_NATS_NKEY_SEED logs the server processes and a plain Ruby publisher in with a
 # signature of the server's nonce; the seed is in no log line and never sent.
 RSpec.describe "An nkey login to NATS (real nats-server with an nkey user, real Puma)", type: :cable do
-  before(:all) do
-    require "anycable_rs"
-    @nats = NkeyNatsServer.new.start
-    @env = {"ANYCABLE_BROADCAST_ADAPTER" => "nats", "ANYCABLE_NATS_SERVERS" => @nats.url,
-            "ANYCABLE_NATS_NKEY_SEED" => @nats.seed}
-    @puma = PumaServer.new(env: @env).start
-  end
+  extend NatsWithPuma
+  include NatsLoginHelpers
 
-  after(:all) do
-    @puma&.stop && @puma&.cleanup
-    @nats&.stop
-    @nats&.cleanup
+  nats_and_puma do
+    nats = NkeyNatsServer.new.start
+    [nats, {"ANYCABLE_BROADCAST_ADAPTER" => "nats", "ANYCABLE_NATS_SERVERS" => nats.url,
+            "ANYCABLE_NATS_NKEY_SEED" => nats.seed}]
   end
-
-  attr_reader :puma
 
   it "delivers from the server process and a Ruby publisher; another seed is refused; the seed is in no log" do
-    c = connected
-    id = subscribed(c, channel: "EchoChannel")
-    wait_for(timeout: 15) { puma.log.include?("NATS connected") }
-    expect(puma.http(:post, "/broadcast", stream: "all", payload: '{"n":1}').code).to eq("201")
-    expect(message_for(c, id)).to eq("n" => 1)
-    out, status = ruby_with_gem(@env, 'AnyCableRs.broadcast("all", {"n" => 2})')
-    expect(status).to be_success, out
-    expect(message_for(c, id)).to eq("n" => 2)
+    c, = delivers_from_both
     other_seed, = AnyCableRs::Native.nkey_user(SecureRandom.hex(32))
-    out, status = ruby_with_gem(@env.merge("ANYCABLE_NATS_NKEY_SEED" => other_seed), 'AnyCableRs.broadcast("all", {"n" => 3})')
-    expect(status).not_to be_success
-    expect(out).to match(/Authorization Violation/i)
+    out = publisher_refused(@env.merge("ANYCABLE_NATS_NKEY_SEED" => other_seed), /Authorization Violation/i)
     expect(c.silent_for?(0.3)).to be(true)
     logs = [puma.log, puma.rails_log, out].join("\n")
     expect(logs).not_to include(@nats.seed)
@@ -243,36 +238,20 @@ end
 # publisher; a user of an account it does not know is refused; the seed is in no log.
 [["the NATS pub/sub", {}], ["the NATS broker (JetStream)", {"ANYCABLE_BROKER" => "nats"}]].each do |what, extra|
 RSpec.describe "A NATS credentials file for #{what} (real nats-server in operator mode, real Puma)", type: :cable do # rubocop:disable Layout/IndentationConsistency
-  before(:all) do
-    require "anycable_rs"
-    @nats = OperatorNatsServer.new(jetstream: extra.key?("ANYCABLE_BROKER")).start
-    @creds, @seed = @nats.creds_file("rails")
-    @env = {"ANYCABLE_BROADCAST_ADAPTER" => "nats", "ANYCABLE_NATS_SERVERS" => @nats.url,
-            "ANYCABLE_NATS_CREDENTIALS" => @creds}.merge(extra)
-    @puma = PumaServer.new(env: @env).start
-  end
+  extend NatsWithPuma
+  include NatsLoginHelpers
 
-  after(:all) do
-    @puma&.stop && @puma&.cleanup
-    @nats&.stop
-    @nats&.cleanup
+  nats_and_puma do
+    nats = OperatorNatsServer.new(jetstream: extra.key?("ANYCABLE_BROKER")).start
+    @creds, @seed = nats.creds_file("rails")
+    [nats, {"ANYCABLE_BROADCAST_ADAPTER" => "nats", "ANYCABLE_NATS_SERVERS" => nats.url,
+            "ANYCABLE_NATS_CREDENTIALS" => @creds}.merge(extra)]
   end
-
-  attr_reader :puma
 
   it "delivers from the server process and a Ruby publisher; a stranger's file is refused; no seed in a log" do
-    c = connected
-    id = subscribed(c, channel: "EchoChannel")
-    wait_for(timeout: 15) { puma.log.include?("NATS connected") }
-    expect(puma.http(:post, "/broadcast", stream: "all", payload: '{"n":1}').code).to eq("201")
-    expect(message_for(c, id)).to eq("n" => 1)
-    out, status = ruby_with_gem(@env, 'AnyCableRs.broadcast("all", {"n" => 2})')
-    expect(status).to be_success, out
-    expect(message_for(c, id)).to eq("n" => 2)
+    c, = delivers_from_both
     stranger, stranger_seed = @nats.creds_file("stranger", signed_by: :other_account)
-    out, status = ruby_with_gem(@env.merge("ANYCABLE_NATS_CREDENTIALS" => stranger), 'AnyCableRs.broadcast("all", {"n" => 3})')
-    expect(status).not_to be_success
-    expect(out).to match(/Authorization Violation/i)
+    out = publisher_refused(@env.merge("ANYCABLE_NATS_CREDENTIALS" => stranger), /Authorization Violation/i)
     expect(c.silent_for?(0.3)).to be(true)
     logs = [puma.log, puma.rails_log, out].join("\n")
     expect(logs).not_to include(@seed)

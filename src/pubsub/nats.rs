@@ -506,27 +506,26 @@ mod tests {
         }
     }
 
+    /// A client of the NATS at `addr` that holds a password (core subject `s`).
+    fn holding_a_password(addr: std::net::SocketAddr) -> NatsPubSub {
+        NatsPubSub::start(
+            &format!("nats://u:pw@{addr}"),
+            &NatsLogin::default(),
+            "s".into(),
+            |_| {},
+        )
+        .unwrap()
+    }
+
     /// Issue #24 (17), across a reconnect: the trusted server goes, something that
     /// asks for no login takes its port, and the client — reconnecting to it — sends
     /// it nothing and stops calling itself connected.
     #[tokio::test]
     async fn a_squatter_reached_by_a_reconnect_gets_nothing() {
         let (addr, mut first, server) = fake_nats_on(0, true).await;
-        let pubsub = NatsPubSub::start(
-            &format!("nats://u:pw@{addr}"),
-            &NatsLogin::default(),
-            "s".into(),
-            |_| {},
-        )
-        .unwrap();
+        let pubsub = holding_a_password(addr);
         pubsub.publish("one".into());
-        let wait = std::time::Duration::from_secs(5);
-        loop {
-            let line = tokio::time::timeout(wait, first.recv()).await.unwrap();
-            if line.as_deref() == Some("one") {
-                break;
-            }
-        }
+        assert_eq!(next_publish(&mut first, 5000).await.as_deref(), Some("one"));
         assert!(pubsub.is_connected());
         server.abort();
         let _ = server.await;
@@ -550,13 +549,7 @@ mod tests {
     async fn holding_credentials_it_uses_no_server_that_asks_for_no_login() {
         for auth_required in [false, true] {
             let (addr, mut published) = fake_nats(auth_required).await;
-            let pubsub = NatsPubSub::start(
-                &format!("nats://u:pw@{addr}"),
-                &NatsLogin::default(),
-                "s".into(),
-                |_| {},
-            )
-            .unwrap();
+            let pubsub = holding_a_password(addr);
             pubsub.publish("hello".into());
             let got = next_publish(&mut published, 1500).await;
             assert_eq!(

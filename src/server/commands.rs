@@ -113,18 +113,7 @@ impl<C: Controller> Inner<C> {
             session: session.clone(),
             command,
         };
-        let run: CommandFuture<'a> = match lazy.take() {
-            None => Box::pin(self.controller.command(request)),
-            // The first command for the app's code: its connection object first.
-            Some(connect) => {
-                let connected = self.connect_lazily(session.clone(), connect);
-                Box::pin(async move {
-                    if connected.await {
-                        self.controller.command(request).await;
-                    }
-                })
-            }
-        };
+        let run = self.to_app(request, lazy);
         let Some(id) = after_id else {
             return Some(run);
         };
@@ -173,17 +162,27 @@ impl<C: Controller> Inner<C> {
                 )),
             },
         };
-        Some(match lazy.take() {
+        Some(self.to_app(request, lazy))
+    }
+
+    /// Runs `request` in the app's code — for the first command of a lazily
+    /// connected session, after building its connection object.
+    fn to_app<'a>(
+        &'a self,
+        request: CommandRequest,
+        lazy: &mut Option<ConnectRequest>,
+    ) -> CommandFuture<'a> {
+        match lazy.take() {
             None => Box::pin(self.controller.command(request)),
             Some(connect) => {
-                let connected = self.connect_lazily(session.clone(), connect);
+                let connected = self.connect_lazily(request.session.clone(), connect);
                 Box::pin(async move {
                     if connected.await {
                         self.controller.command(request).await;
                     }
                 })
             }
-        })
+        }
     }
 
     /// What one connection may hold (`ANYCABLE_MAX_IDENTIFIER_SIZE`,
