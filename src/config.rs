@@ -9,8 +9,8 @@ use std::time::Duration;
 use crate::auth::jwt::JwtConfig;
 use crate::auth::streams::StreamsConfig;
 use crate::broker::seal::SealKey;
-pub use crate::broker::BrokerKind;
 use crate::broker::HistoryConfig;
+pub use crate::broker::{BrokerKind, Replicas};
 use crate::http::origin::OriginPolicy;
 use crate::pubsub::PubSubConfig;
 
@@ -31,6 +31,9 @@ pub struct ServerConfig {
     pub history: Option<HistoryConfig>,
     /// Which broker keeps the history when `history` is set.
     pub broker: BrokerKind,
+    /// `ANYCABLE_BROKER_REPLICAS`: the NATS broker's copies of the history stream and
+    /// the sessions bucket.
+    pub broker_replicas: Replicas,
     /// `ANYCABLE_SESSIONS_TTL`: with a broker, an extended-protocol session is kept
     /// this long after its socket closed, for a restore. Zero: no restores.
     pub sessions_ttl: Duration,
@@ -114,6 +117,7 @@ impl Default for ServerConfig {
             pong_timeout: Duration::ZERO,
             history: None,
             broker: BrokerKind::Memory,
+            broker_replicas: Replicas::Auto,
             sessions_ttl: Duration::from_secs(300),
             presence_ttl: Duration::from_secs(15),
             sessions_max_bytes: 64 * 1024 * 1024,

@@ -32,6 +32,10 @@ module AnyCableRs
       # in NATS JetStream for every node (needs broadcast_adapter nats; nats-server
       # with JetStream, `-js`). "none": neither.
       broker: "none",
+      # The NATS broker's copies of the history stream and the sessions bucket, each on
+      # another JetStream server (1 to 5). "auto": three once the cluster has three
+      # servers (grown as machines join), else one.
+      broker_replicas: "auto",
       history_limit: 100,
       history_ttl: 300,
       # Bytes the history may hold in all (payloads plus ~100 bytes each); past that
@@ -357,7 +361,8 @@ module AnyCableRs
         metrics_path: metrics_http, metrics_tags: metrics_tags, metrics_token: metrics_token, max_conn: max_conn,
         max_conn_age: max_conn_age.to_f, rpc_pool_size: rpc_pool_size,
         streams: streams_options, jwt: jwt_options,
-        pong_timeout: pong_timeout.to_f, broker: broker, history_limit: history_limit, history_ttl: history_ttl.to_f,
+        pong_timeout: pong_timeout.to_f, broker: broker, broker_replicas: broker_replicas.to_s,
+        history_limit: history_limit, history_ttl: history_ttl.to_f,
         history_max_bytes: history_max_bytes,
         sessions_ttl: sessions_ttl.to_f, presence_ttl: presence_ttl.to_f, sessions_max_bytes: sessions_max_bytes,
         max_subscriptions: max_subscriptions, max_identifier_size: max_identifier_size,
@@ -469,6 +474,14 @@ module AnyCableRs
         number(key, value)
       when :broker
         coerce_broker(value)
+      when :broker_replicas
+        replicas = value.to_s.strip.downcase
+        return "auto" if replicas.empty? || replicas == "auto"
+        unless replicas.match?(/\A[1-5]\z/)
+          raise ArgumentError, "anycable-rs: broker_replicas must be auto or 1 to 5, got #{value.inspect}"
+        end
+
+        replicas.to_i
       when :metrics_http
         path = value.to_s.strip
         return nil if path.empty?

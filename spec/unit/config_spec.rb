@@ -69,6 +69,20 @@ RSpec.describe AnyCableRs::Config do
     expect { AnyCableRs::Native.new(options.merge(broker: "memory", history_ttl: 1e300)) }
       .to raise_error(ArgumentError, /history_ttl too large/)
   end
+
+  it "takes broker_replicas as auto or 1 to 5, and the native side agrees" do
+    expect(config_from({}).native_options).to include(broker_replicas: "auto")
+    expect(config_from({"ANYCABLE_BROKER_REPLICAS" => " 3 "}).native_options).to include(broker_replicas: "3")
+    expect(config_from({}, yaml: "production:\n  broker_replicas: 1\n").broker_replicas).to eq(1)
+    %w[0 6 three -1].each do |bad|
+      expect { config_from({"ANYCABLE_BROKER_REPLICAS" => bad}) }
+        .to raise_error(ArgumentError, /broker_replicas must be auto or 1 to 5, got "#{bad}"/)
+    end
+    options = described_class.new.native_options
+    expect { AnyCableRs::Native.new(options.merge(broker_replicas: "7")) }
+      .to raise_error(ArgumentError, /broker_replicas must be auto or 1 to 5, got "7"/)
+    expect { AnyCableRs::Native.new(options.merge(broker_replicas: "3")) }.not_to raise_error
+  end
 end
 
 RSpec.describe AnyCableRs::Config, "Fly.io presets" do

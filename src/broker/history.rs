@@ -66,6 +66,8 @@ pub enum HistoryError {
     OffsetGone { offset: u64, oldest: u64, last: u64 },
     /// The store could not be read (NATS JetStream away or failing).
     Unavailable(String),
+    /// More messages to replay than one replay sends.
+    TooLong { max: usize },
 }
 
 impl std::fmt::Display for HistoryError {
@@ -74,6 +76,7 @@ impl std::fmt::Display for HistoryError {
             HistoryError::EpochMismatch => f.write_str("epoch mismatch"),
             HistoryError::UnknownStream => f.write_str("unknown stream"),
             HistoryError::Unavailable(why) => write!(f, "history store unavailable: {why}"),
+            HistoryError::TooLong { max } => write!(f, "more than {max} messages to replay"),
             HistoryError::OffsetGone {
                 offset,
                 oldest,

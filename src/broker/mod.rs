@@ -6,7 +6,8 @@
 //! - off (no `ANYCABLE_BROKER`): no offsets, history requests refused, no restores;
 //! - memory: this process keeps both ([`history`], [`sessions`]);
 //! - NATS: JetStream keeps both for every node ([`jetstream`]); they are reachable once
-//!   the NATS link has found its stream and bucket ([`Broker::nats_ready`]).
+//!   the NATS link has found its stream and bucket ([`Broker::nats_history_ready`],
+//!   [`Broker::nats_sessions_ready`]).
 //!
 //! Not here: delivering to sockets ([`crate::hub`]), the pub/sub between nodes
 //! ([`crate::pubsub`]; the NATS broker's link, [`jetstream::JetStreamLink`], is one more
@@ -21,7 +22,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 pub use history::{unix_now, Entry, History, HistoryConfig, HistoryError};
-pub use jetstream::{StoredHistory, StoredSessions};
+pub use jetstream::{Replicas, StoredHistory, StoredSessions};
 pub use sessions::{CachedSession, CachedSubscription, SessionCache};
 
 use crate::protocol::Position;
@@ -209,11 +210,7 @@ impl Broker {
         match &self.store {
             Store::Off => None,
             Store::Memory(memory) => memory.sessions.as_ref()?.take(sid),
-            Store::Nats { history, sessions } => {
-                // The bucket is set with the history reader, once JetStream answered.
-                wait_for(history).await?;
-                sessions.get()?.take(sid).await
-            }
+            Store::Nats { sessions, .. } => wait_for(sessions).await?.take(sid).await,
         }
     }
 
@@ -257,14 +254,19 @@ impl Broker {
         self.keeps_sessions && self.is_nats()
     }
 
-    /// With the NATS broker: JetStream answered; history requests and restores are
-    /// served from these from now on.
-    pub fn nats_ready(&self, reader: Arc<StoredHistory>, stored: Option<Arc<StoredSessions>>) {
-        if let Store::Nats { history, sessions } = &self.store {
-            if let Some(stored) = stored {
-                let _ = sessions.set(stored);
-            }
+    /// With the NATS broker: the history stream answered; history requests are served
+    /// from it from now on.
+    pub fn nats_history_ready(&self, reader: Arc<StoredHistory>) {
+        if let Store::Nats { history, .. } = &self.store {
             let _ = history.set(reader);
+        }
+    }
+
+    /// With the NATS broker: the sessions bucket answered; restores are served from it
+    /// and sessions kept in it from now on.
+    pub fn nats_sessions_ready(&self, stored: Arc<StoredSessions>) {
+        if let Store::Nats { sessions, .. } = &self.store {
+            let _ = sessions.set(stored);
         }
     }
 
@@ -279,8 +281,9 @@ impl Broker {
     }
 }
 
-/// The NATS broker's reader, waiting a little for JetStream right after boot.
-async fn wait_for(cell: &OnceLock<Arc<StoredHistory>>) -> Option<&Arc<StoredHistory>> {
+/// The NATS broker's history reader or sessions bucket, waiting a little for JetStream
+/// right after boot.
+async fn wait_for<T>(cell: &OnceLock<Arc<T>>) -> Option<&Arc<T>> {
     let deadline = tokio::time::Instant::now() + NATS_READY_WAIT;
     loop {
         if let Some(h) = cell.get() {

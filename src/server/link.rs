@@ -6,7 +6,7 @@
 use std::sync::{Arc, Weak};
 
 use super::Inner;
-use crate::broker::jetstream::{JetStreamLink, SessionsSettings, StoredSink};
+use crate::broker::jetstream::{JetStreamLink, SessionsSettings, StoreSettings, StoredSink};
 use crate::controller::Controller;
 use crate::pubsub::nats::NatsServers;
 use crate::pubsub::{self, PubSub, PubSubConfig};
@@ -51,6 +51,7 @@ impl<C: Controller> Inner<C> {
                     }
                 });
                 let weak: Weak<Self> = Arc::downgrade(self);
+                let weak_sessions = weak.clone();
                 let sessions = match &self.config.sessions_key {
                     _ if self.config.sessions_ttl.is_zero() => None,
                     Some(key) => Some(SessionsSettings {
@@ -67,13 +68,21 @@ impl<C: Controller> Inner<C> {
                 Arc::new(JetStreamLink::start(
                     NatsServers::parse_with(servers, login)?,
                     subject.clone(),
-                    history.clone(),
-                    sessions,
+                    StoreSettings {
+                        history: history.clone(),
+                        sessions,
+                        replicas: self.config.broker_replicas,
+                    },
                     deliver,
                     stored,
-                    move |reader, sessions| {
+                    move |reader| {
                         if let Some(inner) = weak.upgrade() {
-                            inner.broker.nats_ready(reader, sessions);
+                            inner.broker.nats_history_ready(reader);
+                        }
+                    },
+                    move |sessions| {
+                        if let Some(inner) = weak_sessions.upgrade() {
+                            inner.broker.nats_sessions_ready(sessions);
                         }
                     },
                 )?)

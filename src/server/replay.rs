@@ -83,6 +83,14 @@ impl<C: Controller> Inner<C> {
         let Some(store) = self.broker.history().await else {
             // No broker: nothing is kept, as AnyCable's legacy broker. The NATS broker
             // with JetStream still away: the client refetches.
+            if broker_on {
+                crate::logging::once_a_second(&REFUSED_LOG, |more| {
+                    log::info!(
+                        "session {}: history refused: the NATS broker's stream is not reachable yet ({more} more since the last line)",
+                        session.log_id()
+                    );
+                });
+            }
             return vec![protocol::history_reply(identifier, false).into()];
         };
         let epoch = store.epoch();
@@ -96,7 +104,14 @@ impl<C: Controller> Inner<C> {
             let entries = match result {
                 Ok(entries) => entries,
                 Err(why) => {
-                    log::debug!("session {}: history refused: {why}", session.log_id());
+                    // Logged (once a second at most): a client refetches, and an
+                    // operator wants to know why (a client's bad position, or the store).
+                    crate::logging::once_a_second(&REFUSED_LOG, |more| {
+                        log::info!(
+                            "session {}: history refused: {why} ({more} more since the last line)",
+                            session.log_id()
+                        );
+                    });
                     return vec![protocol::history_reply(identifier, false).into()];
                 }
             };
@@ -118,3 +133,5 @@ impl<C: Controller> Inner<C> {
         frames
     }
 }
+
+static REFUSED_LOG: crate::logging::Throttle = crate::logging::Throttle::new();

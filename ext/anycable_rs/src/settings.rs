@@ -12,7 +12,7 @@ use anycable_core::auth::streams::{decode_hex, StreamsConfig};
 use anycable_core::auth::JwtConfig;
 use anycable_core::broker::seal::SealKey;
 use anycable_core::broker::HistoryConfig;
-use anycable_core::config::BrokerKind;
+use anycable_core::config::{BrokerKind, Replicas};
 use anycable_core::http::{OriginPolicy, OriginRule, RubyRegexp};
 use anycable_core::pubsub::{NatsLogin, PubSubConfig};
 use anycable_core::ServerConfig;
@@ -143,6 +143,7 @@ impl Settings {
                 "nats" => BrokerKind::Nats,
                 _ => BrokerKind::Memory,
             },
+            broker_replicas: broker_replicas(&o)?,
             sessions_ttl: o.secs("sessions_ttl")?,
             presence_ttl: o.secs("presence_ttl")?,
             sessions_max_bytes: o.get("sessions_max_bytes")?,
@@ -254,6 +255,21 @@ fn history_config(o: &Opts<'_>, broker: &str) -> Result<Option<HistoryConfig>, E
             o.ruby,
             format!("broker {other:?} is not supported here (none, memory or nats)"),
         )),
+    }
+}
+
+/// `broker_replicas:` "auto" or a number of replicas, 1 to 5 (JetStream's most).
+fn broker_replicas(o: &Opts<'_>) -> Result<Replicas, Error> {
+    let value: String = o.get("broker_replicas")?;
+    match value.as_str() {
+        "auto" | "" => Ok(Replicas::Auto),
+        n => match n.parse::<usize>() {
+            Ok(n @ 1..=5) => Ok(Replicas::Exactly(n)),
+            _ => Err(arg_error(
+                o.ruby,
+                format!("broker_replicas must be auto or 1 to 5, got {value:?}"),
+            )),
+        },
     }
 }
 

@@ -1,14 +1,16 @@
 //! Reading a stream's history back from JetStream (direct gets), and the history
 //! stream's settings.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, stream};
+use async_nats::jetstream::message::StreamMessage;
+use async_nats::jetstream::{self, stream, ErrorCode};
 
 use super::{
-    epoch_of, fit_duplicate_window, get_or_create, parse_body, subject_for, STREAM, SUBJECT_PREFIX,
+    epoch_of, fit_duplicate_window, fit_replicas, get_or_create, parse_body, subject_for, Replicas,
+    STREAM, SUBJECT_PREFIX,
 };
 use crate::broker::history::{Entry, HistoryConfig, HistoryError};
 
@@ -17,6 +19,11 @@ pub struct StoredHistory {
     pub(super) stream: stream::Stream,
     /// Changes if the stream is made anew (deleted, its store lost): see [`consume`].
     pub(super) epoch: parking_lot::RwLock<String>,
+    /// The stream has more than one replica: reads go to its leader. A replica that
+    /// is catching up (its machine just restarted) answers direct reads too, with "no
+    /// message" for what it has not got yet — a replay would end early and be
+    /// confirmed. With one replica, direct reads (any server, no API queue) are exact.
+    pub(super) replicated: AtomicBool,
 }
 
 /// A replay reads at most this many messages of one stream (more than any per-stream
@@ -35,8 +42,55 @@ fn unavailable(e: impl std::fmt::Display) -> HistoryError {
     HistoryError::Unavailable(e.to_string())
 }
 
-fn is_not_found(e: &stream::DirectGetError) -> bool {
-    matches!(e.kind(), stream::DirectGetErrorKind::NotFound)
+/// How long a history read tries again while JetStream does not answer: a machine
+/// lost takes the stream's leader with it, and the others elect another in seconds
+/// (meanwhile direct reads go unanswered). The client's replay waits rather than get
+/// `reject_history` for a moment's election.
+const READ_RETRY_FOR: Duration = Duration::from_secs(20);
+const READ_RETRY_PAUSE: Duration = Duration::from_millis(250);
+
+async fn retrying<F, Fut>(mut read: F) -> Result<Vec<Entry>, HistoryError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<Entry>, HistoryError>>,
+{
+    let deadline = tokio::time::Instant::now() + READ_RETRY_FOR;
+    loop {
+        match read().await {
+            Err(HistoryError::Unavailable(why)) if tokio::time::Instant::now() < deadline => {
+                log::debug!("NATS JetStream: a history read failed ({why}); trying again");
+                tokio::time::sleep(READ_RETRY_PAUSE).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+fn direct_read(
+    read: Result<StreamMessage, stream::DirectGetError>,
+) -> Result<Option<StreamMessage>, HistoryError> {
+    match read {
+        Ok(message) => Ok(Some(message)),
+        Err(e) if matches!(e.kind(), stream::DirectGetErrorKind::NotFound) => Ok(None),
+        Err(e) => Err(unavailable(e)),
+    }
+}
+
+fn leader_read(
+    read: Result<StreamMessage, stream::RawMessageError>,
+) -> Result<Option<StreamMessage>, HistoryError> {
+    match read {
+        Ok(message) => Ok(Some(message)),
+        Err(e) => match e.kind() {
+            stream::RawMessageErrorKind::NoMessageFound => Ok(None),
+            stream::RawMessageErrorKind::JetStream(err)
+                if err.error_code() == ErrorCode::NO_MESSAGE_FOUND =>
+            {
+                Ok(None)
+            }
+            _ => Err(unavailable(e)),
+        },
+    }
 }
 
 impl StoredHistory {
@@ -53,6 +107,49 @@ impl StoredHistory {
         })
     }
 
+    fn replicated(&self) -> bool {
+        self.replicated.load(Ordering::Acquire)
+    }
+
+    /// The first message of `subject` at or after sequence `from`.
+    async fn next_for(
+        &self,
+        subject: &str,
+        from: u64,
+    ) -> Result<Option<StreamMessage>, HistoryError> {
+        if self.replicated() {
+            leader_read(
+                self.stream
+                    .get_first_raw_message_by_subject(subject, from)
+                    .await,
+            )
+        } else {
+            direct_read(
+                self.stream
+                    .direct_get_next_for_subject(subject, Some(from))
+                    .await,
+            )
+        }
+    }
+
+    /// The message at sequence `seq`.
+    async fn at(&self, seq: u64) -> Result<Option<StreamMessage>, HistoryError> {
+        if self.replicated() {
+            leader_read(self.stream.get_raw_message(seq).await)
+        } else {
+            direct_read(self.stream.direct_get(seq).await)
+        }
+    }
+
+    /// The last message of `subject`.
+    async fn last_for(&self, subject: &str) -> Result<Option<StreamMessage>, HistoryError> {
+        if self.replicated() {
+            leader_read(self.stream.get_last_raw_message_by_subject(subject).await)
+        } else {
+            direct_read(self.stream.direct_get_last_for_subject(subject).await)
+        }
+    }
+
     /// The messages of `subject` after sequence `after`, oldest first (every one: the
     /// per-stream limit is the stream's, which another node may have set higher).
     async fn after(&self, subject: &str, after: u64) -> Result<Vec<Entry>, HistoryError> {
@@ -60,21 +157,14 @@ impl StoredHistory {
         let mut next = after.saturating_add(1);
         loop {
             if entries.len() >= MAX_REPLAY {
-                return Err(unavailable(format!(
-                    "more than {MAX_REPLAY} messages to replay"
-                )));
+                return Err(HistoryError::TooLong { max: MAX_REPLAY });
             }
-            match self
-                .stream
-                .direct_get_next_for_subject(subject, Some(next))
-                .await
-            {
-                Ok(message) => {
+            match self.next_for(subject, next).await? {
+                Some(message) => {
                     next = message.sequence.saturating_add(1);
                     entries.extend(Self::entry(message));
                 }
-                Err(e) if is_not_found(&e) => break,
-                Err(e) => return Err(unavailable(e)),
+                None => break,
             }
         }
         Ok(entries)
@@ -90,6 +180,15 @@ impl StoredHistory {
         epoch: &str,
         offset: u64,
     ) -> Result<Vec<Entry>, HistoryError> {
+        retrying(|| self.read_from(stream, epoch, offset)).await
+    }
+
+    async fn read_from(
+        &self,
+        stream: &str,
+        epoch: &str,
+        offset: u64,
+    ) -> Result<Vec<Entry>, HistoryError> {
         if epoch != *self.epoch.read() {
             return Err(HistoryError::EpochMismatch);
         }
@@ -97,34 +196,30 @@ impl StoredHistory {
         let entries = self.after(&subject, offset).await?;
         // Checked after reading: messages go oldest first, so while the client's last
         // one is still here, nothing after it has gone.
-        match self.stream.direct_get(offset).await {
-            Ok(message) if message.subject.as_str() == subject => Ok(entries),
-            Ok(_) => Err(HistoryError::OffsetGone {
-                offset,
-                oldest: 0,
-                last: 0,
-            }),
-            Err(e) if is_not_found(&e) || offset == 0 => Err(HistoryError::OffsetGone {
-                offset,
-                oldest: 0,
-                last: 0,
-            }),
-            Err(e) => Err(unavailable(e)),
+        let gone = HistoryError::OffsetGone {
+            offset,
+            oldest: 0,
+            last: 0,
+        };
+        if offset == 0 {
+            return Err(gone);
+        }
+        match self.at(offset).await? {
+            Some(message) if message.subject.as_str() == subject => Ok(entries),
+            _ => Err(gone),
         }
     }
 
     /// The messages stored at or after `since` (unix seconds), oldest first.
     pub async fn since(&self, stream: &str, since: u64) -> Result<Vec<Entry>, HistoryError> {
+        retrying(|| self.read_since(stream, since)).await
+    }
+
+    async fn read_since(&self, stream: &str, since: u64) -> Result<Vec<Entry>, HistoryError> {
         let subject = subject_for(stream);
-        match self
-            .stream
-            .direct_get_last_for_subject(subject.as_str())
-            .await
-        {
-            Ok(last) if (last.time.unix_timestamp().max(0) as u64) < since => return Ok(Vec::new()),
-            Ok(_) => {}
-            Err(e) if is_not_found(&e) => return Ok(Vec::new()),
-            Err(e) => return Err(unavailable(e)),
+        match self.last_for(&subject).await? {
+            Some(last) if (last.time.unix_timestamp().max(0) as u64) >= since => {}
+            _ => return Ok(Vec::new()),
         }
         let mut entries = self.after(&subject, 0).await?;
         entries.retain(|e| e.at >= since);
@@ -149,15 +244,16 @@ fn stream_config(config: &HistoryConfig) -> stream::Config {
     }
 }
 
-/// Finds the history stream (made, or its limits brought to this process's), and its
-/// epoch.
+/// Finds the history stream (made, or its limits and replicas brought to this
+/// process's): the stream, its epoch and its replicas.
 pub(super) async fn ensure_stream(
     js: &jetstream::Context,
     config: &HistoryConfig,
-) -> Result<(stream::Stream, String), String> {
+    replicas: Replicas,
+) -> Result<(stream::Stream, String, usize), String> {
     let wanted = stream_config(config);
-    let (stream, info) =
-        get_or_create(js, wanted.clone(), &format!("history stream {STREAM}")).await?;
+    let what = format!("history stream {STREAM}");
+    let (stream, info) = get_or_create(js, wanted.clone(), &what, replicas).await?;
     let have = &info.config;
     if have.max_messages_per_subject != wanted.max_messages_per_subject
         || have.max_age != wanted.max_age
@@ -186,5 +282,6 @@ pub(super) async fn ensure_stream(
             .await
             .map_err(|e| format!("updating history stream {STREAM}: {e}"))?;
     }
-    Ok((stream, epoch_of(info.created)))
+    let replicas = fit_replicas(js, STREAM, &what, replicas).await?;
+    Ok((stream, epoch_of(info.created), replicas))
 }

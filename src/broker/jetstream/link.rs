@@ -8,18 +8,26 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer};
 use base64::Engine;
+use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
 
 use super::history::{ensure_stream, CONSUMED};
+use super::lanes::Lanes;
 use super::sessions::{ensure_sessions, SessionsSettings};
 use super::{
-    body, epoch_of, parse_body, subject_for, StoredHistory, StoredSessions, STREAM, SUBJECT_PREFIX,
+    body, epoch_of, fit_replicas, parse_body, subject_for, Replicas, StoredHistory, StoredSessions,
+    GROW_EVERY, SESSIONS_BUCKET, STREAM, SUBJECT_PREFIX,
 };
 use crate::broker::history::HistoryConfig;
 use crate::protocol::broadcast::{self, BroadcastMessage};
 use crate::pubsub::nats::NatsClient;
 use crate::pubsub::{PubSub, PublishQueue, Queued};
+
+/// How long a JetStream request (an ack, a read, a change) waits for its answer
+/// before it is tried again. A cluster that lost a machine answers again once it has
+/// elected new leaders; shorter than async-nats' 5 s, so a retry reaches them sooner.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Publishes awaiting their ack at once.
 const IN_FLIGHT: usize = 256;
@@ -51,21 +59,35 @@ pub struct JetStreamLink {
     history: Arc<OnceLock<Arc<StoredHistory>>>,
 }
 
+/// What the NATS broker keeps in JetStream, and how.
+pub struct StoreSettings {
+    pub history: HistoryConfig,
+    /// `None`: no sessions kept for a restore.
+    pub sessions: Option<SessionsSettings>,
+    pub replicas: Replicas,
+}
+
 impl JetStreamLink {
     /// Connects in the background (a NATS server that is down at boot does not stop
     /// the WebSocket server), makes or updates the JetStream stream, and starts
     /// delivering. `core_deliver` gets what arrives on the core subject; `stored`
-    /// every stored broadcast; `ready` the history reader once it works. Call inside
-    /// the runtime.
+    /// every stored broadcast; `history_ready` the history reader once it works, and
+    /// `sessions_ready` the sessions bucket once that does (tried until it does: a
+    /// cluster electing leaders may not answer at first). Call inside the runtime.
     pub(crate) fn start(
         servers: crate::pubsub::nats::NatsServers,
         subject: String,
-        config: HistoryConfig,
-        sessions: Option<SessionsSettings>,
+        settings: StoreSettings,
         core_deliver: impl Fn(&str) + Send + Sync + 'static,
         stored: StoredSink,
-        ready: impl FnOnce(Arc<StoredHistory>, Option<Arc<StoredSessions>>) + Send + 'static,
+        history_ready: impl FnOnce(Arc<StoredHistory>) + Send + 'static,
+        sessions_ready: impl FnOnce(Arc<StoredSessions>) + Send + 'static,
     ) -> Result<Self, String> {
+        let StoreSettings {
+            history: config,
+            sessions,
+            replicas,
+        } = settings;
         let connected = Arc::new(AtomicBool::new(false));
         let stored_queue = Arc::new(PublishQueue::<Stored>::new("NATS JetStream"));
         let core = Arc::new(PublishQueue::<String>::new("NATS"));
@@ -94,9 +116,20 @@ impl JetStreamLink {
                 connected.clone(),
                 core_deliver,
             ));
-            let js = jetstream::new(client.clone());
-            let (stream, epoch) = loop {
-                match ensure_stream(&js, &config).await {
+            let mut js = jetstream::new(client.clone());
+            js.set_timeout(REQUEST_TIMEOUT);
+            // A server in no cluster keeps one copy, whatever a stream asks (nats-server
+            // 2.9 takes a stream's growth to three there, and then stores nothing).
+            let clustered = client
+                .server_info()
+                .cluster
+                .is_some_and(|name| !name.is_empty());
+            let replicas = match replicas {
+                Replicas::Auto if !clustered => Replicas::Exactly(1),
+                other => other,
+            };
+            let (stream, epoch, kept_on) = loop {
+                match ensure_stream(&js, &config, replicas).await {
                     Ok(found) => break found,
                     Err(e) => {
                         log::error!(
@@ -107,29 +140,46 @@ impl JetStreamLink {
                 }
             };
             log::info!(
-                "NATS broker: JetStream stream {STREAM}, epoch {epoch}, history limit {}, ttl {:?}",
+                "NATS broker: JetStream stream {STREAM}, epoch {epoch}, history limit {}, ttl {:?}, replicas {kept_on}",
                 config.limit,
                 config.ttl
             );
             let reader = Arc::new(StoredHistory {
                 stream: stream.clone(),
                 epoch: parking_lot::RwLock::new(epoch),
+                replicated: AtomicBool::new(kept_on > 1),
             });
-            let sessions = match sessions {
-                None => None,
-                Some(settings) => match ensure_sessions(&js, &settings).await {
-                    Ok(sessions) => Some(Arc::new(sessions)),
-                    Err(e) => {
-                        log::error!("NATS JetStream: {e}; sessions are not kept for a restore");
-                        None
-                    }
-                },
-            };
             let _ = history.set(reader.clone());
-            ready(reader.clone(), sessions);
+            history_ready(reader.clone());
+            let kept_sessions = sessions.is_some();
+            if let Some(settings) = sessions {
+                let js = js.clone();
+                tokio::spawn(async move {
+                    let mut failed = false;
+                    let sessions = loop {
+                        match ensure_sessions(&js, &settings, replicas).await {
+                            Ok(sessions) => break sessions,
+                            Err(e) if !failed => {
+                                failed = true;
+                                log::error!("NATS JetStream: {e}; retrying (until then, sessions are not kept for a restore)");
+                            }
+                            Err(e) => log::debug!("NATS JetStream: {e}; retrying"),
+                        }
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                    };
+                    if failed {
+                        log::info!("NATS JetStream: sessions bucket {SESSIONS_BUCKET} ready");
+                    }
+                    sessions_ready(Arc::new(sessions));
+                });
+            }
+            if replicas == Replicas::Auto {
+                tokio::spawn(grow_replicas(js.clone(), reader.clone(), kept_sessions));
+            }
             tokio::spawn(publish_loop(
                 js,
                 config,
+                replicas,
                 stored_queue,
                 connected,
                 nats.clone(),
@@ -183,69 +233,137 @@ fn message_id() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
-/// Stores what `queue` hands over, in order, up to [`IN_FLIGHT`] awaiting their acks.
-/// One JetStream did not acknowledge (the stream's server away, a timeout) goes back to
-/// the front (same id: stored once even if the first try was) and publishing pauses
-/// for a moment; the queue reports what waited past its age limit as lost.
+/// Stores what `queue` hands over, up to [`IN_FLIGHT`] awaiting their acks: one at a
+/// time per Action Cable stream, streams in parallel ([`Lanes`]). One JetStream did
+/// not acknowledge (the stream's leader away, a timeout) goes first in its lane again
+/// (same id: stored once even if the first try was), so no later broadcast of its
+/// stream is stored before it, and publishing pauses for a moment; what waited past
+/// the queue's age limit is reported as lost.
 async fn publish_loop(
     js: jetstream::Context,
     config: HistoryConfig,
+    replicas: Replicas,
     queue: Arc<PublishQueue<Stored>>,
     link: Arc<AtomicBool>,
     nats: NatsClient,
 ) {
     let mut ensured = Instant::now();
-    type Ack = (Instant, Stored, Result<u64, String>);
-    let mut acks: FuturesUnordered<futures_util::future::BoxFuture<'static, Ack>> =
-        FuturesUnordered::new();
+    let mut acks: FuturesUnordered<BoxFuture<'static, Ack>> = FuturesUnordered::new();
+    let mut lanes: Lanes<(Instant, Stored)> = Lanes::default();
     let mut paused_until: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             Some((at, item, result)) = acks.next(), if !acks.is_empty() => {
-                if let Err(e) = result {
-                    crate::logging::once_a_second(&STORE_FAILED_LOG, |more| {
-                        log::warn!("NATS JetStream: storing a broadcast failed ({e}); it waits and is tried again ({more} more since the last line)");
-                    });
-                    queue.retry(at, item);
-                    paused_until = Some(tokio::time::Instant::now() + RETRY_PAUSE);
-                    // The stream may be gone (deleted, its server's store lost): made
-                    // again (a new epoch, which the consumer notices).
-                    if ensured.elapsed() > ENSURE_EVERY {
-                        ensured = Instant::now();
-                        if let Err(e) = ensure_stream(&js, &config).await {
-                            log::error!("NATS JetStream: {e}");
+                let subject = item.subject.clone();
+                let next = match result {
+                    Ok(_) => lanes.acked(&subject, paused_until.is_some()),
+                    Err(e) => {
+                        crate::logging::once_a_second(&STORE_FAILED_LOG, |more| {
+                            log::warn!("NATS JetStream: storing a broadcast failed ({e}); it waits and is tried again, before the later ones of its stream ({more} more since the last line)");
+                        });
+                        lanes.failed(&subject, (at, item));
+                        paused_until = Some(tokio::time::Instant::now() + RETRY_PAUSE);
+                        // The stream may be gone (deleted, its server's store lost): made
+                        // again (a new epoch, which the consumer notices).
+                        if ensured.elapsed() > ENSURE_EVERY {
+                            ensured = Instant::now();
+                            if let Err(e) = ensure_stream(&js, &config, replicas).await {
+                                log::error!("NATS JetStream: {e}");
+                            }
                         }
+                        None
                     }
+                };
+                if let Some(next) = next {
+                    send_in_lane(&js, &queue, &mut lanes, &mut acks, next).await;
                 }
             }
             _ = tokio::time::sleep_until(paused_until.unwrap_or_else(tokio::time::Instant::now)), if paused_until.is_some() => {
                 paused_until = None;
-            }
-            (at, item) = queue.next(), if acks.len() < IN_FLIGHT && paused_until.is_none() => {
                 crate::pubsub::nats::wait_for(&link).await;
                 nats.wait_trusted().await;
-                if at.elapsed() > crate::pubsub::MAX_QUEUED_AGE {
-                    queue.retry(at, item); // expired: next() drops and counts it
-                    continue;
+                for next in lanes.resume(IN_FLIGHT.saturating_sub(acks.len())) {
+                    send_in_lane(&js, &queue, &mut lanes, &mut acks, next).await;
                 }
-                let mut headers = async_nats::HeaderMap::new();
-                headers.insert("Nats-Msg-Id", item.id.as_str());
-                let sent = js
-                    .publish_with_headers(item.subject.clone(), headers, item.body.clone().into())
-                    .await;
-                acks.push(Box::pin(async move {
-                    let result = match sent {
-                        Ok(ack) => ack.await.map(|a| a.sequence).map_err(|e| e.to_string()),
-                        Err(e) => Err(e.to_string()),
-                    };
-                    (at, item, result)
-                }));
+            }
+            (at, item) = queue.next(), if acks.len() < IN_FLIGHT && lanes.waiting() < MAX_WAITING && paused_until.is_none() => {
+                crate::pubsub::nats::wait_for(&link).await;
+                nats.wait_trusted().await;
+                let subject = item.subject.clone();
+                if let Some(now) = lanes.admit(&subject, (at, item), false) {
+                    send_in_lane(&js, &queue, &mut lanes, &mut acks, now).await;
+                }
             }
         }
     }
 }
 
+/// A publish awaiting its ack: (queued at, what, its sequence or why not).
+type Ack = (Instant, Stored, Result<u64, String>);
+
+/// Broadcasts held in the lanes behind the ones in flight, at most; past it the
+/// queue keeps them (and its limits apply).
+const MAX_WAITING: usize = IN_FLIGHT * 16;
+
+/// Publishes `item`, first of its lane; one that waited past the queue's age limit is
+/// dropped (counted by the queue) and the lane's next goes instead.
+async fn send_in_lane(
+    js: &jetstream::Context,
+    queue: &PublishQueue<Stored>,
+    lanes: &mut Lanes<(Instant, Stored)>,
+    acks: &mut FuturesUnordered<BoxFuture<'static, Ack>>,
+    item: (Instant, Stored),
+) {
+    let mut next = Some(item);
+    while let Some((at, item)) = next.take() {
+        if at.elapsed() > crate::pubsub::MAX_QUEUED_AGE {
+            let subject = item.subject.clone();
+            queue.retry(at, item); // expired: the queue's next() drops and counts it
+            next = lanes.acked(&subject, false);
+            continue;
+        }
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", item.id.as_str());
+        let sent = js
+            .publish_with_headers(item.subject.clone(), headers, item.body.clone().into())
+            .await;
+        acks.push(Box::pin(async move {
+            let result = match sent {
+                Ok(ack) => ack.await.map(|a| a.sequence).map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            (at, item, result)
+        }));
+    }
+}
+
 static STORE_FAILED_LOG: crate::logging::Throttle = crate::logging::Throttle::new();
+
+/// `Replicas::Auto`: the history stream (and the sessions bucket, when kept) grow to
+/// [`Replicas::AUTO_MAX`] replicas once the cluster has the servers — machines of a
+/// cluster start one by one, and JetStream places a stream on the servers it has when
+/// the stream is made.
+async fn grow_replicas(js: jetstream::Context, history: Arc<StoredHistory>, sessions: bool) {
+    let mut streams = vec![(STREAM.to_string(), format!("history stream {STREAM}"))];
+    if sessions {
+        streams.push((
+            format!("KV_{SESSIONS_BUCKET}"),
+            format!("sessions bucket {SESSIONS_BUCKET}"),
+        ));
+    }
+    loop {
+        tokio::time::sleep(GROW_EVERY).await;
+        for (name, what) in &streams {
+            match fit_replicas(&js, name, what, Replicas::Auto).await {
+                Ok(kept_on) if name == STREAM => {
+                    history.replicated.store(kept_on > 1, Ordering::Release);
+                }
+                Ok(_) => {}
+                Err(e) => log::debug!("NATS JetStream: {e}"),
+            }
+        }
+    }
+}
 
 /// After failed publishes, the history stream is looked for (and made) at most this
 /// often.

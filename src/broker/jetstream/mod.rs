@@ -24,14 +24,18 @@
 //! refused.
 
 mod history;
+mod lanes;
 mod link;
 mod sessions;
 
 pub use history::{consumed, StoredHistory};
-pub use link::{JetStreamLink, StoredSink};
+pub use link::{JetStreamLink, StoreSettings, StoredSink};
 pub use sessions::{SessionsSettings, StoredSessions, SESSIONS_BUCKET};
 
-use async_nats::jetstream::{self, stream};
+use std::time::Duration;
+
+use async_nats::jetstream::context::{CreateStreamError, CreateStreamErrorKind};
+use async_nats::jetstream::{self, stream, ErrorCode};
 use base64::Engine;
 
 use crate::protocol::broadcast::{self, exclude_digest, sha256_hex, BroadcastMessage};
@@ -77,22 +81,113 @@ pub(super) fn parse_body(payload: &[u8]) -> Option<(String, String, Option<Strin
     }
 }
 
-/// The JetStream stream `wanted` names (made from `wanted` if missing), and its info.
+/// How many copies of the history stream and the sessions bucket JetStream keeps
+/// (`ANYCABLE_BROKER_REPLICAS`), each on another server: with three, a machine lost
+/// loses nothing and the stream goes on (two of three are a majority).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replicas {
+    /// [`Replicas::AUTO_MAX`] once the cluster has that many JetStream servers, else
+    /// one (a single server, or a cluster still forming: grown when the servers are
+    /// there, looked at every few seconds). Never fewer than a stream has.
+    Auto,
+    /// Exactly this many: until the cluster has the servers, JetStream refuses the
+    /// stream and the broker retries.
+    Exactly(usize),
+}
+
+impl Replicas {
+    /// What `Auto` grows to.
+    pub const AUTO_MAX: usize = 3;
+
+    fn wanted(self) -> usize {
+        match self {
+            Replicas::Auto => Self::AUTO_MAX,
+            Replicas::Exactly(n) => n,
+        }
+    }
+}
+
+/// How often `Replicas::Auto` looks whether a stream can grow.
+pub(super) const GROW_EVERY: Duration = Duration::from_secs(5);
+
+/// JetStream's answer when a stream wants more servers than there are: too few in the
+/// cluster (no suitable peers, insufficient resources), or no cluster.
+fn too_few_servers(e: &CreateStreamError) -> bool {
+    match e.kind() {
+        CreateStreamErrorKind::JetStream(err) => [
+            ErrorCode::CLUSTER_NO_PEERS,
+            ErrorCode::INSUFFICIENT_RESOURCES,
+            ErrorCode::STREAM_REPLICAS_NOT_SUPPORTED,
+        ]
+        .contains(&err.error_code()),
+        _ => false,
+    }
+}
+
+/// The JetStream stream `wanted` names (made from `wanted` with the replicas
+/// `replicas` asks for, if missing), and its info.
 pub(super) async fn get_or_create(
     js: &jetstream::Context,
-    wanted: stream::Config,
+    mut wanted: stream::Config,
     what: &str,
+    replicas: Replicas,
 ) -> Result<(stream::Stream, stream::Info), String> {
-    let mut stream = js
-        .get_or_create_stream(wanted)
-        .await
-        .map_err(|e| format!("{what}: {e}"))?;
+    wanted.num_replicas = replicas.wanted();
+    let made = match js.get_or_create_stream(wanted.clone()).await {
+        Err(e) if replicas == Replicas::Auto && too_few_servers(&e) => {
+            wanted.num_replicas = 1;
+            js.get_or_create_stream(wanted).await
+        }
+        other => other,
+    };
+    let mut stream = made.map_err(|e| format!("{what}: {e}"))?;
     let info = stream
         .info()
         .await
         .map_err(|e| format!("{what}: {e}"))?
         .clone();
     Ok((stream, info))
+}
+
+/// Brings the stream `name`'s replicas to what `replicas` asks: `Exactly(n)` that
+/// many (an error while the cluster cannot), `Auto` grown to [`Replicas::AUTO_MAX`]
+/// when the servers are there, never shrunk. The replicas it has after.
+pub(super) async fn fit_replicas(
+    js: &jetstream::Context,
+    name: &str,
+    what: &str,
+    replicas: Replicas,
+) -> Result<usize, String> {
+    let mut stream = js
+        .get_stream(name)
+        .await
+        .map_err(|e| format!("{what}: {e}"))?;
+    let config = stream
+        .info()
+        .await
+        .map_err(|e| format!("{what}: {e}"))?
+        .config
+        .clone();
+    let have = config.num_replicas.max(1);
+    let want = match replicas {
+        Replicas::Auto if have >= Replicas::AUTO_MAX => return Ok(have),
+        other => other.wanted(),
+    };
+    if have == want {
+        return Ok(have);
+    }
+    let mut update = config;
+    update.num_replicas = want;
+    match js.update_stream(&update).await {
+        Ok(_) => {
+            log::info!("NATS JetStream: {what} is now kept on {want} servers (it was on {have})");
+            Ok(want)
+        }
+        Err(e) if replicas == Replicas::Auto && too_few_servers(&e) => Ok(have),
+        Err(e) => Err(format!(
+            "{what}: {want} replicas (ANYCABLE_BROKER_REPLICAS), it has {have}: {e}"
+        )),
+    }
 }
 
 /// nats-server refuses a duplicate window longer than `max_age` (a stream made with

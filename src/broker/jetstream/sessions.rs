@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
 
-use super::{fit_duplicate_window, get_or_create};
+use super::{fit_duplicate_window, fit_replicas, get_or_create, Replicas};
 use crate::broker::seal::Seal;
 use crate::broker::sessions::CachedSession;
 use crate::protocol::broadcast::sha256_hex;
@@ -37,6 +37,11 @@ fn session_key(sid: &str) -> String {
     sha256_hex(sid.as_bytes())
 }
 
+/// A session write JetStream did not acknowledge is tried this many times in all,
+/// this far apart.
+const PUT_TRIES: u32 = 5;
+const PUT_RETRY_PAUSE: Duration = Duration::from_millis(500);
+
 impl StoredSessions {
     pub async fn put(&self, sid: &str, session: &CachedSession) {
         let Ok(json) = serde_json::to_vec(session) else {
@@ -47,7 +52,19 @@ impl StoredSessions {
             log::warn!("NATS KV: a session could not be sealed for a restore (no randomness)");
             return;
         };
-        if let Err(e) = self.kv.put(key, sealed.into()).await {
+        let mut tries = 1;
+        let result = loop {
+            match self.kv.put(&key, sealed.clone().into()).await {
+                // Not stored for a moment (the bucket's leader lost, its replicas
+                // growing): tried again, a session's last word matters for its restore.
+                Err(e) if tries < PUT_TRIES && !e.to_string().contains("maximum") => {
+                    tries += 1;
+                    tokio::time::sleep(PUT_RETRY_PAUSE).await;
+                }
+                other => break other,
+            }
+        };
+        if let Err(e) = result {
             static PUT_LOG: crate::logging::Throttle = crate::logging::Throttle::new();
             crate::logging::once_a_second(&PUT_LOG, |more| {
                 log::warn!(
@@ -107,6 +124,7 @@ impl StoredSessions {
 pub(super) async fn ensure_sessions(
     js: &jetstream::Context,
     settings: &SessionsSettings,
+    replicas: Replicas,
 ) -> Result<StoredSessions, String> {
     let ttl = settings.ttl;
     let max_bytes = i64::try_from(settings.max_bytes).unwrap_or(i64::MAX);
@@ -124,7 +142,7 @@ pub(super) async fn ensure_sessions(
         ..Default::default()
     };
     let what = format!("sessions bucket {SESSIONS_BUCKET}");
-    let (_, info) = get_or_create(js, wanted, &what).await?;
+    let (_, info) = get_or_create(js, wanted, &what, replicas).await?;
     if info.config.max_age != ttl || info.config.max_bytes != max_bytes {
         let mut update = info.config;
         update.max_age = ttl;
@@ -134,6 +152,7 @@ pub(super) async fn ensure_sessions(
             .await
             .map_err(|e| format!("updating sessions bucket {SESSIONS_BUCKET}: {e}"))?;
     }
+    fit_replicas(js, &format!("KV_{SESSIONS_BUCKET}"), &what, replicas).await?;
     let kv = js
         .get_key_value(SESSIONS_BUCKET)
         .await

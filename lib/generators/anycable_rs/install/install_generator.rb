@@ -57,6 +57,7 @@ module AnyCableRs
         [:turbo_streams_secret, nil, "Key of Turbo's signed stream names. Unset: turbo-rails' own key when loaded, else streams_secret."],
         ["Reliable streams", nil, nil],
         [:broker, "memory", "memory: broadcasts get offsets and the last ones are kept per stream for the history command (each server process keeps its own; a client that reconnects to another Puma worker or machine gets reject_history). nats: kept in NATS JetStream, shared by every node (needs broadcast_adapter nats). none: neither."],
+        [:broker_replicas, 3, "broker nats: copies of the history stream and the sessions bucket, each on another JetStream server (1 to 5; each machine stores its copy). auto: 3 once the cluster has 3 servers, else 1."],
         [:history_limit, nil, "Messages kept per stream (with a broker)."],
         [:history_ttl, nil, "Seconds a message is kept (with a broker)."],
         [:history_max_bytes, nil, "Bytes the history may hold in all (memory: per process; nats: the JetStream stream); past that the oldest messages go first."],
