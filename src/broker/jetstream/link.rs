@@ -167,9 +167,6 @@ impl JetStreamLink {
                         }
                         tokio::time::sleep(Duration::from_secs(2)).await;
                     };
-                    if failed {
-                        log::info!("NATS JetStream: sessions bucket {SESSIONS_BUCKET} ready");
-                    }
                     sessions_ready(Arc::new(sessions));
                 });
             }

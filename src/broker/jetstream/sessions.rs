@@ -152,11 +152,12 @@ pub(super) async fn ensure_sessions(
             .await
             .map_err(|e| format!("updating sessions bucket {SESSIONS_BUCKET}: {e}"))?;
     }
-    fit_replicas(js, &format!("KV_{SESSIONS_BUCKET}"), &what, replicas).await?;
+    let kept_on = fit_replicas(js, &format!("KV_{SESSIONS_BUCKET}"), &what, replicas).await?;
     let kv = js
         .get_key_value(SESSIONS_BUCKET)
         .await
         .map_err(|e| format!("sessions bucket {SESSIONS_BUCKET}: {e}"))?;
+    log::info!("NATS broker: sessions bucket {SESSIONS_BUCKET}, replicas {kept_on}");
     Ok(StoredSessions {
         kv,
         seal: Seal::new(&settings.key),
