@@ -158,14 +158,12 @@ pub(super) async fn fit_replicas(
     what: &str,
     replicas: Replicas,
 ) -> Result<usize, String> {
-    let mut stream = js
+    // get_stream fetched the stream's info: its config is current.
+    let config = js
         .get_stream(name)
         .await
-        .map_err(|e| format!("{what}: {e}"))?;
-    let config = stream
-        .info()
-        .await
         .map_err(|e| format!("{what}: {e}"))?
+        .cached_info()
         .config
         .clone();
     let have = config.num_replicas.max(1);
