@@ -30,7 +30,8 @@ module AnyCableRs
   #
   # The child dies with its owner even on SIGKILL: it is started through `setpriv
   # --pdeathsig TERM` (util-linux) from the supervisor thread, which lives as long as
-  # the owner. It is stopped (TERM, then KILL after 5 s) on Puma's shutdown and at exit.
+  # the owner. It is stopped (TERM, then KILL after 5 s) last: at exit, after this
+  # process's sockets have drained; in a Puma cluster master, once the workers are gone.
   # Its output goes to the app's logger, each line prefixed "[nats-server]".
   #
   # Authenticated on both ports. Clients log in with an nkey user (#nkey): derived
@@ -179,18 +180,28 @@ module AnyCableRs
         return if @hooks
 
         @hooks = true
-        at_exit { EmbeddedNats.stop }
-        # Puma's graceful stop in cluster mode waits for every child of the master
-        # (Process.waitall) after firing on_stopped: stop ours first.
+        # Last at exit: this process's sockets drain first (their unsubscribed and
+        # disconnect callbacks, the extended protocol's sessions stored for a restore,
+        # all of which may need NATS), whichever at_exit hook was registered first.
+        at_exit do
+          AnyCableRs.shutdown
+          EmbeddedNats.stop
+        end
+        # A Puma cluster master that owns the child (preload_app) serves no sockets: its
+        # workers do, and they need the child until they have drained. Puma's master
+        # stops them (stop_workers) and then waits for every child it has
+        # (Process.waitall): ours goes right after the workers. Not at on_stopped:
+        # single mode fires that *before* the server drains (Puma 5 and 6), which
+        # stopped NATS under the app's shutdown callbacks.
         # (Under `rails server` Puma is not loaded yet when the app boots.)
         begin
-          require "puma/events" unless defined?(::Puma::Events)
+          require "puma/cluster" unless defined?(::Puma::Cluster)
         rescue LoadError
           nil
         end
-        if defined?(::Puma::Events) && ::Puma::Events.method_defined?(:fire_on_stopped!) &&
-            !::Puma::Events.ancestors.include?(PumaStopped)
-          ::Puma::Events.prepend(PumaStopped)
+        if defined?(::Puma::Cluster) && ::Puma::Cluster.method_defined?(:stop_workers) &&
+            !::Puma::Cluster.ancestors.include?(PumaWorkersStopped)
+          ::Puma::Cluster.prepend(PumaWorkersStopped)
         end
         # A forked child (a Puma worker of a preloading master) owns nothing: drop its
         # copies of the lock and the log pipe.
@@ -200,10 +211,13 @@ module AnyCableRs
       end
     end
 
-    module PumaStopped
-      def fire_on_stopped!
-        EmbeddedNats.stop
+    # Puma::Cluster#stop_workers returns once every worker has exited (SIGTERM runs it
+    # from the master's trap; SIGINT and `pumactl stop` from its main loop).
+    module PumaWorkersStopped
+      def stop_workers(*, **)
         super
+      ensure
+        EmbeddedNats.stop
       end
     end
 
@@ -241,7 +255,7 @@ module AnyCableRs
     end
 
     # TERM the child, KILL it after `timeout`, reap it; release the lock. Safe in a
-    # signal handler (Puma's SIGTERM in cluster mode fires on_stopped from its trap):
+    # signal handler (Puma's SIGTERM in cluster mode stops the workers from its trap):
     # no Mutex, no logger.
     def stop(timeout = STOP_TIMEOUT)
       return if @stopping || @process != Process.pid

@@ -376,9 +376,63 @@ RSpec.describe "Embedded NATS with the NATS broker (JetStream)", type: :cable do
   end
 end
 
+# A deploy stops a machine with SIGTERM to Puma. The nats-server must outlive the app's
+# own shutdown: the sockets' unsubscribed callbacks (which broadcast) and the extended
+# protocol's sessions, kept for a restore on the next boot, both need it. In single
+# mode Puma fires on_stopped before its server drains (where the gem used to stop
+# it); a preloading cluster master owns it while its workers drain.
+RSpec.describe "Embedded NATS stopped after Puma has drained (SIGTERM)", type: :cable do
+  after do |example|
+    if example.exception && @puma
+      warn "--- puma log ---\n#{@puma.log[-4000..] || @puma.log}"
+      warn "--- rails log (tail) ---\n#{@puma.rails_log.lines.last(60).join}"
+    end
+    @puma&.stop
+    @puma&.cleanup
+    FileUtils.rm_rf(File.join(AnyCableRs::PrivateDir.base, "jetstream-#{@nats_port}")) if @nats_port
+  end
+
+  {"single mode" => {}, "workers, preload_app" => {workers: 2, preload: true}}.each do |mode, opts|
+    it "#{mode}: runs unsubscribed with NATS up (its broadcast stored), keeps the session, and restores it after the restart" do
+      @nats_port = PumaServer.free_port
+      @puma = PumaServer.new(env: {"ANYCABLE_EMBED_NATS" => "true", "ANYCABLE_BROKER" => "nats",
+                                   "ANYCABLE_ENATS_ADDR" => "nats://127.0.0.1:#{@nats_port}"}, **opts).start
+      wait_for(timeout: 20) { puma.log.include?("NATS broker: JetStream stream anycable_history") }
+      ext = ["actioncable-v1-ext-json"]
+      a = client(name: "alice", protocols: ext)
+      sid = a.welcome!.fetch("sid")
+      id = subscribed(a, {channel: "EchoChannel", farewell: true})
+      broadcast("all", {n: 1})
+      first = a.receive
+      expect(first).to include("message" => {"n" => 1}, "offset" => Integer)
+      plain = connected(name: "bob")
+      puma.stop
+      # The extended-protocol client: a bare 1001, no `disconnect` message (on which
+      # AnyCable's JS client forgets its sid); an Action Cable client is told, as Rails does.
+      expect(a.receive).to eq(:closed)
+      expect(a.close_event.code).to eq(1001)
+      expect(plain.receive).to include("type" => "disconnect", "reason" => "server_restart", "reconnect" => true)
+      log = puma.rails_log
+      expect(log).to include("Server Exiting")
+      expect(log).not_to include("ECONNREFUSED")
+      expect(log).not_to match(/had not finished|never ran or did not finish/)
+      # nats-server said goodbye after the app's callbacks ran.
+      expect(log.index("Server Exiting")).to be > log.index('Broadcasting to all: {"farewell"=>"alice"}').to_i
+
+      puma.start
+      b = client(protocols: ext, path: "/cable?sid=#{sid}")
+      expect(b.welcome!).to include("restored" => true, "restored_ids" => [id])
+      b.send_json(command: "history", identifier: id,
+        history: {streams: {all: {epoch: first["epoch"], offset: first["offset"]}}})
+      expect(b.receive).to include("identifier" => id, "message" => {"farewell" => "alice"}, "epoch" => first["epoch"])
+      expect(b.receive).to include("type" => "confirm_history")
+    end
+  end
+end
+
 # `rails server`: the app boots in the process that becomes Puma's master (workers from
 # WEB_CONCURRENCY), which owns the child. Ctrl-C (SIGINT) makes Puma's master wait for
-# all its children after on_stopped: the nats-server must be stopped by then.
+# all its children once the workers are gone: the nats-server must be stopped by then.
 # Also the workers' SIGTERM (issue #21): on Puma 6.6/Ruby 3.3 a cluster worker stopped
 # from Puma's trap never exited in ~1 of 7 runs (its server thread stuck closing the
 # wake-up pipe: Puma issue #3677); the gem runs that handler off the trap. ROUNDS

@@ -33,7 +33,7 @@ use crate::http::RequestHead;
 use crate::logging::BadInputLog;
 use crate::metrics::COUNTERS;
 use crate::protocol;
-use crate::session::{DisconnectReason, Outbound, Outbox, Session, SessionRef};
+use crate::session::{Closing, DisconnectReason, Outbound, Outbox, Session, SessionRef};
 
 type Ws = WebSocketStream<TcpStream>;
 
@@ -324,8 +324,8 @@ impl<C: Controller> Inner<C> {
         }
         session.written(bytes);
         COUNTERS.data_sent.inc_by(bytes as u64);
-        if let Some(reason) = close {
-            send_close(ws, reason.as_ref()).await;
+        if let Some(closing) = close {
+            send_close(ws, &closing).await;
             return false;
         }
         true
@@ -361,10 +361,10 @@ async fn fail(ws: &mut Ws, session: &Session, error: WsError) {
 
 /// `{"type":"disconnect",…}` (when there is a reason) then a close frame; best
 /// effort, bounded in time.
-pub(super) async fn send_close(ws: &mut Ws, reason: Option<&DisconnectReason>) {
+pub(super) async fn send_close(ws: &mut Ws, closing: &Closing) {
     let _ = timeout(Duration::from_secs(1), async {
-        let frame = match reason {
-            Some(reason) => {
+        let frame = match closing {
+            Closing::Told(reason) => {
                 ws.feed(Message::Text(
                     protocol::disconnect(&reason.reason, reason.reconnect).into(),
                 ))
@@ -374,9 +374,13 @@ pub(super) async fn send_close(ws: &mut Ws, reason: Option<&DisconnectReason>) {
                     reason: reason.reason.to_string().into(),
                 }
             }
-            None => CloseFrame {
+            Closing::Quiet => CloseFrame {
                 code: CloseCode::Normal,
                 reason: "".into(),
+            },
+            Closing::Restorable => CloseFrame {
+                code: CloseCode::Away,
+                reason: DisconnectReason::SERVER_RESTART.reason.to_string().into(),
             },
         };
         ws.send(Message::Close(Some(frame))).await

@@ -17,7 +17,7 @@ use crate::controller::{ConnectReply, ConnectRequest, Controller};
 use crate::http::RequestHead;
 use crate::metrics::COUNTERS;
 use crate::protocol;
-use crate::session::{DisconnectReason, Outbox, Session, SessionRef};
+use crate::session::{Closing, DisconnectReason, Outbox, Session, SessionRef};
 
 /// A connection the server accepted, and what its end owes.
 pub(super) struct Opened {
@@ -152,7 +152,7 @@ impl<C: Controller> Inner<C> {
         };
         session.mark_closing();
         self.hub.remove_session(&session);
-        send_close(ws, Some(&refusal)).await;
+        send_close(ws, &Closing::Told(refusal)).await;
         None
     }
 

@@ -231,6 +231,12 @@ impl<C: Controller> Server<C> {
     /// `server_restart` and waits (up to `wait`) until every connection's disconnect
     /// callback has run; stops accepting. Returns how many connections' callbacks had
     /// not finished by then (and logs it).
+    ///
+    /// With a broker that keeps sessions beyond this process (NATS), an
+    /// extended-protocol session is closed restorable instead: kept, and closed 1001
+    /// without the `server_restart` message (on which AnyCable's JS client forgets its
+    /// sid), so its client restores on whichever node it reaches next, without the
+    /// app's `connect` and `subscribed`.
     pub async fn shutdown(&self, wait: Duration) -> usize {
         let inner = &self.inner;
         if let Some(link) = inner.link.get() {
@@ -241,8 +247,13 @@ impl<C: Controller> Server<C> {
             task.abort();
         }
         let sessions: Vec<SessionRef> = inner.sessions.read().values().cloned().collect();
+        let restorable = inner.broker.open_sessions_store().is_some();
         for session in sessions {
-            session.close(DisconnectReason::SERVER_RESTART);
+            if restorable && session.is_resumable() {
+                session.close_restorable();
+            } else {
+                session.close(DisconnectReason::SERVER_RESTART);
+            }
         }
         let all_done = async {
             loop {

@@ -29,7 +29,7 @@ use tokio::sync::Notify;
 
 use crate::protocol::broadcast::{exclude_digest, SID_DIGEST_PREFIX};
 use hold::Held;
-pub(crate) use outbox::{Outbound, Outbox};
+pub(crate) use outbox::{Closing, Outbound, Outbox};
 pub use subscriptions::PresenceJoins;
 use subscriptions::{AppSubscription, PresenceSet};
 
@@ -185,21 +185,30 @@ impl Session {
     /// Sends `{"type":"disconnect",…}` after what is already queued, then closes.
     /// Only the first call has an effect.
     pub fn close(&self, reason: DisconnectReason) {
-        self.close_with(Some(reason));
+        self.close_with(Closing::Told(reason));
     }
 
     /// Closes without a disconnect message: for when the application has already
     /// transmitted one (Action Cable's `Connection#close`) or wants none.
     pub fn close_quietly(&self) {
-        self.close_with(None);
+        self.close_with(Closing::Quiet);
     }
 
-    fn close_with(&self, reason: Option<DisconnectReason>) {
+    /// Closes for a server restart, the session kept for a restore (the extended
+    /// protocol, with sessions that outlive this process): 1001 and no message.
+    pub fn close_restorable(&self) {
+        self.close_with(Closing::Restorable);
+    }
+
+    fn close_with(&self, closing: Closing) {
         if !self.closing.swap(true, Ordering::AcqRel) {
-            // Whatever the reason (a remote disconnect at logout, too_slow, a restart):
-            // only a socket the client or the network ended is kept for a restore.
-            self.final_close.store(true, Ordering::Release);
-            self.push(Outbound::Close(reason));
+            // A remote disconnect at logout, too_slow, a plain restart: nothing to
+            // restore. Only a socket the client or the network ended, or one the
+            // server closed restorable, is kept.
+            if closing != Closing::Restorable {
+                self.final_close.store(true, Ordering::Release);
+            }
+            self.push(Outbound::Close(closing));
         }
     }
 

@@ -12,8 +12,21 @@ use super::{DisconnectReason, Session, SessionRef};
 
 pub(crate) enum Outbound {
     Frame(Utf8Bytes),
-    /// Close after what is queued; with a reason, a disconnect message goes first.
-    Close(Option<DisconnectReason>),
+    /// Close after what is queued.
+    Close(Closing),
+}
+
+/// How a session's socket is closed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Closing {
+    /// A disconnect message first, then the close frame its reason calls for.
+    Told(DisconnectReason),
+    /// No message (the application already sent one, or wants none): 1000.
+    Quiet,
+    /// The server is going away and the session stays restorable: 1001 with no
+    /// disconnect message, which would make AnyCable's JS client drop its sid (it
+    /// keeps it across a bare close and asks to restore).
+    Restorable,
 }
 
 impl Session {
@@ -101,7 +114,7 @@ mod tests {
         assert!(!s.send_frame("1".into()));
         assert!(matches!(rx.try_recv(), Ok(Outbound::Frame(_))));
         match rx.try_recv() {
-            Ok(Outbound::Close(r)) => assert_eq!(r, Some(DisconnectReason::TOO_SLOW)),
+            Ok(Outbound::Close(r)) => assert_eq!(r, Closing::Told(DisconnectReason::TOO_SLOW)),
             _ => panic!("expected close"),
         }
         assert!(rx.try_recv().is_err());

@@ -157,4 +157,28 @@ mod tests {
             assert_eq!(after.presence_joins(id), Some(joins), "{id}");
         }
     }
+
+    /// A session the server or the app closed restores no one; one closed restorable
+    /// (a server restart with sessions kept in NATS) is kept, and says so on the wire
+    /// with a bare close, not a disconnect message.
+    #[test]
+    fn only_a_restorable_close_keeps_the_session() {
+        use crate::session::{Closing, DisconnectReason, Outbound};
+        let (told, mut rx) = Session::new(1, "a".into(), 1 << 20);
+        told.close(DisconnectReason::SERVER_RESTART);
+        assert!(told.to_cache(true).is_none());
+        assert!(matches!(
+            rx.try_recv(),
+            Ok(Outbound::Close(Closing::Told(_)))
+        ));
+        let (kept, mut rx) = Session::new(2, "b".into(), 1 << 20);
+        kept.close_restorable();
+        kept.close(DisconnectReason::SERVER_RESTART); // the first close wins
+        assert!(kept.to_cache(true).is_some());
+        assert!(matches!(
+            rx.try_recv(),
+            Ok(Outbound::Close(Closing::Restorable))
+        ));
+        assert!(rx.try_recv().is_err());
+    }
 }
