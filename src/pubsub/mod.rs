@@ -26,8 +26,24 @@ pub trait PubSub: Send + Sync {
     fn publish(&self, payload: String);
     /// Whether the link to the pub/sub server is up (for `/health`).
     fn is_connected(&self) -> bool;
+    /// `publish`, and a future that resolves once what the pub/sub keeps of it (the
+    /// NATS broker's stored messages) is kept: `false` if it never will be (dropped).
+    /// `None`: nothing to wait for (the others).
+    fn publish_stored(
+        &self,
+        payload: String,
+    ) -> Option<futures_util::future::BoxFuture<'static, bool>> {
+        self.publish(payload);
+        None
+    }
     /// At shutdown: stop taking publishes from others.
     fn close(&self) {}
+    /// Broadcasts published here that the pub/sub server has not taken yet (queued,
+    /// or, for the NATS broker, not yet acknowledged as stored): a shutdown waits for
+    /// them, and says how many it could not.
+    fn unsent(&self) -> usize {
+        0
+    }
 }
 
 /// What a server process subscribes to and publishes through

@@ -60,6 +60,10 @@ impl PubSub for NatsPubSub {
         self.queue.push(payload);
     }
 
+    fn unsent(&self) -> usize {
+        self.queue.len()
+    }
+
     fn is_connected(&self) -> bool {
         self.connected.load(Ordering::Acquire) && self.client.get().is_some_and(|c| c.trusted())
     }

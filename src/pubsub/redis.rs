@@ -333,6 +333,10 @@ impl PubSub for RedisPubSub {
         self.queue.push(payload);
     }
 
+    fn unsent(&self) -> usize {
+        self.queue.len()
+    }
+
     fn is_connected(&self) -> bool {
         self.connected.load(Ordering::Acquire)
     }

@@ -185,16 +185,19 @@ impl<C: Controller> Server<C> {
     }
 
     /// Publishes a checked AnyCable payload through the pub/sub link: every node, this
-    /// one included, delivers it when it comes back. False when there is no link.
-    /// Sids it excludes go out as their digests.
-    pub fn publish(&self, payload: String) -> bool {
-        match self.inner.link.get() {
-            Some(link) => {
-                link.pubsub.publish(broadcast::digest_excludes(payload));
-                true
-            }
-            None => false,
-        }
+    /// one included, delivers it when it comes back. Sids it excludes go out as their
+    /// digests. With a future that resolves once what the broker keeps of it is stored
+    /// (`false`: dropped, never will be); `Ok(None)` when there is nothing to wait for,
+    /// `Err` when there is no link.
+    #[allow(clippy::result_unit_err)]
+    pub fn publish_stored(
+        &self,
+        payload: String,
+    ) -> Result<Option<futures_util::future::BoxFuture<'static, bool>>, ()> {
+        let link = self.inner.link.get().ok_or(())?;
+        Ok(link
+            .pubsub
+            .publish_stored(broadcast::digest_excludes(payload)))
     }
 
     /// AnyCable's `POST /_broadcast` as Puma's port takes it (the own port serves it
@@ -264,6 +267,7 @@ impl<C: Controller> Server<C> {
                 done.await;
             }
         };
+        let began = tokio::time::Instant::now();
         let _ = timeout(wait, all_done).await;
         let left = inner.pending_callbacks.load(Ordering::Acquire);
         if left > 0 {
@@ -274,7 +278,43 @@ impl<C: Controller> Server<C> {
                  {wait:?} (ANYCABLE_SHUTDOWN_TIMEOUT); the queued ones run now"
             );
         }
+        // What was broadcast here (the callbacks' too) leaves before the process does.
+        if let Some(link) = inner.link.get() {
+            let budget = wait.saturating_sub(began.elapsed()).max(MIN_FLUSH_WAIT);
+            let unsent = flush(&*link.pubsub, budget).await;
+            if unsent > 0 {
+                log::error!(
+                    "shutdown: {unsent} broadcasts made in this process were not yet taken by {} \
+                     after {:.1} s: lost (is it reachable?)",
+                    link.label,
+                    budget.as_secs_f64()
+                );
+            }
+        }
         left
+    }
+}
+
+/// At shutdown, how long the broadcasts still on their way out get at least, even
+/// when the callbacks took all of `ANYCABLE_SHUTDOWN_TIMEOUT`.
+const MIN_FLUSH_WAIT: Duration = Duration::from_secs(2);
+
+/// Waits (up to `budget`) until `pubsub` holds nothing this process published, seen
+/// twice in a row (an item passes from its queue to its publisher in between);
+/// returns what it still holds.
+async fn flush(pubsub: &dyn crate::pubsub::PubSub, budget: Duration) -> usize {
+    let deadline = tokio::time::Instant::now() + budget;
+    let mut empty_before = false;
+    loop {
+        let unsent = pubsub.unsent();
+        if unsent == 0 && empty_before {
+            return 0;
+        }
+        empty_before = unsent == 0;
+        if tokio::time::Instant::now() >= deadline {
+            return unsent;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -300,5 +340,37 @@ impl<C: Controller> Inner<C> {
             .map(|source| source())
             .unwrap_or_default();
         metrics::render(snapshot, &self.config.metrics_tags, extra)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    /// A pub/sub whose publisher takes one queued broadcast per poll.
+    struct Draining(AtomicUsize);
+
+    impl crate::pubsub::PubSub for Draining {
+        fn publish(&self, _payload: String) {}
+        fn is_connected(&self) -> bool {
+            true
+        }
+        fn unsent(&self) -> usize {
+            let left = self.0.load(Ordering::Acquire);
+            self.0.store(left.saturating_sub(1), Ordering::Release);
+            left
+        }
+    }
+
+    #[tokio::test]
+    async fn a_shutdown_waits_for_what_is_on_its_way_out_and_counts_what_is_not() {
+        assert_eq!(
+            flush(&Draining(AtomicUsize::new(5)), Duration::from_secs(5)).await,
+            0
+        );
+        let stuck = Draining(AtomicUsize::new(usize::MAX));
+        let left = flush(&stuck, Duration::from_millis(100)).await;
+        assert!(left > 0 && left < usize::MAX, "{left}");
     }
 }

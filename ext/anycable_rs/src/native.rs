@@ -28,6 +28,11 @@ use crate::job::RubyJob;
 use crate::nogvl::without_gvl;
 use crate::settings::{check_origins, Settings};
 
+/// How long a broadcast from Ruby waits to be stored (the NATS broker) before the
+/// app goes on without it stored.
+const STORE_WAIT: Duration = Duration::from_secs(5);
+static STORE_WAIT_LOG: anycable_core::logging::Throttle = anycable_core::logging::Throttle::new();
+
 #[magnus::wrap(class = "AnyCableRs::Native", free_immediately, size)]
 pub struct Native {
     server: Server<RubyController>,
@@ -347,8 +352,45 @@ impl Native {
         Ok(rb_self.publish_unchecked(message.to_string()))
     }
 
+    /// Publishes, and with the NATS broker returns once what it stores is stored (as
+    /// Action Cable's Redis adapter returns once Redis has it), the GVL released
+    /// meanwhile: a broadcast made after this one returned, here or on another
+    /// machine, is never stored before it, even while JetStream elects a new leader.
+    /// Past [`STORE_WAIT`] it returns anyway, the broadcast still on its way (said in
+    /// the log, once a second at most).
     fn publish_unchecked(&self, payload: String) -> bool {
-        self.server.publish(payload)
+        let stored = match self.server.publish_stored(payload) {
+            Err(()) => return false,
+            Ok(None) => return true,
+            Ok(Some(stored)) => stored,
+        };
+        let Some(handle) = self
+            .state
+            .lock()
+            .runtime
+            .as_ref()
+            .map(|r| r.handle().clone())
+        else {
+            return true;
+        };
+        let waited = without_gvl(move || {
+            handle.block_on(async { tokio::time::timeout(STORE_WAIT, stored).await })
+        });
+        match waited {
+            Ok(Ok(true)) => {}
+            Ok(Ok(false)) => anycable_core::logging::once_a_second(&STORE_WAIT_LOG, |more| {
+                log::error!("a broadcast was dropped before it was stored ({more} more since the last line)")
+            }),
+            Ok(Err(_)) => anycable_core::logging::once_a_second(&STORE_WAIT_LOG, |more| {
+                log::warn!(
+                    "a broadcast is not stored after {STORE_WAIT:?} (NATS JetStream unavailable?): \
+                     the app goes on, the broadcast stays queued and is stored when JetStream \
+                     answers, maybe after later ones made on other machines ({more} more since the last line)"
+                )
+            }),
+            Err(panic) => log::error!("waiting for a broadcast to be stored panicked: {panic}"),
+        }
+        true
     }
 
     /// Publishes a raw AnyCable payload (checked first) through the pub/sub.

@@ -2,7 +2,7 @@
 //! in offset order, by one ordered consumer per process), everything else over the core
 //! NATS subject as with the NATS pub/sub.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -38,6 +38,8 @@ pub struct Stored {
     body: String,
     /// `Nats-Msg-Id`: a retried publish is stored once.
     id: String,
+    /// Told when it is stored; dropped (the receiver sees an error) if it never is.
+    stored: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Queued for Stored {
@@ -57,6 +59,8 @@ pub struct JetStreamLink {
     core: Arc<PublishQueue<String>>,
     connected: Arc<AtomicBool>,
     history: Arc<OnceLock<Arc<StoredHistory>>>,
+    /// Stored broadcasts the publish loop holds: in its lanes or awaiting their ack.
+    held: Arc<AtomicUsize>,
 }
 
 /// What the NATS broker keeps in JetStream, and how.
@@ -92,11 +96,13 @@ impl JetStreamLink {
         let stored_queue = Arc::new(PublishQueue::<Stored>::new("NATS JetStream"));
         let core = Arc::new(PublishQueue::<String>::new("NATS"));
         let history = Arc::new(OnceLock::new());
+        let held = Arc::new(AtomicUsize::new(0));
         let broker = JetStreamLink {
             stored: stored_queue.clone(),
             core: core.clone(),
             connected: connected.clone(),
             history: history.clone(),
+            held: held.clone(),
         };
         // Stored broadcasts from now on reach this process's subscribers, however long
         // the setup takes (a second back for clocks that differ a little).
@@ -177,7 +183,10 @@ impl JetStreamLink {
                 js,
                 config,
                 replicas,
-                stored_queue,
+                PublishState {
+                    queue: stored_queue,
+                    held,
+                },
                 connected,
                 nats.clone(),
             ));
@@ -187,14 +196,16 @@ impl JetStreamLink {
     }
 }
 
-impl PubSub for JetStreamLink {
+impl JetStreamLink {
     /// Queues an AnyCable payload: its non-transient stream messages are stored (and
-    /// delivered from the store), everything else goes over the core subject.
-    fn publish(&self, payload: String) {
+    /// delivered from the store), everything else goes over the core subject. With
+    /// `told`, a receiver per stored message, told once it is stored.
+    fn enqueue(&self, payload: String, told: bool) -> Vec<tokio::sync::oneshot::Receiver<()>> {
+        let mut receivers = Vec::new();
         let Ok(messages) = broadcast::parse(&payload) else {
             // Checked before it got here; a bad one would be refused by every node.
             self.core.push(payload);
-            return;
+            return receivers;
         };
         let mut rest = Vec::new();
         for message in messages {
@@ -205,21 +216,61 @@ impl PubSub for JetStreamLink {
                     exclude_socket,
                     transient: false,
                     whisper: false,
-                } => self.stored.push(Stored {
-                    subject: subject_for(&stream),
-                    body: body(&stream, &data, exclude_socket.as_deref()),
-                    id: message_id(),
-                }),
+                } => {
+                    let stored = told.then(|| {
+                        let (tx, rx) = tokio::sync::oneshot::channel();
+                        receivers.push(rx);
+                        tx
+                    });
+                    self.stored.push(Stored {
+                        subject: subject_for(&stream),
+                        body: body(&stream, &data, exclude_socket.as_deref()),
+                        id: message_id(),
+                        stored,
+                    })
+                }
                 other => rest.push(other),
             }
         }
         if !rest.is_empty() {
             self.core.push(broadcast::to_payload(&rest));
         }
+        receivers
+    }
+}
+
+impl PubSub for JetStreamLink {
+    fn publish(&self, payload: String) {
+        self.enqueue(payload, false);
+    }
+
+    /// Resolves once every message of it that is kept is stored: a process that
+    /// waits for it before it goes on never has a later broadcast, its own or another
+    /// machine's, stored before this one (as Action Cable's Redis adapter returns once
+    /// Redis has it).
+    /// Not while NATS is out of reach: the broadcast waits in the queue, and the app
+    /// does not wait for it.
+    fn publish_stored(&self, payload: String) -> Option<BoxFuture<'static, bool>> {
+        let receivers = self.enqueue(payload, self.is_connected());
+        if receivers.is_empty() {
+            return None;
+        }
+        Some(Box::pin(async move {
+            for rx in receivers {
+                if rx.await.is_err() {
+                    return false;
+                }
+            }
+            true
+        }))
     }
 
     fn is_connected(&self) -> bool {
         self.connected.load(Ordering::Acquire) && self.history.get().is_some()
+    }
+
+    fn unsent(&self) -> usize {
+        self.stored.len() + self.held.load(Ordering::Acquire) + self.core.len()
     }
 }
 
@@ -230,21 +281,31 @@ fn message_id() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
+/// The stored broadcasts' way out: the queue they wait in, and how many the publish
+/// loop took from it and has not seen stored yet ([`PubSub::unsent`]).
+struct PublishState {
+    queue: Arc<PublishQueue<Stored>>,
+    held: Arc<AtomicUsize>,
+}
+
 /// Stores what `queue` hands over, up to [`IN_FLIGHT`] awaiting their acks: one at a
 /// time per Action Cable stream, streams in parallel ([`Lanes`]). One JetStream did
 /// not acknowledge (the stream's leader away, a timeout) goes first in its lane again
 /// (same id: stored once even if the first try was), so no later broadcast of its
-/// stream is stored before it, and publishing pauses for a moment; what waited past
-/// the queue's age limit is reported as lost.
+/// stream is stored before it, and publishing pauses for a moment; the stream is
+/// checked (made again if it is gone) beside, never in the way of the next tries.
+/// What waited past the queue's age limit is reported as lost.
 async fn publish_loop(
     js: jetstream::Context,
     config: HistoryConfig,
     replicas: Replicas,
-    queue: Arc<PublishQueue<Stored>>,
+    state: PublishState,
     link: Arc<AtomicBool>,
     nats: NatsClient,
 ) {
+    let PublishState { queue, held } = state;
     let mut ensured = Instant::now();
+    let ensuring = Arc::new(AtomicBool::new(false));
     let mut acks: FuturesUnordered<BoxFuture<'static, Ack>> = FuturesUnordered::new();
     let mut lanes: Lanes<(Instant, Stored)> = Lanes::default();
     let mut paused_until: Option<tokio::time::Instant> = None;
@@ -253,7 +314,13 @@ async fn publish_loop(
             Some((at, item, result)) = acks.next(), if !acks.is_empty() => {
                 let subject = item.subject.clone();
                 let next = match result {
-                    Ok(_) => lanes.acked(&subject, paused_until.is_some()),
+                    Ok(_) => {
+                        held.fetch_sub(1, Ordering::AcqRel);
+                        if let Some(told) = item.stored {
+                            let _ = told.send(());
+                        }
+                        lanes.acked(&subject, paused_until.is_some())
+                    }
                     Err(e) => {
                         crate::logging::once_a_second(&STORE_FAILED_LOG, |more| {
                             log::warn!("NATS JetStream: storing a broadcast failed ({e}); it waits and is tried again, before the later ones of its stream ({more} more since the last line)");
@@ -262,17 +329,21 @@ async fn publish_loop(
                         paused_until = Some(tokio::time::Instant::now() + RETRY_PAUSE);
                         // The stream may be gone (deleted, its server's store lost): made
                         // again (a new epoch, which the consumer notices).
-                        if ensured.elapsed() > ENSURE_EVERY {
+                        if ensured.elapsed() > ENSURE_EVERY && !ensuring.swap(true, Ordering::AcqRel) {
                             ensured = Instant::now();
-                            if let Err(e) = ensure_stream(&js, &config, replicas).await {
-                                log::error!("NATS JetStream: {e}");
-                            }
+                            let (js, config, ensuring) = (js.clone(), config.clone(), ensuring.clone());
+                            tokio::spawn(async move {
+                                if let Err(e) = ensure_stream(&js, &config, replicas).await {
+                                    log::error!("NATS JetStream: {e}");
+                                }
+                                ensuring.store(false, Ordering::Release);
+                            });
                         }
                         None
                     }
                 };
                 if let Some(next) = next {
-                    send_in_lane(&js, &queue, &mut lanes, &mut acks, next).await;
+                    send_in_lane(&js, &queue, &held, &mut lanes, &mut acks, next).await;
                 }
             }
             _ = tokio::time::sleep_until(paused_until.unwrap_or_else(tokio::time::Instant::now)), if paused_until.is_some() => {
@@ -280,15 +351,16 @@ async fn publish_loop(
                 crate::pubsub::nats::wait_for(&link).await;
                 nats.wait_trusted().await;
                 for next in lanes.resume(IN_FLIGHT.saturating_sub(acks.len())) {
-                    send_in_lane(&js, &queue, &mut lanes, &mut acks, next).await;
+                    send_in_lane(&js, &queue, &held, &mut lanes, &mut acks, next).await;
                 }
             }
             (at, item) = queue.next(), if acks.len() < IN_FLIGHT && lanes.waiting() < MAX_WAITING && paused_until.is_none() => {
+                held.fetch_add(1, Ordering::AcqRel);
                 crate::pubsub::nats::wait_for(&link).await;
                 nats.wait_trusted().await;
                 let subject = item.subject.clone();
                 if let Some(now) = lanes.admit(&subject, (at, item), false) {
-                    send_in_lane(&js, &queue, &mut lanes, &mut acks, now).await;
+                    send_in_lane(&js, &queue, &held, &mut lanes, &mut acks, now).await;
                 }
             }
         }
@@ -307,6 +379,7 @@ const MAX_WAITING: usize = IN_FLIGHT * 16;
 async fn send_in_lane(
     js: &jetstream::Context,
     queue: &PublishQueue<Stored>,
+    held: &AtomicUsize,
     lanes: &mut Lanes<(Instant, Stored)>,
     acks: &mut FuturesUnordered<BoxFuture<'static, Ack>>,
     item: (Instant, Stored),
@@ -316,6 +389,7 @@ async fn send_in_lane(
         if at.elapsed() > crate::pubsub::MAX_QUEUED_AGE {
             let subject = item.subject.clone();
             queue.retry(at, item); // expired: the queue's next() drops and counts it
+            held.fetch_sub(1, Ordering::AcqRel);
             next = lanes.acked(&subject, false);
             continue;
         }
