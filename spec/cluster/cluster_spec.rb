@@ -10,10 +10,13 @@ RSpec.describe "Three machines, one cable (the cluster test bed)", timeout: 300 
   let(:bed) { ClusterBed.current }
   let(:nodes) { (1..bed.nodes).to_a }
 
+  # Presence records of a machine that is gone go this long after it was last heard.
+  NODE_ENV = {"ANYCABLE_PRESENCE_TTL" => "3"}.freeze
+
   before(:all) do
     bed = ClusterBed.current
-    bed.start(1) # alone first: it creates the shared database's schema
-    (2..bed.nodes).map { |i| Thread.new { bed.start(i) } }.each(&:join)
+    bed.start(1, env: NODE_ENV) # alone first: it creates the shared database's schema
+    (2..bed.nodes).map { |i| Thread.new { bed.start(i, env: NODE_ENV) } }.each(&:join)
   end
 
   after(:all) do
@@ -23,7 +26,7 @@ RSpec.describe "Three machines, one cable (the cluster test bed)", timeout: 300 
 
   # An example that failed half-way leaves no machine down for the next.
   before do
-    nodes.each { |i| bed.start(i) unless bed.serving?(i) }
+    nodes.each { |i| bed.start(i, env: NODE_ENV) unless bed.serving?(i) }
   end
 
   after do |example|
@@ -174,7 +177,7 @@ RSpec.describe "Three machines, one cable (the cluster test bed)", timeout: 300 
       survivors.each { |c, id| expect(c.receive(timeout: 20)).to include("identifier" => id, "message" => {"after_loss" => i}) }
     end
 
-    bed.start(3)
+    bed.start(3, env: NODE_ENV)
     back = client_on(3)
     back_id = subscribed(back, channel: "EchoChannel")
     all = survivors + [[back, back_id]]
@@ -225,7 +228,7 @@ RSpec.describe "Three machines, one cable (the cluster test bed)", timeout: 300 
       expect(replayed_on(survivors.last, id, start, sent)).to eq(sent)
 
       ready = bed.log(lost).scan("NATS broker: JetStream stream anycable_history").size
-      bed.start(lost)
+      bed.start(lost, env: NODE_ENV)
       deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + 60
       until bed.log(lost).scan("NATS broker: JetStream stream anycable_history").size > ready
         raise "node #{lost}: the broker did not come back" if Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
@@ -234,5 +237,125 @@ RSpec.describe "Three machines, one cable (the cluster test bed)", timeout: 300 
       end
     end
     expect(replayed_on(1, id, start, sent)).to eq(sent)
+  end
+
+  # Issue #22: a machine cut off the network for 10 s (its link down: the other machines
+  # and its own clients lose it at once) and healed, while broadcasts go on through
+  # the other two, and one is made on the cut machine itself (a job there). Its client
+  # keeps its socket (no pong timeout by default: nothing closes it) and, within
+  # seconds of the heal, every client holds every broadcast once, in order; what the
+  # cut machine broadcast is stored after the heal. Meanwhile the cut machine says so
+  # once a second at most.
+  it "heals a machine cut off for 10 s: every client gets every broadcast once, in order, soon after" do
+    id = JSON.generate(channel: "EchoChannel")
+    clients = nodes.map do |i|
+      c = ext_client_on(i)
+      c.send_json(command: "subscribe", identifier: id)
+      expect(next_message(c)).to eq("identifier" => id, "type" => "confirm_subscription")
+      c
+    end
+    settle(clients, [id] * clients.size)
+
+    sent = []
+    flow = Thread.new do
+      deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + 16
+      while Process.clock_gettime(Process::CLOCK_MONOTONIC) < deadline
+        sent << {"n" => sent.size + 1}
+        broadcast_through(2 + sent.size % 2, "all", sent.last)
+        sleep 0.1
+      end
+    end
+    sleep 2
+    bed.cut(1)
+    cut_at = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+    sleep 2
+    # A job on the cut machine: its broadcast waits to be stored (the request returns
+    # after at most 5 s with it still queued).
+    local = bed.http_inside(1, :post, "/broadcast", stream: "all", payload: JSON.generate("on_cut" => 1))
+    expect(local).to eq("201")
+    sleep [10 - (Process.clock_gettime(Process::CLOCK_MONOTONIC) - cut_at), 0].max
+    bed.heal(1)
+    healed_at = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+    flow.join
+
+    clients.each_with_index do |c, k|
+      got = []
+      deadline = healed_at + 20
+      until got.count { |m| m.key?("n") } >= sent.size && got.include?("on_cut" => 1)
+        left = deadline - Process.clock_gettime(Process::CLOCK_MONOTONIC)
+        msg = begin
+          left.positive? ? next_message(c, timeout: left) : nil
+        rescue WsClient::Timeout
+          nil
+        end
+        break if msg.nil?
+        raise "client of node #{k + 1} closed" if msg == :closed
+        got << msg["message"] if msg["identifier"] == id && msg["message"] && !msg["message"].key?("probe")
+      end
+      numbered = got.select { |m| m.key?("n") }
+      expect(numbered).to eq(sent), "client of node #{k + 1}: #{numbered.map { |m| m["n"] }.inspect}"
+      expect(got.count("on_cut" => 1)).to eq(1), "client of node #{k + 1}: #{got.inspect}"
+      expect(c.silent_for?(0.5)).to be(true)
+    end
+    warn "# partition: #{sent.size} broadcasts; every client complete " \
+      "#{(Process.clock_gettime(Process::CLOCK_MONOTONIC) - healed_at).round(1)} s after the heal"
+    cut_log = bed.log(1).lines.grep(/anycable-rs\] (WARN|ERROR)/)
+    expect(cut_log.size).to be <= 30, cut_log.join
+  end
+
+  # The next presence message c gets (pings answered), within `timeout` seconds.
+  def presence_message(c, timeout: 10)
+    deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + timeout
+    loop do
+      msg = next_message(c, timeout: [deadline - Process.clock_gettime(Process::CLOCK_MONOTONIC), 0.01].max)
+      raise "closed" if msg == :closed
+      return msg["message"] if msg["type"] == "presence"
+    end
+  end
+
+  def ext_client_as(i, name)
+    c = WsClient.new(bed.url(i), headers: {"Origin" => "http://allowed.test", "Cookie" => login_cookie(i, name)},
+      protocols: [EXT])
+    (@clients ||= []) << c
+    c.welcome!
+    c
+  end
+
+  # Issue #22: with the NATS broker the machines share presence (announced over core
+  # NATS): one set across machines, and a machine lost takes its records with it
+  # PRESENCE_TTL later.
+  it "shares presence across machines: joins and leaves reach the others, a lost machine's records expire" do
+    lobby = {channel: "LobbyChannel", room: "bed", auto_join: true}
+    alice = ext_client_as(1, "alice")
+    alice.subscribe(lobby)
+    expect(next_message(alice)).to include("type" => "confirm_subscription")
+    expect(presence_message(alice)).to include("type" => "join", "id" => "alice")
+
+    bob = ext_client_as(2, "bob")
+    bob_id = bob.subscribe(lobby)
+    expect(next_message(bob)).to include("type" => "confirm_subscription")
+    expect(presence_message(bob)).to include("type" => "join", "id" => "bob")
+    expect(presence_message(alice)).to eq("type" => "join", "id" => "bob", "info" => {"name" => "bob"})
+
+    carol = ext_client_as(3, "carol")
+    carol_id = carol.subscribe(lobby.merge(auto_join: false))
+    expect(next_message(carol)).to include("type" => "confirm_subscription")
+    carol.send_json(command: "presence", identifier: carol_id)
+    expect(presence_message(carol)).to eq("type" => "info", "total" => 2, "records" => [
+      {"id" => "alice", "info" => {"name" => "alice"}}, {"id" => "bob", "info" => {"name" => "bob"}}
+    ])
+
+    # Leaving on machine 2 reaches machines 1 and 3 at once.
+    bob.perform(bob_id, "go_away")
+    [bob, alice, carol].each { |c| expect(presence_message(c)).to eq("type" => "leave", "id" => "bob") }
+
+    # Machine 1 lost: alice goes from everyone's set PRESENCE_TTL (3 s) after machine 1
+    # was last heard of.
+    bed.kill(1)
+    lost = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+    [bob, carol].each { |c| expect(presence_message(c, timeout: 10)).to eq("type" => "leave", "id" => "alice") }
+    expect(Process.clock_gettime(Process::CLOCK_MONOTONIC) - lost).to be < 8
+    carol.send_json(command: "presence", identifier: carol_id)
+    expect(presence_message(carol)).to eq("type" => "info", "total" => 0, "records" => [])
   end
 end

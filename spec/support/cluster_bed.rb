@@ -159,6 +159,22 @@ class ClusterBed
     false
   end
 
+  # An HTTP request made on node i itself (to its Puma on loopback, as a job or a
+  # console there would): the response code.
+  def http_inside(i, method, path, params = {})
+    script = <<~RUBY
+      require "json"
+      require "net/http"
+      uri = URI(ARGV[0])
+      req = Net::HTTP.const_get(ARGV[1]).new(uri)
+      params = JSON.parse(ARGV[2])
+      req.set_form_data(params) unless params.empty?
+      print Net::HTTP.start(uri.host, uri.port, read_timeout: 20) { |h| h.request(req) }.code
+    RUBY
+    IO.popen(["ip", "netns", "exec", node_namespace(i), "ruby", "-e", script, "--",
+      "http://127.0.0.1:#{PUMA_PORT}#{path}", method.to_s.capitalize, JSON.generate(params)], &:read).strip
+  end
+
   # Node i cut off the network (its link to the bridge down) and back.
   def cut(i)
     sh("ip", "-n", namespace("hub"), "link", "set", "h#{i}", "down")

@@ -6,10 +6,12 @@
 use std::sync::{Arc, Weak};
 
 use super::Inner;
-use crate::broker::jetstream::{JetStreamLink, SessionsSettings, StoreSettings, StoredSink};
+use crate::broker::jetstream::{
+    JetStreamLink, PresenceLink, SessionsSettings, StoreSettings, StoredSink,
+};
 use crate::controller::Controller;
 use crate::pubsub::nats::NatsServers;
-use crate::pubsub::{self, PubSub, PubSubConfig};
+use crate::pubsub::{self, PubSub, PubSubConfig, PublishQueue};
 
 /// A started link and what `/health` calls it.
 pub(super) struct Link {
@@ -65,6 +67,7 @@ impl<C: Controller> Inner<C> {
                         )
                     }
                 };
+                let presence = self.share_presence();
                 Arc::new(JetStreamLink::start(
                     NatsServers::parse_with(servers, login)?,
                     subject.clone(),
@@ -72,6 +75,7 @@ impl<C: Controller> Inner<C> {
                         history: history.clone(),
                         sessions,
                         replicas: self.config.broker_replicas,
+                        presence,
                     },
                     deliver,
                     stored,
@@ -96,9 +100,48 @@ impl<C: Controller> Inner<C> {
         Ok(())
     }
 
+    /// Presence shared with the other nodes through the NATS broker's link: this
+    /// node's announcements queued for it, the others' applied here (their events to
+    /// this node's subscribers). `None` with presence off.
+    fn share_presence(self: &Arc<Self>) -> Option<PresenceLink> {
+        let presence = self.hub.presence()?;
+        let queue = Arc::new(PublishQueue::<String>::new("NATS presence"));
+        let out = queue.clone();
+        presence.share(node_name(), Arc::new(move |text| out.push(text)));
+        let weak = Arc::downgrade(self);
+        Some(PresenceLink {
+            queue,
+            deliver: Box::new(move |text: &str| {
+                let Some(inner) = weak.upgrade() else { return };
+                let Some(presence) = inner.hub.presence() else {
+                    return;
+                };
+                match presence.apply_announcement(text) {
+                    Ok(events) => {
+                        for (stream, event) in events {
+                            inner.hub.presence_event(&stream, &event);
+                        }
+                    }
+                    Err(e) => crate::logging::once_a_second(&BAD_ANNOUNCEMENT_LOG, |more| {
+                        log::warn!("{e}; ignored ({more} more since the last line)")
+                    }),
+                }
+            }),
+        })
+    }
+
     /// Why the link makes this server unhealthy, if it does.
     pub(super) fn link_trouble(&self) -> Option<String> {
         let link = self.link.get()?;
         (!link.pubsub.is_connected()).then(|| format!("{} pub/sub disconnected", link.label))
     }
+}
+
+static BAD_ANNOUNCEMENT_LOG: crate::logging::Throttle = crate::logging::Throttle::new();
+
+/// This process's name among the nodes sharing presence: random, new at each start.
+fn node_name() -> String {
+    let mut bytes = [0u8; 9];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -37,12 +37,19 @@ impl<C: Controller> Inner<C> {
             let sweep = tokio::spawn(async move {
                 let mut ticker = tokio::time::interval(Duration::from_secs(1));
                 ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut announced = std::time::Instant::now();
                 loop {
                     ticker.tick().await;
                     inner.broker.sweep();
                     if let Some(presence) = inner.hub.presence() {
                         for (stream, event) in presence.sweep() {
                             inner.hub.presence_event(&stream, &event);
+                        }
+                        // Shared (the NATS broker): every record again, so the other
+                        // nodes keep them; a node gone stops, and its records go.
+                        if announced.elapsed() >= presence.announce_every() {
+                            announced = std::time::Instant::now();
+                            presence.announce_all();
                         }
                     }
                 }

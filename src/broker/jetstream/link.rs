@@ -63,12 +63,21 @@ pub struct JetStreamLink {
     held: Arc<AtomicUsize>,
 }
 
+/// Presence shared between the nodes over core NATS, on `<subject>.presence`: what
+/// this node announces waits in `queue`; what the others announce goes to `deliver`.
+pub struct PresenceLink {
+    pub queue: Arc<PublishQueue<String>>,
+    pub deliver: Box<dyn Fn(&str) + Send + Sync>,
+}
+
 /// What the NATS broker keeps in JetStream, and how.
 pub struct StoreSettings {
     pub history: HistoryConfig,
     /// `None`: no sessions kept for a restore.
     pub sessions: Option<SessionsSettings>,
     pub replicas: Replicas,
+    /// Presence shared with the other nodes (when presence is on).
+    pub presence: Option<PresenceLink>,
 }
 
 impl JetStreamLink {
@@ -91,6 +100,7 @@ impl JetStreamLink {
             history: config,
             sessions,
             replicas,
+            presence,
         } = settings;
         let connected = Arc::new(AtomicBool::new(false));
         let stored_queue = Arc::new(PublishQueue::<Stored>::new("NATS JetStream"));
@@ -115,6 +125,15 @@ impl JetStreamLink {
             // Nothing JetStream (streams made, sessions kept) with a server that is not
             // the one the credentials are for.
             nats.wait_trusted().await;
+            if let Some(presence) = presence {
+                tokio::spawn(crate::pubsub::nats::run_core(
+                    nats.clone(),
+                    format!("{subject}.presence"),
+                    presence.queue,
+                    connected.clone(),
+                    presence.deliver,
+                ));
+            }
             tokio::spawn(crate::pubsub::nats::run_core(
                 nats.clone(),
                 subject,

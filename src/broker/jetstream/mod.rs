@@ -29,7 +29,7 @@ mod link;
 mod sessions;
 
 pub use history::{consumed, StoredHistory};
-pub use link::{JetStreamLink, StoreSettings, StoredSink};
+pub use link::{JetStreamLink, PresenceLink, StoreSettings, StoredSink};
 pub use sessions::{SessionsSettings, StoredSessions, SESSIONS_BUCKET};
 
 use std::time::Duration;

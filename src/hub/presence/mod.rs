@@ -14,11 +14,19 @@
 //! join as it, replace its info, or keep it listed after its owner left. The app's own
 //! joins (`join_presence`) are trusted. Info, records per stream and `info` replies
 //! are bounded ([`MAX_INFO_BYTES`], [`MAX_RECORDS`], [`MAX_REPLY_BYTES`]).
+//!
+//! With the NATS broker the nodes share their sets ([`Presence::share`], remote.rs):
+//! `info` lists every node's records, and `join`/`leave` mean on any node.
+
+mod remote;
 
 use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
+
+use remote::{Announced, Remote, RemoteRecord};
 
 /// What a change did to the set: an event for the stream's subscribers, if any.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +64,15 @@ fn record_json(kind: &str, id: &str, info: Option<&str>) -> String {
 
 fn json_string(s: &str) -> String {
     serde_json::to_string(s).expect("a str always serializes")
+}
+
+/// A record as announced to the other nodes (its owner by digest).
+fn announced(id: &str, info: Option<&str>, owner: Option<&str>) -> Announced {
+    Announced {
+        id: id.to_owned(),
+        info: remote::raw_info(info),
+        owner: owner.map(remote::owner_digest),
+    }
 }
 
 /// The largest `info` (JSON text) a join may carry.
@@ -115,6 +132,18 @@ pub struct Presence {
     ttl: Duration,
     /// stream → presence id → record.
     streams: Mutex<HashMap<String, HashMap<String, Record>>>,
+    /// The other nodes' records, when shared (taken after `streams`, never before).
+    remote: Mutex<Remote>,
+    /// This node's name and where its announcements go, once shared.
+    sharing: OnceLock<Sharing>,
+}
+
+/// Sends one announcement to the other nodes.
+pub type Announce = Arc<dyn Fn(String) + Send + Sync>;
+
+struct Sharing {
+    node: String,
+    out: Announce,
 }
 
 impl Presence {
@@ -122,7 +151,134 @@ impl Presence {
         Presence {
             ttl,
             streams: Mutex::new(HashMap::new()),
+            remote: Mutex::new(Remote::default()),
+            sharing: OnceLock::new(),
         }
+    }
+
+    /// Shares this node's sets with the others as `node` (a name unique to this
+    /// process): announcements go to `out`, theirs come in through
+    /// [`Presence::apply_announcement`]. Asks the others to announce theirs now.
+    pub fn share(&self, node: String, out: Announce) {
+        let hello = serde_json::to_string(&remote::Hello {
+            hello: std::borrow::Cow::Borrowed(&node),
+        })
+        .expect("a hello always serializes");
+        if self.sharing.set(Sharing { node, out }).is_ok() {
+            self.announce(hello);
+        }
+    }
+
+    /// How often every record is announced again: a third of the ttl (a record is
+    /// kept a ttl after it was last heard), at least a second.
+    pub fn announce_every(&self) -> Duration {
+        (self.ttl / 3).max(Duration::from_secs(1))
+    }
+
+    fn announce(&self, text: String) {
+        if let Some(sharing) = self.sharing.get() {
+            (sharing.out)(text);
+        }
+    }
+
+    fn announce_change(&self, stream: &str, records: Vec<Announced>, left: Vec<String>) {
+        if let Some(sharing) = self.sharing.get() {
+            (sharing.out)(remote::encode(&sharing.node, stream, records, left));
+        }
+    }
+
+    /// Every record this node holds, to the others (they keep each a ttl).
+    pub fn announce_all(&self) {
+        let Some(sharing) = self.sharing.get() else {
+            return;
+        };
+        let all: Vec<(String, Vec<Announced>)> = self
+            .streams
+            .lock()
+            .iter()
+            .map(|(stream, records)| {
+                let announced = records
+                    .iter()
+                    .map(|(id, r)| announced(id, r.info.as_deref(), r.owner.as_deref()))
+                    .collect();
+                (stream.clone(), announced)
+            })
+            .collect();
+        for (stream, records) in all {
+            for text in remote::announcements(&sharing.node, &stream, records) {
+                (sharing.out)(text);
+            }
+        }
+    }
+
+    /// Another node's announcement: the events it makes for this node's subscribers
+    /// (stream, event). A hello makes this node announce everything.
+    pub fn apply_announcement(&self, text: &str) -> Result<Vec<(String, PresenceEvent)>, String> {
+        self.apply_announcement_at(text, Instant::now())
+    }
+
+    pub fn apply_announcement_at(
+        &self,
+        text: &str,
+        now: Instant,
+    ) -> Result<Vec<(String, PresenceEvent)>, String> {
+        let Some(sharing) = self.sharing.get() else {
+            return Ok(Vec::new());
+        };
+        if let Ok(hello) = serde_json::from_str::<remote::Hello>(text) {
+            if hello.hello != sharing.node {
+                self.announce_all();
+            }
+            return Ok(Vec::new());
+        }
+        let a: remote::Announcement =
+            serde_json::from_str(text).map_err(|e| format!("presence announcement: {e}"))?;
+        if a.node == sharing.node {
+            return Ok(Vec::new());
+        }
+        let stream = a.stream.as_ref();
+        let streams = self.streams.lock();
+        let mut remote = self.remote.lock();
+        let here = |id: &str| streams.get(stream).is_some_and(|r| r.contains_key(id));
+        let mut events = Vec::new();
+        for record in a.records {
+            if record
+                .info
+                .as_ref()
+                .is_some_and(|i| i.get().len() > MAX_INFO_BYTES)
+            {
+                continue;
+            }
+            let known = here(&record.id) || remote.holds(stream, &record.id);
+            let info = record.info.map(|i| i.get().to_owned());
+            if !known {
+                events.push((
+                    stream.to_owned(),
+                    PresenceEvent::Join {
+                        id: record.id.clone(),
+                        info: info.clone(),
+                    },
+                ));
+            }
+            let owner = record.owner;
+            remote.upsert(
+                &a.node,
+                stream,
+                record.id,
+                RemoteRecord {
+                    info,
+                    owner,
+                    seen: now,
+                },
+            );
+        }
+        for id in a.left {
+            remote.remove(&a.node, stream, &id);
+            if !here(&id) && !remote.holds(stream, &id) {
+                events.push((stream.to_owned(), PresenceEvent::Leave { id }));
+            }
+        }
+        Ok(events)
     }
 
     /// Session `session` joins `stream` as `id` (again: its info is updated). A `Join`
@@ -157,8 +313,16 @@ impl Presence {
                 _ => {}
             }
         }
+        let remote = self.remote.lock();
+        if let (Some(theirs), Joiner::Client { owner }) = (remote.record(stream, id), joiner) {
+            if theirs.owner.as_deref() != Some(remote::owner_digest(owner).as_str()) {
+                return Err(PresenceError::IdTaken);
+            }
+        }
+        let elsewhere = remote.holds(stream, id);
+        drop(remote);
         let records = streams.entry(stream.to_owned()).or_default();
-        match records.get_mut(id) {
+        let result = match records.get_mut(id) {
             Some(record) => {
                 record.info = info;
                 match record.members.iter_mut().find(|m| m.session == session) {
@@ -185,12 +349,19 @@ impl Presence {
                         },
                     },
                 );
-                Ok(Some(PresenceEvent::Join {
+                Ok((!elsewhere).then(|| PresenceEvent::Join {
                     id: id.to_owned(),
                     info,
                 }))
             }
+        };
+        if self.sharing.get().is_some() {
+            let record = &records[id];
+            let change = announced(id, record.info.as_deref(), record.owner.as_deref());
+            drop(streams);
+            self.announce_change(stream, vec![change], Vec::new());
         }
+        result
     }
 
     /// Session `session` leaves `stream`: a `Leave` event when it was the id's last.
@@ -201,18 +372,18 @@ impl Presence {
             .iter_mut()
             .find(|(_, r)| r.members.iter().any(|m| m.session == session))?;
         record.members.retain(|m| m.session != session);
-        let event = record
-            .members
-            .is_empty()
-            .then(|| PresenceEvent::Leave { id: id.clone() });
-        if event.is_some() {
-            let id = id.clone();
-            records.remove(&id);
+        if !record.members.is_empty() {
+            return None;
         }
+        let id = id.clone();
+        records.remove(&id);
         if records.is_empty() {
             streams.remove(stream);
         }
-        event
+        let elsewhere = self.remote.lock().holds(stream, &id);
+        drop(streams);
+        self.announce_change(stream, Vec::new(), vec![id.clone()]);
+        (!elsewhere).then_some(PresenceEvent::Leave { id })
     }
 
     /// Session `session`'s socket closed: its places go `ttl` from now.
@@ -236,8 +407,9 @@ impl Presence {
         self.sweep_at(Instant::now())
     }
 
+    /// Also lets go of other nodes' records not heard of for `ttl`.
     pub fn sweep_at(&self, now: Instant) -> Vec<(String, PresenceEvent)> {
-        let mut events = Vec::new();
+        let mut left: Vec<(String, String)> = Vec::new();
         let mut streams = self.streams.lock();
         streams.retain(|stream, records| {
             records.retain(|id, record| {
@@ -245,7 +417,7 @@ impl Presence {
                     .members
                     .retain(|m| m.gone_at.is_none_or(|at| now < at + self.ttl));
                 if record.members.is_empty() {
-                    events.push((stream.clone(), PresenceEvent::Leave { id: id.clone() }));
+                    left.push((stream.clone(), id.clone()));
                     false
                 } else {
                     true
@@ -253,6 +425,31 @@ impl Presence {
             });
             !records.is_empty()
         });
+        let mut remote = self.remote.lock();
+        let expired = match now.checked_sub(self.ttl) {
+            Some(before) => remote.expire(before),
+            None => Vec::new(),
+        };
+        let mut events = Vec::new();
+        for (stream, id) in &left {
+            if !remote.holds(stream, id) {
+                events.push((stream.clone(), PresenceEvent::Leave { id: id.clone() }));
+            }
+        }
+        for (stream, id) in expired {
+            let here = streams.get(&stream).is_some_and(|r| r.contains_key(&id));
+            let counted = events.iter().any(|(s, e)| {
+                s == &stream && matches!(e, PresenceEvent::Leave { id: i } if i == &id)
+            });
+            if !here && !remote.holds(&stream, &id) && !counted {
+                events.push((stream, PresenceEvent::Leave { id }));
+            }
+        }
+        drop(remote);
+        drop(streams);
+        for (stream, id) in left {
+            self.announce_change(&stream, Vec::new(), vec![id]);
+        }
         events
     }
 
@@ -260,15 +457,19 @@ impl Presence {
     /// (`records` left out when not asked for; listed up to [`MAX_REPLY_BYTES`]).
     pub fn info_json(&self, stream: &str, return_records: bool) -> String {
         let streams = self.streams.lock();
-        let records = streams.get(stream);
-        let total = records.map_or(0, |r| r.len());
+        let remote = self.remote.lock();
+        let mut all: HashMap<&str, Option<&str>> = remote.ids(stream);
+        for (id, record) in streams.get(stream).into_iter().flatten() {
+            all.insert(id.as_str(), record.info.as_deref());
+        }
+        let total = all.len();
         let mut out = format!(r#"{{"type":"info","total":{total}"#);
         if return_records {
             out.push_str(r#","records":["#);
-            let mut sorted: Vec<_> = records.into_iter().flatten().collect();
+            let mut sorted: Vec<_> = all.into_iter().collect();
             sorted.sort_by(|a, b| a.0.cmp(b.0));
-            for (i, (id, record)) in sorted.into_iter().enumerate() {
-                let json = record_json("", id, record.info.as_deref());
+            for (i, (id, info)) in sorted.into_iter().enumerate() {
+                let json = record_json("", id, info);
                 if out.len() + json.len() > MAX_REPLY_BYTES {
                     break;
                 }
@@ -289,148 +490,4 @@ impl Presence {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const ALICE: Joiner<'static> = Joiner::Client {
-        owner: r#"{"user":"alice"}"#,
-    };
-    const BOB: Joiner<'static> = Joiner::Client {
-        owner: r#"{"user":"bob"}"#,
-    };
-
-    /// Issue #24 (6, 7): bob joined as "alice" and replaced her info; "alice" stayed
-    /// listed after her socket closed; 60 KB infos made every reply too big to send.
-    #[test]
-    fn a_clients_id_is_its_owners_and_sizes_are_bounded() {
-        let p = Presence::new(Duration::from_secs(15));
-        assert_eq!(
-            p.join("s", 1, "alice", Some("1".into()), ALICE),
-            Ok(join_info("alice", "1"))
-        );
-        assert_eq!(
-            p.join("s", 2, "alice", Some("2".into()), BOB),
-            Err(PresenceError::IdTaken)
-        );
-        assert_eq!(
-            p.leave("s", 1),
-            Some(PresenceEvent::Leave { id: "alice".into() })
-        );
-        // The app's own joins are trusted, and no client joins an id the app made.
-        assert_eq!(p.join("s", 3, "team", None, Joiner::App), Ok(join("team")));
-        assert_eq!(p.join("s", 4, "team", None, Joiner::App), Ok(None));
-        assert_eq!(
-            p.join("s", 5, "team", None, ALICE),
-            Err(PresenceError::IdTaken)
-        );
-        let big = format!(r#""{}""#, "x".repeat(MAX_INFO_BYTES));
-        assert_eq!(
-            p.join("s", 6, "bob", Some(big), BOB),
-            Err(PresenceError::InfoTooLarge)
-        );
-        let info = format!(r#""{}""#, "y".repeat(MAX_INFO_BYTES - 2));
-        for n in 0..100 {
-            let owner = format!("owner{n}");
-            let joiner = Joiner::Client { owner: &owner };
-            p.join("big", 100 + n, &format!("u{n}"), Some(info.clone()), joiner)
-                .unwrap();
-        }
-        let reply = p.info_json("big", true);
-        assert!(reply.len() <= MAX_REPLY_BYTES + 1, "{}", reply.len());
-        assert!(reply.starts_with(r#"{"type":"info","total":100,"records":[{"id":"u0""#));
-        assert!(serde_json::from_str::<serde_json::Value>(&reply).is_ok());
-    }
-
-    #[test]
-    fn a_full_set_takes_no_new_id() {
-        let p = Presence::new(Duration::from_secs(15));
-        for n in 0..MAX_RECORDS as u64 {
-            p.join("s", n, &n.to_string(), None, Joiner::App).unwrap();
-        }
-        assert_eq!(
-            p.join("s", u64::MAX, "new", None, Joiner::App),
-            Err(PresenceError::Full)
-        );
-        // An id already there is still joined (another tab).
-        assert_eq!(p.join("s", u64::MAX, "7", None, Joiner::App), Ok(None));
-    }
-
-    fn join_info(id: &str, info: &str) -> Option<PresenceEvent> {
-        Some(PresenceEvent::Join {
-            id: id.into(),
-            info: Some(info.into()),
-        })
-    }
-
-    fn join(id: &str) -> Option<PresenceEvent> {
-        Some(PresenceEvent::Join {
-            id: id.into(),
-            info: None,
-        })
-    }
-
-    #[test]
-    fn joins_once_per_id_and_leaves_with_the_last_session() {
-        let p = Presence::new(Duration::from_secs(15));
-        assert_eq!(p.join("s", 1, "42", None, ALICE), Ok(join("42")));
-        // Another tab of the same user: no new event; its info replaces the old.
-        assert_eq!(
-            p.join("s", 2, "42", Some(r#"{"n":2}"#.into()), ALICE),
-            Ok(None)
-        );
-        assert_eq!(
-            p.join("s", 1, "43", None, ALICE),
-            Err(PresenceError::IdMismatch)
-        );
-        assert_eq!(
-            p.info_json("s", true),
-            r#"{"type":"info","total":1,"records":[{"id":"42","info":{"n":2}}]}"#
-        );
-        assert_eq!(p.leave("s", 1), None);
-        assert_eq!(
-            p.leave("s", 2),
-            Some(PresenceEvent::Leave { id: "42".into() })
-        );
-        assert_eq!(p.leave("s", 2), None);
-        assert_eq!(p.info_json("s", false), r#"{"type":"info","total":0}"#);
-        assert_eq!(p.stream_count(), 0);
-    }
-
-    #[test]
-    fn a_closed_session_keeps_its_place_for_the_ttl() {
-        let p = Presence::new(Duration::from_secs(15));
-        let t0 = Instant::now();
-        p.join("s", 1, "42", None, ALICE).unwrap();
-        p.join("s", 2, "7", None, Joiner::App).unwrap();
-        p.disconnected_at(1, t0);
-        assert!(p.sweep_at(t0 + Duration::from_secs(14)).is_empty());
-        // Back within the ttl (a restored session joins again): no leave, no join.
-        p.join("s", 3, "42", None, ALICE).unwrap();
-        assert!(p.sweep_at(t0 + Duration::from_secs(16)).is_empty());
-        p.disconnected_at(3, t0 + Duration::from_secs(20));
-        assert_eq!(
-            p.sweep_at(t0 + Duration::from_secs(35)),
-            vec![("s".to_string(), PresenceEvent::Leave { id: "42".into() })]
-        );
-        assert_eq!(
-            p.info_json("s", true),
-            r#"{"type":"info","total":1,"records":[{"id":"7"}]}"#
-        );
-    }
-
-    #[test]
-    fn events_are_anycable_json() {
-        assert_eq!(
-            PresenceEvent::Join {
-                id: "42".into(),
-                info: Some(r#"{"name":"Bart"}"#.into())
-            }
-            .to_json(),
-            r#"{"type":"join","id":"42","info":{"name":"Bart"}}"#
-        );
-        assert_eq!(
-            PresenceEvent::Leave { id: "42".into() }.to_json(),
-            r#"{"type":"leave","id":"42"}"#
-        );
-    }
-}
+mod tests;
