@@ -97,6 +97,18 @@ BenchApp.routes.draw do
   # The floor under a WebSocket connect on Puma's port: a plain request through the same
   # Puma and middleware stack (`anycable-bench http`).
   get "/up", to: ->(_env) { [200, {"Content-Type" => "text/plain"}, ["ok"]] }
+  # The reconnect storm (bench/storm.rb): a probe broadcast to every subscriber, and
+  # (anycable-rs with ANYCABLE_JWT_SECRET) a token for the signed-in bench user.
+  post "/probe", to: lambda { |env|
+    ActionCable.server.broadcast("all", {probe: Rack::Request.new(env).params["n"].to_i})
+    [201, {"Content-Type" => "text/plain"}, [""]]
+  }
+  if ENV["ANYCABLE_JWT_SECRET"]
+    get "/token", to: lambda { |_env|
+      user = User.find_or_create_by!(name: "bench")
+      [200, {"Content-Type" => "text/plain"}, [AnyCableRs::JWT.encode({current_user: user}, ttl: 3600)]]
+    }
+  end
   # Where the memory goes (bench/memory_breakdown.rb, bench/churn_leak.rb): RSS and live
   # heap slots after a full GC (/heap); live objects by class and, with BENCH_TRACE=1,
   # by allocation site (/objects). Only with BENCH_PROBE=1.

@@ -8,6 +8,7 @@
 //!     anycable-bench broadcast --url … --clients 1000 --messages 50 --interval-ms 100
 //!     anycable-bench churn     --url … --cycles 5000 [--pid PID]
 //!     anycable-bench http      --url http://127.0.0.1:3000/up --clients 5000
+//!     anycable-bench storm     --url … --clients 5000 --probe http://…/probe --duration 120
 //!
 //! `http` is the floor under `connect` for a server behind Puma: one plain GET per new
 //! TCP connection (`Connection: close`), `--clients` of them, `--concurrency` at once —
@@ -20,6 +21,8 @@
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+mod storm;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
@@ -55,6 +58,8 @@ struct Opts {
     /// The WebSocket subprotocol offered (`actioncable-v1-ext-json`: AnyCable's
     /// extended protocol, whose sessions a broker keeps for a restore).
     protocol: String,
+    /// `storm`: where to POST the probe broadcasts.
+    probe: Option<String>,
 }
 
 fn parse_args() -> Result<Opts, String> {
@@ -80,6 +85,7 @@ fn parse_args() -> Result<Opts, String> {
         local_addrs: 1,
         cycles: 1000,
         protocol: "actioncable-v1-json".into(),
+        probe: None,
     };
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or(format!("{flag} needs a value"));
@@ -104,6 +110,7 @@ fn parse_args() -> Result<Opts, String> {
             "--local-addrs" => o.local_addrs = (num(value()?)? as u8).max(1),
             "--cycles" => o.cycles = num(value()?)? as usize,
             "--protocol" => o.protocol = value()?,
+            "--probe" => o.probe = Some(value()?),
             _ => return Err(format!("unknown option {flag}")),
         }
     }
@@ -542,6 +549,7 @@ fn main() {
             "broadcast" => run_broadcast(&o).await,
             "churn" => run_churn(&o).await,
             "http" => run_http(&o).await,
+            "storm" => storm::run(&o).await,
             other => {
                 eprintln!("unknown mode {other}");
                 std::process::exit(2);

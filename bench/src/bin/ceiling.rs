@@ -33,8 +33,9 @@ impl Controller for Benchmark {
                 session.transmit(protocol::subscription_reply(id, true));
             }
             Command::Unsubscribe => self.hub.unsubscribe_identifier(&session, id),
-            // The server answers whispers itself; a controller never sees one.
-            Command::Whisper => {}
+            // The server answers whispers itself; a controller never sees one. Presence
+            // joins the channel decides on: the benchmark channel has no presence.
+            Command::Whisper | Command::Join => {}
             Command::Message => {
                 let data = command.data.unwrap_or_default();
                 let Ok(mut value) = serde_json::from_str::<serde_json::Value>(&data) else {
