@@ -406,12 +406,21 @@ RSpec.describe "Embedded NATS stopped after Puma has drained (SIGTERM)", type: :
       first = a.receive
       expect(first).to include("message" => {"n" => 1}, "offset" => Integer)
       plain = connected(name: "bob")
+      # In a presence set: told (a restore would not bring the place back), so its
+      # client subscribes and joins again.
+      present = client(name: "carol", protocols: ext)
+      present.welcome!
+      lobby = present.subscribe(channel: "LobbyChannel", room: "deploy", auto_join: true)
+      expect(present.receive).to eq("identifier" => lobby, "type" => "confirm_subscription")
+      expect(present.receive).to include("type" => "presence")
       puma.stop
       # The extended-protocol client: a bare 1001, no `disconnect` message (on which
       # AnyCable's JS client forgets its sid); an Action Cable client is told, as Rails does.
       expect(a.receive).to eq(:closed)
       expect(a.close_event.code).to eq(1001)
-      expect(plain.receive).to include("type" => "disconnect", "reason" => "server_restart", "reconnect" => true)
+      [plain, present].each do |c|
+        expect(c.receive).to include("type" => "disconnect", "reason" => "server_restart", "reconnect" => true)
+      end
       log = puma.rails_log
       expect(log).to include("Server Exiting")
       expect(log).not_to include("ECONNREFUSED")
@@ -426,6 +435,9 @@ RSpec.describe "Embedded NATS stopped after Puma has drained (SIGTERM)", type: :
         history: {streams: {all: {epoch: first["epoch"], offset: first["offset"]}}})
       expect(b.receive).to include("identifier" => id, "message" => {"farewell" => "alice"}, "epoch" => first["epoch"])
       expect(b.receive).to include("type" => "confirm_history")
+      # Stored before its socket closed, and taken by that restore: never again.
+      again = client(protocols: ext, path: "/cable?sid=#{sid}", name: "alice")
+      expect(again.welcome!).not_to include("restored")
     end
   end
 end

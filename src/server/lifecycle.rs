@@ -267,7 +267,7 @@ impl<C: Controller> Inner<C> {
         session.mark_closing();
         self.sessions.write().remove(&session.id);
         let mut app_knows = opened.lazy.is_none();
-        if opened.extended && self.broker.keeps_sessions() {
+        if opened.extended && self.broker.keeps_sessions() && !session.stored_before_close() {
             // Before the hub and the app's `unsubscribed` let go of its streams. The
             // NATS broker has had it since the welcome: the last word now, or gone if
             // the server or the app closed it.

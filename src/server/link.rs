@@ -142,6 +142,12 @@ static BAD_ANNOUNCEMENT_LOG: crate::logging::Throttle = crate::logging::Throttle
 /// This process's name among the nodes sharing presence: random, new at each start.
 fn node_name() -> String {
     let mut bytes = [0u8; 9];
-    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes);
+    if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).is_err() {
+        // No randomness (never seen): still unique among the nodes.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        return format!("{}-{nanos}", std::process::id());
+    }
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -32,6 +32,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -249,13 +250,41 @@ impl<C: Controller> Server<C> {
         for task in inner.tasks.lock().drain(..) {
             task.abort();
         }
+        let began = tokio::time::Instant::now();
         let sessions: Vec<SessionRef> = inner.sessions.read().values().cloned().collect();
-        let restorable = inner.broker.open_sessions_store().is_some();
-        for session in sessions {
-            if restorable && session.is_resumable() {
-                session.close_restorable();
-            } else {
-                session.close(DisconnectReason::SERVER_RESTART);
+        // In a presence set: told, so that its client subscribes (and joins) again (a
+        // restore does not bring presence back).
+        let in_presence = inner
+            .hub
+            .presence()
+            .map(|p| p.sessions())
+            .unwrap_or_default();
+        let (restorable, told): (Vec<SessionRef>, Vec<SessionRef>) =
+            sessions.into_iter().partition(|s| {
+                inner.broker.open_sessions_store().is_some()
+                    && s.is_resumable()
+                    && !in_presence.contains(&s.id)
+            });
+        for session in told {
+            session.close(DisconnectReason::SERVER_RESTART);
+        }
+        if let Some(store) = inner.broker.open_sessions_store() {
+            // Each one's last word stored first, then its socket closed: a client that
+            // restores on another node at once finds it, and no write of ours lands
+            // after that restore took it.
+            let keep = futures_util::stream::iter(restorable.iter().map(|session| async move {
+                if let Some(entry) = session.to_cache(session.app_connected()) {
+                    store.put(&session.sid, &entry).await;
+                }
+                session.close_restorable(true);
+            }))
+            .buffer_unordered(STORE_AT_SHUTDOWN)
+            .collect::<()>();
+            if timeout(wait, keep).await.is_err() {
+                log::warn!("shutdown: sessions not stored within {wait:?}; closed, their last word follows");
+            }
+            for session in &restorable {
+                session.close_restorable(false); // the first close wins
             }
         }
         let all_done = async {
@@ -267,8 +296,7 @@ impl<C: Controller> Server<C> {
                 done.await;
             }
         };
-        let began = tokio::time::Instant::now();
-        let _ = timeout(wait, all_done).await;
+        let _ = timeout(wait.saturating_sub(began.elapsed()), all_done).await;
         let left = inner.pending_callbacks.load(Ordering::Acquire);
         if left > 0 {
             // Those already queued still run while the Ruby threads drain the queue;
@@ -294,6 +322,9 @@ impl<C: Controller> Server<C> {
         left
     }
 }
+
+/// Sessions stored at once at shutdown (each one JetStream request).
+const STORE_AT_SHUTDOWN: usize = 64;
 
 /// At shutdown, how long the broadcasts still on their way out get at least, even
 /// when the callbacks took all of `ANYCABLE_SHUTDOWN_TIMEOUT`.

@@ -119,6 +119,9 @@ pub struct Session {
     app_connected: AtomicBool,
     /// Extended protocol: kept for a restore when the client goes.
     resumable: AtomicBool,
+    /// Its last word was stored before a restorable close: its close stores nothing
+    /// more (a write after a restore took it would make the sid restorable again).
+    stored_before_close: AtomicBool,
 }
 
 type StateMap = HashMap<String, Vec<(String, String)>>;
@@ -154,6 +157,7 @@ impl Session {
             changed: AtomicBool::new(true),
             app_connected: AtomicBool::new(false),
             resumable: AtomicBool::new(false),
+            stored_before_close: AtomicBool::new(false),
         });
         let outbox = Outbox {
             session: session.clone(),
@@ -196,8 +200,17 @@ impl Session {
 
     /// Closes for a server restart, the session kept for a restore (the extended
     /// protocol, with sessions that outlive this process): 1001 and no message.
-    pub fn close_restorable(&self) {
-        self.close_with(Closing::Restorable);
+    /// `stored`: its last word is in the store already (its close writes nothing).
+    pub fn close_restorable(&self, stored: bool) {
+        if !self.closing.swap(true, Ordering::AcqRel) {
+            self.stored_before_close.store(stored, Ordering::Release);
+            self.push(Outbound::Close(Closing::Restorable));
+        }
+    }
+
+    /// Closed restorable with its last word stored before.
+    pub(crate) fn stored_before_close(&self) -> bool {
+        self.stored_before_close.load(Ordering::Acquire)
     }
 
     fn close_with(&self, closing: Closing) {
@@ -205,9 +218,7 @@ impl Session {
             // A remote disconnect at logout, too_slow, a plain restart: nothing to
             // restore. Only a socket the client or the network ended, or one the
             // server closed restorable, is kept.
-            if closing != Closing::Restorable {
-                self.final_close.store(true, Ordering::Release);
-            }
+            self.final_close.store(true, Ordering::Release);
             self.push(Outbound::Close(closing));
         }
     }

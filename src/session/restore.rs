@@ -172,7 +172,7 @@ mod tests {
             Ok(Outbound::Close(Closing::Told(_)))
         ));
         let (kept, mut rx) = Session::new(2, "b".into(), 1 << 20);
-        kept.close_restorable();
+        kept.close_restorable(false);
         kept.close(DisconnectReason::SERVER_RESTART); // the first close wins
         assert!(kept.to_cache(true).is_some());
         assert!(matches!(

@@ -32,6 +32,9 @@ use crate::settings::{check_origins, Settings};
 /// app goes on without it stored.
 const STORE_WAIT: Duration = Duration::from_secs(5);
 static STORE_WAIT_LOG: anycable_core::logging::Throttle = anycable_core::logging::Throttle::new();
+/// How long it waits after a wait timed out, until one is stored in time again.
+const STORE_WAIT_WHILE_SLOW: Duration = Duration::from_millis(200);
+static STORE_SLOW: AtomicBool = AtomicBool::new(false);
 
 #[magnus::wrap(class = "AnyCableRs::Native", free_immediately, size)]
 pub struct Native {
@@ -373,21 +376,33 @@ impl Native {
         else {
             return true;
         };
+        // After a wait that timed out, JetStream is slow or away: the next waits are
+        // short (each one still keeps the order) until a broadcast is stored in time.
+        let wait = if STORE_SLOW.load(Ordering::Acquire) {
+            STORE_WAIT_WHILE_SLOW
+        } else {
+            STORE_WAIT
+        };
         let waited = without_gvl(move || {
-            handle.block_on(async { tokio::time::timeout(STORE_WAIT, stored).await })
+            handle.block_on(async { tokio::time::timeout(wait, stored).await })
         });
         match waited {
-            Ok(Ok(true)) => {}
+            Ok(Ok(true)) => STORE_SLOW.store(false, Ordering::Release),
             Ok(Ok(false)) => anycable_core::logging::once_a_second(&STORE_WAIT_LOG, |more| {
                 log::error!("a broadcast was dropped before it was stored ({more} more since the last line)")
             }),
-            Ok(Err(_)) => anycable_core::logging::once_a_second(&STORE_WAIT_LOG, |more| {
-                log::warn!(
-                    "a broadcast is not stored after {STORE_WAIT:?} (NATS JetStream unavailable?): \
-                     the app goes on, the broadcast stays queued and is stored when JetStream \
-                     answers, maybe after later ones made on other machines ({more} more since the last line)"
-                )
-            }),
+            Ok(Err(_)) => {
+                STORE_SLOW.store(true, Ordering::Release);
+                anycable_core::logging::once_a_second(&STORE_WAIT_LOG, |more| {
+                    log::warn!(
+                        "a broadcast is not stored after {wait:?} (NATS JetStream unavailable?): \
+                         the app goes on, the broadcast stays queued and is stored when JetStream \
+                         answers, maybe after later ones made on other machines; until one is \
+                         stored in time, broadcasts wait {STORE_WAIT_WHILE_SLOW:?} at most \
+                         ({more} more since the last line)"
+                    )
+                })
+            }
             Err(panic) => log::error!("waiting for a broadcast to be stored panicked: {panic}"),
         }
         true

@@ -175,6 +175,14 @@ impl Presence {
         (self.ttl / 3).max(Duration::from_secs(1))
     }
 
+    /// How long another node's record is kept after it was last heard: the ttl, and
+    /// at least three announcement rounds and a second (a small ttl must not make
+    /// records flap out and in between rounds).
+    fn remote_ttl(&self) -> Duration {
+        self.ttl
+            .max(self.announce_every() * 3 + Duration::from_secs(1))
+    }
+
     fn announce(&self, text: String) {
         if let Some(sharing) = self.sharing.get() {
             (sharing.out)(text);
@@ -192,9 +200,9 @@ impl Presence {
         let Some(sharing) = self.sharing.get() else {
             return;
         };
-        let all: Vec<(String, Vec<Announced>)> = self
-            .streams
-            .lock()
+        // Under the lock while queued: a change made meanwhile is heard after this.
+        let streams = self.streams.lock();
+        let all: Vec<(String, Vec<Announced>)> = streams
             .iter()
             .map(|(stream, records)| {
                 let announced = records
@@ -260,6 +268,10 @@ impl Presence {
                     },
                 ));
             }
+            if !known && remote.count(&a.node, stream) >= MAX_RECORDS {
+                events.pop();
+                continue;
+            }
             let owner = record.owner;
             remote.upsert(
                 &a.node,
@@ -273,8 +285,7 @@ impl Presence {
             );
         }
         for id in a.left {
-            remote.remove(&a.node, stream, &id);
-            if !here(&id) && !remote.holds(stream, &id) {
+            if remote.remove(&a.node, stream, &id) && !here(&id) && !remote.holds(stream, &id) {
                 events.push((stream.to_owned(), PresenceEvent::Leave { id }));
             }
         }
@@ -356,9 +367,10 @@ impl Presence {
             }
         };
         if self.sharing.get().is_some() {
+            // Queued under the lock: the others hear this node's changes in the
+            // order they were made.
             let record = &records[id];
             let change = announced(id, record.info.as_deref(), record.owner.as_deref());
-            drop(streams);
             self.announce_change(stream, vec![change], Vec::new());
         }
         result
@@ -381,8 +393,8 @@ impl Presence {
             streams.remove(stream);
         }
         let elsewhere = self.remote.lock().holds(stream, &id);
-        drop(streams);
         self.announce_change(stream, Vec::new(), vec![id.clone()]);
+        drop(streams);
         (!elsewhere).then_some(PresenceEvent::Leave { id })
     }
 
@@ -426,7 +438,7 @@ impl Presence {
             !records.is_empty()
         });
         let mut remote = self.remote.lock();
-        let expired = match now.checked_sub(self.ttl) {
+        let expired = match now.checked_sub(self.remote_ttl()) {
             Some(before) => remote.expire(before),
             None => Vec::new(),
         };
@@ -446,10 +458,10 @@ impl Presence {
             }
         }
         drop(remote);
-        drop(streams);
         for (stream, id) in left {
             self.announce_change(&stream, Vec::new(), vec![id]);
         }
+        drop(streams);
         events
     }
 
@@ -482,6 +494,16 @@ impl Presence {
         }
         out.push('}');
         out
+    }
+
+    /// The sessions of this process that hold a place in some set.
+    pub fn sessions(&self) -> std::collections::HashSet<u64> {
+        let streams = self.streams.lock();
+        streams
+            .values()
+            .flat_map(|records| records.values())
+            .flat_map(|r| r.members.iter().map(|m| m.session))
+            .collect()
     }
 
     pub fn stream_count(&self) -> usize {

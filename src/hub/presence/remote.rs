@@ -100,13 +100,14 @@ impl Remote {
             .insert(id, record);
     }
 
-    /// `node` no longer holds `id` in `stream`.
-    pub fn remove(&mut self, node: &str, stream: &str, id: &str) {
+    /// `node` no longer holds `id` in `stream`: whether it did.
+    pub fn remove(&mut self, node: &str, stream: &str, id: &str) -> bool {
         let Some(streams) = self.nodes.get_mut(node) else {
-            return;
+            return false;
         };
+        let mut removed = false;
         if let Some(ids) = streams.get_mut(stream) {
-            ids.remove(id);
+            removed = ids.remove(id).is_some();
             if ids.is_empty() {
                 streams.remove(stream);
             }
@@ -114,6 +115,15 @@ impl Remote {
         if streams.is_empty() {
             self.nodes.remove(node);
         }
+        removed
+    }
+
+    /// How many ids `node` holds in `stream`.
+    pub fn count(&self, node: &str, stream: &str) -> usize {
+        self.nodes
+            .get(node)
+            .and_then(|streams| streams.get(stream))
+            .map_or(0, |ids| ids.len())
     }
 
     /// Takes out what was last heard before `before`: (stream, id) of each.
@@ -149,7 +159,7 @@ pub(super) fn announcements(node: &str, stream: &str, records: Vec<Announced>) -
     let mut batch = Vec::new();
     let mut size = 0;
     for record in records {
-        let len = record.id.len() + record.info.as_ref().map_or(0, |i| i.get().len()) + 96;
+        let len = serde_json::to_string(&record).map_or(0, |t| t.len()) + 1;
         if !batch.is_empty() && size + len > MAX_ANNOUNCEMENT_BYTES {
             out.push(encode(node, stream, std::mem::take(&mut batch), Vec::new()));
             size = 0;

@@ -132,12 +132,13 @@ fn nodes_share_one_set() {
         hand_over(&out_b, &a, t0),
         vec![("s".to_string(), PresenceEvent::Leave { id: "alice".into() })]
     );
-    // b goes silent: a keeps its records a ttl after it last heard them.
+    // b goes silent: a keeps its records a ttl (here three rounds of 5 s and a
+    // second) after it last heard them.
     b.announce_all();
     assert!(hand_over(&out_b, &a, t0 + Duration::from_secs(10)).is_empty());
-    assert!(a.sweep_at(t0 + Duration::from_secs(24)).is_empty());
+    assert!(a.sweep_at(t0 + Duration::from_secs(25)).is_empty());
     assert_eq!(
-        a.sweep_at(t0 + Duration::from_secs(26)),
+        a.sweep_at(t0 + Duration::from_secs(27)),
         vec![("s".to_string(), PresenceEvent::Leave { id: "team".into() })]
     );
     assert_eq!(a.info_json("s", false), r#"{"type":"info","total":0}"#);
