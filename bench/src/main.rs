@@ -151,23 +151,30 @@ fn identifier(o: &Opts) -> String {
         .unwrap_or_else(|| json!({ "channel": o.channel }).to_string())
 }
 
+/// The handshake request for `url`: the Origin, Cookie and subprotocol the options
+/// give.
+fn ws_request(
+    o: &Opts,
+    url: &str,
+) -> Result<tokio_tungstenite::tungstenite::handshake::client::Request, String> {
+    let mut req = url.into_client_request().map_err(|e| e.to_string())?;
+    let headers = req.headers_mut();
+    headers.insert("Origin", o.origin.parse().map_err(|_| "bad --origin")?);
+    if let Some(cookie) = &o.cookie {
+        headers.insert("Cookie", cookie.parse().map_err(|_| "bad --cookie")?);
+    }
+    headers.insert(
+        "Sec-WebSocket-Protocol",
+        o.protocol.parse().map_err(|_| "bad --protocol")?,
+    );
+    Ok(req)
+}
+
 /// Connects (to the `index`-th of the comma-separated `--url`s, round robin), waits
 /// for welcome, subscribes, waits for the confirmation.
 async fn open_client(o: &Opts, index: usize) -> Result<Ws, String> {
     let urls: Vec<&str> = o.url.split(',').collect();
-    let mut req = urls[index % urls.len()]
-        .into_client_request()
-        .map_err(|e| e.to_string())?;
-    req.headers_mut()
-        .insert("Origin", o.origin.parse().unwrap());
-    if let Some(cookie) = &o.cookie {
-        req.headers_mut()
-            .insert("Cookie", cookie.parse().expect("a valid Cookie header"));
-    }
-    req.headers_mut().insert(
-        "Sec-WebSocket-Protocol",
-        o.protocol.parse().map_err(|_| "bad --protocol")?,
-    );
+    let req = ws_request(o, urls[index % urls.len()])?;
     let host = req
         .uri()
         .authority()

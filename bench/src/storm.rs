@@ -18,11 +18,10 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::client_async;
+use tokio_tungstenite::tungstenite::Message;
 
-use crate::{identifier, percentiles, wait_for, Opts, Ws};
+use crate::{identifier, percentiles, wait_for, ws_request, Opts, Ws};
 
 const EXT: &str = "actioncable-v1-ext-json";
 
@@ -45,16 +44,7 @@ struct Outcome {
 /// TCP, WebSocket handshake, welcome: (socket, welcome), or why not. `tcp_ok` is
 /// called once the TCP connect succeeded.
 async fn dial(o: &Opts, url: &str, tcp_ok: impl FnOnce()) -> Result<(Ws, Value), String> {
-    let mut req = url.into_client_request().map_err(|e| e.to_string())?;
-    let headers = req.headers_mut();
-    headers.insert("Origin", o.origin.parse().map_err(|_| "bad --origin")?);
-    if let Some(cookie) = &o.cookie {
-        headers.insert("Cookie", cookie.parse().map_err(|_| "bad --cookie")?);
-    }
-    headers.insert(
-        "Sec-WebSocket-Protocol",
-        o.protocol.parse().map_err(|_| "bad --protocol")?,
-    );
+    let req = ws_request(o, url)?;
     let host = req
         .uri()
         .authority()
@@ -162,7 +152,8 @@ async fn after_restart(
                         .duration_since(std::time::UNIX_EPOCH)
                         .map_or(0, |d| d.as_secs())
                         .saturating_sub(60);
-                    let history = json!({"command":"history","identifier":id,"history":{"since":since}});
+                    let history =
+                        json!({"command":"history","identifier":id,"history":{"since":since}});
                     if let Err(e) = ws.send(Message::Text(history.to_string().into())).await {
                         drop(permit);
                         out.error.get_or_insert(e.to_string());
@@ -189,14 +180,20 @@ async fn after_restart(
     loop {
         match tokio::time::timeout_at(deadline.into(), ws.next()).await {
             Ok(Some(Ok(Message::Text(t)))) => {
-                let Ok(v) = serde_json::from_str::<Value>(t.as_str()) else { continue };
-                if v["identifier"].as_str() == Some(id.as_str()) && v["message"]["probe"].is_number() {
+                let Ok(v) = serde_json::from_str::<Value>(t.as_str()) else {
+                    continue;
+                };
+                if v["identifier"].as_str() == Some(id.as_str())
+                    && v["message"]["probe"].is_number()
+                {
                     out.receiving = Some(Instant::now());
                     shared.receiving.fetch_add(1, Ordering::Relaxed);
                     out.error = None;
                     // Kept open until every client is measured (a closing socket costs
                     // the server work the others would wait behind).
-                    while Instant::now() < deadline && shared.receiving.load(Ordering::Relaxed) < o.clients {
+                    while Instant::now() < deadline
+                        && shared.receiving.load(Ordering::Relaxed) < o.clients
+                    {
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                     return out;
@@ -244,7 +241,10 @@ async fn post(host: &str, path: &str, n: usize) -> Result<(), String> {
         "POST {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
-    stream.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
+    stream
+        .write_all(req.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
     let mut sink = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut sink)).await;
     Ok(())
@@ -286,7 +286,10 @@ pub async fn run(o: &Opts) -> Value {
     if clients.len() < o.clients {
         return json!({"mode":"storm","error":format!("{} of {} connected (first error: {first_error:?})", clients.len(), o.clients)});
     }
-    println!("connected+subscribed {} clients in {connect_secs:.2}s", clients.len());
+    println!(
+        "connected+subscribed {} clients in {connect_secs:.2}s",
+        clients.len()
+    );
     println!("READY");
     use std::io::Write;
     let _ = std::io::stdout().flush();
@@ -314,15 +317,18 @@ pub async fn run(o: &Opts) -> Value {
     };
     let since = |t: Instant| t.saturating_duration_since(t0).as_secs_f64();
     let back: Vec<f64> = outcomes.iter().filter_map(|x| x.back.map(since)).collect();
-    let receiving: Vec<f64> = outcomes.iter().filter_map(|x| x.receiving.map(since)).collect();
+    let receiving: Vec<f64> = outcomes
+        .iter()
+        .filter_map(|x| x.receiving.map(since))
+        .collect();
     let restored = outcomes.iter().filter(|x| x.restored).count();
     let failed: Vec<&str> = outcomes
         .iter()
         .filter(|x| x.receiving.is_none())
         .filter_map(|x| x.error.as_deref())
         .collect();
-    let all_receiving = (receiving.len() == o.clients)
-        .then(|| receiving.iter().cloned().fold(0.0, f64::max));
+    let all_receiving =
+        (receiving.len() == o.clients).then(|| receiving.iter().cloned().fold(0.0, f64::max));
     println!(
         "storm: {} of {} back, {} receiving ({} restored), all receiving {} s after the server accepted again",
         back.len(),

@@ -13,8 +13,8 @@ import { tmpdir } from 'node:os'
 import { join, dirname } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { createCable } from '@anycable/web'
-import { backoffWithJitter, BaseLogger } from '@anycable/core'
-import { startPuma, freePort, BrowserLikeWebSocket, waitFor, broadcast, sleep } from './support.mjs'
+import { backoffWithJitter } from '@anycable/core'
+import { startPuma, freePort, BrowserLikeWebSocket, RecordingLogger, waitFor, broadcast, sleep } from './support.mjs'
 
 const LIB = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'lib')
 
@@ -80,25 +80,6 @@ function job(ns, gap) {
   return new Promise((resolve, reject) =>
     child.on('exit', code => (code === 0 ? resolve() : reject(new Error(`job exited ${code}`))))
   )
-}
-
-// The client's own log (debug), kept for a failure's message.
-class RecordingLogger extends BaseLogger {
-  constructor() {
-    super('debug')
-    this.started = Date.now()
-    this.lines = []
-  }
-
-  writeLogEntry(level, msg, details) {
-    let extra = ''
-    try {
-      if (details) extra = ` ${JSON.stringify(details, (k, v) => (v instanceof Error ? String(v) : v))}`
-    } catch {
-      extra = ' (details not serializable)'
-    }
-    this.lines.push(`${Date.now() - this.started}ms ${level} ${msg}${extra}`)
-  }
 }
 
 async function deployScenario(signal) {

@@ -17,8 +17,8 @@ import { spawn } from 'node:child_process'
 import { join, dirname } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { createCable } from '@anycable/web'
-import { backoffWithJitter, BaseLogger } from '@anycable/core'
-import { BrowserLikeWebSocket, waitFor, sleep } from './support.mjs'
+import { backoffWithJitter } from '@anycable/core'
+import { BrowserLikeWebSocket, RecordingLogger, waitFor, sleep } from './support.mjs'
 
 const BED = join(dirname(fileURLToPath(import.meta.url)), '..', 'cluster', 'bed')
 const NODES = [1, 2, 3]
@@ -49,25 +49,6 @@ function upFrom(home) {
   return home
 }
 
-class RecordingLogger extends BaseLogger {
-  constructor(name) {
-    super('debug')
-    this.name = name
-    this.started = Date.now()
-    this.lines = []
-  }
-
-  writeLogEntry(level, msg, details) {
-    let extra = ''
-    try {
-      if (details) extra = ` ${JSON.stringify(details, (k, v) => (v instanceof Error ? String(v) : v))}`
-    } catch {
-      extra = ' (details not serializable)'
-    }
-    this.lines.push(`${Date.now() - this.started}ms ${level} ${msg}${extra}`)
-  }
-}
-
 // An @anycable/web client whose home is machine `home`.
 function clientOf(home) {
   let sockets = [] // {node, sid}: where each socket went, whether it asked to restore
@@ -80,7 +61,7 @@ function clientOf(home) {
       super(u.toString(), protocols, opts)
     }
   }
-  let logger = new RecordingLogger(`client ${home}`)
+  let logger = new RecordingLogger()
   let cable = createCable(`ws://${address(home)}:3000/cable?user=alice`, {
     websocketImplementation: Balanced,
     protocol: 'actioncable-v1-ext-json',

@@ -6,6 +6,7 @@ import { tmpdir } from 'node:os'
 import { join, dirname } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import WebSocket from 'ws'
+import { BaseLogger } from '@anycable/core'
 
 const here = dirname(fileURLToPath(import.meta.url))
 export const DUMMY = join(here, '..', 'dummy')
@@ -139,4 +140,23 @@ export async function broadcast(server, stream, payload) {
     body: new URLSearchParams({ stream, payload: JSON.stringify(payload) })
   })
   if (res.status !== 201) throw new Error(`broadcast failed: ${res.status}`)
+}
+
+// The client's own log (debug), kept for a failure's message.
+export class RecordingLogger extends BaseLogger {
+  constructor() {
+    super('debug')
+    this.started = Date.now()
+    this.lines = []
+  }
+
+  writeLogEntry(level, msg, details) {
+    let extra = ''
+    try {
+      if (details) extra = ` ${JSON.stringify(details, (k, v) => (v instanceof Error ? String(v) : v))}`
+    } catch {
+      extra = ' (details not serializable)'
+    }
+    this.lines.push(`${Date.now() - this.started}ms ${level} ${msg}${extra}`)
+  }
 }
