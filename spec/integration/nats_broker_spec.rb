@@ -173,6 +173,45 @@ RSpec.describe "The NATS broker (JetStream history shared by the nodes)", type: 
     expect(a.silent_for?(0.5)).to be(true)
   end
 
+  it "replays the recent tail from memory: while nats-server is away, on a node that read it and on one that started after it (preloaded)" do
+    a, ida = ext_on(@one)
+    post(@one, 80)
+    seen = a.receive
+    a.close
+    post(@two, 81)
+    post(@one, 82)
+    three = PumaServer.new(env: @env.merge("DUMMY_DATABASE" => @one.env["DUMMY_DATABASE"])).start
+    begin
+      wait_for(timeout: 20) { three.log.include?("NATS broker: JetStream stream anycable_history") }
+      # Each node has read 82: a client there gets it live.
+      witnesses = [@one, three].map { |server| ext_on(server) }
+      post(@two, 83)
+      witnesses.each { |w, _| expect(w.receive["message"]).to eq("n" => 83) }
+      @nats.stop
+      [@one, three].each do |server|
+        b = client(name: "alice", port: server.port, protocols: [ext_protocol])
+        b.welcome!
+        b.send_json(command: "subscribe", identifier: ida,
+          history: {since: 0, streams: {all: {epoch: seen["epoch"], offset: seen["offset"]}}})
+        expect(b.receive).to eq("identifier" => ida, "type" => "confirm_subscription")
+        replay = 3.times.map { b.receive(timeout: 5) }
+        expect(replay.map { |m| m["message"]["n"] }).to eq([81, 82, 83])
+        expect(replay.map { |m| m["epoch"] }).to all(eq(seen["epoch"]))
+        expect(b.receive).to eq("type" => "confirm_history", "identifier" => ida)
+        b.close
+      end
+    ensure
+      @nats.start
+      three.stop
+      three.cleanup
+    end
+    # Both nodes back on NATS before the next example.
+    c, = ext_on(@one)
+    d, = ext_on(@two)
+    post(@two, 84)
+    [c, d].each { |x| expect(x.receive(timeout: 20)["message"]).to eq("n" => 84) }
+  end
+
   it "a node that boots with a shorter HISTORY_TTL and delivered nothing yet survives a NATS restart: no old message comes back live" do
     post(@one, 70) # history for the new node's consumer not to deliver
     three = PumaServer.new(env: @env.merge("ANYCABLE_HISTORY_TTL" => "60", "ANYCABLE_SESSIONS_TTL" => "60",

@@ -129,6 +129,29 @@ RSpec.describe "Session restore (real Puma, memory broker)", type: :cable do
     expect(Process.clock_gettime(Process::CLOCK_MONOTONIC) - sent).to be >= 2.5
   end
 
+  it "replays a restored session's history while the app's objects are rebuilt; the app's commands wait for them" do
+    a, welcome = ext(port: puma.port, name: "sloth")
+    echo = subscribed(a, channel: "EchoChannel")
+    broadcast("all", {n: 1})
+    first = next_message(a) until first && first["identifier"] == echo
+    a.close
+    wait_for { said("disconnect").include?("sloth") }
+    broadcast("all", {n: 2})
+
+    b, restored = ext(port: puma.port, query: "?sid=#{welcome.fetch("sid")}")
+    expect(restored).to include("restored" => true, "restored_ids" => [echo])
+    b.send_json(command: "history", identifier: echo,
+      history: {streams: {all: {epoch: first.fetch("epoch"), offset: first.fetch("offset")}}})
+    b.perform(echo, "echo", text: "after the rebuild")
+    got = [next_message(b), next_message(b)]
+    expect(got.map { |m| m["type"] || m["message"]["n"] }).to eq([2, "confirm_history"])
+    # The rebuild (2 s in User.find) has not finished: the replay did not wait for it.
+    expect(said("located")).to be_empty
+    reply = next_message(b)
+    expect(reply).to include("identifier" => echo, "message" => include("text" => "after the rebuild"))
+    expect(said("located")).to eq(["sloth"])
+  end
+
   it "gives a restored session its state_attr_accessor values back, records located again" do
     a, welcome = ext(port: puma.port, name: "alice", query: "?locale=fr")
     room = subscribed(a, channel: "RoomChannel", room: "r7")

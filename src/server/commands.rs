@@ -22,6 +22,15 @@ enum Served<'a> {
     Then(CommandFuture<'a>),
 }
 
+/// What is left to run of a command.
+pub(super) enum Run<'a> {
+    /// May run the app's code: never beside another app call for the connection
+    /// (a restored session's objects being rebuilt goes first).
+    App(CommandFuture<'a>),
+    /// The server's own (a bare `history`'s replay): runs beside a rebuild.
+    Server(CommandFuture<'a>),
+}
+
 impl<C: Controller> Inner<C> {
     /// Handles one text frame; returns what is left to run when it is a command that
     /// waits (the app's, a history replay).
@@ -31,7 +40,7 @@ impl<C: Controller> Inner<C> {
         text: &str,
         bad_input: &mut BadInputLog,
         lazy: &mut Option<ConnectRequest>,
-    ) -> Option<CommandFuture<'a>> {
+    ) -> Option<Run<'a>> {
         COUNTERS.data_rcvd.inc_by(text.len() as u64);
         if text.len() > self.config.max_message_size {
             COUNTERS.failed_client_msg.inc();
@@ -59,7 +68,9 @@ impl<C: Controller> Inner<C> {
                 identifier,
                 presence,
             }) => {
-                return self.client_join(session, identifier, presence, lazy);
+                return self
+                    .client_join(session, identifier, presence, lazy)
+                    .map(Run::App);
             }
             Ok(ClientFrame::Leave { identifier }) => {
                 self.hub.presence_leave(session, &identifier);
@@ -84,9 +95,9 @@ impl<C: Controller> Inner<C> {
                 history,
             }) => {
                 let session = session.clone();
-                return Some(Box::pin(async move {
+                return Some(Run::Server(Box::pin(async move {
                     self.send_history(&session, &identifier, &history).await;
-                }));
+                })));
             }
             Err(e) => {
                 COUNTERS.failed_client_msg.inc();
@@ -100,7 +111,7 @@ impl<C: Controller> Inner<C> {
         match self.serve_here(session, &command, &mut history, &mut presence, bad_input) {
             Served::No => {}
             Served::Done => return None,
-            Served::Then(next) => return Some(next),
+            Served::Then(next) => return Some(Run::App(next)),
         }
         if history.is_some() {
             // Before the app's subscribe joins the streams: see `send_history`.
@@ -115,12 +126,12 @@ impl<C: Controller> Inner<C> {
         };
         let run = self.to_app(request, lazy);
         let Some(id) = after_id else {
-            return Some(run);
+            return Some(Run::App(run));
         };
         // `history` and `presence` on a subscribe run after the app's subscribe, when
         // it confirmed the subscription.
         let session = session.clone();
-        Some(Box::pin(async move {
+        Some(Run::App(Box::pin(async move {
             run.await;
             if let Some(history) = history {
                 self.send_history(&session, &id, &history).await;
@@ -132,7 +143,7 @@ impl<C: Controller> Inner<C> {
                     }
                 }
             }
-        }))
+        })))
     }
 
     /// A client's presence join on subscription `identifier`: taken by the hub, or —

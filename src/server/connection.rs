@@ -25,6 +25,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
+use super::commands::Run;
 use super::lifecycle::Opened;
 use super::Inner;
 use crate::config::ServerConfig;
@@ -128,7 +129,7 @@ fn at(deadline: Option<Instant>) -> Instant {
 /// What a frame from the client leads to.
 enum Next<'a> {
     Read,
-    Run(CommandFuture<'a>),
+    Run(Run<'a>),
     End,
 }
 
@@ -158,21 +159,22 @@ impl<C: Controller> Inner<C> {
         if self.shutting_down.load(Ordering::Acquire) {
             session.close(DisconnectReason::SERVER_RESTART);
         }
-        let mut inflight: Option<CommandFuture<'_>> = None;
+        let mut rebuild: Option<CommandFuture<'_>> = None;
         if opened.owes_disconnect {
             // A restored session the app had objects for gets them back now, not at the
             // first command (a client that only listens sends none): its channels'
-            // timers run, and remote disconnects reach it.
+            // timers run, and remote disconnects reach it. Its `history` replays
+            // meanwhile; commands for the app wait for it.
             if let Some(connect) = opened.lazy.take() {
                 let connected = self.connect_lazily(session.clone(), connect);
-                inflight = Some(Box::pin(async move {
+                rebuild = Some(Box::pin(async move {
                     connected.await;
                 }));
             }
         }
         let mut bad_input = BadInputLog::default();
         let inflight = self
-            .serve(&mut ws, &mut rx, &mut opened, inflight, &mut bad_input)
+            .serve(&mut ws, &mut rx, &mut opened, rebuild, &mut bad_input)
             .await;
         bad_input.finish(session.log_id());
         // The socket goes first; the app's disconnect callback runs only after the
@@ -186,16 +188,17 @@ impl<C: Controller> Inner<C> {
         drop(pending);
     }
 
-    /// The socket loop: frames in, the outbox out, the deadlines. Returns the command
-    /// still in flight when the connection ended.
+    /// The socket loop: frames in, the outbox out, the deadlines. Returns what still
+    /// runs when the connection ended (the command in flight, a rebuild).
     async fn serve<'a>(
         &'a self,
         ws: &mut Ws,
         rx: &mut Outbox,
         opened: &mut Opened,
-        mut inflight: Option<CommandFuture<'a>>,
+        mut rebuild: Option<CommandFuture<'a>>,
         bad_input: &mut BadInputLog,
     ) -> Option<CommandFuture<'a>> {
+        let mut inflight: Option<CommandFuture<'a>> = None;
         let session = opened.session.clone();
         let mut due = Deadlines::new(&self.config, session.id, opened.extended, opened.restored);
         loop {
@@ -227,14 +230,26 @@ impl<C: Controller> Inner<C> {
                     inflight = None;
                     due.command_done();
                 }
+                _ = async { rebuild.as_mut().expect("guarded").await }, if rebuild.is_some() => {
+                    rebuild = None;
+                }
                 msg = ws.next(), if inflight.is_none() => {
                     if matches!(msg, Some(Ok(_))) {
                         due.frame_read();
                     }
                     match self.on_frame(ws, &session, msg, bad_input, &mut opened.lazy).await {
                         Next::Read => {}
-                        Next::Run(command) => {
-                            inflight = Some(command);
+                        Next::Run(run) => {
+                            inflight = Some(match (run, rebuild.take()) {
+                                (Run::App(command), Some(first)) => Box::pin(async move {
+                                    first.await;
+                                    command.await;
+                                }),
+                                (Run::App(command) | Run::Server(command), other) => {
+                                    rebuild = other;
+                                    command
+                                }
+                            });
                             due.defer_writes = Some(Instant::now() + WRITE_DEFER);
                         }
                         Next::End => break,
@@ -242,7 +257,13 @@ impl<C: Controller> Inner<C> {
                 }
             }
         }
-        inflight
+        match (inflight, rebuild) {
+            (Some(command), Some(first)) => Some(Box::pin(async move {
+                first.await;
+                command.await;
+            })),
+            (command, first) => command.or(first),
+        }
     }
 
     /// What one read from the socket leads to.
@@ -257,7 +278,7 @@ impl<C: Controller> Inner<C> {
         match msg {
             Some(Ok(Message::Text(text))) => {
                 match self.handle_text(session, text.as_str(), bad_input, lazy) {
-                    Some(command) => Next::Run(command),
+                    Some(run) => Next::Run(run),
                     None => Next::Read,
                 }
             }

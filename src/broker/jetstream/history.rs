@@ -8,6 +8,7 @@ use std::time::Duration;
 use async_nats::jetstream::message::StreamMessage;
 use async_nats::jetstream::{self, stream, ErrorCode};
 
+use super::recent::Recent;
 use super::{
     epoch_of, fit_duplicate_window, fit_replicas, get_or_create, parse_body, subject_for, Replicas,
     STREAM, SUBJECT_PREFIX,
@@ -24,19 +25,13 @@ pub struct StoredHistory {
     /// message" for what it has not got yet — a replay would end early and be
     /// confirmed. With one replica, direct reads (any server, no API queue) are exact.
     pub(super) replicated: AtomicBool,
+    /// What this process's consumer read lately: replays of it need no NATS round trip.
+    pub(super) recent: Recent,
 }
 
 /// A replay reads at most this many messages of one stream (more than any per-stream
 /// limit a node sets); past it the request is refused rather than cut short.
 const MAX_REPLAY: usize = 10_000;
-
-/// The last sequence this process's consumer delivered (one consumer per process).
-pub(super) static CONSUMED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-/// Stored broadcasts up to this sequence have been delivered live here.
-pub fn consumed() -> u64 {
-    CONSUMED.load(Ordering::Acquire)
-}
 
 fn unavailable(e: impl std::fmt::Display) -> HistoryError {
     HistoryError::Unavailable(e.to_string())
@@ -133,7 +128,7 @@ impl StoredHistory {
     }
 
     /// The message at sequence `seq`.
-    async fn at(&self, seq: u64) -> Result<Option<StreamMessage>, HistoryError> {
+    pub(super) async fn at(&self, seq: u64) -> Result<Option<StreamMessage>, HistoryError> {
         if self.replicated() {
             leader_read(self.stream.get_raw_message(seq).await)
         } else {
@@ -180,6 +175,10 @@ impl StoredHistory {
         epoch: &str,
         offset: u64,
     ) -> Result<Vec<Entry>, HistoryError> {
+        self.recent.wait_loaded().await;
+        if let Some(entries) = self.recent.after(epoch, stream, offset) {
+            return Ok(entries);
+        }
         retrying(|| self.read_from(stream, epoch, offset)).await
     }
 
@@ -212,6 +211,10 @@ impl StoredHistory {
 
     /// The messages stored at or after `since` (unix seconds), oldest first.
     pub async fn since(&self, stream: &str, since: u64) -> Result<Vec<Entry>, HistoryError> {
+        self.recent.wait_loaded().await;
+        if let Some(entries) = self.recent.since(stream, since) {
+            return Ok(entries);
+        }
         retrying(|| self.read_since(stream, since)).await
     }
 

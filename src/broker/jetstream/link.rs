@@ -6,18 +6,18 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, consumer};
+use async_nats::jetstream;
 use base64::Engine;
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
 
-use super::history::{ensure_stream, CONSUMED};
+use super::history::ensure_stream;
 use super::lanes::Lanes;
 use super::sessions::{ensure_sessions, SessionsSettings};
 use super::{
-    body, epoch_of, fit_replicas, parse_body, subject_for, Replicas, StoredHistory, StoredSessions,
-    GROW_EVERY, SESSIONS_BUCKET, STREAM, SUBJECT_PREFIX,
+    body, fit_replicas, subject_for, Replicas, StoredHistory, StoredSessions, GROW_EVERY,
+    SESSIONS_BUCKET, STREAM,
 };
 use crate::broker::history::HistoryConfig;
 use crate::protocol::broadcast::{self, BroadcastMessage};
@@ -173,6 +173,7 @@ impl JetStreamLink {
                 stream: stream.clone(),
                 epoch: parking_lot::RwLock::new(epoch),
                 replicated: AtomicBool::new(kept_on > 1),
+                recent: super::recent::Recent::new(&config),
             });
             let _ = history.set(reader.clone());
             history_ready(reader.clone());
@@ -209,7 +210,7 @@ impl JetStreamLink {
                 connected,
                 nats.clone(),
             ));
-            consume(client, nats, reader, booted, stored).await;
+            super::consumer::consume(client, nats, reader, booted, stored).await;
         });
         Ok(broker)
     }
@@ -461,90 +462,3 @@ const ENSURE_EVERY: Duration = Duration::from_secs(5);
 
 /// How long publishing pauses after JetStream did not acknowledge one.
 const RETRY_PAUSE: Duration = Duration::from_millis(250);
-
-/// Delivers every stored broadcast from `start` on, in order, for as long as the
-/// process runs. The ordered consumer follows reconnects; when it fails (missed
-/// heartbeats: its server went away under it) or ends, another goes on after the last
-/// message delivered. A stream made anew (another creation time) gets a new epoch,
-/// and its sequences count again from 1.
-async fn consume(
-    client: async_nats::Client,
-    nats: NatsClient,
-    reader: Arc<StoredHistory>,
-    start: time::OffsetDateTime,
-    sink: StoredSink,
-) {
-    let mut stream = reader.stream.clone();
-    let mut epoch = reader.epoch();
-    let mut last: Option<u64> = None;
-    loop {
-        match stream.info().await.map(|i| epoch_of(i.created)) {
-            Ok(now) if now != epoch => {
-                log::error!(
-                    "NATS JetStream: the history stream {STREAM} was made anew (epoch {epoch} -> {now}): positions clients hold are refused, and its sequences start again"
-                );
-                *reader.epoch.write() = now.clone();
-                epoch = now;
-                last = None;
-                CONSUMED.store(0, Ordering::Release);
-            }
-            Ok(_) => {}
-            Err(e) => log::debug!("NATS JetStream: history stream info: {e}"),
-        }
-        let deliver_policy = match last {
-            Some(seq) => consumer::DeliverPolicy::ByStartSequence {
-                start_sequence: seq + 1,
-            },
-            None => consumer::DeliverPolicy::ByStartTime { start_time: start },
-        };
-        let config = consumer::push::OrderedConfig {
-            deliver_subject: client.new_inbox(),
-            filter_subject: format!("{SUBJECT_PREFIX}>"),
-            deliver_policy,
-            ..Default::default()
-        };
-        let messages = match stream.create_consumer(config).await {
-            Ok(consumer) => consumer.messages().await.map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        let mut messages = match messages {
-            Ok(m) => m,
-            Err(e) => {
-                log::error!("NATS JetStream: cannot read the history stream ({e}); retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        while let Some(message) = messages.next().await {
-            let message = match message {
-                Ok(m) => m,
-                Err(e) => {
-                    log::warn!("NATS JetStream: the history consumer failed ({e}); starting another after the last message delivered");
-                    break;
-                }
-            };
-            if !nats.trusted() {
-                nats.refused();
-                continue;
-            }
-            let Ok(info) = message.info() else { continue };
-            let seq = info.stream_sequence;
-            // A consumer the client library rebuilt before anything was delivered
-            // starts from the stream's first message: none of that is live here.
-            if last.is_some_and(|l| seq <= l) || info.published < start {
-                continue;
-            }
-            last = Some(seq);
-            match parse_body(&message.payload) {
-                Some((stream, data, exclude)) => {
-                    sink(&stream, &data, exclude.as_deref(), &epoch, seq)
-                }
-                None => log::warn!(
-                    "NATS JetStream: stored message {seq} is not an AnyCable broadcast; skipped"
-                ),
-            }
-            CONSUMED.store(seq, Ordering::Release);
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}

@@ -7,9 +7,10 @@
 //!    from Ruby) publishes it to JetStream on the stream's subject
 //!    ([`subject_for`]) and waits for the ack: it is stored exactly once, and the
 //!    stream's sequence number is its offset.
-//! 2. Every server process reads the JetStream stream with an ordered consumer and
-//!    delivers each message, with its offset and the stream's epoch, to its own
-//!    subscribers: once per node, in offset order.
+//! 2. Every server process reads the JetStream stream with an ordered consumer
+//!    (`consumer.rs`) and delivers each message, with its offset and the stream's
+//!    epoch, to its own subscribers: once per node, in offset order. It keeps the
+//!    recent ones in memory (`recent.rs`) for replays.
 //!
 //! Transient broadcasts (whispers) and remote disconnects are not stored: they go over
 //! the core NATS subject as with the NATS pub/sub.
@@ -23,12 +24,15 @@
 //! the stream is deleted and made anew, and then every position a client holds is
 //! refused.
 
+mod consumer;
 mod history;
 mod lanes;
 mod link;
+mod recent;
 mod sessions;
 
-pub use history::{consumed, StoredHistory};
+pub use consumer::consumed;
+pub use history::StoredHistory;
 pub use link::{JetStreamLink, PresenceLink, StoreSettings, StoredSink};
 pub use sessions::{SessionsSettings, StoredSessions, SESSIONS_BUCKET};
 
