@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_nats::jetstream::consumer;
 use futures_util::StreamExt;
 
-use super::link::StoredSink;
+use super::link::{StoredSink, REQUEST_TIMEOUT};
 use super::recent::PRELOAD;
 use super::{epoch_of, parse_body, StoredHistory, STREAM, SUBJECT_PREFIX};
 use crate::pubsub::nats::NatsClient;
@@ -136,8 +136,14 @@ pub(super) async fn consume(
         reader.recent.set_loaded();
     }
     loop {
-        match stream.info().await.map(|i| epoch_of(i.created)) {
-            Ok(now) if now != epoch => {
+        // What the stream holds when this consumer starts: it is current once it has
+        // read that far, and stale if the stream goes past it while nothing comes.
+        let mut stored_at_start = None;
+        match request(stream.info())
+            .await
+            .map(|i| (epoch_of(i.created), i.state.last_sequence))
+        {
+            Ok((now, _)) if now != epoch => {
                 log::error!(
                     "NATS JetStream: the history stream {STREAM} was made anew (epoch {epoch} -> {now}): positions clients hold are refused, and its sequences start again"
                 );
@@ -147,7 +153,7 @@ pub(super) async fn consume(
                 preload = None;
                 CONSUMED.store(0, Ordering::Release);
             }
-            Ok(_) => {}
+            Ok((_, stored)) => stored_at_start = Some(stored),
             Err(e) => log::debug!("NATS JetStream: history stream info: {e}"),
         }
         let deliver_policy = match (last, preload) {
@@ -165,24 +171,44 @@ pub(super) async fn consume(
             deliver_policy,
             ..Default::default()
         };
-        let messages = match stream.create_consumer(config).await {
+        let messages = match request(stream.create_consumer(config)).await {
             Ok(consumer) => consumer.messages().await.map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(e),
         };
         let mut messages = match messages {
             Ok(m) => m,
             Err(e) => {
-                log::error!("NATS JetStream: cannot read the history stream ({e}); retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                crate::logging::once_a_second(&CREATE_FAILED_LOG, |more| {
+                    log::error!("NATS JetStream: cannot read the history stream ({e}); retrying ({more} more since the last line)");
+                });
+                tokio::time::sleep(RETRY_PAUSE).await;
                 continue;
             }
         };
+        let read_to = last.or(stored_at_start.filter(|_| preload.is_none()));
+        reader
+            .recent
+            .set_current(read_to.is_some_and(|r| stored_at_start.is_some_and(|s| s <= r)));
         let taken = Taken {
             reader: &reader,
             sink: &sink,
             epoch: &epoch,
         };
-        while let Some(message) = messages.next().await {
+        let mut watch = Watch::new(read_to.unwrap_or(0));
+        loop {
+            let message = tokio::select! {
+                message = messages.next() => message,
+                _ = watch.tick() => {
+                    let seen = last.unwrap_or(watch.seen);
+                    if watch.stale(request(stream.info()).await.ok().map(|i| i.state.last_sequence), seen) {
+                        log::warn!("NATS JetStream: the history consumer read nothing for {:?} while the stream went on (its server lost?); starting another after the last message read", STALE_AFTER);
+                        break;
+                    }
+                    continue;
+                }
+            };
+            let Some(message) = message else { break };
+            watch.read();
             let message = match message {
                 Ok(m) => m,
                 Err(e) => {
@@ -207,11 +233,104 @@ pub(super) async fn consume(
             }
             last = Some(seq);
             taken.take(seq, &message.payload, info.published, live);
+            reader.recent.set_current(info.pending == 0);
             if loading_to.is_some_and(|to| seq >= to || info.pending == 0) {
                 loading_to = None;
                 reader.recent.set_loaded();
             }
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        reader.recent.set_current(false);
+        tokio::time::sleep(RETRY_PAUSE).await;
+    }
+}
+
+const RETRY_PAUSE: Duration = Duration::from_millis(250);
+
+/// A JetStream request (stream info, a consumer made) bounded by
+/// [`REQUEST_TIMEOUT`] whatever the client library waits (a consumer placed on a
+/// server that does not answer took 10 s), so that it is asked again sooner.
+async fn request<T, E: std::fmt::Display>(
+    fut: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(REQUEST_TIMEOUT, fut).await {
+        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(_) => Err("timed out".into()),
+    }
+}
+
+static CREATE_FAILED_LOG: crate::logging::Throttle = crate::logging::Throttle::new();
+
+/// A consumer that read nothing this long while the stream went past what it read is
+/// made again. The client library notices a consumer whose server is gone only after
+/// two missed idle heartbeats (10 s); asking the stream finds it sooner.
+const STALE_AFTER: Duration = Duration::from_secs(2);
+
+/// Looks after the consumer while nothing comes: every [`STALE_AFTER`] without a
+/// message, the stream's last sequence is asked; two looks in a row that find it past
+/// what was read mean the consumer is stale.
+struct Watch {
+    ticker: tokio::time::Interval,
+    read_since_tick: bool,
+    behind: bool,
+    /// The sequence read to when the consumer started.
+    seen: u64,
+}
+
+impl Watch {
+    fn new(seen: u64) -> Self {
+        let mut ticker =
+            tokio::time::interval_at(tokio::time::Instant::now() + STALE_AFTER, STALE_AFTER);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Watch {
+            ticker,
+            read_since_tick: false,
+            behind: false,
+            seen,
+        }
+    }
+
+    async fn tick(&mut self) {
+        loop {
+            self.ticker.tick().await;
+            if !std::mem::take(&mut self.read_since_tick) {
+                return;
+            }
+            self.behind = false;
+        }
+    }
+
+    fn read(&mut self) {
+        self.read_since_tick = true;
+    }
+
+    /// After a tick with nothing read: whether the stream (its last sequence, when it
+    /// answered) is past `read` for the second look in a row.
+    fn stale(&mut self, stored: Option<u64>, read: u64) -> bool {
+        let behind = stored.is_some_and(|s| s > read);
+        let stale = behind && self.behind;
+        self.behind = behind;
+        stale
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_consumer_is_stale_after_two_looks_behind_the_stream() {
+        let mut watch = Watch::new(5);
+        // The stream did not answer, or holds nothing past what was read.
+        assert!(!watch.stale(None, 5));
+        assert!(!watch.stale(Some(5), 5));
+        // Behind once: messages may be on their way.
+        assert!(!watch.stale(Some(7), 5));
+        assert!(watch.stale(Some(7), 5));
+        // A look that finds it caught up starts the count again.
+        assert!(!watch.stale(Some(7), 7));
+        assert!(!watch.stale(Some(8), 7));
+        assert!(!watch.stale(None, 7));
+        assert!(!watch.stale(Some(8), 7));
+        assert!(watch.stale(Some(9), 7));
     }
 }

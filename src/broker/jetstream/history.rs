@@ -27,6 +27,8 @@ pub struct StoredHistory {
     pub(super) replicated: AtomicBool,
     /// What this process's consumer read lately: replays of it need no NATS round trip.
     pub(super) recent: Recent,
+    /// The NATS link is up (see [`StoredHistory::tail_answers`]).
+    pub(super) link_up: Arc<AtomicBool>,
 }
 
 /// A replay reads at most this many messages of one stream (more than any per-stream
@@ -102,6 +104,14 @@ impl StoredHistory {
         })
     }
 
+    /// Replays come from the recent tail while the consumer keeps up (what it has not
+    /// read yet follows live, in order), or while NATS is away (all there is); while
+    /// it is being made again (its server lost), JetStream answers, whole.
+    async fn tail_answers(&self) -> bool {
+        self.recent.wait_loaded().await;
+        self.recent.is_current() || !self.link_up.load(Ordering::Acquire)
+    }
+
     fn replicated(&self) -> bool {
         self.replicated.load(Ordering::Acquire)
     }
@@ -175,9 +185,10 @@ impl StoredHistory {
         epoch: &str,
         offset: u64,
     ) -> Result<Vec<Entry>, HistoryError> {
-        self.recent.wait_loaded().await;
-        if let Some(entries) = self.recent.after(epoch, stream, offset) {
-            return Ok(entries);
+        if self.tail_answers().await {
+            if let Some(entries) = self.recent.after(epoch, stream, offset) {
+                return Ok(entries);
+            }
         }
         retrying(|| self.read_from(stream, epoch, offset)).await
     }
@@ -211,9 +222,10 @@ impl StoredHistory {
 
     /// The messages stored at or after `since` (unix seconds), oldest first.
     pub async fn since(&self, stream: &str, since: u64) -> Result<Vec<Entry>, HistoryError> {
-        self.recent.wait_loaded().await;
-        if let Some(entries) = self.recent.since(stream, since) {
-            return Ok(entries);
+        if self.tail_answers().await {
+            if let Some(entries) = self.recent.since(stream, since) {
+                return Ok(entries);
+            }
         }
         retrying(|| self.read_since(stream, since)).await
     }

@@ -27,7 +27,7 @@ use crate::pubsub::{PubSub, PublishQueue, Queued};
 /// How long a JetStream request (an ack, a read, a change) waits for its answer
 /// before it is tried again. A cluster that lost a machine answers again once it has
 /// elected new leaders; shorter than async-nats' 5 s, so a retry reaches them sooner.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+pub(super) const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Publishes awaiting their ack at once.
 const IN_FLIGHT: usize = 256;
@@ -174,6 +174,7 @@ impl JetStreamLink {
                 epoch: parking_lot::RwLock::new(epoch),
                 replicated: AtomicBool::new(kept_on > 1),
                 recent: super::recent::Recent::new(&config),
+                link_up: connected.clone(),
             });
             let _ = history.set(reader.clone());
             history_ready(reader.clone());

@@ -15,6 +15,7 @@
 //! in all; past that the oldest go first (JetStream still has them).
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,6 +43,8 @@ pub(super) struct Recent {
     max_bytes: usize,
     inner: Mutex<Tail>,
     loaded: tokio::sync::watch::Sender<bool>,
+    /// The consumer is reading and had nothing pending at its last message.
+    current: AtomicBool,
 }
 
 #[derive(Default)]
@@ -73,6 +76,7 @@ impl Recent {
             max_bytes: config.max_bytes.clamp(1, MAX_BYTES),
             inner: Mutex::new(Tail::default()),
             loaded: tokio::sync::watch::Sender::new(false),
+            current: AtomicBool::new(false),
         }
     }
 
@@ -175,6 +179,16 @@ impl Recent {
                 .map(|entries| entries.iter().filter(fresh).cloned().collect())
                 .unwrap_or_default(),
         )
+    }
+
+    /// Whether the consumer keeps up: it read every message stored by its last one
+    /// (`false` while it is made again).
+    pub(super) fn set_current(&self, current: bool) {
+        self.current.store(current, Ordering::Release);
+    }
+
+    pub(super) fn is_current(&self) -> bool {
+        self.current.load(Ordering::Acquire)
     }
 
     /// The boot's preload is in (or was given up): replays read the tail from now on.
