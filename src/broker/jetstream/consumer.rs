@@ -136,8 +136,8 @@ pub(super) async fn consume(
         reader.recent.set_loaded();
     }
     loop {
-        // What the stream holds when this consumer starts: it is current once it has
-        // read that far, and stale if the stream goes past it while nothing comes.
+        // What the stream holds when this consumer starts: it is stale if the stream
+        // goes past it while nothing comes.
         let mut stored_at_start = None;
         match request(stream.info())
             .await
@@ -181,14 +181,12 @@ pub(super) async fn consume(
                 crate::logging::once_a_second(&CREATE_FAILED_LOG, |more| {
                     log::error!("NATS JetStream: cannot read the history stream ({e}); retrying ({more} more since the last line)");
                 });
-                tokio::time::sleep(RETRY_PAUSE).await;
+                tokio::time::sleep(CREATE_RETRY_PAUSE).await;
                 continue;
             }
         };
         let read_to = last.or(stored_at_start.filter(|_| preload.is_none()));
-        reader
-            .recent
-            .set_current(read_to.is_some_and(|r| stored_at_start.is_some_and(|s| s <= r)));
+        reader.recent.set_reading(true);
         let taken = Taken {
             reader: &reader,
             sink: &sink,
@@ -233,18 +231,20 @@ pub(super) async fn consume(
             }
             last = Some(seq);
             taken.take(seq, &message.payload, info.published, live);
-            reader.recent.set_current(info.pending == 0);
             if loading_to.is_some_and(|to| seq >= to || info.pending == 0) {
                 loading_to = None;
                 reader.recent.set_loaded();
             }
         }
-        reader.recent.set_current(false);
+        reader.recent.set_reading(false);
         tokio::time::sleep(RETRY_PAUSE).await;
     }
 }
 
 const RETRY_PAUSE: Duration = Duration::from_millis(250);
+/// After a consumer could not be made: a cluster electing leaders is not asked more
+/// often (a request that timed out here may still be carried out there).
+const CREATE_RETRY_PAUSE: Duration = Duration::from_secs(1);
 
 /// A JetStream request (stream info, a consumer made) bounded by
 /// [`REQUEST_TIMEOUT`] whatever the client library waits (a consumer placed on a

@@ -104,12 +104,12 @@ impl StoredHistory {
         })
     }
 
-    /// Replays come from the recent tail while the consumer keeps up (what it has not
+    /// Replays come from the recent tail while the consumer reads (what it has not
     /// read yet follows live, in order), or while NATS is away (all there is); while
     /// it is being made again (its server lost), JetStream answers, whole.
     async fn tail_answers(&self) -> bool {
         self.recent.wait_loaded().await;
-        self.recent.is_current() || !self.link_up.load(Ordering::Acquire)
+        self.recent.is_reading() || !self.link_up.load(Ordering::Acquire)
     }
 
     fn replicated(&self) -> bool {

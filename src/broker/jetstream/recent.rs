@@ -43,8 +43,8 @@ pub(super) struct Recent {
     max_bytes: usize,
     inner: Mutex<Tail>,
     loaded: tokio::sync::watch::Sender<bool>,
-    /// The consumer is reading and had nothing pending at its last message.
-    current: AtomicBool,
+    /// The consumer is reading (not being made again).
+    reading: AtomicBool,
 }
 
 #[derive(Default)]
@@ -76,7 +76,7 @@ impl Recent {
             max_bytes: config.max_bytes.clamp(1, MAX_BYTES),
             inner: Mutex::new(Tail::default()),
             loaded: tokio::sync::watch::Sender::new(false),
-            current: AtomicBool::new(false),
+            reading: AtomicBool::new(false),
         }
     }
 
@@ -181,14 +181,14 @@ impl Recent {
         )
     }
 
-    /// Whether the consumer keeps up: it read every message stored by its last one
-    /// (`false` while it is made again).
-    pub(super) fn set_current(&self, current: bool) {
-        self.current.store(current, Ordering::Release);
+    /// Whether the consumer is reading (`false` from its failure until another one
+    /// is made).
+    pub(super) fn set_reading(&self, reading: bool) {
+        self.reading.store(reading, Ordering::Release);
     }
 
-    pub(super) fn is_current(&self) -> bool {
-        self.current.load(Ordering::Acquire)
+    pub(super) fn is_reading(&self) -> bool {
+        self.reading.load(Ordering::Acquire)
     }
 
     /// The boot's preload is in (or was given up): replays read the tail from now on.
