@@ -16,6 +16,8 @@
 #   rs   anycable-rs, Puma's port, cookie auth (connect in Ruby)
 #   own  anycable-rs, its own port (ANYCABLE_PORT), cookie auth (connect in Ruby)
 #   jwt  anycable-rs, its own port, a JWT in the URL (no Ruby on connect)
+#   signed  as jwt, subscribed to the signed stream (`$pubsub`): no Ruby on connect
+#        nor on subscribe
 #   ext  anycable-rs, its own port, cookie auth at first, the extended protocol and
 #        the NATS broker (a local nats-server with JetStream): the stopping server keeps
 #        every session, and the clients restore them (no Ruby on reconnect)
@@ -25,13 +27,15 @@ require "net/http"
 require_relative "harness"
 
 SIZES = (ENV["SIZES"] || "5000,10000").split(",").map { |s| Integer(s) }
-SERVERS = (ENV["SERVERS"] || "ac,rs,own,jwt,ext").split(",").map(&:strip)
+SERVERS = (ENV["SERVERS"] || "ac,rs,own,jwt,signed,ext").split(",").map(&:strip)
 CONCURRENCY = Integer(ENV.fetch("CONCURRENCY", "1000"))
+PROBE_MS = Integer(ENV.fetch("PROBE_MS", "100"))
 LABELS = {
   "ac" => "Action Cable, Puma's port, cookie auth",
   "rs" => "anycable-rs, Puma's port, cookie auth",
   "own" => "anycable-rs, own port, cookie auth",
   "jwt" => "anycable-rs, own port, JWT",
+  "signed" => "anycable-rs, own port, JWT, signed stream",
   "ext" => "anycable-rs, own port, extended protocol, restore (NATS broker)"
 }.freeze
 
@@ -69,8 +73,9 @@ def storm(server, clients)
   log = "/tmp/anycable-storm-#{server}-#{port}.log"
   env = {"BENCH_DATABASE" => db}
   env["ANYCABLE_EMBEDDED"] = "true" unless server == "ac"
-  env["ANYCABLE_PORT"] = own.to_s if %w[own jwt ext].include?(server)
-  env["ANYCABLE_JWT_SECRET"] = "storm-jwt-secret" if server == "jwt"
+  env["ANYCABLE_PORT"] = own.to_s if %w[own jwt signed ext].include?(server)
+  env["ANYCABLE_JWT_SECRET"] = "storm-jwt-secret" if %w[jwt signed].include?(server)
+  env["ANYCABLE_STREAMS_SECRET"] = "storm-streams-secret" if server == "signed"
   nats = nil
   if server == "ext"
     nats = nats_server
@@ -83,10 +88,14 @@ def storm(server, clients)
   cookie = Harness.login_cookie(port)
   ws_port = env["ANYCABLE_PORT"] ? own : port
   url = "ws://127.0.0.1:#{ws_port}/cable"
-  url += "?jid=#{Net::HTTP.get(URI("http://127.0.0.1:#{port}/token"))}" if server == "jwt"
+  url += "?jid=#{Net::HTTP.get(URI("http://127.0.0.1:#{port}/token"))}" if %w[jwt signed].include?(server)
   args = ["--clients", clients.to_s, "--concurrency", CONCURRENCY.to_s, "--duration", "180",
-    "--channel", "BenchmarkChannel", "--probe", "http://127.0.0.1:#{port}/probe"]
-  args += ["--cookie", cookie] unless server == "jwt"
+    "--channel", "BenchmarkChannel", "--probe", "http://127.0.0.1:#{port}/probe", "--interval-ms", PROBE_MS.to_s]
+  if server == "signed"
+    signed = Net::HTTP.get(URI("http://127.0.0.1:#{port}/signed"))
+    args += ["--identifier", JSON.generate(channel: "$pubsub", signed_stream_name: signed)]
+  end
+  args += ["--cookie", cookie] unless %w[jwt signed].include?(server)
   args += ["--protocol", "actioncable-v1-ext-json"] if server == "ext"
   sleep 2 if server == "ext" # the broker's stream made
   cmd = [File.join(Harness::BIN, "anycable-bench"), "storm", "--url", url, *args]
@@ -103,6 +112,7 @@ def storm(server, clients)
   end
   shown = cmd.each_with_index.map { |c, i| cmd[i - 1] == "--cookie" ? "COOKIE" : c.sub("#{Harness::ROOT}/", "") }.join(" ")
     .gsub(/127\.0\.0\.1:\d+/, "127.0.0.1:PORT").gsub(/jid=[\w.-]+/, "jid=TOKEN")
+    .gsub(/"signed_stream_name":"[^"]+"/, '"signed_stream_name":"SIGNED"')
   [shown, summary || {"error" => "no summary"}]
 ensure
   stop(pid) if pid
@@ -145,7 +155,7 @@ end
 fmt = ->(v) { v.nil? ? "–" : format("%.2f", v) }
 out = +"# The reconnect storm (issue #22)\n\n"
 out << "Machine: #{Harness.machine}. #{Time.now.utc.iso8601}.\n\n"
-out << "Command: `#{(ENV.select { |k, _| %w[SIZES SERVERS CONCURRENCY].include?(k) }.map { |k, v| "#{k}=#{v} " }.join)}ruby bench/storm.rb`\n\n"
+out << "Command: `#{(ENV.select { |k, _| %w[SIZES SERVERS CONCURRENCY PROBE_MS].include?(k) }.map { |k, v| "#{k}=#{v} " }.join)}ruby bench/storm.rb`\n\n"
 out << "Seconds from the restarted server's first accepted TCP connect until every client is\n" \
   "back (welcome and subscription, or a restored welcome) and has received a probe\n" \
   "broadcast; clients reconnect on their own, at most #{CONCURRENCY} handshakes at once.\n\n"

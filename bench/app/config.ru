@@ -109,6 +109,10 @@ BenchApp.routes.draw do
       [200, {"Content-Type" => "text/plain"}, [AnyCableRs::JWT.encode({current_user: user}, ttl: 3600)]]
     }
   end
+  # The probes' stream, signed (a `$pubsub` subscription: no channel class, no Ruby).
+  if ENV["ANYCABLE_STREAMS_SECRET"]
+    get "/signed", to: ->(_env) { [200, {"Content-Type" => "text/plain"}, [AnyCableRs::Streams.signed("all")]] }
+  end
   # Where the memory goes (bench/memory_breakdown.rb, bench/churn_leak.rb): RSS and live
   # heap slots after a full GC (/heap); live objects by class and, with BENCH_TRACE=1,
   # by allocation site (/objects). Only with BENCH_PROBE=1.

@@ -3,12 +3,14 @@
 //! prints `READY`); every client reconnects on its own as soon as its socket closes,
 //! trying again every 100–200 ms while the port refuses, at most `--concurrency`
 //! handshakes at once. With the extended protocol it asks to restore its session
-//! (`sid=` from its welcome); a restored welcome needs no subscribe.
+//! (`sid=` from its welcome); a restored welcome needs no subscribe, and the client
+//! asks its history as `@anycable/web` does (since its last ping, and from the
+//! position of the one broadcast, probe 0, every client received before the restart).
 //!
 //! Measured from the first successful TCP connect after the restart (the server
 //! accepting again): when each client is back (welcome and subscription, or a
 //! restored welcome), and when it first receives a probe — a broadcast POSTed to
-//! `--probe` every 100 ms from then on.
+//! `--probe` every `--interval-ms` (100 by default) from then on.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -98,10 +100,14 @@ async fn after_restart(
     index: usize,
     mut ws: Ws,
     sid: Option<String>,
+    mut positions: serde_json::Map<String, Value>,
     shared: Arc<Shared>,
     deadline: Instant,
 ) -> Outcome {
     let mut out = Outcome::default();
+    // What @anycable/web asks after a restore: the history since its last ping (at
+    // first, since it connected), and from each stream's last position it saw.
+    let mut since = unix_now();
     // Until the server closes it (a restart).
     loop {
         match tokio::time::timeout_at(deadline.into(), ws.next()).await {
@@ -110,6 +116,16 @@ async fn after_restart(
                 return out;
             }
             Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Message::Close(_)))) => break,
+            Ok(Some(Ok(Message::Text(t)))) => {
+                let Ok(v) = serde_json::from_str::<Value>(t.as_str()) else {
+                    continue;
+                };
+                if v["type"] == "ping" {
+                    since = v["message"].as_u64().unwrap_or(since);
+                } else {
+                    track_position(&mut positions, &v);
+                }
+            }
             Ok(Some(Ok(_))) => {}
         }
     }
@@ -146,14 +162,10 @@ async fn after_restart(
                     }
                 }
                 if restored {
-                    // As @anycable/web does after a restore: the history since the
-                    // socket closed (live frames wait behind the replay until asked).
-                    let since = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_secs())
-                        .saturating_sub(60);
-                    let history =
-                        json!({"command":"history","identifier":id,"history":{"since":since}});
+                    // As @anycable/web does after a restore (live frames wait behind
+                    // the replay until asked).
+                    let history = json!({"command":"history","identifier":id,
+                        "history":{"since":since,"streams":positions}});
                     if let Err(e) = ws.send(Message::Text(history.to_string().into())).await {
                         drop(permit);
                         out.error.get_or_insert(e.to_string());
@@ -184,7 +196,7 @@ async fn after_restart(
                     continue;
                 };
                 if v["identifier"].as_str() == Some(id.as_str())
-                    && v["message"]["probe"].is_number()
+                    && v["message"]["probe"].as_u64().is_some_and(|n| n > 0)
                 {
                     out.receiving = Some(Instant::now());
                     shared.receiving.fetch_add(1, Ordering::Relaxed);
@@ -212,14 +224,32 @@ async fn after_restart(
     }
 }
 
-/// POSTs `{"probe": n}` (form field `n`) to `url` every 100 ms once the server
+/// Keeps the stream position an extended-protocol broadcast carries.
+fn track_position(positions: &mut serde_json::Map<String, Value>, v: &Value) {
+    if let (Some(stream), Some(offset)) = (v["stream_id"].as_str(), v["offset"].as_u64()) {
+        positions.insert(
+            stream.to_owned(),
+            json!({"epoch": v["epoch"], "offset": offset}),
+        );
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// POSTs `{"probe": n}` (form field `n`) to `url` every `every` (`--interval-ms`) once the server
 /// accepts again, until every client got one or the deadline.
-async fn probe(url: String, shared: Arc<Shared>, clients: usize, deadline: Instant) -> usize {
-    let rest = url.trim_start_matches("http://");
-    let (host, path) = match rest.find('/') {
-        Some(i) => (rest[..i].to_string(), rest[i..].to_string()),
-        None => (rest.to_string(), "/".to_string()),
-    };
+async fn probe(
+    url: String,
+    every: Duration,
+    shared: Arc<Shared>,
+    clients: usize,
+    deadline: Instant,
+) -> usize {
+    let (host, path) = host_and_path(&url);
     while shared.accepting.get().is_none() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -228,9 +258,18 @@ async fn probe(url: String, shared: Arc<Shared>, clients: usize, deadline: Insta
         n += 1;
         let (host, path) = (host.clone(), path.clone());
         tokio::spawn(async move { post(&host, &path, n).await });
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(every).await;
     }
     n
+}
+
+/// ("host:port", "/path") of an http:// URL.
+fn host_and_path(url: &str) -> (String, String) {
+    let rest = url.trim_start_matches("http://");
+    match rest.find('/') {
+        Some(i) => (rest[..i].to_string(), rest[i..].to_string()),
+        None => (rest.to_string(), "/".to_string()),
+    }
 }
 
 async fn post(host: &str, path: &str, n: usize) -> Result<(), String> {
@@ -290,23 +329,40 @@ pub async fn run(o: &Opts) -> Value {
         "connected+subscribed {} clients in {connect_secs:.2}s",
         clients.len()
     );
+    // One broadcast before the restart (probe 0): each client has a position in the
+    // stream to ask its history from, as a page that has been open a while has.
+    let (host, path) = host_and_path(&probe_url);
+    if let Err(e) = post(&host, &path, 0).await {
+        return json!({"mode":"storm","error":format!("probe 0: {e}")});
+    }
+    let mut positions = Vec::with_capacity(clients.len());
+    for (ws, _) in clients.iter_mut() {
+        let mut known = serde_json::Map::new();
+        match wait_for(ws, |v| v["message"]["probe"] == 0).await {
+            Ok(v) => track_position(&mut known, &v),
+            Err(e) => return json!({"mode":"storm","error":format!("probe 0 not received: {e}")}),
+        }
+        positions.push(known);
+    }
     println!("READY");
     use std::io::Write;
     let _ = std::io::stdout().flush();
 
     let deadline = Instant::now() + Duration::from_secs_f64(o.duration);
     let mut tasks = Vec::with_capacity(clients.len());
-    for (index, (ws, sid)) in clients.into_iter().enumerate() {
+    for (index, ((ws, sid), known)) in clients.into_iter().zip(positions).enumerate() {
         tasks.push(tokio::spawn(after_restart(
             o.clone(),
             index,
             ws,
             sid,
+            known,
             shared.clone(),
             deadline,
         )));
     }
-    let prober = tokio::spawn(probe(probe_url, shared.clone(), o.clients, deadline));
+    let every = Duration::from_millis(o.interval_ms.max(1));
+    let prober = tokio::spawn(probe(probe_url, every, shared.clone(), o.clients, deadline));
     let mut outcomes = Vec::with_capacity(tasks.len());
     for t in tasks {
         outcomes.push(t.await.unwrap_or_default());
