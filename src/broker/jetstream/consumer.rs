@@ -27,8 +27,8 @@ pub fn consumed() -> u64 {
 }
 
 /// At most this many stored broadcasts a jump in the consumer's sequences is filled
-/// with (a longer one is said in the log, not filled).
-const MAX_GAP: u64 = 10_000;
+/// with (more are said in the log, not filled).
+const MAX_GAP: usize = 10_000;
 
 /// What the consumer does with stored broadcast `seq`: kept in the recent tail, and
 /// delivered when it was stored since the process started (`live`).
@@ -50,44 +50,53 @@ impl Taken<'_> {
                     (self.sink)(&stream, &data, exclude.as_deref(), self.epoch, seq);
                 }
             }
-            None => log::warn!(
-                "NATS JetStream: stored message {seq} is not an AnyCable broadcast; skipped"
-            ),
+            None => {
+                self.reader.recent.passed(self.epoch, seq);
+                log::warn!(
+                    "NATS JetStream: stored message {seq} is not an AnyCable broadcast; skipped"
+                )
+            }
         }
         CONSUMED.store(seq, Ordering::Release);
     }
 
-    /// Takes the stored broadcasts `from..to`, which the consumer skipped, read from
-    /// the stream (its leader when replicated); ones gone by the limits are passed.
-    /// The consumer's filter takes every subject of the stream, whose sequences come
-    /// one after another (older messages only go by the limits): a jump means it missed
-    /// some (seen after a partition: a consumer made again on a replica still catching
-    /// up). Unfilled, the recent tail starts again after the jump.
+    /// The consumer read `to` after `from - 1`: the sequences between are messages
+    /// the limits took (a stream over `HISTORY_LIMIT` loses its oldest, anywhere in
+    /// the JetStream stream), or ones this consumer missed (seen after a partition: a
+    /// consumer made again on a replica still catching up). What the stream still has
+    /// of them is read (from its leader when replicated), taken first, and logged; the
+    /// rest is passed. If the stream cannot be read, the recent tail starts again
+    /// after the jump.
     async fn fill(&self, from: u64, to: u64, start: time::OffsetDateTime) {
-        let missing = to - from;
-        if missing > MAX_GAP {
-            log::error!(
-                "NATS JetStream: the history consumer skipped {missing} stored broadcasts ({from}..{}); too many to deliver late (clients that ask their history get them)",
-                to - 1
-            );
-            return;
-        }
-        log::warn!(
-            "NATS JetStream: the history consumer skipped {missing} stored broadcasts ({from}..{}); delivering them from the stream first",
-            to - 1
-        );
-        for seq in from..to {
-            match self.reader.at(seq).await {
-                Ok(Some(message)) => {
-                    self.take(seq, &message.payload, message.time, message.time >= start)
-                }
-                Ok(None) => {}
+        let all = format!("{SUBJECT_PREFIX}>");
+        let mut next = from;
+        let mut found = 0usize;
+        while next < to {
+            let message = match self.reader.next_for(&all, next).await {
+                Ok(Some(message)) if message.sequence < to => message,
+                Ok(_) => break,
                 Err(e) => {
-                    log::error!("NATS JetStream: reading skipped message {seq}: {e}; the rest of the gap is not delivered");
+                    log::error!("NATS JetStream: reading what the history consumer skipped ({next}..{}): {e}; not delivered", to - 1);
                     return;
                 }
+            };
+            if found == 0 {
+                log::warn!(
+                    "NATS JetStream: the history consumer skipped stored broadcasts ({from}..{}); delivering them from the stream first",
+                    to - 1
+                );
             }
+            found += 1;
+            if found > MAX_GAP {
+                log::error!("NATS JetStream: the history consumer skipped more than {MAX_GAP} stored broadcasts; the rest is not delivered (clients that ask their history get them)");
+                return;
+            }
+            let seq = message.sequence;
+            self.reader.recent.passed(self.epoch, seq - 1);
+            self.take(seq, &message.payload, message.time, message.time >= start);
+            next = seq + 1;
         }
+        self.reader.recent.passed(self.epoch, to - 1);
     }
 }
 
@@ -109,8 +118,11 @@ async fn preload_from(
     if last == 0 || from > last {
         return None;
     }
-    let first = reader.at(from).await.ok()??;
-    (first.time < start).then_some((from, last))
+    let first = reader
+        .next_for(&format!("{SUBJECT_PREFIX}>"), from)
+        .await
+        .ok()??;
+    (first.time < start).then_some((first.sequence, last))
 }
 
 /// Delivers every stored broadcast from `start` on, in order, for as long as the
@@ -148,6 +160,7 @@ pub(super) async fn consume(
                     "NATS JetStream: the history stream {STREAM} was made anew (epoch {epoch} -> {now}): positions clients hold are refused, and its sequences start again"
                 );
                 *reader.epoch.write() = now.clone();
+                reader.recent.reset(&now);
                 epoch = now;
                 last = None;
                 preload = None;
@@ -185,7 +198,7 @@ pub(super) async fn consume(
                 continue;
             }
         };
-        let read_to = last.or(stored_at_start.filter(|_| preload.is_none()));
+        let read_to = last.or(stored_at_start);
         reader.recent.set_reading(true);
         let taken = Taken {
             reader: &reader,
@@ -198,15 +211,31 @@ pub(super) async fn consume(
                 message = messages.next() => message,
                 _ = watch.tick() => {
                     let seen = last.unwrap_or(watch.seen);
-                    if watch.stale(request(stream.info()).await.ok().map(|i| i.state.last_sequence), seen) {
-                        log::warn!("NATS JetStream: the history consumer read nothing for {:?} while the stream went on (its server lost?); starting another after the last message read", STALE_AFTER);
-                        break;
+                    // The stream's last message exists while it holds any (the limits
+                    // take a subject's oldest, the ttl the oldest of all).
+                    let stored = request(stream.info()).await.ok().map(|i| {
+                        if i.state.messages > 0 { i.state.last_sequence } else { 0 }
+                    });
+                    match watch.look(stored, seen) {
+                        Look::Stale => {
+                            log::warn!("NATS JetStream: the history consumer read nothing for {:?} while the stream went on (its server lost?); starting another after the last message read", STALE_AFTER * 2);
+                            break;
+                        }
+                        // Maybe lost: replays from JetStream until it reads again.
+                        Look::Behind => reader.recent.set_reading(false),
+                        Look::Current => {
+                            if loading_to.take().is_some() {
+                                reader.recent.set_loaded();
+                            }
+                        }
+                        Look::Unknown => {}
                     }
                     continue;
                 }
             };
             let Some(message) = message else { break };
             watch.read();
+            reader.recent.set_reading(true);
             let message = match message {
                 Ok(m) => m,
                 Err(e) => {
@@ -303,14 +332,33 @@ impl Watch {
         self.read_since_tick = true;
     }
 
-    /// After a tick with nothing read: whether the stream (its last sequence, when it
-    /// answered) is past `read` for the second look in a row.
-    fn stale(&mut self, stored: Option<u64>, read: u64) -> bool {
-        let behind = stored.is_some_and(|s| s > read);
-        let stale = behind && self.behind;
-        self.behind = behind;
-        stale
+    /// After a tick with nothing read: what the stream's last sequence (when it
+    /// answered) says of a consumer that read to `read`.
+    fn look(&mut self, stored: Option<u64>, read: u64) -> Look {
+        let Some(stored) = stored else {
+            return Look::Unknown;
+        };
+        let behind = stored > read;
+        let was = std::mem::replace(&mut self.behind, behind);
+        match (behind, was) {
+            (false, _) => Look::Current,
+            (true, false) => Look::Behind,
+            (true, true) => Look::Stale,
+        }
     }
+}
+
+/// What a look at the stream says of an idle consumer.
+#[derive(Debug, PartialEq, Eq)]
+enum Look {
+    /// The stream did not answer.
+    Unknown,
+    /// Nothing stored past what it read.
+    Current,
+    /// The stream went past it (messages may be on their way).
+    Behind,
+    /// Behind at two looks in a row: made again.
+    Stale,
 }
 
 #[cfg(test)]
@@ -320,17 +368,16 @@ mod tests {
     #[tokio::test]
     async fn a_consumer_is_stale_after_two_looks_behind_the_stream() {
         let mut watch = Watch::new(5);
-        // The stream did not answer, or holds nothing past what was read.
-        assert!(!watch.stale(None, 5));
-        assert!(!watch.stale(Some(5), 5));
+        assert_eq!(watch.look(None, 5), Look::Unknown);
+        assert_eq!(watch.look(Some(5), 5), Look::Current);
         // Behind once: messages may be on their way.
-        assert!(!watch.stale(Some(7), 5));
-        assert!(watch.stale(Some(7), 5));
-        // A look that finds it caught up starts the count again.
-        assert!(!watch.stale(Some(7), 7));
-        assert!(!watch.stale(Some(8), 7));
-        assert!(!watch.stale(None, 7));
-        assert!(!watch.stale(Some(8), 7));
-        assert!(watch.stale(Some(9), 7));
+        assert_eq!(watch.look(Some(7), 5), Look::Behind);
+        assert_eq!(watch.look(Some(7), 5), Look::Stale);
+        // A look that finds it caught up starts the count again; one that got no
+        // answer does not count.
+        assert_eq!(watch.look(Some(7), 7), Look::Current);
+        assert_eq!(watch.look(Some(8), 7), Look::Behind);
+        assert_eq!(watch.look(None, 7), Look::Unknown);
+        assert_eq!(watch.look(Some(9), 7), Look::Stale);
     }
 }

@@ -116,8 +116,8 @@ impl StoredHistory {
         self.replicated.load(Ordering::Acquire)
     }
 
-    /// The first message of `subject` at or after sequence `from`.
-    async fn next_for(
+    /// The first message of `subject` (wildcards too) at or after sequence `from`.
+    pub(super) async fn next_for(
         &self,
         subject: &str,
         from: u64,
@@ -138,7 +138,7 @@ impl StoredHistory {
     }
 
     /// The message at sequence `seq`.
-    pub(super) async fn at(&self, seq: u64) -> Result<Option<StreamMessage>, HistoryError> {
+    async fn at(&self, seq: u64) -> Result<Option<StreamMessage>, HistoryError> {
         if self.replicated() {
             leader_read(self.stream.get_raw_message(seq).await)
         } else {
@@ -223,7 +223,7 @@ impl StoredHistory {
     /// The messages stored at or after `since` (unix seconds), oldest first.
     pub async fn since(&self, stream: &str, since: u64) -> Result<Vec<Entry>, HistoryError> {
         if self.tail_answers().await {
-            if let Some(entries) = self.recent.since(stream, since) {
+            if let Some(entries) = self.recent.since(&self.epoch(), stream, since) {
                 return Ok(entries);
             }
         }

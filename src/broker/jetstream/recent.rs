@@ -134,6 +134,23 @@ impl Recent {
         }
     }
 
+    /// Sequences up to `seq` need no message in the tail (the limits took them, or they
+    /// were not AnyCable's): the next one recorded may follow `seq`.
+    pub(super) fn passed(&self, epoch: &str, seq: u64) {
+        let mut tail = self.inner.lock();
+        if tail.epoch == epoch && tail.last != 0 && seq > tail.last {
+            tail.last = seq;
+        }
+    }
+
+    /// The stream was made anew (epoch `epoch`): nothing kept is of it.
+    pub(super) fn reset(&self, epoch: &str) {
+        *self.inner.lock() = Tail {
+            epoch: epoch.to_owned(),
+            ..Default::default()
+        };
+    }
+
     /// The messages of `stream` after `offset`, when the tail holds the client's own
     /// last message (`None`: ask JetStream).
     pub(super) fn after(&self, epoch: &str, stream: &str, offset: u64) -> Option<Vec<Entry>> {
@@ -160,16 +177,16 @@ impl Recent {
 
     /// The messages of `stream` stored at or after `since` (unix seconds), when the
     /// tail has every one of them (`None`: ask JetStream).
-    pub(super) fn since(&self, stream: &str, since: u64) -> Option<Vec<Entry>> {
-        self.since_at(stream, since, unix_now())
+    pub(super) fn since(&self, epoch: &str, stream: &str, since: u64) -> Option<Vec<Entry>> {
+        self.since_at(epoch, stream, since, unix_now())
     }
 
-    fn since_at(&self, stream: &str, since: u64, now: u64) -> Option<Vec<Entry>> {
+    fn since_at(&self, epoch: &str, stream: &str, since: u64, now: u64) -> Option<Vec<Entry>> {
         if !*self.loaded.borrow() {
             return None;
         }
         let tail = self.inner.lock();
-        if tail.last == 0 || since <= tail.whole_after {
+        if tail.epoch != epoch || tail.last == 0 || since <= tail.whole_after {
             return None;
         }
         let fresh = |e: &&Entry| e.at >= since && now.saturating_sub(e.at) <= self.ttl;
@@ -324,6 +341,26 @@ mod tests {
     }
 
     #[test]
+    fn sequences_the_limits_took_keep_it_whole_a_new_epoch_empties_it() {
+        let r = recent(10, 60, 1 << 20);
+        r.record_at("e", 1, "a", 100, "x", 100);
+        // 2 and 3 were taken by another stream's limit (the consumer read 4 next).
+        r.passed("e", 3);
+        r.record_at("e", 4, "a", 100, "x", 100);
+        assert_eq!(offsets(r.after_at("e", "a", 1, 100)), Some(vec![4]));
+        // Not another epoch's, and never backwards.
+        r.passed("other", 9);
+        r.passed("e", 2);
+        r.record_at("e", 5, "a", 100, "x", 100);
+        assert_eq!(offsets(r.after_at("e", "a", 1, 100)), Some(vec![4, 5]));
+        r.reset("e2");
+        assert_eq!(offsets(r.after_at("e", "a", 1, 100)), None);
+        assert_eq!(offsets(r.since_at("e", "a", 101, 101)), None);
+        r.record_at("e2", 1, "a", 100, "x", 100);
+        assert_eq!(offsets(r.after_at("e2", "a", 1, 100)), Some(vec![]));
+    }
+
+    #[test]
     fn keeps_the_limit_per_stream_the_ttl_and_the_bytes() {
         let r = recent(3, 60, 1 << 20);
         for seq in 1..=5 {
@@ -363,17 +400,17 @@ mod tests {
         r.record_at("e", 9, "a", 102, "x", 102);
         r.record_at("e", 10, "a", 103, "x", 103);
         // What was stored in the tail's first second may have company from before it.
-        assert_eq!(offsets(r.since_at("a", 100, 103)), None);
+        assert_eq!(offsets(r.since_at("e", "a", 100, 103)), None);
         // Stream a's limit (2) dropped 7, as JetStream's does.
-        assert_eq!(offsets(r.since_at("a", 101, 103)), Some(vec![9, 10]));
-        assert_eq!(offsets(r.since_at("a", 103, 103)), Some(vec![10]));
-        assert_eq!(offsets(r.since_at("c", 101, 103)), Some(vec![]));
+        assert_eq!(offsets(r.since_at("e", "a", 101, 103)), Some(vec![9, 10]));
+        assert_eq!(offsets(r.since_at("e", "a", 103, 103)), Some(vec![10]));
+        assert_eq!(offsets(r.since_at("e", "c", 101, 103)), Some(vec![]));
         // Expired messages are not replayed.
-        assert_eq!(offsets(r.since_at("a", 101, 163)), Some(vec![10]));
+        assert_eq!(offsets(r.since_at("e", "a", 101, 163)), Some(vec![10]));
         // A jump: the tail begins again.
         r.record_at("e", 20, "a", 110, "x", 110);
-        assert_eq!(offsets(r.since_at("a", 105, 110)), None);
-        assert_eq!(offsets(r.since_at("a", 111, 111)), Some(vec![]));
+        assert_eq!(offsets(r.since_at("e", "a", 105, 110)), None);
+        assert_eq!(offsets(r.since_at("e", "a", 111, 111)), Some(vec![]));
 
         // The byte cap took a message: what is older than it is not known whole.
         let one = cost(
@@ -388,8 +425,8 @@ mod tests {
         for seq in 1..=4 {
             r.record_at("e", seq, "s", 100 + seq, "yyyy", 104);
         }
-        assert_eq!(offsets(r.since_at("s", 102, 104)), None);
-        assert_eq!(offsets(r.since_at("s", 103, 104)), Some(vec![3, 4]));
+        assert_eq!(offsets(r.since_at("e", "s", 102, 104)), None);
+        assert_eq!(offsets(r.since_at("e", "s", 103, 104)), Some(vec![3, 4]));
         // Not until the preload is in.
         let fresh = Recent::new(&HistoryConfig {
             limit: 10,
@@ -397,7 +434,7 @@ mod tests {
             max_bytes: 1 << 20,
         });
         fresh.record_at("e", 1, "s", 100, "x", 100);
-        assert_eq!(offsets(fresh.since_at("s", 101, 101)), None);
+        assert_eq!(offsets(fresh.since_at("e", "s", 101, 101)), None);
     }
 
     #[test]
