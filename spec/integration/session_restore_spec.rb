@@ -27,6 +27,21 @@ RSpec.describe "Session restore (real Puma, memory broker)", type: :cable do
     events.select { |k, _| k == kind }.map(&:last)
   end
 
+  # `name` on EchoChannel got broadcast 1 (`first`), left, missed broadcast 2 and came
+  # back with its sid: [restored client, its welcome, the subscription, first].
+  def restored_after_missing_one(name)
+    a, welcome = ext(port: puma.port, name: name)
+    echo = subscribed(a, channel: "EchoChannel")
+    broadcast("all", {n: 1})
+    first = next_message(a) until first && first["identifier"] == echo
+    a.close
+    wait_for { said("disconnect").include?(name) }
+    broadcast("all", {n: 2})
+    b, restored = ext(port: puma.port, query: "?sid=#{welcome.fetch("sid")}")
+    expect(restored).to include("restored" => true, "restored_ids" => [echo])
+    [b, restored, echo, first]
+  end
+
   [:puma, :own].each do |which|
     it "restores identifiers and subscriptions without connect or subscribed (#{which} port)" do
       port = which == :puma ? puma.port : Integer(puma.env["ANYCABLE_PORT"])
@@ -97,16 +112,7 @@ RSpec.describe "Session restore (real Puma, memory broker)", type: :cable do
   end
 
   it "keeps what is broadcast between the restore and the client's history request behind the replay" do
-    a, welcome = ext(port: puma.port, name: "alice")
-    echo = subscribed(a, channel: "EchoChannel")
-    broadcast("all", {n: 1})
-    first = next_message(a) until first && first["identifier"] == echo
-    a.close
-    wait_for { said("disconnect").include?("alice") }
-    broadcast("all", {n: 2})
-
-    b, restored = ext(port: puma.port, query: "?sid=#{welcome.fetch("sid")}")
-    expect(restored).to include("restored" => true, "restored_ids" => [echo])
+    b, restored, echo, first = restored_after_missing_one("alice")
     # Live, before the client's `history` (AnyCable sends it first: out of order).
     broadcast("all", {n: 3})
     sleep 0.3
@@ -130,16 +136,7 @@ RSpec.describe "Session restore (real Puma, memory broker)", type: :cable do
   end
 
   it "replays a restored session's history while the app's objects are rebuilt; the app's commands wait for them" do
-    a, welcome = ext(port: puma.port, name: "sloth")
-    echo = subscribed(a, channel: "EchoChannel")
-    broadcast("all", {n: 1})
-    first = next_message(a) until first && first["identifier"] == echo
-    a.close
-    wait_for { said("disconnect").include?("sloth") }
-    broadcast("all", {n: 2})
-
-    b, restored = ext(port: puma.port, query: "?sid=#{welcome.fetch("sid")}")
-    expect(restored).to include("restored" => true, "restored_ids" => [echo])
+    b, _restored, echo, first = restored_after_missing_one("sloth")
     b.send_json(command: "history", identifier: echo,
       history: {streams: {all: {epoch: first.fetch("epoch"), offset: first.fetch("offset")}}})
     b.perform(echo, "echo", text: "after the rebuild")

@@ -273,23 +273,34 @@ impl Tail {
 mod tests {
     use super::*;
 
-    fn recent(limit: usize, ttl: u64, max_bytes: usize) -> Recent {
-        let r = Recent::new(&HistoryConfig {
+    /// A tail before the boot's preload is in.
+    fn unloaded(limit: usize, ttl: u64, max_bytes: usize) -> Recent {
+        Recent::new(&HistoryConfig {
             limit,
             ttl: Duration::from_secs(ttl),
             max_bytes,
-        });
+        })
+    }
+
+    fn recent(limit: usize, ttl: u64, max_bytes: usize) -> Recent {
+        let r = unloaded(limit, ttl, max_bytes);
         r.set_loaded();
         r
     }
 
+    /// What a 4-byte message of stream "s" costs.
+    fn cost_of_yyyy() -> usize {
+        let entry = Entry {
+            offset: 1,
+            at: 0,
+            data: Arc::from("yyyy"),
+        };
+        cost("s", &entry)
+    }
+
     #[test]
     fn serves_nothing_until_the_preload_is_in() {
-        let r = Recent::new(&HistoryConfig {
-            limit: 10,
-            ttl: Duration::from_secs(60),
-            max_bytes: 1 << 20,
-        });
+        let r = unloaded(10, 60, 1 << 20);
         r.record_at("e", 1, "a", 100, "x", 100);
         r.record_at("e", 2, "a", 100, "x", 100);
         assert_eq!(offsets(r.after_at("e", "a", 1, 100)), None);
@@ -374,14 +385,7 @@ mod tests {
         assert_eq!(offsets(r.after_at("e", "a", 5, 170)), None);
         assert_eq!(offsets(r.after_at("e", "b", 6, 170)), Some(vec![]));
 
-        let one = cost(
-            "s",
-            &Entry {
-                offset: 1,
-                at: 0,
-                data: Arc::from("yyyy"),
-            },
-        );
+        let one = cost_of_yyyy();
         let r = recent(100, 60, 3 * one);
         for seq in 1..=5 {
             r.record_at("e", seq, if seq == 1 { "t" } else { "s" }, 100, "yyyy", 100);
@@ -413,14 +417,7 @@ mod tests {
         assert_eq!(offsets(r.since_at("e", "a", 111, 111)), Some(vec![]));
 
         // The byte cap took a message: what is older than it is not known whole.
-        let one = cost(
-            "s",
-            &Entry {
-                offset: 1,
-                at: 0,
-                data: Arc::from("yyyy"),
-            },
-        );
+        let one = cost_of_yyyy();
         let r = recent(100, 60, 2 * one);
         for seq in 1..=4 {
             r.record_at("e", seq, "s", 100 + seq, "yyyy", 104);
@@ -428,11 +425,7 @@ mod tests {
         assert_eq!(offsets(r.since_at("e", "s", 102, 104)), None);
         assert_eq!(offsets(r.since_at("e", "s", 103, 104)), Some(vec![3, 4]));
         // Not until the preload is in.
-        let fresh = Recent::new(&HistoryConfig {
-            limit: 10,
-            ttl: Duration::from_secs(60),
-            max_bytes: 1 << 20,
-        });
+        let fresh = unloaded(10, 60, 1 << 20);
         fresh.record_at("e", 1, "s", 100, "x", 100);
         assert_eq!(offsets(fresh.since_at("e", "s", 101, 101)), None);
     }
