@@ -70,6 +70,9 @@ pub struct ServerConfig {
     pub handshake_timeout: Duration,
     /// `POST` endpoint for AnyCable's HTTP broadcasting on the server's own port.
     pub broadcast_path: Option<String>,
+    /// Server-Sent Events at this path (`ANYCABLE_SSE`, `ANYCABLE_SSE_PATH`), on the
+    /// own port and (handed over by the Rack middleware) Puma's. `None`: off.
+    pub sse_path: Option<String>,
     /// Prometheus text at this path on the own port (`ANYCABLE_METRICS_HTTP`).
     pub metrics_path: Option<String>,
     /// `ANYCABLE_METRICS_TOKEN`: the metrics answer only `Authorization: Bearer
@@ -132,6 +135,7 @@ impl Default for ServerConfig {
             handshake_timeout: Duration::from_secs(10),
             broadcast_path: Some("/_broadcast".into()),
             broadcast_key: None,
+            sse_path: None,
             metrics_path: None,
             metrics_tags: Vec::new(),
             metrics_token: None,

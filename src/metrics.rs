@@ -31,6 +31,8 @@ pub struct Counters {
     pub expired_conn: IntCounter,
     /// Sessions restored from the session cache (no `connect` run).
     pub restored_sessions: IntCounter,
+    /// Server-Sent Events clients streaming now (`/events`); counted in clients too.
+    pub sse_clients: IntGauge,
 }
 
 fn counter(name: &str, help: &str) -> IntCounter {
@@ -86,6 +88,11 @@ pub static COUNTERS: LazyLock<Counters> = LazyLock::new(|| Counters {
         "anycable_rs_restored_sessions_total",
         "Sessions restored by sid within ANYCABLE_SESSIONS_TTL, without the app's connect",
     ),
+    sse_clients: IntGauge::new(
+        "anycable_go_sse_clients_num",
+        "The number of active SSE clients",
+    )
+    .expect("valid metric name"),
 });
 
 /// Gauges read at render time.
@@ -125,6 +132,7 @@ pub fn render(snapshot: Snapshot, tags: &[(String, String)], extra: Vec<MetricFa
     .iter()
     .flat_map(|counter| counter.collect())
     .collect();
+    families.extend(c.sse_clients.collect());
     families.extend(gauge(
         "anycable_go_clients_num",
         "The number of active clients",

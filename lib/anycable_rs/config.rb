@@ -146,6 +146,11 @@ module AnyCableRs
       broadcast_key: nil,
       http_broadcast_url: "http://localhost:8080/_broadcast",
       broadcast_path: "/_broadcast",
+      # AnyCable's Server-Sent Events (GET/POST <sse_path>, on Puma's port and the own
+      # port): the same channels and streams as the WebSocket, for clients that cannot
+      # hold one (EventSource, curl, Turbo's <turbo-stream-source>).
+      sse: false,
+      sse_path: "/events",
       # "none" turns presets (Fly.io) off.
       presets: nil,
       # Fly.io: the name of the app that runs the WebSocket servers (and NATS), for
@@ -355,6 +360,7 @@ module AnyCableRs
         max_pending_bytes: max_pending_bytes, origins: OriginPolicy.build(allowed_origins),
         queue_size: queue_size, max_callback_jobs: max_callback_jobs, worker_threads: worker_threads, log_level: log_level,
         broadcast_path: broadcast_path, broadcast_key: effective_broadcast_key,
+        sse_path: sse ? sse_path : nil,
         broadcast_adapter: broadcast_adapter, nats_servers: nats_servers, nats_channel: nats_channel,
         nats_nkey_seed: nats_nkey_seed, nats_credentials: nats_credentials,
         redis_url: redis_url, redis_channel: redis_channel,
@@ -462,7 +468,7 @@ module AnyCableRs
       return value if value.nil?
 
       case key
-      when :embedded, :disable_disconnect, :retain_env, :metrics_on_puma_port, :embed_nats, :public_streams,
+      when :embedded, :disable_disconnect, :retain_env, :metrics_on_puma_port, :embed_nats, :public_streams, :sse,
         :streams_whisper, :streams_presence, :turbo_streams, :enforce_jwt
         value.is_a?(String) ? %w[1 true yes on].include?(value.strip.downcase) : !!value
       when :port, :rpc_pool_size, :worker_threads, :max_message_size, :max_pending_bytes, :queue_size, :max_conn,
@@ -482,6 +488,11 @@ module AnyCableRs
         end
 
         replicas.to_i
+      when :sse_path
+        path = value.to_s.strip
+        raise ArgumentError, "anycable-rs: sse_path must be a path such as /events, got #{value.inspect}" unless path.start_with?("/")
+
+        path
       when :metrics_http
         path = value.to_s.strip
         return nil if path.empty?

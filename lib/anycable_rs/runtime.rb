@@ -138,6 +138,37 @@ module AnyCableRs
       if (problem = RackEnv.upgrade_problem(env))
         return [400, {"Content-Type" => "text/plain"}, [problem]]
       end
+
+      hand_over(env)
+    end
+
+    # The most of a POST's body read for the events endpoint (AnyCable's 64 KiB): one
+    # byte more, and the server answers 413.
+    EVENTS_MAX_BODY = 64 * 1024
+
+    # A Server-Sent Events request (ANYCABLE_SSE_PATH): the socket, and a POST's body,
+    # to the Rust server, which checks it and streams its events.
+    def handoff_events(env)
+      if env["REQUEST_METHOD"] == "POST"
+        if env["CONTENT_LENGTH"].to_i > EVENTS_MAX_BODY
+          return [413, {"Content-Type" => "text/plain"}, ["the body is over #{EVENTS_MAX_BODY} bytes"]]
+        end
+
+        body = env["rack.input"]&.read(EVENTS_MAX_BODY + 1) || "".b
+        # Read: the env kept with the stream holds no copy (the app's connect sees an
+        # empty body, as AnyCable's connect sees none).
+        env["rack.input"] = StringIO.new("".b)
+      end
+      hand_over(env, events: true, body: body)
+    end
+
+    def logger
+      AnyCableRs.logger
+    end
+
+    private
+
+    def hand_over(env, events: false, body: nil)
       hijack = env["rack.hijack"]
       return [501, {"Content-Type" => "text/plain"}, ["This server does not support Rack hijack"]] unless hijack
 
@@ -151,7 +182,7 @@ module AnyCableRs
       RackEnv.compact!(env)
       token = stash_env(env)
       begin
-        native.handoff(io, {method: env["REQUEST_METHOD"], target: RackEnv.fullpath(env),
+        native.handoff(io, {method: env["REQUEST_METHOD"], target: RackEnv.fullpath(env), events: events, body: body,
                             headers: RackEnv.handshake_headers(env, native_read_headers), tls: RackEnv.tls?(env), env_token: token})
       rescue Exception # rubocop:disable Lint/RescueException
         take_env(token)
@@ -161,12 +192,6 @@ module AnyCableRs
       end
       [-1, {}, []]
     end
-
-    def logger
-      AnyCableRs.logger
-    end
-
-    private
 
     def expire_envs(now)
       @envs.shift while (oldest = @envs.first) && now - oldest.last.last > ENV_TTL

@@ -119,7 +119,7 @@ pub(crate) async fn serve_broadcast(
     if let Err((status, text)) = admit(server, &head.method, head.header("authorization"), &peer) {
         return reply(stream, status, text).await;
     }
-    let body = match read_body(stream, head, body_start).await {
+    let body = match read_body(stream, head, body_start, MAX_BROADCAST_BODY).await {
         Ok(body) => body,
         Err(status) => {
             let text = if status == 413 {
@@ -134,11 +134,12 @@ pub(crate) async fn serve_broadcast(
     reply(stream, status, &text).await;
 }
 
-/// The request body, by Content-Length or chunked; at most [`MAX_BROADCAST_BODY`].
-async fn read_body(
+/// The request body, by Content-Length or chunked; at most `max` bytes (413 past it).
+pub(crate) async fn read_body(
     stream: &mut TcpStream,
     head: &RequestHead,
     mut body: Vec<u8>,
+    max: usize,
 ) -> Result<Vec<u8>, u16> {
     let chunked = head
         .header("transfer-encoding")
@@ -151,7 +152,7 @@ async fn read_body(
             .map(|v| v.trim().parse::<usize>().map_err(|_| 400u16))
             .transpose()?
             .unwrap_or(0);
-        if length > MAX_BROADCAST_BODY {
+        if length > max {
             return Err(413);
         }
         Some(length)
@@ -164,7 +165,7 @@ async fn read_body(
             }
             None => match decode_chunked(&body)? {
                 Some(decoded) => return Ok(decoded),
-                None if body.len() > MAX_BROADCAST_BODY + 64 * 1024 => return Err(413),
+                None if body.len() > max + 64 * 1024 => return Err(413),
                 None => {}
             },
             _ => {}

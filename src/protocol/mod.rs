@@ -7,10 +7,12 @@
 //! - [`client`]: what clients send, parsed.
 //! - [`frames`]: what the server sends, built.
 //! - [`broadcast`]: what publishers send (AnyCable's broadcast payload).
+//! - [`sse`]: the server's frames as Server-Sent Events.
 
 pub mod broadcast;
 pub mod client;
 pub mod frames;
+pub mod sse;
 
 pub use client::*;
 pub use frames::*;

@@ -63,12 +63,14 @@ impl<C: Controller> Inner<C> {
         Ok(local)
     }
 
-    /// Takes over a socket whose request head was already read (Rack hijack) and
-    /// upgrades it. Call inside the runtime.
+    /// Takes over a socket whose request was already read (Rack hijack): an events
+    /// request (`ANYCABLE_SSE`: `events` holds its body) is streamed, any other
+    /// upgraded. Call inside the runtime.
     pub(super) fn handoff(
         self: &Arc<Self>,
         stream: std::net::TcpStream,
         head: RequestHead,
+        events: Option<Vec<u8>>,
         env_token: u64,
     ) {
         let inner = self.clone();
@@ -85,7 +87,14 @@ impl<C: Controller> Inner<C> {
                     return;
                 }
             };
-            inner.upgrade(stream, head, peer, env_token).await;
+            match events {
+                Some(body) if inner.config.sse_path.is_some() => {
+                    inner
+                        .serve_events(stream, head, body, peer, env_token)
+                        .await
+                }
+                _ => inner.upgrade(stream, head, peer, env_token).await,
+            }
         });
     }
 
@@ -140,6 +149,34 @@ impl<C: Controller> Inner<C> {
             )
             .await;
             return;
+        }
+        if self.config.sse_path.as_deref() == Some(path) {
+            let body = if head.method == "POST" {
+                let read =
+                    endpoints::read_body(&mut stream, &head, rest, crate::http::events::MAX_BODY);
+                match timeout(self.config.handshake_timeout, read).await {
+                    Ok(Ok(body)) => body,
+                    Ok(Err(status)) => {
+                        let why = if status == 413 {
+                            "Payload too large"
+                        } else {
+                            "Bad request body"
+                        };
+                        let allowed =
+                            crate::http::events::origin_allowed(&head, &self.config.origins);
+                        let response =
+                            crate::http::events::refusal_response(&head, allowed, status, why);
+                        let _ = stream.write_all(response.as_bytes()).await;
+                        linger_close(stream).await;
+                        return;
+                    }
+                    Err(_) => return,
+                }
+            } else {
+                Vec::new()
+            };
+            drop(handshake); // from here on it counts as a connection
+            return self.serve_events(stream, head, body, Some(peer), 0).await;
         }
         if path != self.config.path {
             let _ = stream
@@ -209,7 +246,7 @@ impl<C: Controller> Inner<C> {
 impl<C: Controller> Inner<C> {
     /// 503 for a socket over ANYCABLE_MAX_CONN: an upgrade (`head_sent`), or one that
     /// has not sent its request yet.
-    async fn refuse_over_max_conn(&self, stream: &mut TcpStream, head_sent: bool) {
+    pub(super) async fn refuse_over_max_conn(&self, stream: &mut TcpStream, head_sent: bool) {
         COUNTERS.refused_conn.inc();
         let open = self.pending_callbacks.load(Ordering::Acquire);
         let max = self.config.max_conn;
@@ -279,6 +316,24 @@ impl<C: Controller> EndpointHandle for Inner<C> {
             None => self.apply_broadcast(&payload),
         }
     }
+}
+
+/// Ends a connection whose request body was not read (refused): the writing side
+/// first, then what the client still sends is read away for a moment, so that the
+/// close does not reset the connection before the client has read the answer.
+async fn linger_close(mut stream: TcpStream) {
+    let _ = stream.shutdown().await;
+    let mut scratch = [0u8; 4096];
+    let _ = timeout(Duration::from_secs(1), async {
+        let mut left = 256 * 1024;
+        while left > 0 {
+            match stream.read(&mut scratch).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left -= n.min(left),
+            }
+        }
+    })
+    .await;
 }
 
 /// Reads a request head; returns it with whatever bytes followed it (a body's start).

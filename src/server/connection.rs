@@ -16,7 +16,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use tokio::net::TcpStream;
 use tokio::time::{sleep_until, timeout, Instant};
 use tokio_tungstenite::tungstenite::error::Error as WsError;
@@ -27,6 +27,7 @@ use tokio_tungstenite::WebSocketStream;
 
 use super::commands::Run;
 use super::lifecycle::Opened;
+use super::wire::Wire;
 use super::Inner;
 use crate::config::ServerConfig;
 use crate::controller::{ConnectRequest, Controller};
@@ -54,10 +55,10 @@ const RESTORED_HISTORY_WAIT: Duration = Duration::from_secs(3);
 
 /// Holds one count of the server's connections whose callbacks have not all run; the
 /// count drops when this does, whichever way the task ends.
-struct Pending<'a, C>(&'a Inner<C>);
+pub(super) struct Pending<'a, C>(&'a Inner<C>);
 
 impl<'a, C> Pending<'a, C> {
-    fn new(inner: &'a Inner<C>) -> Self {
+    pub(super) fn new(inner: &'a Inner<C>) -> Self {
         inner.pending_callbacks.fetch_add(1, Ordering::AcqRel);
         Pending(inner)
     }
@@ -144,9 +145,12 @@ impl<C: Controller> Inner<C> {
         extended: bool,
     ) {
         let pending = Pending::new(&self);
-        let Some((mut opened, mut rx)) = self.open(&mut ws, head, peer, env_token, extended).await
-        else {
-            return; // refused; the client was told
+        let (mut opened, mut rx) = match self.open(head, peer, env_token, extended).await {
+            Ok(opened) => opened,
+            Err(refusal) => {
+                send_close(&mut ws, &Closing::Told(refusal)).await;
+                return;
+            }
         };
         let welcome = std::mem::take(&mut opened.welcome);
         if ws.send(Message::Text(welcome.into())).await.is_err() {
@@ -190,9 +194,9 @@ impl<C: Controller> Inner<C> {
 
     /// The socket loop: frames in, the outbox out, the deadlines. Returns what still
     /// runs when the connection ended (the command in flight, a rebuild).
-    async fn serve<'a>(
+    pub(super) async fn serve<'a, W: Wire>(
         &'a self,
-        ws: &mut Ws,
+        ws: &mut W,
         rx: &mut Outbox,
         opened: &mut Opened,
         mut rebuild: Option<CommandFuture<'a>>,
@@ -267,9 +271,9 @@ impl<C: Controller> Inner<C> {
     }
 
     /// What one read from the socket leads to.
-    async fn on_frame<'a>(
+    async fn on_frame<'a, W: Wire>(
         &'a self,
-        ws: &mut Ws,
+        ws: &mut W,
         session: &SessionRef,
         msg: Option<Result<Message, WsError>>,
         bad_input: &mut BadInputLog,
@@ -294,7 +298,7 @@ impl<C: Controller> Inner<C> {
             Some(Ok(Message::Close(_))) | None => Next::End,
             Some(Ok(_)) => Next::Read,
             Some(Err(e)) => {
-                fail(ws, session, e).await;
+                ws.fail(session, e).await;
                 Next::End
             }
         }
@@ -302,9 +306,9 @@ impl<C: Controller> Inner<C> {
 
     /// Writes `first` and whatever else is queued (up to a batch), then flushes.
     /// Returns false when the connection is done.
-    async fn write(
+    pub(super) async fn write<W: Wire>(
         &self,
-        ws: &mut Ws,
+        ws: &mut W,
         session: &Session,
         rx: &mut Outbox,
         first: Outbound,
@@ -318,7 +322,7 @@ impl<C: Controller> Inner<C> {
                 match out {
                     Outbound::Frame(frame) => {
                         bytes += frame.len();
-                        ws.feed(Message::Text(frame)).await?;
+                        ws.feed(frame).await?;
                     }
                     Outbound::Close(reason) => {
                         close = Some(reason);
@@ -346,7 +350,7 @@ impl<C: Controller> Inner<C> {
         session.written(bytes);
         COUNTERS.data_sent.inc_by(bytes as u64);
         if let Some(closing) = close {
-            send_close(ws, &closing).await;
+            ws.close(&closing).await;
             return false;
         }
         true
@@ -355,7 +359,7 @@ impl<C: Controller> Inner<C> {
 
 /// A read error ends the connection; a protocol violation is answered with the close
 /// code RFC 6455 names for it (1002, 1007 for invalid UTF-8, 1009 for a frame too big).
-async fn fail(ws: &mut Ws, session: &Session, error: WsError) {
+pub(super) async fn fail(ws: &mut Ws, session: &Session, error: WsError) {
     let (code, reason) = match &error {
         WsError::Capacity(_) => (CloseCode::Size, "message too big"),
         WsError::Protocol(_) => (CloseCode::Protocol, "protocol error"),
@@ -386,9 +390,10 @@ pub(super) async fn send_close(ws: &mut Ws, closing: &Closing) {
     let _ = timeout(Duration::from_secs(1), async {
         let frame = match closing {
             Closing::Told(reason) => {
-                ws.feed(Message::Text(
-                    protocol::disconnect(&reason.reason, reason.reconnect).into(),
-                ))
+                SinkExt::feed(
+                    ws,
+                    Message::Text(protocol::disconnect(&reason.reason, reason.reconnect).into()),
+                )
                 .await?;
                 CloseFrame {
                     code: CloseCode::from(reason.close_code()),

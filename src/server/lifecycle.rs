@@ -6,10 +6,6 @@
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 
-use tokio::net::TcpStream;
-use tokio_tungstenite::WebSocketStream;
-
-use super::connection::send_close;
 use super::Inner;
 use crate::auth::JwtError;
 use crate::broker::CachedSession;
@@ -17,7 +13,7 @@ use crate::controller::{ConnectReply, ConnectRequest, Controller};
 use crate::http::RequestHead;
 use crate::metrics::COUNTERS;
 use crate::protocol;
-use crate::session::{Closing, DisconnectReason, Outbox, Session, SessionRef};
+use crate::session::{DisconnectReason, Outbox, Session, SessionRef};
 
 /// A connection the server accepted, and what its end owes.
 pub(super) struct Opened {
@@ -38,16 +34,15 @@ pub(super) struct Opened {
 }
 
 impl<C: Controller> Inner<C> {
-    /// Identifies a new connection: by a restore, a JWT or the app's `connect`. `None`
-    /// when it was refused (the client has been told and the socket closed).
+    /// Identifies a new connection: by a restore, a JWT or the app's `connect`. `Err`:
+    /// it was refused, for the reason the client is to be told.
     pub(super) async fn open(
         &self,
-        ws: &mut WebSocketStream<TcpStream>,
         head: RequestHead,
         peer: Option<SocketAddr>,
         env_token: u64,
         extended: bool,
-    ) -> Option<(Opened, Outbox)> {
+    ) -> Result<(Opened, Outbox), DisconnectReason> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         // Always ours: a client-chosen id (X-Request-ID) could collide with another
         // client's, and `exclude_socket` would then skip both.
@@ -131,7 +126,7 @@ impl<C: Controller> Inner<C> {
                 if opened.lazy.is_none() || opened.owes_disconnect {
                     session.set_app_connected();
                 }
-                return Some((opened, outbox));
+                return Ok((opened, outbox));
             }
             ConnectReply::Rejected(reason) => {
                 if [
@@ -152,8 +147,7 @@ impl<C: Controller> Inner<C> {
         };
         session.mark_closing();
         self.hub.remove_session(&session);
-        send_close(ws, &Closing::Told(refusal)).await;
-        None
+        Err(refusal)
     }
 
     /// Builds the app's connection (and a restored session's channel) objects that

@@ -21,10 +21,12 @@ mod accept;
 mod broadcasts;
 mod commands;
 mod connection;
+mod events;
 mod lifecycle;
 mod link;
 mod replay;
 mod tasks;
+mod wire;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -144,10 +146,17 @@ impl<C: Controller> Server<C> {
         self.inner.listen(addr)
     }
 
-    /// Takes over a socket whose request head was already read (Rack hijack) and
-    /// upgrades it. Call inside the runtime.
-    pub fn handoff(&self, stream: std::net::TcpStream, head: RequestHead, env_token: u64) {
-        self.inner.handoff(stream, head, env_token);
+    /// Takes over a socket whose request was already read (Rack hijack): upgrades it,
+    /// or, with `events` (a Server-Sent Events request, and the body of its POST),
+    /// streams its events. Call inside the runtime.
+    pub fn handoff(
+        &self,
+        stream: std::net::TcpStream,
+        head: RequestHead,
+        events: Option<Vec<u8>>,
+        env_token: u64,
+    ) {
+        self.inner.handoff(stream, head, events, env_token);
     }
 
     /// Applies an AnyCable broadcast payload (single, batch, or disconnect command) to

@@ -141,6 +141,16 @@ impl Native {
             tls: field("tls")?.to_bool(),
         };
         let env_token: u64 = TryConvert::try_convert(field("env_token")?)?;
+        // A Server-Sent Events request, with the body of its POST read by Rack.
+        let events = if field("events")?.to_bool() {
+            Some(match Option::<RString>::try_convert(field("body")?)? {
+                // SAFETY: the bytes are copied before any Ruby code runs again.
+                Some(body) => unsafe { body.as_slice() }.to_vec(),
+                None => Vec::new(),
+            })
+        } else {
+            None
+        };
         let fd: i32 = io.funcall("fileno", ())?;
         // SAFETY: Ruby's IO owns `fd` and keeps it open for the duration of this call.
         let owned = unsafe { BorrowedFd::borrow_raw(fd) }
@@ -159,7 +169,7 @@ impl Native {
             .as_ref()
             .ok_or_else(|| runtime_error(ruby, "server not started"))?;
         let _guard = runtime.enter();
-        rb_self.server.handoff(stream, head, env_token);
+        rb_self.server.handoff(stream, head, events, env_token);
         Ok(())
     }
 

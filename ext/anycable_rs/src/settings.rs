@@ -160,6 +160,7 @@ impl Settings {
             read_buffer_size: internal.read_buffer_size,
             handshake_timeout: internal.handshake_timeout,
             broadcast_path: o.opt("broadcast_path")?,
+            sse_path: o.opt("sse_path")?,
             // Empty is unset (Ruby says so at boot): "" would match a missing header.
             broadcast_key: o.opt::<String>("broadcast_key")?.filter(|k| !k.is_empty()),
             metrics_path: o.opt("metrics_path")?,

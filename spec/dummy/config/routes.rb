@@ -9,4 +9,5 @@ Rails.application.routes.draw do
   post "/remote_disconnect" => "test#remote_disconnect"
   get "/stats" => "test#stats"
   get "/notifications" => "test#notifications"
+  get "/sse_page" => "test#sse_page"
 end

@@ -64,4 +64,20 @@ class TestController < ActionController::Base
       pid: Process.pid
     }
   end
+
+  # A page that reads a channel with the browser's own EventSource (ANYCABLE_SSE):
+  # what it got, by event name, in window.got (spec/js/sse_browser.test.mjs).
+  def sse_page
+    render html: <<~HTML.html_safe
+      <!doctype html><title>events</title>
+      <script>
+        window.got = []
+        const source = new EventSource("#{ActionController::Base.helpers.j(params.fetch(:src))}")
+        for (const name of ["welcome", "confirm_subscription", "confirm_history", "reject_history", "disconnect", "message"]) {
+          source.addEventListener(name, e => window.got.push({event: name, data: e.data, id: e.lastEventId}))
+        }
+        source.onerror = () => window.got.push({event: "error", state: source.readyState})
+      </script>
+    HTML
+  end
 end
