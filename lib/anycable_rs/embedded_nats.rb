@@ -47,6 +47,8 @@ module AnyCableRs
     # AnyCable's default cluster name. One for every machine, so that routes given by
     # hand across regions join them into one cluster.
     CLUSTER_NAME = "anycable-cluster"
+    # The oldest nats-server a clustered NATS broker is run on without a warning.
+    MIN_CLUSTER_VERSION = "2.10"
     STANDBY_INTERVAL = 1.0
     MIN_BACKOFF = 0.2
     MAX_BACKOFF = 5.0
@@ -147,6 +149,20 @@ module AnyCableRs
           "#{PACKAGE.inspect} (`apt-get install -y #{PACKAGE}`; in a Dockerfile: " \
           "RUN apt-get update -qq && apt-get install --no-install-recommends -y #{PACKAGE}), " \
           "or set ANYCABLE_NATS_SERVER_BIN to the nats-server binary."
+      end
+
+      # `nats-server --version` of `bin` (a path or a name on PATH) as [major, minor,
+      # patch]; nil when it cannot be run.
+      def version(bin)
+        out = IO.popen([bin, "--version"], err: File::NULL, &:read)
+        out[/v?(\d+)\.(\d+)\.(\d+)/] && [$1, $2, $3].map(&:to_i)
+      rescue SystemCallError
+        nil
+      end
+
+      def version_at_least?(bin, wanted)
+        found = version(bin)
+        !found.nil? && (found <=> wanted.split(".").map(&:to_i)) >= 0
       end
 
       def lookup(name, path)
@@ -346,7 +362,20 @@ module AnyCableRs
       self.class.parse_url(cluster, "enats_cluster")
       @routes.each { |r| self.class.parse_url(r, "enats_cluster_routes") }
       @cluster = cluster
+      warn_old_cluster_version if config.broker == "nats"
       args
+    end
+
+    # JetStream's replication in nats-server 2.9 (Debian 12's package) lost a broadcast
+    # its majority had stored and acknowledged when a machine was cut off and came back
+    # (seen in spec/cluster's partition example); 2.10 did not.
+    def warn_old_cluster_version
+      return if self.class.version_at_least?(@bin, MIN_CLUSTER_VERSION)
+
+      found = self.class.version(@bin)&.join(".") || "unknown"
+      @logger.warn "anycable-rs: the embedded NATS cluster runs nats-server #{found}: use #{MIN_CLUSTER_VERSION} or " \
+        "later with ANYCABLE_BROKER=nats (2.9 can lose stored broadcasts when a machine is cut off and comes back; " \
+        "README, \"Clustering\")"
     end
 
     # ANYCABLE_BROKER=nats: JetStream on, its files in ANYCABLE_ENATS_STORE_DIR (made

@@ -42,6 +42,16 @@ pub struct Stored {
     stored: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
+/// JetStream's leader notes a publish's id at sequence 0 when it proposes it to its
+/// replicas, and its sequence once they have stored it; a retry meanwhile is
+/// acknowledged as a duplicate at sequence 0 — not stored yet, and maybe never (a
+/// leader cut off from its replicas). Taking that for stored lost a broadcast in
+/// spec/cluster's partition example (nats-server 2.10); giving the retry another id
+/// stored it twice (the proposal was stored seconds later). So it is a failure,
+/// tried again with the same id until JetStream names its sequence (or the queue's
+/// age limit reports it lost).
+const NOT_STORED_YET: &str = "acknowledged as a duplicate at sequence 0: not stored yet";
+
 impl Queued for Stored {
     fn size(&self) -> usize {
         self.subject.len() + self.body.len()
@@ -421,7 +431,11 @@ async fn send_in_lane(
             .await;
         acks.push(Box::pin(async move {
             let result = match sent {
-                Ok(ack) => ack.await.map(|a| a.sequence).map_err(|e| e.to_string()),
+                Ok(ack) => match ack.await {
+                    Ok(ack) if ack.sequence == 0 => Err(NOT_STORED_YET.to_string()),
+                    Ok(ack) => Ok(ack.sequence),
+                    Err(e) => Err(e.to_string()),
+                },
                 Err(e) => Err(e.to_string()),
             };
             (at, item, result)
