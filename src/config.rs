@@ -12,6 +12,7 @@ use crate::broker::seal::SealKey;
 use crate::broker::HistoryConfig;
 pub use crate::broker::{BrokerKind, Replicas};
 use crate::http::origin::OriginPolicy;
+pub use crate::http::poll::PollConfig;
 use crate::pubsub::PubSubConfig;
 
 #[derive(Debug, Clone)]
@@ -73,6 +74,8 @@ pub struct ServerConfig {
     /// Server-Sent Events at this path (`ANYCABLE_SSE`, `ANYCABLE_SSE_PATH`), on the
     /// own port and (handed over by the Rack middleware) Puma's. `None`: off.
     pub sse_path: Option<String>,
+    /// Long polling (`ANYCABLE_POLL`, AnyCable Pro's `/lp`): `None` off.
+    pub poll: Option<PollConfig>,
     /// Prometheus text at this path on the own port (`ANYCABLE_METRICS_HTTP`).
     pub metrics_path: Option<String>,
     /// `ANYCABLE_METRICS_TOKEN`: the metrics answer only `Authorization: Bearer
@@ -136,6 +139,7 @@ impl Default for ServerConfig {
             broadcast_path: Some("/_broadcast".into()),
             broadcast_key: None,
             sse_path: None,
+            poll: None,
             metrics_path: None,
             metrics_tags: Vec::new(),
             metrics_token: None,

@@ -33,6 +33,8 @@ pub struct Counters {
     pub restored_sessions: IntCounter,
     /// Server-Sent Events clients streaming now (`/events`); counted in clients too.
     pub sse_clients: IntGauge,
+    /// Long-polling sessions now (`/lp`); counted in clients too.
+    pub poll_clients: IntGauge,
 }
 
 fn counter(name: &str, help: &str) -> IntCounter {
@@ -93,6 +95,11 @@ pub static COUNTERS: LazyLock<Counters> = LazyLock::new(|| Counters {
         "The number of active SSE clients",
     )
     .expect("valid metric name"),
+    poll_clients: IntGauge::new(
+        "anycable_go_longpoll_clients_num",
+        "The number of active long polling clients",
+    )
+    .expect("valid metric name"),
 });
 
 /// Gauges read at render time.
@@ -133,6 +140,7 @@ pub fn render(snapshot: Snapshot, tags: &[(String, String)], extra: Vec<MetricFa
     .flat_map(|counter| counter.collect())
     .collect();
     families.extend(c.sse_clients.collect());
+    families.extend(c.poll_clients.collect());
     families.extend(gauge(
         "anycable_go_clients_num",
         "The number of active clients",

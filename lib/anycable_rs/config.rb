@@ -151,6 +151,16 @@ module AnyCableRs
       # hold one (EventSource, curl, Turbo's <turbo-stream-source>).
       sse: false,
       sse_path: "/events",
+      # AnyCable Pro's long polling (POST <poll_path>, on Puma's port and the own port),
+      # the protocol of the @anycable/long-polling JS transport: a poll is held for
+      # poll_interval seconds, what is to be sent gathered for poll_flush_interval
+      # milliseconds, and a session outlives its last request by poll_keepalive_timeout.
+      poll: false,
+      poll_path: "/lp",
+      poll_interval: 15,
+      poll_flush_interval: 500,
+      poll_keepalive_timeout: 5,
+      poll_max_request_size: 65_536,
       # "none" turns presets (Fly.io) off.
       presets: nil,
       # Fly.io: the name of the app that runs the WebSocket servers (and NATS), for
@@ -361,6 +371,8 @@ module AnyCableRs
         queue_size: queue_size, max_callback_jobs: max_callback_jobs, worker_threads: worker_threads, log_level: log_level,
         broadcast_path: broadcast_path, broadcast_key: effective_broadcast_key,
         sse_path: sse ? sse_path : nil,
+        poll_path: poll ? poll_path : nil, poll_interval: poll_interval.to_f, poll_flush_interval: poll_flush_interval,
+        poll_keepalive_timeout: poll_keepalive_timeout.to_f, poll_max_request_size: poll_max_request_size,
         broadcast_adapter: broadcast_adapter, nats_servers: nats_servers, nats_channel: nats_channel,
         nats_nkey_seed: nats_nkey_seed, nats_credentials: nats_credentials,
         redis_url: redis_url, redis_channel: redis_channel,
@@ -468,15 +480,15 @@ module AnyCableRs
       return value if value.nil?
 
       case key
-      when :embedded, :disable_disconnect, :retain_env, :metrics_on_puma_port, :embed_nats, :public_streams, :sse,
+      when :embedded, :disable_disconnect, :retain_env, :metrics_on_puma_port, :embed_nats, :public_streams, :sse, :poll,
         :streams_whisper, :streams_presence, :turbo_streams, :enforce_jwt
         value.is_a?(String) ? %w[1 true yes on].include?(value.strip.downcase) : !!value
       when :port, :rpc_pool_size, :worker_threads, :max_message_size, :max_pending_bytes, :queue_size, :max_conn,
         :jwt_ttl, :history_limit, :history_max_bytes, :sessions_max_bytes, :max_subscriptions, :max_identifier_size,
-        :whispers_per_second, :max_callback_jobs
+        :whispers_per_second, :max_callback_jobs, :poll_flush_interval, :poll_max_request_size
         integer(key, value)
       when :ping_interval, :write_timeout, :shutdown_timeout, :max_conn_age, :pong_timeout, :history_ttl, :sessions_ttl,
-        :presence_ttl
+        :presence_ttl, :poll_interval, :poll_keepalive_timeout
         number(key, value)
       when :broker
         coerce_broker(value)
@@ -488,9 +500,9 @@ module AnyCableRs
         end
 
         replicas.to_i
-      when :sse_path
+      when :sse_path, :poll_path
         path = value.to_s.strip
-        raise ArgumentError, "anycable-rs: sse_path must be a path such as /events, got #{value.inspect}" unless path.start_with?("/")
+        raise ArgumentError, "anycable-rs: #{key} must be a path such as /events, got #{value.inspect}" unless path.start_with?("/")
 
         path
       when :metrics_http
@@ -530,7 +542,7 @@ module AnyCableRs
     rescue ArgumentError, TypeError
       raise ArgumentError, "anycable-rs: #{key} must be a number, got #{value.inspect}"
     else
-      if n.negative? && %i[pong_timeout history_ttl sessions_ttl presence_ttl].include?(key)
+      if n.negative? && %i[pong_timeout history_ttl sessions_ttl presence_ttl poll_interval poll_keepalive_timeout].include?(key)
         raise ArgumentError, "anycable-rs: #{key} must not be negative, got #{value.inspect}"
       end
       n

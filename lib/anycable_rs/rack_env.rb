@@ -135,13 +135,13 @@ module AnyCableRs
       filter
     end
 
-    # What the Rust side reads of a hijacked request: the upgrade itself, and what the
+    # What the Rust side reads of a hijacked request: the upgrade itself, what the
     # origin check needs (Origin, Host, and whether a proxy says the request came over
-    # TLS). The app's code gets the whole env.
+    # TLS), and the HTTP transports' own headers. The app's code gets the whole env.
     HANDSHAKE_HEADERS = %w[
       upgrade connection sec-websocket-key sec-websocket-version sec-websocket-protocol
       sec-websocket-extensions origin host x-forwarded-ssl x-forwarded-scheme x-forwarded-proto
-      x-anycable-restore-sid last-event-id sec-fetch-site
+      x-anycable-restore-sid last-event-id sec-fetch-site x-anycable-poll-id
     ].to_h { |name| [name, "HTTP_#{name.upcase.tr("-", "_")}"] }.freeze
 
     # The request reached this server over TLS (Puma terminating it).

@@ -51,7 +51,7 @@ module AnyCableRs
       app.middleware.insert_before 0, AnyCableRs::BroadcastEndpoint
       app.middleware.insert_after AnyCableRs::BroadcastEndpoint, AnyCableRs::MetricsEndpoint
       app.middleware.use AnyCableRs::SocketId::Middleware
-      app.middleware.use AnyCableRs::EventsEndpoint
+      app.middleware.use AnyCableRs::HttpTransports
     end
 
     config.after_initialize do

@@ -149,17 +149,19 @@ module AnyCableRs
     # A Server-Sent Events request (ANYCABLE_SSE_PATH): the socket, and a POST's body,
     # to the Rust server, which checks it and streams its events.
     def handoff_events(env)
-      if env["REQUEST_METHOD"] == "POST"
-        if env["CONTENT_LENGTH"].to_i > EVENTS_MAX_BODY
-          return [413, {"Content-Type" => "text/plain"}, ["the body is over #{EVENTS_MAX_BODY} bytes"]]
-        end
+      body = read_body(env, EVENTS_MAX_BODY) if env["REQUEST_METHOD"] == "POST"
+      return body if body.is_a?(Array)
 
-        body = env["rack.input"]&.read(EVENTS_MAX_BODY + 1) || "".b
-        # Read: the env kept with the stream holds no copy (the app's connect sees an
-        # empty body, as AnyCable's connect sees none).
-        env["rack.input"] = StringIO.new("".b)
-      end
-      hand_over(env, events: true, body: body)
+      hand_over(env, transport: "events", body: body)
+    end
+
+    # A long-polling request (ANYCABLE_POLL_PATH): the socket and its body (commands)
+    # to the Rust server, which finds its session or opens one.
+    def handoff_poll(env)
+      body = read_body(env, config.poll_max_request_size) if env["REQUEST_METHOD"] == "POST"
+      return body if body.is_a?(Array)
+
+      hand_over(env, transport: "poll", body: body)
     end
 
     def logger
@@ -168,7 +170,18 @@ module AnyCableRs
 
     private
 
-    def hand_over(env, events: false, body: nil)
+    # A POST's body, at most `max` bytes (more: a 413 response, as the server would
+    # answer). Read: the env kept with the session holds no copy (the app's connect
+    # sees an empty body, as AnyCable's connect sees none).
+    def read_body(env, max)
+      return [413, {"Content-Type" => "text/plain"}, ["the body is over #{max} bytes"]] if env["CONTENT_LENGTH"].to_i > max
+
+      body = env["rack.input"]&.read(max + 1) || "".b
+      env["rack.input"] = StringIO.new("".b)
+      body
+    end
+
+    def hand_over(env, transport: nil, body: nil)
       hijack = env["rack.hijack"]
       return [501, {"Content-Type" => "text/plain"}, ["This server does not support Rack hijack"]] unless hijack
 
@@ -182,7 +195,7 @@ module AnyCableRs
       RackEnv.compact!(env)
       token = stash_env(env)
       begin
-        native.handoff(io, {method: env["REQUEST_METHOD"], target: RackEnv.fullpath(env), events: events, body: body,
+        native.handoff(io, {method: env["REQUEST_METHOD"], target: RackEnv.fullpath(env), transport: transport, body: body,
                             headers: RackEnv.handshake_headers(env, native_read_headers), tls: RackEnv.tls?(env), env_token: token})
       rescue Exception # rubocop:disable Lint/RescueException
         take_env(token)

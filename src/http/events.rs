@@ -16,7 +16,7 @@ use serde_json::{json, Map, Value};
 
 use super::handshake::Refusal;
 use super::head::RequestHead;
-use super::origin::OriginPolicy;
+use super::origin::cors_headers;
 use crate::protocol::sse::{parse_last_event_id, EventMode};
 
 /// The largest `POST` body (AnyCable's 64 KiB).
@@ -159,35 +159,6 @@ fn query_params(target: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Whether a browser page may open this stream: a request with an `Origin` as the
-/// WebSocket path allows it; one without (a same-origin `EventSource`, curl) unless
-/// the browser says it comes from another site (`Sec-Fetch-Site`), which a cross-site
-/// `<img>` or `<script>` would (they send no `Origin`, yet carry the user's cookies).
-pub fn origin_allowed(head: &RequestHead, origins: &OriginPolicy) -> bool {
-    match head.header("origin") {
-        Some(origin) => origins.allows(Some(origin), head.header("host"), head.https()),
-        None => {
-            origins.any
-                || !matches!(
-                    head.header("sec-fetch-site").map(str::trim),
-                    Some("cross-site" | "same-site")
-                )
-        }
-    }
-}
-
-/// CORS headers for an `Origin` that is `allowed` (the stream is readable by that
-/// page, with its cookies); none for another, or without one.
-pub fn cors_headers(head: &RequestHead, allowed: bool) -> String {
-    match head.header("origin") {
-        Some(origin) if allowed && !origin.contains(['\r', '\n']) => format!(
-            "Access-Control-Allow-Origin: {origin}\r\nAccess-Control-Allow-Credentials: true\r\n\
-             Vary: Origin\r\n"
-        ),
-        _ => String::new(),
-    }
-}
-
 /// The answer to a preflight (`OPTIONS`): a POST with JSON, a JWT header; CORS
 /// headers only for an allowed Origin.
 pub fn preflight_response(head: &RequestHead, allowed: bool) -> String {
@@ -309,6 +280,7 @@ mod tests {
 
     #[test]
     fn a_cross_site_request_without_origin_is_refused() {
+        use crate::http::origin::{request_allowed as origin_allowed, OriginPolicy};
         let policy = OriginPolicy {
             rules: vec![crate::http::OriginRule::Exact("http://app.test".into())],
             ..Default::default()

@@ -1,7 +1,7 @@
 //! HTTP around the WebSocket: the request head (read on the server's own port or handed
 //! over by Puma), the upgrade and its refusals, the Origin policy, and the plain
 //! endpoints of the own port (`/health`, `POST /_broadcast`), the Server-Sent Events
-//! request (`/events`).
+//! request (`/events`), long polling's requests and responses (`/lp`).
 //!
 //! Not here: reading a head off a socket and routing it by path ([`crate::server`]),
 //! identifying the client ([`crate::auth`]). Nothing here knows the server: the
@@ -12,6 +12,7 @@ pub mod events;
 pub mod handshake;
 pub mod head;
 pub mod origin;
+pub mod poll;
 
 pub use head::{parse_head, RequestHead};
 pub use origin::{OriginPolicy, OriginRule, RubyRegexp};

@@ -1,5 +1,6 @@
 //! Which `Origin`s may open a WebSocket: the one check, for both entry points (the
-//! server's own port and sockets handed over from Puma), made before the `101` reply.
+//! server's own port and sockets handed over from Puma), made before the `101` reply;
+//! the same rule for the HTTP transports (events, polls), and their CORS headers.
 //!
 //! The Ruby side builds the policy from the app's settings (Action Cable's
 //! `allowed_request_origins`, `allow_same_origin_as_host`,
@@ -7,6 +8,8 @@
 //! only applies it.
 
 use regex::{Regex, RegexBuilder};
+
+use super::head::RequestHead;
 
 /// One entry of Action Cable's `allowed_request_origins`, or of `ANYCABLE_ALLOWED_ORIGINS`.
 #[derive(Debug, Clone)]
@@ -97,6 +100,35 @@ impl OriginPolicy {
             OriginRule::Pattern(re) => re.is_match(origin),
             OriginRule::Host(pattern) => host_matches(origin, pattern),
         })
+    }
+}
+
+/// Whether a browser page may make this request (an event stream, a poll): one with
+/// an `Origin` as the WebSocket path allows it; one without (a same-origin `EventSource`, curl) unless
+/// the browser says it comes from another site (`Sec-Fetch-Site`), which a cross-site
+/// `<img>` or `<script>` would (they send no `Origin`, yet carry the user's cookies).
+pub fn request_allowed(head: &RequestHead, origins: &OriginPolicy) -> bool {
+    match head.header("origin") {
+        Some(origin) => origins.allows(Some(origin), head.header("host"), head.https()),
+        None => {
+            origins.any
+                || !matches!(
+                    head.header("sec-fetch-site").map(str::trim),
+                    Some("cross-site" | "same-site")
+                )
+        }
+    }
+}
+
+/// CORS headers for an `Origin` that is `allowed` (the stream is readable by that
+/// page, with its cookies); none for another, or without one.
+pub fn cors_headers(head: &RequestHead, allowed: bool) -> String {
+    match head.header("origin") {
+        Some(origin) if allowed && !origin.contains(['\r', '\n']) => format!(
+            "Access-Control-Allow-Origin: {origin}\r\nAccess-Control-Allow-Credentials: true\r\n\
+             Vary: Origin\r\n"
+        ),
+        _ => String::new(),
     }
 }
 

@@ -64,13 +64,13 @@ impl<C: Controller> Inner<C> {
     }
 
     /// Takes over a socket whose request was already read (Rack hijack): an events
-    /// request (`ANYCABLE_SSE`: `events` holds its body) is streamed, any other
+    /// request (`ANYCABLE_SSE`) is streamed, a poll (`ANYCABLE_POLL`) taken, any other
     /// upgraded. Call inside the runtime.
     pub(super) fn handoff(
         self: &Arc<Self>,
         stream: std::net::TcpStream,
         head: RequestHead,
-        events: Option<Vec<u8>>,
+        transport: super::Handoff,
         env_token: u64,
     ) {
         let inner = self.clone();
@@ -87,11 +87,14 @@ impl<C: Controller> Inner<C> {
                     return;
                 }
             };
-            match events {
-                Some(body) if inner.config.sse_path.is_some() => {
+            match transport {
+                super::Handoff::Events(body) if inner.config.sse_path.is_some() => {
                     inner
                         .serve_events(stream, head, body, peer, env_token)
                         .await
+                }
+                super::Handoff::Poll(body) if inner.config.poll.is_some() => {
+                    inner.serve_poll(stream, head, body, peer, env_token).await
                 }
                 _ => inner.upgrade(stream, head, peer, env_token).await,
             }
@@ -163,7 +166,7 @@ impl<C: Controller> Inner<C> {
                             "Bad request body"
                         };
                         let allowed =
-                            crate::http::events::origin_allowed(&head, &self.config.origins);
+                            crate::http::origin::request_allowed(&head, &self.config.origins);
                         let response =
                             crate::http::events::refusal_response(&head, allowed, status, why);
                         let _ = stream.write_all(response.as_bytes()).await;
@@ -177,6 +180,30 @@ impl<C: Controller> Inner<C> {
             };
             drop(handshake); // from here on it counts as a connection
             return self.serve_events(stream, head, body, Some(peer), 0).await;
+        }
+        if self.config.poll.as_ref().is_some_and(|p| p.path == path) {
+            let max = self.config.poll.as_ref().map_or(0, |p| p.max_request_size);
+            let body = if head.method == "POST" {
+                let read = endpoints::read_body(&mut stream, &head, rest, max);
+                match timeout(self.config.handshake_timeout, read).await {
+                    Ok(Ok(body)) => body,
+                    Ok(Err(status)) => {
+                        let allowed =
+                            crate::http::origin::request_allowed(&head, &self.config.origins);
+                        let cors = crate::http::origin::cors_headers(&head, allowed);
+                        let response =
+                            crate::http::poll::response(status, None, &cors, "Bad request body");
+                        let _ = stream.write_all(response.as_bytes()).await;
+                        linger_close(stream).await;
+                        return;
+                    }
+                    Err(_) => return,
+                }
+            } else {
+                Vec::new()
+            };
+            drop(handshake); // from here on it counts as a connection
+            return self.serve_poll(stream, head, body, Some(peer), 0).await;
         }
         if path != self.config.path {
             let _ = stream

@@ -173,7 +173,7 @@ impl<C: Controller> Inner<C> {
         body: &[u8],
         peer: Option<SocketAddr>,
     ) -> Result<EventsRequest, String> {
-        let allowed = events::origin_allowed(head, &self.config.origins);
+        let allowed = crate::http::origin::request_allowed(head, &self.config.origins);
         if head.method == "OPTIONS" {
             return Err(events::preflight_response(head, allowed));
         }

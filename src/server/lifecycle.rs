@@ -308,7 +308,7 @@ fn restore_sid(head: &RequestHead) -> Option<&str> {
 /// A session id no client can choose or guess (it restores a session, so it is a
 /// credential): 128 bits from the system's CSPRNG, plus the process-unique number so
 /// two ids of one process never collide.
-fn generate_sid(id: u64) -> String {
+pub(super) fn generate_sid(id: u64) -> String {
     use ring::rand::SecureRandom;
     use std::fmt::Write;
     let mut bytes = [0u8; 16];

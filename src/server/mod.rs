@@ -4,7 +4,9 @@
 //! The folder, by concern (one client frame's path: accept → connection → commands →
 //! the controller, and back through the session's outbox):
 //! - `accept.rs`: the own port's accept loop, Rack hijack hand-overs, the upgrade;
-//! - `connection.rs`: one connection's task, its socket loop and writes;
+//! - `connection.rs`: one connection's task, its socket loop and writes, over a
+//!   `wire.rs` (a WebSocket, an event stream);
+//! - `events.rs`, `poll.rs`: the HTTP transports (Server-Sent Events, long polling);
 //! - `lifecycle.rs`: how a connection opens (JWT, restore, the app's `connect`) and
 //!   ends (cached for a restore, the app's disconnect callbacks);
 //! - `commands.rs`: a client frame routed to the server itself or the app;
@@ -24,6 +26,7 @@ mod connection;
 mod events;
 mod lifecycle;
 mod link;
+mod poll;
 mod replay;
 mod tasks;
 mod wire;
@@ -61,6 +64,15 @@ impl<C: Controller> Clone for Server<C> {
     }
 }
 
+/// What a socket handed over by Rack hijack asked for.
+pub enum Handoff {
+    WebSocket,
+    /// Server-Sent Events, with the body of a POST (empty for a GET).
+    Events(Vec<u8>),
+    /// A long-polling request, with its body.
+    Poll(Vec<u8>),
+}
+
 /// What every connection task of one server shares.
 struct Inner<C> {
     config: ServerConfig,
@@ -73,6 +85,8 @@ struct Inner<C> {
     metrics_source: RwLock<Option<MetricsSource>>,
     /// Welcomed sessions, for pings, remote disconnects and shutdown.
     sessions: RwLock<HashMap<u64, SessionRef>>,
+    /// Long-polling sessions' requests, by the id their client polls with.
+    polls: poll::PollSessions,
     next_id: AtomicU64,
     shutting_down: AtomicBool,
     /// Connections whose app callbacks (connect, then disconnect) have not all run:
@@ -106,6 +120,7 @@ impl<C: Controller> Server<C> {
                 controller,
                 hub,
                 sessions: RwLock::new(HashMap::new()),
+                polls: Default::default(),
                 next_id: AtomicU64::new(1),
                 shutting_down: AtomicBool::new(false),
                 pending_callbacks: AtomicUsize::new(0),
@@ -147,16 +162,15 @@ impl<C: Controller> Server<C> {
     }
 
     /// Takes over a socket whose request was already read (Rack hijack): upgrades it,
-    /// or, with `events` (a Server-Sent Events request, and the body of its POST),
-    /// streams its events. Call inside the runtime.
+    /// streams its events, or takes its poll. Call inside the runtime.
     pub fn handoff(
         &self,
         stream: std::net::TcpStream,
         head: RequestHead,
-        events: Option<Vec<u8>>,
+        transport: Handoff,
         env_token: u64,
     ) {
-        self.inner.handoff(stream, head, events, env_token);
+        self.inner.handoff(stream, head, transport, env_token);
     }
 
     /// Applies an AnyCable broadcast payload (single, batch, or disconnect command) to

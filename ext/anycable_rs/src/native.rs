@@ -16,6 +16,7 @@ use anycable_core::http::RequestHead;
 use anycable_core::hub::CallbackSink;
 use anycable_core::metrics::COUNTERS;
 use anycable_core::protocol::broadcast;
+use anycable_core::server::Handoff;
 use anycable_core::{Hub, Server};
 use magnus::value::ReprValue;
 use magnus::{Error, IntoValue, RHash, RString, Ruby, TryConvert, Value};
@@ -141,15 +142,24 @@ impl Native {
             tls: field("tls")?.to_bool(),
         };
         let env_token: u64 = TryConvert::try_convert(field("env_token")?)?;
-        // A Server-Sent Events request, with the body of its POST read by Rack.
-        let events = if field("events")?.to_bool() {
-            Some(match Option::<RString>::try_convert(field("body")?)? {
+        // Server-Sent Events or a poll, with the body Rack read.
+        let body = || -> Result<Vec<u8>, Error> {
+            Ok(match Option::<RString>::try_convert(field("body")?)? {
                 // SAFETY: the bytes are copied before any Ruby code runs again.
                 Some(body) => unsafe { body.as_slice() }.to_vec(),
                 None => Vec::new(),
             })
-        } else {
-            None
+        };
+        let transport = match Option::<String>::try_convert(field("transport")?)?.as_deref() {
+            None | Some("websocket") => Handoff::WebSocket,
+            Some("events") => Handoff::Events(body()?),
+            Some("poll") => Handoff::Poll(body()?),
+            Some(other) => {
+                return Err(Error::new(
+                    ruby.exception_arg_error(),
+                    format!("handoff: unknown transport {other:?}"),
+                ))
+            }
         };
         let fd: i32 = io.funcall("fileno", ())?;
         // SAFETY: Ruby's IO owns `fd` and keeps it open for the duration of this call.
@@ -169,7 +179,7 @@ impl Native {
             .as_ref()
             .ok_or_else(|| runtime_error(ruby, "server not started"))?;
         let _guard = runtime.enter();
-        rb_self.server.handoff(stream, head, events, env_token);
+        rb_self.server.handoff(stream, head, transport, env_token);
         Ok(())
     }
 

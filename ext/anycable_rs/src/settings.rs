@@ -12,7 +12,7 @@ use anycable_core::auth::streams::{decode_hex, StreamsConfig};
 use anycable_core::auth::JwtConfig;
 use anycable_core::broker::seal::SealKey;
 use anycable_core::broker::HistoryConfig;
-use anycable_core::config::{BrokerKind, Replicas};
+use anycable_core::config::{BrokerKind, PollConfig, Replicas};
 use anycable_core::http::{OriginPolicy, OriginRule, RubyRegexp};
 use anycable_core::pubsub::{NatsLogin, PubSubConfig};
 use anycable_core::ServerConfig;
@@ -161,6 +161,18 @@ impl Settings {
             handshake_timeout: internal.handshake_timeout,
             broadcast_path: o.opt("broadcast_path")?,
             sse_path: o.opt("sse_path")?,
+            poll: {
+                // Every key read, whether polling is on or not (unread keys are refused).
+                let path = o.opt::<String>("poll_path")?;
+                let config = PollConfig {
+                    path: String::new(),
+                    interval: o.secs("poll_interval")?,
+                    flush_interval: Duration::from_millis(o.get::<u64>("poll_flush_interval")?),
+                    keepalive_timeout: o.secs("poll_keepalive_timeout")?,
+                    max_request_size: o.get("poll_max_request_size")?,
+                };
+                path.map(|path| PollConfig { path, ..config })
+            },
             // Empty is unset (Ruby says so at boot): "" would match a missing header.
             broadcast_key: o.opt::<String>("broadcast_key")?.filter(|k| !k.is_empty()),
             metrics_path: o.opt("metrics_path")?,

@@ -1,0 +1,350 @@
+//! Long-polling sessions (`ANYCABLE_POLL`, AnyCable Pro's `/lp`): a session that
+//! lives across requests. Its task runs the session loop (`connection.rs`) over a
+//! [`Poll`] wire: the commands of each request are its frames in; what the session
+//! sends is gathered and answers the request held open. Sessions are found by the id
+//! the first response named (128 random bits: whoever holds it is the client), in
+//! this process only: a poll that reaches another process (another machine, another
+//! Puma worker) is told `session_expired` and the client opens another session —
+//! long-polling clients need sticky sessions, as with AnyCable Pro.
+//!
+//! Every response is written by a task of its own, so the session loop never waits
+//! for a client's socket (and the wire's `next` stays cancel-safe).
+//!
+//! Not here: the request's parsing and responses ([`crate::http::poll`]).
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::{sleep_until, Instant};
+use tokio_tungstenite::tungstenite::error::Error as WsError;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+
+use super::connection::Pending;
+use super::wire::Wire;
+use super::Inner;
+use crate::controller::Controller;
+use crate::http::origin::{cors_headers, request_allowed};
+use crate::http::poll::{self, PollConfig, SESSION_EXPIRED};
+use crate::http::RequestHead;
+use crate::logging::BadInputLog;
+use crate::metrics::COUNTERS;
+use crate::protocol;
+use crate::session::{Closing, DisconnectReason, Session};
+
+/// One request of a session: its commands, and the socket its answer goes to.
+pub(super) struct PollRequest {
+    commands: Vec<String>,
+    stream: TcpStream,
+    /// The CORS headers its answer carries.
+    cors: String,
+}
+
+/// The requests of the sessions of this process, by id.
+pub(super) type PollSessions =
+    parking_lot::Mutex<std::collections::HashMap<String, mpsc::Sender<PollRequest>>>;
+
+impl<C: Controller> Inner<C> {
+    /// A long-polling request whose head and body were read: on the own port, or
+    /// handed over by Rack hijack (`env_token`: its Rack env, for the app's `connect`).
+    pub(super) async fn serve_poll(
+        self: Arc<Self>,
+        mut stream: TcpStream,
+        head: RequestHead,
+        body: Vec<u8>,
+        peer: Option<SocketAddr>,
+        env_token: u64,
+    ) {
+        let Some(config) = self.config.poll.clone() else {
+            return;
+        };
+        let _ = stream.set_nodelay(true);
+        let allowed = request_allowed(&head, &self.config.origins);
+        let cors = cors_headers(&head, allowed);
+        let refused = if head.method == "OPTIONS" {
+            Some(poll::preflight(&cors))
+        } else if head.method != "POST" {
+            Some(poll::response(405, None, &cors, "POST only"))
+        } else if !allowed {
+            crate::logging::refused(format_args!(
+                "refused poll from {}: origin not allowed ({})",
+                peer.map(|p| p.to_string()).unwrap_or_default(),
+                head.header("origin").unwrap_or("none, from another site")
+            ));
+            Some(poll::response(403, None, "", "origin not allowed"))
+        } else {
+            None
+        };
+        let commands = match refused {
+            Some(response) => Err(response),
+            None => poll::read_commands(&body, config.max_request_size)
+                .map_err(|r| poll::response(r.status, None, &cors, &r.reason)),
+        };
+        drop(body);
+        let commands = match commands {
+            Ok(commands) => commands,
+            Err(response) => {
+                let _ = stream.write_all(response.as_bytes()).await;
+                self.abandon_env(env_token);
+                return;
+            }
+        };
+        if let Some(id) = poll::poll_id(&head) {
+            self.abandon_env(env_token);
+            let sender = self.polls.lock().get(id).cloned();
+            let request = PollRequest {
+                commands,
+                stream,
+                cors,
+            };
+            if let Some(sender) = sender {
+                match sender.send(request).await {
+                    Ok(()) => return,
+                    Err(mpsc::error::SendError(request)) => expired(request),
+                }
+            } else {
+                expired(request);
+            }
+            return;
+        }
+        if self.shutting_down.load(Ordering::Acquire) {
+            let response = poll::response(503, None, &cors, "Shutting down");
+            let _ = stream.write_all(response.as_bytes()).await;
+            self.abandon_env(env_token);
+            return;
+        }
+        let open = self.pending_callbacks.load(Ordering::Acquire);
+        if self.config.max_conn > 0 && open >= self.config.max_conn {
+            self.refuse_over_max_conn(&mut stream, true).await;
+            self.abandon_env(env_token);
+            return;
+        }
+        let pending = Pending::new(&self);
+        let (mut opened, mut rx) = match self.open(head, peer, env_token, false).await {
+            Ok(opened) => opened,
+            Err(reason) => {
+                let status = if reason.reason == DisconnectReason::SERVER_ERROR.reason {
+                    422
+                } else {
+                    401
+                };
+                let body = format!(
+                    "{}\n",
+                    protocol::disconnect(&reason.reason, reason.reconnect)
+                );
+                let _ = stream
+                    .write_all(poll::response(status, None, &cors, &body).as_bytes())
+                    .await;
+                return;
+            }
+        };
+        let session = opened.session.clone();
+        // Not the sid: clients show that to the app (X-Socket-ID); this one is a
+        // credential of its own.
+        let id = super::lifecycle::generate_sid(session.id);
+        let (sender, requests) = mpsc::channel(4);
+        self.polls.lock().insert(id.clone(), sender);
+        self.sessions.write().insert(session.id, session.clone());
+        if self.shutting_down.load(Ordering::Acquire) {
+            session.close(DisconnectReason::SERVER_RESTART);
+        }
+        COUNTERS.poll_clients.inc();
+        let mut wire = Poll::new(id.clone(), requests, config, self.config.max_pending_bytes);
+        let _ = wire.feed(std::mem::take(&mut opened.welcome).into()).await;
+        wire.attach(PollRequest {
+            commands,
+            stream,
+            cors,
+        });
+        let mut bad_input = BadInputLog::default();
+        let inflight = self
+            .serve(&mut wire, &mut rx, &mut opened, None, &mut bad_input)
+            .await;
+        bad_input.finish(session.log_id());
+        self.polls.lock().remove(&id);
+        wire.expire_rest();
+        drop(wire);
+        drop(rx);
+        COUNTERS.poll_clients.dec();
+        if let Some(command) = inflight {
+            command.await;
+        }
+        self.finish(&mut opened).await;
+        drop(pending);
+    }
+
+    fn abandon_env(&self, env_token: u64) {
+        if env_token != 0 {
+            self.controller.handoff_abandoned(env_token);
+        }
+    }
+}
+
+/// 401 `session_expired` for a poll whose session is gone.
+fn expired(request: PollRequest) {
+    respond(request, 401, None, format!("{SESSION_EXPIRED}\n"));
+}
+
+/// Answers a request, in a task of its own (bounded in time).
+fn respond(request: PollRequest, status: u16, id: Option<&str>, body: String) {
+    let response = poll::response(status, id, &request.cors, &body);
+    let mut stream = request.stream;
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            let _ = stream.write_all(response.as_bytes()).await;
+            let _ = stream.shutdown().await;
+        })
+        .await;
+    });
+}
+
+/// A session's requests as the session loop's wire.
+pub(super) struct Poll {
+    id: String,
+    requests: mpsc::Receiver<PollRequest>,
+    /// The request held open for what is to be sent, and until when.
+    held: Option<(PollRequest, Instant)>,
+    /// What is to be sent: JSON lines.
+    backlog: String,
+    /// When the backlog answers the held request.
+    flush_at: Option<Instant>,
+    /// Commands not yet handed to the session loop.
+    commands: VecDeque<String>,
+    /// When the session ends if no request comes.
+    expires_at: Instant,
+    config: PollConfig,
+    max_backlog: usize,
+}
+
+impl Poll {
+    fn new(
+        id: String,
+        requests: mpsc::Receiver<PollRequest>,
+        config: PollConfig,
+        max_backlog: usize,
+    ) -> Self {
+        Poll {
+            id,
+            requests,
+            held: None,
+            backlog: String::new(),
+            flush_at: None,
+            commands: VecDeque::new(),
+            expires_at: Instant::now() + config.keepalive_timeout,
+            config,
+            max_backlog,
+        }
+    }
+
+    /// A request came: the one held before is answered empty (its client has moved
+    /// on to this one: the JS transport aborts a held poll to send commands), this
+    /// one is held. What is to be sent answers it a flush interval after the first
+    /// of it is there (the backlog, or its commands' replies).
+    fn attach(&mut self, request: PollRequest) {
+        if let Some((old, _)) = self.held.take() {
+            respond(old, 204, Some(&self.id), String::new());
+        }
+        let PollRequest {
+            commands,
+            stream,
+            cors,
+        } = request;
+        self.commands.extend(commands);
+        let now = Instant::now();
+        let held = PollRequest {
+            commands: Vec::new(),
+            stream,
+            cors,
+        };
+        self.held = Some((held, now + self.config.interval));
+        if !self.backlog.is_empty() {
+            self.flush_at = Some(now + self.config.flush_interval);
+        }
+    }
+
+    /// The held request answered with the backlog (204 when there is none); the
+    /// session lives for the keepalive timeout from now.
+    fn answer(&mut self) {
+        self.flush_at = None;
+        self.expires_at = Instant::now() + self.config.keepalive_timeout;
+        if let Some((request, _)) = self.held.take() {
+            let body = std::mem::take(&mut self.backlog);
+            let status = if body.is_empty() { 204 } else { 200 };
+            respond(request, status, Some(&self.id), body);
+        }
+    }
+
+    /// Requests still queued when the session ended: told it is gone.
+    fn expire_rest(&mut self) {
+        self.requests.close();
+        while let Ok(request) = self.requests.try_recv() {
+            expired(request);
+        }
+    }
+}
+
+impl Wire for Poll {
+    async fn next(&mut self) -> Option<Result<Message, WsError>> {
+        loop {
+            if let Some(command) = self.commands.pop_front() {
+                return Some(Ok(Message::Text(command.into())));
+            }
+            let held_until = self.held.as_ref().map(|(_, until)| *until);
+            let flush_at = self.flush_at;
+            let expires_at = self.held.is_none().then_some(self.expires_at);
+            tokio::select! {
+                request = self.requests.recv() => match request {
+                    Some(request) => self.attach(request),
+                    None => return None,
+                },
+                _ = sleep_until(flush_at.unwrap_or_else(Instant::now)), if flush_at.is_some() => self.answer(),
+                _ = sleep_until(held_until.unwrap_or_else(Instant::now)), if held_until.is_some() && flush_at.is_none() => self.answer(),
+                _ = sleep_until(expires_at.unwrap_or_else(Instant::now)), if expires_at.is_some() => return None,
+            }
+        }
+    }
+
+    async fn feed(&mut self, frame: Utf8Bytes) -> Result<(), WsError> {
+        // No pings: the JS transport makes its own (AnyCable's sessions send none).
+        if frame.as_str().starts_with(r#"{"type":"ping""#) {
+            return Ok(());
+        }
+        if self.backlog.len() + frame.len() > self.max_backlog {
+            return Err(WsError::AttackAttempt);
+        }
+        self.backlog.push_str(frame.as_str());
+        self.backlog.push('\n');
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), WsError> {
+        if self.held.is_some() && self.flush_at.is_none() && !self.backlog.is_empty() {
+            self.flush_at = Some(Instant::now() + self.config.flush_interval);
+        }
+        Ok(())
+    }
+
+    async fn close(&mut self, closing: &Closing) {
+        if let Closing::Told(reason) = closing {
+            self.backlog
+                .push_str(&protocol::disconnect(&reason.reason, reason.reconnect));
+            self.backlog.push('\n');
+        }
+        if self.held.is_none() && !self.backlog.is_empty() {
+            // Its last words wait for its next poll, within the keepalive timeout.
+            if let Ok(Some(request)) =
+                tokio::time::timeout(self.config.keepalive_timeout, self.requests.recv()).await
+            {
+                self.attach(request);
+            }
+        }
+        self.answer();
+    }
+
+    async fn fail(&mut self, _session: &Session, _error: WsError) {}
+}
