@@ -176,7 +176,10 @@ module AnyCableRs
     def read_body(env, max)
       return [413, {"Content-Type" => "text/plain"}, ["the body is over #{max} bytes"]] if env["CONTENT_LENGTH"].to_i > max
 
-      body = env["rack.input"]&.read(max + 1) || "".b
+      input = env["rack.input"]
+      # A middleware may have read it already (Rails 7.2 on Rack 3 does, for a POST).
+      input.rewind if input.respond_to?(:rewind)
+      body = input&.read(max + 1) || "".b
       env["rack.input"] = StringIO.new("".b)
       body
     end
