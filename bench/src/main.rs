@@ -10,6 +10,10 @@
 //!     anycable-bench http      --url http://127.0.0.1:3000/up --clients 5000
 //!     anycable-bench storm     --url … --clients 5000 --probe http://…/probe --duration 120
 //!
+//! `--sse http://127.0.0.1:3000/events` (connect, broadcast): the clients are
+//! Server-Sent Events streams there instead (`sse.rs`); `broadcast`'s sender stays a
+//! WebSocket client at `--url`.
+//!
 //! `http` is the floor under `connect` for a server behind Puma: one plain GET per new
 //! TCP connection (`Connection: close`), `--clients` of them, `--concurrency` at once —
 //! what the Rack server and the app's middleware cost before any WebSocket work.
@@ -22,6 +26,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod sse;
 mod storm;
 
 use futures_util::{SinkExt, StreamExt};
@@ -60,6 +65,8 @@ struct Opts {
     protocol: String,
     /// `storm`: where to POST the probe broadcasts.
     probe: Option<String>,
+    /// Server-Sent Events subscribers at this URL (comma-separated: round robin).
+    sse: Option<String>,
 }
 
 fn parse_args() -> Result<Opts, String> {
@@ -86,6 +93,7 @@ fn parse_args() -> Result<Opts, String> {
         cycles: 1000,
         protocol: "actioncable-v1-json".into(),
         probe: None,
+        sse: None,
     };
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or(format!("{flag} needs a value"));
@@ -111,6 +119,7 @@ fn parse_args() -> Result<Opts, String> {
             "--cycles" => o.cycles = num(value()?)? as usize,
             "--protocol" => o.protocol = value()?,
             "--probe" => o.probe = Some(value()?),
+            "--sse" => o.sse = Some(value()?),
             _ => return Err(format!("unknown option {flag}")),
         }
     }
@@ -285,25 +294,48 @@ async fn connect_all(o: &Opts) -> (Vec<Ws>, usize, f64) {
     (clients, failures, start.elapsed().as_secs_f64())
 }
 
+/// Open clients, kept until dropped.
+enum Held {
+    Ws(Vec<Ws>),
+    Sse(Vec<sse::SseClient>),
+}
+
+impl Held {
+    fn len(&self) -> usize {
+        match self {
+            Held::Ws(c) => c.len(),
+            Held::Sse(c) => c.len(),
+        }
+    }
+}
+
 async fn run_connect(o: &Opts) -> Value {
     let before = o.pid.map(rss_kib);
-    let (clients, failures, secs) = connect_all(o).await;
+    let (clients, failures, secs) = if o.sse.is_some() {
+        let (c, f, s) = sse::open_all(o).await;
+        (Held::Sse(c), f, s)
+    } else {
+        let (c, f, s) = connect_all(o).await;
+        (Held::Ws(c), f, s)
+    };
     let rate = clients.len() as f64 / secs;
     println!(
-        "connected+subscribed {} clients in {secs:.2}s ({rate:.0}/s), {failures} failed",
-        clients.len()
+        "connected+subscribed {} {} clients in {secs:.2}s ({rate:.0}/s), {failures} failed",
+        clients.len(),
+        if o.sse.is_some() { "SSE" } else { "WebSocket" }
     );
     tokio::time::sleep(Duration::from_secs_f64(o.hold)).await;
     let after = o.pid.map(rss_kib);
     let per_conn = match (before, after) {
-        (Some(b), Some(a)) if !clients.is_empty() => {
+        (Some(b), Some(a)) if clients.len() > 0 => {
             let per = (a as f64 - b as f64) / clients.len() as f64;
             println!("server RSS {b} KiB -> {a} KiB: {per:.1} KiB per connection");
             Some(per)
         }
         _ => None,
     };
-    json!({"mode":"connect","clients":clients.len(),"failures":failures,"seconds":secs,
+    json!({"mode":"connect","transport":if o.sse.is_some() { "sse" } else { "websocket" },
+           "clients":clients.len(),"failures":failures,"seconds":secs,
            "connects_per_sec":rate,"rss_before_kib":before,"rss_after_kib":after,
            "rss_per_conn_kib":per_conn})
 }
@@ -357,54 +389,98 @@ async fn run_echo(o: &Opts) -> Value {
     json!({"mode":"echo","clients":o.clients,"failures":failures,"round_trips":n,"per_sec":rps,"latency_ms":l})
 }
 
-async fn run_broadcast(o: &Opts) -> Value {
-    let (clients, failures, _) = connect_all(o).await;
-    let n = clients.len();
-    let m = o.messages;
-    let sent: Arc<Vec<AtomicU64>> = Arc::new((0..m).map(|_| AtomicU64::new(0)).collect());
-    let last: Arc<Vec<AtomicU64>> = Arc::new((0..m).map(|_| AtomicU64::new(0)).collect());
-    let counts: Arc<Vec<AtomicUsize>> = Arc::new((0..m).map(|_| AtomicUsize::new(0)).collect());
-    let origin = Instant::now();
-    let nanos = move || origin.elapsed().as_nanos() as u64;
-    let per_client_lat = Arc::new(std::sync::Mutex::new(Vec::<f64>::new()));
+/// What the subscribers of a `broadcast` run got: per message, when it was sent,
+/// when the last subscriber got it, and how many did.
+struct Tally {
+    origin: Instant,
+    sent: Vec<AtomicU64>,
+    last: Vec<AtomicU64>,
+    counts: Vec<AtomicUsize>,
+}
 
-    let mut readers = vec![];
-    for mut ws in clients {
-        let (sent, last, counts, lat) = (
-            sent.clone(),
-            last.clone(),
-            counts.clone(),
-            per_client_lat.clone(),
-        );
-        readers.push(tokio::spawn(async move {
-            let mut mine = vec![];
-            let mut got = 0;
-            while got < m {
-                let Ok(Some(Ok(msg))) =
-                    tokio::time::timeout(Duration::from_secs(10), ws.next()).await
-                else {
-                    break;
-                };
-                let Message::Text(t) = msg else { continue };
-                let Ok(v) = serde_json::from_str::<Value>(t.as_str()) else {
-                    continue;
-                };
-                let Some(seq) = v["message"]["bseq"].as_u64() else {
-                    continue;
-                };
-                let now = nanos();
-                let seq = seq as usize;
-                if seq < m {
-                    got += 1;
-                    counts[seq].fetch_add(1, Ordering::Relaxed);
-                    last[seq].fetch_max(now, Ordering::Relaxed);
-                    mine.push((now - sent[seq].load(Ordering::Relaxed)) as f64 / 1e6);
-                }
-            }
-            lat.lock().unwrap().extend(mine);
-            ws
-        }));
+impl Tally {
+    fn nanos(&self) -> u64 {
+        self.origin.elapsed().as_nanos() as u64
     }
+
+    /// A subscriber got message `seq`: its latency (ms), when it is one of ours.
+    fn got(&self, seq: u64) -> Option<f64> {
+        let seq = seq as usize;
+        if seq >= self.sent.len() {
+            return None;
+        }
+        let now = self.nanos();
+        self.counts[seq].fetch_add(1, Ordering::Relaxed);
+        self.last[seq].fetch_max(now, Ordering::Relaxed);
+        Some((now - self.sent[seq].load(Ordering::Relaxed)) as f64 / 1e6)
+    }
+}
+
+async fn run_broadcast(o: &Opts) -> Value {
+    let m = o.messages;
+    let tally = Arc::new(Tally {
+        origin: Instant::now(),
+        sent: (0..m).map(|_| AtomicU64::new(0)).collect(),
+        last: (0..m).map(|_| AtomicU64::new(0)).collect(),
+        counts: (0..m).map(|_| AtomicUsize::new(0)).collect(),
+    });
+    let per_client_lat = Arc::new(std::sync::Mutex::new(Vec::<f64>::new()));
+    let mut readers = vec![];
+    let (n, failures) = if o.sse.is_some() {
+        let (clients, failures, _) = sse::open_all(o).await;
+        let n = clients.len();
+        for mut c in clients {
+            let (tally, lat) = (tally.clone(), per_client_lat.clone());
+            readers.push(tokio::spawn(async move {
+                let mut mine = vec![];
+                while mine.len() < m {
+                    let Ok(Ok(event)) =
+                        tokio::time::timeout(Duration::from_secs(10), c.next_event()).await
+                    else {
+                        break;
+                    };
+                    if event.name.is_some() {
+                        continue;
+                    }
+                    let Ok(v) = serde_json::from_str::<Value>(&event.data) else {
+                        continue;
+                    };
+                    if let Some(ms) = v["bseq"].as_u64().and_then(|seq| tally.got(seq)) {
+                        mine.push(ms);
+                    }
+                }
+                lat.lock().unwrap().extend(mine);
+                Held::Sse(vec![c])
+            }));
+        }
+        (n, failures)
+    } else {
+        let (clients, failures, _) = connect_all(o).await;
+        let n = clients.len();
+        for mut ws in clients {
+            let (tally, lat) = (tally.clone(), per_client_lat.clone());
+            readers.push(tokio::spawn(async move {
+                let mut mine = vec![];
+                while mine.len() < m {
+                    let Ok(Some(Ok(msg))) =
+                        tokio::time::timeout(Duration::from_secs(10), ws.next()).await
+                    else {
+                        break;
+                    };
+                    let Message::Text(t) = msg else { continue };
+                    let Ok(v) = serde_json::from_str::<Value>(t.as_str()) else {
+                        continue;
+                    };
+                    if let Some(ms) = v["message"]["bseq"].as_u64().and_then(|seq| tally.got(seq)) {
+                        mine.push(ms);
+                    }
+                }
+                lat.lock().unwrap().extend(mine);
+                Held::Ws(vec![ws])
+            }));
+        }
+        (n, failures)
+    };
     let mut sender = match open_client(o, 0).await {
         Ok(ws) => ws,
         Err(e) => return json!({"mode":"broadcast","error":e}),
@@ -413,7 +489,7 @@ async fn run_broadcast(o: &Opts) -> Value {
     let mut ticker = tokio::time::interval(Duration::from_millis(o.interval_ms.max(1)));
     for seq in 0..m {
         ticker.tick().await;
-        sent[seq].store(nanos(), Ordering::Relaxed);
+        tally.sent[seq].store(tally.nanos(), Ordering::Relaxed);
         sender
             .send(perform(o, "broadcast", json!({"bseq": seq, "pad": pad})))
             .await
@@ -426,11 +502,12 @@ async fn run_broadcast(o: &Opts) -> Value {
     let mut until_last = vec![];
     let mut received = 0;
     for seq in 0..m {
-        let c = counts[seq].load(Ordering::Relaxed);
+        let c = tally.counts[seq].load(Ordering::Relaxed);
         received += c;
         if c == n {
             until_last.push(
-                (last[seq].load(Ordering::Relaxed) - sent[seq].load(Ordering::Relaxed)) as f64
+                (tally.last[seq].load(Ordering::Relaxed) - tally.sent[seq].load(Ordering::Relaxed))
+                    as f64
                     / 1e6,
             );
         }
@@ -442,7 +519,8 @@ async fn run_broadcast(o: &Opts) -> Value {
     println!("  until the last subscriber got it (ms): {ul}");
     println!("  per subscriber (ms): {pc}");
     drop(clients);
-    json!({"mode":"broadcast","subscribers":n,"failures":failures,"messages":m,"missing":missing,
+    json!({"mode":"broadcast","transport":if o.sse.is_some() { "sse" } else { "websocket" },
+           "subscribers":n,"failures":failures,"messages":m,"missing":missing,
            "until_last_ms":ul,"per_client_ms":pc})
 }
 
