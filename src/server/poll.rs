@@ -35,7 +35,7 @@ use crate::http::RequestHead;
 use crate::logging::BadInputLog;
 use crate::metrics::COUNTERS;
 use crate::protocol;
-use crate::session::{Closing, DisconnectReason, Session};
+use crate::session::{Closing, DisconnectReason, Session, SessionRef};
 
 /// One request of a session: its commands, and the socket its answer goes to.
 pub(super) struct PollRequest {
@@ -102,13 +102,18 @@ impl<C: Controller> Inner<C> {
                 stream,
                 cors,
             };
-            if let Some(sender) = sender {
-                match sender.send(request).await {
-                    Ok(()) => return,
-                    Err(mpsc::error::SendError(request)) => expired(request),
+            let Some(sender) = sender else {
+                return expired(request);
+            };
+            match sender.try_send(request) {
+                Ok(()) => {}
+                // Requests pile up while a command runs: a few wait, more are told
+                // to come again (nothing to say yet) instead of holding sockets.
+                Err(mpsc::error::TrySendError::Full(request)) => {
+                    let id = id.to_string();
+                    respond(request, 204, Some(&id), String::new());
                 }
-            } else {
-                expired(request);
+                Err(mpsc::error::TrySendError::Closed(request)) => expired(request),
             }
             return;
         }
@@ -154,7 +159,13 @@ impl<C: Controller> Inner<C> {
             session.close(DisconnectReason::SERVER_RESTART);
         }
         COUNTERS.poll_clients.inc();
-        let mut wire = Poll::new(id.clone(), requests, config, self.config.max_pending_bytes);
+        let mut wire = Poll::new(
+            id.clone(),
+            session.clone(),
+            requests,
+            config,
+            self.config.max_pending_bytes,
+        );
         let _ = wire.feed(std::mem::take(&mut opened.welcome).into()).await;
         wire.attach(PollRequest {
             commands,
@@ -167,6 +178,7 @@ impl<C: Controller> Inner<C> {
             .await;
         bad_input.finish(session.log_id());
         self.polls.lock().remove(&id);
+        wire.answer();
         wire.expire_rest();
         drop(wire);
         drop(rx);
@@ -206,6 +218,7 @@ fn respond(request: PollRequest, status: u16, id: Option<&str>, body: String) {
 /// A session's requests as the session loop's wire.
 pub(super) struct Poll {
     id: String,
+    session: SessionRef,
     requests: mpsc::Receiver<PollRequest>,
     /// The request held open for what is to be sent, and until when.
     held: Option<(PollRequest, Instant)>,
@@ -215,6 +228,9 @@ pub(super) struct Poll {
     flush_at: Option<Instant>,
     /// Commands not yet handed to the session loop.
     commands: VecDeque<String>,
+    /// Commands were handed out since the last look: their replies are gathered for
+    /// a flush interval from when they are done.
+    handed_out: bool,
     /// When the session ends if no request comes.
     expires_at: Instant,
     config: PollConfig,
@@ -224,12 +240,15 @@ pub(super) struct Poll {
 impl Poll {
     fn new(
         id: String,
+        session: SessionRef,
         requests: mpsc::Receiver<PollRequest>,
         config: PollConfig,
         max_backlog: usize,
     ) -> Self {
         Poll {
             id,
+            session,
+            handed_out: false,
             requests,
             held: None,
             backlog: String::new(),
@@ -292,12 +311,22 @@ impl Wire for Poll {
     async fn next(&mut self) -> Option<Result<Message, WsError>> {
         loop {
             if let Some(command) = self.commands.pop_front() {
+                self.handed_out = true;
                 return Some(Ok(Message::Text(command.into())));
+            }
+            if std::mem::take(&mut self.handed_out)
+                && self.held.is_some()
+                && !self.backlog.is_empty()
+            {
+                self.flush_at = Some(Instant::now() + self.config.flush_interval);
             }
             let held_until = self.held.as_ref().map(|(_, until)| *until);
             let flush_at = self.flush_at;
             let expires_at = self.held.is_none().then_some(self.expires_at);
             tokio::select! {
+                // A newer request first: what is due goes to it, not to the one its
+                // client gave up on.
+                biased;
                 request = self.requests.recv() => match request {
                     Some(request) => self.attach(request),
                     None => return None,
@@ -315,7 +344,12 @@ impl Wire for Poll {
             return Ok(());
         }
         if self.backlog.len() + frame.len() > self.max_backlog {
-            return Err(WsError::AttackAttempt);
+            // Cut as a socket that cannot keep up is: told, with its next poll.
+            self.session.too_slow(format_args!(
+                "{} bytes waiting for its next poll",
+                self.backlog.len() + frame.len()
+            ));
+            return Ok(());
         }
         self.backlog.push_str(frame.as_str());
         self.backlog.push('\n');
@@ -335,8 +369,15 @@ impl Wire for Poll {
                 .push_str(&protocol::disconnect(&reason.reason, reason.reconnect));
             self.backlog.push('\n');
         }
-        if self.held.is_none() && !self.backlog.is_empty() {
-            // Its last words wait for its next poll, within the keepalive timeout.
+        // A newer request that came meanwhile takes the last words.
+        while let Ok(request) = self.requests.try_recv() {
+            self.attach(request);
+        }
+        let told_to_stay_away = matches!(closing, Closing::Told(r) if !r.reconnect);
+        if self.held.is_none() && told_to_stay_away {
+            // Only then do its last words wait for its next poll (within the keepalive
+            // timeout): a client that is to come back learns the same from
+            // `session_expired`, and a shutdown does not wait for it.
             if let Ok(Some(request)) =
                 tokio::time::timeout(self.config.keepalive_timeout, self.requests.recv()).await
             {
