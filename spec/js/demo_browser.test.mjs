@@ -7,11 +7,9 @@ import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join, dirname } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { chromium } from 'playwright-core'
-import { freePort, sleep } from './support.mjs'
+import { freePort, sleep, launchChromium } from './support.mjs'
 
 const DEMO = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'demo')
-const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium'
 
 let puma
 let browser
@@ -42,13 +40,7 @@ before(async () => {
     } catch {}
     await sleep(100)
   }
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    args: [
-      '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync'
-    ]
-  })
+  browser = await launchChromium()
 })
 
 after(async () => {

@@ -5,23 +5,15 @@
 // gets what it missed meanwhile from the history: every broadcast once, in order.
 import { test, before, after } from 'node:test'
 import assert from 'node:assert/strict'
-import { chromium } from 'playwright-core'
-import { startPuma, broadcast, sleep } from './support.mjs'
+import { startPuma, broadcast, sleep, launchChromium } from './support.mjs'
 
-const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium'
 
 let server
 let browser
 
 before(async () => {
   server = await startPuma({ ANYCABLE_SSE: 'true', ANYCABLE_BROKER: 'memory', ANYCABLE_MAX_CONN_AGE: '2' })
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    args: [
-      '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync'
-    ]
-  })
+  browser = await launchChromium()
 })
 
 after(async () => {

@@ -93,6 +93,18 @@ export async function startPuma(env = {}, { port } = {}) {
   }
 }
 
+// Debian's Chromium, headless (CHROMIUM_PATH to use another).
+export async function launchChromium() {
+  let { chromium } = await import('playwright-core')
+  return chromium.launch({
+    executablePath: process.env.CHROMIUM_PATH || '/usr/bin/chromium',
+    args: [
+      '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync'
+    ]
+  })
+}
+
 export function sleep(ms) {
   return new Promise(resolve => setTimeout(resolve, ms))
 }

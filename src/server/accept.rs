@@ -154,53 +154,40 @@ impl<C: Controller> Inner<C> {
             return;
         }
         if self.config.sse_path.as_deref() == Some(path) {
-            let body = if head.method == "POST" {
-                let read =
-                    endpoints::read_body(&mut stream, &head, rest, crate::http::events::MAX_BODY);
-                match timeout(self.config.handshake_timeout, read).await {
-                    Ok(Ok(body)) => body,
-                    Ok(Err(status)) => {
-                        let why = if status == 413 {
-                            "Payload too large"
-                        } else {
-                            "Bad request body"
-                        };
-                        let allowed =
-                            crate::http::origin::request_allowed(&head, &self.config.origins);
-                        let response =
-                            crate::http::events::refusal_response(&head, allowed, status, why);
-                        let _ = stream.write_all(response.as_bytes()).await;
-                        linger_close(stream).await;
-                        return;
-                    }
-                    Err(_) => return,
-                }
-            } else {
-                Vec::new()
+            let refuse = |head: &RequestHead, allowed, status| {
+                let why = if status == 413 {
+                    "Payload too large"
+                } else {
+                    "Bad request body"
+                };
+                crate::http::events::refusal_response(head, allowed, status, why)
+            };
+            let max = crate::http::events::MAX_BODY;
+            let Some(body) = self
+                .read_post_body(&mut stream, &head, rest, max, refuse)
+                .await
+            else {
+                return;
             };
             drop(handshake); // from here on it counts as a connection
             return self.serve_events(stream, head, body, Some(peer), 0).await;
         }
-        if self.config.poll.as_ref().is_some_and(|p| p.path == path) {
-            let max = self.config.poll.as_ref().map_or(0, |p| p.max_request_size);
-            let body = if head.method == "POST" {
-                let read = endpoints::read_body(&mut stream, &head, rest, max);
-                match timeout(self.config.handshake_timeout, read).await {
-                    Ok(Ok(body)) => body,
-                    Ok(Err(status)) => {
-                        let allowed =
-                            crate::http::origin::request_allowed(&head, &self.config.origins);
-                        let cors = crate::http::origin::cors_headers(&head, allowed);
-                        let response =
-                            crate::http::poll::response(status, None, &cors, "Bad request body");
-                        let _ = stream.write_all(response.as_bytes()).await;
-                        linger_close(stream).await;
-                        return;
-                    }
-                    Err(_) => return,
-                }
-            } else {
-                Vec::new()
+        if let Some(max) = self
+            .config
+            .poll
+            .as_ref()
+            .filter(|p| p.path == path)
+            .map(|p| p.max_request_size)
+        {
+            let refuse = |head: &RequestHead, allowed, status| {
+                let cors = crate::http::origin::cors_headers(head, allowed);
+                crate::http::poll::response(status, None, &cors, "Bad request body")
+            };
+            let Some(body) = self
+                .read_post_body(&mut stream, &head, rest, max, refuse)
+                .await
+            else {
+                return;
             };
             drop(handshake); // from here on it counts as a connection
             return self.serve_poll(stream, head, body, Some(peer), 0).await;
@@ -273,6 +260,64 @@ impl<C: Controller> Inner<C> {
 impl<C: Controller> Inner<C> {
     /// 503 for a socket over ANYCABLE_MAX_CONN: an upgrade (`head_sent`), or one that
     /// has not sent its request yet.
+    /// The body of an HTTP transport's POST (none for another method), at most `max`
+    /// bytes; `None` when it could not be read (the client was told, by `refuse`, when
+    /// it sent a bad one).
+    async fn read_post_body(
+        &self,
+        stream: &mut TcpStream,
+        head: &RequestHead,
+        rest: Vec<u8>,
+        max: usize,
+        refuse: impl Fn(&RequestHead, bool, u16) -> String,
+    ) -> Option<Vec<u8>> {
+        if head.method != "POST" {
+            return Some(Vec::new());
+        }
+        let read = endpoints::read_body(stream, head, rest, max);
+        match timeout(self.config.handshake_timeout, read).await {
+            Ok(Ok(body)) => Some(body),
+            Ok(Err(status)) => {
+                let allowed = crate::http::origin::request_allowed(head, &self.config.origins);
+                let _ = stream
+                    .write_all(refuse(head, allowed, status).as_bytes())
+                    .await;
+                linger_close(stream).await;
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// Whether an HTTP transport may open a session now: not while shutting down (the
+    /// client gets `shutting_down`), nor over ANYCABLE_MAX_CONN (503). Else the Rack
+    /// env of a refused hand-over is released.
+    pub(super) async fn room_for_session(
+        &self,
+        stream: &mut TcpStream,
+        shutting_down: &str,
+        env_token: u64,
+    ) -> bool {
+        if self.shutting_down.load(Ordering::Acquire) {
+            let _ = stream.write_all(shutting_down.as_bytes()).await;
+        } else if self.config.max_conn > 0
+            && self.pending_callbacks.load(Ordering::Acquire) >= self.config.max_conn
+        {
+            self.refuse_over_max_conn(stream, true).await;
+        } else {
+            return true;
+        }
+        self.abandon_env(env_token);
+        false
+    }
+
+    /// A hand-over that will not reach the app's `connect`: its Rack env released.
+    pub(super) fn abandon_env(&self, env_token: u64) {
+        if env_token != 0 {
+            self.controller.handoff_abandoned(env_token);
+        }
+    }
+
     pub(super) async fn refuse_over_max_conn(&self, stream: &mut TcpStream, head_sent: bool) {
         COUNTERS.refused_conn.inc();
         let open = self.pending_callbacks.load(Ordering::Acquire);
@@ -348,7 +393,7 @@ impl<C: Controller> EndpointHandle for Inner<C> {
 /// Ends a connection whose request body was not read (refused): the writing side
 /// first, then what the client still sends is read away for a moment, so that the
 /// close does not reset the connection before the client has read the answer.
-async fn linger_close(mut stream: TcpStream) {
+async fn linger_close(stream: &mut TcpStream) {
     let _ = stream.shutdown().await;
     let mut scratch = [0u8; 4096];
     let _ = timeout(Duration::from_secs(1), async {

@@ -50,20 +50,13 @@ impl<C: Controller> Inner<C> {
         };
         drop(body);
         let Some(request) = answer else {
-            self.abandon(env_token);
+            self.abandon_env(env_token);
             return;
         };
-        if self.shutting_down.load(Ordering::Acquire) {
-            let _ = stream
-                .write_all(refuse(503, "Shutting down").as_bytes())
-                .await;
-            self.abandon(env_token);
-            return;
-        }
-        let open = self.pending_callbacks.load(Ordering::Acquire);
-        if self.config.max_conn > 0 && open >= self.config.max_conn {
-            self.refuse_over_max_conn(&mut stream, true).await;
-            self.abandon(env_token);
+        if !self
+            .room_for_session(&mut stream, &refuse(503, "Shutting down"), env_token)
+            .await
+        {
             return;
         }
         let pending = Pending::new(&self);
@@ -223,12 +216,6 @@ impl<C: Controller> Inner<C> {
             tokio::time::timeout(self.config.write_timeout, started).await,
             Ok(Ok(true))
         )
-    }
-
-    fn abandon(&self, env_token: u64) {
-        if env_token != 0 {
-            self.controller.handoff_abandoned(env_token);
-        }
     }
 }
 

@@ -117,16 +117,11 @@ impl<C: Controller> Inner<C> {
             }
             return;
         }
-        if self.shutting_down.load(Ordering::Acquire) {
-            let response = poll::response(503, None, &cors, "Shutting down");
-            let _ = stream.write_all(response.as_bytes()).await;
-            self.abandon_env(env_token);
-            return;
-        }
-        let open = self.pending_callbacks.load(Ordering::Acquire);
-        if self.config.max_conn > 0 && open >= self.config.max_conn {
-            self.refuse_over_max_conn(&mut stream, true).await;
-            self.abandon_env(env_token);
+        let shutting_down = poll::response(503, None, &cors, "Shutting down");
+        if !self
+            .room_for_session(&mut stream, &shutting_down, env_token)
+            .await
+        {
             return;
         }
         let pending = Pending::new(&self);
@@ -188,12 +183,6 @@ impl<C: Controller> Inner<C> {
         }
         self.finish(&mut opened).await;
         drop(pending);
-    }
-
-    fn abandon_env(&self, env_token: u64) {
-        if env_token != 0 {
-            self.controller.handoff_abandoned(env_token);
-        }
     }
 }
 
