@@ -11,6 +11,7 @@ use crate::auth::streams::StreamsConfig;
 use crate::broker::seal::SealKey;
 use crate::broker::HistoryConfig;
 pub use crate::broker::{BrokerKind, Replicas};
+pub use crate::http::ds::DsConfig;
 use crate::http::origin::OriginPolicy;
 pub use crate::http::poll::PollConfig;
 use crate::pubsub::PubSubConfig;
@@ -76,6 +77,8 @@ pub struct ServerConfig {
     pub sse_path: Option<String>,
     /// Long polling (`ANYCABLE_POLL`, AnyCable Pro's `/lp`): `None` off.
     pub poll: Option<PollConfig>,
+    /// Durable Streams reads (`ANYCABLE_DS`, AnyCable's `/ds`): `None` off.
+    pub ds: Option<DsConfig>,
     /// Prometheus text at this path on the own port (`ANYCABLE_METRICS_HTTP`).
     pub metrics_path: Option<String>,
     /// `ANYCABLE_METRICS_TOKEN`: the metrics answer only `Authorization: Bearer
@@ -140,6 +143,7 @@ impl Default for ServerConfig {
             broadcast_key: None,
             sse_path: None,
             poll: None,
+            ds: None,
             metrics_path: None,
             metrics_tags: Vec::new(),
             metrics_token: None,
@@ -156,6 +160,9 @@ impl Default for ServerConfig {
 impl ServerConfig {
     /// Refuses settings that cannot work together.
     pub fn check(&self) -> Result<(), String> {
+        if self.ds.is_some() && self.history.is_none() {
+            return Err("ds reads streams from the broker's history: it needs a broker (ANYCABLE_BROKER=memory or nats)".into());
+        }
         if self.broker == BrokerKind::Nats
             && self.history.is_some()
             && !matches!(self.pubsub, Some(PubSubConfig::Nats { .. }))

@@ -35,6 +35,16 @@ pub struct Counters {
     pub sse_clients: IntGauge,
     /// Long-polling sessions now (`/lp`); counted in clients too.
     pub poll_clients: IntGauge,
+    /// Durable Streams reads (`/ds`, GET and HEAD).
+    pub ds_requests: IntCounter,
+    /// Durable Streams long-polls that waited for a message.
+    pub ds_poll_requests: IntCounter,
+    /// Durable Streams SSE reads.
+    pub ds_sse_requests: IntCounter,
+    /// Durable Streams long-polls waiting now; counted in clients too.
+    pub ds_poll_clients: IntGauge,
+    /// Durable Streams SSE reads streaming now; counted in clients too.
+    pub ds_sse_clients: IntGauge,
 }
 
 fn counter(name: &str, help: &str) -> IntCounter {
@@ -100,6 +110,28 @@ pub static COUNTERS: LazyLock<Counters> = LazyLock::new(|| Counters {
         "The number of active long polling clients",
     )
     .expect("valid metric name"),
+    ds_requests: counter(
+        "anycable_go_ds_requests_total",
+        "The total number of Durable Streams read requests",
+    ),
+    ds_poll_requests: counter(
+        "anycable_go_ds_poll_requests_total",
+        "The total number of Durable Streams long-poll requests",
+    ),
+    ds_sse_requests: counter(
+        "anycable_go_ds_sse_requests_total",
+        "The total number of Durable Streams SSE requests",
+    ),
+    ds_poll_clients: IntGauge::new(
+        "anycable_go_ds_poll_clients_num",
+        "The number of active Durable Streams long-poll clients",
+    )
+    .expect("valid metric name"),
+    ds_sse_clients: IntGauge::new(
+        "anycable_go_ds_sse_clients_num",
+        "The number of active Durable Streams SSE clients",
+    )
+    .expect("valid metric name"),
 });
 
 /// Gauges read at render time.
@@ -135,12 +167,17 @@ pub fn render(snapshot: Snapshot, tags: &[(String, String)], extra: Vec<MetricFa
         &c.refused_conn,
         &c.expired_conn,
         &c.restored_sessions,
+        &c.ds_requests,
+        &c.ds_poll_requests,
+        &c.ds_sse_requests,
     ]
     .iter()
     .flat_map(|counter| counter.collect())
     .collect();
     families.extend(c.sse_clients.collect());
     families.extend(c.poll_clients.collect());
+    families.extend(c.ds_poll_clients.collect());
+    families.extend(c.ds_sse_clients.collect());
     families.extend(gauge(
         "anycable_go_clients_num",
         "The number of active clients",

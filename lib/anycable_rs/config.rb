@@ -161,6 +161,16 @@ module AnyCableRs
       poll_flush_interval: 500,
       poll_keepalive_timeout: 5,
       poll_max_request_size: 65_536,
+      # Durable Streams reads (GET/HEAD <ds_path>/<stream>, on Puma's port and the own
+      # port; AnyCable's /ds): a stream's history from an offset, at once, held for
+      # ds_poll_interval seconds (long-poll) or followed as SSE for ds_sse_ttl seconds.
+      # Needs a broker. The stream's signed name (?signed= or X-Signed) authorizes a
+      # read; with ds_skip_auth the reader is not identified (no JWT, no connect).
+      ds: false,
+      ds_path: "/ds",
+      ds_skip_auth: false,
+      ds_poll_interval: 10,
+      ds_sse_ttl: 60,
       # "none" turns presets (Fly.io) off.
       presets: nil,
       # Fly.io: the name of the app that runs the WebSocket servers (and NATS), for
@@ -356,6 +366,10 @@ module AnyCableRs
       @blank_secrets = SECRET_KEYS.select { |key| (v = public_send(key)).is_a?(String) && v.strip.empty? }
       @blank_secrets.each { |key| instance_variable_set(:"@#{key}", nil) }
       @rpc_pool_size ||= default_pool_size
+      if ds && broker == "none"
+        raise ArgumentError, "anycable-rs: ANYCABLE_DS reads streams from the broker's history and needs " \
+          "ANYCABLE_BROKER=memory or nats"
+      end
       if broker == "nats" && broadcast_adapter != "nats"
         raise ArgumentError, "anycable-rs: ANYCABLE_BROKER=nats keeps stream history in NATS JetStream and needs " \
           "ANYCABLE_BROADCAST_ADAPTER=nats (or ANYCABLE_EMBED_NATS=true); broadcast_adapter is #{broadcast_adapter.inspect}"
@@ -373,6 +387,8 @@ module AnyCableRs
         sse_path: sse ? sse_path : nil,
         poll_path: poll ? poll_path : nil, poll_interval: poll_interval.to_f, poll_flush_interval: poll_flush_interval,
         poll_keepalive_timeout: poll_keepalive_timeout.to_f, poll_max_request_size: poll_max_request_size,
+        ds_path: ds ? ds_path : nil, ds_skip_auth: ds_skip_auth, ds_poll_interval: ds_poll_interval.to_f,
+        ds_sse_ttl: ds_sse_ttl.to_f,
         broadcast_adapter: broadcast_adapter, nats_servers: nats_servers, nats_channel: nats_channel,
         nats_nkey_seed: nats_nkey_seed, nats_credentials: nats_credentials,
         redis_url: redis_url, redis_channel: redis_channel,
@@ -481,14 +497,14 @@ module AnyCableRs
 
       case key
       when :embedded, :disable_disconnect, :retain_env, :metrics_on_puma_port, :embed_nats, :public_streams, :sse, :poll,
-        :streams_whisper, :streams_presence, :turbo_streams, :enforce_jwt
+        :ds, :ds_skip_auth, :streams_whisper, :streams_presence, :turbo_streams, :enforce_jwt
         value.is_a?(String) ? %w[1 true yes on].include?(value.strip.downcase) : !!value
       when :port, :rpc_pool_size, :worker_threads, :max_message_size, :max_pending_bytes, :queue_size, :max_conn,
         :jwt_ttl, :history_limit, :history_max_bytes, :sessions_max_bytes, :max_subscriptions, :max_identifier_size,
         :whispers_per_second, :max_callback_jobs, :poll_flush_interval, :poll_max_request_size
         integer(key, value)
       when :ping_interval, :write_timeout, :shutdown_timeout, :max_conn_age, :pong_timeout, :history_ttl, :sessions_ttl,
-        :presence_ttl, :poll_interval, :poll_keepalive_timeout
+        :presence_ttl, :poll_interval, :poll_keepalive_timeout, :ds_poll_interval, :ds_sse_ttl
         number(key, value)
       when :broker
         coerce_broker(value)
@@ -500,8 +516,8 @@ module AnyCableRs
         end
 
         replicas.to_i
-      when :sse_path, :poll_path
-        path = value.to_s.strip
+      when :sse_path, :poll_path, :ds_path
+        path = value.to_s.strip.chomp("/")
         raise ArgumentError, "anycable-rs: #{key} must be a path such as /events, got #{value.inspect}" unless path.start_with?("/")
 
         path
@@ -545,6 +561,8 @@ module AnyCableRs
       if n.negative? && %i[pong_timeout history_ttl sessions_ttl presence_ttl poll_interval poll_keepalive_timeout].include?(key)
         raise ArgumentError, "anycable-rs: #{key} must not be negative, got #{value.inspect}"
       end
+      raise ArgumentError, "anycable-rs: #{key} must be positive, got #{value.inspect}" if !n.positive? && %i[ds_poll_interval ds_sse_ttl].include?(key)
+
       n
     end
 

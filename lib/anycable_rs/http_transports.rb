@@ -4,14 +4,16 @@ module AnyCableRs
   # The HTTP transports on Puma's port, handed to the Rust server with their Rack env
   # (for the app's `connect`: its cookies, and what middleware put there, such as
   # Warden's user): AnyCable's Server-Sent Events (ANYCABLE_SSE, GET/POST at
-  # ANYCABLE_SSE_PATH, default /events) and long polling (ANYCABLE_POLL, POST at
-  # ANYCABLE_POLL_PATH, default /lp). It sits at the end of the app's middleware, as the
+  # ANYCABLE_SSE_PATH, default /events), long polling (ANYCABLE_POLL, POST at
+  # ANYCABLE_POLL_PATH, default /lp) and Durable Streams reads (ANYCABLE_DS, GET/HEAD
+  # below ANYCABLE_DS_PATH, default /ds). It sits at the end of the app's middleware, as the
   # mounted Action Cable server does. The rules (Origin, methods, sizes, statuses) are
   # the server's, one implementation for both ports; other methods at these paths stay
   # the app's.
   class HttpTransports
     EVENTS_METHODS = %w[GET POST OPTIONS].freeze
     POLL_METHODS = %w[POST OPTIONS].freeze
+    DS_METHODS = %w[GET HEAD OPTIONS].freeze
 
     def initialize(app)
       @app = app
@@ -27,6 +29,8 @@ module AnyCableRs
         AnyCableRs.runtime.handoff_events(env)
       elsif config.poll && path == config.poll_path && POLL_METHODS.include?(method)
         AnyCableRs.runtime.handoff_poll(env)
+      elsif config.ds && DS_METHODS.include?(method) && path.start_with?("#{config.ds_path}/")
+        AnyCableRs.runtime.handoff_ds(env)
       else
         @app.call(env)
       end

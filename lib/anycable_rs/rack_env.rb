@@ -141,7 +141,8 @@ module AnyCableRs
     HANDSHAKE_HEADERS = %w[
       upgrade connection sec-websocket-key sec-websocket-version sec-websocket-protocol
       sec-websocket-extensions origin host x-forwarded-ssl x-forwarded-scheme x-forwarded-proto
-      x-anycable-restore-sid last-event-id sec-fetch-site x-anycable-poll-id
+      x-anycable-restore-sid last-event-id sec-fetch-site x-anycable-poll-id x-signed if-none-match
+      access-control-request-headers
     ].to_h { |name| [name, "HTTP_#{name.upcase.tr("-", "_")}"] }.freeze
 
     # The request reached this server over TLS (Puma terminating it).

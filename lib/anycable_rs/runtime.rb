@@ -164,6 +164,12 @@ module AnyCableRs
       hand_over(env, transport: "poll", body: body)
     end
 
+    # A Durable Streams read (below ANYCABLE_DS_PATH): the socket to the Rust server,
+    # which authorizes and serves it.
+    def handoff_ds(env)
+      hand_over(env, transport: "ds")
+    end
+
     def logger
       AnyCableRs.logger
     end

@@ -273,6 +273,14 @@ impl History {
             .collect())
     }
 
+    /// The stream's last offset (0: none given out, or forgotten).
+    pub fn tail(&self, stream: &str) -> u64 {
+        self.shard(stream)
+            .lock()
+            .get(stream)
+            .map_or(0, |h| h.last_offset)
+    }
+
     /// The messages stored at or after `since` (unix seconds), oldest first; none for
     /// an unknown stream (not an error, as AnyCable's).
     pub fn since(&self, stream: &str, since: u64) -> Vec<Entry> {

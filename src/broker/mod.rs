@@ -88,6 +88,14 @@ impl HistoryReader<'_> {
         }
     }
 
+    /// The offset of the stream's last message (0: none kept).
+    pub async fn tail(&self, stream: &str) -> Result<u64, HistoryError> {
+        match self {
+            HistoryReader::Memory(h) => Ok(h.tail(stream)),
+            HistoryReader::Stored(h) => h.tail(stream).await,
+        }
+    }
+
     /// The messages kept since `since` (unix seconds), oldest first.
     pub async fn since(&self, stream: &str, since: u64) -> Result<Vec<Entry>, HistoryError> {
         match self {

@@ -50,7 +50,7 @@ pub fn read_request(head: &RequestHead, body: &[u8]) -> Result<EventsRequest, Re
 }
 
 fn read_get(head: &RequestHead) -> Result<EventsRequest, Refusal> {
-    let params = query_params(&head.target);
+    let params = head.query_params();
     let param = |name: &str| {
         params
             .iter()
@@ -137,26 +137,6 @@ fn read_post(body: &[u8]) -> Result<EventsRequest, Refusal> {
         mode: EventMode::Envelope,
         commands,
     })
-}
-
-/// A query's `name=value` pairs, decoded as forms are (`+` is a space).
-fn query_params(target: &str) -> Vec<(String, String)> {
-    let Some((_, query)) = target.split_once('?') else {
-        return Vec::new();
-    };
-    let decode = |s: &str| {
-        percent_encoding::percent_decode_str(&s.replace('+', " "))
-            .decode_utf8_lossy()
-            .into_owned()
-    };
-    query
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|pair| match pair.split_once('=') {
-            Some((k, v)) => (decode(k), decode(v)),
-            None => (decode(pair), String::new()),
-        })
-        .collect()
 }
 
 /// The answer to a preflight (`OPTIONS`): a POST with JSON, a JWT header; CORS

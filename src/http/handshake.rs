@@ -90,23 +90,32 @@ pub fn switching_protocols(upgrade: &Upgrade) -> String {
 }
 
 pub fn plain_response(status: u16, body: &str) -> String {
-    let text = match status {
+    format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        status_text(status),
+        body.len()
+    )
+}
+
+/// The reason phrase of the statuses the server answers with.
+pub fn status_text(status: u16) -> &'static str {
+    match status {
         200 => "OK",
         201 => "Created",
+        204 => "No Content",
+        304 => "Not Modified",
         400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        410 => "Gone",
         413 => "Payload Too Large",
         422 => "Unprocessable Entity",
+        500 => "Internal Server Error",
         503 => "Service Unavailable",
         _ => "Error",
-    };
-    format!(
-        "HTTP/1.1 {status} {text}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
+    }
 }
 
 #[cfg(test)]

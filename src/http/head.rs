@@ -24,6 +24,26 @@ impl RequestHead {
         self.target.split('?').next().unwrap_or("")
     }
 
+    /// The query's `name=value` pairs in order, decoded as forms are (`+` is a space).
+    pub fn query_params(&self) -> Vec<(String, String)> {
+        let Some((_, query)) = self.target.split_once('?') else {
+            return Vec::new();
+        };
+        let decode = |s: &str| {
+            percent_encoding::percent_decode_str(&s.replace('+', " "))
+                .decode_utf8_lossy()
+                .into_owned()
+        };
+        query
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .map(|pair| match pair.split_once('=') {
+                Some((k, v)) => (decode(k), decode(v)),
+                None => (decode(pair), String::new()),
+            })
+            .collect()
+    }
+
     /// Rack's `Request#ssl?`: TLS on this connection, else what a proxy says
     /// (`X-Forwarded-Ssl: on`, `X-Forwarded-Scheme`, the first `X-Forwarded-Proto`).
     pub fn https(&self) -> bool {

@@ -8,9 +8,11 @@
 //! - [`frames`]: what the server sends, built.
 //! - [`broadcast`]: what publishers send (AnyCable's broadcast payload).
 //! - [`sse`]: the server's frames as Server-Sent Events.
+//! - [`ds`]: Durable Streams reads' offsets and bodies.
 
 pub mod broadcast;
 pub mod client;
+pub mod ds;
 pub mod frames;
 pub mod sse;
 
@@ -28,3 +30,19 @@ pub const PLAIN_PROTOCOL: &str = "actioncable-v1-json";
 /// doc adds (pongs from the client, `pong_timeout`, session restore). Commands such as
 /// `history` and `ping` are served on either protocol, as AnyCable does.
 pub const EXTENDED_PROTOCOL: &str = "actioncable-v1-ext-json";
+
+/// What the HTTP transports read of one of the server's frames to re-encode it: its
+/// type (none for a broadcast), the broadcast's message and its place in its stream.
+#[derive(serde::Deserialize)]
+pub(crate) struct ServerFrame<'a> {
+    #[serde(rename = "type", borrow, default)]
+    pub kind: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub message: Option<&'a serde_json::value::RawValue>,
+    #[serde(borrow, default)]
+    pub stream_id: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub epoch: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    pub offset: Option<u64>,
+}

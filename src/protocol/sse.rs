@@ -6,8 +6,7 @@
 //! `id: <offset>/<epoch>/<stream>` (AnyCable's order: what clients send back is
 //! parsed the same way), then a blank line.
 
-use serde::Deserialize;
-use serde_json::value::RawValue;
+use super::ServerFrame;
 
 /// What a client reads of each frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,24 +21,10 @@ pub enum EventMode {
     Raw,
 }
 
-#[derive(Deserialize)]
-struct Frame<'a> {
-    #[serde(rename = "type", borrow, default)]
-    kind: Option<std::borrow::Cow<'a, str>>,
-    #[serde(borrow, default)]
-    message: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    stream_id: Option<std::borrow::Cow<'a, str>>,
-    #[serde(borrow, default)]
-    epoch: Option<std::borrow::Cow<'a, str>>,
-    #[serde(default)]
-    offset: Option<u64>,
-}
-
 /// The frame `json` (one of ours) as an SSE event appended to `out`; nothing when the
 /// mode leaves it out. A frame that is not ours to parse goes out whole.
 pub fn encode_event(json: &str, mode: EventMode, out: &mut String) {
-    let Ok(frame) = serde_json::from_str::<Frame<'_>>(json) else {
+    let Ok(frame) = serde_json::from_str::<ServerFrame<'_>>(json) else {
         push_data(json, out);
         out.push('\n');
         return;

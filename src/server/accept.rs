@@ -64,8 +64,8 @@ impl<C: Controller> Inner<C> {
     }
 
     /// Takes over a socket whose request was already read (Rack hijack): an events
-    /// request (`ANYCABLE_SSE`) is streamed, a poll (`ANYCABLE_POLL`) taken, any other
-    /// upgraded. Call inside the runtime.
+    /// request (`ANYCABLE_SSE`) is streamed, a poll (`ANYCABLE_POLL`) taken, a stream
+    /// read (`ANYCABLE_DS`) served, any other upgraded. Call inside the runtime.
     pub(super) fn handoff(
         self: &Arc<Self>,
         stream: std::net::TcpStream,
@@ -95,6 +95,9 @@ impl<C: Controller> Inner<C> {
                 }
                 super::Handoff::Poll(body) if inner.config.poll.is_some() => {
                     inner.serve_poll(stream, head, body, peer, env_token).await
+                }
+                super::Handoff::Ds if inner.config.ds.is_some() => {
+                    inner.serve_ds(stream, head, peer, env_token).await
                 }
                 _ => inner.upgrade(stream, head, peer, env_token).await,
             }
@@ -191,6 +194,12 @@ impl<C: Controller> Inner<C> {
             };
             drop(handshake); // from here on it counts as a connection
             return self.serve_poll(stream, head, body, Some(peer), 0).await;
+        }
+        if let Some(ds) = &self.config.ds {
+            if crate::http::ds::is_ds_path(path, &ds.path) {
+                drop(handshake); // from here on it counts as a connection
+                return self.serve_ds(stream, head, Some(peer), 0).await;
+            }
         }
         if path != self.config.path {
             let _ = stream

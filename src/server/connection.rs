@@ -26,7 +26,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 use super::commands::Run;
-use super::lifecycle::Opened;
+use super::lifecycle::{OpenAs, Opened};
 use super::wire::Wire;
 use super::Inner;
 use crate::config::ServerConfig;
@@ -122,6 +122,15 @@ impl Deadlines {
     }
 }
 
+/// How a WebSocket of either protocol is identified.
+fn open_as(extended: bool) -> OpenAs {
+    if extended {
+        OpenAs::Extended
+    } else {
+        OpenAs::Plain
+    }
+}
+
 /// A deadline to sleep until (a disabled one is guarded off in `select!`).
 fn at(deadline: Option<Instant>) -> Instant {
     deadline.unwrap_or_else(Instant::now)
@@ -145,7 +154,7 @@ impl<C: Controller> Inner<C> {
         extended: bool,
     ) {
         let pending = Pending::new(&self);
-        let (mut opened, mut rx) = match self.open(head, peer, env_token, extended).await {
+        let (mut opened, mut rx) = match self.open(head, peer, env_token, open_as(extended)).await {
             Ok(opened) => opened,
             Err(refusal) => {
                 send_close(&mut ws, &Closing::Told(refusal)).await;

@@ -17,6 +17,7 @@ use tokio::net::TcpStream;
 
 use super::commands::Run;
 use super::connection::Pending;
+use super::lifecycle::OpenAs;
 use super::wire::{EventStream, Wire};
 use super::Inner;
 use crate::controller::Controller;
@@ -60,7 +61,10 @@ impl<C: Controller> Inner<C> {
             return;
         }
         let pending = Pending::new(&self);
-        let (mut opened, mut rx) = match self.open(head.clone(), peer, env_token, false).await {
+        let (mut opened, mut rx) = match self
+            .open(head.clone(), peer, env_token, OpenAs::Plain)
+            .await
+        {
             Ok(opened) => opened,
             Err(reason) => {
                 let status = status_for(&reason.reason);
@@ -232,7 +236,7 @@ fn reply_type(frame: &str) -> Option<String> {
 /// The status that refuses a client its connection was closed for `reason`: 401
 /// when it is not let in (a browser's EventSource then stops for good), 500 when
 /// the app failed, 503 for the rest (the server going away, say).
-fn status_for(reason: &str) -> u16 {
+pub(super) fn status_for(reason: &str) -> u16 {
     match reason {
         "unauthorized" | "token_expired" => 401,
         "server_error" => 500,

@@ -33,6 +33,18 @@ pub(super) struct Opened {
     pub(super) welcome: String,
 }
 
+/// How a new connection is identified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum OpenAs {
+    /// By a JWT, else the app's `connect`.
+    Plain,
+    /// The extended protocol: by a restore first.
+    Extended,
+    /// Not at all (Durable Streams reads with `ANYCABLE_DS_SKIP_AUTH`): what it reads
+    /// is authorized by the stream's signed name alone.
+    Anonymous,
+}
+
 impl<C: Controller> Inner<C> {
     /// Identifies a new connection: by a restore, a JWT or the app's `connect`. `Err`:
     /// it was refused, for the reason the client is to be told.
@@ -41,8 +53,9 @@ impl<C: Controller> Inner<C> {
         head: RequestHead,
         peer: Option<SocketAddr>,
         env_token: u64,
-        extended: bool,
+        how: OpenAs,
     ) -> Result<(Opened, Outbox), DisconnectReason> {
+        let extended = how == OpenAs::Extended;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         // Always ours: a client-chosen id (X-Request-ID) could collide with another
         // client's, and `exclude_socket` would then skip both.
@@ -64,6 +77,7 @@ impl<C: Controller> Inner<C> {
         let identified = match (&restored, refused) {
             (_, Some(reason)) => Some(Err(reason)),
             (Some(cached), None) => Some(Ok(cached.identifiers.clone())),
+            (None, None) if how == OpenAs::Anonymous => Some(Ok(None)),
             (None, None) => self.identify_by_jwt(&head, &session).map(|r| r.map(Some)),
         };
         let mut opened = Opened {

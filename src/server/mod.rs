@@ -23,6 +23,7 @@ mod accept;
 mod broadcasts;
 mod commands;
 mod connection;
+mod ds;
 mod events;
 mod lifecycle;
 mod link;
@@ -71,6 +72,8 @@ pub enum Handoff {
     Events(Vec<u8>),
     /// A long-polling request, with its body.
     Poll(Vec<u8>),
+    /// A Durable Streams read.
+    Ds,
 }
 
 /// What every connection task of one server shares.

@@ -26,6 +26,7 @@ use tokio_tungstenite::tungstenite::error::Error as WsError;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use super::connection::Pending;
+use super::lifecycle::OpenAs;
 use super::wire::Wire;
 use super::Inner;
 use crate::controller::Controller;
@@ -125,7 +126,7 @@ impl<C: Controller> Inner<C> {
             return;
         }
         let pending = Pending::new(&self);
-        let (mut opened, mut rx) = match self.open(head, peer, env_token, false).await {
+        let (mut opened, mut rx) = match self.open(head, peer, env_token, OpenAs::Plain).await {
             Ok(opened) => opened,
             Err(reason) => {
                 let status = if reason.reason == DisconnectReason::SERVER_ERROR.reason {

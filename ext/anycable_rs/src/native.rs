@@ -142,7 +142,7 @@ impl Native {
             tls: field("tls")?.to_bool(),
         };
         let env_token: u64 = TryConvert::try_convert(field("env_token")?)?;
-        // Server-Sent Events or a poll, with the body Rack read.
+        // Server-Sent Events or a poll, with the body Rack read; a stream read.
         let body = || -> Result<Vec<u8>, Error> {
             Ok(match Option::<RString>::try_convert(field("body")?)? {
                 // SAFETY: the bytes are copied before any Ruby code runs again.
@@ -154,6 +154,7 @@ impl Native {
             None | Some("websocket") => Handoff::WebSocket,
             Some("events") => Handoff::Events(body()?),
             Some("poll") => Handoff::Poll(body()?),
+            Some("ds") => Handoff::Ds,
             Some(other) => {
                 return Err(Error::new(
                     ruby.exception_arg_error(),

@@ -12,7 +12,7 @@ use anycable_core::auth::streams::{decode_hex, StreamsConfig};
 use anycable_core::auth::JwtConfig;
 use anycable_core::broker::seal::SealKey;
 use anycable_core::broker::HistoryConfig;
-use anycable_core::config::{BrokerKind, PollConfig, Replicas};
+use anycable_core::config::{BrokerKind, DsConfig, PollConfig, Replicas};
 use anycable_core::http::{OriginPolicy, OriginRule, RubyRegexp};
 use anycable_core::pubsub::{NatsLogin, PubSubConfig};
 use anycable_core::ServerConfig;
@@ -172,6 +172,17 @@ impl Settings {
                     max_request_size: o.get("poll_max_request_size")?,
                 };
                 path.map(|path| PollConfig { path, ..config })
+            },
+            ds: {
+                // Every key read, whether reads are on or not (unread keys are refused).
+                let path = o.opt::<String>("ds_path")?;
+                let config = DsConfig {
+                    path: String::new(),
+                    skip_auth: o.get("ds_skip_auth")?,
+                    poll_interval: o.secs("ds_poll_interval")?,
+                    sse_ttl: o.secs("ds_sse_ttl")?,
+                };
+                path.map(|path| DsConfig { path, ..config })
             },
             // Empty is unset (Ruby says so at boot): "" would match a missing header.
             broadcast_key: o.opt::<String>("broadcast_key")?.filter(|k| !k.is_empty()),

@@ -10,4 +10,6 @@ Rails.application.routes.draw do
   get "/stats" => "test#stats"
   get "/notifications" => "test#notifications"
   get "/sse_page" => "test#sse_page"
+  # Writes for the Durable Streams conformance tests (the server only reads streams).
+  match "/ds/*name" => "test#ds_write", via: %i[put post], format: false
 end

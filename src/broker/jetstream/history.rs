@@ -220,6 +220,12 @@ impl StoredHistory {
         }
     }
 
+    /// The offset (stream sequence) of the stream's last kept message; 0 for none.
+    pub async fn tail(&self, stream: &str) -> Result<u64, HistoryError> {
+        let last = self.last_for(&subject_for(stream)).await?;
+        Ok(last.map_or(0, |m| m.sequence))
+    }
+
     /// The messages stored at or after `since` (unix seconds), oldest first.
     pub async fn since(&self, stream: &str, since: u64) -> Result<Vec<Entry>, HistoryError> {
         if self.tail_answers().await {

@@ -21,6 +21,19 @@ class TestController < ActionController::Base
     render plain: AnyCableRs::JWT.encode({current_user: user, tab: "jwt"}, expires_at: expires_at)
   end
 
+  # PUT (create) or POST (append) /ds/<name>, for the Durable Streams conformance tests:
+  # each JSON item (an array's, one level down) broadcast to the public stream <name>,
+  # which ANYCABLE_DS then reads. Test-only: the server never takes writes.
+  def ds_write
+    body = request.raw_post
+    items = body.empty? ? [] : JSON.parse(body)
+    items = [items] unless items.is_a?(Array)
+    items.each { |item| ActionCable.server.broadcast("$public:#{params[:name]}", item) }
+    head(request.put? ? :created : :no_content)
+  rescue JSON::ParserError
+    head :bad_request
+  end
+
   def broadcast
     payload = JSON.parse(params.require(:payload))
     to_others = params[:to_others].present?
