@@ -165,9 +165,11 @@ module AnyCableRs
     end
 
     # A Durable Streams read (below ANYCABLE_DS_PATH): the socket to the Rust server,
-    # which authorizes and serves it.
+    # which authorizes and serves it. Its target is the path the middleware matched
+    # (PATH_INFO: an app mounted below a SCRIPT_NAME names the stream the same way).
     def handoff_ds(env)
-      hand_over(env, transport: "ds")
+      query = env["QUERY_STRING"].to_s
+      hand_over(env, transport: "ds", target: query.empty? ? env["PATH_INFO"] : "#{env["PATH_INFO"]}?#{query}")
     end
 
     def logger
@@ -190,7 +192,7 @@ module AnyCableRs
       body
     end
 
-    def hand_over(env, transport: nil, body: nil)
+    def hand_over(env, transport: nil, body: nil, target: nil)
       hijack = env["rack.hijack"]
       return [501, {"Content-Type" => "text/plain"}, ["This server does not support Rack hijack"]] unless hijack
 
@@ -204,7 +206,7 @@ module AnyCableRs
       RackEnv.compact!(env)
       token = stash_env(env)
       begin
-        native.handoff(io, {method: env["REQUEST_METHOD"], target: RackEnv.fullpath(env), transport: transport, body: body,
+        native.handoff(io, {method: env["REQUEST_METHOD"], target: target || RackEnv.fullpath(env), transport: transport, body: body,
                             headers: RackEnv.handshake_headers(env, native_read_headers), tls: RackEnv.tls?(env), env_token: token})
       rescue Exception # rubocop:disable Lint/RescueException
         take_env(token)

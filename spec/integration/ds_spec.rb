@@ -14,15 +14,7 @@ RSpec.describe "Durable Streams reads (real Puma)", type: :cable do
   with_puma(env: {"ANYCABLE_DS" => "true", "ANYCABLE_PORT" => PumaServer.free_port.to_s,
                   "ANYCABLE_BROKER" => "memory", "ANYCABLE_STREAMS_SECRET" => "streams-s3cret",
                   "ANYCABLE_DS_POLL_INTERVAL" => "2", "ANYCABLE_DS_SSE_TTL" => "3",
-                  "ANYCABLE_METRICS_HTTP" => "/metrics"})
-
-  def own_port
-    Integer(puma.env["ANYCABLE_PORT"])
-  end
-
-  def signed(name, secret = "streams-s3cret")
-    ActiveSupport::MessageVerifier.new(secret, digest: "SHA256", serializer: JSON).generate(name)
-  end
+                  "ANYCABLE_MAX_PENDING_BYTES" => "16384", "ANYCABLE_METRICS_HTTP" => "/metrics"})
 
   # One read of `name` (signed for it unless `signed:` says otherwise), as alice.
   def read(name, port: puma.port, who: "alice", method: :get, headers: {}, signed: signed(name), **params)
@@ -61,7 +53,8 @@ RSpec.describe "Durable Streams reads (real Puma)", type: :cable do
       tail = all["stream-next-offset"]
       expect(tail).to match(/\A0{19}3::\S+\z/)
       expect(read(stream, port: port).body).to eq(all.body) # no offset: from the start
-      expect(read(stream, port: port, offset: "-1", headers: {"If-None-Match" => all["etag"]}).code).to eq("304")
+      cached = read(stream, port: port, offset: "-1", headers: {"If-None-Match" => all["etag"]})
+      expect([cached.code, cached["content-type"], cached["etag"]]).to eq(["304", nil, all["etag"]])
 
       now = read(stream, port: port, offset: "now")
       expect([now.body, now["stream-next-offset"], now["cache-control"]]).to eq(["[]", tail, "no-store"])
@@ -128,6 +121,22 @@ RSpec.describe "Durable Streams reads (real Puma)", type: :cable do
     expect(late.next_event(timeout: 6)).to eq(:closed)
   end
 
+  it "keeps a reader that takes what it is sent, however much passes (MAX_PENDING_BYTES bounds only what waits)" do
+    stream = "ds_much"
+    reader = sse(stream, "now")
+    expect(reader.next_event.event).to eq("control")
+    text = "x" * 1000
+    # 40 KB through a read whose session may hold 16 KB waiting: each is taken as it comes.
+    40.times { |n| broadcast(stream, {"n" => n, "text" => text}) }
+    got = []
+    while got.size < 40
+      event = reader.next_event
+      expect(event).not_to eq(:closed), "the read ended after #{got.size} messages"
+      got.concat(event.json.map { |m| m["n"] }) if event.event == "data"
+    end
+    expect(got).to eq((0...40).to_a)
+  end
+
   it "refuses what it must, and says why" do
     broadcast("ds_secret", {"n" => 1})
     # The app's connect runs first: no cookie, no read.
@@ -136,6 +145,8 @@ RSpec.describe "Durable Streams reads (real Puma)", type: :cable do
     forged = read("ds_secret", signed: signed("ds_secret", "another-secret"), offset: "-1")
     expect([forged.code, forged.body]).to eq(["401", "the signed stream name did not verify"])
     expect(read("ds_secret", signed: nil, offset: "-1").code).to eq("401")
+    refused_head = read("ds_secret", signed: nil, method: :head)
+    expect([refused_head.code, refused_head.body]).to eq(["401", nil])
     # A token for one stream does not read another's history (AnyCable's reads the path's).
     other = read("ds_secret", signed: signed("ds_mine"), offset: "-1")
     expect([other.code, other.body]).to eq(["401", "the signed name is another stream's"])

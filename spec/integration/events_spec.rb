@@ -14,10 +14,6 @@ RSpec.describe "Server-Sent Events (real Puma)", type: :cable do
                   "ANYCABLE_BROKER" => "memory", "ANYCABLE_STREAMS_SECRET" => "streams-s3cret",
                   "ANYCABLE_PUBLIC_STREAMS" => "true", "ANYCABLE_METRICS_HTTP" => "/metrics"})
 
-  def own_port
-    Integer(puma.env["ANYCABLE_PORT"])
-  end
-
   def sse(target = "/events?channel=EchoChannel", port: puma.port, name: "alice", origin: "http://allowed.test",
     headers: {}, **opts)
     headers = (origin ? {"Origin" => origin} : {}).merge(headers)

@@ -24,6 +24,19 @@ module CableHelpers
 
   attr_reader :puma
 
+  # The node's own port (ANYCABLE_PORT, beside Puma's).
+  def own_port
+    Integer(puma.env["ANYCABLE_PORT"])
+  end
+
+  # A stream name signed as the app's helpers sign it (Rails' MessageVerifier, SHA256,
+  # JSON), with the specs' usual streams secret.
+  def signed(name, secret = "streams-s3cret")
+    require "active_support"
+    require "active_support/message_verifier"
+    ActiveSupport::MessageVerifier.new(secret, digest: "SHA256", serializer: JSON).generate(name)
+  end
+
   def cookies_for(name)
     res = puma.http(:get, "/login?name=#{name}")
     res.get_fields("set-cookie").map { |c| c.split(";").first }.join("; ")

@@ -96,6 +96,21 @@ impl HistoryReader<'_> {
         }
     }
 
+    /// A read after `offset` of `stream`, which [`HistoryReader::from`] refused as gone,
+    /// has in fact missed nothing: every message of the stream was dropped, none of them
+    /// after `offset` (a reader at the end of a stream quiet for longer than the
+    /// history's ttl). JetStream keeps no trace of a stream's last offset once its
+    /// messages are gone, so this is asked of the whole history stream. The memory
+    /// broker's [`History::from`] answers that case itself.
+    pub async fn missed_nothing(&self, stream: &str, offset: u64) -> Result<bool, HistoryError> {
+        match self {
+            HistoryReader::Memory(_) => Ok(false),
+            HistoryReader::Stored(h) => {
+                Ok(h.since(stream, 0).await?.is_empty() && h.kept_all_after(offset).await?)
+            }
+        }
+    }
+
     /// The messages kept since `since` (unix seconds), oldest first.
     pub async fn since(&self, stream: &str, since: u64) -> Result<Vec<Entry>, HistoryError> {
         match self {

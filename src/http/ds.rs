@@ -61,8 +61,6 @@ pub struct DsRequest {
     /// The stream's name as the path gives it.
     pub name: String,
     pub start: Start,
-    /// The `offset` parameter as sent (the catch-up's ETag names it).
-    pub offset: String,
     pub live: Live,
     /// A `HEAD`: the tail only.
     pub head_only: bool,
@@ -144,7 +142,6 @@ pub fn read_request(head: &RequestHead, prefix: &str) -> Result<DsRequest, Refus
     Ok(DsRequest {
         name,
         start,
-        offset: offset.unwrap_or("-1").to_string(),
         live: if head_only { Live::No } else { live },
         head_only,
         cursor: one("cursor")?.map(str::to_string),
@@ -155,16 +152,22 @@ pub fn read_request(head: &RequestHead, prefix: &str) -> Result<DsRequest, Refus
 }
 
 /// The headers a read's answer to this `Origin` carries: CORS for an allowed one,
-/// with the `Stream-*` headers readable by its page.
+/// with the `Stream-*` headers readable by its page; `Vary: Origin` on every answer
+/// (a shared cache must not hand one Origin's answer to another).
 pub fn cors(head: &RequestHead, allowed: bool) -> String {
-    let mut cors = cors_headers(head, allowed);
-    if !cors.is_empty() {
-        cors.push_str(
-            "Access-Control-Expose-Headers: Stream-Next-Offset, Stream-Cursor, \
-             Stream-Up-To-Date, Stream-Closed, ETag\r\n",
-        );
+    let cors = cors_headers(head, allowed);
+    if cors.is_empty() {
+        return "Vary: Origin\r\n".into();
     }
-    cors
+    format!(
+        "{cors}Access-Control-Expose-Headers: Stream-Next-Offset, Stream-Cursor, \
+         Stream-Up-To-Date, Stream-Closed, ETag\r\n"
+    )
+}
+
+/// The CORS headers let the page read the answer.
+fn cors_allows(cors: &str) -> bool {
+    cors.contains("Access-Control-Allow-Origin")
 }
 
 /// The answer to a preflight: reads, with the headers the page asks to send (the
@@ -172,7 +175,7 @@ pub fn cors(head: &RequestHead, allowed: bool) -> String {
 pub fn preflight(head: &RequestHead, cors: &str) -> String {
     let asked = head
         .header("access-control-request-headers")
-        .filter(|h| !cors.is_empty() && !h.contains(['\r', '\n']))
+        .filter(|h| cors_allows(cors) && !h.contains(['\r', '\n']))
         .map(|h| format!("Access-Control-Allow-Headers: {h}\r\n"))
         .unwrap_or_default();
     format!(
@@ -181,25 +184,36 @@ pub fn preflight(head: &RequestHead, cors: &str) -> String {
     )
 }
 
-/// A whole answer: `headers` are `Name: value\r\n` lines; a `HEAD` gets no body.
+/// A whole answer: `headers` are `Name: value\r\n` lines. A `HEAD`'s has no body
+/// (nor a length, which would be its GET's); a 204 or 304 has neither, nor a type (a
+/// cache would lay a 304's onto the answer it holds).
 pub fn response(status: u16, headers: &str, cors: &str, body: &str, head_only: bool) -> String {
-    let content_type = if status < 300 {
-        "application/json"
+    let content_type = match status {
+        204 | 304 => "",
+        200..=299 => "Content-Type: application/json\r\n",
+        _ => "Content-Type: text/plain\r\n",
+    };
+    let (length, body) = if head_only || matches!(status, 204 | 304) {
+        (String::new(), "")
     } else {
-        "text/plain"
+        (format!("Content-Length: {}\r\n", body.len()), body)
     };
     format!(
-        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nX-Content-Type-Options: nosniff\r\n\
-         {headers}{cors}Content-Length: {}\r\nConnection: close\r\n\r\n{}",
+        "HTTP/1.1 {status} {}\r\n{content_type}X-Content-Type-Options: nosniff\r\n\
+         {headers}{cors}{length}Connection: close\r\n\r\n{body}",
         status_text(status),
-        body.len(),
-        if head_only { "" } else { body }
     )
 }
 
-/// A refusal, readable by an allowed page.
-pub fn refusal(status: u16, cors: &str, reason: &str) -> String {
-    response(status, "Cache-Control: no-store\r\n", cors, reason, false)
+/// A refusal, readable by an allowed page (no body for a `HEAD`).
+pub fn refusal(status: u16, cors: &str, reason: &str, head_only: bool) -> String {
+    response(
+        status,
+        "Cache-Control: no-store\r\n",
+        cors,
+        reason,
+        head_only,
+    )
 }
 
 /// The head of an SSE read.
@@ -283,9 +297,13 @@ mod tests {
         let allowed = cors(&head, true);
         assert!(allowed.contains("Expose-Headers: Stream-Next-Offset"));
         assert!(preflight(&head, &allowed).contains("Allow-Headers: x-signed"));
-        assert_eq!(cors(&head, false), "");
-        assert!(!preflight(&head, "").contains("Allow-Headers"));
+        assert_eq!(cors(&head, false), "Vary: Origin\r\n");
+        assert!(!preflight(&head, &cors(&head, false)).contains("Allow-Headers"));
         let answer = response(200, "Stream-Next-Offset: 0\r\n", "", "[]", true);
-        assert!(answer.ends_with("Content-Length: 2\r\nConnection: close\r\n\r\n"));
+        assert!(answer.ends_with("Stream-Next-Offset: 0\r\nConnection: close\r\n\r\n"));
+        let full = response(200, "", "", "[]", false);
+        assert!(full.ends_with("Content-Length: 2\r\nConnection: close\r\n\r\n[]"));
+        let none = response(304, "ETag: \"x\"\r\n", "", "", false);
+        assert!(!none.contains("\nContent-"), "{none}");
     }
 }

@@ -78,6 +78,7 @@ impl<C: Controller> Inner<C> {
         let _ = stream.set_nodelay(true);
         let allowed = request_allowed(&head, &self.config.origins);
         let cors = ds::cors(&head, allowed);
+        let head_only = head.method == "HEAD";
         let request = match admit(&head, &config, allowed, &cors, peer) {
             Ok(request) => request,
             Err(answer) => {
@@ -87,7 +88,7 @@ impl<C: Controller> Inner<C> {
             }
         };
         COUNTERS.ds_requests.inc();
-        let shutting_down = ds::refusal(503, &cors, "Shutting down");
+        let shutting_down = ds::refusal(503, &cors, "Shutting down", head_only);
         if !self
             .room_for_session(&mut stream, &shutting_down, env_token)
             .await
@@ -105,7 +106,7 @@ impl<C: Controller> Inner<C> {
             Err(reason) => {
                 let status = status_for(&reason.reason);
                 let _ = stream
-                    .write_all(ds::refusal(status, &cors, &reason.reason).as_bytes())
+                    .write_all(ds::refusal(status, &cors, &reason.reason, head_only).as_bytes())
                     .await;
                 return;
             }
@@ -128,7 +129,7 @@ impl<C: Controller> Inner<C> {
                     session.log_id()
                 ));
                 let _ = stream
-                    .write_all(ds::refusal(401, &cors, why).as_bytes())
+                    .write_all(ds::refusal(401, &cors, why, head_only).as_bytes())
                     .await;
             }
         }
@@ -171,7 +172,12 @@ impl<C: Controller> Inner<C> {
         rx: &mut Outbox,
     ) {
         let Some(store) = self.broker.history().await else {
-            let answer = ds::refusal(503, read.cors, "the stream history is not reachable");
+            let answer = ds::refusal(
+                503,
+                read.cors,
+                "the stream history is not reachable",
+                read.request.head_only,
+            );
             let _ = stream.write_all(answer.as_bytes()).await;
             return;
         };
@@ -185,7 +191,7 @@ impl<C: Controller> Inner<C> {
                     );
                     ds::response(200, &headers, read.cors, "", true)
                 }
-                Err(why) => unavailable(read.cors, session, &why),
+                Err(why) => unavailable(read.cors, session, &why, true),
             };
             let _ = stream.write_all(answer.as_bytes()).await;
             return;
@@ -204,11 +210,13 @@ impl<C: Controller> Inner<C> {
         }
         let (entries, mut place) = match catch_up(&store, read.name, &read.request.start).await {
             Ok(caught) => caught,
+            Err((503, why)) => {
+                let answer = unavailable(read.cors, session, &why, false);
+                let _ = stream.write_all(answer.as_bytes()).await;
+                return;
+            }
             Err((status, why)) => {
-                if status == 503 {
-                    log::warn!("session {}: stream read failed: {why}", session.log_id());
-                }
-                let answer = ds::refusal(status, read.cors, &why);
+                let answer = ds::refusal(status, read.cors, &why, false);
                 let _ = stream.write_all(answer.as_bytes()).await;
                 return;
             }
@@ -228,7 +236,8 @@ impl<C: Controller> Inner<C> {
                 COUNTERS.ds_poll_clients.inc();
                 let mut closed = false;
                 let answer = tokio::select! {
-                    got = next_messages(rx, &mut place, &mut closed) => match got {
+                    biased;
+                    got = next_messages(rx, session, &mut place, &mut closed) => match got {
                         Some(messages) => Some(read.live_answer(&messages, &place, &cursor)),
                         None => Some(read.no_content(&place, &cursor)),
                     },
@@ -243,8 +252,10 @@ impl<C: Controller> Inner<C> {
             Live::Sse => {
                 COUNTERS.ds_sse_requests.inc();
                 COUNTERS.ds_sse_clients.inc();
-                self.follow(&mut rd, &mut wr, &read, entries, place, &cursor, rx)
-                    .await;
+                self.follow(
+                    &mut rd, &mut wr, &read, entries, place, &cursor, session, rx,
+                )
+                .await;
                 COUNTERS.ds_sse_clients.dec();
             }
         }
@@ -261,6 +272,7 @@ impl<C: Controller> Inner<C> {
         entries: Vec<Entry>,
         mut place: Place,
         cursor: &str,
+        session: &SessionRef,
         rx: &mut Outbox,
     ) {
         let mut out = ds::sse_head(read.cors);
@@ -283,7 +295,8 @@ impl<C: Controller> Inner<C> {
         let mut closed = false;
         loop {
             tokio::select! {
-                got = next_messages(rx, &mut place, &mut closed) => match got {
+                biased;
+                got = next_messages(rx, session, &mut place, &mut closed) => match got {
                     Some(messages) => {
                         let messages: Vec<&str> = messages.iter().map(String::as_str).collect();
                         control(&place, &mut out, &messages);
@@ -357,7 +370,11 @@ impl Read<'_> {
         if self.request.start == Start::Now {
             return self.messages_answer(entries, place, cursor);
         }
-        let etag = format!("\"{}:{}\"", self.request.offset, place.text());
+        let from = match &self.request.start {
+            Start::After { offset, epoch } => encode_offset(*offset, epoch),
+            _ => "-1".into(),
+        };
+        let etag = format!("\"{from}:{}\"", place.text());
         let mut headers = self.headers(place, cursor);
         headers.push_str(&format!("ETag: {etag}\r\n"));
         let cached = self
@@ -411,11 +428,16 @@ fn admit(
             peer.map(|p| p.to_string()).unwrap_or_default(),
             head.header("origin").unwrap_or("none, from another site")
         ));
-        return Err(ds::refusal(403, "", "origin not allowed"));
+        return Err(ds::refusal(
+            403,
+            "Vary: Origin\r\n",
+            "origin not allowed",
+            head.method == "HEAD",
+        ));
     }
     ds::read_request(head, &config.path).map_err(|refusal| {
         COUNTERS.failed_client_msg.inc();
-        ds::refusal(refusal.status, cors, &refusal.reason)
+        ds::refusal(refusal.status, cors, &refusal.reason, head.method == "HEAD")
     })
 }
 
@@ -427,7 +449,7 @@ async fn catch_up(
     start: &Start,
 ) -> Result<(Vec<Entry>, Place), (u16, String)> {
     let epoch = store.epoch();
-    let failed = |why: HistoryError| (503, format!("the stream history could not be read: {why}"));
+    let failed = |why: HistoryError| (503, why.to_string());
     let (entries, from) = match start {
         Start::Now => (Vec::new(), store.tail(stream).await.map_err(failed)?),
         Start::Beginning => {
@@ -450,10 +472,11 @@ async fn catch_up(
                 ))
             }
             Err(HistoryError::OffsetGone { .. } | HistoryError::UnknownStream)
-                if *theirs == epoch && quiet(store, stream).await =>
+                if *theirs == epoch
+                    && store.missed_nothing(stream, *offset).await.unwrap_or(false) =>
             {
-                // Nothing is kept any more (the stream was quiet past the history's
-                // ttl): nothing to replay, and the reader stays where it is.
+                // The stream was quiet past the history's ttl and the reader had it
+                // all: nothing to replay, and it stays where it is.
                 (Vec::new(), *offset)
             }
             Err(HistoryError::OffsetGone { .. } | HistoryError::UnknownStream) => {
@@ -469,17 +492,13 @@ async fn catch_up(
     Ok((entries, Place { offset, epoch }))
 }
 
-/// The history keeps no message of `stream`.
-async fn quiet(store: &HistoryReader<'_>, stream: &str) -> bool {
-    matches!(store.since(stream, 0).await, Ok(entries) if entries.is_empty())
-}
-
 /// The messages that come next (every one queued with the first), past `place`,
 /// which moves to the last of them; `None` once the session is closed (the server
 /// shutting down, the reader too slow, a remote disconnect: `closed`, which a batch
 /// that came with the close leaves for the next call).
 async fn next_messages(
     rx: &mut Outbox,
+    session: &SessionRef,
     place: &mut Place,
     closed: &mut bool,
 ) -> Option<Vec<String>> {
@@ -497,6 +516,9 @@ async fn next_messages(
         {
             match out {
                 Outbound::Frame(frame) => {
+                    // Off the session's waiting bytes once taken (what is written is
+                    // bounded by the write timeout), pings and skipped ones too.
+                    session.written(frame.len());
                     if let Some(message) = take(&frame, place) {
                         messages.push(message);
                     }
@@ -535,7 +557,13 @@ async fn gone(rd: &mut ReadHalf<'_>) {
     }
 }
 
-fn unavailable(cors: &str, session: &SessionRef, why: &HistoryError) -> String {
+/// A 503 for a history the broker could not read: why goes to the log only.
+fn unavailable(
+    cors: &str,
+    session: &SessionRef,
+    why: &dyn std::fmt::Display,
+    head_only: bool,
+) -> String {
     log::warn!("session {}: stream read failed: {why}", session.log_id());
-    ds::refusal(503, cors, "the stream history could not be read")
+    ds::refusal(503, cors, "the stream history could not be read", head_only)
 }

@@ -222,8 +222,23 @@ impl StoredHistory {
 
     /// The offset (stream sequence) of the stream's last kept message; 0 for none.
     pub async fn tail(&self, stream: &str) -> Result<u64, HistoryError> {
+        if self.tail_answers().await {
+            if let Some(entries) = self.recent.since(&self.epoch(), stream, 0) {
+                if let Some(last) = entries.last() {
+                    return Ok(last.offset);
+                }
+            }
+        }
         let last = self.last_for(&subject_for(stream)).await?;
         Ok(last.map_or(0, |m| m.sequence))
+    }
+
+    /// Nothing of any stream after `offset` has been dropped (by age or the byte cap,
+    /// which drop the oldest first): the history stream's first sequence is not past
+    /// `offset + 1`.
+    pub async fn kept_all_after(&self, offset: u64) -> Result<bool, HistoryError> {
+        let info = self.stream.get_info().await.map_err(unavailable)?;
+        Ok(info.state.first_sequence <= offset.saturating_add(1))
     }
 
     /// The messages stored at or after `since` (unix seconds), oldest first.
