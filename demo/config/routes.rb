@@ -3,5 +3,6 @@
 Rails.application.routes.draw do
   root "chat#show"
   post "/nickname" => "chat#nickname"
-  get "/actioncable.js" => "chat#client"
+  # The page's JS modules (@anycable/web, Turbo), from the demo's node_modules.
+  get "/vendor/*path" => "vendor#show", format: false
 end

@@ -1,5 +1,9 @@
-// The demo chat page in a real browser (Debian's Chromium): two people join, one
-// speaks, both see it. The page's socket is served by anycable-rs inside Puma.
+// The demo chat page in a real browser (Debian's Chromium): people join, see who is
+// online (presence) and who is typing (whispers), speak, follow the activity feed (Turbo
+// Streams over SSE) and the server's figures (/metrics); one drops its connection and
+// gets what was said meanwhile, once (the extended protocol's restore and history).
+// Screenshots land in SCREENSHOT_DIR when set. The page's socket is served by
+// anycable-rs inside Puma.
 import { test, before, after } from 'node:test'
 import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
@@ -51,7 +55,7 @@ after(async () => {
 })
 
 async function joinChat(nickname) {
-  let context = await browser.newContext()
+  let context = await browser.newContext({ viewport: { width: 1100, height: 800 } })
   let page = await context.newPage()
   await page.goto(base)
   await page.fill('input[name=nickname]', nickname)
@@ -60,21 +64,77 @@ async function joinChat(nickname) {
   return page
 }
 
-test('two browsers chat through the embedded server', async () => {
+// The texts of the page's list `selector`.
+function texts(page, selector) {
+  return page.$$eval(`${selector} li`, lis => lis.map(li => li.textContent))
+}
+
+async function waitForText(page, selector, text, timeout = 10000) {
+  await page.waitForFunction(
+    ([selector, text]) => [...document.querySelectorAll(`${selector} li`)].some(li => li.textContent.includes(text)),
+    [selector, text],
+    { timeout }
+  )
+}
+
+async function screenshot(page, name) {
+  let path = join(process.env.SCREENSHOT_DIR || dir, `demo-${name}.png`)
+  await page.screenshot({ path })
+  return path
+}
+
+test('two browsers: messages, who is online, who is typing, the activity feed, the server figures', async () => {
   let ann = await joinChat('ann')
   let ben = await joinChat('ben')
+  // Presence: each lists both (the server's set, joined under the cookie's nickname).
+  for (let [page, self, other] of [[ann, 'ann (you)', 'ben'], [ben, 'ben (you)', 'ann']]) {
+    await waitForText(page, '#online', self)
+    await waitForText(page, '#online', other)
+  }
+  // A whisper, browser to browser: ben types, ann sees it.
+  await ben.type('#body', 'hel', { delay: 50 })
+  await ann.waitForFunction(() => document.getElementById('typing').textContent === 'ben is typing…', null, {
+    timeout: 10000
+  })
+  await ben.fill('#body', '')
   await ann.fill('#body', 'hello from ann')
   await ann.press('#body', 'Enter')
   for (let page of [ann, ben]) {
-    await page.waitForFunction(
-      () => [...document.querySelectorAll('#messages li')].some(li => li.textContent === 'annhello from ann'),
-      null,
-      { timeout: 10000 }
-    )
+    await waitForText(page, '#messages', 'annhello from ann')
+    // The activity feed: a Turbo Stream the action broadcast, read over SSE.
+    await waitForText(page, '#activity', 'ann said 3 words')
   }
-  if (process.env.SCREENSHOT) await ben.screenshot({ path: process.env.SCREENSHOT })
+  await ben.waitForFunction(() => Number(document.getElementById('connections').textContent) >= 2, null, {
+    timeout: 10000
+  })
+  let shot = await screenshot(ben, 'chat')
+  assert.ok(shot)
   // The message was stored by the channel's action (ActiveRecord, in-process).
   let reloaded = await ben.context().newPage()
   await reloaded.goto(base)
   assert.match(await reloaded.textContent('#messages'), /hello from ann/)
+  await ann.context().close()
+  await ben.context().close()
+})
+
+test('a dropped connection comes back as the same session and gets what it missed, once', async () => {
+  let cid = await joinChat('cid')
+  let dee = await joinChat('dee')
+  await waitForText(cid, '#online', 'dee')
+  await cid.click('#drop')
+  await cid.waitForSelector('#status.offline')
+  await dee.fill('#body', 'said while cid was away')
+  await dee.press('#body', 'Enter')
+  await waitForText(dee, '#messages', 'said while cid was away')
+  assert.ok(!(await texts(cid, '#messages')).some(t => t.includes('while cid was away')))
+  await cid.waitForFunction(() => document.getElementById('status').textContent === 'connected (session restored)', null, {
+    timeout: 15000
+  })
+  await waitForText(cid, '#messages', 'deesaid while cid was away')
+  await screenshot(cid, 'after-drop')
+  await new Promise(resolve => setTimeout(resolve, 500))
+  let copies = (await texts(cid, '#messages')).filter(t => t === 'deesaid while cid was away')
+  assert.equal(copies.length, 1)
+  // Still online for the others after the drop (the page joined again on restore).
+  await waitForText(dee, '#online', 'cid')
 })
