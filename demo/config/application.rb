@@ -1,7 +1,7 @@
 # frozen_string_literal: true
 
 # The demo: a chat room served by Puma, its WebSockets by anycable-rs inside the same
-# process (ANYCABLE_EMBEDDED=true). The page uses the official @rails/actioncable client.
+# process (ANYCABLE_EMBEDDED=true). The page uses the official @anycable/web client.
 require "rails"
 require "active_record/railtie"
 require "action_controller/railtie"

@@ -135,6 +135,29 @@ test('a dropped connection comes back as the same session and gets what it misse
   await new Promise(resolve => setTimeout(resolve, 500))
   let copies = (await texts(cid, '#messages')).filter(t => t === 'deesaid while cid was away')
   assert.equal(copies.length, 1)
-  // Still online for the others after the drop (the page joined again on restore).
-  await waitForText(dee, '#online', 'cid')
+  // Once from the server too, not only once on the page (which drops a repeated id).
+  let received = await cid.evaluate(() => {
+    let li = [...document.querySelectorAll('#messages li')].find(li => li.textContent.includes('while cid was away'))
+    return window.chatFrames[li.dataset.id]
+  })
+  assert.equal(received, 1)
+  // Its own list is current again after the restore.
+  await waitForText(cid, '#online', 'cid (you)')
+  await waitForText(cid, '#online', 'dee')
+})
+
+test('a whisper cannot pass for a message, nor for a name that is not online', async () => {
+  let eve = await joinChat('eve')
+  let fay = await joinChat('fay')
+  await waitForText(fay, '#online', 'eve')
+  await eve.evaluate(() => {
+    let chat = window.chatForTests
+    chat.whisper({ nickname: 'fay', body: 'forged by eve', id: 999999 })
+    chat.whisper({ typing: 'nobody-online' })
+  })
+  await eve.fill('#body', 'real words')
+  await eve.press('#body', 'Enter')
+  await waitForText(fay, '#messages', 'evereal words')
+  assert.ok(!(await texts(fay, '#messages')).some(t => t.includes('forged by eve')))
+  assert.equal(await fay.textContent('#typing'), '')
 })

@@ -10,14 +10,21 @@ class VendorController < ActionController::Base
   skip_forgery_protection
 
   def show
-    root = Rails.root.join("node_modules").realpath
-    path = Rails.root.join("node_modules", params[:path].to_s)
-    file = path.exist? ? path.realpath : nil
-    allowed = file && file.extname == ".js" && file.file? &&
-      PACKAGES.any? { |pkg| file.to_s.start_with?("#{root}/#{pkg}/") }
-    return head(:not_found) unless allowed
+    file = module_file(params[:path].to_s)
+    return head(:not_found) unless file
 
     expires_in 1.hour, public: true
     send_file file, type: "text/javascript", disposition: "inline"
+  end
+
+  private
+
+  # The file, resolved (symlinks and `..` too), if it is a .js file of a listed package.
+  def module_file(path)
+    root = Rails.root.join("node_modules").realpath
+    file = Rails.root.join("node_modules", path).realpath
+    file if file.extname == ".js" && file.file? && PACKAGES.any? { |pkg| file.to_s.start_with?("#{root}/#{pkg}/") }
+  rescue ArgumentError, SystemCallError # a NUL byte, a missing file
+    nil
   end
 end

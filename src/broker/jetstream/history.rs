@@ -222,13 +222,6 @@ impl StoredHistory {
 
     /// The offset (stream sequence) of the stream's last kept message; 0 for none.
     pub async fn tail(&self, stream: &str) -> Result<u64, HistoryError> {
-        if self.tail_answers().await {
-            if let Some(entries) = self.recent.since(&self.epoch(), stream, 0) {
-                if let Some(last) = entries.last() {
-                    return Ok(last.offset);
-                }
-            }
-        }
         let last = self.last_for(&subject_for(stream)).await?;
         Ok(last.map_or(0, |m| m.sequence))
     }
