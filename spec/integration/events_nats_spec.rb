@@ -12,7 +12,8 @@ RSpec.describe "Server-Sent Events and Durable Streams reads on two nodes with t
   before(:all) do
     @nats = JetStreamServer.new.start
     env = {"ANYCABLE_BROKER" => "nats", "ANYCABLE_BROADCAST_ADAPTER" => "nats", "ANYCABLE_NATS_SERVERS" => @nats.url,
-           "ANYCABLE_SSE" => "true", "ANYCABLE_DS" => "true", "ANYCABLE_STREAMS_SECRET" => "streams-s3cret"}
+           "ANYCABLE_SSE" => "true", "ANYCABLE_DS" => "true", "ANYCABLE_STREAMS_SECRET" => "streams-s3cret",
+           "ANYCABLE_POLL" => "true", "ANYCABLE_POLL_FLUSH_INTERVAL" => "100"}
     @one = PumaServer.new(env: env).start
     @two = PumaServer.new(env: env.merge("DUMMY_DATABASE" => @one.env["DUMMY_DATABASE"])).start
     wait_for(timeout: 20) { [@one, @two].all? { |s| s.log.include?("NATS broker: JetStream stream anycable_history") } }
@@ -88,5 +89,25 @@ RSpec.describe "Server-Sent Events and Durable Streams reads on two nodes with t
     control = reader.next_event
     expect(control.json).to include("upToDate" => true)
     expect(control.json["streamNextOffset"]).to be > polled["stream-next-offset"]
+  end
+
+  it "gives a long-polling session on one node what the other broadcasts (its polls stay on its node)" do
+    lp = lambda do |server, lines, id: nil|
+      uri = URI("http://127.0.0.1:#{server.port}/lp")
+      request = Net::HTTP::Post.new(uri)
+      request["Cookie"] = cookies_for("alice")
+      request["X-Anycable-Poll-ID"] = id if id
+      request.body = lines.map { |l| JSON.generate(l) }.join("\n")
+      Net::HTTP.start(uri.host, uri.port, read_timeout: 20) { |http| http.request(request) }
+    end
+    opened = lp.call(@two, [{command: "subscribe", identifier: JSON.generate(channel: "EchoChannel")}])
+    expect(opened.body.split("\n").map { |l| JSON.parse(l)["type"] }).to eq(%w[welcome confirm_subscription])
+    id = opened["X-Anycable-Poll-ID"]
+    poll = Thread.new { lp.call(@two, [], id: id) }
+    sleep 0.5
+    post(@one, 5)
+    got = poll.value.body.split("\n").map { |l| JSON.parse(l) }
+    expect(got.map { |m| m["message"] }).to eq([{"n" => 5}])
+    expect(got.first["offset"]).to be_a(Integer) # its place in the history both nodes share
   end
 end

@@ -58,6 +58,12 @@ RSpec.describe AnyCableRs::Config do
   it "says which setting is wrong" do
     expect { config_from({"ANYCABLE_PORT" => "eighty"}) }.to raise_error(ArgumentError, /port must be an integer, got "eighty"/)
     expect { described_class.new(nope: 1) }.to raise_error(ArgumentError, /unknown anycable-rs settings: nope/)
+    # Durable Streams reads are reads of the broker's history: none, no reads.
+    expect { config_from({"ANYCABLE_DS" => "true"}) }.to raise_error(ArgumentError, /ANYCABLE_DS .* needs ANYCABLE_BROKER=memory or nats/)
+    expect { config_from({"ANYCABLE_DS" => "true", "ANYCABLE_BROKER" => "memory", "ANYCABLE_DS_SSE_TTL" => "0"}) }
+      .to raise_error(ArgumentError, /ds_sse_ttl must be positive/)
+    expect(config_from({"ANYCABLE_DS" => "true", "ANYCABLE_BROKER" => "memory", "ANYCABLE_DS_PATH" => "/streams/"}).ds_path)
+      .to eq("/streams")
   end
 
   it "refuses negative durations, and the native side refuses ones it cannot hold" do
