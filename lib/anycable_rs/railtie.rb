@@ -25,9 +25,9 @@ module AnyCableRs
       end
     end
 
-    # A restore sid (`/cable?sid=…`) restores a session without `connect`, and a JWT
-    # (`/cable?jid=…`, ANYCABLE_JWT_PARAM) identifies one: request log lines (Rails' and
-    # ours) show both filtered, as passwords.
+    # A restore sid (`/cable?sid=…`) restores a session without `connect`, a JWT
+    # (`/cable?jid=…`, ANYCABLE_JWT_PARAM) identifies one, a signed stream name reads a
+    # stream: request log lines (Rails' and ours) show them filtered, as passwords.
     initializer "anycable_rs.filter_sid" do |app|
       app.config.filter_parameters << /\Asid\z/
       # A reading of its own: AnyCableRs.config is read once, after the app's
@@ -38,6 +38,9 @@ module AnyCableRs
         Config::DEFAULTS[:jwt_param] # the config is refused later, with its message
       end
       app.config.filter_parameters << /\A#{Regexp.escape(param.to_s)}\z/
+      # A signed stream name in a URL (/ds?signed=, /events?signed_stream= or
+      # turbo_signed_stream_name=) is what lets its holder read the stream.
+      app.config.filter_parameters << /\A(signed|signed_stream|turbo_signed_stream_name)\z/
     end
 
     initializer "anycable_rs.helpers" do

@@ -163,6 +163,9 @@ RSpec.describe "Durable Streams reads (real Puma)", type: :cable do
     expect(Net::HTTP.start(uri.host, uri.port) { |h| h.request(Net::HTTP::Put.new(uri)) }.code).to eq("405")
     body = Net::HTTP.get(URI("http://127.0.0.1:#{own_port}/metrics"))
     expect(body).to match(/^anycable_go_ds_requests_total \d+/)
+    # A signed name reads its stream: the request log shows it filtered.
+    wait_for { puma.rails_log.include?("signed=[FILTERED]") }
+    expect(puma.rails_log).not_to include(signed("ds_secret"))
   end
 end
 
