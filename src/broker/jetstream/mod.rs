@@ -200,10 +200,15 @@ pub(super) fn fit_duplicate_window(config: &mut stream::Config) {
     }
 }
 
-/// The epoch of a history stream made at `created`.
+/// The epoch of a history stream made at `created`, to the second: each replica
+/// records its own time of making (they differ by microseconds), and a node that a
+/// restart has answered by another replica must see the same epoch, or it refuses
+/// every position the others gave. (A stream made anew within the same second would
+/// share it; JetStream keeps no better mark on every replica before nats-server 2.10's
+/// stream metadata.)
 pub(super) fn epoch_of(created: time::OffsetDateTime) -> String {
-    let nanos = created.unix_timestamp_nanos() as u64;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(nanos.to_be_bytes())
+    let seconds = created.unix_timestamp() as u64;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(seconds.to_be_bytes())
 }
 
 #[cfg(test)]
