@@ -399,6 +399,15 @@ impl<C: Controller> EndpointHandle for Inner<C> {
     }
 }
 
+/// Logs (throttled) an HTTP transport's request refused for its Origin: `what` it was.
+pub(super) fn origin_refused(what: &str, head: &RequestHead, peer: Option<SocketAddr>) {
+    crate::logging::refused(format_args!(
+        "refused {what} from {}: origin not allowed ({})",
+        peer.map(|p| p.to_string()).unwrap_or_default(),
+        head.header("origin").unwrap_or("none, from another site")
+    ));
+}
+
 /// Ends a connection whose request body was not read (refused): the writing side
 /// first, then what the client still sends is read away for a moment, so that the
 /// close does not reset the connection before the client has read the answer.

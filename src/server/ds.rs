@@ -423,11 +423,7 @@ fn admit(
         return Err(ds::preflight(head, cors));
     }
     if !allowed {
-        crate::logging::refused(format_args!(
-            "refused stream read from {}: origin not allowed ({})",
-            peer.map(|p| p.to_string()).unwrap_or_default(),
-            head.header("origin").unwrap_or("none, from another site")
-        ));
+        super::accept::origin_refused("stream read", head, peer);
         return Err(ds::refusal(
             403,
             "Vary: Origin\r\n",

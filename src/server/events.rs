@@ -175,11 +175,7 @@ impl<C: Controller> Inner<C> {
             return Err(events::preflight_response(head, allowed));
         }
         if !allowed {
-            crate::logging::refused(format_args!(
-                "refused events request from {}: origin not allowed ({})",
-                peer.map(|p| p.to_string()).unwrap_or_default(),
-                head.header("origin").unwrap_or("none, from another site")
-            ));
+            super::accept::origin_refused("events request", head, peer);
             return Err(events::refusal_response(
                 head,
                 false,

@@ -72,11 +72,7 @@ impl<C: Controller> Inner<C> {
         } else if head.method != "POST" {
             Some(poll::response(405, None, &cors, "POST only"))
         } else if !allowed {
-            crate::logging::refused(format_args!(
-                "refused poll from {}: origin not allowed ({})",
-                peer.map(|p| p.to_string()).unwrap_or_default(),
-                head.header("origin").unwrap_or("none, from another site")
-            ));
+            super::accept::origin_refused("poll", &head, peer);
             Some(poll::response(403, None, "", "origin not allowed"))
         } else {
             None
