@@ -31,6 +31,10 @@ pub struct DsConfig {
     /// `ANYCABLE_DS_SSE_TTL`: how long an SSE read lasts (the reader then reads on
     /// from its last offset).
     pub sse_ttl: Duration,
+    /// How often a quiet SSE read gets a comment line, so that proxies that cut idle
+    /// connections (often after 60 s) leave it open; readers ignore comments. Not a
+    /// setting (AnyCable has none): 15 s, shorter in tests.
+    pub keepalive: Duration,
 }
 
 impl Default for DsConfig {
@@ -40,6 +44,7 @@ impl Default for DsConfig {
             skip_auth: false,
             poll_interval: Duration::from_secs(10),
             sse_ttl: Duration::from_secs(60),
+            keepalive: Duration::from_secs(15),
         }
     }
 }

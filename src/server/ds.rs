@@ -21,11 +21,10 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
-use tokio::time::{sleep, timeout};
+use tokio::time::{interval_at, sleep, timeout, Instant, MissedTickBehavior};
 
 use super::connection::Pending;
 use super::events::status_for;
@@ -238,7 +237,7 @@ impl<C: Controller> Inner<C> {
                 let answer = tokio::select! {
                     biased;
                     got = next_messages(rx, session, &mut place, &mut closed) => match got {
-                        Some(messages) => Some(read.live_answer(&messages, &place, &cursor)),
+                        Some(batch) => Some(read.live_answer(&batch, &place, &cursor)),
                         None => Some(read.no_content(&place, &cursor)),
                     },
                     _ = sleep(read.config.poll_interval) => Some(read.no_content(&place, &cursor)),
@@ -276,37 +275,47 @@ impl<C: Controller> Inner<C> {
         rx: &mut Outbox,
     ) {
         let mut out = ds::sse_head(read.cors);
-        let control = |place: &Place, out: &mut String, messages: &[&str]| {
+        let control = |place: &Place, out: &mut String, messages: &[&str], more: bool| {
             let next = place.text();
             let control = Control {
                 next_offset: &next,
                 cursor,
-                up_to_date: true,
+                up_to_date: !more,
             };
             push_sse(messages.iter().copied(), &control, out);
         };
         let first: Vec<&str> = entries.iter().map(|e| &*e.data).collect();
-        control(&place, &mut out, &first);
+        control(&place, &mut out, &first, false);
         if !self.write_events(wr, &mut out).await {
             return;
         }
         let ends = sleep(read.config.sse_ttl);
         tokio::pin!(ends);
+        let every = read.config.keepalive;
+        let mut keepalive = interval_at(Instant::now() + every, every);
+        keepalive.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut closed = false;
         loop {
             tokio::select! {
                 biased;
                 got = next_messages(rx, session, &mut place, &mut closed) => match got {
-                    Some(messages) => {
-                        let messages: Vec<&str> = messages.iter().map(String::as_str).collect();
-                        control(&place, &mut out, &messages);
+                    Some(batch) => {
+                        let messages: Vec<&str> = batch.messages.iter().map(String::as_str).collect();
+                        control(&place, &mut out, &messages, batch.more);
                         if !self.write_events(wr, &mut out).await {
                             return;
                         }
+                        keepalive.reset();
                     }
                     None => break,
                 },
                 _ = &mut ends => break,
+                _ = keepalive.tick() => {
+                    out.push_str(":\n\n");
+                    if !self.write_events(wr, &mut out).await {
+                        return;
+                    }
+                }
                 _ = gone(rd) => return,
             }
         }
@@ -355,12 +364,16 @@ impl Read<'_> {
         }
     }
 
-    fn headers(&self, place: &Place, cursor: &str) -> String {
+    fn headers(&self, place: &Place, cursor: &str, up_to_date: bool) -> String {
         format!(
-            "Cache-Control: {}\r\nStream-Next-Offset: {}\r\nStream-Cursor: {cursor}\r\n\
-             Stream-Up-To-Date: true\r\n",
+            "Cache-Control: {}\r\nStream-Next-Offset: {}\r\nStream-Cursor: {cursor}\r\n{}",
             self.cache_control(),
-            place.text()
+            place.text(),
+            if up_to_date {
+                "Stream-Up-To-Date: true\r\n"
+            } else {
+                ""
+            }
         )
     }
 
@@ -375,7 +388,7 @@ impl Read<'_> {
             _ => "-1".into(),
         };
         let etag = format!("\"{from}:{}\"", place.text());
-        let mut headers = self.headers(place, cursor);
+        let mut headers = self.headers(place, cursor, true);
         headers.push_str(&format!("ETag: {etag}\r\n"));
         let cached = self
             .request
@@ -391,12 +404,20 @@ impl Read<'_> {
 
     fn messages_answer(&self, entries: &[Entry], place: &Place, cursor: &str) -> String {
         let body = json_array(entries.iter().map(|e| &*e.data));
-        ds::response(200, &self.headers(place, cursor), self.cors, &body, false)
+        ds::response(
+            200,
+            &self.headers(place, cursor, true),
+            self.cors,
+            &body,
+            false,
+        )
     }
 
-    fn live_answer(&self, messages: &[String], place: &Place, cursor: &str) -> String {
-        let body = json_array(messages.iter().map(String::as_str));
-        ds::response(200, &self.headers(place, cursor), self.cors, &body, false)
+    /// A long-poll's answer with what came: up to date unless more was left queued.
+    fn live_answer(&self, batch: &Batch, place: &Place, cursor: &str) -> String {
+        let body = json_array(batch.messages.iter().map(String::as_str));
+        let headers = self.headers(place, cursor, !batch.more);
+        ds::response(200, &headers, self.cors, &body, false)
     }
 
     /// Nothing came while the long-poll was held: the reader asks again from where it is.
@@ -488,16 +509,23 @@ async fn catch_up(
     Ok((entries, Place { offset, epoch }))
 }
 
-/// The messages that come next (every one queued with the first), past `place`,
-/// which moves to the last of them; `None` once the session is closed (the server
-/// shutting down, the reader too slow, a remote disconnect: `closed`, which a batch
-/// that came with the close leaves for the next call).
+/// Messages taken from a live read's session at once.
+struct Batch {
+    messages: Vec<String>,
+    /// Frames were left queued (the batch is full): the reader is not up to date.
+    more: bool,
+}
+
+/// The messages that come next (every one queued with the first, up to [`BATCH`]),
+/// past `place`, which moves to the last of them; `None` once the session is closed
+/// (the server shutting down, the reader too slow, a remote disconnect: `closed`,
+/// which a batch that came with the close leaves for the next call).
 async fn next_messages(
     rx: &mut Outbox,
     session: &SessionRef,
     place: &mut Place,
     closed: &mut bool,
-) -> Option<Vec<String>> {
+) -> Option<Batch> {
     loop {
         if *closed {
             return None;
@@ -507,9 +535,11 @@ async fn next_messages(
             *closed = true;
             return None;
         };
+        let mut taken = 0;
         for out in
             std::iter::once(first).chain(std::iter::from_fn(|| rx.try_recv().ok()).take(BATCH))
         {
+            taken += 1;
             match out {
                 Outbound::Frame(frame) => {
                     // Off the session's waiting bytes once taken (what is written is
@@ -523,7 +553,8 @@ async fn next_messages(
             }
         }
         if !messages.is_empty() {
-            return Some(messages);
+            let more = taken > BATCH && !rx.is_empty();
+            return Some(Batch { messages, more });
         }
     }
 }

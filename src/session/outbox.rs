@@ -84,6 +84,11 @@ impl Outbox {
         }
     }
 
+    /// Whether nothing waits (a frame may still come at any time).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.session.outbox.lock().is_empty()
+    }
+
     pub(crate) fn try_recv(&mut self) -> Result<Outbound, ()> {
         let mut queue = self.session.outbox.lock();
         let out = queue.pop_front().ok_or(())?;

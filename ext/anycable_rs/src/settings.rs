@@ -181,6 +181,8 @@ impl Settings {
                     skip_auth: o.get("ds_skip_auth")?,
                     poll_interval: o.secs("ds_poll_interval")?,
                     sse_ttl: o.secs("ds_sse_ttl")?,
+                    // Not a setting.
+                    keepalive: DsConfig::default().keepalive,
                 };
                 path.map(|path| DsConfig { path, ..config })
             },
