@@ -357,11 +357,15 @@ struct Handshake<'a>(&'a AtomicUsize);
 
 impl<'a> Handshake<'a> {
     /// `None` when ANYCABLE_MAX_CONN is reached by open connections and heads in flight.
+    /// A long-polling session is one connection that comes back with a request at a
+    /// time: each has room for one head more, so that its polls get in at the limit
+    /// (a head that opens a session is refused after it is read).
     fn enter<C>(inner: &'a Inner<C>) -> Option<Self> {
         let count = &inner.handshakes;
         let before = count.fetch_add(1, Ordering::AcqRel);
         let open = inner.pending_callbacks.load(Ordering::Acquire);
-        if inner.config.max_conn > 0 && before + open >= inner.config.max_conn {
+        let max = inner.config.max_conn;
+        if max > 0 && before + open >= max && before + open >= max + inner.polls.lock().len() {
             count.fetch_sub(1, Ordering::AcqRel);
             return None;
         }

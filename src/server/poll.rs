@@ -330,7 +330,8 @@ impl Wire for Poll {
             return Ok(());
         }
         if self.backlog.len() + frame.len() > self.max_backlog {
-            // Cut as a socket that cannot keep up is: told, with its next poll.
+            // Cut as a socket that cannot keep up is; its next poll learns the
+            // session is gone (`session_expired`), and the client opens another.
             self.session.too_slow(format_args!(
                 "{} bytes waiting for its next poll",
                 self.backlog.len() + frame.len()
