@@ -14,6 +14,11 @@
 //! Server-Sent Events streams there instead (`sse.rs`); `broadcast`'s sender stays a
 //! WebSocket client at `--url`.
 //!
+//! `--lp http://127.0.0.1:3000/lp` or `--ds http://127.0.0.1:3000/ds/<stream>?signed=…`
+//! (connect): the clients are long-polling sessions or Durable Streams readers
+//! (`--ds-live sse|long-poll`) instead, polling or reading through the hold
+//! (`polling.rs`); `connect` then also reports the server's CPU over the hold.
+//!
 //! `http` is the floor under `connect` for a server behind Puma: one plain GET per new
 //! TCP connection (`Connection: close`), `--clients` of them, `--concurrency` at once —
 //! what the Rack server and the app's middleware cost before any WebSocket work.
@@ -26,6 +31,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod polling;
 mod sse;
 mod storm;
 
@@ -67,6 +73,12 @@ struct Opts {
     probe: Option<String>,
     /// Server-Sent Events subscribers at this URL (comma-separated: round robin).
     sse: Option<String>,
+    /// Long-polling sessions at this URL.
+    lp: Option<String>,
+    /// Durable Streams readers of this URL (`…/ds/<stream>?signed=…`).
+    ds: Option<String>,
+    /// How the DS readers follow the stream: `sse` or `long-poll`.
+    ds_live: String,
 }
 
 fn parse_args() -> Result<Opts, String> {
@@ -94,6 +106,9 @@ fn parse_args() -> Result<Opts, String> {
         protocol: "actioncable-v1-json".into(),
         probe: None,
         sse: None,
+        lp: None,
+        ds: None,
+        ds_live: "sse".into(),
     };
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or(format!("{flag} needs a value"));
@@ -120,6 +135,9 @@ fn parse_args() -> Result<Opts, String> {
             "--protocol" => o.protocol = value()?,
             "--probe" => o.probe = Some(value()?),
             "--sse" => o.sse = Some(value()?),
+            "--lp" => o.lp = Some(value()?),
+            "--ds" => o.ds = Some(value()?),
+            "--ds-live" => o.ds_live = value()?,
             _ => return Err(format!("unknown option {flag}")),
         }
     }
@@ -152,6 +170,23 @@ fn rss_kib(pid: u32) -> u64 {
         }
     }
     total
+}
+
+/// CPU time of `pid` so far (all its threads), in seconds.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(") ")
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime, fields 14 and 15 of stat(5), in clock ticks (100 a second).
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 fn identifier(o: &Opts) -> String {
@@ -298,6 +333,8 @@ async fn connect_all(o: &Opts) -> (Vec<Ws>, usize, f64) {
 enum Held {
     Ws(Vec<Ws>),
     Sse(Vec<sse::SseClient>),
+    /// The loops of long-polling sessions or DS readers: aborted when dropped.
+    Polling(Vec<tokio::task::JoinHandle<()>>),
 }
 
 impl Held {
@@ -305,15 +342,38 @@ impl Held {
         match self {
             Held::Ws(c) => c.len(),
             Held::Sse(c) => c.len(),
+            Held::Polling(c) => c.len(),
         }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Held::Polling(loops) = self {
+            loops.iter().for_each(|l| l.abort());
+        }
+    }
+}
+
+/// The transport `connect` and `broadcast` use, by the options.
+fn transport(o: &Opts) -> String {
+    match (&o.sse, &o.lp, &o.ds) {
+        (Some(_), _, _) => "sse".into(),
+        (_, Some(_), _) => "long polling".into(),
+        (_, _, Some(_)) => format!("ds ({})", o.ds_live),
+        _ => "websocket".into(),
     }
 }
 
 async fn run_connect(o: &Opts) -> Value {
     let before = o.pid.map(rss_kib);
+    let stats = Arc::new(polling::Stats::default());
     let (clients, failures, secs) = if o.sse.is_some() {
         let (c, f, s) = sse::open_all(o).await;
         (Held::Sse(c), f, s)
+    } else if o.lp.is_some() || o.ds.is_some() {
+        let (c, f, s) = polling::open_all(o, &stats).await;
+        (Held::Polling(c), f, s)
     } else {
         let (c, f, s) = connect_all(o).await;
         (Held::Ws(c), f, s)
@@ -322,10 +382,18 @@ async fn run_connect(o: &Opts) -> Value {
     println!(
         "connected+subscribed {} {} clients in {secs:.2}s ({rate:.0}/s), {failures} failed",
         clients.len(),
-        if o.sse.is_some() { "SSE" } else { "WebSocket" }
+        transport(o)
     );
+    let cpu_before = o.pid.map(cpu_secs);
+    let requests_before = stats.requests.load(Ordering::Relaxed);
     tokio::time::sleep(Duration::from_secs_f64(o.hold)).await;
     let after = o.pid.map(rss_kib);
+    let hold_cpu = o.pid.map(|p| cpu_secs(p) - cpu_before.unwrap_or(0.0));
+    let requests = stats.requests.load(Ordering::Relaxed) - requests_before;
+    let errors = stats.errors.load(Ordering::Relaxed);
+    if let Some(e) = stats.first_error.lock().unwrap().take() {
+        eprintln!("errors while held: {errors} (first: {e})");
+    }
     let per_conn = match (before, after) {
         (Some(b), Some(a)) if clients.len() > 0 => {
             let per = (a as f64 - b as f64) / clients.len() as f64;
@@ -334,10 +402,18 @@ async fn run_connect(o: &Opts) -> Value {
         }
         _ => None,
     };
-    json!({"mode":"connect","transport":if o.sse.is_some() { "sse" } else { "websocket" },
+    if let Some(cpu) = hold_cpu {
+        println!(
+            "server CPU over the {}s hold: {cpu:.2}s ({:.1}% of a core); {requests} requests, {errors} errors",
+            o.hold,
+            cpu / o.hold * 100.0
+        );
+    }
+    json!({"mode":"connect","transport":transport(o),
            "clients":clients.len(),"failures":failures,"seconds":secs,
            "connects_per_sec":rate,"rss_before_kib":before,"rss_after_kib":after,
-           "rss_per_conn_kib":per_conn})
+           "rss_per_conn_kib":per_conn,"hold_seconds":o.hold,"hold_cpu_seconds":hold_cpu,
+           "hold_requests":requests,"hold_errors":errors})
 }
 
 async fn run_echo(o: &Opts) -> Value {
@@ -519,7 +595,7 @@ async fn run_broadcast(o: &Opts) -> Value {
     println!("  until the last subscriber got it (ms): {ul}");
     println!("  per subscriber (ms): {pc}");
     drop(clients);
-    json!({"mode":"broadcast","transport":if o.sse.is_some() { "sse" } else { "websocket" },
+    json!({"mode":"broadcast","transport":transport(o),
            "subscribers":n,"failures":failures,"messages":m,"missing":missing,
            "until_last_ms":ul,"per_client_ms":pc})
 }
