@@ -20,7 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Identifies a session by `?user=` in its first request; subscribes to "all";
-/// a message whose data says "slow" takes 300 ms; counts disconnects.
+/// a message whose data says "slow" takes 300 ms ("slowest": 1 s); counts disconnects.
 #[derive(Clone, Default)]
 struct App {
     hub: Arc<Mutex<Option<Arc<Hub>>>>,
@@ -45,7 +45,9 @@ impl Controller for App {
             }
             Command::Message => {
                 let data = command.data.unwrap_or_default();
-                if data.contains("slow") {
+                if data.contains("slowest") {
+                    tokio::time::sleep(Duration::from_millis(1000)).await;
+                } else if data.contains("slow") {
                     tokio::time::sleep(Duration::from_millis(300)).await;
                 }
                 session.transmit(json!({ "identifier": id, "message": data }).to_string());
@@ -274,4 +276,34 @@ async fn polls_that_pile_up_behind_a_running_command_are_told_to_come_again() {
     assert!(quick >= 4, "{quick} of 8 answered at once");
     let first = first.await.unwrap();
     assert_eq!(first.status, 204);
+}
+
+#[tokio::test]
+async fn what_comes_while_a_command_runs_answers_the_held_poll_on_time() {
+    let (server, addr, _) = start(config()).await;
+    let id = open(addr, "u1").await;
+    // An action that streams as it works (an LLM's tokens): its request is held, and
+    // what it broadcasts answers it before the action is done.
+    let slowest = json!({"command": "message", "identifier": CHAT, "data": "slowest"});
+    let id2 = id.clone();
+    let started = Instant::now();
+    let held = tokio::spawn(async move { post(addr, "", Some(&id2), &[slowest]).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    server.broadcast("all", r#"{"token":"Hel"}"#, None).unwrap();
+    let answer = held.await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_millis(600),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        answer.lines,
+        [json!({"identifier": CHAT, "message": {"token": "Hel"}})]
+    );
+    // The action's own reply comes with the next poll.
+    let next = post(addr, "", Some(&id), &[]).await;
+    assert_eq!(
+        next.lines,
+        [json!({"identifier": CHAT, "message": "slowest"})]
+    );
 }

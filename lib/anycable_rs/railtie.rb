@@ -103,8 +103,21 @@ module AnyCableRs
     # Ruby, each acknowledged before it returns.
     def start_serving
       config = AnyCableRs.config
+      warn_polls_across_workers(config)
       nats_broker = config.broker == "nats" && Broadcasting.server_process?
       AnyCableRs.runtime.start! if config.port || nats_broker || WorkersRelay.needed?
+    end
+
+    # A long-polling session lives in the process that opened it, and each poll is a
+    # new request that Puma gives to any worker: say so where it will bite.
+    def warn_polls_across_workers(config)
+      workers = puma_workers.to_i
+      return unless config.poll && workers > 1
+
+      AnyCableRs.logger.warn "anycable-rs: long polling (ANYCABLE_POLL) with #{workers} Puma workers: a session " \
+        "lives in the worker that opened it, and a poll that Puma gives another worker is told session_expired " \
+        "(the client starts over). Run one worker per machine (scale with threads and machines; polls across " \
+        "machines need sticky sessions too)."
     end
 
     def tool_process?

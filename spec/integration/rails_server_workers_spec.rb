@@ -81,12 +81,15 @@ RSpec.describe "`rails server` with Puma workers", type: :cable do
     FileUtils.rm_rf(dir) if dir
   end
 
-  it "lets `rails server` with workers run on a pub/sub adapter" do
-    pid, port, log, dir = rails_server("ANYCABLE_BROADCAST_ADAPTER" => "redis", "ANYCABLE_REDIS_URL" => "redis://127.0.0.1:1")
+  it "lets `rails server` with workers run on a pub/sub adapter, and says where long polling will not work" do
+    pid, port, log, dir = rails_server("ANYCABLE_BROADCAST_ADAPTER" => "redis", "ANYCABLE_REDIS_URL" => "redis://127.0.0.1:1",
+      "ANYCABLE_POLL" => "true")
     wait_for_http(port, log)
     sleep 1 # both workers are up
     expect(Process.waitpid(pid, Process::WNOHANG)).to be_nil
     expect(File.read(log)).to include("Puma starting in cluster mode").and(include("Workers: 2"))
+    rails_log = File.read(File.join(dir, "rails.log"))
+    expect(rails_log).to include("long polling (ANYCABLE_POLL) with 2 Puma workers")
   ensure
     stop(pid) if pid
     FileUtils.rm_rf(dir) if dir

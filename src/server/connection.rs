@@ -215,6 +215,7 @@ impl<C: Controller> Inner<C> {
         let session = opened.session.clone();
         let mut due = Deadlines::new(&self.config, session.id, opened.extended, opened.restored);
         loop {
+            let busy = inflight.is_some();
             tokio::select! {
                 _ = sleep_until(at(due.pong)), if due.pong.is_some() && inflight.is_none() => {
                     due.pong = None;
@@ -246,7 +247,10 @@ impl<C: Controller> Inner<C> {
                 _ = async { rebuild.as_mut().expect("guarded").await }, if rebuild.is_some() => {
                     rebuild = None;
                 }
-                msg = ws.next(), if inflight.is_none() => {
+                // Nothing is read while a command runs (a session's commands run in
+                // order); the wire may still have its own work.
+                read = async { if busy { ws.idle().await; None } else { Some(ws.next().await) } } => {
+                    let Some(msg) = read else { continue };
                     if matches!(msg, Some(Ok(_))) {
                         due.frame_read();
                     }

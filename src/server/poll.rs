@@ -104,8 +104,9 @@ impl<C: Controller> Inner<C> {
             };
             match sender.try_send(request) {
                 Ok(()) => {}
-                // Requests pile up while a command runs: a few wait, more are told
-                // to come again (nothing to say yet) instead of holding sockets.
+                // Requests pile up faster than the session takes them: a few wait,
+                // more are told to come again (nothing to say yet) instead of
+                // holding sockets.
                 Err(mpsc::error::TrySendError::Full(request)) => {
                     let id = id.to_string();
                     respond(request, 204, Some(&id), String::new());
@@ -375,4 +376,22 @@ impl Wire for Poll {
     }
 
     async fn fail(&mut self, _session: &Session, _error: WsError) {}
+
+    /// While a command runs: requests are taken (their commands wait for it) and the
+    /// held one is answered on time, so that what the command broadcasts meanwhile
+    /// (an LLM's tokens, say) reaches the client as it comes.
+    async fn idle(&mut self) {
+        let held_until = self.held.as_ref().map(|(_, until)| *until);
+        let flush_at = self.flush_at;
+        tokio::select! {
+            biased;
+            request = self.requests.recv() => match request {
+                Some(request) => self.attach(request),
+                // Closed: the session is ending, which the loop learns elsewhere.
+                None => std::future::pending().await,
+            },
+            _ = sleep_until(flush_at.unwrap_or_else(Instant::now)), if flush_at.is_some() => self.answer(),
+            _ = sleep_until(held_until.unwrap_or_else(Instant::now)), if held_until.is_some() && flush_at.is_none() => self.answer(),
+        }
+    }
 }

@@ -27,6 +27,12 @@ pub(super) trait Wire: Send {
     fn close(&mut self, closing: &Closing) -> impl Future<Output = ()> + Send;
     /// A read that broke the protocol, answered before the connection ends.
     fn fail(&mut self, session: &Session, error: WsError) -> impl Future<Output = ()> + Send;
+    /// What the wire does of its own while a command runs and nothing is read from it
+    /// (a long-polling session answers its polls on time); resolves after each step.
+    /// Sockets have nothing to do.
+    fn idle(&mut self) -> impl Future<Output = ()> + Send {
+        std::future::pending()
+    }
 }
 
 impl Wire for WebSocketStream<TcpStream> {
