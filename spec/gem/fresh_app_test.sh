@@ -5,7 +5,9 @@
 #   2. a fresh `rails new` app (offline: `bundle install --local`) with the gem in its
 #      Gemfile, a generated channel, its own config/cable.yml (production: redis, on a
 #      redis-server of this test), booted in production with ANYCABLE_EMBEDDED=true; a
-#      WebSocket client subscribed there gets a broadcast made by `bin/rails runner`;
+#      WebSocket client subscribed there gets a broadcast made by `bin/rails runner`,
+#      and so do the HTTP transports (curl: an SSE stream of /events, a Durable Streams
+#      read of /ds from the memory broker's history) and a long-polling session opens;
 #   3. the same app with the gem as a `path:` gem that is not built: boot names the
 #      command that builds it;
 #   4. the precompiled platform gem (`rake native:gem`: this Ruby's extension plus any
@@ -150,26 +152,48 @@ wait_for_port "$redis_port" 10 "${pids[-1]}"
 # the PATH given): a WebSocket client subscribes, `bin/rails runner` broadcasts through
 # cable.yml's Redis, the client must get it. Prints the extension file the app loaded.
 serve_and_broadcast() { # label, PATH
-  local label=$1 path=$2 port server
+  local label=$1 path=$2 port server origin sse signed
   export RAILS_ENV=production SECRET_KEY_BASE="$(ruby -rsecurerandom -e 'print SecureRandom.hex(64)')" \
-    REDIS_URL="redis://127.0.0.1:$redis_port/1" ANYCABLE_EMBEDDED=true RAILS_LOG_TO_STDOUT=1
-  step "$label: boot in production (Puma, ANYCABLE_EMBEDDED=true, cable.yml: redis)"
+    REDIS_URL="redis://127.0.0.1:$redis_port/1" ANYCABLE_EMBEDDED=true RAILS_LOG_TO_STDOUT=1 \
+    ANYCABLE_SSE=true ANYCABLE_POLL=true ANYCABLE_DS=true ANYCABLE_BROKER=memory \
+    ANYCABLE_STREAMS_SECRET="$(ruby -rsecurerandom -e 'print SecureRandom.hex(32)')"
+  step "$label: boot in production (Puma, ANYCABLE_EMBEDDED=true, cable.yml: redis; SSE, long polling, DS)"
   port="$(free_port)"
+  origin="http://127.0.0.1:$port"
   PATH="$path" bin/rails server -b 127.0.0.1 -p "$port" >"$work/puma-$label.log" 2>&1 &
   server=$!
   pids+=($server)
   wait_for_port "$port" 60 "$server"
-  step "$label: a WebSocket client subscribes; bin/rails runner broadcasts"
-  PATH="$path" node "$root/spec/gem/ws_await_broadcast.mjs" "ws://127.0.0.1:$port/cable" "http://127.0.0.1:$port" \
+  step "$label: an SSE stream and a WebSocket client subscribe; bin/rails runner broadcasts"
+  sse="$work/sse-$label.log"
+  curl -sN --max-time 60 -H "Origin: $origin" "$origin/events?channel=ChatChannel" >"$sse" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 1 100); do grep -q confirm_subscription "$sse" && break; sleep 0.1; done
+  grep -q confirm_subscription "$sse" || { cat "$sse"; echo "FAIL ($label): the SSE stream was not subscribed"; exit 1; }
+  PATH="$path" node "$root/spec/gem/ws_await_broadcast.mjs" "ws://127.0.0.1:$port/cable" "$origin" \
     ChatChannel "hello from runner" -- \
-    bin/rails runner 'puts $LOADED_FEATURES.grep(/anycable_rs\.so/); $stdout.flush; ActionCable.server.broadcast("chat", {text: "hello from runner"})' \
+    bin/rails runner 'puts $LOADED_FEATURES.grep(/anycable_rs\.so/), "signed: #{AnyCableRs::Streams.signed("chat")}"; $stdout.flush; ActionCable.server.broadcast("chat", {text: "hello from runner"})' \
     >"$work/client-$label.log" 2>&1 ||
     { cat "$work/client-$label.log"; echo "FAIL ($label): the runner's broadcast did not reach the client"; exit 1; }
   grep -q "anycable-rs: serving WebSockets" "$work/puma-$label.log" ||
     { echo "FAIL ($label): the app did not serve /cable from anycable-rs"; exit 1; }
+  for _ in $(seq 1 50); do grep -q "hello from runner" "$sse" && break; sleep 0.1; done
+  grep -q '^data: {"text":"hello from runner"}' "$sse" ||
+    { cat "$sse"; echo "FAIL ($label): the runner's broadcast did not reach the SSE stream"; exit 1; }
+  step "$label: a Durable Streams read of the history; a long-polling session opens"
+  signed="$(sed -n 's/^signed: //p' "$work/client-$label.log")"
+  curl -sf -H "Origin: $origin" "$origin/ds/chat?offset=-1&signed=$signed" >"$work/ds-$label.log" ||
+    { echo "FAIL ($label): the DS read was refused"; exit 1; }
+  grep -qF '[{"text":"hello from runner"}]' "$work/ds-$label.log" ||
+    { cat "$work/ds-$label.log"; echo "FAIL ($label): the DS read did not return the broadcast"; exit 1; }
+  curl -sf -X POST -H "Origin: $origin" --data '{"command":"subscribe","identifier":"{\"channel\":\"ChatChannel\"}"}' \
+    "$origin/lp" >"$work/lp-$label.log" || { echo "FAIL ($label): the long-polling session was refused"; exit 1; }
+  grep -q '"type":"confirm_subscription"' "$work/lp-$label.log" ||
+    { cat "$work/lp-$label.log"; echo "FAIL ($label): the long-polling session did not subscribe"; exit 1; }
   kill "$server"; wait "$server" 2>/dev/null || true
-  unset RAILS_ENV SECRET_KEY_BASE REDIS_URL ANYCABLE_EMBEDDED RAILS_LOG_TO_STDOUT
-  step "$label: broadcast received"
+  unset RAILS_ENV SECRET_KEY_BASE REDIS_URL ANYCABLE_EMBEDDED RAILS_LOG_TO_STDOUT ANYCABLE_SSE ANYCABLE_POLL \
+    ANYCABLE_DS ANYCABLE_BROKER ANYCABLE_STREAMS_SECRET
+  step "$label: broadcast received over WebSocket, SSE and DS"
 }
 
 if [ -z "$given_gem" ]; then
