@@ -53,6 +53,7 @@ module AnyCableRs
     initializer "anycable_rs.broadcast_endpoint" do |app|
       app.middleware.insert_before 0, AnyCableRs::BroadcastEndpoint
       app.middleware.insert_after AnyCableRs::BroadcastEndpoint, AnyCableRs::MetricsEndpoint
+      app.middleware.insert_after AnyCableRs::MetricsEndpoint, AnyCableRs::HttpTransports::Early
       app.middleware.use AnyCableRs::SocketId::Middleware
       app.middleware.use AnyCableRs::HttpTransports
     end

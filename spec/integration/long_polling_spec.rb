@@ -85,6 +85,15 @@ RSpec.describe "Long polling (real Puma)", type: :cable do
     expect([old_res.code, old_after < 1.5]).to eq(["204", true])
   end
 
+  it "hands a session's next polls over ahead of the app's middleware: one request line in its log, not one a poll" do
+    opened = log_lines('Started POST "/lp"').size
+    id = open_session(name: "quiet")
+    3.times { lp([{command: "message", identifier: ECHO, data: JSON.generate(action: "echo", n: 1)}], id: id, name: "quiet") }
+    wait_for { log_lines('Started POST "/lp"').size > opened }
+    sleep 0.3
+    expect(log_lines('Started POST "/lp"').size).to eq(opened + 1)
+  end
+
   it "refuses what a WebSocket would be refused, and bad requests" do
     unauthorized = lp(name: nil)
     expect([unauthorized.code, messages(unauthorized)]).to eq(["401", [{"type" => "disconnect", "reason" => "unauthorized", "reconnect" => false}]])
