@@ -9,7 +9,7 @@
 # CPU over the hold (where the polling transports pay for their requests). Writes
 # bench/results/<date>-idle.md.
 #
-#   ruby bench/idle.rb             # about 6 minutes
+#   ruby bench/idle.rb             # about 8 minutes
 #   QUICK=1 ruby bench/idle.rb     # 200 clients, a 10 s hold: a smoke run
 #   ONLY="DS (SSE)" ruby bench/idle.rb   # the columns whose name has this (no report)
 require "time"

@@ -35,6 +35,9 @@ pub struct Counters {
     pub sse_clients: IntGauge,
     /// Long-polling sessions now (`/lp`); counted in clients too.
     pub poll_clients: IntGauge,
+    /// Long-polling requests for a session that is gone (expired, closed, or in
+    /// another process): told `session_expired`.
+    pub poll_stale_requests: IntCounter,
     /// Durable Streams reads (`/ds`, GET and HEAD).
     pub ds_requests: IntCounter,
     /// Durable Streams long-polls that waited for a message.
@@ -110,6 +113,10 @@ pub static COUNTERS: LazyLock<Counters> = LazyLock::new(|| Counters {
         "The number of active long polling clients",
     )
     .expect("valid metric name"),
+    poll_stale_requests: counter(
+        "anycable_go_longpoll_stale_requests_total",
+        "The total number of long polling requests for sessions that are gone",
+    ),
     ds_requests: counter(
         "anycable_go_ds_requests_total",
         "The total number of Durable Streams read requests",
@@ -167,6 +174,7 @@ pub fn render(snapshot: Snapshot, tags: &[(String, String)], extra: Vec<MetricFa
         &c.refused_conn,
         &c.expired_conn,
         &c.restored_sessions,
+        &c.poll_stale_requests,
         &c.ds_requests,
         &c.ds_poll_requests,
         &c.ds_sse_requests,

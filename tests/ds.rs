@@ -179,7 +179,15 @@ async fn a_reader_behind_a_queued_burst_is_not_told_it_is_up_to_date() {
 
     // Long-poll: the answer holds a batch, not up to date; a catch-up gets the rest.
     let mut tcp = send(addr, "/ds/chat?offset=now&live=long-poll").await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Joined (the SSE read above is still open: two sessions), then the burst.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while server.session_count() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the long-poll did not join"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     burst(&server);
     let mut answer = Vec::new();
     tcp.read_to_end(&mut answer).await.unwrap();

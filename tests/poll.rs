@@ -180,6 +180,11 @@ async fn a_poll_held_when_its_session_is_cut_gets_the_last_words_at_once() {
         (gone.status, gone.lines),
         (401, vec![disconnect("session_expired", true)])
     );
+    let stale = server.metrics_text().lines().find_map(|l| {
+        l.strip_prefix("anycable_go_longpoll_stale_requests_total ")
+            .map(str::to_string)
+    });
+    assert!(stale.is_some_and(|n| n.parse::<u64>().unwrap() >= 1));
 }
 
 #[tokio::test]
@@ -199,7 +204,7 @@ async fn shutdown_answers_a_held_poll_at_once_and_runs_the_disconnect() {
 #[tokio::test]
 async fn a_backlog_past_max_pending_bytes_cuts_the_session_as_too_slow() {
     let mut config = ServerConfig {
-        max_pending_bytes: 8192,
+        max_pending_bytes: 16384,
         ..config()
     };
     // Not cut for coming back late: for what waits for it.
@@ -211,7 +216,7 @@ async fn a_backlog_past_max_pending_bytes_cuts_the_session_as_too_slow() {
     let id2 = id.clone();
     let keeping_up = tokio::spawn(async move {
         let mut got = 0;
-        while got < 60 {
+        while got < 100 {
             let answer = post(addr, "", Some(&id2), &[]).await;
             assert!(matches!(answer.status, 200 | 204), "{answer:?}");
             got += answer.lines.len();
@@ -219,14 +224,14 @@ async fn a_backlog_past_max_pending_bytes_cuts_the_session_as_too_slow() {
         got
     });
     let data = format!(r#"{{"pad":"{}"}}"#, "x".repeat(200));
-    for _ in 0..6 {
+    for _ in 0..10 {
         tokio::time::sleep(Duration::from_millis(150)).await;
         for _ in 0..10 {
             server.broadcast("all", &data, None).unwrap();
         }
     }
-    assert_eq!(keeping_up.await.unwrap(), 60);
-    // About 15 KB waited for `slow`: cut, and its app's disconnect ran.
+    assert_eq!(keeping_up.await.unwrap(), 100);
+    // About 25 KB waited for `slow`: cut, and its app's disconnect ran.
     wait_for(|| *app.disconnects.lock() == 1).await;
     let cut = post(addr, "", Some(&slow), &[]).await;
     assert_eq!(cut.status, 401);
@@ -255,27 +260,54 @@ async fn max_conn_counts_sessions_and_lets_their_polls_in() {
 }
 
 #[tokio::test]
-async fn polls_that_pile_up_behind_a_running_command_are_told_to_come_again() {
-    let (_server, addr, _) = start(config()).await;
+async fn polls_while_a_command_runs_lose_no_command_and_pile_up_only_so_far() {
+    // Bodies of at most 100 bytes: four requests' worth of commands is 400 bytes.
+    let mut config = config();
+    config.poll.as_mut().unwrap().max_request_size = 100;
+    let (_server, addr, _) = start(config).await;
     let id = open(addr, "u1").await;
-    let slow = json!({"command": "message", "identifier": CHAT, "data": "slow"});
+    let slow = json!({"command": "message", "identifier": CHAT, "data": "slowest"});
     let id2 = id.clone();
     let first = tokio::spawn(async move { post(addr, "", Some(&id2), &[slow]).await });
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    // While the command runs, its session takes no request: a few wait, the rest
-    // are answered 204 at once instead of holding their sockets.
-    let piled: Vec<_> = (0..8).map(|_| poll(addr, &id)).collect();
-    let mut quick = 0;
-    for p in piled {
-        let (answer, after) = p.await.unwrap();
-        assert!(matches!(answer.status, 200 | 204), "{answer:?}");
-        if answer.status == 204 && after < Duration::from_millis(200) {
-            quick += 1;
-        }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // While the action runs (1 s): 12 requests, each with a command of ~75 bytes.
+    let mut piled = Vec::new();
+    for n in 0..12 {
+        let echo = json!({"command": "message", "identifier": CHAT, "data": n.to_string()});
+        let id = id.clone();
+        piled.push(tokio::spawn(async move {
+            post(addr, "", Some(&id), &[echo]).await
+        }));
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(quick >= 4, "{quick} of 8 answered at once");
-    let first = first.await.unwrap();
-    assert_eq!(first.status, 204);
+    let mut answers = vec![first.await.unwrap()];
+    for p in piled {
+        answers.push(p.await.unwrap());
+    }
+    // Each is answered: 200 or 204 (its command taken), or 429 (refused, not dropped).
+    let refused = answers.iter().filter(|a| a.status == 429).count();
+    assert!(
+        answers.iter().all(|a| matches!(a.status, 200 | 204 | 429)),
+        "{answers:?}"
+    );
+    assert!(refused > 0, "nothing was refused: the queue is unbounded");
+    // Every command taken gets its reply, once, in order.
+    let mut replies: Vec<Value> = answers.iter().flat_map(|a| a.lines.clone()).collect();
+    let want = 1 + 12 - refused;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while replies.len() < want {
+        assert!(Instant::now() < deadline, "replies lost: {replies:?}");
+        let more = post(addr, "", Some(&id), &[]).await;
+        assert!(matches!(more.status, 200 | 204), "{more:?}");
+        replies.extend(more.lines);
+    }
+    assert_eq!(replies.len(), want, "{replies:?}");
+    assert_eq!(replies[0]["message"], "slowest");
+    let echoed: Vec<u64> = replies[1..]
+        .iter()
+        .map(|r| r["message"].as_str().unwrap().parse().unwrap())
+        .collect();
+    assert!(echoed.windows(2).all(|w| w[0] < w[1]), "{echoed:?}");
 }
 
 #[tokio::test]
@@ -305,5 +337,28 @@ async fn what_comes_while_a_command_runs_answers_the_held_poll_on_time() {
     assert_eq!(
         next.lines,
         [json!({"identifier": CHAT, "message": "slowest"})]
+    );
+}
+
+#[tokio::test]
+async fn a_held_poll_its_client_closed_is_not_answered_and_loses_nothing() {
+    let (server, addr, _) = start(config()).await;
+    let id = open(addr, "u1").await;
+    // A held poll the client gives up on (the JS transport aborts one to send).
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "POST /lp HTTP/1.1\r\nHost: x\r\nX-Anycable-Poll-ID: {id}\r\nContent-Length: 0\r\n\r\n"
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(tcp);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // What comes then waits for the next request instead of going to the closed one.
+    server.broadcast("all", r#"{"n":1}"#, None).unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let next = post(addr, "", Some(&id), &[]).await;
+    assert_eq!(
+        next.lines,
+        [json!({"identifier": CHAT, "message": {"n": 1}})]
     );
 }

@@ -185,7 +185,8 @@ fn cpu_secs(pid: u32) -> f64 {
             .and_then(|f| f.parse::<f64>().ok())
             .unwrap_or(0.0)
     };
-    // utime and stime, fields 14 and 15 of stat(5), in clock ticks (100 a second).
+    // utime and stime, fields 14 and 15 of stat(5), in clock ticks (USER_HZ: 100 a
+    // second on Linux, whatever the kernel's HZ).
     (ticks(11) + ticks(12)) / 100.0
 }
 
@@ -386,11 +387,12 @@ async fn run_connect(o: &Opts) -> Value {
     );
     let cpu_before = o.pid.map(cpu_secs);
     let requests_before = stats.requests.load(Ordering::Relaxed);
+    let errors_before = stats.errors.load(Ordering::Relaxed);
     tokio::time::sleep(Duration::from_secs_f64(o.hold)).await;
     let after = o.pid.map(rss_kib);
     let hold_cpu = o.pid.map(|p| cpu_secs(p) - cpu_before.unwrap_or(0.0));
     let requests = stats.requests.load(Ordering::Relaxed) - requests_before;
-    let errors = stats.errors.load(Ordering::Relaxed);
+    let errors = stats.errors.load(Ordering::Relaxed) - errors_before;
     if let Some(e) = stats.first_error.lock().unwrap().take() {
         eprintln!("errors while held: {errors} (first: {e})");
     }

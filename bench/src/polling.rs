@@ -25,7 +25,8 @@ use tokio::task::JoinHandle;
 
 use crate::Opts;
 
-/// What the clients' loops did: requests answered, and what went wrong.
+/// What the clients' loops did: requests made (answered or failed), and what went
+/// wrong.
 #[derive(Default)]
 pub struct Stats {
     pub requests: AtomicU64,

@@ -45,13 +45,16 @@ module AnyCableRs
     # The rest (a new session, whose `connect` may read what middleware set) go on to
     # the end of the stack.
     class Early < HttpTransports
+      # A session id as the server makes them (128 random bits and more, in hex): a
+      # request with anything else (none, blank) may open a session, and goes on.
+      POLL_ID = /\A\h{32,}\z/
       def call(env)
         config = AnyCableRs.config
         return @app.call(env) unless config.embedded
 
         path = env["PATH_INFO"]
         method = env["REQUEST_METHOD"]
-        if config.poll && path == config.poll_path && method == "POST" && env["HTTP_X_ANYCABLE_POLL_ID"]
+        if config.poll && path == config.poll_path && method == "POST" && POLL_ID.match?(env["HTTP_X_ANYCABLE_POLL_ID"].to_s)
           AnyCableRs.runtime.handoff_poll(env)
         elsif config.ds && config.ds_skip_auth && DS_METHODS.include?(method) && path.start_with?("#{config.ds_path}/")
           AnyCableRs.runtime.handoff_ds(env)

@@ -135,6 +135,10 @@ impl<C: Controller> Inner<C> {
                 Err(_) => return,
             };
         let path = head.path();
+        if handshake.slack && !self.is_poll_of_a_session(&head) {
+            // Let in on a long-polling session's room: only its polls may use it.
+            return self.refuse_over_max_conn(&mut stream, true).await;
+        }
         if path == self.config.health_path {
             return endpoints::serve_health(&*self, &mut stream).await;
         }
@@ -320,6 +324,16 @@ impl<C: Controller> Inner<C> {
         false
     }
 
+    /// A long-polling request that names its session (not one that opens a session).
+    fn is_poll_of_a_session(&self, head: &RequestHead) -> bool {
+        let at_path = self
+            .config
+            .poll
+            .as_ref()
+            .is_some_and(|p| p.path == head.path());
+        at_path && crate::http::poll::poll_id(head).is_some()
+    }
+
     /// A hand-over that will not reach the app's `connect`: its Rack env released.
     pub(super) fn abandon_env(&self, env_token: u64) {
         if env_token != 0 {
@@ -353,7 +367,11 @@ impl<C: Controller> Inner<C> {
 
 /// One socket of the own port still sending its request head, counted in
 /// `Inner::handshakes` until it drops.
-struct Handshake<'a>(&'a AtomicUsize);
+struct Handshake<'a> {
+    count: &'a AtomicUsize,
+    /// Let in past ANYCABLE_MAX_CONN, on the room of a long-polling session.
+    slack: bool,
+}
 
 impl<'a> Handshake<'a> {
     /// `None` when ANYCABLE_MAX_CONN is reached by open connections and heads in flight.
@@ -365,17 +383,18 @@ impl<'a> Handshake<'a> {
         let before = count.fetch_add(1, Ordering::AcqRel);
         let open = inner.pending_callbacks.load(Ordering::Acquire);
         let max = inner.config.max_conn;
-        if max > 0 && before + open >= max && before + open >= max + inner.polls.lock().len() {
+        let slack = max > 0 && before + open >= max;
+        if slack && before + open >= max + inner.polls.lock().len() {
             count.fetch_sub(1, Ordering::AcqRel);
             return None;
         }
-        Some(Handshake(count))
+        Some(Handshake { count, slack })
     }
 }
 
 impl Drop for Handshake<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.count.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

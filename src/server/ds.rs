@@ -291,7 +291,10 @@ impl<C: Controller> Inner<C> {
         }
         let ends = sleep(read.config.sse_ttl);
         tokio::pin!(ends);
-        let every = read.config.keepalive;
+        let every = read
+            .config
+            .keepalive
+            .max(std::time::Duration::from_millis(10));
         let mut keepalive = interval_at(Instant::now() + every, every);
         keepalive.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut closed = false;

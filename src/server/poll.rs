@@ -104,12 +104,19 @@ impl<C: Controller> Inner<C> {
             };
             match sender.try_send(request) {
                 Ok(()) => {}
-                // Requests pile up faster than the session takes them: a few wait,
-                // more are told to come again (nothing to say yet) instead of
-                // holding sockets.
-                Err(mpsc::error::TrySendError::Full(request)) => {
+                // Requests pile up faster than the session takes them (its queue of
+                // commands is full while a command runs): a few wait; more are told
+                // to come again (nothing to say yet) instead of holding sockets —
+                // and one that carries commands is refused, never dropped quietly.
+                Err(mpsc::error::TrySendError::Full(request)) if request.commands.is_empty() => {
                     let id = id.to_string();
                     respond(request, 204, Some(&id), String::new());
+                }
+                Err(mpsc::error::TrySendError::Full(request)) => {
+                    let id = id.to_string();
+                    let body =
+                        "too many commands waiting for this session: send them again".to_string();
+                    respond(request, 429, Some(&id), body);
                 }
                 Err(mpsc::error::TrySendError::Closed(request)) => expired(request),
             }
@@ -145,7 +152,7 @@ impl<C: Controller> Inner<C> {
         // Not the sid: clients show that to the app (X-Socket-ID); this one is a
         // credential of its own.
         let id = super::lifecycle::generate_sid(session.id);
-        let (sender, requests) = mpsc::channel(4);
+        let (sender, requests) = mpsc::channel(MAX_QUEUED_REQUESTS);
         self.polls.lock().insert(id.clone(), sender);
         self.sessions.write().insert(session.id, session.clone());
         if self.shutting_down.load(Ordering::Acquire) {
@@ -184,8 +191,15 @@ impl<C: Controller> Inner<C> {
     }
 }
 
+/// Whether the client has closed its side of a held request: its socket reads as
+/// ended. (A request's body was read whole; a client sends nothing more on it.)
+fn gave_up(stream: &TcpStream) -> bool {
+    matches!(stream.try_read(&mut [0u8; 1]), Ok(0))
+}
+
 /// 401 `session_expired` for a poll whose session is gone.
 fn expired(request: PollRequest) {
+    COUNTERS.poll_stale_requests.inc();
     respond(request, 401, None, format!("{SESSION_EXPIRED}\n"));
 }
 
@@ -202,6 +216,10 @@ fn respond(request: PollRequest, status: u16, id: Option<&str>, body: String) {
     });
 }
 
+/// Requests that wait for a session (in its queue), and bodies' worth of commands it
+/// takes while a command runs.
+const MAX_QUEUED_REQUESTS: usize = 4;
+
 /// A session's requests as the session loop's wire.
 pub(super) struct Poll {
     id: String,
@@ -215,6 +233,9 @@ pub(super) struct Poll {
     flush_at: Option<Instant>,
     /// Commands not yet handed to the session loop.
     commands: VecDeque<String>,
+    /// Their bytes: requests are taken while a command runs only below
+    /// [`MAX_QUEUED_REQUESTS`] bodies' worth.
+    queued: usize,
     /// Commands were handed out since the last look: their replies are gathered for
     /// a flush interval from when they are done.
     handed_out: bool,
@@ -241,6 +262,7 @@ impl Poll {
             backlog: String::new(),
             flush_at: None,
             commands: VecDeque::new(),
+            queued: 0,
             expires_at: Instant::now() + config.keepalive_timeout,
             config,
             max_backlog,
@@ -260,6 +282,7 @@ impl Poll {
             stream,
             cors,
         } = request;
+        self.queued += commands.iter().map(String::len).sum::<usize>();
         self.commands.extend(commands);
         let now = Instant::now();
         let held = PollRequest {
@@ -279,6 +302,11 @@ impl Poll {
         self.flush_at = None;
         self.expires_at = Instant::now() + self.config.keepalive_timeout;
         if let Some((request, _)) = self.held.take() {
+            if gave_up(&request.stream) {
+                // Its client aborted it (the JS transport does, to send commands):
+                // what is due waits for the request that comes next.
+                return;
+            }
             let body = std::mem::take(&mut self.backlog);
             let status = if body.is_empty() { 204 } else { 200 };
             respond(request, status, Some(&self.id), body);
@@ -298,6 +326,7 @@ impl Wire for Poll {
     async fn next(&mut self) -> Option<Result<Message, WsError>> {
         loop {
             if let Some(command) = self.commands.pop_front() {
+                self.queued -= command.len();
                 self.handed_out = true;
                 return Some(Ok(Message::Text(command.into())));
             }
@@ -380,18 +409,21 @@ impl Wire for Poll {
     /// While a command runs: requests are taken (their commands wait for it) and the
     /// held one is answered on time, so that what the command broadcasts meanwhile
     /// (an LLM's tokens, say) reaches the client as it comes.
+    ///
+    /// What waits is bounded: past [`MAX_QUEUED_REQUESTS`] bodies' worth of commands,
+    /// requests are left in the session's queue (then refused when it is full), as
+    /// a socket's frames are left unread.
     async fn idle(&mut self) {
         let held_until = self.held.as_ref().map(|(_, until)| *until);
         let flush_at = self.flush_at;
+        let room = self.queued < MAX_QUEUED_REQUESTS * self.config.max_request_size;
         tokio::select! {
             biased;
-            request = self.requests.recv() => match request {
-                Some(request) => self.attach(request),
-                // Closed: the session is ending, which the loop learns elsewhere.
-                None => std::future::pending().await,
-            },
+            // (Closed: the session is ending, which the loop learns elsewhere.)
+            Some(request) = self.requests.recv(), if room => self.attach(request),
             _ = sleep_until(flush_at.unwrap_or_else(Instant::now)), if flush_at.is_some() => self.answer(),
             _ = sleep_until(held_until.unwrap_or_else(Instant::now)), if held_until.is_some() && flush_at.is_none() => self.answer(),
+            else => std::future::pending().await,
         }
     }
 }
