@@ -152,10 +152,10 @@ wait_for_port "$redis_port" 10 "${pids[-1]}"
 # the PATH given): a WebSocket client subscribes, `bin/rails runner` broadcasts through
 # cable.yml's Redis, the client must get it. Prints the extension file the app loaded.
 serve_and_broadcast() { # label, PATH
-  local label=$1 path=$2 port server origin sse signed
+  local label=$1 path=$2 port server origin sse signed poll_id
   export RAILS_ENV=production SECRET_KEY_BASE="$(ruby -rsecurerandom -e 'print SecureRandom.hex(64)')" \
     REDIS_URL="redis://127.0.0.1:$redis_port/1" ANYCABLE_EMBEDDED=true RAILS_LOG_TO_STDOUT=1 \
-    ANYCABLE_SSE=true ANYCABLE_POLL=true ANYCABLE_DS=true ANYCABLE_BROKER=memory \
+    ANYCABLE_SSE=true ANYCABLE_POLL=true ANYCABLE_POLL_INTERVAL=1 ANYCABLE_DS=true ANYCABLE_BROKER=memory \
     ANYCABLE_STREAMS_SECRET="$(ruby -rsecurerandom -e 'print SecureRandom.hex(32)')"
   step "$label: boot in production (Puma, ANYCABLE_EMBEDDED=true, cable.yml: redis; SSE, long polling, DS)"
   port="$(free_port)"
@@ -182,17 +182,26 @@ serve_and_broadcast() { # label, PATH
     { cat "$sse"; echo "FAIL ($label): the runner's broadcast did not reach the SSE stream"; exit 1; }
   step "$label: a Durable Streams read of the history; a long-polling session opens"
   signed="$(sed -n 's/^signed: //p' "$work/client-$label.log")"
-  curl -sf -H "Origin: $origin" "$origin/ds/chat?offset=-1&signed=$signed" >"$work/ds-$label.log" ||
+  curl -sfG -H "Origin: $origin" --data-urlencode offset=-1 --data-urlencode "signed=$signed" "$origin/ds/chat" \
+    >"$work/ds-$label.log" ||
     { echo "FAIL ($label): the DS read was refused"; exit 1; }
   grep -qF '[{"text":"hello from runner"}]' "$work/ds-$label.log" ||
     { cat "$work/ds-$label.log"; echo "FAIL ($label): the DS read did not return the broadcast"; exit 1; }
-  curl -sf -X POST -H "Origin: $origin" --data '{"command":"subscribe","identifier":"{\"channel\":\"ChatChannel\"}"}' \
+  curl -sf -D "$work/lp-head-$label.log" -X POST -H "Origin: $origin" \
+    --data '{"command":"subscribe","identifier":"{\"channel\":\"ChatChannel\"}"}' \
     "$origin/lp" >"$work/lp-$label.log" || { echo "FAIL ($label): the long-polling session was refused"; exit 1; }
   grep -q '"type":"confirm_subscription"' "$work/lp-$label.log" ||
     { cat "$work/lp-$label.log"; echo "FAIL ($label): the long-polling session did not subscribe"; exit 1; }
+  # Its next poll, handed over ahead of the app's middleware: 204 after the poll
+  # interval (1 s), and no request line of its own in the app's log.
+  poll_id="$(sed -n 's/^[Xx]-[Aa]nycable-[Pp]oll-[Ii][Dd]: *\([0-9a-f]*\).*/\1/p' "$work/lp-head-$label.log")"
+  [ "$(curl -s -o /dev/null -w '%{http_code}' -X POST -H "Origin: $origin" -H "X-Anycable-Poll-ID: $poll_id" "$origin/lp")" = 204 ] ||
+    { echo "FAIL ($label): the session's next poll was not answered 204"; exit 1; }
+  [ "$(grep -c 'Started POST "/lp"' "$work/puma-$label.log")" = 1 ] ||
+    { grep 'Started POST "/lp"' "$work/puma-$label.log"; echo "FAIL ($label): a poll went through the app's middleware"; exit 1; }
   kill "$server"; wait "$server" 2>/dev/null || true
   unset RAILS_ENV SECRET_KEY_BASE REDIS_URL ANYCABLE_EMBEDDED RAILS_LOG_TO_STDOUT ANYCABLE_SSE ANYCABLE_POLL \
-    ANYCABLE_DS ANYCABLE_BROKER ANYCABLE_STREAMS_SECRET
+    ANYCABLE_POLL_INTERVAL ANYCABLE_DS ANYCABLE_BROKER ANYCABLE_STREAMS_SECRET
   step "$label: broadcast received over WebSocket, SSE and DS"
 }
 
