@@ -519,7 +519,7 @@ struct Batch {
     more: bool,
 }
 
-/// The messages that come next (every one queued with the first, up to [`BATCH`]),
+/// The messages that come next (every one queued with the first, up to [`BATCH`] more),
 /// past `place`, which moves to the last of them; `None` once the session is closed
 /// (the server shutting down, the reader too slow, a remote disconnect: `closed`,
 /// which a batch that came with the close leaves for the next call).
