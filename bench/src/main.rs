@@ -300,24 +300,31 @@ fn percentiles(mut v: Vec<f64>) -> Value {
     json!({"p50": p(0.5), "p95": p(0.95), "p99": p(0.99), "max": v[v.len() - 1], "n": v.len()})
 }
 
-async fn connect_all(o: &Opts) -> (Vec<Ws>, usize, f64) {
+/// `--clients` clients opened by `open` (given each one's index), `--concurrency` at
+/// once: the open ones, how many failed (the first error printed, named `what`), and
+/// the seconds it took.
+async fn open_many<T, F, Fut>(o: &Opts, what: &str, open: F) -> (Vec<T>, usize, f64)
+where
+    T: Send + 'static,
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>> + Send + 'static,
+{
     let sem = Arc::new(Semaphore::new(o.concurrency.max(1)));
     let start = Instant::now();
     let mut tasks = Vec::with_capacity(o.clients);
     for index in 0..o.clients {
-        let o = o.clone();
-        let sem = sem.clone();
+        let (sem, opening) = (sem.clone(), open(index));
         tasks.push(tokio::spawn(async move {
             let _permit = sem.acquire().await.unwrap();
-            open_client(&o, index).await
+            opening.await
         }));
     }
-    let mut clients = Vec::new();
+    let mut opened = Vec::new();
     let mut failures = 0;
     let mut first_error = None;
     for t in tasks {
         match t.await.unwrap() {
-            Ok(ws) => clients.push(ws),
+            Ok(client) => opened.push(client),
             Err(e) => {
                 failures += 1;
                 first_error.get_or_insert(e);
@@ -325,9 +332,17 @@ async fn connect_all(o: &Opts) -> (Vec<Ws>, usize, f64) {
         }
     }
     if let Some(e) = first_error {
-        eprintln!("connect failures: {failures} (first: {e})");
+        eprintln!("{what} failures: {failures} (first: {e})");
     }
-    (clients, failures, start.elapsed().as_secs_f64())
+    (opened, failures, start.elapsed().as_secs_f64())
+}
+
+async fn connect_all(o: &Opts) -> (Vec<Ws>, usize, f64) {
+    open_many(o, "connect", |index| {
+        let o = o.clone();
+        async move { open_client(&o, index).await }
+    })
+    .await
 }
 
 /// Open clients, kept until dropped.

@@ -16,11 +16,10 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
 use crate::Opts;
@@ -259,35 +258,16 @@ fn last_field(text: &str, key: &str) -> Option<String> {
 /// `--clients` clients, `--concurrency` opening at once: the loops of the open ones,
 /// how many failed to open, and the seconds it took.
 pub async fn open_all(o: &Opts, stats: &Arc<Stats>) -> (Vec<JoinHandle<()>>, usize, f64) {
-    let sem = Arc::new(Semaphore::new(o.concurrency.max(1)));
     let o = Arc::new(o.clone());
-    let start = Instant::now();
-    let mut tasks = Vec::with_capacity(o.clients);
-    for _ in 0..o.clients {
-        let (o, sem, stats) = (o.clone(), sem.clone(), stats.clone());
-        tasks.push(tokio::spawn(async move {
-            let _permit = sem.acquire().await.unwrap();
+    crate::open_many(&o.clone(), "open", |_| {
+        let (o, stats) = (o.clone(), stats.clone());
+        async move {
             if o.lp.is_some() {
                 long_poll(o, stats).await
             } else {
                 ds_read(o, stats).await
             }
-        }));
-    }
-    let mut loops = Vec::new();
-    let mut failures = 0;
-    let mut first_error = None;
-    for t in tasks {
-        match t.await.unwrap() {
-            Ok(l) => loops.push(l),
-            Err(e) => {
-                failures += 1;
-                first_error.get_or_insert(e);
-            }
         }
-    }
-    if let Some(e) = first_error {
-        eprintln!("open failures: {failures} (first: {e})");
-    }
-    (loops, failures, start.elapsed().as_secs_f64())
+    })
+    .await
 }

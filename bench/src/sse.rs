@@ -4,12 +4,10 @@
 //! `broadcast` makes them the subscribers, the sender still a WebSocket client at
 //! `--url`.
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::Semaphore;
 
 use crate::Opts;
 
@@ -128,30 +126,9 @@ fn encode(value: &str) -> String {
 /// `--clients` streams, `--concurrency` opening at once: the open ones, how many
 /// failed, and the seconds it took.
 pub async fn open_all(o: &Opts) -> (Vec<SseClient>, usize, f64) {
-    let sem = Arc::new(Semaphore::new(o.concurrency.max(1)));
-    let start = Instant::now();
-    let mut tasks = Vec::with_capacity(o.clients);
-    for index in 0..o.clients {
-        let (o, sem) = (o.clone(), sem.clone());
-        tasks.push(tokio::spawn(async move {
-            let _permit = sem.acquire().await.unwrap();
-            SseClient::open(&o, index).await
-        }));
-    }
-    let mut clients = Vec::new();
-    let mut failures = 0;
-    let mut first_error = None;
-    for t in tasks {
-        match t.await.unwrap() {
-            Ok(c) => clients.push(c),
-            Err(e) => {
-                failures += 1;
-                first_error.get_or_insert(e);
-            }
-        }
-    }
-    if let Some(e) = first_error {
-        eprintln!("SSE open failures: {failures} (first: {e})");
-    }
-    (clients, failures, start.elapsed().as_secs_f64())
+    crate::open_many(o, "SSE open", |index| {
+        let o = o.clone();
+        async move { SseClient::open(&o, index).await }
+    })
+    .await
 }
